@@ -1,0 +1,280 @@
+"""The one catalogue of commands (imperative) and events (past tense).
+
+The WAL, replay, the feed encoders, execution reports, audit export and tools all use this module.
+
+Commands are small classes with ``__slots__``; each declares its persistent fields once, in order,
+as ``FIELDS = ((name, struct code), ...)``. The WAL derives its record layout from that table and
+nothing else. A ``NewOrder`` that the engine accepts *becomes* the live order: the engine sets the
+state slots ``ref`` (the ITCH order reference), ``leaves`` and ``filled`` on it, so an order costs one
+allocation from the wire to the book.
+
+Events are plain tuples whose first item is the event kind; the layouts are declared below in
+``EVENT_LAYOUTS`` (field names by position). Tuples are what the engine can afford to build in its
+hot path (one BUILD_TUPLE, no __init__ call). Readers index them with the ``*_`` position constants or
+unpack them. An event carries a reference to the order object for its immutable fields (order id,
+firm, side, price, instrument, ...) and copies of every mutable quantity at the moment of the event.
+
+An order's immutable fields: order_id, locate, side, ord_type, tif, stp, price, stop_price, firm,
+session, account, mpid, ref. A replace that loses priority makes a *new* order object with a new
+ref, so an order object's price never changes. Mutable: qty (a replace down keeps the object),
+cl_ord_id (the latest client id), leaves, filled.
+"""
+from __future__ import annotations
+
+from typing import Any, Final, Union
+
+from appliance.model import DAY, LIMIT, STP_DEFAULT
+
+# ================================================================================================
+# Commands
+# ================================================================================================
+
+CMD_NEW_ORDER: Final = 1
+CMD_CANCEL_ORDER: Final = 2
+CMD_REPLACE_ORDER: Final = 3
+CMD_MASS_CANCEL: Final = 4
+
+
+class NewOrder:
+    """Enter an order. After acceptance the same object is the live order (engine-owned)."""
+
+    KIND: Final = CMD_NEW_ORDER
+    NAME: Final = "NewOrder"
+    # Persistent fields, in WAL order. Strings are ASCII, space-padded on the wire, stripped in memory.
+    FIELDS: Final = (
+        ("order_id", "Q"),     # the gateway's handle for the order: unique among live orders
+        ("locate", "H"),       # instrument (ITCH stock locate)
+        ("side", "B"),         # model.BUY / model.SELL
+        ("ord_type", "B"),     # model.MARKET / LIMIT / STOP / STOP_LIMIT
+        ("tif", "B"),          # model.DAY / GTC / IOC / FOK
+        ("stp", "B"),          # model.STP_* (STP_DEFAULT: the firm's mode)
+        ("price", "q"),        # limit price, Price(4) units; 0 for market and stop
+        ("stop_price", "q"),   # stop trigger price; 0 unless stop or stop-limit
+        ("qty", "q"),          # order quantity (shares); validated to 1..2^32-1 by the engine
+        ("firm", "I"),         # firm id (config maps names to ids)
+        ("session", "I"),      # gateway session id (audit)
+        ("account", "16s"),
+        ("cl_ord_id", "20s"),  # client order id (FIX ClOrdID / OUCH ClOrdID)
+        ("mpid", "4s"),        # attribution: when set, the feed shows ITCH 'F' with this MPID
+    )
+    __slots__ = tuple(name for name, _ in FIELDS) + ("ref", "leaves", "filled")
+
+    def __init__(
+        self,
+        order_id: int,
+        locate: int,
+        side: int,
+        qty: int,
+        price: int = 0,
+        ord_type: int = LIMIT,
+        tif: int = DAY,
+        stop_price: int = 0,
+        firm: int = 0,
+        session: int = 0,
+        account: str = "",
+        cl_ord_id: str = "",
+        mpid: str = "",
+        stp: int = STP_DEFAULT,
+    ) -> None:
+        self.order_id = order_id
+        self.locate = locate
+        self.side = side
+        self.ord_type = ord_type
+        self.tif = tif
+        self.stp = stp
+        self.price = price
+        self.stop_price = stop_price
+        self.qty = qty
+        self.firm = firm
+        self.session = session
+        self.account = account
+        self.cl_ord_id = cl_ord_id
+        self.mpid = mpid
+        # Engine state; meaningful only after acceptance.
+        self.ref = 0
+        self.leaves = 0
+        self.filled = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"NewOrder(id={self.order_id}, ref={self.ref}, locate={self.locate}, side={self.side}, "
+            f"type={self.ord_type}, tif={self.tif}, price={self.price}, stop={self.stop_price}, "
+            f"qty={self.qty}, leaves={self.leaves}, filled={self.filled}, firm={self.firm})"
+        )
+
+
+Order = NewOrder  # the live order is the accepted command; the alias names the role
+
+
+class CancelOrder:
+    """Cancel the whole remaining quantity of a live order of the sending firm."""
+
+    KIND: Final = CMD_CANCEL_ORDER
+    NAME: Final = "CancelOrder"
+    FIELDS: Final = (
+        ("order_id", "Q"),
+        ("firm", "I"),
+        ("session", "I"),
+        ("cl_ord_id", "20s"),  # the cancel request's own client id
+    )
+    __slots__ = tuple(name for name, _ in FIELDS)
+
+    def __init__(self, order_id: int, firm: int = 0, session: int = 0, cl_ord_id: str = "") -> None:
+        self.order_id = order_id
+        self.firm = firm
+        self.session = session
+        self.cl_ord_id = cl_ord_id
+
+    def __repr__(self) -> str:
+        return f"CancelOrder(id={self.order_id}, firm={self.firm})"
+
+
+class ReplaceOrder:
+    """Change a live order's quantity (new total, fills included), price and/or stop price.
+
+    Quantity down at the same price keeps time priority and the order reference; a price change
+    or a quantity increase loses priority and the order gets a new reference.
+    """
+
+    KIND: Final = CMD_REPLACE_ORDER
+    NAME: Final = "ReplaceOrder"
+    FIELDS: Final = (
+        ("order_id", "Q"),
+        ("firm", "I"),
+        ("session", "I"),
+        ("qty", "q"),          # new order quantity, fills included (FIX OrderQty semantics)
+        ("price", "q"),        # new limit price (ignored for stop orders)
+        ("stop_price", "q"),   # new stop price (stop and stop-limit orders; 0 = unchanged)
+        ("cl_ord_id", "20s"),  # the order's new client id
+    )
+    __slots__ = tuple(name for name, _ in FIELDS)
+
+    def __init__(
+        self,
+        order_id: int,
+        qty: int,
+        price: int,
+        firm: int = 0,
+        session: int = 0,
+        stop_price: int = 0,
+        cl_ord_id: str = "",
+    ) -> None:
+        self.order_id = order_id
+        self.firm = firm
+        self.session = session
+        self.qty = qty
+        self.price = price
+        self.stop_price = stop_price
+        self.cl_ord_id = cl_ord_id
+
+    def __repr__(self) -> str:
+        return f"ReplaceOrder(id={self.order_id}, qty={self.qty}, price={self.price}, firm={self.firm})"
+
+
+MASS_ANY_INSTRUMENT: Final = 0
+MASS_ANY_SIDE: Final = 255
+
+
+class MassCancel:
+    """Cancel every live order (resting or pending stop) of a firm, optionally one instrument and side."""
+
+    KIND: Final = CMD_MASS_CANCEL
+    NAME: Final = "MassCancel"
+    FIELDS: Final = (
+        ("firm", "I"),
+        ("locate", "H"),       # 0: every instrument
+        ("side", "B"),         # MASS_ANY_SIDE: both sides
+        ("session", "I"),
+        ("cl_ord_id", "20s"),
+    )
+    __slots__ = tuple(name for name, _ in FIELDS)
+
+    def __init__(
+        self,
+        firm: int,
+        locate: int = MASS_ANY_INSTRUMENT,
+        side: int = MASS_ANY_SIDE,
+        session: int = 0,
+        cl_ord_id: str = "",
+    ) -> None:
+        self.firm = firm
+        self.locate = locate
+        self.side = side
+        self.session = session
+        self.cl_ord_id = cl_ord_id
+
+    def __repr__(self) -> str:
+        return f"MassCancel(firm={self.firm}, locate={self.locate}, side={self.side})"
+
+
+Command = Union[NewOrder, CancelOrder, ReplaceOrder, MassCancel]
+COMMANDS: Final[dict[int, type]] = {
+    CMD_NEW_ORDER: NewOrder,
+    CMD_CANCEL_ORDER: CancelOrder,
+    CMD_REPLACE_ORDER: ReplaceOrder,
+    CMD_MASS_CANCEL: MassCancel,
+}
+
+# ================================================================================================
+# Events: tuples (kind, ...) with the layouts below
+# ================================================================================================
+
+Event = tuple[Any, ...]
+
+EV_ACCEPTED: Final = 1
+EV_REJECTED: Final = 2
+EV_ADDED: Final = 3
+EV_EXECUTED: Final = 4
+EV_CANCELLED: Final = 5
+EV_REPLACED: Final = 6
+EV_STOP_TRIGGERED: Final = 7
+EV_MASS_CANCELLED: Final = 8
+
+# Replace book actions (EV_REPLACED.action): what the market-data feed must say about it.
+REPL_IN_PLACE: Final = 0   # same order object and ref, priority kept: ITCH X for the decrement
+REPL_REPOST: Final = 1     # new ref resting at once at its price: ITCH U (old ref -> new ref)
+REPL_REMOVE: Final = 2     # new ref crosses: ITCH D of the old ref, then executions and maybe an Add
+REPL_HIDDEN: Final = 3     # a pending stop, not on the book: nothing on the feed
+
+EVENT_LAYOUTS: Final[dict[int, tuple[str, tuple[str, ...]]]] = {
+    # The order was accepted (ack). qty is the order quantity at acceptance; leaves = qty, filled = 0.
+    EV_ACCEPTED: ("OrderAccepted", ("kind", "order", "qty")),
+    # The command was rejected and changed nothing. reason: appliance.reasons code.
+    EV_REJECTED: ("CommandRejected", ("kind", "command", "reason")),
+    # The order now rests on the book showing `shares` at order.price (ITCH A, or F with an MPID).
+    EV_ADDED: ("OrderAdded", ("kind", "order", "shares")),
+    # A fill at the maker's price. match: unique match number. *_leaves / *_filled after this fill.
+    EV_EXECUTED: (
+        "OrderExecuted",
+        ("kind", "maker", "taker", "qty", "price", "match",
+         "maker_leaves", "maker_filled", "taker_leaves", "taker_filled"),
+    ),
+    # `qty` shares of the order were cancelled, `leaves` remain (0: the order is done).
+    # on_book: the cancelled shares were resting (ITCH X if leaves > 0, else D).
+    EV_CANCELLED: ("OrderCancelled", ("kind", "order", "qty", "leaves", "filled", "reason", "on_book")),
+    # The order was replaced. new is old when priority was kept. action: REPL_* above.
+    EV_REPLACED: (
+        "OrderReplaced",
+        ("kind", "old", "new", "old_leaves", "new_leaves", "filled", "action", "command"),
+    ),
+    # A pending stop order triggered on `trigger_price` and now enters the book as market/limit.
+    EV_STOP_TRIGGERED: ("StopTriggered", ("kind", "order", "trigger_price")),
+    # A mass cancel finished: `count` orders were cancelled (each also has its EV_CANCELLED).
+    EV_MASS_CANCELLED: ("MassCancelled", ("kind", "command", "count")),
+}
+
+EVENT_NAMES: Final = {kind: layout[0] for kind, layout in EVENT_LAYOUTS.items()}
+
+
+def event_as_dict(ev: Event) -> dict[str, Any]:
+    """A readable view of an event (tools and tests; not for the hot path)."""
+    name, fields = EVENT_LAYOUTS[ev[0]]
+    out: dict[str, Any] = {"event": name}
+    for field, value in zip(fields[1:], ev[1:]):
+        if isinstance(value, NewOrder):
+            out[field] = {"order_id": value.order_id, "ref": value.ref}
+        elif isinstance(value, (CancelOrder, ReplaceOrder, MassCancel)):
+            out[field] = {"command": value.NAME}
+        else:
+            out[field] = value
+    return out

@@ -1,0 +1,137 @@
+"""One instrument's order book: price levels in dicts, FIFO deques with lazy deletion, sorted keys.
+
+Owned by the matching thread (single writer). No I/O, no clock.
+
+    side BUY:  levels[BUY]  {price: Level}   keys[BUY]  ascending  price   -> best bid = keys[BUY][-1]
+    side SELL: levels[SELL] {price: Level}   keys[SELL] ascending -price   -> best ask = -keys[SELL][-1]
+
+Keys are "priority keys": larger is better on both sides, so the best level of either side is the
+last item of its list (pop() is O(1) when the best level empties) and "the opposite best crosses
+a limit L" is one comparison, ``keys[-1] >= key(L)``, whatever the side.
+
+A Level's deque holds orders in time priority. A cancelled order is not searched for: its `leaves`
+is set to 0 and it is skipped (and dropped) when it reaches the head of the queue; a level whose
+dead entries outnumber its live ones is compacted. `total` and `count` count live orders only, so
+a level is empty exactly when total == 0.
+"""
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections import deque
+
+from appliance.catalogue import NewOrder
+from appliance.model import BUY, NO_ASK, NO_BID, SELL, Instrument
+
+
+class Level:
+    """A price level: orders in time priority (lazy deletion), live total quantity and count."""
+
+    __slots__ = ("price", "orders", "total", "count")
+
+    def __init__(self, price: int) -> None:
+        self.price = price
+        self.orders: deque[NewOrder] = deque()
+        self.total = 0
+        self.count = 0
+
+    def live(self) -> list[NewOrder]:
+        """The live orders in priority order (not for the hot path)."""
+        return [o for o in self.orders if o.leaves]
+
+    def compact(self) -> None:
+        self.orders = deque(o for o in self.orders if o.leaves)
+
+
+class StopSide:
+    """Pending stop orders of one side: stop price -> orders in arrival order, plus sorted prices."""
+
+    __slots__ = ("by_price", "prices")
+
+    def __init__(self) -> None:
+        self.by_price: dict[int, list[NewOrder]] = {}
+        self.prices: list[int] = []
+
+    def add(self, o: NewOrder) -> None:
+        lst = self.by_price.get(o.stop_price)
+        if lst is None:
+            self.by_price[o.stop_price] = [o]
+            insort(self.prices, o.stop_price)
+        else:
+            lst.append(o)
+
+    def remove(self, o: NewOrder) -> None:
+        lst = self.by_price[o.stop_price]
+        lst.remove(o)
+        if not lst:
+            del self.by_price[o.stop_price]
+            self.prices.pop(bisect_left(self.prices, o.stop_price))
+
+    def take_at_or_below(self, price: int) -> list[NewOrder]:
+        """Remove and return the orders whose stop price is <= price (buy stops)."""
+        out: list[NewOrder] = []
+        prices = self.prices
+        while prices and prices[0] <= price:
+            out.extend(self.by_price.pop(prices.pop(0)))
+        return out
+
+    def take_at_or_above(self, price: int) -> list[NewOrder]:
+        """Remove and return the orders whose stop price is >= price (sell stops)."""
+        out: list[NewOrder] = []
+        prices = self.prices
+        while prices and prices[-1] >= price:
+            out.extend(self.by_price.pop(prices.pop()))
+        return out
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.by_price.values())
+
+
+class Book:
+    """The book of one instrument, plus its pending stops and last trade price."""
+
+    __slots__ = ("instrument", "locate", "tick", "levels", "keys", "stops", "nstops", "last_price")
+
+    def __init__(self, instrument: Instrument) -> None:
+        self.instrument = instrument
+        self.locate = instrument.locate
+        self.tick = instrument.tick
+        self.levels: tuple[dict[int, Level], dict[int, Level]] = ({}, {})
+        self.keys: tuple[list[int], list[int]] = ([], [])
+        self.stops = (StopSide(), StopSide())
+        self.nstops = 0
+        self.last_price = 0  # 0: no trade yet
+
+    # -- reading ------------------------------------------------------------------------------
+    def best_bid(self) -> int:
+        keys = self.keys[BUY]
+        return keys[-1] if keys else NO_BID
+
+    def best_ask(self) -> int:
+        keys = self.keys[SELL]
+        return -keys[-1] if keys else NO_ASK
+
+    def depth(self, side: int, n: int | None = None) -> list[tuple[int, int, int]]:
+        """[(price, total, count), ...] best first; n levels at most (None: all)."""
+        keys = self.keys[side]
+        sign = 1 if side == BUY else -1
+        sel = keys[::-1] if n is None else keys[: -n - 1 : -1]
+        lv = self.levels[side]
+        return [(k * sign, lv[k * sign].total, lv[k * sign].count) for k in sel]
+
+    def orders_in_priority(self, side: int) -> list[NewOrder]:
+        """Every live resting order of a side, best price first, then time priority."""
+        out: list[NewOrder] = []
+        sign = 1 if side == BUY else -1
+        for k in reversed(self.keys[side]):
+            out.extend(self.levels[side][k * sign].live())
+        return out
+
+    # -- writing (engine only) ----------------------------------------------------------------
+    def remove_level(self, side: int, price: int) -> None:
+        del self.levels[side][price]
+        keys = self.keys[side]
+        key = price if side == BUY else -price
+        if keys[-1] == key:
+            keys.pop()
+        else:
+            keys.pop(bisect_left(keys, key))

@@ -1,0 +1,674 @@
+"""The matching engine: strict price-time priority over every instrument of a partition.
+
+Owned by the matching thread (single writer). ``apply(cmd, out)`` validates one command, changes the
+books and appends event tuples (see appliance.catalogue) to ``out``. It does no I/O, reads no clock
+and no random source: the same commands give the same events and the same ``state_hash()``.
+
+Rules (docs/matching.md has the full statement, which the reference engine follows too):
+- Trades execute at the resting (maker) order's price; the aggressor takes levels best first and
+  orders in time priority within a level.
+- Market orders never rest; IOC cancels what it cannot fill at once; FOK fills completely at once or
+  is cancelled with no trade.
+- Stops trigger on trade prices (buy stop: a trade at or above; sell stop: at or below) and enter,
+  in acceptance order (order reference), after the aggression that traded has completed. Triggered
+  orders can trigger more (cascades). A stop whose price the last trade already reached triggers
+  on entry.
+- Self-trade prevention between orders of one firm, the incoming order's mode deciding (CN, CO, DC).
+
+The hot path (new order, cancel, fills) is written for CPython's interpreter: locals over attributes,
+one event tuple per event, no exceptions for control flow, no per-event calls into C extensions.
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+from bisect import insort
+from typing import Iterable, Mapping
+
+from appliance import reasons as R
+from appliance.catalogue import (
+    CMD_CANCEL_ORDER,
+    CMD_MASS_CANCEL,
+    CMD_NEW_ORDER,
+    CMD_REPLACE_ORDER,
+    EV_ACCEPTED,
+    EV_ADDED,
+    EV_CANCELLED,
+    EV_EXECUTED,
+    EV_MASS_CANCELLED,
+    EV_REJECTED,
+    EV_REPLACED,
+    EV_STOP_TRIGGERED,
+    MASS_ANY_INSTRUMENT,
+    MASS_ANY_SIDE,
+    REPL_HIDDEN,
+    REPL_IN_PLACE,
+    REPL_REMOVE,
+    REPL_REPOST,
+    CancelOrder,
+    Command,
+    Event,
+    MassCancel,
+    NewOrder,
+    ReplaceOrder,
+)
+from appliance.matching.book import Book, Level
+from appliance.model import (
+    BUY,
+    FOK,
+    IOC,
+    LIMIT,
+    MARKET,
+    MAX_PRICE,
+    MAX_QTY,
+    ORDER_TYPES,
+    SELL,
+    STOP,
+    STOP_LIMIT,
+    STP_CN,
+    STP_CO,
+    STP_DC,
+    STP_DEFAULT,
+    STP_MODES,
+    STP_NONE,
+    TIMES_IN_FORCE,
+    Instrument,
+)
+
+# Key space limit used by market orders: crosses every price.
+_ANY = -(1 << 62)
+
+
+class EngineInvariantError(AssertionError):
+    """The engine's state broke one of its invariants: a bug. The process must stop; recovery replays."""
+
+
+class Engine:
+    """All books of one partition, the live-order index and the reference/match counters."""
+
+    def __init__(
+        self,
+        instruments: Iterable[Instrument],
+        firm_stp: Mapping[int, int] | None = None,
+        default_stp: int = STP_CN,
+    ) -> None:
+        instruments = list(instruments)
+        size = max((i.locate for i in instruments), default=0) + 1
+        self.books: list[Book | None] = [None] * size
+        for ins in instruments:
+            if self.books[ins.locate] is not None:
+                raise ValueError(f"stock locate {ins.locate} is used twice")
+            self.books[ins.locate] = Book(ins)
+        self.firm_stp: dict[int, int] = dict(firm_stp or {})
+        for firm, mode in self.firm_stp.items():
+            if mode not in STP_MODES or mode == STP_DEFAULT:
+                raise ValueError(f"firm {firm}: self-trade prevention mode {mode} is not CN/CO/DC/none")
+        if default_stp not in STP_MODES or default_stp == STP_DEFAULT:
+            raise ValueError(f"default self-trade prevention mode {default_stp} is not CN/CO/DC/none")
+        self.default_stp = default_stp
+        self.orders: dict[int, NewOrder] = {}  # order_id -> live order (resting or pending stop)
+        self.pending_stops: set[int] = set()   # order ids of untriggered stop orders
+        self.next_ref = 1
+        self.next_match = 1
+        self._stop_queue: list[tuple[NewOrder, int]] = []
+
+    # ============================================================================================
+    # apply
+    # ============================================================================================
+    def apply(self, cmd: Command, out: list[Event]) -> None:
+        """Apply one command; append its events to `out`."""
+        kind = cmd.KIND
+        if kind == CMD_NEW_ORDER:
+            self._new_order(cmd, out)  # type: ignore[arg-type]
+        elif kind == CMD_CANCEL_ORDER:
+            self._cancel(cmd, out)  # type: ignore[arg-type]
+        elif kind == CMD_REPLACE_ORDER:
+            self._replace(cmd, out)  # type: ignore[arg-type]
+        elif kind == CMD_MASS_CANCEL:
+            self._mass_cancel(cmd, out)  # type: ignore[arg-type]
+        else:
+            out.append((EV_REJECTED, cmd, R.ADMIN_UNKNOWN_COMMAND))
+
+    # -- validation -------------------------------------------------------------------------------
+    def _check_new(self, o: NewOrder) -> int:
+        """0 if the order is acceptable, else a reject reason."""
+        locate = o.locate
+        books = self.books
+        if not 0 < locate < len(books) or books[locate] is None:
+            return R.UNKNOWN_INSTRUMENT
+        book = books[locate]
+        assert book is not None
+        if o.side != BUY and o.side != SELL:
+            return R.INVALID_SIDE
+        qty = o.qty
+        if qty <= 0 or qty > MAX_QTY:
+            return R.INVALID_QUANTITY
+        t = o.ord_type
+        if t not in ORDER_TYPES:
+            return R.INVALID_ORDER_TYPE
+        if o.tif not in TIMES_IN_FORCE:
+            return R.INVALID_TIME_IN_FORCE
+        if o.stp not in STP_MODES:
+            return R.INVALID_STP_MODE
+        tick = book.tick
+        if t == LIMIT or t == STOP_LIMIT:
+            p = o.price
+            if p <= 0 or p > MAX_PRICE:
+                return R.INVALID_PRICE
+            if p % tick:
+                return R.PRICE_OFF_TICK
+        elif o.price != 0:
+            return R.INVALID_ORDER_TYPE
+        if t == STOP or t == STOP_LIMIT:
+            sp = o.stop_price
+            if sp <= 0 or sp > MAX_PRICE or sp % tick:
+                return R.INVALID_STOP_PRICE
+        elif o.stop_price != 0:
+            return R.INVALID_STOP_PRICE
+        if o.order_id in self.orders:
+            return R.DUPLICATE_ORDER_ID
+        return 0
+
+    # -- new order --------------------------------------------------------------------------------
+    def _new_order(self, o: NewOrder, out: list[Event]) -> None:
+        # Fast path for the common case (a valid limit order), full validation otherwise.
+        t = o.ord_type
+        books = self.books
+        locate = o.locate
+        if (
+            t == LIMIT
+            and 0 < locate < len(books)
+            and 0 < o.qty <= MAX_QTY
+            and 0 < o.price <= MAX_PRICE
+            and o.stop_price == 0
+            and (o.side == BUY or o.side == SELL)
+            and o.tif in TIMES_IN_FORCE
+            and o.stp in STP_MODES
+            and o.order_id not in self.orders
+        ):
+            book = books[locate]
+            if book is None or o.price % book.tick:
+                out.append((EV_REJECTED, o, R.UNKNOWN_INSTRUMENT if book is None else R.PRICE_OFF_TICK))
+                return
+        else:
+            reason = self._check_new(o)
+            if reason:
+                out.append((EV_REJECTED, o, reason))
+                return
+            book = books[locate]
+            assert book is not None
+        o.ref = self.next_ref
+        self.next_ref += 1
+        o.leaves = o.qty
+        o.filled = 0
+        out.append((EV_ACCEPTED, o, o.qty))
+        if t == STOP or t == STOP_LIMIT:
+            last = book.last_price
+            sp = o.stop_price
+            if last and ((o.side == BUY and last >= sp) or (o.side == SELL and last <= sp)):
+                out.append((EV_STOP_TRIGGERED, o, last))
+            else:
+                self.orders[o.order_id] = o
+                self.pending_stops.add(o.order_id)
+                book.stops[o.side].add(o)
+                book.nstops += 1
+                return
+        self._execute(book, o, out)
+
+    def _execute(self, book: Book, o: NewOrder, out: list[Event]) -> None:
+        """Match an accepted (or triggered, or re-priced) order; rest or cancel what is left."""
+        traded = self._aggress(book, o, out)
+        if traded and book.nstops:
+            self._run_stops(book, out)
+
+    def _stp_mode(self, o: NewOrder) -> int:
+        mode = o.stp
+        if mode == STP_DEFAULT:
+            return self.firm_stp.get(o.firm, self.default_stp)
+        return mode
+
+    def _aggress(self, book: Book, o: NewOrder, out: list[Event]) -> bool:
+        """Match o against the opposite side, then rest or cancel its remainder. True if it traded."""
+        side = o.side
+        opp = side ^ 1
+        keys = book.keys[opp]
+        t = o.ord_type
+        is_market = t == MARKET or t == STOP
+        if is_market:
+            lim = _ANY
+        else:
+            lim = o.price if opp == BUY else -o.price
+        qty = o.leaves
+        if keys and keys[-1] >= lim:
+            stp = self._stp_mode(o)
+            if o.tif == FOK and not self._fok_can_fill(book, o, lim, stp):
+                out.append((EV_CANCELLED, o, qty, 0, 0, R.CANCEL_FOK, False))
+                o.leaves = 0
+                return False
+            qty, stp_stop, traded = self._match(book, o, keys, lim, stp, out)
+        else:
+            if o.tif == FOK:
+                out.append((EV_CANCELLED, o, qty, 0, 0, R.CANCEL_FOK, False))
+                o.leaves = 0
+                return False
+            stp_stop = False
+            traded = False
+        if qty:
+            if stp_stop:
+                reason = R.CANCEL_STP
+            elif is_market:
+                reason = R.CANCEL_MARKET_NO_LIQUIDITY
+            elif o.tif == IOC or o.tif == FOK:
+                reason = R.CANCEL_IOC_REMAINDER
+            else:
+                # Rest.
+                price = o.price
+                levels = book.levels[side]
+                lvl = levels.get(price)
+                if lvl is None:
+                    lvl = Level(price)
+                    levels[price] = lvl
+                    key = price if side == BUY else -price
+                    skeys = book.keys[side]
+                    if not skeys or key > skeys[-1]:
+                        skeys.append(key)
+                    else:
+                        insort(skeys, key)
+                lvl.orders.append(o)
+                lvl.total += qty
+                lvl.count += 1
+                self.orders[o.order_id] = o
+                out.append((EV_ADDED, o, qty))
+                return traded
+            o.leaves = 0
+            out.append((EV_CANCELLED, o, qty, 0, o.filled, reason, False))
+        return traded
+
+    def _match(
+        self, book: Book, o: NewOrder, keys: list[int], lim: int, stp: int, out: list[Event]
+    ) -> tuple[int, bool, bool]:
+        """The matching loop. Returns (quantity left, stopped by STP cancel-newest, traded)."""
+        opp = o.side ^ 1
+        sign = 1 if opp == BUY else -1
+        levels = book.levels[opp]
+        orders = self.orders
+        firm = o.firm
+        stp_on = stp != STP_NONE
+        qty = o.leaves
+        filled = o.filled
+        match = self.next_match
+        append = out.append
+        lo = hi = 0
+        stp_stop = False
+        while qty and keys and keys[-1] >= lim:
+            price = keys[-1] * sign
+            lvl = levels[price]
+            q = lvl.orders
+            tp = 0
+            while qty:
+                m = q[0]
+                ml = m.leaves
+                if not ml:
+                    q.popleft()
+                    continue
+                if stp_on and m.firm == firm:
+                    if stp == STP_CN:
+                        stp_stop = True
+                        break
+                    if stp == STP_CO:
+                        q.popleft()
+                        m.leaves = 0
+                        lvl.total -= ml
+                        lvl.count -= 1
+                        del orders[m.order_id]
+                        append((EV_CANCELLED, m, ml, 0, m.filled, R.CANCEL_STP, True))
+                    else:  # STP_DC: decrement both by the overlap; the smaller is cancelled
+                        d = ml if ml < qty else qty
+                        ml -= d
+                        qty -= d
+                        m.leaves = ml
+                        lvl.total -= d
+                        if not ml:
+                            q.popleft()
+                            lvl.count -= 1
+                            del orders[m.order_id]
+                        append((EV_CANCELLED, m, d, ml, m.filled, R.CANCEL_STP, True))
+                        append((EV_CANCELLED, o, d, qty, filled, R.CANCEL_STP, False))
+                    if not lvl.total:
+                        break
+                    continue
+                if ml <= qty:
+                    q.popleft()
+                    qty -= ml
+                    filled += ml
+                    m.leaves = 0
+                    mf = m.filled + ml
+                    m.filled = mf
+                    lvl.total -= ml
+                    lvl.count -= 1
+                    del orders[m.order_id]
+                    append((EV_EXECUTED, m, o, ml, price, match, 0, mf, qty, filled))
+                else:
+                    ml -= qty
+                    m.leaves = ml
+                    mf = m.filled + qty
+                    m.filled = mf
+                    lvl.total -= qty
+                    filled += qty
+                    append((EV_EXECUTED, m, o, qty, price, match, ml, mf, 0, filled))
+                    qty = 0
+                match += 1
+                tp = price
+                if not lvl.total:
+                    break
+            if tp:
+                if not lo:
+                    lo = hi = tp
+                elif tp < lo:
+                    lo = tp
+                elif tp > hi:
+                    hi = tp
+            if not lvl.total:
+                del levels[price]
+                keys.pop()
+            if stp_stop:
+                break
+        self.next_match = match
+        o.leaves = qty
+        o.filled = filled
+        if hi:
+            book.last_price = tp if tp else (hi if opp == SELL else lo)
+            if book.nstops:
+                self._queue_stops(book, lo, hi)
+        return qty, stp_stop, hi != 0
+
+    def _fok_can_fill(self, book: Book, o: NewOrder, lim: int, stp: int) -> bool:
+        """Would o fill completely now? Orders of o's firm count as STP would treat them."""
+        need = o.leaves
+        opp = o.side ^ 1
+        sign = 1 if opp == BUY else -1
+        levels = book.levels[opp]
+        firm = o.firm
+        for key in reversed(book.keys[opp]):
+            if key < lim:
+                return False
+            lvl = levels[key * sign]
+            if stp == STP_NONE:
+                need -= lvl.total
+                if need <= 0:
+                    return True
+                continue
+            for m in lvl.orders:
+                if not m.leaves:
+                    continue
+                if m.firm == firm:
+                    if stp == STP_CO:
+                        continue  # would be cancelled; matching goes on
+                    return False  # CN stops, DC reduces the incoming order: no complete fill
+                need -= m.leaves
+                if need <= 0:
+                    return True
+        return False
+
+    # -- stops ------------------------------------------------------------------------------------
+    def _queue_stops(self, book: Book, lo: int, hi: int) -> None:
+        """Queue the stops that trades between lo and hi (inclusive) triggered, in acceptance order.
+
+        A buy stop triggers on a trade at or above its stop price (so on `hi`), a sell stop on a
+        trade at or below it (so on `lo`).
+        """
+        fired = [(s.ref, s, hi) for s in book.stops[BUY].take_at_or_below(hi)]
+        fired += [(s.ref, s, lo) for s in book.stops[SELL].take_at_or_above(lo)]
+        if not fired:
+            return
+        fired.sort(key=_first)
+        book.nstops -= len(fired)
+        for _, s, price in fired:
+            self.pending_stops.discard(s.order_id)
+            del self.orders[s.order_id]
+            self._stop_queue.append((s, price))
+
+    def _run_stops(self, book: Book, out: list[Event]) -> None:
+        """Enter triggered stops one after the other; each may trigger more (appended to the queue)."""
+        queue = self._stop_queue
+        while queue:
+            s, price = queue.pop(0)
+            out.append((EV_STOP_TRIGGERED, s, price))
+            self._aggress(book, s, out)
+
+    # -- cancel -----------------------------------------------------------------------------------
+    def _cancel(self, c: CancelOrder, out: list[Event]) -> None:
+        o = self.orders.get(c.order_id)
+        if o is None or o.firm != c.firm:
+            out.append((EV_REJECTED, c, R.UNKNOWN_ORDER))
+            return
+        leaves = o.leaves
+        on_book = self._unlink(o)
+        out.append((EV_CANCELLED, o, leaves, 0, o.filled, R.CANCEL_USER, on_book))
+
+    def _unlink(self, o: NewOrder) -> bool:
+        """Take a live order out of the index and the book (or the pending stops).
+
+        Returns True if it was resting on the book.
+        """
+        del self.orders[o.order_id]
+        book = self.books[o.locate]
+        assert book is not None
+        if o.ord_type >= STOP and o.order_id in self.pending_stops:
+            self.pending_stops.discard(o.order_id)
+            book.stops[o.side].remove(o)
+            book.nstops -= 1
+            o.leaves = 0
+            return False
+        lvl = book.levels[o.side][o.price]
+        lvl.total -= o.leaves
+        lvl.count -= 1
+        o.leaves = 0
+        if not lvl.total:
+            book.remove_level(o.side, o.price)
+        elif len(lvl.orders) > (lvl.count << 1) + 16:
+            lvl.compact()
+        return True
+
+    # -- replace ----------------------------------------------------------------------------------
+    def _replace(self, r: ReplaceOrder, out: list[Event]) -> None:
+        o = self.orders.get(r.order_id)
+        if o is None or o.firm != r.firm:
+            out.append((EV_REJECTED, r, R.UNKNOWN_ORDER))
+            return
+        book = self.books[o.locate]
+        assert book is not None
+        qty = r.qty
+        if qty <= 0 or qty > MAX_QTY:
+            out.append((EV_REJECTED, r, R.INVALID_QUANTITY))
+            return
+        if qty <= o.filled:
+            out.append((EV_REJECTED, r, R.REPLACE_BELOW_FILLED))
+            return
+        pending = o.ord_type >= STOP and o.order_id in self.pending_stops
+        t = o.ord_type
+        price = r.price
+        stop_price = r.stop_price or o.stop_price
+        if t == STOP or (t == MARKET):
+            if price != 0:
+                out.append((EV_REJECTED, r, R.INVALID_PRICE))
+                return
+        elif price <= 0 or price > MAX_PRICE:
+            out.append((EV_REJECTED, r, R.INVALID_PRICE))
+            return
+        elif price % book.tick:
+            out.append((EV_REJECTED, r, R.PRICE_OFF_TICK))
+            return
+        if r.stop_price and (
+            not pending or r.stop_price <= 0 or r.stop_price > MAX_PRICE or r.stop_price % book.tick
+        ):
+            out.append((EV_REJECTED, r, R.INVALID_STOP_PRICE))
+            return
+        old_leaves = o.leaves
+        new_leaves = qty - o.filled
+        if price == o.price and stop_price == o.stop_price and qty <= o.qty:
+            # Same price, not more: keep priority and reference.
+            delta = old_leaves - new_leaves
+            o.leaves = new_leaves
+            o.qty = qty
+            if r.cl_ord_id:
+                o.cl_ord_id = r.cl_ord_id
+            if not pending:
+                lvl = book.levels[o.side][o.price]
+                lvl.total -= delta
+            out.append((EV_REPLACED, o, o, old_leaves, new_leaves, o.filled, REPL_HIDDEN if pending else REPL_IN_PLACE, r))
+            return
+        # Priority lost: a new order object with a new reference takes the old one's place.
+        self._unlink(o)
+        n = NewOrder(
+            o.order_id, o.locate, o.side, qty, price, t, o.tif, stop_price, o.firm, o.session,
+            o.account, r.cl_ord_id or o.cl_ord_id, o.mpid, o.stp,
+        )
+        n.ref = self.next_ref
+        self.next_ref += 1
+        n.leaves = new_leaves
+        n.filled = o.filled
+        if pending:
+            self.orders[n.order_id] = n
+            self.pending_stops.add(n.order_id)
+            book.stops[n.side].add(n)
+            book.nstops += 1
+            out.append((EV_REPLACED, o, n, old_leaves, new_leaves, n.filled, REPL_HIDDEN, r))
+            return
+        opp = n.side ^ 1
+        okeys = book.keys[opp]
+        lim = price if opp == BUY else -price
+        if okeys and okeys[-1] >= lim:
+            out.append((EV_REPLACED, o, n, old_leaves, new_leaves, n.filled, REPL_REMOVE, r))
+            self._execute(book, n, out)
+            return
+        levels = book.levels[n.side]
+        lvl = levels.get(price)
+        if lvl is None:
+            lvl = Level(price)
+            levels[price] = lvl
+            insort(book.keys[n.side], price if n.side == BUY else -price)
+        lvl.orders.append(n)
+        lvl.total += new_leaves
+        lvl.count += 1
+        self.orders[n.order_id] = n
+        out.append((EV_REPLACED, o, n, old_leaves, new_leaves, n.filled, REPL_REPOST, r))
+
+    # -- mass cancel ------------------------------------------------------------------------------
+    def _mass_cancel(self, c: MassCancel, out: list[Event]) -> None:
+        firm = c.firm
+        locate = c.locate
+        side = c.side
+        victims = [
+            o
+            for o in self.orders.values()
+            if o.firm == firm
+            and (locate == MASS_ANY_INSTRUMENT or o.locate == locate)
+            and (side == MASS_ANY_SIDE or o.side == side)
+        ]
+        victims.sort(key=_by_ref)
+        for o in victims:
+            leaves = o.leaves
+            on_book = self._unlink(o)
+            out.append((EV_CANCELLED, o, leaves, 0, o.filled, R.CANCEL_MASS, on_book))
+        out.append((EV_MASS_CANCELLED, c, len(victims)))
+
+    # ============================================================================================
+    # reading, hashing and self-checks (out of the hot path)
+    # ============================================================================================
+    def book(self, locate: int) -> Book:
+        b = self.books[locate] if 0 < locate < len(self.books) else None
+        if b is None:
+            raise KeyError(f"no instrument with stock locate {locate}")
+        return b
+
+    def instruments(self) -> list[Instrument]:
+        return [b.instrument for b in self.books if b is not None]
+
+    def resting_count(self) -> int:
+        return len(self.orders) - len(self.pending_stops)
+
+    def state_hash(self) -> str:
+        """A hash of everything that determines future behaviour: books in priority order, pending
+        stops in arrival order, last prices and the reference/match counters."""
+        h = hashlib.blake2b(digest_size=16)
+        pack = struct.Struct(">qqqqqqqBBBB").pack
+        h.update(struct.pack(">qq", self.next_ref, self.next_match))
+        for book in self.books:
+            if book is None:
+                continue
+            h.update(struct.pack(">Hq", book.locate, book.last_price))
+            for side in (BUY, SELL):
+                for o in book.orders_in_priority(side):
+                    h.update(pack(o.order_id, o.ref, o.price, o.qty, o.leaves, o.filled, o.firm,
+                                  o.side, o.ord_type, o.tif, o.stp))
+                h.update(b"|")
+                for sp in book.stops[side].prices:
+                    for o in book.stops[side].by_price[sp]:
+                        h.update(pack(o.order_id, o.ref, o.stop_price, o.qty, o.leaves, o.filled, o.firm,
+                                      o.side, o.ord_type, o.tif, o.stp))
+                h.update(b"#")
+        return h.hexdigest()
+
+    def check_invariants(self) -> None:
+        """Raise EngineInvariantError if the state is inconsistent."""
+
+        def fail(msg: str) -> None:
+            raise EngineInvariantError(msg)
+
+        seen: set[int] = set()
+        for book in self.books:
+            if book is None:
+                continue
+            for side in (BUY, SELL):
+                levels = book.levels[side]
+                keys = book.keys[side]
+                sign = 1 if side == BUY else -1
+                if keys != sorted(keys) or len(set(keys)) != len(keys):
+                    fail(f"{book.instrument.symbol}: price keys of side {side} not sorted/unique")
+                if sorted(k * sign for k in keys) != sorted(levels):
+                    fail(f"{book.instrument.symbol}: price keys and levels of side {side} disagree")
+                for price, lvl in levels.items():
+                    if lvl.price != price:
+                        fail(f"level {price} says price {lvl.price}")
+                    live = lvl.live()
+                    if not live:
+                        fail(f"{book.instrument.symbol}: empty level {price} kept")
+                    if lvl.total != sum(o.leaves for o in live):
+                        fail(f"{book.instrument.symbol}: level {price} total {lvl.total} != sum of orders")
+                    if lvl.count != len(live):
+                        fail(f"{book.instrument.symbol}: level {price} count {lvl.count} != {len(live)}")
+                    for o in live:
+                        if self.orders.get(o.order_id) is not o:
+                            fail(f"order {o.order_id} on the book but not in the index")
+                        if o.price != price or o.side != side or o.locate != book.locate:
+                            fail(f"order {o.order_id} sits at the wrong level")
+                        if o.leaves + o.filled != o.qty or o.leaves <= 0:
+                            fail(f"order {o.order_id}: leaves {o.leaves} + filled {o.filled} != qty {o.qty}")
+                        if o.order_id in seen:
+                            fail(f"order {o.order_id} twice on the book")
+                        seen.add(o.order_id)
+                    ords = list(lvl.orders)
+                    refs_live = [o.ref for o in ords if o.leaves]
+                    if len(set(id(o) for o in ords if o.leaves)) != len(refs_live):
+                        fail(f"level {price}: an order object queued twice")
+                for sp, lst in book.stops[side].by_price.items():
+                    for o in lst:
+                        if self.orders.get(o.order_id) is not o or o.order_id not in self.pending_stops:
+                            fail(f"pending stop {o.order_id} not indexed")
+                        if o.stop_price != sp or o.leaves + o.filled != o.qty:
+                            fail(f"pending stop {o.order_id} inconsistent")
+                        seen.add(o.order_id)
+            bb, ba = book.best_bid(), book.best_ask()
+            if book.keys[BUY] and book.keys[SELL] and bb >= ba:
+                fail(f"{book.instrument.symbol}: book crossed after matching: bid {bb} >= ask {ba}")
+        if seen != set(self.orders):
+            fail(f"index holds {len(self.orders)} orders, books and stops {len(seen)}")
+
+
+def _by_ref(o: NewOrder) -> int:
+    return o.ref
+
+
+def _first(t: tuple[int, NewOrder, int]) -> int:
+    return t[0]

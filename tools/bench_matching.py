@@ -1,0 +1,154 @@
+"""`matchwire bench matching FLOW.bin` and `matchwire bench memory`: the matching core alone.
+
+The flow is decoded into command objects first (the gateway's work in the appliance), then applied
+in batches of 1024 commands; after each batch a consumer counts the fills in the batch's events, as
+the publisher would read them. The timed part is apply + that scan. The cyclic GC is disabled during
+the run, as in the matching daemon (the engine's objects hold no cycles).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from appliance.catalogue import EV_EXECUTED, Event, NewOrder
+from appliance.matching.engine import Engine
+from appliance.model import BUY, GTC, LIMIT, SELL, STP_NONE, Instrument
+from tools.flows import FLOW_FIRM_STP, flow_instrument_count, flow_instruments, read_flow
+
+BATCH = 1024
+
+
+def run_flow(path: str) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    cmds, meta = read_flow(path)
+    decode_s = time.perf_counter() - t0
+    engine = Engine(flow_instruments(flow_instrument_count(cmds, meta)), FLOW_FIRM_STP)
+    apply = engine.apply
+    fills = 0
+    filled_qty = 0
+    n = len(cmds)
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        for start in range(0, n, BATCH):
+            out: list[Event] = []
+            for cmd in cmds[start:start + BATCH]:
+                apply(cmd, out)
+            for ev in out:
+                if ev[0] == EV_EXECUTED:
+                    fills += 1
+                    filled_qty += ev[3]
+        seconds = time.perf_counter() - t0
+    finally:
+        gc.enable()
+    result: dict[str, Any] = {
+        "benchmark": "matching",
+        "flow": os.path.basename(path),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "compiled": _compiled(),
+        "events": n,
+        "seconds": round(seconds, 4),
+        "events_per_sec": round(n / seconds),
+        "decode_seconds": round(decode_s, 4),
+        "fills": fills,
+        "filled_qty": filled_qty,
+        "resting_end": engine.resting_count(),
+    }
+    if meta:
+        result["matches_flow_json"] = all(result[k] == meta.get(k) for k in ("events", "fills", "filled_qty", "resting_end"))
+    return result
+
+
+def _compiled() -> bool:
+    import appliance.matching.engine as eng
+
+    return not str(eng.__file__).endswith(".py")
+
+
+def _median_of_runs(argv: list[str], runs: int) -> list[dict[str, Any]]:
+    results = []
+    for _ in range(runs):
+        proc = subprocess.run([sys.executable, "-m", "tools", *argv, "--runs", "1"],
+                              check=True, capture_output=True, text=True)
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def cmd_matching(args: argparse.Namespace) -> int:
+    if args.runs > 1:
+        results = _median_of_runs(["bench", "matching", args.flow], args.runs)
+        for r in results:
+            print(json.dumps(r))
+        rates = [r["events_per_sec"] for r in results]
+        best = dict(results[0])
+        best["runs"] = args.runs
+        best["events_per_sec"] = round(statistics.median(rates))
+        best["events_per_sec_min"] = min(rates)
+        best["events_per_sec_max"] = max(rates)
+        best["seconds"] = round(statistics.median(r["seconds"] for r in results), 4)
+        print(json.dumps(best))
+        return 0 if all(r.get("matches_flow_json", True) for r in results) else 1
+    result = run_flow(args.flow)
+    print(json.dumps(result))
+    return 0 if result.get("matches_flow_json", True) else 1
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    """Peak memory of a book holding N resting orders (default 1M) on one instrument."""
+    import resource
+    import tracemalloc
+
+    n = args.orders
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tracemalloc.start() if args.tracemalloc else None
+    engine = Engine([Instrument("MEM", 1, tick=1)], {1: STP_NONE})
+    out: list[Event] = []
+    levels = args.levels
+    gc.disable()
+    t0 = time.perf_counter()
+    for i in range(n):
+        side = BUY if i & 1 else SELL
+        off = (i >> 1) % levels
+        price = 100_000 - 1 - off if side == BUY else 100_000 + off
+        engine.apply(NewOrder(i + 1, 1, side, 100, price, LIMIT, GTC, 0, 1), out)
+        if len(out) > 4096:
+            out.clear()
+    seconds = time.perf_counter() - t0
+    out.clear()
+    gc.enable()
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = {
+        "benchmark": "memory",
+        "resting_orders": engine.resting_count(),
+        "levels_per_side": levels,
+        "seconds_to_build": round(seconds, 3),
+        "peak_rss_mb": round(rss1 / 1024, 1),
+        "book_rss_mb": round((rss1 - rss0) / 1024, 1),
+        "bytes_per_order": round((rss1 - rss0) * 1024 / max(1, n)),
+    }
+    if args.tracemalloc:
+        cur, peak = tracemalloc.get_traced_memory()
+        result["tracemalloc_peak_mb"] = round(peak / 2**20, 1)
+    print(json.dumps(result))
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("matching", help="run a flowgen flow through the matching engine")
+    p.add_argument("flow", help="FLOW.bin made by shared/bench/flowgen.py (FLOW.json beside it)")
+    p.add_argument("--runs", type=int, default=1, help="repeat in fresh processes; report the median")
+    p.set_defaults(func=cmd_matching)
+    m = sub.add_parser("memory", help="peak memory of one book holding N resting orders")
+    m.add_argument("--orders", type=int, default=1_000_000)
+    m.add_argument("--levels", type=int, default=1000, help="price levels per side")
+    m.add_argument("--tracemalloc", action="store_true", help="also trace Python allocations (slower)")
+    m.set_defaults(func=cmd_memory)

@@ -82,6 +82,10 @@ class StopSide:
             out.extend(self.by_price.pop(prices.pop()))
         return out
 
+    def in_order(self) -> list[NewOrder]:
+        """Pending stops by stop price ascending, then arrival order (the state-hash order)."""
+        return [o for p in self.prices for o in self.by_price[p]]
+
     def __len__(self) -> int:
         return sum(len(v) for v in self.by_price.values())
 

@@ -20,8 +20,6 @@ one event tuple per event, no exceptions for control flow, no per-event calls in
 """
 from __future__ import annotations
 
-import hashlib
-import struct
 from bisect import insort
 from typing import Iterable, Mapping
 
@@ -53,6 +51,7 @@ from appliance.catalogue import (
     ReplaceOrder,
 )
 from appliance.matching.book import Book, Level
+from appliance.matching.statehash import StateView, state_hash
 from appliance.model import (
     BUY,
     FOK,
@@ -589,26 +588,17 @@ class Engine:
         return len(self.orders) - len(self.pending_stops)
 
     def state_hash(self) -> str:
-        """A hash of everything that determines future behaviour: books in priority order, pending
-        stops in arrival order, last prices and the reference/match counters."""
-        h = hashlib.blake2b(digest_size=16)
-        pack = struct.Struct(">qqqqqqqBBBB").pack
-        h.update(struct.pack(">qq", self.next_ref, self.next_match))
-        for book in self.books:
-            if book is None:
-                continue
-            h.update(struct.pack(">Hq", book.locate, book.last_price))
-            for side in (BUY, SELL):
-                for o in book.orders_in_priority(side):
-                    h.update(pack(o.order_id, o.ref, o.price, o.qty, o.leaves, o.filled, o.firm,
-                                  o.side, o.ord_type, o.tif, o.stp))
-                h.update(b"|")
-                for sp in book.stops[side].prices:
-                    for o in book.stops[side].by_price[sp]:
-                        h.update(pack(o.order_id, o.ref, o.stop_price, o.qty, o.leaves, o.filled, o.firm,
-                                      o.side, o.ord_type, o.tif, o.stp))
-                h.update(b"#")
-        return h.hexdigest()
+        """A hash of everything that determines future behaviour (see appliance.matching.statehash)."""
+        return state_hash(self.next_ref, self.next_match, (
+            StateView(
+                b.locate,
+                b.last_price,
+                (b.orders_in_priority(BUY), b.orders_in_priority(SELL)),
+                (b.stops[BUY].in_order(), b.stops[SELL].in_order()),
+            )
+            for b in self.books
+            if b is not None
+        ))
 
     def check_invariants(self) -> None:
         """Raise EngineInvariantError if the state is inconsistent."""

@@ -1,0 +1,668 @@
+"""NASDAQ TotalView-ITCH 5.0: every message type, declared once as data, with a fast codec.
+
+Every message starts with the same 11-byte header; the type byte selects the body::
+
+     0        1        3        5                         11
+    +--------+--------+--------+--------+--------+--------+------------------//--+
+    |  type  | stock  |tracking|        timestamp         |  body (per type)      |
+    | 1 char | locate | number |  u48, ns since midnight  |                       |
+    |        |  u16   |  u16   |                          |                       |
+    +--------+--------+--------+--------+--------+--------+------------------//--+
+
+    Add Order 'A' (36 bytes), the bulk of any feed:
+    +----+------+------+---------+------------+----+--------+----------+--------+
+    | 'A'|locate|track | ts (6)  | order ref  |side| shares |  stock   | price  |
+    |  0 |   1  |   3  |    5    |  u64 @11   |@19 |u32 @20 | 8 a @24  |u32 @32 |
+    +----+------+------+---------+------------+----+--------+----------+--------+
+
+Integers are unsigned big-endian; Price(4) is u32 with 4 implied decimals
+(150.10 -> 1501000), Price(8) u64 with 8; alpha fields are ASCII, left-justified,
+space-padded (decode returns them as bytes, padding included, so re-encoding is
+byte-identical). Timestamps are int nanoseconds.
+
+API:
+    decode(buf) -> Message            one message (a typed NamedTuple per type)
+    encode(msg) -> bytes              validating encoder for any Message
+    LAYOUTS[b"A"] -> Msg              the layout table keyed by type byte
+    encode_add_order(...) etc.        hot-path encoders, one per type: positional ints and
+                                      bytes, no validation beyond what struct does
+    stock8("AAPL") -> b"AAPL    "     pad a symbol once, then reuse it on the hot path
+
+Field values are not range-checked on the hot path: ``struct`` raises ``struct.error``
+for an integer out of range, ``int.to_bytes`` raises OverflowError for a timestamp of
+2**48 ns or more (for example epoch nanoseconds passed by mistake), but a short alpha is
+NUL-padded by ``struct``: pass symbols made by ``stock8``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+from feeds.layout import (
+    U16,
+    U32,
+    U48,
+    U64,
+    Alpha2,
+    Alpha4,
+    Alpha8,
+    Buffer,
+    Char,
+    Msg,
+    alpha,
+)
+
+__all__ = [
+    "Message", "LAYOUTS", "LAYOUT_OF", "FAST_ENCODERS", "decode", "encode", "message_type",
+    "stock8", "HEADER_SIZE", "Price4", "Price8", "Stock",
+    "SystemEvent", "StockDirectory", "StockTradingAction", "RegShoRestriction",
+    "MarketParticipantPosition", "MwcbDeclineLevel", "MwcbStatus", "IpoQuotingPeriodUpdate",
+    "LuldAuctionCollar", "OperationalHalt", "AddOrder", "AddOrderMpid", "OrderExecuted",
+    "OrderExecutedWithPrice", "OrderCancel", "OrderDelete", "OrderReplace", "Trade",
+    "CrossTrade", "BrokenTrade", "Noii", "Rpii", "DirectListingCapitalRaise",
+]
+
+#: Price with 4 implied decimals (u32).
+Price4 = U32
+#: Price with 8 implied decimals (u64), used by the MWCB decline levels.
+Price8 = U64
+#: Stock symbol: 8 alpha.
+Stock = Alpha8
+
+#: Size of the common header: type, stock locate, tracking number, timestamp.
+HEADER_SIZE = 11
+
+
+# --------------------------------------------------------------------------------------------
+# The messages, in the order of the specification. Each class is the layout: field order,
+# wire type and size come from the annotations (see feeds.layout).
+# --------------------------------------------------------------------------------------------
+
+class SystemEvent(NamedTuple):
+    """'S' System Event (12): O start of messages, S/E start/end of system hours,
+    Q/M start/end of market hours, C end of messages."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    event_code: Char
+
+
+class StockDirectory(NamedTuple):
+    """'R' Stock Directory (39): one per symbol at the start of the day."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    stock: Stock
+    market_category: Char
+    financial_status: Char
+    round_lot_size: U32
+    round_lots_only: Char
+    issue_classification: Char
+    issue_sub_type: Alpha2
+    authenticity: Char
+    short_sale_threshold: Char
+    ipo_flag: Char
+    luld_ref_price_tier: Char
+    etp_flag: Char
+    etp_leverage_factor: U32
+    inverse: Char
+
+
+class StockTradingAction(NamedTuple):
+    """'H' Stock Trading Action (25): H halted, P paused, Q quotation only, T trading."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    stock: Stock
+    trading_state: Char
+    reserved: Char
+    reason: Alpha4
+
+
+class RegShoRestriction(NamedTuple):
+    """'Y' Reg SHO Short Sale Price Test Restricted Indicator (20): action 0, 1 or 2."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    stock: Stock
+    reg_sho_action: Char
+
+
+class MarketParticipantPosition(NamedTuple):
+    """'L' Market Participant Position (26)."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    mpid: Alpha4
+    stock: Stock
+    primary_market_maker: Char
+    market_maker_mode: Char
+    participant_state: Char
+
+
+class MwcbDeclineLevel(NamedTuple):
+    """'V' Market-Wide Circuit Breaker Decline Level (35): three Price(8) levels."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    level1: Price8
+    level2: Price8
+    level3: Price8
+
+
+class MwcbStatus(NamedTuple):
+    """'W' Market-Wide Circuit Breaker Status (12): breached level '1', '2' or '3'."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    breached_level: Char
+
+
+class IpoQuotingPeriodUpdate(NamedTuple):
+    """'K' IPO Quoting Period Update (28): release time in seconds since midnight;
+    qualifier A anticipated, C cancelled/postponed."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    stock: Stock
+    release_time_s: U32
+    release_qualifier: Char
+    ipo_price: Price4
+
+
+class LuldAuctionCollar(NamedTuple):
+    """'J' LULD Auction Collar (35)."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    stock: Stock
+    ref_price: Price4
+    upper_price: Price4
+    lower_price: Price4
+    extension: U32
+
+
+class OperationalHalt(NamedTuple):
+    """'h' Operational Halt (21): market code Q Nasdaq, B BX, X PSX; action H halted, T resumed."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    stock: Stock
+    market_code: Char
+    halt_action: Char
+
+
+class AddOrder(NamedTuple):
+    """'A' Add Order, no MPID attribution (36)."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    order_ref: U64
+    side: Char
+    shares: U32
+    stock: Stock
+    price: Price4
+
+
+class AddOrderMpid(NamedTuple):
+    """'F' Add Order with MPID attribution (40)."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    order_ref: U64
+    side: Char
+    shares: U32
+    stock: Stock
+    price: Price4
+    attribution: Alpha4
+
+
+class OrderExecuted(NamedTuple):
+    """'E' Order Executed (31), at the order's display price."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    order_ref: U64
+    executed_shares: U32
+    match_number: U64
+
+
+class OrderExecutedWithPrice(NamedTuple):
+    """'C' Order Executed With Price (36); printable Y/N."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    order_ref: U64
+    executed_shares: U32
+    match_number: U64
+    printable: Char
+    execution_price: Price4
+
+
+class OrderCancel(NamedTuple):
+    """'X' Order Cancel (23): a partial cancel of ``cancelled_shares``."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    order_ref: U64
+    cancelled_shares: U32
+
+
+class OrderDelete(NamedTuple):
+    """'D' Order Delete (19)."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    order_ref: U64
+
+
+class OrderReplace(NamedTuple):
+    """'U' Order Replace (35): retires ``original_order_ref``, introduces ``new_order_ref``."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    original_order_ref: U64
+    new_order_ref: U64
+    shares: U32
+    price: Price4
+
+
+class Trade(NamedTuple):
+    """'P' Trade, non-cross (44): a match against a non-displayed order (order_ref may be 0)."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    order_ref: U64
+    side: Char
+    shares: U32
+    stock: Stock
+    price: Price4
+    match_number: U64
+
+
+class CrossTrade(NamedTuple):
+    """'Q' Cross Trade (40): shares is u64; cross type O open, C close, H halt/IPO, I intraday."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    shares: U64
+    stock: Stock
+    cross_price: Price4
+    match_number: U64
+    cross_type: Char
+
+
+class BrokenTrade(NamedTuple):
+    """'B' Broken Trade (19)."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    match_number: U64
+
+
+class Noii(NamedTuple):
+    """'I' Net Order Imbalance Indicator (50); direction B, S, N, O."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    paired_shares: U64
+    imbalance_shares: U64
+    imbalance_direction: Char
+    stock: Stock
+    far_price: Price4
+    near_price: Price4
+    current_ref_price: Price4
+    cross_type: Char
+    price_variation: Char
+
+
+class Rpii(NamedTuple):
+    """'N' Retail Price Improvement Indicator (20): interest flag B, S, A (both) or N."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    stock: Stock
+    interest_flag: Char
+
+
+class DirectListingCapitalRaise(NamedTuple):
+    """'O' Direct Listing with Capital Raise price discovery (48); eligibility Y/N."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    stock: Stock
+    open_eligibility: Char
+    min_allowable_price: Price4
+    max_allowable_price: Price4
+    near_execution_price: Price4
+    near_execution_time: U64
+    lower_price_collar: Price4
+    upper_price_collar: Price4
+
+
+Message = (SystemEvent | StockDirectory | StockTradingAction | RegShoRestriction
+           | MarketParticipantPosition | MwcbDeclineLevel | MwcbStatus | IpoQuotingPeriodUpdate
+           | LuldAuctionCollar | OperationalHalt | AddOrder | AddOrderMpid | OrderExecuted
+           | OrderExecutedWithPrice | OrderCancel | OrderDelete | OrderReplace | Trade
+           | CrossTrade | BrokenTrade | Noii | Rpii | DirectListingCapitalRaise)
+
+# --------------------------------------------------------------------------------------------
+# The layout table
+# --------------------------------------------------------------------------------------------
+
+SYSTEM_EVENT = Msg(b"S", "System Event", SystemEvent)
+STOCK_DIRECTORY = Msg(b"R", "Stock Directory", StockDirectory)
+STOCK_TRADING_ACTION = Msg(b"H", "Stock Trading Action", StockTradingAction)
+REG_SHO_RESTRICTION = Msg(b"Y", "Reg SHO Restriction", RegShoRestriction)
+MARKET_PARTICIPANT_POSITION = Msg(b"L", "Market Participant Position", MarketParticipantPosition)
+MWCB_DECLINE_LEVEL = Msg(b"V", "MWCB Decline Level", MwcbDeclineLevel)
+MWCB_STATUS = Msg(b"W", "MWCB Status", MwcbStatus)
+IPO_QUOTING_PERIOD_UPDATE = Msg(b"K", "IPO Quoting Period Update", IpoQuotingPeriodUpdate)
+LULD_AUCTION_COLLAR = Msg(b"J", "LULD Auction Collar", LuldAuctionCollar)
+OPERATIONAL_HALT = Msg(b"h", "Operational Halt", OperationalHalt)
+ADD_ORDER = Msg(b"A", "Add Order", AddOrder)
+ADD_ORDER_MPID = Msg(b"F", "Add Order with MPID", AddOrderMpid)
+ORDER_EXECUTED = Msg(b"E", "Order Executed", OrderExecuted)
+ORDER_EXECUTED_WITH_PRICE = Msg(b"C", "Order Executed With Price", OrderExecutedWithPrice)
+ORDER_CANCEL = Msg(b"X", "Order Cancel", OrderCancel)
+ORDER_DELETE = Msg(b"D", "Order Delete", OrderDelete)
+ORDER_REPLACE = Msg(b"U", "Order Replace", OrderReplace)
+TRADE = Msg(b"P", "Trade", Trade)
+CROSS_TRADE = Msg(b"Q", "Cross Trade", CrossTrade)
+BROKEN_TRADE = Msg(b"B", "Broken Trade", BrokenTrade)
+NOII = Msg(b"I", "NOII", Noii)
+RPII = Msg(b"N", "RPII", Rpii)
+DIRECT_LISTING_CAPITAL_RAISE = Msg(b"O", "Direct Listing with Capital Raise", DirectListingCapitalRaise)
+
+_ALL: tuple[Msg[Any], ...] = (
+    SYSTEM_EVENT, STOCK_DIRECTORY, STOCK_TRADING_ACTION, REG_SHO_RESTRICTION,
+    MARKET_PARTICIPANT_POSITION, MWCB_DECLINE_LEVEL, MWCB_STATUS, IPO_QUOTING_PERIOD_UPDATE,
+    LULD_AUCTION_COLLAR, OPERATIONAL_HALT, ADD_ORDER, ADD_ORDER_MPID, ORDER_EXECUTED,
+    ORDER_EXECUTED_WITH_PRICE, ORDER_CANCEL, ORDER_DELETE, ORDER_REPLACE, TRADE, CROSS_TRADE,
+    BROKEN_TRADE, NOII, RPII, DIRECT_LISTING_CAPITAL_RAISE,
+)
+
+#: Every ITCH 5.0 layout keyed by its type byte (b"A" ...).
+LAYOUTS: dict[bytes, Msg[Any]] = {m.type_byte: m for m in _ALL if m.type_byte is not None}
+#: The layout of each message class.
+LAYOUT_OF: dict[type, Msg[Any]] = {m.cls: m for m in _ALL}
+
+# Dispatch by the integer value of the type byte: one list index per decode.
+_BY_ORD: list[Msg[Any] | None] = [None] * 256
+for _m in _ALL:
+    assert _m.type_byte is not None and _m.names[:3] == ("stock_locate", "tracking", "timestamp")
+    _BY_ORD[_m.type_byte[0]] = _m
+del _m
+
+
+def decode(buf: Buffer) -> Message:
+    """Decode one ITCH message (exactly its bytes, no length prefix).
+
+    Raises ValueError for an empty buffer, an unknown type or a length that does not
+    match the type.
+    """
+    if not buf:
+        raise ValueError("ITCH: empty message")
+    layout = _BY_ORD[buf[0]]
+    if layout is None:
+        raise ValueError(f"ITCH: unknown message type {bytes(buf[:1])!r}")
+    if len(buf) != layout.size:
+        raise ValueError(f"ITCH {layout.type_byte!r} {layout.name}: expected {layout.size} bytes, got {len(buf)}")
+    msg: Message = layout.decode_trusted(buf)
+    return msg
+
+
+def encode(msg: Message) -> bytes:
+    """Encode any ITCH message object, validating fields (ValueError on bad values)."""
+    layout = LAYOUT_OF.get(type(msg))
+    if layout is None:
+        raise ValueError(f"ITCH: not an ITCH message: {type(msg).__name__}")
+    return layout.encode(msg)
+
+
+def message_type(msg: Message) -> bytes:
+    """The type byte of a message object (b"A" for an AddOrder)."""
+    type_byte = LAYOUT_OF[type(msg)].type_byte
+    assert type_byte is not None
+    return type_byte
+
+
+def stock8(symbol: str | bytes) -> bytes:
+    """A stock symbol as the 8-byte alpha field (b"AAPL    "); ValueError if longer than 8."""
+    return alpha(symbol, 8)
+
+
+# --------------------------------------------------------------------------------------------
+# Hot-path encoders: one struct call per message. Arguments follow the wire order; the
+# timestamp is int nanoseconds since midnight; alpha arguments must already have their exact
+# size (use stock8). The tests check each against the validating encoder.
+# --------------------------------------------------------------------------------------------
+
+_pack_S = SYSTEM_EVENT.struct.pack
+_pack_R = STOCK_DIRECTORY.struct.pack
+_pack_H = STOCK_TRADING_ACTION.struct.pack
+_pack_Y = REG_SHO_RESTRICTION.struct.pack
+_pack_L = MARKET_PARTICIPANT_POSITION.struct.pack
+_pack_V = MWCB_DECLINE_LEVEL.struct.pack
+_pack_W = MWCB_STATUS.struct.pack
+_pack_K = IPO_QUOTING_PERIOD_UPDATE.struct.pack
+_pack_J = LULD_AUCTION_COLLAR.struct.pack
+_pack_h = OPERATIONAL_HALT.struct.pack
+_pack_A = ADD_ORDER.struct.pack
+_pack_F = ADD_ORDER_MPID.struct.pack
+_pack_E = ORDER_EXECUTED.struct.pack
+_pack_C = ORDER_EXECUTED_WITH_PRICE.struct.pack
+_pack_X = ORDER_CANCEL.struct.pack
+_pack_D = ORDER_DELETE.struct.pack
+_pack_U = ORDER_REPLACE.struct.pack
+_pack_P = TRADE.struct.pack
+_pack_Q = CROSS_TRADE.struct.pack
+_pack_B = BROKEN_TRADE.struct.pack
+_pack_I = NOII.struct.pack
+_pack_N = RPII.struct.pack
+_pack_O = DIRECT_LISTING_CAPITAL_RAISE.struct.pack
+
+
+def encode_system_event(stock_locate: int, tracking: int, ts_ns: int, event_code: bytes) -> bytes:
+    """'S' System Event."""
+    return _pack_S(b"S", stock_locate, tracking, ts_ns.to_bytes(6, "big"), event_code)
+
+
+def encode_stock_directory(stock_locate: int, tracking: int, ts_ns: int, stock: bytes,
+                           market_category: bytes, financial_status: bytes, round_lot_size: int,
+                           round_lots_only: bytes, issue_classification: bytes, issue_sub_type: bytes,
+                           authenticity: bytes, short_sale_threshold: bytes, ipo_flag: bytes,
+                           luld_ref_price_tier: bytes, etp_flag: bytes, etp_leverage_factor: int,
+                           inverse: bytes) -> bytes:
+    """'R' Stock Directory."""
+    return _pack_R(b"R", stock_locate, tracking, ts_ns.to_bytes(6, "big"), stock, market_category,
+                   financial_status, round_lot_size, round_lots_only, issue_classification,
+                   issue_sub_type, authenticity, short_sale_threshold, ipo_flag, luld_ref_price_tier,
+                   etp_flag, etp_leverage_factor, inverse)
+
+
+def encode_stock_trading_action(stock_locate: int, tracking: int, ts_ns: int, stock: bytes,
+                                trading_state: bytes, reserved: bytes, reason: bytes) -> bytes:
+    """'H' Stock Trading Action (``reserved`` is normally b" ", ``reason`` 4 alpha)."""
+    return _pack_H(b"H", stock_locate, tracking, ts_ns.to_bytes(6, "big"), stock, trading_state,
+                   reserved, reason)
+
+
+def encode_reg_sho_restriction(stock_locate: int, tracking: int, ts_ns: int, stock: bytes,
+                               reg_sho_action: bytes) -> bytes:
+    """'Y' Reg SHO Short Sale Price Test Restricted Indicator."""
+    return _pack_Y(b"Y", stock_locate, tracking, ts_ns.to_bytes(6, "big"), stock, reg_sho_action)
+
+
+def encode_market_participant_position(stock_locate: int, tracking: int, ts_ns: int, mpid: bytes,
+                                       stock: bytes, primary_market_maker: bytes,
+                                       market_maker_mode: bytes, participant_state: bytes) -> bytes:
+    """'L' Market Participant Position."""
+    return _pack_L(b"L", stock_locate, tracking, ts_ns.to_bytes(6, "big"), mpid, stock,
+                   primary_market_maker, market_maker_mode, participant_state)
+
+
+def encode_mwcb_decline_level(stock_locate: int, tracking: int, ts_ns: int, level1: int,
+                              level2: int, level3: int) -> bytes:
+    """'V' MWCB Decline Level (levels are Price(8))."""
+    return _pack_V(b"V", stock_locate, tracking, ts_ns.to_bytes(6, "big"), level1, level2, level3)
+
+
+def encode_mwcb_status(stock_locate: int, tracking: int, ts_ns: int, breached_level: bytes) -> bytes:
+    """'W' MWCB Status."""
+    return _pack_W(b"W", stock_locate, tracking, ts_ns.to_bytes(6, "big"), breached_level)
+
+
+def encode_ipo_quoting_period_update(stock_locate: int, tracking: int, ts_ns: int, stock: bytes,
+                                     release_time_s: int, release_qualifier: bytes,
+                                     ipo_price: int) -> bytes:
+    """'K' IPO Quoting Period Update."""
+    return _pack_K(b"K", stock_locate, tracking, ts_ns.to_bytes(6, "big"), stock, release_time_s,
+                   release_qualifier, ipo_price)
+
+
+def encode_luld_auction_collar(stock_locate: int, tracking: int, ts_ns: int, stock: bytes,
+                               ref_price: int, upper_price: int, lower_price: int,
+                               extension: int) -> bytes:
+    """'J' LULD Auction Collar."""
+    return _pack_J(b"J", stock_locate, tracking, ts_ns.to_bytes(6, "big"), stock, ref_price,
+                   upper_price, lower_price, extension)
+
+
+def encode_operational_halt(stock_locate: int, tracking: int, ts_ns: int, stock: bytes,
+                            market_code: bytes, halt_action: bytes) -> bytes:
+    """'h' Operational Halt."""
+    return _pack_h(b"h", stock_locate, tracking, ts_ns.to_bytes(6, "big"), stock, market_code,
+                   halt_action)
+
+
+def encode_add_order(stock_locate: int, tracking: int, ts_ns: int, order_ref: int, side: bytes,
+                     shares: int, stock: bytes, price: int) -> bytes:
+    """'A' Add Order (no MPID)."""
+    return _pack_A(b"A", stock_locate, tracking, ts_ns.to_bytes(6, "big"), order_ref, side, shares,
+                   stock, price)
+
+
+def encode_add_order_mpid(stock_locate: int, tracking: int, ts_ns: int, order_ref: int,
+                          side: bytes, shares: int, stock: bytes, price: int,
+                          attribution: bytes) -> bytes:
+    """'F' Add Order with MPID attribution."""
+    return _pack_F(b"F", stock_locate, tracking, ts_ns.to_bytes(6, "big"), order_ref, side, shares,
+                   stock, price, attribution)
+
+
+def encode_order_executed(stock_locate: int, tracking: int, ts_ns: int, order_ref: int,
+                          executed_shares: int, match_number: int) -> bytes:
+    """'E' Order Executed."""
+    return _pack_E(b"E", stock_locate, tracking, ts_ns.to_bytes(6, "big"), order_ref,
+                   executed_shares, match_number)
+
+
+def encode_order_executed_with_price(stock_locate: int, tracking: int, ts_ns: int, order_ref: int,
+                                     executed_shares: int, match_number: int, printable: bytes,
+                                     execution_price: int) -> bytes:
+    """'C' Order Executed With Price."""
+    return _pack_C(b"C", stock_locate, tracking, ts_ns.to_bytes(6, "big"), order_ref,
+                   executed_shares, match_number, printable, execution_price)
+
+
+def encode_order_cancel(stock_locate: int, tracking: int, ts_ns: int, order_ref: int,
+                        cancelled_shares: int) -> bytes:
+    """'X' Order Cancel (partial)."""
+    return _pack_X(b"X", stock_locate, tracking, ts_ns.to_bytes(6, "big"), order_ref,
+                   cancelled_shares)
+
+
+def encode_order_delete(stock_locate: int, tracking: int, ts_ns: int, order_ref: int) -> bytes:
+    """'D' Order Delete."""
+    return _pack_D(b"D", stock_locate, tracking, ts_ns.to_bytes(6, "big"), order_ref)
+
+
+def encode_order_replace(stock_locate: int, tracking: int, ts_ns: int, original_order_ref: int,
+                         new_order_ref: int, shares: int, price: int) -> bytes:
+    """'U' Order Replace."""
+    return _pack_U(b"U", stock_locate, tracking, ts_ns.to_bytes(6, "big"), original_order_ref,
+                   new_order_ref, shares, price)
+
+
+def encode_trade(stock_locate: int, tracking: int, ts_ns: int, order_ref: int, side: bytes,
+                 shares: int, stock: bytes, price: int, match_number: int) -> bytes:
+    """'P' Trade (non-cross)."""
+    return _pack_P(b"P", stock_locate, tracking, ts_ns.to_bytes(6, "big"), order_ref, side, shares,
+                   stock, price, match_number)
+
+
+def encode_cross_trade(stock_locate: int, tracking: int, ts_ns: int, shares: int, stock: bytes,
+                       cross_price: int, match_number: int, cross_type: bytes) -> bytes:
+    """'Q' Cross Trade."""
+    return _pack_Q(b"Q", stock_locate, tracking, ts_ns.to_bytes(6, "big"), shares, stock,
+                   cross_price, match_number, cross_type)
+
+
+def encode_broken_trade(stock_locate: int, tracking: int, ts_ns: int, match_number: int) -> bytes:
+    """'B' Broken Trade."""
+    return _pack_B(b"B", stock_locate, tracking, ts_ns.to_bytes(6, "big"), match_number)
+
+
+def encode_noii(stock_locate: int, tracking: int, ts_ns: int, paired_shares: int,
+                imbalance_shares: int, imbalance_direction: bytes, stock: bytes, far_price: int,
+                near_price: int, current_ref_price: int, cross_type: bytes,
+                price_variation: bytes) -> bytes:
+    """'I' Net Order Imbalance Indicator."""
+    return _pack_I(b"I", stock_locate, tracking, ts_ns.to_bytes(6, "big"), paired_shares,
+                   imbalance_shares, imbalance_direction, stock, far_price, near_price,
+                   current_ref_price, cross_type, price_variation)
+
+
+def encode_rpii(stock_locate: int, tracking: int, ts_ns: int, stock: bytes,
+                interest_flag: bytes) -> bytes:
+    """'N' Retail Price Improvement Indicator."""
+    return _pack_N(b"N", stock_locate, tracking, ts_ns.to_bytes(6, "big"), stock, interest_flag)
+
+
+def encode_direct_listing_capital_raise(stock_locate: int, tracking: int, ts_ns: int,
+                                        stock: bytes, open_eligibility: bytes,
+                                        min_allowable_price: int, max_allowable_price: int,
+                                        near_execution_price: int, near_execution_time: int,
+                                        lower_price_collar: int, upper_price_collar: int) -> bytes:
+    """'O' Direct Listing with Capital Raise price discovery."""
+    return _pack_O(b"O", stock_locate, tracking, ts_ns.to_bytes(6, "big"), stock, open_eligibility,
+                   min_allowable_price, max_allowable_price, near_execution_price,
+                   near_execution_time, lower_price_collar, upper_price_collar)
+
+
+#: The hot-path encoder of each type byte (same argument order as the message fields).
+FAST_ENCODERS: dict[bytes, Callable[..., bytes]] = {
+    b"S": encode_system_event, b"R": encode_stock_directory, b"H": encode_stock_trading_action,
+    b"Y": encode_reg_sho_restriction, b"L": encode_market_participant_position,
+    b"V": encode_mwcb_decline_level, b"W": encode_mwcb_status,
+    b"K": encode_ipo_quoting_period_update, b"J": encode_luld_auction_collar,
+    b"h": encode_operational_halt, b"A": encode_add_order, b"F": encode_add_order_mpid,
+    b"E": encode_order_executed, b"C": encode_order_executed_with_price,
+    b"X": encode_order_cancel, b"D": encode_order_delete, b"U": encode_order_replace,
+    b"P": encode_trade, b"Q": encode_cross_trade, b"B": encode_broken_trade, b"I": encode_noii,
+    b"N": encode_rpii, b"O": encode_direct_listing_capital_raise,
+}
+assert FAST_ENCODERS.keys() == LAYOUTS.keys()

@@ -166,7 +166,7 @@ class Msg(Generic[T]):
 
     @classmethod
     def from_pairs(cls, type_byte: bytes | None, name: str,
-                   pairs: Sequence[tuple[str, str]], typename: str | None = None) -> Msg[tuple[Any, ...]]:
+                   pairs: Sequence[tuple[str, str]], typename: str | None = None) -> Msg[Any]:
         """Build a layout from a table of ``(field name, code)`` pairs.
 
         The message class is a ``collections.namedtuple`` named ``typename`` (default:
@@ -176,7 +176,7 @@ class Msg(Generic[T]):
 
         tname = typename or "".join(part.capitalize() for part in name.replace("-", " ").split())
         tuple_cls: type[tuple[Any, ...]] = collections.namedtuple(tname, [p[0] for p in pairs])  # type: ignore[misc]
-        msg: Msg[tuple[Any, ...]] = Msg.__new__(Msg)
+        msg: Msg[Any] = Msg.__new__(Msg)
         msg._compile(type_byte, name, tuple_cls, tuple(pairs))
         return msg
 

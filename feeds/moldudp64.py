@@ -1,0 +1,303 @@
+"""MoldUDP64: the framing of every multicast feed, as sans-IO code (bytes in, bytes out).
+
+Downstream packet (one UDP datagram, at most ``max_payload`` bytes, 1472 by default)::
+
+     0                   10                  18      20
+    +-------------------+-------------------+-------+------------------------------//--+
+    |      session      |  sequence number  | count |  message blocks                   |
+    |  10 alpha         |  u64, of the      |  u16  |                                   |
+    |                   |  first message    |       |                                   |
+    +-------------------+-------------------+-------+------------------------------//--+
+
+    message block (repeated ``count`` times)
+    +-------+----------------------------//--+
+    |length |  message (length bytes)         |
+    |  u16  |  e.g. one ITCH 5.0 message      |
+    +-------+----------------------------//--+
+
+    count = 0       heartbeat: no blocks, sequence = next expected
+    count = 0xFFFF  end of session: no blocks, sequence = next expected
+
+    Re-request (client -> request server, 20 bytes):
+    +-------------------+-------------------+-------+
+    |      session      | first seq wanted  | count |
+    |     10 alpha      |       u64         |  u16  |
+    +-------------------+-------------------+-------+
+
+Sequence numbers start at 1 per session, one per message; the next packet's sequence is
+this one's sequence + count. ``PacketBuilder`` packs messages into as few datagrams as
+fit and computes counts and sequence numbers itself; ``parse_packet`` validates every
+length and raises ValueError on malformed input.
+"""
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+from feeds.layout import U16, U64, Alpha10, Buffer, Msg, alpha
+
+__all__ = [
+    "HEADER", "HEADER_SIZE", "REREQUEST", "REREQUEST_SIZE", "END_OF_SESSION_COUNT",
+    "DEFAULT_MAX_PAYLOAD", "MAX_UDP_PAYLOAD", "Header", "ReRequest", "MoldPacket", "Session",
+    "PacketBuilder", "session_name", "heartbeat", "end_of_session", "parse_packet",
+    "encode_rerequest", "decode_rerequest", "frame_blocks", "iter_blocks",
+]
+
+
+class Header(NamedTuple):
+    """The 20-byte downstream packet header."""
+
+    session: Alpha10
+    sequence: U64
+    message_count: U16
+
+
+class ReRequest(NamedTuple):
+    """The 20-byte re-request: ``message_count`` messages from ``sequence`` (inclusive)."""
+
+    session: Alpha10
+    sequence: U64
+    message_count: U16
+
+
+HEADER = Msg(None, "MoldUDP64 header", Header)
+REREQUEST = Msg(None, "MoldUDP64 re-request", ReRequest)
+HEADER_SIZE = HEADER.size
+REREQUEST_SIZE = REREQUEST.size
+
+#: Message count of an End of Session packet.
+END_OF_SESSION_COUNT = 0xFFFF
+#: Largest UDP payload that avoids IP fragmentation on a 1500-byte MTU (1500 - 20 - 8).
+DEFAULT_MAX_PAYLOAD = 1472
+#: Largest payload a UDP datagram over IPv4 can carry.
+MAX_UDP_PAYLOAD = 65507
+
+_pack_header = HEADER.struct.pack
+_unpack_header_from = HEADER.struct.unpack_from
+_U16 = struct.Struct(">H")
+_pack_u16 = _U16.pack
+_unpack_u16_from = _U16.unpack_from
+
+
+class MoldPacket(NamedTuple):
+    """A parsed downstream packet. ``messages`` is empty for heartbeats and end of session."""
+
+    session: bytes
+    sequence: int
+    message_count: int
+    messages: list[bytes]
+
+    @property
+    def is_heartbeat(self) -> bool:
+        return self.message_count == 0
+
+    @property
+    def is_end_of_session(self) -> bool:
+        return self.message_count == END_OF_SESSION_COUNT
+
+
+def session_name(name: str | bytes) -> bytes:
+    """The 10-byte session field: ASCII, left-justified, space-padded (ValueError if longer)."""
+    return alpha(name, 10)
+
+
+def heartbeat(session: bytes, next_sequence: int) -> bytes:
+    """A heartbeat: count 0, sequence = the next sequence number the receiver should expect."""
+    return _pack_header(session_name(session), next_sequence, 0)
+
+
+def end_of_session(session: bytes, next_sequence: int) -> bytes:
+    """An End of Session packet: count 0xFFFF, sequence = the next expected sequence number."""
+    return _pack_header(session_name(session), next_sequence, END_OF_SESSION_COUNT)
+
+
+def frame_blocks(messages: list[bytes]) -> bytes:
+    """Frame messages as ``u16 length + message`` blocks (also the NASDAQ BinaryFILE layout)."""
+    parts: list[bytes] = []
+    for m in messages:
+        if len(m) > 0xFFFF:
+            raise ValueError(f"MoldUDP64: a message of {len(m)} bytes does not fit a u16 length")
+        parts.append(_pack_u16(len(m)))
+        parts.append(m)
+    return b"".join(parts)
+
+
+def iter_blocks(data: Buffer) -> list[bytes]:
+    """Split a run of ``u16 length + message`` blocks; ValueError if the last one is cut short."""
+    out: list[bytes] = []
+    view = memoryview(data)
+    pos, end = 0, len(view)
+    while pos < end:
+        if end - pos < 2:
+            raise ValueError(f"blocks: 1 stray byte at offset {pos}")
+        (n,) = _unpack_u16_from(view, pos)
+        pos += 2
+        if pos + n > end:
+            raise ValueError(f"blocks: block at offset {pos - 2} claims {n} bytes, {end - pos} left")
+        out.append(bytes(view[pos:pos + n]))
+        pos += n
+    return out
+
+
+def parse_packet(data: Buffer) -> MoldPacket:
+    """Parse one downstream datagram; raise ValueError if it is malformed.
+
+    Checks: at least a header; heartbeats and end of session carry nothing after it;
+    exactly ``count`` blocks, each within the datagram; no bytes after the last block.
+    """
+    size = len(data)
+    if size < HEADER_SIZE:
+        raise ValueError(f"MoldUDP64: {size} bytes is shorter than the {HEADER_SIZE}-byte header")
+    session, sequence, count = _unpack_header_from(data, 0)
+    if count == 0 or count == END_OF_SESSION_COUNT:
+        if size != HEADER_SIZE:
+            kind = "heartbeat" if count == 0 else "end of session"
+            raise ValueError(f"MoldUDP64: {kind} packet with {size - HEADER_SIZE} trailing bytes")
+        return MoldPacket(session, sequence, count, [])
+    messages: list[bytes] = []
+    append = messages.append
+    pos = HEADER_SIZE
+    for index in range(count):
+        if pos + 2 > size:
+            raise ValueError(f"MoldUDP64: count {count} but the datagram ends after {index} messages")
+        (n,) = _unpack_u16_from(data, pos)
+        pos += 2
+        end = pos + n
+        if end > size:
+            raise ValueError(f"MoldUDP64: message {index} claims {n} bytes, only {size - pos} left")
+        append(bytes(data[pos:end]))
+        pos = end
+    if pos != size:
+        raise ValueError(f"MoldUDP64: {size - pos} bytes after the last of {count} messages")
+    return MoldPacket(session, sequence, count, messages)
+
+
+def encode_rerequest(session: bytes, first_sequence: int, count: int) -> bytes:
+    """A 20-byte re-request for ``count`` messages starting at ``first_sequence``."""
+    if not 0 < count < END_OF_SESSION_COUNT:
+        raise ValueError(f"MoldUDP64 re-request: count {count} outside 1..65534")
+    return REREQUEST.encode(ReRequest(session_name(session), first_sequence, count))
+
+
+def decode_rerequest(data: Buffer) -> ReRequest:
+    """Decode a 20-byte re-request; ValueError on any other length."""
+    if len(data) != REREQUEST_SIZE:
+        raise ValueError(f"MoldUDP64 re-request: expected {REREQUEST_SIZE} bytes, got {len(data)}")
+    return REREQUEST.decode(data)
+
+
+class Session:
+    """The state of one MoldUDP64 session: its 10-byte name and next sequence number.
+
+    Owned by the single thread that publishes the session. ``next_seq`` is the sequence
+    number of the first message not yet handed out in a packet, so a heartbeat sent now
+    tells receivers exactly what to expect next.
+    """
+
+    __slots__ = ("name", "next_seq")
+
+    def __init__(self, name: str | bytes, next_seq: int = 1) -> None:
+        if next_seq < 1:
+            raise ValueError(f"MoldUDP64: sequence numbers start at 1, got {next_seq}")
+        self.name: bytes = session_name(name)
+        self.next_seq: int = next_seq
+
+    def heartbeat(self) -> bytes:
+        """A heartbeat carrying the next expected sequence number."""
+        return _pack_header(self.name, self.next_seq, 0)
+
+    def end_of_session(self) -> bytes:
+        """An End of Session packet carrying the next expected sequence number."""
+        return _pack_header(self.name, self.next_seq, END_OF_SESSION_COUNT)
+
+    def rerequest(self, first_sequence: int, count: int) -> bytes:
+        """A re-request for this session."""
+        return encode_rerequest(self.name, first_sequence, count)
+
+    def __repr__(self) -> str:
+        return f"Session({self.name!r}, next_seq={self.next_seq})"
+
+
+class PacketBuilder:
+    """Packs messages into as few MoldUDP64 datagrams as fit; owned by the publishing thread.
+
+    ``add(message)`` assigns the message its sequence number and returns it; a message that
+    does not fit the open packet closes it first. Closed packets wait in a queue until
+    ``drain()`` (closed packets only) or ``flush()`` (also closes the open packet) hands
+    them over; either advances ``session.next_seq`` past every message handed over. The
+    caller never passes a length, count or sequence number.
+    """
+
+    __slots__ = ("session", "max_payload", "_parts", "_room", "_first", "_next", "_ready")
+
+    def __init__(self, session: Session, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        if not HEADER_SIZE + 3 <= max_payload <= MAX_UDP_PAYLOAD:
+            raise ValueError(f"MoldUDP64: max_payload {max_payload} outside {HEADER_SIZE + 3}..{MAX_UDP_PAYLOAD}")
+        self.session = session
+        self.max_payload = max_payload
+        self._first = session.next_seq      # sequence of the first message in the open packet
+        self._next = session.next_seq       # sequence the next added message gets
+        self._parts: list[bytes] = [b""]    # [header placeholder, len, msg, len, msg, ...]
+        self._room = max_payload - HEADER_SIZE
+        self._ready: list[bytes] = []
+
+    @property
+    def max_message(self) -> int:
+        """The largest message that fits a packet."""
+        return self.max_payload - HEADER_SIZE - 2
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the next added message will get."""
+        return self._next
+
+    @property
+    def pending_messages(self) -> int:
+        """Messages in the open (not yet closed) packet."""
+        return self._next - self._first
+
+    def add(self, message: bytes) -> int:
+        """Append one message (ValueError if empty or larger than ``max_message``); return its sequence."""
+        n = len(message)
+        if self._room < n + 2 or not n:
+            if not 0 < n <= self.max_payload - HEADER_SIZE - 2:
+                raise ValueError(f"MoldUDP64: message of {n} bytes; allowed 1..{self.max_message}")
+            self._close()
+        self._room -= n + 2
+        parts = self._parts
+        parts.append(_pack_u16(n))
+        parts.append(message)
+        seq = self._next
+        self._next = seq + 1
+        return seq
+
+    def add_many(self, messages: list[bytes]) -> int:
+        """Append messages in order; return the sequence number of the first."""
+        first = self._next
+        add = self.add
+        for m in messages:
+            add(m)
+        return first
+
+    def _close(self) -> None:
+        count = self._next - self._first
+        if count:
+            parts = self._parts
+            parts[0] = _pack_header(self.session.name, self._first, count)
+            self._ready.append(b"".join(parts))
+            self._parts = [b""]
+            self._room = self.max_payload - HEADER_SIZE
+            self._first = self._next
+
+    def drain(self) -> list[bytes]:
+        """Hand over the closed packets (the open one stays open)."""
+        ready = self._ready
+        if ready:
+            self._ready = []
+            self.session.next_seq = self._first
+        return ready
+
+    def flush(self) -> list[bytes]:
+        """Close the open packet and hand over every packet: call at the end of a batch."""
+        self._close()
+        return self.drain()

@@ -1,0 +1,69 @@
+"""Shared helpers of the matching tests: commands as plain specs, events as plain data.
+
+Engines mutate the commands they apply (an accepted NewOrder becomes the live order), so a test
+that runs two engines keeps each command as a *spec*, ``(NAME, field values in FIELDS order)``, and
+builds a fresh object per engine. The same shape is how a command appears in a normalized event.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+
+from appliance.catalogue import COMMANDS, EVENT_LAYOUTS, Command, Event, NewOrder
+
+Spec = tuple[str, tuple[Any, ...]]
+
+_BY_NAME = {cls.NAME: cls for cls in COMMANDS.values()}
+_ORDER_FIELDS = ("order", "maker", "taker", "old", "new")
+
+
+def spec_of(cmd: Command) -> Spec:
+    """A command as plain data: (NAME, its FIELDS values)."""
+    return cmd.NAME, tuple(getattr(cmd, name) for name, _ in cmd.FIELDS)
+
+
+def build(spec: Spec) -> Command:
+    """A fresh command object from a spec."""
+    cls = _BY_NAME[spec[0]]
+    return cls(**{name: value for (name, _), value in zip(cls.FIELDS, spec[1])})  # type: ignore[no-any-return]
+
+
+def order_key(o: NewOrder) -> tuple[int, ...]:
+    """An order's identity as events show it."""
+    return (o.order_id, o.ref, o.firm, o.side, o.price, o.stop_price, o.ord_type, o.tif)
+
+
+def normalize(ev: Event) -> tuple[Any, ...]:
+    """An event tuple as plain data: (event name, field values); orders and commands flattened."""
+    name, fields = EVENT_LAYOUTS[ev[0]]
+    values: list[Any] = [name]
+    for field, value in zip(fields[1:], ev[1:]):
+        if field == "command":
+            values.append(spec_of(value))
+        elif field in _ORDER_FIELDS:
+            values.append(order_key(value))
+        else:
+            values.append(value)
+    return tuple(values)
+
+
+class MatchingKit:
+    """The helpers above, handed to tests by the `kit` fixture."""
+
+    spec_of: Callable[[Command], Spec] = staticmethod(spec_of)  # type: ignore[assignment]
+    build: Callable[[Spec], Command] = staticmethod(build)  # type: ignore[assignment]
+    normalize: Callable[[Event], tuple[Any, ...]] = staticmethod(normalize)  # type: ignore[assignment]
+    order_key: Callable[[NewOrder], tuple[int, ...]] = staticmethod(order_key)  # type: ignore[assignment]
+
+    @staticmethod
+    def step(engine: Any, spec: Spec) -> list[tuple[Any, ...]]:
+        """Apply a fresh command built from `spec`; return the normalized events."""
+        out: list[Event] = []
+        engine.apply(build(spec), out)
+        return [normalize(ev) for ev in out]
+
+
+@pytest.fixture(scope="session")
+def kit() -> MatchingKit:
+    return MatchingKit()

@@ -14,6 +14,7 @@ from typing import Sequence
 # (module, subcommand names it registers) — the single list of subcommands.
 COMMAND_MODULES: tuple[str, ...] = (
     "tools.bench",
+    "tools.replay",  # replay WALDIR, audit export WALDIR
 )
 
 

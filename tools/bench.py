@@ -10,6 +10,7 @@ from typing import Any
 
 BENCH_MODULES: tuple[str, ...] = (
     "tools.bench_matching",
+    "tools.bench_wal",  # wal, recovery, crash
 )
 
 

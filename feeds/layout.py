@@ -151,7 +151,7 @@ class Msg(Generic[T]):
     """
 
     __slots__ = ("type_byte", "name", "cls", "fields", "names", "struct", "size",
-                 "_prefix", "_alpha", "_u48", "_skip", "_decode_body")
+                 "decode_trusted", "_prefix", "_alpha", "_u48", "_skip")
 
     type_byte: bytes | None
     name: str
@@ -160,6 +160,9 @@ class Msg(Generic[T]):
     names: tuple[str, ...]
     struct: struct.Struct
     size: int
+    #: Decode a buffer whose length and type byte the caller has already checked (the
+    #: hot path of a decoder that dispatches on the type byte itself).
+    decode_trusted: Callable[[Buffer], T]
 
     def __init__(self, type_byte: bytes | None, name: str, cls: type[T]) -> None:
         self._compile(type_byte, name, cls, _fields_of(cls))
@@ -215,7 +218,7 @@ class Msg(Generic[T]):
         self._alpha: tuple[tuple[int, int], ...] = tuple(alphas)
         self._u48: tuple[int, ...] = tuple(u48s)
         self._skip = 1 if type_byte is not None else 0
-        self._decode_body: Callable[[Buffer], T] = self._make_decoder()
+        self.decode_trusted = self._make_decoder()
 
     def _make_decoder(self) -> Callable[[Buffer], T]:
         """Build the fastest decoder that fits this layout (no u48, one u48, or several)."""
@@ -251,11 +254,7 @@ class Msg(Generic[T]):
             raise ValueError(f"{self.name}: expected {self.size} bytes, got {len(buf)}")
         if self._skip and buf[0] != self._prefix[0][0]:
             raise ValueError(f"{self.name}: type byte {bytes(buf[:1])!r}, expected {self.type_byte!r}")
-        return self._decode_body(buf)
-
-    def decode_trusted(self, buf: Buffer) -> T:
-        """Decode a buffer whose length and type byte the caller has already checked."""
-        return self._decode_body(buf)
+        return self.decode_trusted(buf)
 
     def encode(self, msg: T) -> bytes:
         """Encode ``msg``, validating it: the general (not the hot) path.

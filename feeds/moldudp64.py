@@ -40,7 +40,7 @@ __all__ = [
     "HEADER", "HEADER_SIZE", "REREQUEST", "REREQUEST_SIZE", "END_OF_SESSION_COUNT",
     "DEFAULT_MAX_PAYLOAD", "MAX_UDP_PAYLOAD", "Header", "ReRequest", "MoldPacket", "Session",
     "PacketBuilder", "session_name", "heartbeat", "end_of_session", "parse_packet",
-    "encode_rerequest", "decode_rerequest", "frame_blocks", "iter_blocks",
+    "encode_rerequest", "decode_rerequest", "frame_blocks", "split_blocks",
 ]
 
 
@@ -122,7 +122,7 @@ def frame_blocks(messages: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def iter_blocks(data: Buffer) -> list[bytes]:
+def split_blocks(data: Buffer) -> list[bytes]:
     """Split a run of ``u16 length + message`` blocks; ValueError if the last one is cut short."""
     out: list[bytes] = []
     view = memoryview(data)

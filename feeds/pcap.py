@@ -214,7 +214,7 @@ class PcapWriter:
     @classmethod
     def open(cls, path: str | Path, *, nanosecond: bool = True) -> PcapWriter:
         """Create (truncate) ``path`` and write its global header; close() closes the file."""
-        writer = cls(open(path, "wb"), nanosecond=nanosecond)  # noqa: SIM115 - closed by close()
+        writer = cls(open(path, "wb"), nanosecond=nanosecond)   # closed by close()
         writer._owned = True
         return writer
 
@@ -415,7 +415,7 @@ class PcapReader:
         self.nanosecond = magic == MAGIC_NANO
         (_, self.version_major, self.version_minor, _, _, self.snaplen,
          linktype) = struct.unpack(order + "IHHiIII", head)
-        self.linktype = linktype & 0x0FFFFFFF   # upper bits may carry FCS information
+        self.linktype = linktype & 0xFFFF   # the upper bits may carry FCS information
         self._record = _RECORD_BE if self.big_endian else _RECORD_LE
         self.skipped = 0
 

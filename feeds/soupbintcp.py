@@ -272,7 +272,7 @@ class FrameParser:
     here: an unknown type is the session's business.
     """
 
-    __slots__ = ("max_length", "_buf", "_error")
+    __slots__ = ("max_length", "_buf", "_error", "_offset")
 
     def __init__(self, max_length: int = MAX_PACKET_LENGTH) -> None:
         if not 1 <= max_length <= MAX_PACKET_LENGTH:
@@ -280,6 +280,7 @@ class FrameParser:
         self.max_length = max_length
         self._buf = bytearray()
         self._error: str | None = None
+        self._offset = 0          # stream offset of the first byte in _buf
 
     @property
     def buffered(self) -> int:
@@ -299,8 +300,7 @@ class FrameParser:
         while size - pos >= 2:
             length = (buf[pos] << 8) | buf[pos + 1]
             if length == 0 or length > limit:
-                del buf[:pos]
-                self._error = (f"SoupBinTCP: packet length {length} at stream offset +{pos} "
+                self._error = (f"SoupBinTCP: packet length {length} at stream offset {self._offset + pos} "
                                + ("is zero" if length == 0 else f"exceeds the maximum {limit}"))
                 raise ValueError(self._error)
             end = pos + 2 + length
@@ -310,6 +310,7 @@ class FrameParser:
             pos = end
         if pos:
             del buf[:pos]
+            self._offset += pos
         return out
 
     def close(self) -> None:

@@ -229,10 +229,10 @@ def test_every_truncation_of_a_valid_packet_is_refused(messages: list[bytes], da
 def test_blocks_helpers_round_trip_and_refuse_cut_input() -> None:
     messages = [b"a", b"", b"xyz" * 100]
     framed = moldudp64.frame_blocks(messages)
-    assert moldudp64.iter_blocks(framed) == messages
+    assert moldudp64.split_blocks(framed) == messages
     for cut in (1, 4, 6, len(framed) - 1):
         with pytest.raises(ValueError):
-            moldudp64.iter_blocks(framed[:cut])
+            moldudp64.split_blocks(framed[:cut])
     with pytest.raises(ValueError):
         moldudp64.frame_blocks([b"x" * 65536])
 

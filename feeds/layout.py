@@ -45,6 +45,7 @@ when a caller passes epoch nanoseconds; ``to_bytes`` raises OverflowError instea
 """
 from __future__ import annotations
 
+import collections
 import struct
 import typing
 from typing import Annotated, Any, Callable, Generic, NamedTuple, Sequence, TypeVar
@@ -175,8 +176,6 @@ class Msg(Generic[T]):
         The message class is a ``collections.namedtuple`` named ``typename`` (default:
         ``name`` without spaces); prefer a declared NamedTuple where static typing matters.
         """
-        import collections
-
         tname = typename or "".join(part.capitalize() for part in name.replace("-", " ").split())
         tuple_cls: type[tuple[Any, ...]] = collections.namedtuple(tname, [p[0] for p in pairs])  # type: ignore[misc]
         msg: Msg[Any] = Msg.__new__(Msg)
@@ -198,10 +197,11 @@ class Msg(Generic[T]):
         for index, (fname, code) in enumerate(pairs):
             scode, size = _parse_code(fname, code)
             fmt.append(scode)
-            fields.append(Field(fname, code, offset, size))
+            field = Field(fname, code, offset, size)
+            fields.append(field)
             if code == "u48":
                 u48s.append(index)
-            elif code == "c" or code.endswith("s"):
+            elif field.is_alpha:
                 alphas.append((index, size))
             offset += size
         st = struct.Struct("".join(fmt))

@@ -5,7 +5,7 @@ import inspect
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import given, settings
@@ -200,11 +200,31 @@ def test_a_layout_declared_as_pairs_equals_the_class_declaration() -> None:
     assert tuple(add.decode(raw)) == values
 
 
+def test_layouts_without_a_type_byte_or_with_several_u48() -> None:
+    plain = Msg.from_pairs(None, "plain", (("a", "H"), ("b", "4s"), ("c", "q")))
+    assert (plain.size, plain.struct.format, plain.cls.__name__) == (14, ">H4sq", "Plain")
+    raw = plain.encode(plain.cls(1, b"ab", -5))
+    assert raw == b"\x00\x01ab  " + (-5).to_bytes(8, "big", signed=True)
+    assert tuple(plain.decode(raw)) == (1, b"ab  ", -5)
+    twice = Msg.from_pairs(b"T", "two stamps", (("t1", "u48"), ("x", "c"), ("t2", "u48")))
+    assert twice.size == 14
+    raw = twice.encode(twice.cls(2**48 - 1, b"x", 7))
+    assert tuple(twice.decode(raw)) == (2**48 - 1, b"x", 7)
+    with pytest.raises(ValueError):
+        twice.decode(b"U" + raw[1:])
+
+
 def test_bad_layout_declarations_are_refused() -> None:
     with pytest.raises(ValueError):
         Msg.from_pairs(b"AB", "two type bytes", (("x", "H"),))
     with pytest.raises(ValueError):
         Msg.from_pairs(b"A", "bad code", (("x", "f"),))
+
+    class Unannotated(NamedTuple):
+        x: int
+
+    with pytest.raises(TypeError):
+        Msg(b"A", "no wire type", Unannotated)
 
 
 def test_hot_encoders_take_the_fields_in_wire_order() -> None:

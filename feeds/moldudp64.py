@@ -225,7 +225,9 @@ class PacketBuilder:
     does not fit the open packet closes it first. Closed packets wait in a queue until
     ``drain()`` (closed packets only) or ``flush()`` (also closes the open packet) hands
     them over; either advances ``session.next_seq`` past every message handed over. The
-    caller never passes a length, count or sequence number.
+    caller never passes a length, count or sequence number. The builder takes over the
+    session's numbering from ``session.next_seq`` at construction: one builder per session,
+    and nothing else changes ``next_seq`` while it is in use.
     """
 
     __slots__ = ("session", "max_payload", "_parts", "_room", "_first", "_next", "_ready", "_lens")

@@ -1,0 +1,438 @@
+"""Snapshots: the full matching-engine state at sequence number N, written atomically.
+
+A snapshot holds everything that determines the engine's future behaviour: the engine's
+configuration (instruments, firms' self-trade prevention modes), its counters (order reference,
+match number and any other integer counter), and per book its counters (last trade price), the
+resting orders of each side in priority order and the pending stops of each side in trigger order,
+each order with every field. Restoring gives an engine whose ``state_hash()`` equals the original's
+and whose events for any further command are the same.
+
+File ``snap-<seq, 20 digits>.snap``, integers little-endian::
+
+    0       8   10  12      16              24              32              40      44      48
+    +-------+---+---+-------+---------------+---------------+---------------+-------+-------+
+    | magic |ver|hsz| epoch |      seq      |     ts_ns     |  payload_len  |pay crc| rsvd  |
+    +-------+---+---+-------+---------------+---------------+---------------+-------+-------+
+    |            state_hash (16 bytes, hex digest's bytes)  | hdr crc  (crc32 of bytes 0..64)
+    +-------------------------------------------------------+-------+
+    payload: meta length u32, meta JSON (spec, counters) | per book, ascending stock locate:
+             BOOK (locate u16, bids u32, asks u32, buy stops u32, sell stops u32), then that many
+             ORDER records: NewOrder.FIELDS as in the WAL, then ref u64, leaves i64, filled i64;
+             then the engine's triggered-stop queue: count u32, (ORDER, trigger price i64) each
+
+Written as temp file, fsync, rename, fsync of the directory: a reader sees a whole snapshot or none.
+Owned by the matching thread: capture(). The write itself may run on the SnapshotStore's thread.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import struct
+import sys
+import threading
+import zlib
+from typing import Any, Final, Iterable, NamedTuple
+
+from appliance.catalogue import NewOrder
+from appliance.matching.book import Book, Level
+from appliance.matching.engine import Engine
+from appliance.model import BUY, SELL, STP_CN, Instrument
+from appliance.wal import LAYOUTS, fsync_dir
+
+SNAP_MAGIC: Final = b"MWSNAP01"
+SNAP_VERSION: Final = 1
+SNAP_HEADER_FIELDS: Final = (
+    ("magic", "8s"),
+    ("version", "H"),
+    ("header_size", "H"),
+    ("epoch", "I"),
+    ("seq", "Q"),
+    ("ts_ns", "Q"),
+    ("payload_len", "Q"),
+    ("payload_crc", "I"),
+    ("reserved", "I"),
+    ("state_hash", "16s"),
+    ("header_crc", "I"),
+)
+SNAP_HEADER: Final = struct.Struct("<" + "".join(code for _, code in SNAP_HEADER_FIELDS))
+SNAP_HEADER_SIZE: Final = SNAP_HEADER.size  # 68
+_BOOK: Final = struct.Struct("<HIIII")
+_NEW: Final = LAYOUTS[NewOrder.KIND]
+ORDER_FIELDS: Final = tuple(NewOrder.FIELDS) + (("ref", "Q"), ("leaves", "q"), ("filled", "q"))
+_ORDER: Final = struct.Struct("<" + "".join(code for _, code in ORDER_FIELDS))
+_ORDER_STATE: Final = struct.Struct("<Qqq")
+
+
+class SnapshotError(Exception):
+    """A snapshot that cannot be used (damaged, another partition's, or not matching its hash)."""
+
+
+# ================================================================================================
+# The engine's configuration
+# ================================================================================================
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSpec:
+    """What an Engine is built from: instruments, firms' STP modes, the default STP mode."""
+
+    instruments: tuple[tuple[str, int, int, int], ...]   # (symbol, locate, tick, round_lot)
+    firm_stp: tuple[tuple[int, int], ...] = ()          # (firm, mode), ascending firm
+    default_stp: int = STP_CN
+
+    @classmethod
+    def of(cls, instruments: Iterable[Instrument], firm_stp: dict[int, int] | None = None,
+           default_stp: int = STP_CN) -> EngineSpec:
+        return cls(
+            tuple(sorted((i.symbol, i.locate, i.tick, i.round_lot) for i in instruments)),
+            tuple(sorted((firm_stp or {}).items())),
+            default_stp,
+        )
+
+    @classmethod
+    def of_engine(cls, engine: Engine) -> EngineSpec:
+        return cls.of(engine.instruments(), engine.firm_stp, engine.default_stp)
+
+    def build(self) -> Engine:
+        return Engine(
+            [Instrument(sym, locate, tick, lot) for sym, locate, tick, lot in self.instruments],
+            dict(self.firm_stp),
+            self.default_stp,
+        )
+
+    def symbols(self) -> dict[int, str]:
+        return {locate: sym for sym, locate, _, _ in self.instruments}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "instruments": [list(i) for i in self.instruments],
+            "firm_stp": [list(f) for f in self.firm_stp],
+            "default_stp": self.default_stp,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> EngineSpec:
+        return cls(
+            tuple((str(s), int(loc), int(t), int(lot)) for s, loc, t, lot in d["instruments"]),
+            tuple((int(f), int(m)) for f, m in d["firm_stp"]),
+            int(d["default_stp"]),
+        )
+
+
+def _int_counters(obj: Any, names: Iterable[str], skip: frozenset[str]) -> dict[str, int]:
+    out = {}
+    for name in names:
+        if name in skip or name.startswith("__"):
+            continue
+        v = getattr(obj, name, None)
+        if type(v) is int:
+            out[name] = v
+    return out
+
+
+_ENGINE_SKIP: Final = frozenset({"default_stp"})
+_BOOK_SKIP: Final = frozenset({"locate", "tick"})
+
+
+def _book_slots() -> tuple[str, ...]:
+    names: list[str] = []
+    for klass in Book.__mro__:
+        names.extend(getattr(klass, "__slots__", ()))
+    return tuple(names)
+
+
+# ================================================================================================
+# Capture and restore
+# ================================================================================================
+
+
+class SnapshotInfo(NamedTuple):
+    path: str
+    seq: int
+    ts_ns: int
+    epoch: int
+    state_hash: str
+
+
+def capture(engine: Engine, seq: int, ts_ns: int, epoch: int) -> bytes:
+    """The whole snapshot file for the engine's state after command `seq` (runs in the caller's thread)."""
+    spec = EngineSpec.of_engine(engine)
+    book_names = _book_slots()
+    books = [b for b in engine.books if b is not None]
+    meta = {
+        "spec": spec.to_json(),
+        "engine": _int_counters(engine, sorted(vars(engine)), _ENGINE_SKIP),
+        "books": {str(b.locate): _int_counters(b, book_names, _BOOK_SKIP) for b in books},
+    }
+    meta_bytes = json.dumps(meta, sort_keys=True).encode()
+    parts = [struct.pack("<I", len(meta_bytes)), meta_bytes]
+    encode = _NEW.encode_body
+    state = _ORDER_STATE.pack
+    bpack = _BOOK.pack
+    for b in books:
+        groups = (b.orders_in_priority(BUY), b.orders_in_priority(SELL), b.stops[BUY].in_order(),
+                  b.stops[SELL].in_order())
+        parts.append(bpack(b.locate, *(len(g) for g in groups)))
+        for g in groups:
+            for o in g:
+                parts.append(encode(o))
+                parts.append(state(o.ref, o.leaves, o.filled))
+    # Stops triggered but not yet entered: empty between commands in a correct engine; kept so that
+    # a snapshot is faithful whatever the engine leaves there.
+    queue = list(getattr(engine, "_stop_queue", ()))
+    parts.append(struct.pack("<I", len(queue)))
+    for o, price in queue:
+        parts.append(encode(o))
+        parts.append(state(o.ref, o.leaves, o.filled))
+        parts.append(struct.pack("<q", price))
+    payload = b"".join(parts)
+    digest = bytes.fromhex(engine.state_hash())
+    head = SNAP_HEADER.pack(SNAP_MAGIC, SNAP_VERSION, SNAP_HEADER_SIZE, epoch, seq, ts_ns, len(payload),
+                            zlib.crc32(payload), 0, digest, 0)
+    head = head[:-4] + struct.pack("<I", zlib.crc32(head[:-4]))
+    return head + payload
+
+
+def read_header(data: bytes, path: str = "snapshot") -> SnapshotInfo:
+    if len(data) < SNAP_HEADER_SIZE:
+        raise SnapshotError(f"{path}: {len(data)} bytes, shorter than a snapshot header")
+    magic, version, hsize, epoch, seq, ts_ns, plen, pcrc, _r, digest, hcrc = SNAP_HEADER.unpack_from(data)
+    if magic != SNAP_MAGIC or zlib.crc32(data[:SNAP_HEADER_SIZE - 4]) != hcrc:
+        raise SnapshotError(f"{path}: bad snapshot header")
+    if version != SNAP_VERSION or hsize != SNAP_HEADER_SIZE:
+        raise SnapshotError(f"{path}: snapshot format version {version}, this reader knows {SNAP_VERSION}")
+    return SnapshotInfo(path, seq, ts_ns, epoch, digest.hex())
+
+
+def restore(data: bytes, spec: EngineSpec | None = None, path: str = "snapshot") -> tuple[Engine, SnapshotInfo]:
+    """Rebuild the engine from a snapshot file's bytes; check it against the snapshot's state hash.
+
+    With `spec`, the snapshot must be of an engine with that configuration.
+    """
+    info = read_header(data, path)
+    _, _, _, _, _, _, plen, pcrc, _, _, _ = SNAP_HEADER.unpack_from(data)
+    payload = memoryview(data)[SNAP_HEADER_SIZE:]
+    if len(payload) != plen or zlib.crc32(payload) != pcrc:
+        raise SnapshotError(f"{path}: snapshot payload damaged (length or CRC)")
+    try:
+        engine = _restore_payload(payload, spec, path)
+    except (ValueError, KeyError, struct.error, TypeError, UnicodeDecodeError) as e:
+        raise SnapshotError(f"{path}: snapshot payload unreadable ({e})") from None
+    got = engine.state_hash()
+    if got != info.state_hash:
+        raise SnapshotError(f"{path}: restored state hash {got} differs from the snapshot's {info.state_hash}")
+    return engine, info
+
+
+def _restore_payload(payload: memoryview, spec: EngineSpec | None, path: str) -> Engine:
+    (mlen,) = struct.unpack_from("<I", payload)
+    meta = json.loads(bytes(payload[4:4 + mlen]))
+    snap_spec = EngineSpec.from_json(meta["spec"])
+    if spec is not None and snap_spec != spec:
+        raise SnapshotError(f"{path}: snapshot of another engine configuration")
+    engine = snap_spec.build()
+    for name, v in meta["engine"].items():
+        setattr(engine, name, v)
+    off = 4 + mlen
+    size = _ORDER.size
+    unpack = _ORDER.iter_unpack
+    n_fields = len(NewOrder.FIELDS)
+    names = [name for name, _ in NewOrder.FIELDS]
+    str_idx = [i for i, (_, code) in enumerate(NewOrder.FIELDS) if code.endswith("s")]
+    orders = engine.orders
+    pending = engine.pending_stops
+    for _ in range(len(meta["books"])):
+        locate, nb, na, nbs, nss = _BOOK.unpack_from(payload, off)
+        off += _BOOK.size
+        book = engine.books[locate]
+        if book is None:
+            raise SnapshotError(f"{path}: book {locate} not in the configuration")
+        for name, v in meta["books"][str(locate)].items():
+            setattr(book, name, v)
+        groups = []
+        for n in (nb, na, nbs, nss):
+            objs = []
+            for vals in unpack(payload[off:off + n * size]):
+                objs.append(_order_from(vals, names, str_idx, n_fields))
+            off += n * size
+            groups.append(objs)
+        for side in (BUY, SELL):
+            levels = book.levels[side]
+            keys = book.keys[side]
+            for o in groups[side]:
+                lvl = levels.get(o.price)
+                if lvl is None:
+                    lvl = levels[o.price] = Level(o.price)
+                    keys.append(o.price if side == BUY else -o.price)
+                lvl.orders.append(o)
+                lvl.total += o.leaves
+                lvl.count += 1
+                orders[o.order_id] = o
+            keys.sort()
+            for o in groups[2 + side]:
+                book.stops[side].add(o)
+                orders[o.order_id] = o
+                pending.add(o.order_id)
+        book.nstops = len(groups[2]) + len(groups[3])
+    (nq,) = struct.unpack_from("<I", payload, off)
+    off += 4
+    queue = []
+    for _ in range(nq):
+        o = _order_from(_ORDER.unpack_from(payload, off), names, str_idx, n_fields)
+        off += size
+        (price,) = struct.unpack_from("<q", payload, off)
+        off += 8
+        queue.append((o, price))
+    engine._stop_queue[:] = queue
+    if off != len(payload):
+        raise SnapshotError(f"{path}: {len(payload) - off} bytes left after the last book")
+    return engine
+
+
+def _order_from(vals: tuple[Any, ...], names: list[str], str_idx: list[int], n_fields: int) -> NewOrder:
+    v = list(vals)
+    for i in str_idx:
+        v[i] = v[i].rstrip(b" ").decode("ascii")
+    o = NewOrder.__new__(NewOrder)
+    for name, x in zip(names, v):
+        setattr(o, name, x)
+    o.ref, o.leaves, o.filled = v[n_fields:]
+    return o
+
+
+# ================================================================================================
+# The snapshot directory
+# ================================================================================================
+
+
+def snapshot_name(seq: int) -> str:
+    return "snap-%020d.snap" % seq
+
+
+class SnapshotStore:
+    """A directory of snapshots. Owned by the matching thread; one background thread writes.
+
+    ``submit`` hands captured bytes to the writer thread and returns at once (False when a write
+    is still running: the snapshot is skipped, the next one will be taken). ``write`` is synchronous
+    (clean shutdown, tests). The newest `keep` snapshots are kept.
+    """
+
+    def __init__(self, directory: str, keep: int = 3) -> None:
+        self.directory = directory
+        self.keep = keep
+        os.makedirs(directory, exist_ok=True)
+        for name in os.listdir(directory):
+            if name.endswith(".tmp"):
+                os.unlink(os.path.join(directory, name))  # a write cut short by a crash
+        self._queue: queue.Queue[tuple[int, bytes] | None] = queue.Queue(maxsize=1)
+        self._thread: threading.Thread | None = None
+        self._busy = threading.Event()
+        self.errors: list[str] = []
+        self.written: list[int] = []
+
+    def list(self) -> list[tuple[int, str]]:
+        """(seq, path) of every snapshot file, newest first."""
+        return list_snapshots(self.directory)
+
+    def write(self, seq: int, data: bytes) -> str:
+        path = os.path.join(self.directory, snapshot_name(seq))
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(self.directory)
+        self.written.append(seq)
+        self._prune()
+        return path
+
+    def submit(self, seq: int, data: bytes) -> bool:
+        """Write in the background; False if the previous write has not finished (skipped)."""
+        if self._busy.is_set():
+            return False
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="snapshot-writer", daemon=True)
+            self._thread.start()
+        self._busy.set()
+        self._queue.put((seq, data))
+        return True
+
+    def wait(self) -> None:
+        """Until the background write (if any) has finished."""
+        self._queue.join()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                self._queue.task_done()
+                return
+            seq, data = item
+            try:
+                self.write(seq, data)
+            except OSError as e:
+                msg = f"matchwire: snapshot at seq {seq} not written: {e}"
+                self.errors.append(msg)
+                print(msg, file=sys.stderr)
+            finally:
+                self._busy.clear()
+                self._queue.task_done()
+
+    def _prune(self) -> None:
+        for _seq, path in self.list()[self.keep:]:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    @property
+    def busy(self) -> bool:
+        """A background write is running."""
+        return self._busy.is_set()
+
+
+def list_snapshots(directory: str) -> list[tuple[int, str]]:
+    """(seq, path) of every snapshot file in a directory, newest first."""
+    out = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        if name.startswith("snap-") and name.endswith(".snap"):
+            try:
+                out.append((int(name[5:-5]), os.path.join(directory, name)))
+            except ValueError:
+                continue
+    out.sort(reverse=True)
+    return out
+
+
+def load_newest(
+    directory: str, spec: EngineSpec | None, max_seq: int | None = None, notes: list[str] | None = None
+) -> tuple[Engine, SnapshotInfo] | None:
+    """The newest snapshot that restores and checks (seq <= max_seq), or None; notes say why not."""
+    for seq, path in list_snapshots(directory):
+        if max_seq is not None and seq > max_seq:
+            continue
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            return restore(data, spec, path)
+        except (SnapshotError, OSError) as e:
+            if notes is not None:
+                notes.append(f"{path}: unusable snapshot ({e}): falling back to an older one")
+    return None

@@ -1,0 +1,243 @@
+"""One partition's duty cycle: sequence, log, commit, apply, release. The caller owns the clock.
+
+Owned by the matching thread. ``process_batch(cmds, now_ns)`` is step 2-5 of the duty cycle in
+docs/wal.md (and /work/shared/ARCHITECTURE.md):
+
+    encode every command's WAL body (a command that cannot be written is rejected, unsequenced)
+    stamp the batch: seq first..last, one ts_ns              (appliance.sequencer)
+    append the records, one commit (write + fdatasync)        (appliance.wal, per the policy)
+    apply the committed commands to the engine, in sequence   (appliance.matching.engine)
+    return (seq, ts_ns, cmd, events) per command              nothing before the commit succeeded
+
+Under the interval policy a batch's commands wait, unapplied, for the fsync that covers them;
+``poll(now_ns)`` (the idle loop) releases them. So the engine never holds a command that recovery
+could lose, and a snapshot of it is always covered by the durable log. (Under the development policy
+"none" nothing is fsynced and everything is released at once.)
+
+The returned events refer to live order objects: consume them (encode feeds, execution reports)
+before the next call, as the engine goes on mutating those objects.
+
+A DurabilityError from the WAL propagates and the partition refuses every later call: the owner
+must exit non-zero (wal.EXIT_DURABILITY_FAILURE) and let recovery start again from disk.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from appliance import reasons as R
+from appliance.catalogue import EV_REJECTED, Command, Event
+from appliance.matching.engine import Engine
+from appliance.sequencer import Sequencer
+from appliance.snapshot import SnapshotStore, capture
+from appliance.wal import (
+    POLICY_BATCH,
+    POLICY_NONE,
+    DurabilityError,
+    EpochFile,
+    EpochState,
+    LAYOUTS,
+    MalformedCommand,
+    WalWriter,
+)
+
+Result = tuple[int, int, Command, list[Event]]  # (seq, ts_ns, command, events); seq 0: not sequenced
+
+
+class Partition:
+    """Owned by the matching thread: the engine, its sequencer, its WAL writer and snapshots."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        sequencer: Sequencer,
+        wal: WalWriter,
+        snapshots: SnapshotStore | None = None,
+        *,
+        snapshot_every_events: int = 0,
+        snapshot_every_seconds: int = 0,
+        epoch_file: EpochFile | None = None,
+    ) -> None:
+        if wal.next_seq != sequencer.next_seq or wal.epoch != sequencer.epoch:
+            raise ValueError(
+                f"sequencer (next {sequencer.next_seq}, epoch {sequencer.epoch}) and WAL writer "
+                f"(next {wal.next_seq}, epoch {wal.epoch}) disagree"
+            )
+        self.engine = engine
+        self.sequencer = sequencer
+        self.wal = wal
+        self.snapshots = snapshots
+        self.snapshot_every_events = snapshot_every_events
+        self.snapshot_every_ns = snapshot_every_seconds * 1_000_000_000
+        self.epoch_file = epoch_file
+        self.applied_seq = sequencer.next_seq - 1   # the engine holds every command up to this seq
+        self._immediate = wal.policy == POLICY_BATCH or wal.policy == POLICY_NONE
+        self._waiting: list[tuple[int, int, Command]] = []  # committed-not-yet-durable (interval policy)
+        self._since_snapshot = 0
+        self._last_snapshot_ns: int | None = None
+        self._failed: DurabilityError | None = None
+        self._closed = False
+        self.last_snapshot_seq = 0
+        self.snapshots_skipped = 0
+
+    # -- duty cycle -------------------------------------------------------------------------------
+    def process_batch(self, cmds: Sequence[Command], now_ns: int) -> list[Result]:
+        """Sequence, log and commit a batch, then apply what is durable. See the module docstring."""
+        if self._failed or self._closed:
+            self._refuse()
+        results: list[Result] = []
+        layouts = LAYOUTS
+        kinds: list[int] = []
+        bodies: list[bytes] = []
+        good: list[Command] = []
+        for cmd in cmds:
+            try:
+                layout = layouts[cmd.KIND]
+                body = layout.encode_body(cmd)
+            except (MalformedCommand, AttributeError, KeyError, TypeError):
+                results.append((0, now_ns, cmd, [(EV_REJECTED, cmd, R.SESSION_MALFORMED)]))
+                continue
+            kinds.append(layout.kind)
+            bodies.append(body)
+            good.append(cmd)
+        if good:
+            seq, ts = self.sequencer.stamp(len(good), now_ns)
+            epoch = self.sequencer.epoch
+            append = self.wal.append
+            waiting = self._waiting
+            for i in range(len(good)):
+                append(seq + i, ts, epoch, kinds[i], bodies[i])
+                waiting.append((seq + i, ts, good[i]))
+        try:
+            durable = self.wal.commit(now_ns)
+        except DurabilityError as e:
+            self._failed = e
+            raise
+        if self._waiting and self._waiting[0][0] <= durable:
+            self._release(durable, results)
+            self._maybe_snapshot(now_ns)
+        return results
+
+    def poll(self, now_ns: int) -> list[Result]:
+        """Idle work: the interval policy's fsync and the release it allows; timed snapshots."""
+        if self._failed or self._closed:
+            self._refuse()
+        results: list[Result] = []
+        if self._waiting:
+            try:
+                durable = self.wal.poll(now_ns)
+            except DurabilityError as e:
+                self._failed = e
+                raise
+            if self._waiting[0][0] <= durable:
+                self._release(durable, results)
+        self._maybe_snapshot(now_ns)
+        return results
+
+    def _release(self, durable: int, results: list[Result]) -> None:
+        waiting = self._waiting
+        apply = self.engine.apply
+        n = 0
+        for seq, ts, cmd in waiting:
+            if seq > durable:
+                break
+            out: list[Event] = []
+            apply(cmd, out)
+            results.append((seq, ts, cmd, out))
+            n += 1
+        if n == len(waiting):
+            waiting.clear()
+        else:
+            del waiting[:n]
+        self.applied_seq = waiting[0][0] - 1 if waiting else durable
+        self._since_snapshot += n
+
+    # -- snapshots --------------------------------------------------------------------------------
+    def recovered_from(self, snapshot_seq: int, replayed: int) -> None:
+        """Recovery's report: the state came from a snapshot at snapshot_seq plus `replayed` commands."""
+        self.last_snapshot_seq = snapshot_seq
+        self._since_snapshot = replayed
+
+    def _maybe_snapshot(self, now_ns: int) -> None:
+        if self.snapshots is None:
+            return
+        if self._last_snapshot_ns is None:
+            self._last_snapshot_ns = now_ns
+            return
+        if not self._since_snapshot:
+            return
+        if (self.snapshot_every_events and self._since_snapshot >= self.snapshot_every_events) or (
+            self.snapshot_every_ns and now_ns - self._last_snapshot_ns >= self.snapshot_every_ns
+        ):
+            self.snapshot(now_ns)
+
+    def snapshot(self, now_ns: int, wait: bool = False) -> bool:
+        """Capture the engine state at applied_seq; write it in the background (or now, with wait).
+
+        Returns False when the previous background write is still running (skipped).
+        """
+        if self.snapshots is None or self.applied_seq == self.last_snapshot_seq:
+            return False
+        if not wait and self.snapshots.busy:
+            self.snapshots_skipped += 1
+            return False
+        if self.wal.policy != POLICY_NONE and self.wal.durable_seq < self.applied_seq:
+            raise AssertionError("snapshot ahead of the durable WAL")  # _release guarantees this
+        data = capture(self.engine, self.applied_seq, self.sequencer.last_ts_ns, self.sequencer.epoch)
+        if wait:
+            self.snapshots.wait()
+            self.snapshots.write(self.applied_seq, data)
+        else:
+            self.snapshots.submit(self.applied_seq, data)
+        self.last_snapshot_seq = self.applied_seq
+        self._since_snapshot = 0
+        self._last_snapshot_ns = now_ns
+        return True
+
+    # -- shutdown ---------------------------------------------------------------------------------
+    def close(self, now_ns: int) -> list[Result]:
+        """Clean shutdown: make everything durable, release it, snapshot, seal, mark the epoch clean.
+
+        Returns the results released by the final fsync (interval policy).
+        """
+        if self._closed:
+            return []
+        if self._failed:
+            self._refuse()
+        results: list[Result] = []
+        try:
+            durable = self.wal.sync(now_ns)
+        except DurabilityError as e:
+            self._failed = e
+            raise
+        if self._waiting:
+            self._release(durable, results)
+        if self.snapshots is not None:
+            self.snapshot(now_ns, wait=True)
+            self.snapshots.close()
+        self.wal.close()
+        if self.wal.failed:
+            self._failed = self.wal.failed
+            raise self.wal.failed
+        if self.epoch_file is not None and self.epoch_file.still_mine():
+            self.epoch_file.write(EpochState(self.sequencer.epoch, True, self.applied_seq, "clean"))
+        self._closed = True
+        return results
+
+    def abandon(self) -> None:
+        """Stop without a clean shutdown (after a failure): close files, mark nothing."""
+        self._closed = True
+        if self.snapshots is not None:
+            self.snapshots.close()
+        try:
+            self.wal.close()
+        except DurabilityError:
+            pass
+
+    @property
+    def failed(self) -> DurabilityError | None:
+        return self._failed
+
+    def _refuse(self) -> None:
+        if self._failed:
+            raise self._failed
+        raise DurabilityError("the partition is closed")

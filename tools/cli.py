@@ -15,6 +15,7 @@ from typing import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "tools.bench",
     "tools.replay",  # replay WALDIR, audit export WALDIR
+    "tools.feed_dump",  # feed dump
 )
 
 

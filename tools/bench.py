@@ -11,6 +11,7 @@ from typing import Any
 BENCH_MODULES: tuple[str, ...] = (
     "tools.bench_matching",
     "tools.bench_wal",  # wal, recovery, crash
+    "tools.bench_feed",  # feed, subscriber
 )
 
 

@@ -1,9 +1,10 @@
 """`matchwire bench matching FLOW.bin` and `matchwire bench memory`: the matching core alone.
 
 The flow is decoded into command objects first (the gateway's work in the appliance), then applied
-in batches of 1024 commands; after each batch a consumer counts the fills in the batch's events, as
-the publisher would read them. The timed part is apply + that scan. The cyclic GC is disabled during
-the run, as in the matching daemon (the engine's objects hold no cycles).
+in batches of 1024 commands, each batch's events collected in a fresh list as the pipeline does. The
+timed part is apply, events included; fills and filled quantity are read from the engine's counters
+afterwards. The cyclic GC is disabled during the run, as in the matching daemon (the engine's objects
+hold no cycles).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from appliance.catalogue import EV_EXECUTED, Event, NewOrder
+from appliance.catalogue import Event, NewOrder
 from appliance.matching.engine import Engine
 from appliance.model import BUY, GTC, LIMIT, SELL, STP_NONE, Instrument
 from tools.flows import FLOW_FIRM_STP, flow_instrument_count, flow_instruments, read_flow
@@ -32,8 +33,6 @@ def run_flow(path: str) -> dict[str, Any]:
     decode_s = time.perf_counter() - t0
     engine = Engine(flow_instruments(flow_instrument_count(cmds, meta)), FLOW_FIRM_STP)
     apply = engine.apply
-    fills = 0
-    filled_qty = 0
     n = len(cmds)
     gc.collect()
     gc.disable()
@@ -43,10 +42,6 @@ def run_flow(path: str) -> dict[str, Any]:
             out: list[Event] = []
             for cmd in cmds[start:start + BATCH]:
                 apply(cmd, out)
-            for ev in out:
-                if ev[0] == EV_EXECUTED:
-                    fills += 1
-                    filled_qty += ev[3]
         seconds = time.perf_counter() - t0
     finally:
         gc.enable()
@@ -59,8 +54,8 @@ def run_flow(path: str) -> dict[str, Any]:
         "seconds": round(seconds, 4),
         "events_per_sec": round(n / seconds),
         "decode_seconds": round(decode_s, 4),
-        "fills": fills,
-        "filled_qty": filled_qty,
+        "fills": engine.next_match - 1,
+        "filled_qty": engine.traded_qty,
         "resting_end": engine.resting_count(),
     }
     if meta:

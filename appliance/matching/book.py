@@ -18,9 +18,13 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import deque
+from operator import attrgetter
 
 from appliance.catalogue import NewOrder
 from appliance.model import BUY, NO_ASK, NO_BID, SELL, Instrument
+
+
+_LEAVES = attrgetter("leaves")  # truthy for a live order
 
 
 class Level:
@@ -39,7 +43,8 @@ class Level:
         return [o for o in self.orders if o.leaves]
 
     def compact(self) -> None:
-        self.orders = deque(o for o in self.orders if o.leaves)
+        """Drop the dead entries (cancelled orders) from the queue."""
+        self.orders = deque(filter(_LEAVES, self.orders))
 
 
 class StopSide:
@@ -131,6 +136,25 @@ class Book:
         return out
 
     # -- writing (engine only) ----------------------------------------------------------------
+    def enqueue(self, o: NewOrder, qty: int) -> None:
+        """Put o at the back of its price level (made if new), adding `qty` to the level."""
+        price = o.price
+        side = o.side
+        levels = self.levels[side]
+        lvl = levels.get(price)
+        if lvl is None:
+            lvl = Level(price)
+            levels[price] = lvl
+            key = -price if side else price
+            keys = self.keys[side]
+            if not keys or key > keys[-1]:
+                keys.append(key)
+            else:
+                insort(keys, key)
+        lvl.orders.append(o)
+        lvl.total += qty
+        lvl.count += 1
+
     def remove_level(self, side: int, price: int) -> None:
         del self.levels[side][price]
         keys = self.keys[side]

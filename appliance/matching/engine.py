@@ -20,7 +20,6 @@ one event tuple per event, no exceptions for control flow, no per-event calls in
 """
 from __future__ import annotations
 
-from bisect import insort
 from typing import Iterable, Mapping
 
 from appliance import reasons as R
@@ -50,11 +49,12 @@ from appliance.catalogue import (
     NewOrder,
     ReplaceOrder,
 )
-from appliance.matching.book import Book, Level
+from appliance.matching.book import Book
 from appliance.matching.statehash import StateView, state_hash
 from appliance.model import (
     BUY,
     FOK,
+    GTC,
     IOC,
     LIMIT,
     MARKET,
@@ -76,9 +76,11 @@ from appliance.model import (
 
 # Key space limit used by market orders: crosses every price.
 _ANY = -(1 << 62)
+# CPython compares ints of one internal digit (below 2^30) on its fast path.
+_SMALL = (1 << 30) - 1
 
 
-class EngineInvariantError(AssertionError):
+class EngineInvariantError(Exception):
     """The engine's state broke one of its invariants: a bug. The process must stop; recovery replays."""
 
 
@@ -92,12 +94,14 @@ class Engine:
         default_stp: int = STP_CN,
     ) -> None:
         instruments = list(instruments)
-        size = max((i.locate for i in instruments), default=0) + 1
-        self.books: list[Book | None] = [None] * size
+        # books[locate]: one slot per possible stock locate (u16), None where no instrument; a
+        # validated locate indexes it with no range test. book_list: the books, by ascending locate.
+        self.books: list[Book | None] = [None] * 0x10000
         for ins in instruments:
             if self.books[ins.locate] is not None:
                 raise ValueError(f"stock locate {ins.locate} is used twice")
             self.books[ins.locate] = Book(ins)
+        self.book_list: list[Book] = [b for b in self.books if b is not None]
         self.firm_stp: dict[int, int] = dict(firm_stp or {})
         for firm, mode in self.firm_stp.items():
             if mode not in STP_MODES or mode == STP_DEFAULT:
@@ -109,24 +113,110 @@ class Engine:
         self.pending_stops: set[int] = set()   # order ids of untriggered stop orders
         self.next_ref = 1
         self.next_match = 1
+        self.traded_qty = 0  # shares traded so far (a counter read out of band)
         self._stop_queue: list[tuple[NewOrder, int]] = []
 
     # ============================================================================================
     # apply
     # ============================================================================================
     def apply(self, cmd: Command, out: list[Event]) -> None:
-        """Apply one command; append its events to `out`."""
-        kind = cmd.KIND
-        if kind == CMD_NEW_ORDER:
-            self._new_order(cmd, out)  # type: ignore[arg-type]
-        elif kind == CMD_CANCEL_ORDER:
-            self._cancel(cmd, out)  # type: ignore[arg-type]
-        elif kind == CMD_REPLACE_ORDER:
+        """Apply one command; append its events to `out`.
+
+        The two commonest cases, a valid limit order that does not cross and a cancel of a resting
+        order, are handled inline here (each Python call costs as much as a dozen simple steps);
+        everything else goes to the general methods below, which handle these cases too.
+        """
+        cls = type(cmd)
+        if cls is NewOrder:
+            o: NewOrder = cmd  # type: ignore[assignment]
+            price = o.price
+            qty = o.qty
+            side = o.side
+            tif = o.tif
+            stp = o.stp
+            locate = o.locate
+            # Valid-limit-order test for the fast path. Comparisons with small (< 2^30) constants are
+            # the cheap ones in CPython, so larger quantities and prices take the general path,
+            # which accepts them up to 2^32-1.
+            if (
+                o.ord_type == LIMIT
+                and qty > 0
+                and qty <= _SMALL
+                and price > 0
+                and price <= _SMALL
+                and locate > 0
+                and locate <= 0xFFFF
+                and tif >= 0
+                and tif <= FOK
+                and tif != 2
+                and stp >= 0
+                and stp <= STP_DC
+                and side >= 0
+                and side <= 1
+                and not o.stop_price
+                and o.order_id not in self.orders
+            ):
+                book = self.books[locate]
+                if book is not None and not price % book.tick:
+                    ref = self.next_ref
+                    o.ref = ref
+                    self.next_ref = ref + 1
+                    o.leaves = qty
+                    o.filled = 0
+                    out.append((EV_ACCEPTED, o, qty))
+                    okeys = book.keys[1 - side]
+                    if tif <= GTC and (not okeys or okeys[-1] < (price if side else -price)):
+                        # Rest without crossing: the commonest command of a day.
+                        lvl = book.levels[side].get(price)
+                        if lvl is None:
+                            self._rest(book, o, qty, out)
+                            return
+                        lvl.orders.append(o)
+                        lvl.total += qty
+                        lvl.count += 1
+                        self.orders[o.order_id] = o
+                        out.append((EV_ADDED, o, qty))
+                    else:
+                        self._aggress(book, o, out)
+                        if self._stop_queue:
+                            self._run_stops(book, out)
+                    return
+            self._new_order(o, out)
+        elif cls is CancelOrder:
+            c: CancelOrder = cmd  # type: ignore[assignment]
+            orders = self.orders
+            o = orders.get(c.order_id)  # type: ignore[assignment]
+            if o is None or o.firm != c.firm or o.ord_type >= STOP:
+                self._cancel(c, out)
+                return
+            del orders[c.order_id]
+            leaves = o.leaves
+            o.leaves = 0
+            book = self.books[o.locate]
+            price = o.price
+            side = o.side
+            lvl = book.levels[side][price]  # type: ignore[union-attr]
+            total = lvl.total - leaves
+            lvl.total = total
+            count = lvl.count - 1
+            lvl.count = count
+            if not total:
+                book.remove_level(side, price)  # type: ignore[union-attr]
+            elif len(lvl.orders) > (count << 1) + 16:
+                lvl.compact()
+            out.append((EV_CANCELLED, o, leaves, 0, o.filled, R.CANCEL_USER, True))
+        elif cls is ReplaceOrder:
             self._replace(cmd, out)  # type: ignore[arg-type]
-        elif kind == CMD_MASS_CANCEL:
+        elif cls is MassCancel:
             self._mass_cancel(cmd, out)  # type: ignore[arg-type]
         else:
             out.append((EV_REJECTED, cmd, R.ADMIN_UNKNOWN_COMMAND))
+
+    def _rest(self, book: Book, o: NewOrder, qty: int, out: list[Event]) -> None:
+        """Put o at the back of its price level with `qty` shown; index it; say OrderAdded."""
+        book.enqueue(o, qty)
+        self.orders[o.order_id] = o
+        out.append((EV_ADDED, o, qty))
 
     # -- validation -------------------------------------------------------------------------------
     def _check_new(self, o: NewOrder) -> int:
@@ -170,32 +260,13 @@ class Engine:
 
     # -- new order --------------------------------------------------------------------------------
     def _new_order(self, o: NewOrder, out: list[Event]) -> None:
-        # Fast path for the common case (a valid limit order), full validation otherwise.
+        reason = self._check_new(o)
+        if reason:
+            out.append((EV_REJECTED, o, reason))
+            return
+        book = self.books[o.locate]
+        assert book is not None
         t = o.ord_type
-        books = self.books
-        locate = o.locate
-        if (
-            t == LIMIT
-            and 0 < locate < len(books)
-            and 0 < o.qty <= MAX_QTY
-            and 0 < o.price <= MAX_PRICE
-            and o.stop_price == 0
-            and (o.side == BUY or o.side == SELL)
-            and o.tif in TIMES_IN_FORCE
-            and o.stp in STP_MODES
-            and o.order_id not in self.orders
-        ):
-            book = books[locate]
-            if book is None or o.price % book.tick:
-                out.append((EV_REJECTED, o, R.UNKNOWN_INSTRUMENT if book is None else R.PRICE_OFF_TICK))
-                return
-        else:
-            reason = self._check_new(o)
-            if reason:
-                out.append((EV_REJECTED, o, reason))
-                return
-            book = books[locate]
-            assert book is not None
         o.ref = self.next_ref
         self.next_ref += 1
         o.leaves = o.qty
@@ -216,20 +287,14 @@ class Engine:
 
     def _execute(self, book: Book, o: NewOrder, out: list[Event]) -> None:
         """Match an accepted (or triggered, or re-priced) order; rest or cancel what is left."""
-        traded = self._aggress(book, o, out)
-        if traded and book.nstops:
+        self._aggress(book, o, out)
+        if self._stop_queue:  # its trades triggered stops
             self._run_stops(book, out)
-
-    def _stp_mode(self, o: NewOrder) -> int:
-        mode = o.stp
-        if mode == STP_DEFAULT:
-            return self.firm_stp.get(o.firm, self.default_stp)
-        return mode
 
     def _aggress(self, book: Book, o: NewOrder, out: list[Event]) -> bool:
         """Match o against the opposite side, then rest or cancel its remainder. True if it traded."""
         side = o.side
-        opp = side ^ 1
+        opp = 1 - side
         keys = book.keys[opp]
         t = o.ord_type
         is_market = t == MARKET or t == STOP
@@ -239,7 +304,7 @@ class Engine:
             lim = o.price if opp == BUY else -o.price
         qty = o.leaves
         if keys and keys[-1] >= lim:
-            stp = self._stp_mode(o)
+            stp = o.stp or self.firm_stp.get(o.firm, self.default_stp)  # STP_DEFAULT is 0
             if o.tif == FOK and not self._fok_can_fill(book, o, lim, stp):
                 out.append((EV_CANCELLED, o, qty, 0, 0, R.CANCEL_FOK, False))
                 o.leaves = 0
@@ -260,24 +325,7 @@ class Engine:
             elif o.tif == IOC or o.tif == FOK:
                 reason = R.CANCEL_IOC_REMAINDER
             else:
-                # Rest.
-                price = o.price
-                levels = book.levels[side]
-                lvl = levels.get(price)
-                if lvl is None:
-                    lvl = Level(price)
-                    levels[price] = lvl
-                    key = price if side == BUY else -price
-                    skeys = book.keys[side]
-                    if not skeys or key > skeys[-1]:
-                        skeys.append(key)
-                    else:
-                        insort(skeys, key)
-                lvl.orders.append(o)
-                lvl.total += qty
-                lvl.count += 1
-                self.orders[o.order_id] = o
-                out.append((EV_ADDED, o, qty))
+                self._rest(book, o, qty, out)
                 return traded
             o.leaves = 0
             out.append((EV_CANCELLED, o, qty, 0, o.filled, reason, False))
@@ -287,7 +335,7 @@ class Engine:
         self, book: Book, o: NewOrder, keys: list[int], lim: int, stp: int, out: list[Event]
     ) -> tuple[int, bool, bool]:
         """The matching loop. Returns (quantity left, stopped by STP cancel-newest, traded)."""
-        opp = o.side ^ 1
+        opp = 1 - o.side
         sign = 1 if opp == BUY else -1
         levels = book.levels[opp]
         orders = self.orders
@@ -303,8 +351,10 @@ class Engine:
             price = keys[-1] * sign
             lvl = levels[price]
             q = lvl.orders
+            total = lvl.total  # the level's aggregates live in locals while we eat it
+            count = lvl.count
             tp = 0
-            while qty:
+            while qty and total:
                 m = q[0]
                 ml = m.leaves
                 if not ml:
@@ -317,8 +367,8 @@ class Engine:
                     if stp == STP_CO:
                         q.popleft()
                         m.leaves = 0
-                        lvl.total -= ml
-                        lvl.count -= 1
+                        total -= ml
+                        count -= 1
                         del orders[m.order_id]
                         append((EV_CANCELLED, m, ml, 0, m.filled, R.CANCEL_STP, True))
                     else:  # STP_DC: decrement both by the overlap; the smaller is cancelled
@@ -326,25 +376,25 @@ class Engine:
                         ml -= d
                         qty -= d
                         m.leaves = ml
-                        lvl.total -= d
+                        m.qty -= d  # a cancel of d shares: the order quantity drops too
+                        o.qty -= d
+                        total -= d
                         if not ml:
                             q.popleft()
-                            lvl.count -= 1
+                            count -= 1
                             del orders[m.order_id]
                         append((EV_CANCELLED, m, d, ml, m.filled, R.CANCEL_STP, True))
                         append((EV_CANCELLED, o, d, qty, filled, R.CANCEL_STP, False))
-                    if not lvl.total:
-                        break
                     continue
                 if ml <= qty:
                     q.popleft()
                     qty -= ml
                     filled += ml
+                    total -= ml
+                    count -= 1
                     m.leaves = 0
                     mf = m.filled + ml
                     m.filled = mf
-                    lvl.total -= ml
-                    lvl.count -= 1
                     del orders[m.order_id]
                     append((EV_EXECUTED, m, o, ml, price, match, 0, mf, qty, filled))
                 else:
@@ -352,14 +402,12 @@ class Engine:
                     m.leaves = ml
                     mf = m.filled + qty
                     m.filled = mf
-                    lvl.total -= qty
+                    total -= qty
                     filled += qty
                     append((EV_EXECUTED, m, o, qty, price, match, ml, mf, 0, filled))
                     qty = 0
                 match += 1
                 tp = price
-                if not lvl.total:
-                    break
             if tp:
                 if not lo:
                     lo = hi = tp
@@ -367,12 +415,16 @@ class Engine:
                     lo = tp
                 elif tp > hi:
                     hi = tp
-            if not lvl.total:
+            if total:
+                lvl.total = total
+                lvl.count = count
+            else:
                 del levels[price]
                 keys.pop()
             if stp_stop:
                 break
         self.next_match = match
+        self.traded_qty += filled - o.filled
         o.leaves = qty
         o.filled = filled
         if hi:
@@ -384,7 +436,7 @@ class Engine:
     def _fok_can_fill(self, book: Book, o: NewOrder, lim: int, stp: int) -> bool:
         """Would o fill completely now? Orders of o's firm count as STP would treat them."""
         need = o.leaves
-        opp = o.side ^ 1
+        opp = 1 - o.side
         sign = 1 if opp == BUY else -1
         levels = book.levels[opp]
         firm = o.firm
@@ -534,22 +586,14 @@ class Engine:
             book.nstops += 1
             out.append((EV_REPLACED, o, n, old_leaves, new_leaves, n.filled, REPL_HIDDEN, r))
             return
-        opp = n.side ^ 1
+        opp = 1 - n.side
         okeys = book.keys[opp]
         lim = price if opp == BUY else -price
         if okeys and okeys[-1] >= lim:
             out.append((EV_REPLACED, o, n, old_leaves, new_leaves, n.filled, REPL_REMOVE, r))
             self._execute(book, n, out)
             return
-        levels = book.levels[n.side]
-        lvl = levels.get(price)
-        if lvl is None:
-            lvl = Level(price)
-            levels[price] = lvl
-            insort(book.keys[n.side], price if n.side == BUY else -price)
-        lvl.orders.append(n)
-        lvl.total += new_leaves
-        lvl.count += 1
+        book.enqueue(n, new_leaves)
         self.orders[n.order_id] = n
         out.append((EV_REPLACED, o, n, old_leaves, new_leaves, n.filled, REPL_REPOST, r))
 
@@ -576,13 +620,13 @@ class Engine:
     # reading, hashing and self-checks (out of the hot path)
     # ============================================================================================
     def book(self, locate: int) -> Book:
-        b = self.books[locate] if 0 < locate < len(self.books) else None
+        b = self.books[locate] if 0 <= locate < len(self.books) else None
         if b is None:
             raise KeyError(f"no instrument with stock locate {locate}")
         return b
 
     def instruments(self) -> list[Instrument]:
-        return [b.instrument for b in self.books if b is not None]
+        return [b.instrument for b in self.book_list]
 
     def resting_count(self) -> int:
         return len(self.orders) - len(self.pending_stops)
@@ -596,8 +640,7 @@ class Engine:
                 (b.orders_in_priority(BUY), b.orders_in_priority(SELL)),
                 (b.stops[BUY].in_order(), b.stops[SELL].in_order()),
             )
-            for b in self.books
-            if b is not None
+            for b in self.book_list
         ))
 
     def check_invariants(self) -> None:
@@ -607,9 +650,7 @@ class Engine:
             raise EngineInvariantError(msg)
 
         seen: set[int] = set()
-        for book in self.books:
-            if book is None:
-                continue
+        for book in self.book_list:
             for side in (BUY, SELL):
                 levels = book.levels[side]
                 keys = book.keys[side]

@@ -91,11 +91,8 @@ def command_at(seq: int, seed: int = 0) -> Command:
     """
     x = _mix(seq ^ (seed * 0x9E3779B97F4A7C15 & _M))
     r = x % 1000
-    # One instrument trades; the other (tick 5) only sees off-tick rejects. Stops on two trading
-    # instruments hit an engine defect (a stop triggered on one book can be entered on another;
-    # see the WAL work's report), which would crash the worker, not test the WAL.
-    locate = 1
-    tick = 1
+    locate = 1 + ((x >> 10) & 1)
+    tick = 1 if locate == 1 else 5
     firm = 1 + (x >> 11) % 3
     side = BUY if (x >> 13) & 1 else SELL
     off = (x >> 14) % 12

@@ -1,0 +1,140 @@
+"""Snapshots: the restored engine has the same state hash and behaves the same from then on."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from appliance.catalogue import Event, NewOrder
+from appliance.eventcodec import encode_events
+from appliance.matching.engine import Engine
+from appliance.model import BUY, GTC, LIMIT, SELL, STOP, STP_NONE, Instrument
+from appliance.snapshot import (
+    SNAP_HEADER_SIZE,
+    EngineSpec,
+    SnapshotError,
+    SnapshotStore,
+    capture,
+    list_snapshots,
+    load_newest,
+    read_header,
+    restore,
+)
+from tools.killworker import STREAM_SPEC, command_at
+
+
+def run(engine: Engine, first: int, last: int, seed: int = 0) -> list[bytes]:
+    """Apply command_at(first..last); the canonical bytes of each command's events."""
+    out: list[bytes] = []
+    for s in range(first, last + 1):
+        ev: list[Event] = []
+        engine.apply(command_at(s, seed), ev)
+        out.append(encode_events(s, 0, ev))
+    return out
+
+
+def int_counters(engine: Engine) -> dict[str, int]:
+    return {k: v for k, v in vars(engine).items() if type(v) is int}
+
+
+@pytest.mark.parametrize("seed, at", [(0, 0), (0, 1), (0, 700), (1, 2500), (2, 4000), (7, 6000)])
+def test_restored_engine_has_the_same_hash_and_the_same_future(seed, at) -> None:
+    live = STREAM_SPEC.build()
+    run(live, 1, at, seed)
+    data = capture(live, at, 123, 4)
+    restored, info = restore(data, STREAM_SPEC)
+    assert info.seq == at and info.ts_ns == 123 and info.epoch == 4
+    assert restored.state_hash() == live.state_hash() == info.state_hash
+    assert int_counters(restored) == int_counters(live)
+    assert run(restored, at + 1, at + 1500, seed) == run(live, at + 1, at + 1500, seed)
+    assert restored.state_hash() == live.state_hash()
+
+
+def test_a_snapshot_of_a_restored_engine_is_the_same_file() -> None:
+    live = STREAM_SPEC.build()
+    run(live, 1, 3000)
+    data = capture(live, 3000, 1, 1)
+    again = capture(restore(data)[0], 3000, 1, 1)
+    assert again == data
+
+
+def test_pending_stops_and_deep_books_survive() -> None:
+    eng = Engine([Instrument("AAA", 1, tick=1), Instrument("BBB", 7, tick=5)], {1: STP_NONE})
+    out: list[Event] = []
+    oid = 0
+    for i in range(200):
+        for locate, tick in ((1, 1), (7, 5)):
+            oid += 1
+            eng.apply(NewOrder(oid, locate, BUY, 100, (1000 - i % 40) * tick, LIMIT, GTC, 0, 1, 2,
+                               "ACC", "c%d" % oid), out)
+            oid += 1
+            eng.apply(NewOrder(oid, locate, SELL, 100, (1100 + i % 40) * tick, LIMIT, GTC, 0, 1, 2, "", "", "MPID"), out)
+            oid += 1
+            eng.apply(NewOrder(oid, locate, BUY, 100, 0, STOP, GTC, (1050 + i % 30) * tick, 1), out)
+    restored, _ = restore(capture(eng, 1, 0, 1))
+    assert restored.state_hash() == eng.state_hash()
+    assert len(restored.pending_stops) == len(eng.pending_stops) == 400
+    assert [(o.account, o.cl_ord_id, o.mpid) for o in restored.book(1).orders_in_priority(BUY)][:2] == \
+        [(o.account, o.cl_ord_id, o.mpid) for o in eng.book(1).orders_in_priority(BUY)][:2]
+    restored.check_invariants()
+
+
+@pytest.mark.parametrize("where", [0, 9, 30, SNAP_HEADER_SIZE + 2, SNAP_HEADER_SIZE + 500, -3])
+def test_a_damaged_snapshot_is_refused(where) -> None:
+    live = STREAM_SPEC.build()
+    run(live, 1, 2000)
+    data = bytearray(capture(live, 2000, 0, 1))
+    data[where] ^= 0x41
+    with pytest.raises(SnapshotError):
+        restore(bytes(data))
+
+
+def test_a_truncated_snapshot_or_another_engines_is_refused() -> None:
+    live = STREAM_SPEC.build()
+    run(live, 1, 500)
+    data = capture(live, 500, 0, 1)
+    for cut in (0, 10, SNAP_HEADER_SIZE, len(data) - 1):
+        with pytest.raises(SnapshotError):
+            restore(data[:cut])
+    other = EngineSpec.of([Instrument("ZZZ", 1, tick=1)])
+    with pytest.raises(SnapshotError, match="another engine configuration"):
+        restore(data, other)
+
+
+def test_store_writes_atomically_keeps_the_newest_and_loads_the_newest_good_one(tmp_path) -> None:
+    d = str(tmp_path / "snaps")
+    os.makedirs(d)
+    open(os.path.join(d, "snap-00000000000000000009.snap.tmp"), "wb").write(b"half")
+    store = SnapshotStore(d, keep=2)
+    assert not any(n.endswith(".tmp") for n in os.listdir(d))   # a write cut short by a crash
+    live = STREAM_SPEC.build()
+    hashes = {}
+    for seq in (100, 200, 300):
+        run(live, seq - 99, seq)
+        hashes[seq] = live.state_hash()
+        store.write(seq, capture(live, seq, seq, 1))
+    assert [s for s, _ in list_snapshots(d)] == [300, 200]
+    notes: list[str] = []
+    eng, info = load_newest(d, STREAM_SPEC, None, notes)
+    assert info.seq == 300 and eng.state_hash() == hashes[300]
+    with open(os.path.join(d, "snap-%020d.snap" % 300), "r+b") as f:
+        f.seek(SNAP_HEADER_SIZE + 100)
+        f.write(b"XXXX")
+    eng, info = load_newest(d, STREAM_SPEC, None, notes)
+    assert info.seq == 200 and eng.state_hash() == hashes[200]
+    assert any("unusable snapshot" in n for n in notes)
+    assert load_newest(d, STREAM_SPEC, 150, notes) is None
+    assert read_header(open(os.path.join(d, "snap-%020d.snap" % 200), "rb").read()).seq == 200
+
+
+def test_background_writes_do_not_queue_up(tmp_path) -> None:
+    store = SnapshotStore(str(tmp_path), keep=5)
+    live = STREAM_SPEC.build()
+    run(live, 1, 300)
+    assert store.submit(300, capture(live, 300, 0, 1))
+    store.wait()
+    assert not store.busy
+    assert store.submit(301, capture(live, 301, 0, 1))
+    store.wait()
+    store.close()
+    assert store.written == [300, 301] and store.errors == []

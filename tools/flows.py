@@ -24,12 +24,8 @@ def flow_instruments(count: int) -> list[Instrument]:
     return [Instrument(f"F{i:04d}", i + 1, tick=1, round_lot=100) for i in range(count)]
 
 
-def read_flow(path: str | Path) -> tuple[list[Command], dict[str, Any]]:
-    """Decode FLOW.bin into commands; return them with FLOW.json's expectations (or {})."""
-    p = Path(path)
-    data = p.read_bytes()
-    if len(data) % FLOW_RECORD.size:
-        raise ValueError(f"{p}: size {len(data)} is not a multiple of {FLOW_RECORD.size}-byte records")
+def decode_records(data: bytes | memoryview) -> list[Command]:
+    """Decode FLOW.bin records into commands (firm FLOW_FIRM, tick-1 instruments locate i+1)."""
     cmds: list[Command] = []
     append = cmds.append
     for kind, side, ins, oid, price, qty in FLOW_RECORD.iter_unpack(data):
@@ -38,10 +34,25 @@ def read_flow(path: str | Path) -> tuple[list[Command], dict[str, Any]]:
         elif kind == 0 or kind == 2:
             append(NewOrder(oid, ins + 1, side, qty, price, LIMIT, GTC if kind == 0 else IOC, 0, FLOW_FIRM))
         else:
-            raise ValueError(f"{p}: unknown record kind {kind}")
+            raise ValueError(f"unknown flow record kind {kind}")
+    return cmds
+
+
+def read_flow_bytes(path: str | Path) -> tuple[bytes, dict[str, Any]]:
+    """FLOW.bin's records (checked for size) and FLOW.json's expectations (or {})."""
+    p = Path(path)
+    data = p.read_bytes()
+    if len(data) % FLOW_RECORD.size:
+        raise ValueError(f"{p}: size {len(data)} is not a multiple of {FLOW_RECORD.size}-byte records")
     meta_path = p.with_suffix(".json")
     meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    return cmds, meta
+    return data, meta
+
+
+def read_flow(path: str | Path) -> tuple[list[Command], dict[str, Any]]:
+    """Decode FLOW.bin into commands; return them with FLOW.json's expectations (or {})."""
+    data, meta = read_flow_bytes(path)
+    return decode_records(data), meta
 
 
 def flow_instrument_count(cmds: list[Command], meta: dict[str, Any]) -> int:

@@ -1,0 +1,476 @@
+"""The three market-data channels of a partition, their configuration, and the L2/L1 messages.
+
+Every channel is its own MoldUDP64 session on its own pair of multicast groups (A and B carry
+identical datagrams)::
+
+    channel  carries                                        session name (10 alpha)
+    l3       TotalView-ITCH 5.0, order by order             YYMMDD PP 3 G
+    l2       ITCH framing messages + 'd' Price Level Update YYMMDD PP 2 G
+    l1       ITCH framing messages + 'q' Best Bid and Offer YYMMDD PP 1 G
+                                     + 't' Last Trade
+             (YYMMDD: the trading day; PP: partition 00-99; 3/2/1: the channel;
+              G: the generation 0-9A-Z, +1 each time the sequence cannot continue)
+
+Our own messages keep the ITCH 5.0 header (type, stock locate, tracking number, timestamp) and
+use lower-case type letters, which ITCH 5.0 does not use (its only lower-case type is 'h'). Each
+carries a per-instrument sequence number: 1, 2, 3 ... per stock locate and per channel, so a
+client that lost datagrams keeps every book whose next message continues its own sequence.
+docs/feeds.md has the layouts as tables::
+
+    'd' Price Level Update (33 bytes)
+    +---+------+------+---------+----------+----+--------+-------------+--------+-----+
+    |'d'|locate|track | ts (6)  | inst seq |side| price  | total shares| orders | end |
+    | 0 |   1  |   3  |    5    | u32 @11  |@15 |u32 @16 |  u64 @20    |u32 @28 | @32 |
+    +---+------+------+---------+----------+----+--------+-------------+--------+-----+
+
+    'q' Best Bid and Offer (47 bytes)
+    +---+------+------+-------+---------+--------+---------+--------+--------+---------+--------+
+    |'q'|locate|track |ts (6) |inst seq |bid px  |bid shs  |bid ords|ask px  |ask shs  |ask ords|
+    | 0 |   1  |   3  |   5   | u32 @11 |u32 @15 | u64 @19 |u32 @27 |u32 @31 | u64 @35 |u32 @43 |
+    +---+------+------+-------+---------+--------+---------+--------+--------+---------+--------+
+
+    't' Last Trade (40 bytes)
+    +---+------+------+-------+---------+--------+--------+-------------+-----+-------------+
+    |'t'|locate|track |ts (6) |inst seq | price  | shares | match number|aggr.| volume      |
+    | 0 |   1  |   3  |   5   | u32 @11 |u32 @15 |u32 @19 |  u64 @23    | @31 |  u64 @32    |
+    +---+------+------+-------+---------+--------+--------+-------------+-----+-------------+
+
+L2 and L1 are derived per command (never per batch), from the engine's events by a
+``DepthTracker`` kept by the publisher, so that the messages and their sequence numbers are a
+pure function of the command sequence (the WAL), whatever the batching was.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from bisect import bisect_left, insort
+from typing import Any, Callable, Final, NamedTuple
+
+from appliance.catalogue import (
+    EV_ADDED,
+    EV_CANCELLED,
+    EV_EXECUTED,
+    EV_REPLACED,
+    REPL_IN_PLACE,
+    REPL_REMOVE,
+    REPL_REPOST,
+    Event,
+)
+from feeds import itch
+from feeds.layout import U16, U32, U48, U64, Buffer, Char, Msg
+
+__all__ = [
+    "L3", "L2", "L1", "CHANNELS", "CHANNEL_DIGIT", "Endpoint", "ChannelGroups", "FeedConfig",
+    "session_for", "channel_of_session", "day_of_midnight",
+    "PriceLevelUpdate", "BestBidOffer", "LastTrade", "PRICE_LEVEL_UPDATE", "BEST_BID_OFFER",
+    "LAST_TRADE", "OWN_LAYOUTS", "ALL_LAYOUTS", "decode_any", "DepthTracker", "L2Encoder",
+    "L1Encoder", "END_OF_UPDATE", "MORE_TO_COME",
+]
+
+L3: Final = "l3"
+L2: Final = "l2"
+L1: Final = "l1"
+CHANNELS: Final = (L3, L2, L1)
+CHANNEL_DIGIT: Final = {L3: "3", L2: "2", L1: "1"}
+_GENERATIONS: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+Endpoint = tuple[str, int]  # (IPv4 multicast group, UDP port)
+
+
+class ChannelGroups(NamedTuple):
+    """The A and B multicast groups of one channel."""
+
+    a: Endpoint
+    b: Endpoint
+
+
+def default_groups(partition: int) -> dict[str, ChannelGroups]:
+    """Groups of a partition: 239.192.P.{31,32,33} (A) and 239.193.P.{31,32,33} (B), ports 300PL."""
+    out: dict[str, ChannelGroups] = {}
+    for i, ch in enumerate(CHANNELS):
+        port = 30000 + partition * 10 + i + 1
+        out[ch] = ChannelGroups((f"239.192.{partition}.{31 + i}", port), (f"239.193.{partition}.{31 + i}", port))
+    return out
+
+
+@dataclasses.dataclass
+class FeedConfig:
+    """What a partition publishes and where. The defaults never leave the host (127.0.0.1, TTL 0)."""
+
+    partition: int = 1
+    channels: tuple[str, ...] = CHANNELS            # which channels to publish
+    groups: dict[str, ChannelGroups] | None = None  # None: default_groups(partition)
+    interface: str = "127.0.0.1"                    # IP_MULTICAST_IF of every sender
+    ttl: int = 0                                    # IP_MULTICAST_TTL (0: never off the host)
+    dscp: int = 0                                   # IP_TOS = dscp << 2 (46 = EF)
+    depth_levels: int = 10                          # L2: price levels per side
+    max_payload: int = 1472                         # MoldUDP64 datagram size limit
+    heartbeat_ns: int = 1_000_000_000               # idle time before a heartbeat
+    end_of_session_ns: int = 3_000_000_000          # how long End of Session packets repeat
+    tracking: int = 0                               # ITCH tracking number of every message
+    source_port: int = 29999                        # source port written by the pcap transport
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.partition <= 99:
+            raise ValueError(f"feed: partition {self.partition} outside 0..99 (it is part of the session name)")
+        for ch in self.channels:
+            if ch not in CHANNELS:
+                raise ValueError(f"feed: unknown channel {ch!r} (expected one of {CHANNELS})")
+        if self.groups is None:
+            self.groups = default_groups(self.partition)
+        if not 1 <= self.depth_levels <= 1000:
+            raise ValueError(f"feed: depth_levels {self.depth_levels} outside 1..1000")
+        if not 0 <= self.ttl <= 255 or not 0 <= self.dscp <= 63:
+            raise ValueError(f"feed: ttl {self.ttl} or dscp {self.dscp} out of range")
+        if not 0 <= self.tracking <= 0xFFFF:
+            raise ValueError(f"feed: tracking number {self.tracking} outside u16")
+
+    def groups_of(self, channel: str) -> ChannelGroups:
+        assert self.groups is not None
+        return self.groups[channel]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that change message content: a store made under others cannot be continued."""
+        return {"partition": self.partition, "depth_levels": self.depth_levels, "tracking": self.tracking}
+
+
+def day_of_midnight(midnight_ns: int) -> str:
+    """YYMMDD of the day that starts at ``midnight_ns`` (epoch ns of local midnight).
+
+    Noon UTC of the local day falls on the same calendar date for every offset within +-12 h,
+    so no time zone database is needed. A conversion, not a clock read.
+    """
+    t = time.gmtime(midnight_ns // 1_000_000_000 + 12 * 3600)
+    return f"{t.tm_year % 100:02d}{t.tm_mon:02d}{t.tm_mday:02d}"
+
+
+def session_for(day: str, partition: int, channel: str, generation: int) -> bytes:
+    """The 10-character MoldUDP64 session of a channel: YYMMDD + PP + channel digit + generation."""
+    if len(day) != 6 or not day.isdigit():
+        raise ValueError(f"feed: day {day!r} is not YYMMDD")
+    if not 0 <= generation < len(_GENERATIONS):
+        raise ValueError(f"feed: session generation {generation} exhausted (at most {len(_GENERATIONS)} a day)")
+    return f"{day}{partition:02d}{CHANNEL_DIGIT[channel]}{_GENERATIONS[generation]}".encode("ascii")
+
+
+def channel_of_session(session: bytes) -> str | None:
+    """The channel a session name of ours belongs to (None for another naming scheme)."""
+    if len(session) != 10 or not session[:8].isdigit():
+        return None
+    return {b"3": L3, b"2": L2, b"1": L1}.get(session[8:9])
+
+
+# ================================================================================================
+# L2 / L1 messages
+# ================================================================================================
+
+END_OF_UPDATE: Final = b"Y"   # 'd'.end: the book of this instrument is consistent after this message
+MORE_TO_COME: Final = b"N"
+
+
+class PriceLevelUpdate(NamedTuple):
+    """'d' Price Level Update (33): the level's new total; shares 0 = the level left the top N."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    instrument_seq: U32
+    side: Char
+    price: U32
+    shares: U64
+    orders: U32
+    end_of_update: Char
+
+
+class BestBidOffer(NamedTuple):
+    """'q' Best Bid and Offer (47): price 0, shares 0, orders 0 for an empty side."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    instrument_seq: U32
+    bid_price: U32
+    bid_shares: U64
+    bid_orders: U32
+    ask_price: U32
+    ask_shares: U64
+    ask_orders: U32
+
+
+class LastTrade(NamedTuple):
+    """'t' Last Trade (40): one per execution; volume = shares traded in the instrument so far."""
+
+    stock_locate: U16
+    tracking: U16
+    timestamp: U48
+    instrument_seq: U32
+    price: U32
+    shares: U32
+    match_number: U64
+    aggressor: Char
+    volume: U64
+
+
+PRICE_LEVEL_UPDATE = Msg(b"d", "Price Level Update", PriceLevelUpdate)
+BEST_BID_OFFER = Msg(b"q", "Best Bid and Offer", BestBidOffer)
+LAST_TRADE = Msg(b"t", "Last Trade", LastTrade)
+
+#: Our messages, keyed by type byte.
+OWN_LAYOUTS: Final[dict[bytes, Msg[Any]]] = {m.type_byte: m for m in (PRICE_LEVEL_UPDATE, BEST_BID_OFFER, LAST_TRADE)}  # type: ignore[misc]
+assert not OWN_LAYOUTS.keys() & itch.LAYOUTS.keys()
+#: Everything any of our channels carries.
+ALL_LAYOUTS: Final[dict[bytes, Msg[Any]]] = {**itch.LAYOUTS, **OWN_LAYOUTS}
+_BY_ORD: list[Msg[Any] | None] = [None] * 256
+for _t, _m in ALL_LAYOUTS.items():
+    _BY_ORD[_t[0]] = _m
+
+
+def decode_any(buf: Buffer) -> Any:
+    """Decode one ITCH 5.0 or L2/L1 message; ValueError for an unknown type or a wrong length."""
+    if not buf:
+        raise ValueError("feed: empty message")
+    layout = _BY_ORD[buf[0]]
+    if layout is None:
+        raise ValueError(f"feed: unknown message type {bytes(buf[:1])!r}")
+    return layout.decode(buf)
+
+
+def framed_packer(layout: Msg[Any]) -> Callable[..., bytes]:
+    """A ``pack(length, type, fields...)`` producing ``u16 length + message``: a MoldUDP64 block in
+    one struct call (the layout's own struct with the length prefix in front)."""
+    import struct
+
+    return struct.Struct(">H" + layout.struct.format.lstrip(">")).pack
+
+
+_SIDE_LETTER: Final = (b"B", b"S")
+
+
+# ================================================================================================
+# Price levels derived from the engine's events
+# ================================================================================================
+
+class _Side:
+    """One side of one instrument: price -> [total shares, orders], and the sorted prices."""
+
+    __slots__ = ("levels", "prices")
+
+    def __init__(self) -> None:
+        self.levels: dict[int, list[int]] = {}
+        self.prices: list[int] = []   # ascending; best bid is the last, best ask the first
+
+
+class DepthTracker:
+    """Price-level aggregates of every instrument, kept from engine events; owned by the publisher.
+
+    ``apply(events)`` updates the levels and returns the (locate, side, price) of every level a
+    command touched, in event order; the command's executions are in ``trades`` as
+    (event, instrument volume after it). Both lists are reused by the next ``apply``. The books equal the engine's ``Book.depth`` after every
+    command (the tests check it), but are built from events alone: they can run in the publisher
+    after the engine has moved on, and in recovery from replayed events.
+    """
+
+    __slots__ = ("sides", "volume", "touched", "trades")
+
+    def __init__(self) -> None:
+        self.sides: dict[int, tuple[_Side, _Side]] = {}
+        self.volume: dict[int, int] = {}
+        self.touched: list[tuple[int, int, int]] = []
+        self.trades: list[tuple[Event, int]] = []   # (EV_EXECUTED, instrument volume after it)
+
+    def _side(self, locate: int, side: int) -> _Side:
+        pair = self.sides.get(locate)
+        if pair is None:
+            pair = self.sides[locate] = (_Side(), _Side())
+        return pair[side]
+
+    def _add(self, locate: int, side: int, price: int, shares: int) -> None:
+        s = self._side(locate, side)
+        lvl = s.levels.get(price)
+        if lvl is None:
+            s.levels[price] = [shares, 1]
+            insort(s.prices, price)
+        else:
+            lvl[0] += shares
+            lvl[1] += 1
+        self.touched.append((locate, side, price))
+
+    def _reduce(self, locate: int, side: int, price: int, shares: int, gone: bool) -> None:
+        s = self._side(locate, side)
+        lvl = s.levels[price]
+        lvl[0] -= shares
+        if gone:
+            lvl[1] -= 1
+        if not lvl[1]:
+            if lvl[0]:
+                raise AssertionError(f"level {locate}/{side}/{price}: {lvl[0]} shares and no order")
+            del s.levels[price]
+            prices = s.prices
+            prices.pop(bisect_left(prices, price))
+        self.touched.append((locate, side, price))
+
+    def apply(self, events: list[Event]) -> list[tuple[int, int, int]]:
+        """Apply one command's events; return the touched levels (the list is reused: read it now)."""
+        touched = self.touched
+        touched.clear()
+        self.trades.clear()
+        for ev in events:
+            k = ev[0]
+            if k == EV_ADDED:
+                o = ev[1]
+                self._add(o.locate, o.side, o.price, ev[2])
+            elif k == EV_EXECUTED:
+                m = ev[1]
+                self._reduce(m.locate, m.side, m.price, ev[3], not ev[6])
+                volume = self.volume.get(m.locate, 0) + ev[3]
+                self.volume[m.locate] = volume
+                self.trades.append((ev, volume))
+            elif k == EV_CANCELLED:
+                if ev[6]:
+                    o = ev[1]
+                    self._reduce(o.locate, o.side, o.price, ev[2], not ev[3])
+            elif k == EV_REPLACED:
+                action = ev[6]
+                old = ev[1]
+                if action == REPL_IN_PLACE:
+                    if ev[3] != ev[4]:
+                        self._reduce(old.locate, old.side, old.price, ev[3] - ev[4], False)
+                elif action == REPL_REPOST:
+                    new = ev[2]
+                    self._reduce(old.locate, old.side, old.price, ev[3], True)
+                    self._add(new.locate, new.side, new.price, ev[4])
+                elif action == REPL_REMOVE:
+                    self._reduce(old.locate, old.side, old.price, ev[3], True)
+                # REPL_HIDDEN: a pending stop, not on the book
+        return touched
+
+    def depth(self, locate: int, side: int, n: int | None = None) -> list[tuple[int, int, int]]:
+        """[(price, total, orders), ...] best first, as the engine's Book.depth."""
+        pair = self.sides.get(locate)
+        if pair is None:
+            return []
+        s = pair[side]
+        prices = s.prices[::-1] if side == 0 else s.prices
+        if n is not None:
+            prices = prices[:n]
+        lv = s.levels
+        return [(p, lv[p][0], lv[p][1]) for p in prices]
+
+    def best(self, locate: int, side: int) -> tuple[int, int, int]:
+        """(price, total, orders) of the best level, or (0, 0, 0) for an empty side."""
+        pair = self.sides.get(locate)
+        if pair is None:
+            return (0, 0, 0)
+        s = pair[side]
+        if not s.prices:
+            return (0, 0, 0)
+        p = s.prices[-1] if side == 0 else s.prices[0]
+        lvl = s.levels[p]
+        return (p, lvl[0], lvl[1])
+
+
+class L2Encoder:
+    """Per command: 'd' updates for the top ``levels`` price levels of each touched side.
+
+    The client's book of an instrument side is price -> (shares, orders) for the published prices;
+    after each group (``end_of_update`` = 'Y' on its last message) it equals the engine's top N:
+    every price whose (shares, orders) changed is sent, and a price that left the top N (emptied, or
+    pushed out by better levels) is sent with shares 0 and orders 0.
+    """
+
+    __slots__ = ("tracker", "levels", "tracking", "published", "inst_seq", "_pack")
+
+    def __init__(self, tracker: DepthTracker, levels: int, tracking: int = 0) -> None:
+        self.tracker = tracker
+        self.levels = levels
+        self.tracking = tracking
+        # (locate, side) -> {price: (shares, orders)} as last published
+        self.published: dict[tuple[int, int], dict[int, tuple[int, int]]] = {}
+        self.inst_seq: dict[int, int] = {}
+        self._pack = framed_packer(PRICE_LEVEL_UPDATE)
+
+    def encode(self, touched: list[tuple[int, int, int]], ts6: bytes, out: list[bytes]) -> None:
+        """Append the framed messages of one command (``touched`` from DepthTracker.apply)."""
+        if not touched:
+            return
+        n = self.levels
+        seen: list[tuple[int, int]] = []
+        for locate, side, price in touched:
+            key = (locate, side)
+            if key in seen:
+                continue
+            pub = self.published.get(key)
+            if pub is not None and len(pub) == n:
+                # the window is full: a level strictly worse than its worst price changes nothing
+                worst = min(pub) if side == 0 else max(pub)
+                if (side == 0 and price < worst) or (side == 1 and price > worst):
+                    continue
+            seen.append(key)
+        if not seen:
+            return
+        pack = self._pack
+        trk = self.tracking
+        groups: dict[int, list[tuple[int, int, int, int]]] = {}
+        for key in seen:
+            locate, side = key
+            now = {p: (t, c) for p, t, c in self.tracker.depth(locate, side, n)}
+            pub = self.published.get(key, {})
+            changes = [(side, p, v[0], v[1]) for p, v in now.items() if pub.get(p) != v]
+            changes += [(side, p, 0, 0) for p in pub if p not in now]
+            if changes:
+                changes.sort(key=lambda c: c[1], reverse=side == 0)   # best first
+                groups.setdefault(locate, []).extend(changes)
+            self.published[key] = now
+        for locate, changes in groups.items():
+            seq = self.inst_seq.get(locate, 0)
+            last = len(changes) - 1
+            for i, (side, p, total, count) in enumerate(changes):
+                seq += 1
+                out.append(pack(33, b"d", locate, trk, ts6, seq, _SIDE_LETTER[side], p, total, count,
+                                END_OF_UPDATE if i == last else MORE_TO_COME))
+            self.inst_seq[locate] = seq
+
+
+class L1Encoder:
+    """Per command: a 't' for each execution, then a 'q' for each touched instrument whose best
+    bid or offer (price, shares, orders) changed."""
+
+    __slots__ = ("tracker", "tracking", "published", "inst_seq", "_pack_q", "_pack_t")
+
+    def __init__(self, tracker: DepthTracker, tracking: int = 0) -> None:
+        self.tracker = tracker
+        self.tracking = tracking
+        self.published: dict[int, tuple[tuple[int, int, int], tuple[int, int, int]]] = {}
+        self.inst_seq: dict[int, int] = {}
+        self._pack_q = framed_packer(BEST_BID_OFFER)
+        self._pack_t = framed_packer(LAST_TRADE)
+
+    def encode(self, touched: list[tuple[int, int, int]], trades: list[tuple[Event, int]], ts6: bytes,
+               out: list[bytes]) -> None:
+        """Append the framed messages of one command (``touched`` and ``trades`` from the tracker)."""
+        trk = self.tracking
+        inst_seq = self.inst_seq
+        if trades:
+            pack_t = self._pack_t
+            for ev, v in trades:
+                locate = ev[1].locate
+                seq = inst_seq.get(locate, 0) + 1
+                inst_seq[locate] = seq
+                out.append(pack_t(40, b"t", locate, trk, ts6, seq, ev[4], ev[3], ev[5],
+                                  _SIDE_LETTER[ev[2].side], v))
+        if not touched:
+            return
+        best = self.tracker.best
+        done: list[int] = []
+        for locate, _side, _price in touched:
+            if locate in done:
+                continue
+            done.append(locate)
+            bbo = (best(locate, 0), best(locate, 1))
+            if self.published.get(locate) == bbo:
+                continue
+            self.published[locate] = bbo
+            seq = inst_seq.get(locate, 0) + 1
+            inst_seq[locate] = seq
+            (bp, bs, bc), (ap, as_, ac) = bbo
+            out.append(self._pack_q(47, b"q", locate, trk, ts6, seq, bp, bs, bc, ap, as_, ac))

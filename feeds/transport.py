@@ -1,0 +1,257 @@
+"""Where published datagrams go: kernel UDP multicast (the default), a pcap file, or memory.
+
+One small interface. A transport opens one ``ChannelSender`` per channel; the publisher hands it
+the datagrams of a batch, which it sends to the channel's A group and to its B group::
+
+    sender = transport.channel("l3", ChannelGroups(a=("239.192.1.31", 30011), b=(...)))
+    sender.send_packets([datagram, ...], ts_ns)   # -> datagrams sent per group
+    transport.close()
+
+``ts_ns`` is the publisher's time for the batch (the sequencer's stamp), used by the pcap
+transport as the capture time, so that a pcap of a run is a pure function of the run.
+
+UdpTransport uses plain BSD sockets through the C library only (socket, setsockopt, connect,
+send), created in the process that uses them: that is what OpenOnload's ``onload`` launcher
+accelerates unchanged (``onload --profile=latency matchwire ...``; docs/feeds.md). Every sender
+sets IP_MULTICAST_IF to the configured interface address (127.0.0.1 by default) and the
+configured TTL (0 by default: the kernel never sends TTL-0 multicast off the host).
+"""
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from feeds.channels import ChannelGroups, Endpoint
+from feeds.pcap import PcapWriter
+
+__all__ = ["ChannelSender", "Transport", "UdpTransport", "PcapTransport", "MemoryTransport",
+           "multicast_sender", "multicast_receiver", "A", "B"]
+
+A = 0  # leg index of the A group
+B = 1  # leg index of the B group
+
+
+class ChannelSender(Protocol):
+    def send_packets(self, payloads: list[bytes], ts_ns: int) -> int:
+        """Send each datagram to the A and the B group; return how many went to each."""
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    def channel(self, name: str, groups: ChannelGroups) -> ChannelSender: ...
+
+    def close(self) -> None: ...
+
+
+# ================================================================================================
+# Kernel UDP multicast
+# ================================================================================================
+
+def multicast_sender(group: Endpoint, interface: str = "127.0.0.1", ttl: int = 0, dscp: int = 0,
+                     sndbuf: int = 0) -> socket.socket:
+    """A UDP socket connected to ``group``, sending through ``interface`` with ``ttl`` and DSCP."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+        if dscp:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, dscp << 2)
+        if sndbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        s.connect(group)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def multicast_receiver(group: Endpoint, interface: str = "127.0.0.1", rcvbuf: int = 8 << 20,
+                       blocking: bool = False) -> socket.socket:
+    """A UDP socket bound to ``group`` (not 0.0.0.0) that joined it on ``interface``."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.bind(group)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                     struct.pack("4s4s", socket.inet_aton(group[0]), socket.inet_aton(interface)))
+        s.setblocking(blocking)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+class _UdpChannel:
+    """Two connected sockets (A, B) of one channel; owned by the publishing thread."""
+
+    __slots__ = ("name", "sock_a", "sock_b", "errors", "packets", "last_error")
+
+    def __init__(self, name: str, groups: ChannelGroups, interface: str, ttl: int, dscp: int) -> None:
+        self.name = name
+        self.sock_a = multicast_sender(groups.a, interface, ttl, dscp)
+        try:
+            self.sock_b = multicast_sender(groups.b, interface, ttl, dscp)
+        except BaseException:
+            self.sock_a.close()
+            raise
+        self.errors = 0        # datagrams the kernel refused (counted, not raised: a lost datagram)
+        self.packets = 0
+        self.last_error = 0
+
+    def send_packets(self, payloads: list[bytes], ts_ns: int) -> int:
+        send_a = self.sock_a.send
+        send_b = self.sock_b.send
+        try:
+            for p in payloads:
+                send_a(p)
+                send_b(p)
+        except OSError:
+            # rare (ENOBUFS, a receiver's ICMP error): fall back to one datagram at a time
+            return self._send_slow(payloads)
+        n = len(payloads)
+        self.packets += n
+        return n
+
+    def _send_slow(self, payloads: list[bytes]) -> int:
+        ok = 0
+        for p in payloads:
+            for s in (self.sock_a, self.sock_b):
+                try:
+                    s.send(p)
+                except OSError as e:
+                    if e.errno not in (errno.ENOBUFS, errno.EAGAIN, errno.ECONNREFUSED, errno.ENOMEM):
+                        raise
+                    self.errors += 1
+                    self.last_error = e.errno or 0
+            ok += 1
+        self.packets += ok
+        return ok
+
+    def close(self) -> None:
+        self.sock_a.close()
+        self.sock_b.close()
+
+
+class UdpTransport:
+    """Kernel UDP multicast: the default transport (see the module docstring for Onload)."""
+
+    def __init__(self, interface: str = "127.0.0.1", ttl: int = 0, dscp: int = 0) -> None:
+        self.interface = interface
+        self.ttl = ttl
+        self.dscp = dscp
+        self.channels: dict[str, _UdpChannel] = {}
+
+    def channel(self, name: str, groups: ChannelGroups) -> _UdpChannel:
+        ch = _UdpChannel(name, groups, self.interface, self.ttl, self.dscp)
+        self.channels[name] = ch
+        return ch
+
+    def close(self) -> None:
+        for ch in self.channels.values():
+            ch.close()
+        self.channels.clear()
+
+
+# ================================================================================================
+# pcap
+# ================================================================================================
+
+class _PcapChannel:
+    __slots__ = ("writer", "src_ip", "src_port", "groups", "ttl", "packets")
+
+    def __init__(self, writer: PcapWriter, src_ip: str, src_port: int, groups: ChannelGroups, ttl: int) -> None:
+        self.writer = writer
+        self.src_ip = src_ip
+        self.src_port = src_port
+        self.groups = groups
+        self.ttl = ttl
+        self.packets = 0
+
+    def send_packets(self, payloads: list[bytes], ts_ns: int) -> int:
+        w = self.writer.write_udp
+        (ga, pa), (gb, pb) = self.groups
+        for p in payloads:
+            w(ts_ns, self.src_ip, self.src_port, ga, pa, p, ttl=self.ttl)
+            w(ts_ns, self.src_ip, self.src_port, gb, pb, p, ttl=self.ttl)
+        self.packets += len(payloads)
+        return len(payloads)
+
+    def close(self) -> None:
+        self.writer.flush()
+
+
+class PcapTransport:
+    """Writes every datagram, A then B, as an Ethernet/IPv4/UDP frame of a nanosecond pcap, as
+    tcpdump would capture it on the sending host (source ``src_ip:src_port``, destination the group)."""
+
+    def __init__(self, out: str | Path | BinaryIO, src_ip: str = "127.0.0.1", src_port: int = 29999,
+                 ttl: int = 0) -> None:
+        if isinstance(out, (str, Path)):
+            self.writer = PcapWriter.open(out)
+        else:
+            self.writer = PcapWriter(out)
+        self.src_ip = src_ip
+        self.src_port = src_port
+        self.ttl = ttl
+        self.channels: dict[str, _PcapChannel] = {}
+
+    def channel(self, name: str, groups: ChannelGroups) -> _PcapChannel:
+        ch = _PcapChannel(self.writer, self.src_ip, self.src_port, groups, self.ttl)
+        self.channels[name] = ch
+        return ch
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+# ================================================================================================
+# memory (tests)
+# ================================================================================================
+
+class _MemoryChannel:
+    __slots__ = ("name", "groups", "transport")
+
+    def __init__(self, name: str, groups: ChannelGroups, transport: MemoryTransport) -> None:
+        self.name = name
+        self.groups = groups
+        self.transport = transport
+
+    def send_packets(self, payloads: list[bytes], ts_ns: int) -> int:
+        t = self.transport
+        if t.paused:
+            return 0
+        sent = t.sent
+        for p in payloads:
+            sent.append((self.name, A, ts_ns, p))
+            sent.append((self.name, B, ts_ns, p))
+        return len(payloads)
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryTransport:
+    """Keeps ``(channel, leg, ts_ns, datagram)`` in ``sent``; ``paused`` drops everything (a
+    crashed sender in tests)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int, int, bytes]] = []
+        self.paused = False
+        self.channels: dict[str, _MemoryChannel] = {}
+
+    def channel(self, name: str, groups: ChannelGroups) -> _MemoryChannel:
+        ch = _MemoryChannel(name, groups, self)
+        self.channels[name] = ch
+        return ch
+
+    def of(self, channel: str, leg: int | None = A) -> list[bytes]:
+        """The datagrams sent on a channel (one leg, or both with leg=None)."""
+        return [p for ch, lg, _, p in self.sent if ch == channel and (leg is None or lg == leg)]
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,549 @@
+"""The market-data publisher: engine events -> ITCH 5.0 (L3), L2, L1 -> MoldUDP64 -> A and B groups.
+
+Owned by the matching thread. It reads no clock: every message carries the sequencer's ``ts_ns`` of
+the command that caused it (minus the session's midnight), and idle work gets ``now_ns`` from the
+caller. The daemon's duty cycle, after the WAL commit of a batch::
+
+    results = partition.process_batch(cmds, now_ns)   # [(seq, ts_ns, cmd, events), ...]
+    publisher.publish(results)                        # encode, pack, send A and B, store
+    ...
+    publisher.poll(now_ns)                            # when idle: heartbeats after 1 s
+
+Start-up is recovery (crash-only): the publisher opens its feed store; if the store already holds
+part of today's session, the daemon replays the WAL from the start of the day through
+``publisher.replay(results)``. Message numbering is a pure function of the command sequence
+(start-of-session messages, then per command its messages, in order), so the regenerated messages
+carry the numbers they had: those the store holds are skipped, the rest are sent and stored. The
+first ``publish`` ends the replay; the feed continues in the same session with no gap and no
+duplicate. Only when the sequence cannot continue (the store holds more than the WAL gives back,
+the previous run ended the session, or the configuration changed what messages say) does the
+session change (a new generation, see feeds.channels.session_for).
+
+Send, then store: a batch is sent first and appended to the store right after. A crash between
+the two makes recovery send that batch again (receivers drop the copies by sequence number); the
+opposite order could lose it. The store is never fsynced (feeds.store explains why it need not be).
+
+Within a batch the L3 messages are encoded by one struct call each (the ITCH layout's struct with
+the MoldUDP64 length prefix in front, so that the message is a ready block), collected in a list,
+and cut into datagrams of at most ``max_payload`` bytes with C-level accumulate/bisect: there is
+no per-message call into the packetizer and no syscall per message.
+"""
+from __future__ import annotations
+
+import json
+import os
+from bisect import bisect_right
+from itertools import accumulate
+from typing import Any, Final, Iterable, Sequence
+
+from appliance.catalogue import (
+    EV_ACCEPTED,
+    EV_ADDED,
+    EV_CANCELLED,
+    EV_EXECUTED,
+    EV_MASS_CANCELLED,
+    EV_REJECTED,
+    EV_REPLACED,
+    EV_STOP_TRIGGERED,
+    REPL_HIDDEN,
+    REPL_IN_PLACE,
+    REPL_REMOVE,
+    REPL_REPOST,
+    Command,
+    Event,
+)
+from appliance.model import Instrument
+from feeds import itch
+from feeds.channels import (
+    CHANNELS,
+    L1,
+    L2,
+    L3,
+    DepthTracker,
+    FeedConfig,
+    L1Encoder,
+    L2Encoder,
+    day_of_midnight,
+    framed_packer,
+    session_for,
+)
+from feeds.moldudp64 import END_OF_SESSION_COUNT, HEADER, HEADER_SIZE
+from feeds.store import FeedStore
+from feeds.transport import ChannelSender, Transport
+
+__all__ = ["Publisher", "ChannelPublisher", "FeedDivergence", "L3_MAPPING", "L3_MESSAGES",
+           "encode_l3", "packetize", "start_of_session", "end_of_session_messages", "Result"]
+
+Result = tuple[int, int, Command, list[Event]]   # (seq, ts_ns, command, events): Partition's output
+
+# ================================================================================================
+# L3: what each engine event says on the TotalView-ITCH 5.0 feed. Every event kind of the catalogue
+# has a row, "nothing" included (tests/test_publisher.py checks the catalogue against it).
+# ================================================================================================
+
+L3_MAPPING: Final[dict[int, str]] = {
+    EV_ACCEPTED: "nothing: an order appears on the feed only when it rests (OrderAdded)",
+    EV_REJECTED: "nothing: a rejected command changed nothing",
+    EV_ADDED: "A Add Order (order.ref, side, shares, stock, order.price); F with order.mpid when set",
+    EV_EXECUTED: "E Order Executed on maker.ref (qty, match); C with price when price != maker.price; "
+                 "nothing for the taker, which is not on the book",
+    EV_CANCELLED: "on the book: X Order Cancel (qty) when leaves > 0, D Order Delete when 0; "
+                  "not on the book (IOC/FOK/market remainder, pending stop): nothing",
+    EV_REPLACED: "IN_PLACE: X for old_leaves - new_leaves (nothing when 0); REPOST: U (old.ref -> "
+                 "new.ref, new_leaves, new.price); REMOVE: D old.ref (the new order's executions "
+                 "and Add follow as their own events); HIDDEN (pending stop): nothing",
+    EV_STOP_TRIGGERED: "nothing: the triggered order's executions and Add are their own events",
+    EV_MASS_CANCELLED: "nothing: each cancelled order has its own OrderCancelled",
+}
+#: The ITCH message types each event kind can produce (empty: nothing).
+L3_MESSAGES: Final[dict[int, tuple[bytes, ...]]] = {
+    EV_ACCEPTED: (),
+    EV_REJECTED: (),
+    EV_ADDED: (b"A", b"F"),
+    EV_EXECUTED: (b"E", b"C"),
+    EV_CANCELLED: (b"X", b"D"),
+    EV_REPLACED: (b"X", b"U", b"D"),
+    EV_STOP_TRIGGERED: (),
+    EV_MASS_CANCELLED: (),
+}
+_SILENT: Final = frozenset(k for k, v in L3_MESSAGES.items() if not v)
+
+_SIDE: Final = (b"B", b"S")
+_fA = framed_packer(itch.ADD_ORDER)
+_fF = framed_packer(itch.ADD_ORDER_MPID)
+_fE = framed_packer(itch.ORDER_EXECUTED)
+_fC = framed_packer(itch.ORDER_EXECUTED_WITH_PRICE)
+_fX = framed_packer(itch.ORDER_CANCEL)
+_fD = framed_packer(itch.ORDER_DELETE)
+_fU = framed_packer(itch.ORDER_REPLACE)
+_fS = framed_packer(itch.SYSTEM_EVENT)
+_fR = framed_packer(itch.STOCK_DIRECTORY)
+_fH = framed_packer(itch.STOCK_TRADING_ACTION)
+
+
+def _mpid4(mpid: Any) -> bytes:
+    raw = mpid.encode("ascii") if isinstance(mpid, str) else bytes(mpid)
+    return raw.strip().ljust(4)[:4]
+
+
+def encode_l3(results: Sequence[Result], out: list[bytes], midnight_ns: int, stocks: Sequence[bytes],
+              tracking: int = 0) -> None:
+    """Append the framed (``u16 length + message``) ITCH messages of a batch's results to ``out``.
+
+    ``stocks[locate]`` is the 8-byte symbol. The hot path: one struct call per message, the 6-byte
+    timestamp converted once per distinct ``ts_ns``.
+    """
+    append = out.append
+    fA, fE, fX, fD = _fA, _fE, _fX, _fD
+    side_letter = _SIDE
+    last_ts = -1
+    ts6 = b""
+    for _seq, ts, _cmd, events in results:
+        if ts != last_ts:
+            ts6 = (ts - midnight_ns).to_bytes(6, "big")
+            last_ts = ts
+        for ev in events:
+            k = ev[0]
+            if k == EV_ACCEPTED:
+                continue
+            if k == EV_ADDED:
+                o = ev[1]
+                if o.mpid:
+                    append(_fF(40, b"F", o.locate, tracking, ts6, o.ref, side_letter[o.side], ev[2],
+                               stocks[o.locate], o.price, _mpid4(o.mpid)))
+                else:
+                    append(fA(36, b"A", o.locate, tracking, ts6, o.ref, side_letter[o.side], ev[2],
+                              stocks[o.locate], o.price))
+            elif k == EV_EXECUTED:
+                m = ev[1]
+                if ev[4] == m.price:
+                    append(fE(31, b"E", m.locate, tracking, ts6, m.ref, ev[3], ev[5]))
+                else:
+                    append(_fC(36, b"C", m.locate, tracking, ts6, m.ref, ev[3], ev[5], b"Y", ev[4]))
+            elif k == EV_CANCELLED:
+                if ev[6]:
+                    o = ev[1]
+                    if ev[3]:
+                        append(fX(23, b"X", o.locate, tracking, ts6, o.ref, ev[2]))
+                    else:
+                        append(fD(19, b"D", o.locate, tracking, ts6, o.ref))
+            elif k == EV_REPLACED:
+                action = ev[6]
+                old = ev[1]
+                if action == REPL_IN_PLACE:
+                    if ev[3] > ev[4]:
+                        append(fX(23, b"X", old.locate, tracking, ts6, old.ref, ev[3] - ev[4]))
+                elif action == REPL_REPOST:
+                    new = ev[2]
+                    append(_fU(35, b"U", old.locate, tracking, ts6, old.ref, new.ref, ev[4], new.price))
+                elif action == REPL_REMOVE:
+                    append(fD(19, b"D", old.locate, tracking, ts6, old.ref))
+                elif action != REPL_HIDDEN:
+                    raise ValueError(f"L3: replace action {action} has no feed mapping")
+            elif k not in _SILENT:
+                raise ValueError(f"L3: event kind {k} has no feed mapping (feeds.publisher.L3_MAPPING)")
+
+
+def start_of_session(instruments: Iterable[Instrument], ts_since_midnight: int, tracking: int = 0) -> list[bytes]:
+    """Framed start-of-session messages: S 'O', R per instrument, S 'S', S 'Q', H 'T' per instrument."""
+    ts6 = ts_since_midnight.to_bytes(6, "big")
+    ins = sorted(instruments, key=lambda i: i.locate)
+    out = [_fS(12, b"S", 0, tracking, ts6, b"O")]
+    for i in ins:
+        out.append(_fR(39, b"R", i.locate, tracking, ts6, i.stock8, b"Q", b"N", i.round_lot, b"N", b"C",
+                       b"Z ", b"P", b"N", b" ", b" ", b"N", 0, b"N"))
+    out.append(_fS(12, b"S", 0, tracking, ts6, b"S"))
+    out.append(_fS(12, b"S", 0, tracking, ts6, b"Q"))
+    for i in ins:
+        out.append(_fH(25, b"H", i.locate, tracking, ts6, i.stock8, b"T", b" ", b"    "))
+    return out
+
+
+def end_of_session_messages(ts_since_midnight: int, tracking: int = 0) -> list[bytes]:
+    """Framed end-of-session System Events: M end of market hours, E end of system hours, C end of messages."""
+    ts6 = ts_since_midnight.to_bytes(6, "big")
+    return [_fS(12, b"S", 0, tracking, ts6, code) for code in (b"M", b"E", b"C")]
+
+
+_pack_header = HEADER.struct.pack
+
+
+def packetize(session: bytes, first_seq: int, framed: list[bytes], max_payload: int = 1472) -> list[bytes]:
+    """Cut framed messages into MoldUDP64 datagrams of at most ``max_payload`` bytes, in order."""
+    n = len(framed)
+    if not n:
+        return []
+    cum = list(accumulate(map(len, framed)))
+    room = max_payload - HEADER_SIZE
+    out: list[bytes] = []
+    join = b"".join
+    i = 0
+    base = 0
+    while i < n:
+        j = bisect_right(cum, base + room, i)
+        if j == i:
+            raise ValueError(f"MoldUDP64: a message of {len(framed[i]) - 2} bytes does not fit {max_payload}")
+        out.append(_pack_header(session, first_seq + i, j - i) + join(framed[i:j]))
+        base = cum[j - 1]
+        i = j
+    return out
+
+
+class FeedDivergence(Exception):
+    """The regenerated feed differs from what the store says was published: a bug or another WAL."""
+
+
+class ChannelPublisher:
+    """One channel's MoldUDP64 session: numbering, packing, sending (A and B), storing.
+
+    Owned by the publishing thread. ``next_seq`` is the sequence number of the next message;
+    while ``skip_through`` >= it, messages are regenerated but neither sent nor stored.
+    """
+
+    __slots__ = ("name", "session", "generation", "next_seq", "skip_through", "sender", "store",
+                 "max_payload", "last_send_ns", "messages", "packets", "heartbeats", "last_skipped")
+
+    def __init__(self, name: str, session: bytes, generation: int, sender: ChannelSender,
+                 store: FeedStore | None, max_payload: int) -> None:
+        self.name = name
+        self.session = session
+        self.generation = generation
+        self.sender = sender
+        self.store = store
+        self.max_payload = max_payload
+        self.next_seq = 1
+        self.skip_through = store.count if store is not None else 0
+        self.last_send_ns: int | None = None
+        self.messages = 0      # sent (not counting skipped regenerated ones)
+        self.packets = 0
+        self.heartbeats = 0
+        self.last_skipped = b""
+
+    def emit(self, framed: list[bytes], ts_ns: int) -> None:
+        """Number, pack, send and store a batch's framed messages."""
+        n = len(framed)
+        if not n:
+            return
+        first = self.next_seq
+        self.next_seq = first + n
+        if self.skip_through >= first:
+            skip = min(n, self.skip_through - first + 1)
+            if first + skip - 1 == self.skip_through:
+                self._check_boundary(framed[skip - 1])
+            self.last_skipped = framed[skip - 1]
+            if skip == n:
+                return
+            framed = framed[skip:]
+            first += skip
+        packets = packetize(self.session, first, framed, self.max_payload)
+        self.sender.send_packets(packets, ts_ns)
+        if self.store is not None:
+            self.store.append_packets(packets)
+        self.last_send_ns = ts_ns
+        self.messages += len(framed)
+        self.packets += len(packets)
+
+    def _check_boundary(self, framed_msg: bytes) -> None:
+        """The regenerated message numbered like the store's last must be that message."""
+        assert self.store is not None
+        stored = self.store.read(self.skip_through, 1)
+        if not stored or stored[0] != framed_msg[2:]:
+            raise FeedDivergence(
+                f"{self.name}: regenerated message {self.skip_through} of session {self.session!r} differs "
+                f"from the stored one ({framed_msg[2:].hex()} != {stored[0].hex() if stored else None})")
+
+    def heartbeat(self, now_ns: int) -> None:
+        self.sender.send_packets([_pack_header(self.session, self.next_seq, 0)], now_ns)
+        self.last_send_ns = now_ns
+        self.heartbeats += 1
+
+    def end_of_session(self, now_ns: int) -> None:
+        self.sender.send_packets([_pack_header(self.session, self.next_seq, END_OF_SESSION_COUNT)], now_ns)
+        self.last_send_ns = now_ns
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+        self.sender.close()
+
+
+class Publisher:
+    """Every channel of one partition (see the module docstring). Owned by the matching thread.
+
+    The daemon's calls, in order:
+        Publisher(config, instruments, midnight_ns, transport, store_dir)
+        start(ts_ns)                  start-of-session messages (after a crash: regenerated)
+        replay(results)               per replayed WAL batch, from the start of the day (recovery only)
+        publish(results)              per live batch, after the WAL commit
+        poll(now_ns)                  when idle: heartbeats; after end_session: End of Session packets
+        end_session(ts_ns)            System Events M, E, C; then poll until ``finished``
+        close()
+    """
+
+    def __init__(self, config: FeedConfig, instruments: Iterable[Instrument], midnight_ns: int,
+                 transport: Transport, store_dir: str | None = None, *, day: str | None = None) -> None:
+        self.config = config
+        self.instruments = sorted(instruments, key=lambda i: i.locate)
+        self.midnight_ns = midnight_ns
+        self.day = day or day_of_midnight(midnight_ns)
+        self.store_dir = store_dir
+        self.tracking = config.tracking
+        stocks: list[bytes] = [b"        "] * 0x10000
+        for ins in self.instruments:
+            stocks[ins.locate] = ins.stock8
+        self._stocks = stocks
+        self.notes: list[str] = []
+        self.channels: dict[str, ChannelPublisher] = {}
+        self._state: dict[str, dict[str, Any]] = {}
+        for name in CHANNELS:
+            if name not in config.channels:
+                continue
+            state = self._open_state(name)
+            session = state["session"].encode("ascii")
+            store = FeedStore(store_dir, session) if store_dir is not None else None
+            if store is not None and store.notes:
+                self.notes.extend(store.notes)
+            sender = transport.channel(name, config.groups_of(name))
+            self.channels[name] = ChannelPublisher(name, session, state["generation"], sender, store,
+                                                   config.max_payload)
+            self._state[name] = state
+        self.l3 = self.channels.get(L3)
+        self.l2 = self.channels.get(L2)
+        self.l1 = self.channels.get(L1)
+        self.tracker = DepthTracker() if (self.l2 or self.l1) else None
+        self.l2_encoder = L2Encoder(self.tracker, config.depth_levels, self.tracking) if self.l2 and self.tracker else None
+        self.l1_encoder = L1Encoder(self.tracker, self.tracking) if self.l1 and self.tracker else None
+        self.recovering = any(ch.skip_through for ch in self.channels.values())
+        self.started = False
+        self.live = False
+        self.ending_since: int | None = None
+        self.finished = False
+        self._last_eos: int | None = None
+
+    # -- session state ------------------------------------------------------------------------
+    def _state_path(self, channel: str) -> str | None:
+        if self.store_dir is None:
+            return None
+        return os.path.join(self.store_dir, f"CHANNEL-{channel}.json")
+
+    def _open_state(self, channel: str) -> dict[str, Any]:
+        """The channel's session: today's from the store directory when it can be continued."""
+        fingerprint = dict(self.config.fingerprint(), midnight_ns=self.midnight_ns,
+                           instruments=[[i.symbol, i.locate, i.round_lot] for i in self.instruments])
+        path = self._state_path(channel)
+        prev: dict[str, Any] | None = None
+        if path is not None and os.path.exists(path):
+            with open(path, "rb") as f:
+                prev = json.loads(f.read())
+        generation = 0
+        if prev is not None and prev.get("day") == self.day:
+            if prev.get("fingerprint") == fingerprint and not prev.get("ended"):
+                return prev
+            generation = int(prev["generation"]) + 1
+            why = "the session ended" if prev.get("ended") else "the feed configuration changed"
+            self.notes.append(f"{channel}: {why}: new session generation {generation}")
+        state = {"format": "matchwire-feed-channel", "day": self.day, "channel": channel,
+                 "generation": generation,
+                 "session": session_for(self.day, self.config.partition, channel, generation).decode("ascii"),
+                 "fingerprint": fingerprint, "start_ts_ns": None, "ended": False}
+        self._write_state(channel, state)
+        return state
+
+    def _write_state(self, channel: str, state: dict[str, Any]) -> None:
+        path = self._state_path(channel)
+        if path is None:
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+
+    def sessions(self) -> dict[str, bytes]:
+        return {name: ch.session for name, ch in self.channels.items()}
+
+    # -- the duty cycle -----------------------------------------------------------------------
+    def start(self, ts_ns: int) -> None:
+        """Start of session: System Event O, Stock Directory per instrument, System Events S and Q,
+        Trading Action T per instrument, on every channel. After a crash the stored start time is
+        used, so that the regenerated messages are the ones published."""
+        if self.started:
+            raise RuntimeError("feed: start() called twice")
+        self.started = True
+        for name, ch in self.channels.items():
+            state = self._state[name]
+            if state["start_ts_ns"] is None:
+                state["start_ts_ns"] = ts_ns
+                self._write_state(name, state)
+            start_ts = int(state["start_ts_ns"])
+            ch.emit(start_of_session(self.instruments, start_ts - self.midnight_ns, self.tracking), start_ts)
+
+    def replay(self, results: Sequence[Result]) -> None:
+        """Regenerate the messages of a replayed WAL batch (recovery); the stored ones are not sent.
+
+        With an empty store (a new day, or the store directory was lost) everything is published.
+        """
+        if self.live:
+            raise RuntimeError("feed: replay() after the first publish()")
+        self._encode(results)
+
+    def publish(self, results: Sequence[Result]) -> None:
+        """Encode a committed batch's events on every channel, pack, send to A and B, store."""
+        if self.recovering:
+            self._go_live()
+        self.live = True
+        self._encode(results)
+
+    def _encode(self, results: Sequence[Result]) -> None:
+        if not self.started:
+            raise RuntimeError("feed: publish before start()")
+        if not results:
+            return
+        ts = results[-1][1]
+        if self.l3 is not None:
+            out: list[bytes] = []
+            encode_l3(results, out, self.midnight_ns, self._stocks, self.tracking)
+            self.l3.emit(out, ts)
+        tracker = self.tracker
+        if tracker is not None:
+            l2_out: list[bytes] = []
+            l1_out: list[bytes] = []
+            l2e = self.l2_encoder
+            l1e = self.l1_encoder
+            apply = tracker.apply
+            midnight = self.midnight_ns
+            last_ts = -1
+            ts6 = b""
+            for _seq, cts, _cmd, events in results:
+                touched = apply(events)
+                if not touched and not tracker.trades:
+                    continue
+                if cts != last_ts:
+                    ts6 = (cts - midnight).to_bytes(6, "big")
+                    last_ts = cts
+                if l2e is not None:
+                    l2e.encode(touched, ts6, l2_out)
+                if l1e is not None:
+                    l1e.encode(touched, tracker.trades, ts6, l1_out)
+            if self.l2 is not None:
+                self.l2.emit(l2_out, ts)
+            if self.l1 is not None:
+                self.l1.emit(l1_out, ts)
+
+    def _go_live(self) -> None:
+        """End of replay: each channel continues its session, or changes it if it cannot."""
+        self.recovering = False
+        for name, ch in self.channels.items():
+            regenerated = ch.next_seq - 1
+            if regenerated >= ch.skip_through:
+                ch.skip_through = 0
+                continue
+            # The store holds messages the WAL no longer produces: they were published, so the
+            # session cannot continue. The next generation starts with the regenerated prefix.
+            assert ch.store is not None
+            if regenerated:
+                ch.skip_through = regenerated
+                ch._check_boundary(ch.last_skipped)
+            old = ch.store
+            state = dict(self._state[name])
+            state["generation"] = ch.generation + 1
+            state["session"] = session_for(self.day, self.config.partition, name, ch.generation + 1).decode("ascii")
+            session = state["session"].encode("ascii")
+            new = FeedStore(self.store_dir, session)  # type: ignore[arg-type]
+            for first in range(1, regenerated + 1, 65536):
+                new.append_messages(old.read(first, min(65536, regenerated - first + 1)))
+            old.close()
+            self.notes.append(f"{name}: the store of {ch.session!r} holds {ch.skip_through} messages, the WAL "
+                              f"gives {regenerated}: new session {session!r}")
+            self._state[name] = state
+            self._write_state(name, state)
+            ch.store = new
+            ch.session = session
+            ch.generation += 1
+            ch.skip_through = 0
+            ch.last_send_ns = None   # announce the new session at the next poll
+
+    def poll(self, now_ns: int) -> int:
+        """Idle work: a heartbeat on each channel silent for ``heartbeat_ns``; while the session is
+        ending, End of Session packets instead, for ``end_of_session_ns``. Returns packets sent."""
+        if self.recovering or not self.started or self.finished:
+            return 0
+        sent = 0
+        interval = self.config.heartbeat_ns
+        if self.ending_since is not None:
+            if now_ns - self.ending_since >= self.config.end_of_session_ns:
+                self.finished = True
+                return 0
+            if self._last_eos is None or now_ns - self._last_eos >= interval:
+                for ch in self.channels.values():
+                    ch.end_of_session(now_ns)
+                    sent += 1
+                self._last_eos = now_ns
+            return sent
+        for ch in self.channels.values():
+            if ch.last_send_ns is None or now_ns - ch.last_send_ns >= interval:
+                ch.heartbeat(now_ns)
+                sent += 1
+        return sent
+
+    def end_session(self, ts_ns: int) -> None:
+        """System Events M, E and C on every channel, then End of Session packets (``poll``)."""
+        if self.recovering:
+            self._go_live()
+        if self.ending_since is not None:
+            return
+        for name, ch in self.channels.items():
+            ch.emit(end_of_session_messages(ts_ns - self.midnight_ns, self.tracking), ts_ns)
+            self._state[name]["ended"] = True
+            self._write_state(name, self._state[name])
+        self.ending_since = ts_ns
+        self.poll(ts_ns)
+
+    def close(self) -> None:
+        for ch in self.channels.values():
+            ch.close()
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return {name: {"session": ch.session.decode("ascii"), "next_seq": ch.next_seq,
+                       "messages_sent": ch.messages, "packets": ch.packets, "heartbeats": ch.heartbeats}
+                for name, ch in self.channels.items()}

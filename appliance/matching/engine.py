@@ -78,6 +78,9 @@ from appliance.model import (
 _ANY = -(1 << 62)
 # CPython compares ints of one internal digit (below 2^30) on its fast path.
 _SMALL = (1 << 30) - 1
+_TIFS = TIMES_IN_FORCE
+_STPS = STP_MODES
+_SIDES = frozenset((BUY, SELL))
 
 
 class EngineInvariantError(Exception):
@@ -140,19 +143,12 @@ class Engine:
             # which accepts them up to 2^32-1.
             if (
                 o.ord_type == LIMIT
-                and qty > 0
-                and qty <= _SMALL
-                and price > 0
-                and price <= _SMALL
-                and locate > 0
-                and locate <= 0xFFFF
-                and tif >= 0
-                and tif <= FOK
-                and tif != 2
-                and stp >= 0
-                and stp <= STP_DC
-                and side >= 0
-                and side <= 1
+                and 0 < qty <= _SMALL
+                and 0 < price <= _SMALL
+                and 0 < locate <= 0xFFFF
+                and tif in _TIFS
+                and stp in _STPS
+                and side in _SIDES
                 and not o.stop_price
                 and o.order_id not in self.orders
             ):
@@ -202,7 +198,7 @@ class Engine:
             lvl.count = count
             if not total:
                 book.remove_level(side, price)  # type: ignore[union-attr]
-            elif len(lvl.orders) > (count << 1) + 16:
+            elif len(lvl.orders) > count + count + 16:
                 lvl.compact()
             out.append((EV_CANCELLED, o, leaves, 0, o.filled, R.CANCEL_USER, True))
         elif cls is ReplaceOrder:

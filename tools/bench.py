@@ -12,6 +12,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "tools.bench_matching",
     "tools.bench_wal",  # wal, recovery, crash
     "tools.bench_feed",  # feed, subscriber
+    "tools.bench_ring",
 )
 
 

@@ -28,7 +28,7 @@ from feeds.channels import ChannelGroups, Endpoint
 from feeds.pcap import PcapWriter
 
 __all__ = ["ChannelSender", "Transport", "UdpTransport", "PcapTransport", "MemoryTransport",
-           "multicast_sender", "multicast_receiver", "A", "B"]
+           "NullTransport", "multicast_sender", "multicast_receiver", "A", "B"]
 
 A = 0  # leg index of the A group
 B = 1  # leg index of the B group
@@ -252,6 +252,35 @@ class MemoryTransport:
     def of(self, channel: str, leg: int | None = A) -> list[bytes]:
         """The datagrams sent on a channel (one leg, or both with leg=None)."""
         return [p for ch, lg, _, p in self.sent if ch == channel and (leg is None or lg == leg)]
+
+    def close(self) -> None:
+        pass
+
+
+class _NullChannel:
+    __slots__ = ("packets",)
+
+    def __init__(self) -> None:
+        self.packets = 0
+
+    def send_packets(self, payloads: list[bytes], ts_ns: int) -> int:
+        self.packets += len(payloads)
+        return len(payloads)
+
+    def close(self) -> None:
+        pass
+
+
+class NullTransport:
+    """Counts datagrams and sends nothing (benchmarks of the encoder and packetizer alone)."""
+
+    def __init__(self) -> None:
+        self.channels: dict[str, _NullChannel] = {}
+
+    def channel(self, name: str, groups: ChannelGroups) -> _NullChannel:
+        ch = _NullChannel()
+        self.channels[name] = ch
+        return ch
 
     def close(self) -> None:
         pass

@@ -1,21 +1,195 @@
-"""`matchwire bench feed FLOW.bin` and `matchwire bench subscriber PCAP`: the market-data path."""
+"""`matchwire bench feed FLOW.bin` and `matchwire bench subscriber PCAP`: the market-data path.
+
+bench feed: the flow goes through the engine first, in batches of 1024 commands, and each batch's
+(seq, ts_ns, cmd, events) is kept, as the partition hands them over. Then, timed separately:
+
+    encode_packetize   Publisher (L3 only) over the batches: ITCH encode + MoldUDP64 packing, the
+                       datagrams handed to a transport that drops them (no syscall)
+    all_channels       the same with L3, L2 and L1
+    multicast_send     L3 again, sent for real to its A and B groups on loopback (TTL 0)
+    --pcap OUT         L3, L2 and L1 written by the pcap transport (untimed)
+
+bench subscriber: the L3 datagrams of a pcap (read first, untimed) through a ChannelReceiver
+(A/B arbitration, gap check) into an L3Book: MoldUDP64 + ITCH decode and book apply.
+
+The cyclic GC is off during timed parts, as in the matching daemon. The last line is one JSON object.
+"""
 from __future__ import annotations
 
 import argparse
+import gc
+import json
+import os
+import platform
+import random
+import time
 from typing import Any
+
+from appliance.catalogue import Event
+from appliance.matching.engine import Engine
+from feeds.books import L3Book
+from feeds.channels import CHANNELS, L3, ChannelGroups, FeedConfig, channel_of_session
+from feeds.pcap import IPPROTO_UDP, PcapReader
+from feeds.publisher import Publisher
+from feeds.subscriber import ChannelReceiver
+from feeds.transport import NullTransport, PcapTransport, UdpTransport
+from tools.flows import FLOW_FIRM_STP, flow_instrument_count, flow_instruments, read_flow
+
+BATCH = 1024
+MIDNIGHT_NS = 1_700_000_000 * 10**9 - (1_700_000_000 * 10**9) % (86_400 * 10**9)
+T0_NS = MIDNIGHT_NS + 9 * 3600 * 10**9 + 30 * 60 * 10**9  # 09:30
+
+
+def _batches(path: str, limit: int | None) -> tuple[list[Any], list[Any], Engine, float]:
+    cmds, meta = read_flow(path)
+    if limit:
+        cmds = cmds[:limit]
+    instruments = flow_instruments(flow_instrument_count(cmds, meta))
+    engine = Engine(instruments, FLOW_FIRM_STP)
+    apply = engine.apply
+    batches: list[list[tuple[int, int, Any, list[Event]]]] = []
+    seq = 1
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        for start in range(0, len(cmds), BATCH):
+            ts = T0_NS + start * 1000   # one stamp per batch, as the sequencer does
+            res = []
+            for cmd in cmds[start:start + BATCH]:
+                out: list[Event] = []
+                apply(cmd, out)
+                res.append((seq, ts, cmd, out))
+                seq += 1
+            batches.append(res)
+        seconds = time.perf_counter() - t0
+    finally:
+        gc.enable()
+    return batches, instruments, engine, seconds
+
+
+def _run(batches: list[Any], instruments: list[Any], config: FeedConfig, transport: Any) -> tuple[float, Publisher]:
+    pub = Publisher(config, instruments, MIDNIGHT_NS, transport)
+    pub.start(T0_NS - 10**9)
+    publish = pub.publish
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        for res in batches:
+            publish(res)
+        seconds = time.perf_counter() - t0
+    finally:
+        gc.enable()
+    return seconds, pub
+
+
+def _bench_groups() -> dict[str, ChannelGroups]:
+    rnd = random.Random(os.getpid() ^ time.time_ns())
+    base = rnd.randrange(20000, 60000, 10)
+    return {ch: ChannelGroups((f"239.255.{200 + i}.1", base + i), (f"239.255.{200 + i}.2", base + i))
+            for i, ch in enumerate(CHANNELS)}
 
 
 def cmd_feed(args: argparse.Namespace) -> int:
-    raise SystemExit("matchwire bench feed: not available yet")
+    batches, instruments, engine, engine_s = _batches(args.flow, args.limit)
+    commands = sum(len(b) for b in batches)
+    groups = _bench_groups()
+    l3_only = FeedConfig(channels=(L3,), groups=groups)
+    everything = FeedConfig(groups=groups)
+
+    enc_s, pub = _run(batches, instruments, l3_only, NullTransport())
+    l3 = pub.channels[L3]
+    messages = l3.next_seq - 1
+    packets = l3.packets
+    all_s, pub_all = _run(batches, instruments, everything, NullTransport())
+    all_msgs = sum(ch.next_seq - 1 for ch in pub_all.channels.values())
+    udp = UdpTransport(l3_only.interface, l3_only.ttl, l3_only.dscp)
+    try:
+        send_s, pub_udp = _run(batches, instruments, l3_only, udp)
+        send_errors = sum(ch.errors for ch in udp.channels.values())
+    finally:
+        udp.close()
+    result: dict[str, Any] = {
+        "benchmark": "feed",
+        "flow": os.path.basename(args.flow),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "commands": commands,
+        "engine_seconds": round(engine_s, 4),
+        "messages": messages,
+        "packets": packets,
+        "msgs_per_packet": round(messages / max(1, packets), 1),
+        "encode_packetize_seconds": round(enc_s, 4),
+        "msgs_per_sec": round(messages / enc_s),
+        "multicast_send_seconds": round(send_s, 4),
+        "msgs_per_sec_multicast_send": round(messages / send_s),
+        "datagrams_sent_per_group": pub_udp.channels[L3].packets,
+        "send_errors": send_errors,
+        "all_channels_messages": all_msgs,
+        "all_channels_msgs_per_sec": round(all_msgs / all_s),
+        "cpu_count": os.cpu_count(),
+    }
+    if args.pcap:
+        pcap = PcapTransport(args.pcap, ttl=everything.ttl, src_port=everything.source_port)
+        try:
+            _, pub_pcap = _run(batches, instruments, everything, pcap)
+            pub_pcap.end_session(batches[-1][-1][1] + 10**9) if batches else None
+        finally:
+            pcap.close()
+        result["pcap"] = args.pcap
+        result["pcap_groups"] = {ch: list(map(list, g)) for ch, g in groups.items()}
+    print(json.dumps(result))
+    return 0
 
 
 def cmd_subscriber(args: argparse.Namespace) -> int:
-    raise SystemExit("matchwire bench subscriber: not available yet")
+    packets: list[tuple[int, bytes, int]] = []
+    legs: dict[bytes, dict[tuple[str, int], int]] = {}
+    with open(args.pcap, "rb") as f:
+        for p in PcapReader(f):
+            if p.proto != IPPROTO_UDP or len(p.payload) < 20:
+                continue
+            session = p.payload[:10]
+            ch = channel_of_session(session)
+            if ch is not None and ch != L3:
+                continue
+            seen = legs.setdefault(session, {})
+            leg = seen.setdefault((p.dst_ip, p.dst_port), min(len(seen), 1))
+            packets.append((p.ts_ns, p.payload, leg))
+    book = L3Book()
+    receiver = ChannelReceiver(L3, [book])
+    receive = receiver.receive
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        for ts, data, leg in packets:
+            receive(ts, data, leg)
+        seconds = time.perf_counter() - t0
+    finally:
+        gc.enable()
+    result = {
+        "benchmark": "subscriber",
+        "pcap": os.path.basename(args.pcap),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "datagrams": len(packets),
+        "duplicates_dropped": receiver.duplicates,
+        "gaps": receiver.gaps,
+        "messages": receiver.messages,
+        "seconds": round(seconds, 4),
+        "msgs_per_sec": round(receiver.messages / seconds) if seconds else 0,
+        "resting_orders": len(book.orders),
+        "l3_hash": book.state_hash(),
+    }
+    print(json.dumps(result))
+    return 0
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("feed", help="engine -> ITCH encoder -> MoldUDP64 packetizer -> transport")
-    p.add_argument("flow")
+    p.add_argument("flow", help="FLOW.bin made by shared/bench/flowgen.py")
+    p.add_argument("--pcap", metavar="OUT", help="also write L3, L2 and L1 to this pcap (A and B)")
+    p.add_argument("--limit", type=int, help="only the first N commands of the flow")
     p.set_defaults(func=cmd_feed)
     s = sub.add_parser("subscriber", help="MoldUDP64 + ITCH decode and L3 book apply from a pcap")
     s.add_argument("pcap")

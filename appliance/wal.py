@@ -733,6 +733,7 @@ class WalReader:
 
     ``batches(after_seq)`` is the fast path (recovery): lists of commands per verified chunk.
     ``records(after_seq)`` verifies and yields every record as (seq, ts_ns, epoch, command).
+    ``stamps(after_seq)`` gives (seq, ts_ns) per record, in verified chunks, decoding nothing.
     After a complete iteration: last_seq, last_ts_ns, last_epoch, tail_sealed.
     """
 
@@ -766,14 +767,21 @@ class WalReader:
         for seg, end_seq, is_last, skip in self._plan(after_seq):
             if skip:
                 continue
-            yield from self._segment(seg, end_seq, is_last, after_seq, fast=True)
+            yield from self._segment(seg, end_seq, is_last, after_seq, "cmds")
+
+    def stamps(self, after_seq: int = 0) -> Iterator[tuple[int, list[tuple[int, int]]]]:
+        """(first seq, [(seq, ts_ns), ...]) of every record with seq > after_seq; nothing decoded."""
+        for seg, end_seq, is_last, skip in self._plan(after_seq):
+            if skip:
+                continue
+            yield from self._segment(seg, end_seq, is_last, after_seq, "stamps")
 
     def records(self, after_seq: int = 0) -> Iterator[tuple[int, int, int, Command]]:
         """Every record with seq > after_seq, each verified, as (seq, ts_ns, epoch, command)."""
         for seg, end_seq, is_last, skip in self._plan(after_seq):
             if skip:
                 continue
-            for chunk in self._segment(seg, end_seq, is_last, after_seq, fast=False):
+            for chunk in self._segment(seg, end_seq, is_last, after_seq, "records"):
                 yield from chunk[1]  # type: ignore[misc]
 
     def _plan(self, after_seq: int) -> Iterator[tuple[SegmentFile, int, bool, bool]]:
@@ -797,7 +805,7 @@ class WalReader:
 
     # -- one segment --------------------------------------------------------------------------------
     def _segment(
-        self, seg: SegmentFile, end_seq: int, is_last: bool, after_seq: int, fast: bool
+        self, seg: SegmentFile, end_seq: int, is_last: bool, after_seq: int, mode: str
     ) -> Iterator[tuple[int, list[Any]]]:
         with open(seg.path, "rb") as f:
             buf = f.read()
@@ -808,7 +816,9 @@ class WalReader:
         self.tail_sealed = True
         if expected > end_seq:
             return
-        if fast:
+        if mode != "records":
+            stamps = mode == "stamps"
+            head = _SEQ_TS_EPOCH.unpack_from
             while off < end:
                 sealed = self._sealed_chunk(seg, buf, off, expected)
                 if sealed is None:
@@ -821,6 +831,10 @@ class WalReader:
                 while s <= stop:
                     i = s - expected
                     j = min(i + PIECE, stop - expected + 1)
+                    if stamps:
+                        yield s, [head(buf, q + 8)[:2] for q in offs[i:j]]
+                        s += j - i
+                        continue
                     try:
                         piece = decode_many(buf, offs[i:j])
                     except (UnicodeDecodeError, TypeError, struct.error) as e:
@@ -832,7 +846,7 @@ class WalReader:
                 off = nxt
                 if expected > end_seq:
                     return
-        yield from self._careful(seg, buf, off, expected, end_seq, is_last, after_seq, fast)
+        yield from self._careful(seg, buf, off, expected, end_seq, is_last, after_seq, mode)
 
     def _sealed_chunk(
         self, seg: SegmentFile, buf: bytes, off: int, expected: int
@@ -882,7 +896,7 @@ class WalReader:
 
     def _careful(
         self, seg: SegmentFile, buf: bytes, off: int, expected: int, end_seq: int, is_last: bool,
-        after_seq: int, fast: bool,
+        after_seq: int, mode: str,
     ) -> Iterator[tuple[int, list[Any]]]:
         """Verify record by record from `off` to the end of the segment (or end_seq)."""
         end = len(buf)
@@ -930,16 +944,16 @@ class WalReader:
                 break
             chunk_count += 1
             if seq > after_seq:
-                try:
-                    cmd = _DECODER_BY_KIND[kind](buf, off)
-                except (UnicodeDecodeError, TypeError) as e:
-                    raise WalCorruptError(seg.path, off, f"undecodable command ({e})") from None
-                if fast:
-                    if not out:
-                        first_out = seq
-                    out.append(cmd)
+                if not out:
+                    first_out = seq
+                if mode == "stamps":
+                    out.append((seq, ts_ns))
                 else:
-                    out.append((seq, ts_ns, epoch, cmd))
+                    try:
+                        cmd = _DECODER_BY_KIND[kind](buf, off)
+                    except (UnicodeDecodeError, TypeError) as e:
+                        raise WalCorruptError(seg.path, off, f"undecodable command ({e})") from None
+                    out.append(cmd if mode == "cmds" else (seq, ts_ns, epoch, cmd))
                 if len(out) >= batch:
                     yield first_out, out
                     out = []

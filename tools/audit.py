@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from typing import IO, Any, Iterator
 
@@ -177,6 +178,8 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
             print(f"{n} rows written to {args.out}", file=sys.stderr)
         else:
             export(args.waldir, args.format, sys.stdout)
+    except BrokenPipeError:  # `matchwire audit export ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except WalError as e:
         print(f"matchwire audit: {e}", file=sys.stderr)
         return 2

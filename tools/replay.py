@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from typing import Any
@@ -49,12 +50,13 @@ def seq_at_time(waldir: str, tod_ns: int) -> tuple[int, int]:
     """(last seq stamped at or before the time of day, its ts_ns) on the day of the first record."""
     limit = None
     last = (0, 0)
-    for seq, ts, _epoch, _cmd in WalReader(waldir).records():
-        if limit is None:
-            limit = ts - ts % NS_PER_DAY + tod_ns
-        if ts > limit:
-            break
-        last = (seq, ts)
+    for _first, stamps in WalReader(waldir).stamps():
+        for seq, ts in stamps:
+            if limit is None:
+                limit = ts - ts % NS_PER_DAY + tod_ns
+            if ts > limit:
+                return last
+            last = (seq, ts)
     return last
 
 
@@ -86,6 +88,14 @@ def book_json(engine: Engine, locate: int, symbol: str, depth: int) -> dict[str,
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    try:
+        return _replay(args)
+    except BrokenPipeError:  # `matchwire replay ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
     try:
         spec = read_manifest(args.waldir)
         symbols = spec.symbols()

@@ -260,7 +260,7 @@ class Ring:
         return f"Ring({self.name!r}, slots={self.slots}, slot_size={self.slot_size})"
 
 
-_CLOSED: Final = memoryview(b"")
+_CLOSED: Final = memoryview(bytearray())
 
 
 class _Role:

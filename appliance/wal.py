@@ -194,6 +194,12 @@ def _encode_str(s: Any, width: int, name: str) -> bytes:
 _STRINGS = _StrCache()
 
 
+def _init_params(cls: type) -> list[str]:
+    """The constructor's parameter names, in order (self excluded)."""
+    init: Any = cls.__dict__["__init__"]
+    return list(inspect.signature(init).parameters)[1:]
+
+
 def _make_decoder(layout: CommandLayout) -> Callable[[bytes, int], Any]:
     """decode(buf, off) -> command object, for a record of this kind starting at buf[off].
 
@@ -204,7 +210,7 @@ def _make_decoder(layout: CommandLayout) -> Callable[[bytes, int], Any]:
     (decoder_generic, kept as the reference the tests compare with) takes ~0.95 us.
     """
     cls = layout.cls
-    params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    params = _init_params(cls)
     if set(params) != set(layout.names):
         raise TypeError(f"{cls.__name__}: constructor parameters {params} differ from FIELDS {layout.names}")
     strs = {layout.names[i] for i, _, _ in layout.strings}
@@ -223,7 +229,7 @@ def decoder_generic(layout: CommandLayout) -> Callable[[bytes, int], Any]:
     """The same decoder, walking the table at run time (the reference for tests; slower)."""
     unpack = layout.record.unpack_from
     cls = layout.cls
-    params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    params = _init_params(cls)
     body0 = 6  # length, crc, seq, ts_ns, epoch, kind
     order = itemgetter(*[body0 + layout.names.index(p) for p in params])
     str_pos = tuple(body0 + i for i, _, _ in layout.strings)
@@ -249,7 +255,7 @@ def _make_bulk_decoder(layouts: dict[int, CommandLayout]) -> Callable[[bytes, li
              "    for off in offsets:", "        kind = buf[off + %d]" % KIND_OFFSET]
     namespace: dict[str, Any] = {"strings": _STRINGS}
     for i, (kind, layout) in enumerate(sorted(layouts.items())):
-        params = [p for p in inspect.signature(layout.cls.__init__).parameters if p != "self"]
+        params = _init_params(layout.cls)
         strs = {layout.names[j] for j, _, _ in layout.strings}
         lines.append("        %s kind == %d:" % ("if" if i == 0 else "elif", kind))
         lines.append("            " + ", ".join(layout.names) + ", = unpack_%d(buf, off + 32)" % kind)
@@ -782,7 +788,7 @@ class WalReader:
             if skip:
                 continue
             for chunk in self._segment(seg, end_seq, is_last, after_seq, "records"):
-                yield from chunk[1]  # type: ignore[misc]
+                yield from chunk[1]
 
     def _plan(self, after_seq: int) -> Iterator[tuple[SegmentFile, int, bool, bool]]:
         chain = self.chain

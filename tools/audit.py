@@ -148,14 +148,15 @@ def export(waldir: str, fmt: str, out: IO[str]) -> int:
     spec = read_manifest(waldir)
     rows = AuditRows(spec.symbols())
     n = 0
+    w = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
     if fmt == "csv":
-        w = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
         w.writeheader()
-        write = w.writerow
-    else:
-        dumps = json.dumps
+    dumps = json.dumps
 
-        def write(row: dict[str, Any]) -> None:
+    def write(row: dict[str, Any]) -> None:
+        if fmt == "csv":
+            w.writerow(row)
+        else:
             out.write(dumps(row))
             out.write("\n")
 

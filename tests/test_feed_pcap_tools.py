@@ -21,7 +21,7 @@ from appliance.matching.engine import Engine
 from appliance.model import BUY, SELL
 from feeds import itch, pcap
 from feeds.books import engine_l1_summary, engine_l2_summary, engine_l3_summary
-from feeds.channels import CHANNELS, L1, L2, L3, ChannelGroups, FeedConfig
+from feeds.channels import CHANNELS, L1, L3, ChannelGroups, FeedConfig
 from feeds.moldudp64 import parse_packet
 from feeds.publisher import Publisher
 from feeds.subscriber import FeedSubscriber

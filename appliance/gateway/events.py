@@ -1,0 +1,27 @@
+"""Session events: what a gateway session tells its I/O shell besides bytes and commands.
+
+Plain values, one class for every protocol; ``kind`` is one of the constants below and ``text`` a
+human explanation (for logs and counters, never parsed).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+LOGGED_IN: Final = "logged_in"            # text: who (username or CompID)
+LOGIN_REJECTED: Final = "login_rejected"  # the connection will close
+LOGGED_OUT: Final = "logged_out"          # an orderly logout; the connection will close
+TIMED_OUT: Final = "timed_out"            # the peer was silent too long; the connection will close
+PROTOCOL_ERROR: Final = "protocol_error"  # framing lost or a rule broken; the connection will close
+MALFORMED: Final = "malformed"            # one message refused (answered, not processed); goes on
+IGNORED: Final = "ignored"                # one message ignored as the protocol says (e.g. stale id)
+GARBLED: Final = "garbled"                # FIX: bad checksum; dropped without a sequence number
+END_OF_SESSION: Final = "end_of_session"  # the server ended the session (OUCH 'Z')
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    """One thing that happened to a session, for the shell's logs and counters."""
+
+    kind: str
+    text: str = ""

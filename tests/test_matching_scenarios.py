@@ -664,6 +664,14 @@ SCENARIOS = [
          cxl((5, 5), 100, 0, 0, MASSC, True), cxl((1, 6), 200, 0, 0, MASSC, True), mass(4)),
         (MASS(1), mass(0)),
     ], last={1: 9900}),
+    Scenario("mass cancel order is reference order, also for a stop-limit that triggered and rests", [
+        (BSTOP(1, 10, 10000, price=10000), acc((1, 1), 10)),
+        (B(2, 10, 9800), acc((2, 2), 10), add((2, 2), 10)),
+        (S(3, 50, 10000, firm=2), acc((3, 3), 50), add((3, 3), 50)),
+        (B(4, 50, 10000, firm=3), acc((4, 4), 50), fill((3, 3), (4, 4), 50, 10000, 1, 0, 50, 0, 50),
+         trig((1, 1), 10000), add((1, 1), 10)),
+        (MASS(1), cxl((1, 1), 10, 0, 0, MASSC, True), cxl((2, 2), 10, 0, 0, MASSC, True), mass(2)),
+    ], last={1: 10000}),
     Scenario("mass cancel filtered by instrument and by side", [
         (S(1, 100, 10100), acc((1, 1), 100), add((1, 1), 100)),
         (B(2, 100, 9900), acc((2, 2), 100), add((2, 2), 100)),

@@ -6,7 +6,7 @@ builds a fresh object per engine. The same shape is how a command appears in a n
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -51,10 +51,10 @@ def normalize(ev: Event) -> tuple[Any, ...]:
 class MatchingKit:
     """The helpers above, handed to tests by the `kit` fixture."""
 
-    spec_of: Callable[[Command], Spec] = staticmethod(spec_of)  # type: ignore[assignment]
-    build: Callable[[Spec], Command] = staticmethod(build)  # type: ignore[assignment]
-    normalize: Callable[[Event], tuple[Any, ...]] = staticmethod(normalize)  # type: ignore[assignment]
-    order_key: Callable[[NewOrder], tuple[int, ...]] = staticmethod(order_key)  # type: ignore[assignment]
+    spec_of = staticmethod(spec_of)
+    build = staticmethod(build)
+    normalize = staticmethod(normalize)
+    order_key = staticmethod(order_key)
 
     @staticmethod
     def step(engine: Any, spec: Spec) -> list[tuple[Any, ...]]:

@@ -244,6 +244,7 @@ def framed_packer(layout: Msg[Any]) -> Callable[..., bytes]:
 
 
 _SIDE_LETTER: Final = (b"B", b"S")
+_EMPTY: Final = (0, 0, 0)
 
 
 # ================================================================================================
@@ -310,25 +311,43 @@ class DepthTracker:
         self.touched.append((locate, side, price))
 
     def apply(self, events: list[Event]) -> list[tuple[int, int, int]]:
-        """Apply one command's events; return the touched levels (the list is reused: read it now)."""
+        """Apply one command's events; return the touched levels (the list is reused: read it now).
+
+        Adds, cancels and executions (nearly every event) are handled inline.
+        """
         touched = self.touched
         touched.clear()
-        self.trades.clear()
+        if self.trades:
+            self.trades.clear()
+        sides = self.sides
         for ev in events:
             k = ev[0]
             if k == EV_ADDED:
                 o = ev[1]
-                self._add(o.locate, o.side, o.price, ev[2])
+                locate = o.locate
+                price = o.price
+                pair = sides.get(locate)
+                if pair is None:
+                    pair = sides[locate] = (_Side(), _Side())
+                s = pair[o.side]
+                lvl = s.levels.get(price)
+                if lvl is None:
+                    s.levels[price] = [ev[2], 1]
+                    insort(s.prices, price)
+                else:
+                    lvl[0] += ev[2]
+                    lvl[1] += 1
+                touched.append((locate, o.side, price))
+            elif k == EV_CANCELLED:
+                if ev[6]:
+                    o = ev[1]
+                    self._reduce(o.locate, o.side, o.price, ev[2], not ev[3])
             elif k == EV_EXECUTED:
                 m = ev[1]
                 self._reduce(m.locate, m.side, m.price, ev[3], not ev[6])
                 volume = self.volume.get(m.locate, 0) + ev[3]
                 self.volume[m.locate] = volume
                 self.trades.append((ev, volume))
-            elif k == EV_CANCELLED:
-                if ev[6]:
-                    o = ev[1]
-                    self._reduce(o.locate, o.side, o.price, ev[2], not ev[3])
             elif k == EV_REPLACED:
                 action = ev[6]
                 old = ev[1]
@@ -344,15 +363,21 @@ class DepthTracker:
                 # REPL_HIDDEN: a pending stop, not on the book
         return touched
 
+    def level(self, locate: int, side: int, price: int) -> list[int] | None:
+        """[total, orders] of a level, or None."""
+        pair = self.sides.get(locate)
+        return None if pair is None else pair[side].levels.get(price)
+
     def depth(self, locate: int, side: int, n: int | None = None) -> list[tuple[int, int, int]]:
         """[(price, total, orders), ...] best first, as the engine's Book.depth."""
         pair = self.sides.get(locate)
         if pair is None:
             return []
         s = pair[side]
-        prices = s.prices[::-1] if side == 0 else s.prices
-        if n is not None:
-            prices = prices[:n]
+        if side == 0:
+            prices = s.prices[::-1] if n is None else s.prices[:-n - 1:-1]
+        else:
+            prices = s.prices if n is None else s.prices[:n]
         lv = s.levels
         return [(p, lv[p][0], lv[p][1]) for p in prices]
 
@@ -376,16 +401,22 @@ class L2Encoder:
     after each group (``end_of_update`` = 'Y' on its last message) it equals the engine's top N:
     every price whose (shares, orders) changed is sent, and a price that left the top N (emptied, or
     pushed out by better levels) is sent with shares 0 and orders 0.
+
+    A touched level that was published and still exists changes only its own values (the set of the
+    top N prices is the same): one update, no recomputation. A level created or emptied within the
+    window recomputes that side's top N and sends the difference. A level strictly worse than a
+    full window's worst price sends nothing.
     """
 
-    __slots__ = ("tracker", "levels", "tracking", "published", "inst_seq", "_pack")
+    __slots__ = ("tracker", "levels", "tracking", "published", "worst", "inst_seq", "_pack")
 
     def __init__(self, tracker: DepthTracker, levels: int, tracking: int = 0) -> None:
         self.tracker = tracker
         self.levels = levels
         self.tracking = tracking
-        # (locate, side) -> {price: (shares, orders)} as last published
+        # (locate, side) -> {price: (shares, orders)} as last published, and its worst price
         self.published: dict[tuple[int, int], dict[int, tuple[int, int]]] = {}
+        self.worst: dict[tuple[int, int], int] = {}
         self.inst_seq: dict[int, int] = {}
         self._pack = framed_packer(PRICE_LEVEL_UPDATE)
 
@@ -394,34 +425,81 @@ class L2Encoder:
         if not touched:
             return
         n = self.levels
-        seen: list[tuple[int, int]] = []
+        published = self.published
+        if len(touched) == 1:
+            # the common command: one level touched. Settle it here when the window keeps its prices.
+            locate, side, price = touched[0]
+            key = (locate, side)
+            pub = published.get(key)
+            if pub is not None:
+                if price in pub:
+                    lvl = self.tracker.sides[locate][side].levels.get(price)
+                    if lvl is not None:
+                        v = (lvl[0], lvl[1])
+                        if pub[price] != v:
+                            pub[price] = v
+                            seq = self.inst_seq.get(locate, 0) + 1
+                            self.inst_seq[locate] = seq
+                            out.append(self._pack(33, b"d", locate, self.tracking, ts6, seq, _SIDE_LETTER[side],
+                                                  price, v[0], v[1], END_OF_UPDATE))
+                        return
+                elif len(pub) >= n:
+                    worst = self.worst[key]
+                    if (side == 0 and price < worst) or (side == 1 and price > worst):
+                        return
+        level = self.tracker.level
+        full: list[tuple[int, int]] = []
+        single: list[tuple[tuple[int, int], int]] = []
         for locate, side, price in touched:
             key = (locate, side)
-            if key in seen:
+            if key in full:
                 continue
-            pub = self.published.get(key)
-            if pub is not None and len(pub) == n:
-                # the window is full: a level strictly worse than its worst price changes nothing
-                worst = min(pub) if side == 0 else max(pub)
-                if (side == 0 and price < worst) or (side == 1 and price > worst):
-                    continue
-            seen.append(key)
-        if not seen:
+            pub = published.get(key)
+            if pub is None:
+                full.append(key)
+                continue
+            if price in pub:
+                if level(locate, side, price) is None:
+                    full.append(key)          # a published level emptied: the window shifts
+                else:
+                    single.append((key, price))
+            elif len(pub) < n:
+                full.append(key)
+            else:
+                worst = self.worst[key]
+                if (side == 0 and price > worst) or (side == 1 and price < worst):
+                    full.append(key)          # a new level inside a full window
+        if not full and not single:
             return
-        pack = self._pack
-        trk = self.tracking
         groups: dict[int, list[tuple[int, int, int, int]]] = {}
-        for key in seen:
+        for key, price in single:
+            if key in full:
+                continue
             locate, side = key
-            now = {p: (t, c) for p, t, c in self.tracker.depth(locate, side, n)}
-            pub = self.published.get(key, {})
+            lvl = level(locate, side, price)
+            v = (lvl[0], lvl[1])  # type: ignore[index]
+            pub = published[key]
+            if pub[price] != v:
+                pub[price] = v
+                groups.setdefault(locate, []).append((side, price, v[0], v[1]))
+        depth = self.tracker.depth
+        for key in full:
+            locate, side = key
+            top = depth(locate, side, n)
+            now = {p: (t, c) for p, t, c in top}
+            pub = published.get(key, {})
             changes = [(side, p, v[0], v[1]) for p, v in now.items() if pub.get(p) != v]
             changes += [(side, p, 0, 0) for p in pub if p not in now]
             if changes:
-                changes.sort(key=lambda c: c[1], reverse=side == 0)   # best first
                 groups.setdefault(locate, []).extend(changes)
-            self.published[key] = now
+            published[key] = now
+            if top:
+                self.worst[key] = top[-1][0]
+        pack = self._pack
+        trk = self.tracking
         for locate, changes in groups.items():
+            if len(changes) > 1:
+                changes.sort(key=_best_first)
             seq = self.inst_seq.get(locate, 0)
             last = len(changes) - 1
             for i, (side, p, total, count) in enumerate(changes):
@@ -429,6 +507,12 @@ class L2Encoder:
                 out.append(pack(33, b"d", locate, trk, ts6, seq, _SIDE_LETTER[side], p, total, count,
                                 END_OF_UPDATE if i == last else MORE_TO_COME))
             self.inst_seq[locate] = seq
+
+
+def _best_first(change: tuple[int, int, int, int]) -> tuple[int, int]:
+    """Sort key of an update group: bids before offers, each side best price first."""
+    side, price = change[0], change[1]
+    return (side, -price if side == 0 else price)
 
 
 class L1Encoder:
@@ -460,17 +544,33 @@ class L1Encoder:
                                   _SIDE_LETTER[ev[2].side], v))
         if not touched:
             return
-        best = self.tracker.best
-        done: list[int] = []
+        sides = self.tracker.sides
+        published = self.published
+        prev_locate = -1
         for locate, _side, _price in touched:
-            if locate in done:
+            if locate == prev_locate:
                 continue
-            done.append(locate)
-            bbo = (best(locate, 0), best(locate, 1))
-            if self.published.get(locate) == bbo:
+            prev_locate = locate
+            bids, asks = sides[locate]
+            bp = bids.prices
+            ap = asks.prices
+            if bp:
+                p = bp[-1]
+                lvl = bids.levels[p]
+                bid = (p, lvl[0], lvl[1])
+            else:
+                bid = _EMPTY
+            if ap:
+                p = ap[0]
+                lvl = asks.levels[p]
+                ask = (p, lvl[0], lvl[1])
+            else:
+                ask = _EMPTY
+            bbo = (bid, ask)
+            if published.get(locate) == bbo:
                 continue
-            self.published[locate] = bbo
+            published[locate] = bbo
             seq = inst_seq.get(locate, 0) + 1
             inst_seq[locate] = seq
-            (bp, bs, bc), (ap, as_, ac) = bbo
-            out.append(self._pack_q(47, b"q", locate, trk, ts6, seq, bp, bs, bc, ap, as_, ac))
+            (bp_, bs, bc), (ap_, as_, ac) = bbo
+            out.append(self._pack_q(47, b"q", locate, trk, ts6, seq, bp_, bs, bc, ap_, as_, ac))

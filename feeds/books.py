@@ -104,10 +104,17 @@ def summary_hash(summary: Any) -> str:
 # ================================================================================================
 
 class L3Book:
-    """Order-by-order books of every instrument of an L3 (ITCH 5.0) channel."""
+    """Order-by-order books of every instrument of an L3 (ITCH 5.0) channel.
+
+    orders: ref -> [shares, level], in arrival order; a level is [total shares, orders, price, the
+    side's {price: level}, locate, side]; sides: locate -> ({bid price: level}, {ask price: level}).
+    An order holds its level, so an execution, cancel or delete costs one dict lookup. Time priority
+    needs no queue per level: ITCH never moves an order back in its queue without a new reference
+    (U retires the old one), so the arrival order of ``orders`` is the priority within each level.
+    """
 
     def __init__(self, on_update: Callable[[int], None] | None = None) -> None:
-        self.orders: dict[int, list[int]] = {}
+        self.orders: dict[int, list[Any]] = {}
         self.sides: dict[int, tuple[dict[int, list[Any]], dict[int, list[Any]]]] = {}
         self.directory = _Directory()
         self.last_trade: dict[int, tuple[int, int, int]] = {}   # locate -> (price, shares, match)
@@ -117,113 +124,89 @@ class L3Book:
         self.on_update = on_update
 
     # -- sink -----------------------------------------------------------------------------------
-    def apply_blocks(self, buf: Buffer, pos: int, count: int, first_seq: int = 0) -> None:
-        """Apply ``count`` ``u16 length + message`` blocks of ``buf`` from ``pos``."""
+    def apply_blocks(self, buf: Buffer, pos: int, count: int, first_seq: int = 0) -> int:
+        """Apply ``count`` ``u16 length + message`` blocks of ``buf`` from ``pos``; return the
+        offset after them."""
         orders = self.orders
         sides = self.sides
         last_trade = self.last_trade
         cb = self.on_update
+        unpack_a, unpack_d, unpack_e = _A, _D, _E
         self.messages += count
         for _ in range(count):
             p = pos + 2
             pos = p + ((buf[pos] << 8) | buf[pos + 1])
             t = buf[p]
             if t == 65 or t == 70:      # A, F
-                locate, ref, side, shares, price = (_A if t == 65 else _F)(buf, p)
-                s = side == _SELL
-                rec = [locate, s, price, shares]
+                locate, ref, side, shares, price = (unpack_a if t == 65 else _F)(buf, p)
                 pair = sides.get(locate)
                 if pair is None:
                     pair = sides[locate] = ({}, {})
-                lvl = pair[s].get(price)
+                s = side & 1            # b"B" (66) -> 0, b"S" (83) -> 1
+                book = pair[s]
+                lvl = book.get(price)
                 if lvl is None:
-                    pair[s][price] = [shares, {ref: rec}]
+                    book[price] = lvl = [shares, 1, price, book, locate, s]
                 else:
                     lvl[0] += shares
-                    lvl[1][ref] = rec
-                orders[ref] = rec
-            elif t == 69 or t == 88:    # E, X
-                if t == 69:
-                    ref, qty, match = _E(buf, p)
-                else:
-                    ref, qty = _X(buf, p)
-                rec = orders.get(ref)
-                if rec is None:
-                    self.unknown_refs += 1
-                    continue
-                locate = rec[0]
-                book = sides[locate][rec[1]]
-                price = rec[2]
-                lvl = book[price]
-                if t == 69:
-                    last_trade[locate] = (price, qty, match)
-                left = rec[3] - qty
-                rec[3] = left
-                lvl[0] -= qty
-                if left <= 0:
-                    del orders[ref]
-                    fifo = lvl[1]
-                    del fifo[ref]
-                    if not fifo:
-                        del book[price]
+                    lvl[1] += 1
+                orders[ref] = [shares, lvl]
             elif t == 68:               # D
-                (ref,) = _D(buf, p)
+                (ref,) = unpack_d(buf, p)
                 rec = orders.pop(ref, None)
                 if rec is None:
                     self.unknown_refs += 1
                     continue
-                locate = rec[0]
-                book = sides[locate][rec[1]]
-                price = rec[2]
-                lvl = book[price]
-                lvl[0] -= rec[3]
-                fifo = lvl[1]
-                del fifo[ref]
-                if not fifo:
-                    del book[price]
+                lvl = rec[1]
+                lvl[0] -= rec[0]
+                lvl[1] -= 1
+                if not lvl[1]:
+                    del lvl[3][lvl[2]]
+                locate = lvl[4]
+            elif t == 69 or t == 88 or t == 67:    # E, X, C
+                if t == 69:
+                    ref, qty, match = unpack_e(buf, p)
+                elif t == 88:
+                    ref, qty = _X(buf, p)
+                else:
+                    ref, qty, match, _printable, xprice = _C(buf, p)
+                rec = orders.get(ref)
+                if rec is None:
+                    self.unknown_refs += 1
+                    continue
+                lvl = rec[1]
+                locate = lvl[4]
+                if t != 88:
+                    last_trade[locate] = (lvl[2] if t == 69 else xprice, qty, match)
+                left = rec[0] - qty
+                rec[0] = left
+                lvl[0] -= qty
+                if left <= 0:
+                    del orders[ref]
+                    lvl[1] -= 1
+                    if not lvl[1]:
+                        del lvl[3][lvl[2]]
             elif t == 85:               # U
                 old_ref, new_ref, shares, new_price = _U(buf, p)
                 rec = orders.pop(old_ref, None)
                 if rec is None:
                     self.unknown_refs += 1
                     continue
-                locate = rec[0]
-                book = sides[locate][rec[1]]
-                price = rec[2]
-                lvl = book[price]
-                lvl[0] -= rec[3]
-                fifo = lvl[1]
-                del fifo[old_ref]
-                if not fifo:
-                    del book[price]
-                new = [locate, rec[1], new_price, shares]
+                lvl = rec[1]
+                lvl[0] -= rec[0]
+                lvl[1] -= 1
+                book = lvl[3]
+                if not lvl[1]:
+                    del book[lvl[2]]
+                locate = lvl[4]
+                s = lvl[5]
                 lvl = book.get(new_price)
                 if lvl is None:
-                    book[new_price] = [shares, {new_ref: new}]
+                    book[new_price] = lvl = [shares, 1, new_price, book, locate, s]
                 else:
                     lvl[0] += shares
-                    lvl[1][new_ref] = new
-                orders[new_ref] = new
-            elif t == 67:               # C
-                ref, qty, match, _printable, xprice = _C(buf, p)
-                rec = orders.get(ref)
-                if rec is None:
-                    self.unknown_refs += 1
-                    continue
-                locate = rec[0]
-                book = sides[locate][rec[1]]
-                price = rec[2]
-                lvl = book[price]
-                last_trade[locate] = (xprice, qty, match)
-                left = rec[3] - qty
-                rec[3] = left
-                lvl[0] -= qty
-                if left <= 0:
-                    del orders[ref]
-                    fifo = lvl[1]
-                    del fifo[ref]
-                    if not fifo:
-                        del book[price]
+                    lvl[1] += 1
+                orders[new_ref] = [shares, lvl]
             elif t == 80:               # P: a trade against a non-displayed order: no book change
                 locate, qty, price, match = _P(buf, p)
                 last_trade[locate] = (price, qty, match)
@@ -236,6 +219,7 @@ class L3Book:
                 continue
             if cb is not None:
                 cb(locate)
+        return pos
 
     def apply(self, message: bytes) -> None:
         """Apply one bare message (no length prefix)."""
@@ -266,7 +250,7 @@ class L3Book:
             return []
         book = pair[side]
         prices = sorted(book, reverse=side == 0)[:n]
-        return [(p, book[p][0], len(book[p][1])) for p in prices]
+        return [(p, book[p][0], book[p][1]) for p in prices]
 
     def best_bid(self, locate: int) -> tuple[int, int, int] | None:
         d = self.depth(locate, 0, 1)
@@ -278,16 +262,20 @@ class L3Book:
 
     def orders_in_priority(self, locate: int, side: int) -> list[tuple[int, int, int]]:
         """[(ref, price, shares), ...] best price first, then time priority."""
-        pair = self.sides.get(locate)
-        if pair is None:
-            return []
-        book = pair[side]
-        return [(ref, rec[2], rec[3]) for p in sorted(book, reverse=side == 0) for ref, rec in book[p][1].items()]
+        mine = [(ref, rec[1][2], rec[0]) for ref, rec in self.orders.items()
+                if rec[1][4] == locate and rec[1][5] == side]
+        mine.sort(key=(lambda o: -o[1]) if side == 0 else (lambda o: o[1]))   # stable: arrival order kept
+        return mine
 
     def summary(self) -> list[tuple[Any, ...]]:
         """Per instrument with resting orders: (locate, bid levels, ask levels, bids, asks)."""
-        return [(loc, self.depth(loc, 0), self.depth(loc, 1), self.orders_in_priority(loc, 0),
-                 self.orders_in_priority(loc, 1)) for loc in self.locates()]
+        by_side: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+        for ref, (shares, lvl) in self.orders.items():
+            by_side.setdefault((lvl[4], lvl[5]), []).append((ref, lvl[2], shares))
+        for (_, side), lst in by_side.items():
+            lst.sort(key=(lambda o: -o[1]) if side == 0 else (lambda o: o[1]))
+        return [(loc, self.depth(loc, 0), self.depth(loc, 1), by_side.get((loc, 0), []),
+                 by_side.get((loc, 1), [])) for loc in self.locates()]
 
     def state_hash(self) -> str:
         return summary_hash(self.summary())
@@ -343,7 +331,7 @@ class L2Book:
         self.messages = 0
         self.on_update = on_update   # called with the locate at the end of each update group
 
-    def apply_blocks(self, buf: Buffer, pos: int, count: int, first_seq: int = 0) -> None:
+    def apply_blocks(self, buf: Buffer, pos: int, count: int, first_seq: int = 0) -> int:
         levels = self.levels
         check = self.seqs.check
         cb = self.on_update
@@ -367,6 +355,7 @@ class L2Book:
                     cb(locate)
             else:
                 self.directory.apply(t, buf, p)
+        return pos
 
     def on_gap(self, first_seq: int, count: int) -> None:
         self.seqs.suspect.update(self.directory.symbols or self.levels)
@@ -423,7 +412,7 @@ class L1Book:
         self.messages = 0
         self.on_update = on_update
 
-    def apply_blocks(self, buf: Buffer, pos: int, count: int, first_seq: int = 0) -> None:
+    def apply_blocks(self, buf: Buffer, pos: int, count: int, first_seq: int = 0) -> int:
         check = self.seqs.check
         cb = self.on_update
         self.messages += count
@@ -444,6 +433,7 @@ class L1Book:
                 continue
             if cb is not None:
                 cb(locate)
+        return pos
 
     def on_gap(self, first_seq: int, count: int) -> None:
         self.seqs.suspect.update(self.directory.symbols or self.bbo)

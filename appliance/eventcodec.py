@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from typing import Any, Final, Iterable
+from typing import Final, Iterable
 
 from appliance.catalogue import EVENT_LAYOUTS, Command, Event, NewOrder
 from appliance.wal import MalformedCommand, encode_body

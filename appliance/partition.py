@@ -31,7 +31,6 @@ from appliance.matching.engine import Engine
 from appliance.sequencer import Sequencer
 from appliance.snapshot import SnapshotStore, capture
 from appliance.wal import (
-    POLICY_BATCH,
     POLICY_NONE,
     DurabilityError,
     EpochFile,
@@ -71,8 +70,8 @@ class Partition:
         self.snapshot_every_ns = snapshot_every_seconds * 1_000_000_000
         self.epoch_file = epoch_file
         self.applied_seq = sequencer.next_seq - 1   # the engine holds every command up to this seq
-        self._immediate = wal.policy == POLICY_BATCH or wal.policy == POLICY_NONE
-        self._waiting: list[tuple[int, int, Command]] = []  # committed-not-yet-durable (interval policy)
+        # committed batches (first seq, ts_ns, commands) not yet durable (interval policy)
+        self._waiting: list[tuple[int, int, list[Command]]] = []
         self._since_snapshot = 0
         self._last_snapshot_ns: int | None = None
         self._failed: DurabilityError | None = None
@@ -87,27 +86,20 @@ class Partition:
             self._refuse()
         results: list[Result] = []
         layouts = LAYOUTS
-        kinds: list[int] = []
         bodies: list[bytes] = []
         good: list[Command] = []
         for cmd in cmds:
             try:
-                layout = layouts[cmd.KIND]
-                body = layout.encode_body(cmd)
+                body = layouts[cmd.KIND].encode_body(cmd)
             except (MalformedCommand, AttributeError, KeyError, TypeError):
                 results.append((0, now_ns, cmd, [(EV_REJECTED, cmd, R.SESSION_MALFORMED)]))
                 continue
-            kinds.append(layout.kind)
             bodies.append(body)
             good.append(cmd)
         if good:
             seq, ts = self.sequencer.stamp(len(good), now_ns)
-            epoch = self.sequencer.epoch
-            append = self.wal.append
-            waiting = self._waiting
-            for i in range(len(good)):
-                append(seq + i, ts, epoch, kinds[i], bodies[i])
-                waiting.append((seq + i, ts, good[i]))
+            self.wal.append_batch(seq, ts, self.sequencer.epoch, good, bodies)
+            self._waiting.append((seq, ts, good))
         try:
             durable = self.wal.commit(now_ns)
         except DurabilityError as e:
@@ -135,20 +127,24 @@ class Partition:
         return results
 
     def _release(self, durable: int, results: list[Result]) -> None:
+        """Apply and hand out the waiting batches that are durable (always whole batches)."""
         waiting = self._waiting
         apply = self.engine.apply
+        append = results.append
+        done = 0
         n = 0
-        for seq, ts, cmd in waiting:
-            if seq > durable:
+        for first, ts, cmds in waiting:
+            if first > durable:
                 break
-            out: list[Event] = []
-            apply(cmd, out)
-            results.append((seq, ts, cmd, out))
-            n += 1
-        if n == len(waiting):
-            waiting.clear()
-        else:
-            del waiting[:n]
+            seq = first
+            for cmd in cmds:
+                out: list[Event] = []
+                apply(cmd, out)
+                append((seq, ts, cmd, out))
+                seq += 1
+            n += seq - first
+            done += 1
+        del waiting[:done]
         self.applied_seq = waiting[0][0] - 1 if waiting else durable
         self._since_snapshot += n
 

@@ -554,6 +554,21 @@ class WalWriter:
         self._pending.append(_PREFIX.pack(len(rest) + 8, crc32(rest)) + rest)
         self._pending_last_ts = ts_ns
 
+    def append_batch(self, first_seq: int, ts_ns: int, epoch: int, cmds: list[Any], bodies: list[bytes]) -> None:
+        """Buffer a stamped batch: cmds[i] (its KIND) with bodies[i] as seq first_seq + i."""
+        if epoch != self.epoch or first_seq != self._next_seq or self._failed:
+            self._refuse(first_seq, epoch)
+        head = _HEAD.pack
+        prefix = _PREFIX.pack
+        pending = self._pending.append
+        seq = first_seq
+        for cmd, body in zip(cmds, bodies):
+            rest = head(seq, ts_ns, epoch, cmd.KIND) + body
+            pending(prefix(len(rest) + 8, crc32(rest)) + rest)
+            seq += 1
+        self._next_seq = seq
+        self._pending_last_ts = ts_ns
+
     def commit(self, now_ns: int) -> int:
         """Write what append() buffered (one write), fsync per policy; return the durable seq."""
         if self._failed:

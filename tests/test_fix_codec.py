@@ -1,0 +1,107 @@
+"""The FIX tag=value codec against simplefix: what one encodes the other reads, any chunking."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import simplefix
+
+from appliance.gateway.fixcodec import FixFramingError, FixMessage, FixParser, Garbled, checksum, encode
+
+
+def simple(msg_type: str, pairs: list[tuple[int, str]]) -> bytes:
+    m = simplefix.FixMessage()
+    m.append_pair(8, "FIX.4.4", header=True)
+    m.append_pair(35, msg_type, header=True)
+    for tag, value in pairs:
+        m.append_pair(tag, value)
+    return bytes(m.encode())
+
+
+PAIRS = [(49, "CLIENT"), (56, "VENUE"), (34, "12"), (52, "20240131-14:05:09.123"), (11, "ORD-1"),
+         (55, "AAPL"), (54, "1"), (38, "100"), (40, "2"), (44, "150.10")]
+
+
+def test_encoder_matches_simplefix() -> None:
+    assert encode("D", PAIRS) == simple("D", PAIRS)
+    raw = encode("0", [(49, "A"), (56, "B"), (34, 1), (52, "x")])
+    body_len = int(raw.split(b"\x01")[1][2:])
+    assert body_len == len(raw) - raw.index(b"35=") - 7
+    assert int(raw[-4:-1]) == checksum(raw[:-7])
+
+
+def test_encoder_refuses_soh_and_empty_values() -> None:
+    with pytest.raises(ValueError):
+        encode("D", [(58, "a\x01b")])
+    with pytest.raises(ValueError):
+        encode("D", [(58, "")])
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 1000])
+def test_parser_any_chunking(chunk: int) -> None:
+    stream = simple("D", PAIRS) + simple("0", PAIRS[:4]) + simple("1", PAIRS[:4] + [(112, "T1")])
+    parser = FixParser()
+    got: list[FixMessage | Garbled] = []
+    for i in range(0, len(stream), chunk):
+        got += parser.feed(stream[i:i + chunk])
+    assert parser.buffered == 0
+    assert [m.msg_type for m in got if isinstance(m, FixMessage)] == ["D", "0", "1"]
+    first = got[0]
+    assert isinstance(first, FixMessage) and first.error is None
+    assert first.get(44) == "150.10" and first.get(11) == "ORD-1" and first.get(999) is None
+    assert first.raw == simple("D", PAIRS)
+
+
+def test_bad_checksum_is_garbled_and_parsing_goes_on() -> None:
+    good = simple("0", PAIRS[:4])
+    bad = good[:-4] + (b"%03d" % ((int(good[-4:-1]) + 1) % 256)) + b"\x01"
+    items = FixParser().feed(bad + good)
+    assert isinstance(items[0], Garbled) and "CheckSum" in items[0].reason
+    assert isinstance(items[1], FixMessage) and items[1].msg_type == "0"
+
+
+@pytest.mark.parametrize("garbage", [
+    b"hello world\r\n",
+    b"8=FIX.4.2\x019=5\x01",
+    b"8=FIX.4.4\x019=abc\x01",
+    b"8=FIX.4.4\x019=123456789",
+    b"8=FIX.4.4\x019=5\x0135=0\x01XXXXXXXXXX",   # 10= not where 9 says
+])
+def test_garbage_raises_and_stays_failed(garbage: bytes) -> None:
+    parser = FixParser()
+    with pytest.raises(FixFramingError) as exc:
+        parser.feed(garbage)
+    assert "FIX framing lost" in str(exc.value)
+    with pytest.raises(FixFramingError):
+        parser.feed(simple("0", PAIRS[:4]))
+
+
+def test_field_errors_are_reported_not_raised() -> None:
+    raw = encode("D", [(49, "C"), (34, 2)])
+    bad_tag = raw.replace(b"49=C", b"4x=C")
+    fixed = bad_tag[:-7] + b"10=%03d\x01" % checksum(bad_tag[:-7])
+    (m,) = FixParser().feed(fixed)
+    assert isinstance(m, FixMessage) and m.error is not None and m.error[0] == 0
+    empty = encode("D", [(49, "C")]).replace(b"49=C", b"49=")
+    body = empty[:-7]
+    head, rest = body.split(b"\x019=", 1)
+    rest = rest.split(b"\x01", 1)[1]
+    rebuilt = head + b"\x019=" + str(len(rest)).encode() + b"\x01" + rest
+    rebuilt += b"10=%03d\x01" % checksum(rebuilt)
+    (m,) = FixParser().feed(rebuilt)
+    assert isinstance(m, FixMessage) and m.error == (4, 49, "tag 49 has no value")
+
+
+def test_random_bytes_never_escape_as_other_errors() -> None:
+    rnd = random.Random(3)
+    base = simple("D", PAIRS) * 3
+    for _ in range(300):
+        blob = bytearray(base)
+        for _ in range(rnd.randrange(1, 5)):
+            blob[rnd.randrange(len(blob))] = rnd.randrange(256)
+        parser = FixParser()
+        try:
+            for i in range(0, len(blob), 13):
+                parser.feed(bytes(blob[i:i + 13]))
+        except FixFramingError:
+            pass

@@ -135,6 +135,7 @@ def encode_l3(results: Sequence[Result], out: list[bytes], midnight_ns: int, sto
     """
     append = out.append
     fA, fE, fX, fD = _fA, _fE, _fX, _fD
+    accepted, added, executed, cancelled = EV_ACCEPTED, EV_ADDED, EV_EXECUTED, EV_CANCELLED
     side_letter = _SIDE
     last_ts = -1
     ts6 = b""
@@ -144,23 +145,24 @@ def encode_l3(results: Sequence[Result], out: list[bytes], midnight_ns: int, sto
             last_ts = ts
         for ev in events:
             k = ev[0]
-            if k == EV_ACCEPTED:
+            if k == accepted:
                 continue
-            if k == EV_ADDED:
+            if k == added:
                 o = ev[1]
+                loc = o.locate
                 if o.mpid:
-                    append(_fF(40, b"F", o.locate, tracking, ts6, o.ref, side_letter[o.side], ev[2],
-                               stocks[o.locate], o.price, _mpid4(o.mpid)))
+                    append(_fF(40, b"F", loc, tracking, ts6, o.ref, side_letter[o.side], ev[2],
+                               stocks[loc], o.price, _mpid4(o.mpid)))
                 else:
-                    append(fA(36, b"A", o.locate, tracking, ts6, o.ref, side_letter[o.side], ev[2],
-                              stocks[o.locate], o.price))
-            elif k == EV_EXECUTED:
+                    append(fA(36, b"A", loc, tracking, ts6, o.ref, side_letter[o.side], ev[2],
+                              stocks[loc], o.price))
+            elif k == executed:
                 m = ev[1]
                 if ev[4] == m.price:
                     append(fE(31, b"E", m.locate, tracking, ts6, m.ref, ev[3], ev[5]))
                 else:
                     append(_fC(36, b"C", m.locate, tracking, ts6, m.ref, ev[3], ev[5], b"Y", ev[4]))
-            elif k == EV_CANCELLED:
+            elif k == cancelled:
                 if ev[6]:
                     o = ev[1]
                     if ev[3]:

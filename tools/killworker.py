@@ -64,7 +64,16 @@ from appliance.model import (
 )
 from appliance.recovery import recover_state
 from appliance.snapshot import EngineSpec
-from appliance.wal import EXIT_DURABILITY_FAILURE, DurabilityError, WalConfig, WalReader, encode_body
+from appliance.wal import (
+    EXIT_DURABILITY_FAILURE,
+    RECORD_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
+    DurabilityError,
+    WalConfig,
+    WalReader,
+    encode_body,
+    list_segments,
+)
 
 STREAM_SPEC = EngineSpec.of(
     [Instrument("KILLA", 1, tick=1), Instrument("KILLB", 2, tick=5)],
@@ -179,6 +188,8 @@ def worker_main(argv: list[str] | None = None) -> int:
     except DurabilityError as e:
         print(f"matchwire killworker: {e}", file=sys.stderr)
         return EXIT_DURABILITY_FAILURE
+    for note in opened.notes:
+        print(f"matchwire killworker: recovery: {note}", file=sys.stderr, flush=True)
     part = opened.partition
     engine = part.engine
     out = sys.stdout.fileno()
@@ -348,12 +359,51 @@ def run_and_kill(waldir: str, delay_s: float, *extra: str) -> tuple[list[bytes],
     return lines[:-1], proc.returncode, err  # a line cut by the kill has no newline: dropped
 
 
+def chop_unacked_tail(waldir: str, keep_seq: int, rng: random.Random) -> int:
+    """Cut the last segment at a random byte after record keep_seq (a torn write of unacked data,
+    as a power loss could leave). Returns the bytes cut (0: nothing after keep_seq in that file)."""
+    segs = list_segments(waldir)
+    if not segs:
+        return 0
+    seg = segs[-1]
+    with open(seg.path, "rb") as f:
+        data = f.read()
+    lo = SEGMENT_HEADER_SIZE
+    if seg.first_seq <= keep_seq:
+        off = SEGMENT_HEADER_SIZE
+        while off + RECORD_HEADER_SIZE <= len(data):
+            length = int.from_bytes(data[off:off + 4], "little")
+            seq = int.from_bytes(data[off + 8:off + 16], "little")
+            if length < RECORD_HEADER_SIZE or off + length > len(data):
+                break
+            off += length
+            if seq >= keep_seq:
+                lo = off
+                break
+        else:
+            return 0
+        if lo == SEGMENT_HEADER_SIZE:
+            return 0
+    if lo >= len(data):
+        return 0
+    cut = rng.randrange(lo, len(data))
+    with open(seg.path, "r+b") as f:
+        f.truncate(cut)
+    return len(data) - cut
+
+
 def crash_runs(waldir: str, runs: int, seed: int = 0, max_delay_s: float = 0.4, rng_seed: int = 1,
-               extra: tuple[str, ...] = (), log: Any = None) -> dict[str, Any]:
-    """`runs` cycles of start, random SIGKILL, check; then a full replay check."""
+               extra: tuple[str, ...] = (), log: Any = None, chop: float = 0.25) -> dict[str, Any]:
+    """`runs` cycles of start, random SIGKILL, check; then a full replay check.
+
+    After a fraction `chop` of the kills the unacknowledged end of the log is also cut at a random
+    byte (a torn write, as a power loss could leave): the next start must truncate and go on.
+    """
     rng = random.Random(rng_seed)
     checker = CrashChecker(waldir, seed)
     kills = 0
+    torn = 0
+    chopped = 0
     worst = 0.0
     t0 = time.perf_counter()
     for i in range(runs):
@@ -361,7 +411,10 @@ def crash_runs(waldir: str, runs: int, seed: int = 0, max_delay_s: float = 0.4, 
         if rc != -signal.SIGKILL:
             raise CrashCheckFailed(f"run {i}: worker ended with {rc} before the kill: {err.decode()[-2000:]}")
         kills += 1
+        torn += b"torn tail" in err and b"truncated" in err
         checker.add_acks(lines)
+        if chop and rng.random() < chop:
+            chopped += chop_unacked_tail(waldir, max(checker.durable, checker.max_acked), rng) > 0
         info = checker.check()
         worst = max(worst, info["recovery_s"])
         if log:
@@ -374,6 +427,8 @@ def crash_runs(waldir: str, runs: int, seed: int = 0, max_delay_s: float = 0.4, 
         "acked_commands": sum(b - a + 1 for a, b, _ in checker.acks),
         "durable_seq": checker.durable,
         "acked_seq": checker.max_acked,
+        "tails_cut": chopped,
+        "starts_that_truncated_a_torn_tail": torn,
         "fills": checker.reference.next_match - 1,
         "max_check_recovery_s": round(worst, 4),
         "seconds": round(time.perf_counter() - t0, 2),

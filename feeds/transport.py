@@ -24,11 +24,14 @@ import struct
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from feeds.channels import ChannelGroups, Endpoint
+from feeds.channels import ChannelGroups, Endpoint, FeedConfig
 from feeds.pcap import PcapWriter
 
 __all__ = ["ChannelSender", "Transport", "UdpTransport", "PcapTransport", "MemoryTransport",
-           "NullTransport", "multicast_sender", "multicast_receiver", "A", "B"]
+           "NullTransport", "multicast_sender", "multicast_receiver", "interface_option", "membership",
+           "transport_for", "A", "B"]
+
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 A = 0  # leg index of the A group
 B = 1  # leg index of the B group
@@ -51,12 +54,36 @@ class Transport(Protocol):
 # Kernel UDP multicast
 # ================================================================================================
 
+def _is_address(interface: str) -> bool:
+    try:
+        socket.inet_aton(interface)
+    except OSError:
+        return False
+    return interface.count(".") == 3
+
+
+def interface_option(interface: str) -> bytes:
+    """The IP_MULTICAST_IF value for an interface given by IPv4 address ("127.0.0.1") or by name
+    ("lo", "eth1"; Linux ``struct ip_mreqn`` with the interface index)."""
+    if _is_address(interface):
+        return socket.inet_aton(interface)
+    return struct.pack("4s4si", b"\0\0\0\0", b"\0\0\0\0", socket.if_nametoindex(interface))
+
+
+def membership(group: str, interface: str) -> bytes:
+    """The IP_ADD_MEMBERSHIP value: join ``group`` on an interface given by address or by name."""
+    if _is_address(interface):
+        return struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton(interface))
+    return struct.pack("4s4si", socket.inet_aton(group), b"\0\0\0\0", socket.if_nametoindex(interface))
+
+
 def multicast_sender(group: Endpoint, interface: str = "127.0.0.1", ttl: int = 0, dscp: int = 0,
                      sndbuf: int = 0) -> socket.socket:
-    """A UDP socket connected to ``group``, sending through ``interface`` with ``ttl`` and DSCP."""
+    """A UDP socket connected to ``group``, sending through ``interface`` (address or name) with
+    ``ttl`` and DSCP."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, interface_option(interface))
         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
         if dscp:
             s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, dscp << 2)
@@ -71,14 +98,17 @@ def multicast_sender(group: Endpoint, interface: str = "127.0.0.1", ttl: int = 0
 
 def multicast_receiver(group: Endpoint, interface: str = "127.0.0.1", rcvbuf: int = 8 << 20,
                        blocking: bool = False) -> socket.socket:
-    """A UDP socket bound to ``group`` (not 0.0.0.0) that joined it on ``interface``."""
+    """A UDP socket bound to ``group`` (not 0.0.0.0) that joined it on ``interface`` (address or
+    name), with SO_RCVBUF raised (the default holds only a few hundred datagrams)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        try:   # past net.core.rmem_max when privileged; the plain option is capped by it
+            s.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, rcvbuf)
+        except OSError:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         s.bind(group)
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
-                     struct.pack("4s4s", socket.inet_aton(group[0]), socket.inet_aton(interface)))
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership(group[0], interface))
         s.setblocking(blocking)
     except BaseException:
         s.close()
@@ -284,3 +314,19 @@ class NullTransport:
 
     def close(self) -> None:
         pass
+
+
+def transport_for(config: FeedConfig, kind: str = "udp", pcap_path: str | Path | None = None) -> Transport:
+    """The transport a configuration asks for: "udp" (interface, TTL and DSCP from the config),
+    "pcap" (to ``pcap_path``), "memory" or "null"."""
+    if kind == "udp":
+        return UdpTransport(config.interface, config.ttl, config.dscp)
+    if kind == "pcap":
+        if pcap_path is None:
+            raise ValueError("feed: the pcap transport needs a file")
+        return PcapTransport(pcap_path, ttl=config.ttl, src_port=config.source_port)
+    if kind == "memory":
+        return MemoryTransport()
+    if kind == "null":
+        return NullTransport()
+    raise ValueError(f"feed: unknown transport {kind!r} (udp, pcap, memory, null)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from feeds.moldudp64 import parse_packet
 from feeds.publisher import FeedDivergence, Publisher, packetize
 from feeds.store import FeedStore
 from feeds.subscriber import FeedSubscriber
-from feeds.transport import A, MemoryTransport, UdpTransport
+from feeds.transport import A, MemoryTransport, UdpTransport, multicast_receiver, transport_for
 
 from test_publisher import FIRM_STP, MIDNIGHT, T0, instruments, iter_batches, random_specs
 
@@ -77,6 +78,32 @@ def test_engine_publisher_multicast_subscriber_books_equal_the_engine() -> None:
         pub.close()
         transport.close()
         sub.close()
+
+
+def test_senders_stay_on_the_configured_interface_with_ttl_and_dscp_and_receivers_join_by_name() -> None:
+    groups = random_groups()
+    config = FeedConfig(groups=groups, channels=(L3,), dscp=46)
+    transport = transport_for(config)
+    assert isinstance(transport, UdpTransport)
+    sender = transport.channel(L3, groups[L3])
+    receiver = multicast_receiver(groups[L3].b, "lo", blocking=True)   # by name: lo is 127.0.0.1
+    receiver.settimeout(5)
+    try:
+        for s in (sender.sock_a, sender.sock_b):
+            assert socket.inet_ntoa(s.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, 4)) == "127.0.0.1"
+            assert s.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL) == 0
+            assert s.getsockopt(socket.IPPROTO_IP, socket.IP_TOS) == 46 << 2
+            assert s.getpeername() in (groups[L3].a, groups[L3].b)
+        assert receiver.getsockname() == groups[L3].b       # bound to the group, not 0.0.0.0
+        if os.geteuid() == 0:    # SO_RCVBUFFORCE: not capped by net.core.rmem_max
+            assert receiver.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 8 << 20
+        assert sender.send_packets([b"x" * 30], 0) == 1
+        assert receiver.recv(100) == b"x" * 30
+    finally:
+        receiver.close()
+        transport.close()
+    with pytest.raises(ValueError):
+        transport_for(config, "carrier pigeon")
 
 
 # --------------------------------------------------------------------------------------------

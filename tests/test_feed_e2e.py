@@ -80,6 +80,64 @@ def test_engine_publisher_multicast_subscriber_books_equal_the_engine() -> None:
         sub.close()
 
 
+CHILD = """
+import json, sys
+from feeds.channels import ChannelGroups, FeedConfig
+from feeds.subscriber import FeedSubscriber
+groups = {ch: ChannelGroups(tuple(g[0]), tuple(g[1])) for ch, g in json.loads(sys.argv[1]).items()}
+config = FeedConfig(groups=groups, depth_levels=int(sys.argv[2]))
+sub = FeedSubscriber(config)
+shell = sub.open("127.0.0.1")
+print("ready", flush=True)
+ok = shell.run_until(lambda: all(r.ended for r in sub.receivers.values()), 30.0)
+print(json.dumps({"ended": ok, "l3": sub.l3.state_hash(), "l2": sub.l2.state_hash(), "l1": sub.l1.state_hash(),
+                  "gaps": {ch: r.gaps for ch, r in sub.receivers.items()},
+                  "messages": {ch: r.messages for ch, r in sub.receivers.items()}}), flush=True)
+"""
+
+
+def test_a_subscriber_in_another_process_builds_the_engines_books() -> None:
+    import json
+    import subprocess
+    import sys
+
+    ins = instruments()
+    groups = random_groups()
+    config = FeedConfig(groups=groups, depth_levels=6, end_of_session_ns=3 * 10**9)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps({ch: list(g) for ch, g in groups.items()}),
+                              str(config.depth_levels)], cwd=Path(__file__).resolve().parents[1],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    transport = UdpTransport(config.interface, config.ttl, config.dscp)
+    engine = Engine(ins, FIRM_STP)
+    pub = Publisher(config, ins, MIDNIGHT, transport)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        pub.start(T0)
+        for batch in iter_batches(engine, random_specs(41, 3000, ins), 100):
+            pub.publish(batch)
+            time.sleep(0.002)        # a market's pace, not a burst into a 2-core machine's buffers
+        end = T0 + 10**13
+        pub.end_session(end)
+        for k in range(1, 3):
+            time.sleep(0.05)
+            pub.poll(end + k * 10**9)
+        out, err = child.communicate(timeout=40)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        pub.close()
+        transport.close()
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["ended"], err
+    assert result["gaps"] == {"l3": 0, "l2": 0, "l1": 0}
+    assert result["messages"] == {ch: pub.channels[ch].next_seq - 1 for ch in CHANNELS}
+    assert result["l3"] == summary_hash(engine_l3_summary(engine))
+    assert result["l2"] == summary_hash(engine_l2_summary(engine, config.depth_levels))
+    assert result["l1"] == summary_hash(engine_l1_summary(engine))
+
+
 def test_senders_stay_on_the_configured_interface_with_ttl_and_dscp_and_receivers_join_by_name() -> None:
     groups = random_groups()
     config = FeedConfig(groups=groups, channels=(L3,), dscp=46)

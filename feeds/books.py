@@ -104,7 +104,8 @@ def summary_hash(summary: Any) -> str:
 # ================================================================================================
 
 class L3Book:
-    """Order-by-order books of every instrument of an L3 (ITCH 5.0) channel.
+    """Owned by the thread that runs its receiver: the order-by-order books of every instrument of
+    an L3 (ITCH 5.0) channel.
 
     orders: ref -> [shares, level], in arrival order; a level is [total shares, orders, price, the
     side's {price: level}, locate, side]; sides: locate -> ({bid price: level}, {ask price: level}).
@@ -322,7 +323,7 @@ class _InstrumentSeqs:
 
 
 class L2Book:
-    """Top-N price levels per instrument from 'd' Price Level Update messages."""
+    """Owned by the thread that runs its receiver: top-N price levels per instrument from 'd'."""
 
     def __init__(self, on_update: Callable[[int], None] | None = None) -> None:
         self.levels: dict[int, tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]] = {}
@@ -402,7 +403,8 @@ def engine_l2_summary(engine: Any, levels: int) -> list[tuple[Any, ...]]:
 
 
 class L1Book:
-    """Best bid and offer and last trade per instrument, from 'q' and 't' messages."""
+    """Owned by the thread that runs its receiver: best bid and offer and last trade per
+    instrument, from 'q' and 't'."""
 
     def __init__(self, on_update: Callable[[int], None] | None = None) -> None:
         self.bbo: dict[int, tuple[int, int, int, int, int, int]] = {}

@@ -395,7 +395,7 @@ class DepthTracker:
 
 
 class L2Encoder:
-    """Per command: 'd' updates for the top ``levels`` price levels of each touched side.
+    """Owned by the publisher: per command, 'd' updates for the top ``levels`` levels of each touched side.
 
     The client's book of an instrument side is price -> (shares, orders) for the published prices;
     after each group (``end_of_update`` = 'Y' on its last message) it equals the engine's top N:
@@ -516,8 +516,8 @@ def _best_first(change: tuple[int, int, int, int]) -> tuple[int, int]:
 
 
 class L1Encoder:
-    """Per command: a 't' for each execution, then a 'q' for each touched instrument whose best
-    bid or offer (price, shares, orders) changed."""
+    """Owned by the publisher: per command, a 't' for each execution, then a 'q' for each touched
+    instrument whose best bid or offer (price, shares, orders) changed."""
 
     __slots__ = ("tracker", "tracking", "published", "inst_seq", "_pack_q", "_pack_t")
 

@@ -55,7 +55,8 @@ class StoreError(Exception):
 
 
 class FeedStore:
-    """Append-only store of one channel session: ``<dir>/<session>.feed`` and ``.idx``.
+    """Owned by the publishing thread (or, read-only, by a reader): one channel session's store,
+    ``<dir>/<session>.feed`` and ``.idx``.
 
     Sequence numbers start at 1; ``count`` is the number of messages held (the last sequence).
     """

@@ -41,7 +41,8 @@ _HEADER_FROM = struct.Struct(">10sQH").unpack_from
 
 
 class Sink(Protocol):
-    def apply_blocks(self, buf: Buffer, pos: int, count: int, first_seq: int) -> None: ...
+    def apply_blocks(self, buf: Buffer, pos: int, count: int, first_seq: int) -> int:
+        """Apply ``count`` blocks from ``pos``; return the offset after the last."""
 
     def on_gap(self, first_seq: int, count: int) -> None: ...
 
@@ -56,12 +57,13 @@ class MessageTap:
     def __init__(self, callback: Callable[[int, bytes], None]) -> None:
         self.callback = callback
 
-    def apply_blocks(self, buf: Buffer, pos: int, count: int, first_seq: int) -> None:
+    def apply_blocks(self, buf: Buffer, pos: int, count: int, first_seq: int) -> int:
         cb = self.callback
         for i in range(count):
             n = (buf[pos] << 8) | buf[pos + 1]
             cb(first_seq + i, bytes(buf[pos + 2:pos + 2 + n]))
             pos += 2 + n
+        return pos
 
     def on_gap(self, first_seq: int, count: int) -> None:
         pass
@@ -84,9 +86,8 @@ def _check_blocks(buf: Buffer, pos: int, count: int) -> int:
 
 
 class ChannelReceiver:
-    """Sans-IO receiving side of one channel (one MoldUDP64 session at a time, legs A and B).
-
-    Owned by the thread that reads the channel. Counters are plain integers, read out of band.
+    """Owned by the thread that reads the channel: its sans-IO receiving side (one MoldUDP64
+    session at a time, legs A and B). Counters are plain integers, read out of band.
     """
 
     def __init__(self, name: str, sinks: list[Any], *, hold_after_gap: bool = False,
@@ -149,12 +150,19 @@ class ChannelReceiver:
             self.duplicates += 1
             return 0
         if seq == expected and not self.held:
-            # the common case: in order, nothing held
-            if _check_blocks(data, HEADER_SIZE, count) < 0:
+            # the common case: in order, nothing held. The sinks walk the blocks; a datagram whose
+            # blocks do not add up is treated as lost (its messages count as a gap).
+            stop = -1
+            try:
+                for sink in self.sinks:
+                    stop = sink.apply_blocks(data, HEADER_SIZE, count, seq)
+            except (IndexError, struct.error):
+                stop = -1
+            if stop != len(data):
                 self.malformed += 1
+                self._gap(seq, count)
+                self.expected = self.high = end
                 return 0
-            for sink in self.sinks:
-                sink.apply_blocks(data, HEADER_SIZE, count, seq)
             self.expected = end
             if end > self.high:
                 self.high = end

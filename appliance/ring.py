@@ -320,7 +320,8 @@ class RingProducer(_Role):
     def try_publish_many(self, payloads: Sequence[bytes]) -> int:
         """Publish as many of ``payloads`` as fit, in order, with one counter store. Returns how many.
 
-        A payload that does not fit a slot raises ValueError before anything is written.
+        If one of the records that would go in now is longer than a slot payload, ValueError is
+        raised and nothing of the batch is written.
         """
         want = len(payloads)
         if not want:
@@ -403,7 +404,7 @@ class RingConsumer(_Role):
         wrapping run comes back in two calls.
         """
         n = self._available(max_n)
-        if not n:
+        if n <= 0:
             return []
         size = self._size
         seq = self._seq
@@ -424,7 +425,7 @@ class RingConsumer(_Role):
         with no per-record bytes object. The slots are released before returning.
         """
         n = self._available(max_n)
-        if not n:
+        if n <= 0:
             return b"", 0
         size = self._size
         seq = self._seq

@@ -14,7 +14,7 @@ from appliance import reasons as R
 from appliance.catalogue import Command, NewOrder, ReplaceOrder
 from appliance.gateway import events as E
 from appliance.gateway import fix
-from appliance.gateway.fixcodec import FixFramingError
+from appliance.gateway.fixcodec import FixFramingError, encode
 from appliance.matching.engine import Engine
 from appliance.model import STP_CO, Instrument
 
@@ -575,3 +575,54 @@ def test_utc_timestamp() -> None:
     assert fix.utc_timestamp(T0) == "20240131-14:05:09.123"
     assert fix.utc_timestamp(0) == "19700101-00:00:00.000"
 
+
+
+def test_reports_wait_for_the_logon(venue: Venue, client: Client, session: fix.FixSession) -> None:
+    venue.send(session, client.order("O1", side="2", price="150.00"))
+    session.connection_lost(venue.ts)
+    session.connection_made(venue.ts)                              # reconnected, no Logon yet
+    other = venue.session(2, "OTHER", 8)
+    oc = Client("OTHER")
+    venue.connect(other, oc)
+    venue.send(other, oc.order("B", qty=10, price="150.00"))
+    assert session.data_to_send() == b""                           # the fill is stored, not sent
+    (logon,) = venue.send(session, client.logon())
+    assert (g(logon, 35), g(logon, 34)) == ("A", "4")
+
+
+def test_header_checks(venue: Venue, client: Client, session: fix.FixSession) -> None:
+    raw = encode("0", [(49, "CLIENT"), (56, "VENUE"), (34, 2)])     # no SendingTime
+    (rej,) = venue.send(session, raw)
+    assert (g(rej, 35), g(rej, 373), g(rej, 371)) == ("3", "1", "52")
+    client.seq = 3
+    raw = encode("0", [(49, "CLIENT"), (56, "VENUE"), (34, 3), (43, "Y"), (52, "20240131-14:05:09.123")])
+    (rej,) = venue.send(session, raw)
+    assert (g(rej, 373), g(rej, 371)) == ("1", "122")
+    raw = encode("0", [(49, "INTRUDER"), (56, "VENUE"), (34, 4), (52, "20240131-14:05:09.123")])
+    rej, lo = venue.send(session, raw)
+    assert (g(rej, 35), g(rej, 373), g(lo, 35)) == ("3", "9", "5") and session.should_close
+
+
+def test_fuzz_never_raises(venue: Venue) -> None:
+    import random
+    rnd = random.Random(11)
+    for round_ in range(150):
+        c = Client(f"F{round_}")
+        s = venue.session(100 + round_, c.comp, 50 + round_)
+        s.connection_made(venue.ts)
+        msgs = [c.logon(), c.order("A", price="100.00"), c.order("B", side="2", price="100.00"),
+                c.msg("F", (41, "A"), (11, "C"), (55, "AAPL"), (54, "1")),
+                c.msg("G", (41, "B"), (11, "D"), (55, "AAPL"), (54, "2"), (38, 5), (40, "2"), (44, "99.00")),
+                c.msg("q", (11, "E"), (530, "7")), c.msg("2", (7, 1), (16, 0)), c.msg("1", (112, "x"))]
+        blob = bytearray(b"".join(msgs))
+        for _ in range(rnd.randrange(3)):
+            blob[rnd.randrange(len(blob))] = rnd.randrange(256)
+        step = rnd.randrange(1, 64)
+        for i in range(0, len(blob), step):
+            s.receive_data(bytes(blob[i:i + step]), venue.ts)
+        venue.apply(s.take_commands())
+        verify(s.data_to_send())
+        s.poll(venue.ts + 100 * SEC)
+        s.connection_lost(venue.ts)
+        venue.sessions.remove(s)
+    venue.engine.check_invariants()

@@ -448,7 +448,10 @@ class FixSession:
         st.sent[seq] = raw.decode("latin-1")
         st.next_out = seq + 1
         st.dirty = True
-        if self._conn in (_AWAIT_LOGON, _ACTIVE, _LOGOUT_SENT):
+        conn = self._conn
+        # Before the Logon exchange only Logon and Logout go out; the rest waits in the store for
+        # the peer's ResendRequest (our Logon's MsgSeqNum shows it the gap).
+        if conn == _ACTIVE or conn == _LOGOUT_SENT or (conn == _AWAIT_LOGON and msg_type in ("A", "5")):
             self._out += raw
             self._last_tx = now_ns
 
@@ -509,10 +512,15 @@ class FixSession:
                 return   # a duplicate we have already processed
             self._logout_close(now_ns, f"MsgSeqNum too low, expecting {st.next_in} but received {seq}")
             return
-        if msg.error is not None:
+        error = msg.error
+        if error is None and msg.get(52) is None:
+            error = (1, 52, "SendingTime (52) missing")
+        if error is None and msg.get(43) == "Y" and msg.get(122) is None and mt != "4":
+            error = (1, 122, "OrigSendingTime (122) missing on a possible duplicate")
+        if error is not None:
             st.next_in = seq + 1
             st.dirty = True
-            self._reject(msg, msg.error[0], msg.error[1], msg.error[2], now_ns)
+            self._reject(msg, error[0], error[1], error[2], now_ns)
             return
         if mt == "4":                                # GapFill at the expected number
             self._sequence_reset(msg, now_ns)

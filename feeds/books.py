@@ -425,7 +425,7 @@ class L1Book:
             if t == 113:    # q
                 locate, seq, *bbo = _BBO(buf, p)
                 check(locate, seq)
-                self.bbo[locate] = tuple(bbo)  # type: ignore[assignment]
+                self.bbo[locate] = tuple(bbo)
             elif t == 116:  # t
                 locate, seq, price, shares, match, volume = _LT(buf, p)
                 check(locate, seq)

@@ -127,6 +127,9 @@ class ChannelReceiver:
         if len(data) < HEADER_SIZE:
             self.malformed += 1
             return 0
+        session: bytes
+        seq: int
+        count: int
         session, seq, count = _HEADER_FROM(data, 0)
         if session != self.session and not self._switch(session):
             return 0

@@ -208,7 +208,10 @@ def test_batches_after_a_seq_start_exactly_after_it(tmp_path, after) -> None:
             assert encode_body(c) == encode_body(command_at(first + i))
     assert got == list(range(after + 1, 3001))
     assert reader.last_seq == 3000
-    assert [r[0] for r in WalReader(d).records(after)] == list(range(after + 1, 3001))
+    recs = list(WalReader(d).records(after))
+    assert [r[0] for r in recs] == list(range(after + 1, 3001))
+    stamps = [st for _, piece in WalReader(d).stamps(after) for st in piece]
+    assert stamps == [(r[0], r[1]) for r in recs]
 
 
 def test_writer_refuses_gaps_and_records_of_an_older_epoch(tmp_path) -> None:

@@ -136,7 +136,7 @@ def test_login_rejected_unknown_session(venue: Venue) -> None:
 def test_login_padding_either_side(venue: Venue) -> None:
     s = venue.session(1, CREDS_A, session_name="S1")
     s.connection_made(T0)
-    payload = b"  alice" [1:] + b"   secretA" + b"S1".ljust(10) + b"0".ljust(20)
+    payload = b" alice" + b"   secretA" + b"S1".ljust(10) + b"0".ljust(20)
     s.receive_data(soup.encode_packet(b"L", payload), T0)
     assert decode_out(s.data_to_send())[0] == (b"A", soup.encode_login_accepted("S1", 1)[3:])
 

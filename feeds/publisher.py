@@ -315,7 +315,8 @@ class Publisher:
     The daemon's calls, in order:
         Publisher(config, instruments, midnight_ns, transport, store_dir)
         start(ts_ns)                  start-of-session messages (after a crash: regenerated)
-        replay(results)               per replayed WAL batch, from the start of the day (recovery only)
+        replay(results)               per replayed WAL batch, from the start of the day (recovery only),
+          or replay_command(seq, ts_ns, cmd, events) per replayed command
         publish(results)              per live batch, after the WAL commit
         poll(now_ns)                  when idle: heartbeats; after end_session: End of Session packets
         end_session(ts_ns)            System Events M, E, C; then poll until ``finished``
@@ -358,6 +359,8 @@ class Publisher:
         self.recovering = any(ch.skip_through for ch in self.channels.values())
         self.started = False
         self.live = False
+        self.replay_batch = 1024
+        self._pending: list[Result] = []
         self.ending_since: int | None = None
         self.finished = False
         self._last_eos: int | None = None
@@ -429,8 +432,25 @@ class Publisher:
             raise RuntimeError("feed: replay() after the first publish()")
         self._encode(results)
 
+    def replay_command(self, seq: int, ts_ns: int, cmd: Command, events: list[Event]) -> bool:
+        """``replay`` one command at a time, as ``appliance.recovery.recover_state(on_command=...)``
+        hands them over (its events list is reused: it is copied here). Commands are gathered into
+        batches of ``replay_batch`` so that what must be sent goes in full datagrams. Returns False
+        (the recovery callback's "go on")."""
+        pending = self._pending
+        pending.append((seq, ts_ns, cmd, list(events)))
+        if len(pending) >= self.replay_batch:
+            self._flush_replay()
+        return False
+
+    def _flush_replay(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self.replay(pending)
+
     def publish(self, results: Sequence[Result]) -> None:
         """Encode a committed batch's events on every channel, pack, send to A and B, store."""
+        self._flush_replay()
         if self.recovering:
             self._go_live()
         self.live = True
@@ -508,6 +528,7 @@ class Publisher:
     def poll(self, now_ns: int) -> int:
         """Idle work: a heartbeat on each channel silent for ``heartbeat_ns``; while the session is
         ending, End of Session packets instead, for ``end_of_session_ns``. Returns packets sent."""
+        self._flush_replay()
         if self.recovering or not self.started or self.finished:
             return 0
         sent = 0
@@ -530,6 +551,7 @@ class Publisher:
 
     def end_session(self, ts_ns: int) -> None:
         """System Events M, E and C on every channel, then End of Session packets (``poll``)."""
+        self._flush_replay()
         if self.recovering:
             self._go_live()
         if self.ending_since is not None:

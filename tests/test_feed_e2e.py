@@ -214,14 +214,21 @@ def first_run(store: Path, crash_after: int, crash: str = "before send") -> tupl
 
 
 def second_run(store: Path, replay: int, batch: int = 97) -> tuple[Engine, MemoryTransport, Publisher]:
-    """Start again: replay the first ``replay`` commands (from the WAL), then go on live."""
+    """Start again: replay the first ``replay`` commands (from the WAL), then go on live. With
+    batch=1 the commands go one by one through replay_command, their events list reused as
+    recover_state(on_command=...) does."""
     ins = instruments()
     engine = Engine(ins, FIRM_STP)
     transport = MemoryTransport()
     pub = Publisher(CONFIG, ins, MIDNIGHT, transport, str(store))
     pub.start(T0 + 10**12)          # a later clock: the stored start time is used
     for res in iter_batches(engine, SPECS[:replay], batch):
-        pub.replay(res)
+        if batch == 1:
+            ((seq, ts, cmd, events),) = res
+            assert pub.replay_command(seq, ts, cmd, events) is False
+            events.clear()
+        else:
+            pub.replay(res)
     for res in iter_batches(engine, SPECS[replay:], 40, seq0=replay + 1):
         pub.publish(res)
     return engine, transport, pub
@@ -270,6 +277,20 @@ def test_a_crash_between_commit_and_send_loses_nothing_and_repeats_nothing(tmp_p
     for ch in CHANNELS:
         assert stored(tmp_path / "feed", pub.channels[ch].session) == stored(
             tmp_path / "straight", straight.channels[ch].session)
+
+
+def test_recovery_command_by_command_as_the_wal_replay_hands_them_over(tmp_path: Path) -> None:
+    t1, committed = first_run(tmp_path / "feed", crash_after=45)
+    engine, t2, pub = second_run(tmp_path / "feed", replay=committed, batch=1)
+    joined = MemoryTransport()
+    joined.sent = t1.sent + t2.sent
+    for ch in CHANNELS:
+        a_leg_is_one_run(joined, ch)
+    # what was not sent before the crash went out in full datagrams, not one per command
+    assert len([d for d in t2.of(L3) if parse_packet(d).message_count]) < 40
+    sub = subscribe(t1, t2)
+    assert all(r.gaps == 0 for r in sub.receivers.values())
+    assert_books_equal_engine(sub, engine, CONFIG.depth_levels)
 
 
 def test_a_crash_between_send_and_store_sends_that_batch_again_and_receivers_drop_it(tmp_path: Path) -> None:

@@ -402,6 +402,8 @@ class Publisher:
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(state, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())   # rare (session start, change, end): which session is current must survive
         os.replace(tmp, path)
 
     def sessions(self) -> dict[str, bytes]:

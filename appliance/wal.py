@@ -194,10 +194,26 @@ def _encode_str(s: Any, width: int, name: str) -> bytes:
 _STRINGS = _StrCache()
 
 
-def _init_params(cls: type) -> list[str]:
-    """The constructor's parameter names, in order (self excluded)."""
-    init: Any = cls.__dict__["__init__"]
-    return list(inspect.signature(init).parameters)[1:]
+def _init_params(cls: type, names: tuple[str, ...]) -> list[str] | None:
+    """The constructor's parameter names, in order (self excluded); None when the constructor does
+    not say (a class compiled by mypyc shows ``(*args, **kwargs)``): then it is called by keyword."""
+    init: Any = cls.__dict__.get("__init__")
+    try:
+        params = list(inspect.signature(init).parameters)[1:]
+    except (TypeError, ValueError):
+        return None
+    if any(p in ("args", "kwargs") for p in params) and not set(names) & set(params):
+        return None
+    return params
+
+
+def _call_args(layout: CommandLayout, params: list[str] | None) -> str:
+    """Source of the constructor arguments from locals named after FIELDS (strings via the cache):
+    positional in the constructor's order, or by keyword when it does not say its parameters."""
+    strs = {layout.names[i] for i, _, _ in layout.strings}
+    if params is None:
+        return ", ".join(f"{p}=strings[{p}]" if p in strs else f"{p}={p}" for p in layout.names)
+    return ", ".join(f"strings[{p}]" if p in strs else p for p in params)
 
 
 def _make_decoder(layout: CommandLayout) -> Callable[[bytes, int], Any]:
@@ -210,14 +226,13 @@ def _make_decoder(layout: CommandLayout) -> Callable[[bytes, int], Any]:
     (decoder_generic, kept as the reference the tests compare with) takes ~0.95 us.
     """
     cls = layout.cls
-    params = _init_params(cls)
-    if set(params) != set(layout.names):
+    params = _init_params(cls, layout.names)
+    if params is not None and set(params) != set(layout.names):
         raise TypeError(f"{cls.__name__}: constructor parameters {params} differ from FIELDS {layout.names}")
-    strs = {layout.names[i] for i, _, _ in layout.strings}
     src = (
         "def decode(buf, off):\n"
         "    " + ", ".join(layout.names) + ", = unpack(buf, off + 32)\n"
-        "    return cls(" + ", ".join(f"strings[{p}]" if p in strs else p for p in params) + ")\n"
+        "    return cls(" + _call_args(layout, params) + ")\n"
     )
     namespace: dict[str, Any] = {"unpack": layout.body.unpack_from, "cls": cls, "strings": _STRINGS}
     exec(compile(src, f"<wal decoder {cls.__name__}>", "exec"), namespace)
@@ -229,7 +244,8 @@ def decoder_generic(layout: CommandLayout) -> Callable[[bytes, int], Any]:
     """The same decoder, walking the table at run time (the reference for tests; slower)."""
     unpack = layout.record.unpack_from
     cls = layout.cls
-    params = _init_params(cls)
+    given = _init_params(cls, layout.names)
+    params = list(layout.names) if given is None else given
     body0 = 6  # length, crc, seq, ts_ns, epoch, kind
     order = itemgetter(*[body0 + layout.names.index(p) for p in params])
     str_pos = tuple(body0 + i for i, _, _ in layout.strings)
@@ -238,6 +254,8 @@ def decoder_generic(layout: CommandLayout) -> Callable[[bytes, int], Any]:
         v = list(unpack(buf, off))
         for p in str_pos:
             v[p] = v[p].rstrip(b" ").decode("ascii")
+        if given is None:
+            return cls(**dict(zip(params, order(v))))
         return cls(*order(v))
     return decode
 
@@ -255,12 +273,10 @@ def _make_bulk_decoder(layouts: dict[int, CommandLayout]) -> Callable[[bytes, li
              "    for off in offsets:", "        kind = buf[off + %d]" % KIND_OFFSET]
     namespace: dict[str, Any] = {"strings": _STRINGS}
     for i, (kind, layout) in enumerate(sorted(layouts.items())):
-        params = _init_params(layout.cls)
-        strs = {layout.names[j] for j, _, _ in layout.strings}
+        params = _init_params(layout.cls, layout.names)
         lines.append("        %s kind == %d:" % ("if" if i == 0 else "elif", kind))
         lines.append("            " + ", ".join(layout.names) + ", = unpack_%d(buf, off + 32)" % kind)
-        lines.append("            append(cls_%d(" % kind + ", ".join(
-            f"strings[{p}]" if p in strs else p for p in params) + "))")
+        lines.append("            append(cls_%d(" % kind + _call_args(layout, params) + "))")
         namespace["unpack_%d" % kind] = layout.body.unpack_from
         namespace["cls_%d" % kind] = layout.cls
     lines.append("        else:")

@@ -83,7 +83,7 @@ def _compiled() -> bool:
 def _median_of_runs(argv: list[str], runs: int) -> list[dict[str, Any]]:
     results = []
     for _ in range(runs):
-        proc = subprocess.run([sys.executable, "-m", "tools", *argv, "--runs", "1"],
+        proc = subprocess.run([sys.executable, "-m", "tools.bench_matching", *argv, "--runs", "1"],
                               check=True, capture_output=True, text=True)
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return results
@@ -91,7 +91,7 @@ def _median_of_runs(argv: list[str], runs: int) -> list[dict[str, Any]]:
 
 def cmd_matching(args: argparse.Namespace) -> int:
     if args.runs > 1:
-        results = _median_of_runs(["bench", "matching", args.flow], args.runs)
+        results = _median_of_runs(["matching", args.flow], args.runs)
         for r in results:
             print(json.dumps(r))
         rates = [r["events_per_sec"] for r in results]
@@ -158,3 +158,13 @@ def register(sub: Any) -> None:
     m.add_argument("--levels", type=int, default=1000, help="price levels per side")
     m.add_argument("--tracemalloc", action="store_true", help="also trace Python allocations (slower)")
     m.set_defaults(func=cmd_memory)
+
+
+if __name__ == "__main__":
+    # `python -m tools.bench_matching matching FLOW.bin`: the same benchmark without the rest of the
+    # command line, so that it also runs on interpreters that only the matching core supports
+    # (Debian's PyPy is a Python 3.9 dialect).
+    top = argparse.ArgumentParser(prog="python -m tools.bench_matching")
+    register(top.add_subparsers(dest="bench", required=True))
+    ns = top.parse_args()
+    sys.exit(ns.func(ns))

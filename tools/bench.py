@@ -13,6 +13,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "tools.bench_wal",  # wal, recovery, crash
     "tools.bench_feed",  # feed, subscriber
     "tools.bench_ring",
+    "tools.bench_retransmit",  # retransmit
 )
 
 

@@ -1,0 +1,467 @@
+"""Ring records between a gateway and a partition: commands in, engine events out. Layouts once, as data.
+
+One record is one ring slot (appliance.ring); integers are little-endian like the WAL.
+
+Command record (gateway -> partition, ring ``cmd``)::
+
+    0      1
+    +------+-------------------------------------------------------------+
+    | kind |  the command's WAL body: appliance.wal.LAYOUTS[kind].body     |
+    |  u8  |  (catalogue FIELDS in order; 86 bytes for a NewOrder)         |
+    +------+-------------------------------------------------------------+
+
+Routing needs no field of its own: the ring names the gateway, the body's ``session`` the session.
+
+Event record (partition -> gateway, ring ``evt``)::
+
+    0      1               9               17
+    +------+---------------+---------------+---------------------------------------+
+    | kind |      seq      |     ts_ns     |  fields: EVENT_RECORD_FIELDS[kind]     |
+    |  u8  |      u64      |      u64      |                                        |
+    +------+---------------+---------------+---------------------------------------+
+    kind: catalogue.EV_* (1..8) or a control kind (CTL_*), | LAST (0x80) on the last record of a
+          command's events for this gateway: the gateway hands a command's events to its sessions
+          only once it has them all.
+
+    ORDER (45 bytes: the order's immutable fields; every quantity an event needs is a copy in it)
+    +----------+---------+---------+------+--------+------+--------+-----+---------+------------+
+    | order_id |   ref   | session | firm | locate | side | ord_ty | tif |  price  | stop_price |
+    |   u64    |   u64   |   u32   | u32  |  u16   |  u8  |   u8   | u8  |   i64   |    i64     |
+    +----------+---------+---------+------+--------+------+--------+-----+---------+------------+
+    OREF (27 bytes, an execution's maker and taker): order_id u64, ref u64, session u32, firm u32,
+          locate u16, side u8
+    COMMAND (rest of the record): kind u8 + the WAL body, as in a command record
+
+Not every engine event crosses: OrderAdded says nothing a session or the risk checker needs, so it
+stays in the partition. The largest record (OrderReplaced, 111 bytes) fits a 128-byte slot
+(``MIN_SLOT_SIZE``).
+
+Control records from the partition at start-up (their seq is the partition's last seq):
+    CTL_POSITION    firm u32, locate u16, position i64      risk bootstrap: a firm's net position
+    CTL_LAST_PRICE  locate u16, price i64                   risk bootstrap: last trade price
+    CTL_OPEN_ORDER  ORDER + leaves u32 + qty u32            risk bootstrap: a live order
+    CTL_REPLAY      (nothing)                               what follows until CTL_LIVE is catch-up:
+                                                            events the gateway had not yet processed
+                                                            before a restart (sessions only, not risk)
+    CTL_LIVE        (nothing)                               live from here on
+
+The gateway rebuilds the engine's event tuples from these records (``EventDecoder``): order objects
+are ``NewOrder`` instances cached per order id (the gateway's own firms only) whose ref, qty, leaves,
+filled and cl_ord_id follow the events, so that OuchSession, FixSession and RiskChecker take the
+same tuples they would take from the engine itself. docs/operations.md has the tables.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Any, Final, Iterable, Sequence
+
+from appliance.catalogue import (
+    EV_ACCEPTED,
+    EV_ADDED,
+    EV_CANCELLED,
+    EV_EXECUTED,
+    EV_MASS_CANCELLED,
+    EV_REJECTED,
+    EV_REPLACED,
+    EV_STOP_TRIGGERED,
+    REPL_IN_PLACE,
+    Command,
+    Event,
+    NewOrder,
+    ReplaceOrder,
+)
+from appliance.wal import LAYOUTS, MalformedCommand
+
+LAST: Final = 0x80          # flag on the kind byte: the last record of a command's events
+KIND_MASK: Final = 0x7F
+CTL_POSITION: Final = 0x70
+CTL_LAST_PRICE: Final = 0x71
+CTL_OPEN_ORDER: Final = 0x72
+CTL_REPLAY: Final = 0x73
+CTL_LIVE: Final = 0x74
+MIN_SLOT_SIZE: Final = 128
+
+HEADER_FIELDS: Final = (("kind", "B"), ("seq", "Q"), ("ts_ns", "Q"))
+ORDER_FIELDS: Final = (
+    ("order_id", "Q"), ("ref", "Q"), ("session", "I"), ("firm", "I"), ("locate", "H"), ("side", "B"),
+    ("ord_type", "B"), ("tif", "B"), ("price", "q"), ("stop_price", "q"),
+)
+OREF_FIELDS: Final = (("order_id", "Q"), ("ref", "Q"), ("session", "I"), ("firm", "I"), ("locate", "H"),
+                      ("side", "B"))
+
+
+def _prefixed(prefix: str, fields: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple((prefix + name, code) for name, code in fields)
+
+
+#: Fields after the header, per record kind (COMMAND: the rest of the record is a command).
+EVENT_RECORD_FIELDS: Final[dict[int, tuple[tuple[str, str], ...]]] = {
+    EV_ACCEPTED: ORDER_FIELDS + (("qty", "I"), ("cl_ord_id", "20s")),
+    EV_REJECTED: (("reason", "H"), ("command", "COMMAND")),
+    EV_EXECUTED: _prefixed("maker_", OREF_FIELDS) + _prefixed("taker_", OREF_FIELDS) + (
+        ("qty", "I"), ("price", "I"), ("match", "Q"), ("maker_leaves", "I"), ("maker_filled", "I"),
+        ("taker_leaves", "I"), ("taker_filled", "I")),
+    EV_CANCELLED: ORDER_FIELDS + (("qty", "I"), ("leaves", "I"), ("filled", "I"), ("reason", "B"),
+                                  ("on_book", "B")),
+    EV_REPLACED: _prefixed("new_", ORDER_FIELDS) + (
+        ("old_ref", "Q"), ("old_leaves", "I"), ("new_leaves", "I"), ("filled", "I"), ("action", "B"),
+        ("command_qty", "q"), ("command_cl_ord_id", "20s")),
+    EV_STOP_TRIGGERED: ORDER_FIELDS + (("trigger_price", "I"),),
+    EV_MASS_CANCELLED: (("count", "I"), ("command", "COMMAND")),
+    CTL_POSITION: (("firm", "I"), ("locate", "H"), ("position", "q")),
+    CTL_LAST_PRICE: (("locate", "H"), ("price", "q")),
+    CTL_OPEN_ORDER: ORDER_FIELDS + (("leaves", "I"), ("qty", "I")),
+    CTL_REPLAY: (),
+    CTL_LIVE: (),
+}
+#: Events that never cross to a gateway.
+NOT_FORWARDED: Final = frozenset((EV_ADDED,))
+
+
+def _struct(fields: Sequence[tuple[str, str]]) -> struct.Struct:
+    return struct.Struct("<" + "".join(code for _, code in HEADER_FIELDS + tuple(fields)
+                                       if code != "COMMAND"))
+
+
+STRUCTS: Final[dict[int, struct.Struct]] = {k: _struct(f) for k, f in EVENT_RECORD_FIELDS.items()}
+HEADER: Final = struct.Struct("<BQQ")
+HEADER_SIZE: Final = HEADER.size  # 17
+
+_ACC = STRUCTS[EV_ACCEPTED]
+_REJ = STRUCTS[EV_REJECTED]
+_EXE = STRUCTS[EV_EXECUTED]
+_CAN = STRUCTS[EV_CANCELLED]
+_REP = STRUCTS[EV_REPLACED]
+_STP = STRUCTS[EV_STOP_TRIGGERED]
+_MAS = STRUCTS[EV_MASS_CANCELLED]
+_POS = STRUCTS[CTL_POSITION]
+_LPX = STRUCTS[CTL_LAST_PRICE]
+_OPN = STRUCTS[CTL_OPEN_ORDER]
+
+
+def max_record_size() -> int:
+    """The largest event record (a NewOrder command in a CommandRejected)."""
+    biggest_cmd = 1 + max(lay.body.size for lay in LAYOUTS.values())
+    return max(s.size + (biggest_cmd if any(c == "COMMAND" for _, c in EVENT_RECORD_FIELDS[k]) else 0)
+               for k, s in STRUCTS.items())
+
+
+# ================================================================================================
+# Commands
+# ================================================================================================
+
+def encode_command(cmd: Command) -> bytes:
+    """kind + WAL body. MalformedCommand if the command cannot be written as declared."""
+    try:
+        layout = LAYOUTS[cmd.KIND]
+    except (AttributeError, KeyError):
+        raise MalformedCommand(f"{cmd!r} is not a catalogue command") from None
+    return bytes((layout.kind,)) + layout.encode_body(cmd)
+
+
+#: kind -> (record length, decode(buf, off_of_kind_byte)) with the WAL's generated decoders.
+COMMAND_SIZES: Final[dict[int, int]] = {k: 1 + lay.body.size for k, lay in LAYOUTS.items()}
+_CMD_DECODERS: Final[list[Any]] = [LAYOUTS[k].decode if k in LAYOUTS else None for k in range(256)]
+
+
+def decode_command(buf: bytes, off: int = 0) -> Command:
+    """The command whose kind byte is at buf[off] (its body follows). ValueError if unknown."""
+    kind = buf[off]
+    dec = _CMD_DECODERS[kind]
+    if dec is None:
+        raise ValueError(f"ring: command kind {kind} unknown")
+    # The WAL decoders read the body at off + 32 (after the record header): shift accordingly.
+    cmd: Command = dec(buf, off + 1 - 32)
+    return cmd
+
+
+def decode_command_block(block: bytes, count: int, slot_size: int, out: list[Command]) -> int:
+    """Decode ``count`` command records of a ``RingConsumer.poll_block`` block into ``out``.
+
+    Returns how many records were refused (unknown kind or a length that does not fit the kind).
+    """
+    bad = 0
+    decoders = _CMD_DECODERS
+    sizes = COMMAND_SIZES
+    append = out.append
+    for k in range(count):
+        base = k * slot_size
+        off = base + 2
+        kind = block[off]
+        dec = decoders[kind]
+        if dec is None or sizes[kind] != block[base] | (block[base + 1] << 8):
+            bad += 1
+            continue
+        append(dec(block, off - 31))
+    return bad
+
+
+# ================================================================================================
+# Events: partition side
+# ================================================================================================
+
+def _cl(s: str) -> bytes:
+    try:
+        return s.encode("ascii")[:20]
+    except (UnicodeEncodeError, AttributeError):
+        return b""
+
+
+def _command_bytes(cmd: Any) -> bytes:
+    try:
+        return encode_command(cmd)
+    except MalformedCommand:
+        # Rejected before sequencing because it could not be written: keep what routes the answer.
+        return _sanitized(cmd) if getattr(cmd, "KIND", 0) in LAYOUTS else b"\x00"
+
+
+def _sanitized(cmd: Any) -> bytes:
+    layout = LAYOUTS[cmd.KIND]
+    vals = []
+    for name, code in zip(layout.names, layout.codes):
+        v = getattr(cmd, name, 0)
+        if code.endswith("s"):
+            vals.append(b"")
+        else:
+            lim = struct.calcsize("<" + code) * 8
+            signed = code.islower()
+            ok = isinstance(v, int) and (-(1 << (lim - 1)) <= v < (1 << (lim - 1)) if signed else 0 <= v < (1 << lim))
+            vals.append(v if ok else 0)
+    return bytes((layout.kind,)) + layout.body.pack(*vals)
+
+
+class EventEncoder:
+    """Partition side: a batch's results -> event records per gateway. Owned by the matching thread.
+
+    ``gateway_of_firm`` routes order events by the order's firm (each firm trades through one
+    gateway); rejects and mass-cancel reports by the command's firm, else ``origin``; executions go
+    to every gateway (both sides' gateways, and every risk checker learns the last trade price).
+    """
+
+    def __init__(self, gateway_of_firm: dict[int, int], gateways: int) -> None:
+        self.gateway_of_firm = gateway_of_firm
+        self.gateways = gateways
+        self.dropped = 0   # events of a firm no gateway owns
+
+    def encode(self, results: Sequence[tuple[int, int, Command, list[Event]]], out: list[list[bytes]],
+               origin: dict[int, int] | None = None) -> None:
+        """Append each command's records to out[gateway]; the last record of a command gets LAST.
+
+        ``origin``: id(command) -> gateway, for commands of a firm no gateway owns.
+        """
+        gw_of = self.gateway_of_firm
+        all_gw = range(self.gateways)
+        acc, rej, exe, can, rep, stp, mas = _ACC, _REJ, _EXE, _CAN, _REP, _STP, _MAS
+        for seq, ts, cmd, events in results:
+            touched: list[int] = []
+            for ev in events:
+                k = ev[0]
+                if k == EV_EXECUTED:
+                    m = ev[1]
+                    t = ev[2]
+                    rec = exe.pack(k, seq, ts, m.order_id, m.ref, m.session, m.firm, m.locate, m.side,
+                                   t.order_id, t.ref, t.session, t.firm, t.locate, t.side,
+                                   ev[3], ev[4], ev[5], ev[6], ev[7], ev[8], ev[9])
+                    for g in all_gw:
+                        out[g].append(rec)
+                        if g not in touched:
+                            touched.append(g)
+                    continue
+                if k == EV_ACCEPTED:
+                    o = ev[1]
+                    rec = acc.pack(k, seq, ts, o.order_id, o.ref, o.session, o.firm, o.locate, o.side,
+                                   o.ord_type, o.tif, o.price, o.stop_price, ev[2], _cl(o.cl_ord_id))
+                    firm = o.firm
+                elif k == EV_CANCELLED:
+                    o = ev[1]
+                    rec = can.pack(k, seq, ts, o.order_id, o.ref, o.session, o.firm, o.locate, o.side,
+                                   o.ord_type, o.tif, o.price, o.stop_price, ev[2], ev[3], ev[4], ev[5],
+                                   1 if ev[6] else 0)
+                    firm = o.firm
+                elif k == EV_ADDED:
+                    continue
+                elif k == EV_REPLACED:
+                    o = ev[2]
+                    c = ev[7]
+                    rec = rep.pack(k, seq, ts, o.order_id, o.ref, o.session, o.firm, o.locate, o.side,
+                                   o.ord_type, o.tif, o.price, o.stop_price, ev[1].ref, ev[3], ev[4], ev[5],
+                                   ev[6], c.qty, _cl(c.cl_ord_id))
+                    firm = o.firm
+                elif k == EV_REJECTED:
+                    c = ev[1]
+                    rec = rej.pack(k, seq, ts, ev[2]) + _command_bytes(c)
+                    firm = getattr(c, "firm", -1)
+                elif k == EV_STOP_TRIGGERED:
+                    o = ev[1]
+                    rec = stp.pack(k, seq, ts, o.order_id, o.ref, o.session, o.firm, o.locate, o.side,
+                                   o.ord_type, o.tif, o.price, o.stop_price, ev[2])
+                    firm = o.firm
+                elif k == EV_MASS_CANCELLED:
+                    c = ev[1]
+                    rec = mas.pack(k, seq, ts, ev[2]) + _command_bytes(c)
+                    firm = c.firm
+                else:
+                    raise ValueError(f"ring: event kind {k} has no record")
+                g = gw_of.get(firm, -1)
+                if g < 0:
+                    g = origin.get(id(cmd), -1) if origin is not None else -1
+                    if g < 0:
+                        self.dropped += 1
+                        continue
+                out[g].append(rec)
+                if g not in touched:
+                    touched.append(g)
+            for g in touched:
+                lst = out[g]
+                last = lst[-1]
+                lst[-1] = bytes((last[0] | LAST,)) + last[1:]
+
+
+def control_record(kind: int, seq: int, *fields: Any) -> bytes:
+    """A CTL_* record (LAST set: each control record stands alone)."""
+    return STRUCTS[kind].pack(kind | LAST, seq, 0, *fields)
+
+
+def open_order_record(seq: int, o: NewOrder) -> bytes:
+    return _OPN.pack(CTL_OPEN_ORDER | LAST, seq, 0, o.order_id, o.ref, o.session, o.firm, o.locate, o.side,
+                     o.ord_type, o.tif, o.price, o.stop_price, o.leaves, o.qty)
+
+
+# ================================================================================================
+# Events: gateway side
+# ================================================================================================
+
+Group = tuple[int, int, list[Event]]   # (seq, ts_ns, events of one command)
+
+
+class EventDecoder:
+    """Gateway side: event records -> the engine's event tuples. Owned by the gateway's I/O thread.
+
+    ``feed(records)`` returns the complete commands' events as (seq, ts_ns, events) groups; a command
+    whose records are split across two polls is held until its LAST record arrives. Control records
+    come back as ``(seq, 0, [(CTL_*, ...)])`` groups of their own. Orders of ``firms`` are cached
+    per order id while live, so one order is one object across events, as in the engine.
+    """
+
+    def __init__(self, firms: Iterable[int] | None = None) -> None:
+        self.firms = None if firms is None else frozenset(firms)
+        self.orders: dict[int, NewOrder] = {}
+        self._partial: list[Event] = []
+        self._partial_seq = 0
+        self._partial_ts = 0
+        self.records = 0
+
+    def _mine(self, firm: int) -> bool:
+        return self.firms is None or firm in self.firms
+
+    def _order(self, order_id: int, ref: int, session: int, firm: int, locate: int, side: int,
+               ord_type: int = 2, tif: int = 0, price: int = 0, stop_price: int = 0) -> NewOrder:
+        o = self.orders.get(order_id)
+        if o is None or o.ref != ref:
+            o = NewOrder(order_id, locate, side, 0, price, ord_type, tif, stop_price, firm, session)
+            o.ref = ref
+            if self._mine(firm):
+                self.orders[order_id] = o
+        return o
+
+    def _done(self, o: NewOrder) -> None:
+        if self.orders.get(o.order_id) is o:
+            del self.orders[o.order_id]
+
+    def feed(self, records: Iterable[bytes]) -> list[Group]:
+        groups: list[Group] = []
+        events = self._partial
+        for rec in records:
+            self.records += 1
+            flag = rec[0]
+            k = flag & KIND_MASK
+            if k == EV_EXECUTED:
+                (_, seq, ts, m_id, m_ref, m_ses, m_firm, m_loc, m_side, t_id, t_ref, t_ses, t_firm, t_loc,
+                 t_side, qty, price, match, ml, mf, tl, tf) = _EXE.unpack(rec)
+                m = self._order(m_id, m_ref, m_ses, m_firm, m_loc, m_side)
+                t = self._order(t_id, t_ref, t_ses, t_firm, t_loc, t_side)
+                m.leaves, m.filled = ml, mf
+                t.leaves, t.filled = tl, tf
+                if not ml:
+                    self._done(m)
+                if not tl:
+                    self._done(t)
+                ev: Event = (EV_EXECUTED, m, t, qty, price, match, ml, mf, tl, tf)
+            elif k == EV_ACCEPTED:
+                (_, seq, ts, oid, ref, ses, firm, loc, side, ot, tif, px, spx, qty, cl) = _ACC.unpack(rec)
+                o = self._order(oid, ref, ses, firm, loc, side, ot, tif, px, spx)
+                o.qty = o.leaves = qty
+                o.filled = 0
+                o.cl_ord_id = cl.rstrip(b" \x00").decode("ascii", "replace")
+                ev = (EV_ACCEPTED, o, qty)
+            elif k == EV_CANCELLED:
+                (_, seq, ts, oid, ref, ses, firm, loc, side, ot, tif, px, spx, qty, leaves, filled, reason,
+                 on_book) = _CAN.unpack(rec)
+                o = self._order(oid, ref, ses, firm, loc, side, ot, tif, px, spx)
+                o.leaves = leaves
+                o.filled = filled
+                o.qty = filled + leaves
+                if not leaves:
+                    self._done(o)
+                ev = (EV_CANCELLED, o, qty, leaves, filled, reason, bool(on_book))
+            elif k == EV_REPLACED:
+                (_, seq, ts, oid, ref, ses, firm, loc, side, ot, tif, px, spx, old_ref, old_leaves, new_leaves,
+                 filled, action, cqty, ccl) = _REP.unpack(rec)
+                old = self.orders.get(oid)
+                if old is None or old.ref != old_ref:
+                    old = NewOrder(oid, loc, side, filled + old_leaves, px, ot, tif, spx, firm, ses)
+                    old.ref = old_ref
+                    old.leaves = old_leaves
+                    old.filled = filled
+                cl = ccl.rstrip(b" \x00").decode("ascii", "replace")
+                if action == REPL_IN_PLACE:
+                    new = old
+                else:
+                    new = NewOrder(oid, loc, side, cqty, px, ot, tif, spx, firm, ses, old.account,
+                                   old.cl_ord_id, old.mpid, old.stp)
+                    new.ref = ref
+                new.leaves = new_leaves
+                new.filled = filled
+                new.qty = filled + new_leaves
+                if cl:
+                    new.cl_ord_id = cl
+                if new_leaves:
+                    if self._mine(firm):
+                        self.orders[oid] = new
+                else:
+                    self.orders.pop(oid, None)
+                cmd = ReplaceOrder(oid, cqty, px, firm, ses, spx, cl)
+                ev = (EV_REPLACED, old, new, old_leaves, new_leaves, filled, action, cmd)
+            elif k == EV_REJECTED:
+                _, seq, ts, reason = _REJ.unpack_from(rec)
+                ev = (EV_REJECTED, decode_command(rec, _REJ.size), reason)
+            elif k == EV_STOP_TRIGGERED:
+                (_, seq, ts, oid, ref, ses, firm, loc, side, ot, tif, px, spx, trig) = _STP.unpack(rec)
+                o = self._order(oid, ref, ses, firm, loc, side, ot, tif, px, spx)
+                ev = (EV_STOP_TRIGGERED, o, trig)
+            elif k == EV_MASS_CANCELLED:
+                _, seq, ts, count = _MAS.unpack_from(rec)
+                ev = (EV_MASS_CANCELLED, decode_command(rec, _MAS.size), count)
+            elif k in STRUCTS:   # control records
+                vals = STRUCTS[k].unpack(rec)
+                if k == CTL_OPEN_ORDER:
+                    (_, seq, _ts, oid, ref, ses, firm, loc, side, ot, tif, px, spx, leaves, qty) = vals
+                    o = self._order(oid, ref, ses, firm, loc, side, ot, tif, px, spx)
+                    o.qty = qty
+                    o.leaves = leaves
+                    o.filled = qty - leaves
+                    groups.append((seq, 0, [(k, o)]))
+                else:
+                    groups.append((vals[1], 0, [(k,) + tuple(vals[3:])]))
+                continue
+            else:
+                raise ValueError(f"ring: event record kind {k} unknown")
+            if not events:
+                self._partial_seq = seq
+                self._partial_ts = ts
+            events.append(ev)
+            if flag & LAST:
+                groups.append((self._partial_seq, self._partial_ts, events))
+                events = []
+        self._partial = events
+        return groups

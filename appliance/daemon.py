@@ -1,0 +1,602 @@
+"""The matching process of one partition: recovery, then the duty cycle, then a clean shutdown.
+
+Owned by its own process (``python -m appliance.daemon``, started by ``matchwire run``). One thread
+does everything: drain the command rings, sequence + WAL commit + match (``Partition.process_batch``),
+then release: event records to the gateways' rings first, then market data (``Publisher.publish``).
+End of batch is the commit point; nothing leaves before ``process_batch`` returned::
+
+    loop:
+        now_ns = time_ns()                                  the clock, once per duty cycle
+        flush the event records a full ring refused last time (that gateway's commands wait)
+        drain each gateway's command ring (poll_block, up to max_batch records in all)
+        results = partition.process_batch(commands, now_ns) sequence, WAL append + commit, apply
+        event records -> each gateway's ring (+ its doorbell when it had drained everything)
+        publisher.publish(results)                          ITCH L3, L2, L1 -> MoldUDP64 A and B
+        idle: partition.poll (interval policy), publisher.poll (heartbeats), idle strategy
+
+A full event ring is back-pressure: the records wait in the partition (one batch's worth at most)
+and that gateway's command ring is not drained until they are out; the loop never blocks.
+
+Start-up is recovery (crash-only): ``open_partition`` (snapshot + WAL), then one full replay of the
+WAL (``recover_state(use_snapshots=False, on_command=...)``) that regenerates the feed for the
+publisher's store (same session, same sequence numbers), rebuilds each gateway's risk view (net
+positions, last prices, open orders) and the events a gateway had not processed before a restart
+(its journal says up to which seq it had). A DurabilityError exits with EXIT_DURABILITY_FAILURE.
+
+Host tuning, each step logged as applied or refused: CPU pinning (config ``cpu``; -1: the last
+CPU of the affinity mask), SCHED_FIFO, mlockall, the cyclic GC frozen after start-up and disabled
+in the loop (a generation-0 collection at most once a second when idle).
+"""
+from __future__ import annotations
+
+import argparse
+import bisect
+import ctypes
+import ctypes.util
+import gc
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any, Final, Sequence
+
+from appliance import codec_ring as C
+from appliance.catalogue import EV_EXECUTED, Command, Event
+from appliance.config import Config, PartitionConfig, load
+from appliance.idle import make_idle
+from appliance.model import BUY
+from appliance.recovery import open_partition, recover_state
+from appliance.ring import SHM_DIR, Ring, check_platform
+from appliance.snapshot import EngineSpec
+from appliance.wal import EXIT_DURABILITY_FAILURE, POLICY_INTERVAL, DurabilityError, WalConfig, WalReader
+from feeds.books import engine_l1_summary, engine_l2_summary, engine_l3_summary, summary_hash
+from feeds.channels import CHANNELS, ChannelGroups, FeedConfig
+from feeds.publisher import Publisher
+from feeds.transport import transport_for
+
+MAX_BATCH: Final = 1024
+EXIT_CONFIG: Final = 78          # EX_CONFIG
+MCL_CURRENT: Final = 1
+MCL_FUTURE: Final = 2
+
+
+def log(name: str, text: str) -> None:
+    sys.stderr.write(f"matchwire[{name}]: {text}\n")
+    sys.stderr.flush()
+
+
+# ================================================================================================
+# Latency histogram (log-linear, HdrHistogram-like: 1/64 relative resolution)
+# ================================================================================================
+
+class Histogram:
+    """Integer values (ns) in log-linear buckets: 64 sub-buckets per power of two. Owned by one thread."""
+
+    SUB: Final = 64
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.total = 0
+        self.max = 0
+        self.min = -1
+
+    def _bucket(self, v: int) -> int:
+        if v < self.SUB:
+            return v
+        shift = v.bit_length() - 7          # keep 7 significant bits: 64..127
+        return (shift << 7) | (v >> shift)
+
+    @staticmethod
+    def _value(b: int) -> int:
+        shift = b >> 7
+        if not shift:
+            return b
+        return ((b & 127) << shift) + (1 << shift) // 2   # bucket midpoint
+
+    def record(self, v: int, count: int = 1) -> None:
+        if v < 0:
+            v = 0
+        b = self._bucket(v)
+        self.counts[b] = self.counts.get(b, 0) + count
+        self.total += count
+        if v > self.max:
+            self.max = v
+        if self.min < 0 or v < self.min:
+            self.min = v
+
+    def merge(self, other: "Histogram") -> None:
+        for b, c in other.counts.items():
+            self.counts[b] = self.counts.get(b, 0) + c
+        self.total += other.total
+        self.max = max(self.max, other.max)
+        if other.min >= 0 and (self.min < 0 or other.min < self.min):
+            self.min = other.min
+
+    def percentile(self, p: float) -> int:
+        if not self.total:
+            return 0
+        want = max(1, int(self.total * p / 100.0 + 0.999999))
+        seen = 0
+        for b in sorted(self.counts):
+            seen += self.counts[b]
+            if seen >= want:
+                return min(self._value(b), self.max)
+        return self.max
+
+    def summary_us(self) -> dict[str, Any]:
+        return {"count": self.total, "p50_us": round(self.percentile(50) / 1000, 1),
+                "p99_us": round(self.percentile(99) / 1000, 1),
+                "p99_9_us": round(self.percentile(99.9) / 1000, 1), "max_us": round(self.max / 1000, 1)}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"counts": {str(b): c for b, c in self.counts.items()}, "total": self.total, "max": self.max,
+                "min": self.min}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Histogram":
+        h = cls()
+        h.counts = {int(b): int(c) for b, c in d["counts"].items()}
+        h.total = int(d["total"])
+        h.max = int(d["max"])
+        h.min = int(d["min"])
+        return h
+
+
+# ================================================================================================
+# Host tuning
+# ================================================================================================
+
+def isolated_cpus() -> set[int]:
+    try:
+        text = open("/sys/devices/system/cpu/isolated").read().strip()
+    except OSError:
+        return set()
+    out: set[int] = set()
+    for part in text.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            out.update(range(int(a), int(b) + 1))
+        elif part:
+            out.add(int(part))
+    return out
+
+
+def choose_cpu(configured: int) -> int:
+    """The CPU to pin to: the configured one, else the last isolated CPU, else the last CPU allowed."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if configured >= 0:
+        return configured
+    iso = sorted(isolated_cpus() & set(allowed))
+    return (iso or allowed)[-1]
+
+
+def apply_tuning(name: str, cpu: int, realtime: bool) -> dict[str, str]:
+    """Pin, SCHED_FIFO, mlockall; every step says what happened (also in the returned dict)."""
+    done: dict[str, str] = {}
+    try:
+        target = choose_cpu(cpu)
+        os.sched_setaffinity(0, {target})
+        done["affinity"] = f"pinned to CPU {target}"
+    except (OSError, ValueError) as e:
+        done["affinity"] = f"refused: {e}"
+    if not realtime:
+        done["sched_fifo"] = "not requested (--no-realtime)"
+        done["mlockall"] = "not requested (--no-realtime)"
+    else:
+        try:
+            prio = os.sched_get_priority_min(os.SCHED_FIFO) + 9
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(prio))
+            done["sched_fifo"] = f"SCHED_FIFO priority {prio}"
+        except PermissionError as e:
+            done["sched_fifo"] = f"refused by the host (no privilege): {e}; running SCHED_OTHER"
+        except (OSError, AttributeError) as e:
+            done["sched_fifo"] = f"refused: {e}; running SCHED_OTHER"
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            if libc.mlockall(MCL_CURRENT | MCL_FUTURE) != 0:
+                err = ctypes.get_errno()
+                done["mlockall"] = f"refused by the host: {os.strerror(err)}; memory may be paged out"
+            else:
+                done["mlockall"] = "memory locked (current and future)"
+        except (OSError, AttributeError) as e:
+            done["mlockall"] = f"refused: {e}"
+    for k, v in done.items():
+        log(name, f"{k}: {v}")
+    return done
+
+
+def local_midnight_ns(ts_ns: int) -> int:
+    """Epoch ns of the local midnight that starts the day of ts_ns (exchange local time = host time)."""
+    t = time.localtime(ts_ns // 1_000_000_000)
+    return int(time.mktime((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0, 0, 0, -1))) * 1_000_000_000
+
+
+def first_wal_ts(waldir: str) -> int | None:
+    try:
+        reader = WalReader(waldir)
+        for _seq, ts, _epoch, _cmd in reader.records(0):
+            return ts
+    except Exception:  # an unreadable WAL is open_partition's to report
+        return None
+    return None
+
+
+def feed_config(config: Config, p: PartitionConfig) -> FeedConfig:
+    md = config.market_data
+    groups = {ch: ChannelGroups((f.a_group, f.a_port), (f.b_group, f.b_port)) for ch, f in p.feeds.items()}
+    return FeedConfig(partition=p.id, channels=tuple(ch for ch in CHANNELS if ch in p.feeds), groups=groups,
+                      interface=md.interface, ttl=md.ttl, dscp=md.dscp, depth_levels=md.l2_depth,
+                      max_payload=md.max_payload)
+
+
+def wal_config(p: PartitionConfig) -> WalConfig:
+    return WalConfig(dir=p.wal_dir, policy=p.durability, interval_ms=p.interval_ms, snapshot_dir=p.snapshot_dir,
+                     snapshot_every_events=p.snapshot_every_events,
+                     snapshot_every_seconds=p.snapshot_every_seconds)
+
+
+def engine_spec(config: Config, p: PartitionConfig) -> EngineSpec:
+    return EngineSpec.of(config.partition_instruments(p.name), config.firm_stp(), p.default_stp)
+
+
+def feed_store_dir(state_dir: str, partition: str) -> str:
+    return os.path.join(state_dir, "feed", partition)
+
+
+def bell_name(ring_cmd_name: str) -> str:
+    """The doorbell FIFO beside a gateway's rings: "{prefix}.{partition}.{gateway}.bell"."""
+    return ring_cmd_name[: -len(".cmd")] + ".bell"
+
+
+def atomic_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+# ================================================================================================
+# The partition process
+# ================================================================================================
+
+class PartitionDaemon:
+    """One partition's process state. Owned by the matching thread (the only thread)."""
+
+    def __init__(self, config: Config, partition: str, state_dir: str, *, realtime: bool = True,
+                 transport: str = "udp", max_batch: int = MAX_BATCH) -> None:
+        self.config = config
+        self.p = config.partition(partition)
+        self.name = partition
+        self.state_dir = state_dir
+        self.realtime = realtime
+        self.transport_kind = transport
+        self.max_batch = max_batch
+        self.gateways = [g.name for g in config.gateways]
+        firm_ids = {f.name: f.id for f in config.firms}
+        self.gateway_of_firm = {firm_ids[f]: i for i, g in enumerate(config.gateways) for f in g.firms}
+        self.stopping = False
+        self.stats: dict[str, Any] = {"commands": 0, "batches": 0, "records_out": 0, "ring_full": 0,
+                                      "bad_records": 0, "max_batch_seen": 0}
+        self.in_engine = Histogram()
+        self.tuning: dict[str, str] = {}
+        self.notes: list[str] = []
+
+    # -- start-up -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        p = self.p
+        name = self.name
+        for w in self.config.warnings:
+            log(name, "WARNING: " + w)
+        check_platform()
+        slot_size = self.config.appliance.ring_slot_size
+        if slot_size < C.MIN_SLOT_SIZE:
+            raise ValueError(f"appliance.ring_slot_size {slot_size}: the event records need at least "
+                             f"{C.MIN_SLOT_SIZE} bytes per slot")
+        self.tuning = apply_tuning(name, p.cpu, self.realtime)
+        t0 = time.perf_counter()
+        spec = engine_spec(self.config, p)
+        opened = open_partition(wal_config(p), spec)
+        self.partition = part = opened.partition
+        self.notes = list(opened.notes)
+        for n in opened.notes:
+            log(name, "recovery: " + n)
+        log(name, f"recovered to seq {opened.recovered.last_seq} (snapshot "
+                  f"{opened.recovered.snapshot.seq if opened.recovered.snapshot else 'none'}, "
+                  f"{opened.recovered.replayed} replayed, epoch {opened.epoch}, "
+                  f"{opened.recovered.seconds:.3f} s)")
+        # The feed and the gateways' catch-up: one full replay of the WAL.
+        first = first_wal_ts(p.wal_dir)
+        self.midnight_ns = local_midnight_ns(first if first is not None else time.time_ns())
+        fcfg = feed_config(self.config, p)
+        self.transport = transport_for(fcfg, self.transport_kind,
+                                       os.path.join(self.state_dir, "run", f"{name}.pcap")
+                                       if self.transport_kind == "pcap" else None)
+        instruments = self.config.partition_instruments(name)
+        store = feed_store_dir(self.state_dir, name)
+        os.makedirs(store, exist_ok=True)
+        pub = self.publisher = Publisher(fcfg, instruments, self.midnight_ns, self.transport, store)
+        for n in pub.notes:
+            log(name, "feed: " + n)
+        pub.start(time.time_ns())
+        from appliance.gateway.server import resume_points  # the gateways' journals
+        resume = [resume_points(self.state_dir, g).get(p.id, 0) for g in self.gateways]
+        self.encoder = enc = C.EventEncoder(self.gateway_of_firm, len(self.gateways))
+        backlog: list[list[bytes]] = [[] for _ in self.gateways]
+        positions: dict[tuple[int, int], int] = {}
+        tmp: list[list[bytes]] = [[] for _ in self.gateways]
+        G = len(self.gateways)
+        replay_cmd = pub.replay_command
+
+        def on_command(seq: int, ts: int, cmd: Command, events: list[Event]) -> bool:
+            replay_cmd(seq, ts, cmd, events)
+            for ev in events:
+                if ev[0] == EV_EXECUTED:
+                    m, t, q = ev[1], ev[2], ev[3]
+                    for o in (m, t):
+                        key = (o.firm, o.locate)
+                        positions[key] = positions.get(key, 0) + (q if o.side == BUY else -q)
+            if any(seq > r for r in resume):
+                enc.encode([(seq, ts, cmd, events)], tmp)
+                for g in range(G):
+                    if tmp[g]:
+                        if seq > resume[g]:
+                            backlog[g].extend(tmp[g])
+                        tmp[g].clear()
+            return False
+
+        rec = recover_state(p.wal_dir, spec, use_snapshots=False, on_command=on_command)
+        if rec.engine.state_hash() != part.engine.state_hash():
+            raise RuntimeError("the full replay and the partition's recovery disagree (state hash)")
+        pub.publish([])          # ends the replay: the feed goes on in the same session
+        last = part.applied_seq
+        log(name, f"feed: {json.dumps(pub.stats())}")
+        # Rings, doorbells, and each gateway's bootstrap.
+        slots = self.config.appliance.ring_slots
+        self.rings: list[tuple[Ring, Ring]] = []
+        self.consumers = []
+        self.producers = []
+        self.bells: list[int] = []
+        self.pending: list[list[bytes]] = []
+        by_firm_gw = self.gateway_of_firm
+        live = part.engine.orders
+        for g, gw in enumerate(self.gateways):
+            names = self.config.ring_names(name, gw)
+            rc = Ring.create(names["cmd"], slots, slot_size, replace=True)
+            re_ = Ring.create(names["evt"], slots, slot_size, replace=True)
+            self.rings.append((rc, re_))
+            self.consumers.append(rc.consumer())
+            self.producers.append(re_.producer())
+            bell = os.path.join(SHM_DIR, bell_name(names["cmd"]))
+            try:
+                os.unlink(bell)
+            except FileNotFoundError:
+                pass
+            os.mkfifo(bell, 0o600)
+            self.bells.append(os.open(bell, os.O_RDWR | os.O_NONBLOCK))
+            boot: list[bytes] = []
+            for (firm, locate), pos in sorted(positions.items()):
+                if pos and by_firm_gw.get(firm) == g:
+                    boot.append(C.control_record(C.CTL_POSITION, last, firm, locate, pos))
+            for book in part.engine.book_list:
+                if book.last_price:
+                    boot.append(C.control_record(C.CTL_LAST_PRICE, last, book.locate, book.last_price))
+            for o in sorted(live.values(), key=lambda o: o.ref):
+                if by_firm_gw.get(o.firm) == g:
+                    boot.append(C.open_order_record(last, o))
+            boot.append(C.control_record(C.CTL_REPLAY, last))
+            boot.extend(backlog[g])
+            boot.append(C.control_record(C.CTL_LIVE, last))
+            if backlog[g]:
+                log(name, f"gateway {gw}: {len(backlog[g])} event records after seq {resume[g]} to catch up")
+            self.pending.append(boot)
+        self.last_gen0 = time.monotonic()
+        gc.collect()
+        gc.freeze()
+        log(name, f"start-up {time.perf_counter() - t0:.3f} s; gc frozen ({gc.get_freeze_count()} objects), "
+                  f"disabled in the loop; idle strategy {p.idle}; WAL policy {p.durability}")
+        self.ready_info = {
+            "partition": name, "pid": os.getpid(), "last_seq": last, "epoch": opened.epoch,
+            "feed": pub.stats(), "tuning": self.tuning, "notes": self.notes,
+            "state_hash": part.engine.state_hash(),
+        }
+
+    # -- the duty cycle -------------------------------------------------------------------------------
+    def _flush(self, g: int) -> None:
+        pend = self.pending[g]
+        prod = self.producers[g]
+        was_empty = prod.free() == prod._slots
+        k = prod.try_publish_many(pend)
+        if k:
+            if was_empty:
+                try:
+                    os.write(self.bells[g], b"\x01")
+                except BlockingIOError:
+                    pass
+            del pend[:k]
+        if pend:
+            self.stats["ring_full"] += 1
+
+    def _release(self, results: Sequence[Any], origin: dict[int, int] | None) -> None:
+        out: list[list[bytes]] = [[] for _ in self.gateways]
+        self.encoder.encode(results, out, origin)
+        pending = self.pending
+        for g, recs in enumerate(out):
+            if recs:
+                self.stats["records_out"] += len(recs)
+                if pending[g]:
+                    pending[g].extend(recs)
+                else:
+                    pending[g] = recs
+                    self._flush(g)
+        self.publisher.publish(results)
+
+    def run(self) -> int:
+        part = self.partition
+        pub = self.publisher
+        consumers = self.consumers
+        pending = self.pending
+        G = len(consumers)
+        slot = self.config.appliance.ring_slot_size
+        max_batch = self.max_batch
+        idle = make_idle(self.p.idle)
+        interval = part.wal.policy == POLICY_INTERVAL
+        clock = time.time_ns
+        hist = self.in_engine
+        stats = self.stats
+        decode = C.decode_command_block
+        gc.disable()
+        try:
+            while not self.stopping:
+                now = clock()
+                for g in range(G):
+                    if pending[g]:
+                        self._flush(g)
+                cmds: list[Command] = []
+                origin: dict[int, int] = {}
+                for g in range(G):
+                    if pending[g]:
+                        continue
+                    block, n = consumers[g].poll_block(max_batch - len(cmds))
+                    if n:
+                        before = len(cmds)
+                        stats["bad_records"] += decode(block, n, slot, cmds)
+                        for c in cmds[before:]:
+                            origin[id(c)] = g
+                        if len(cmds) >= max_batch:
+                            break
+                if cmds:
+                    results = part.process_batch(cmds, now)
+                    if results:
+                        self._release(results, origin)
+                    n = len(cmds)
+                    stats["commands"] += n
+                    stats["batches"] += 1
+                    if n > stats["max_batch_seen"]:
+                        stats["max_batch_seen"] = n
+                    hist.record(clock() - now, n)
+                    idle.idle(n)
+                    continue
+                if interval:
+                    results = part.poll(now)
+                    if results:
+                        self._release(results, None)
+                else:
+                    part.poll(now)
+                pub.poll(now)
+                t = time.monotonic()
+                if t - self.last_gen0 >= 1.0:
+                    gc.collect(0)
+                    self.last_gen0 = t
+                idle.idle(0)
+        except DurabilityError as e:
+            log(self.name, f"DURABILITY FAILURE: {e}; nothing more is acknowledged; exiting "
+                           f"{EXIT_DURABILITY_FAILURE}")
+            part.abandon()
+            return EXIT_DURABILITY_FAILURE
+        finally:
+            gc.enable()
+        return self.shutdown()
+
+    # -- shutdown ---------------------------------------------------------------------------------------
+    def shutdown(self) -> int:
+        """Drain, commit, release; final snapshot; End of Session on the feeds; unlink the rings."""
+        part = self.partition
+        pub = self.publisher
+        name = self.name
+        try:
+            for _ in range(64):   # what the gateways put in before they stopped
+                cmds: list[Command] = []
+                for g, cons in enumerate(self.consumers):
+                    block, n = cons.poll_block(self.max_batch)
+                    if n:
+                        C.decode_command_block(block, n, self.config.appliance.ring_slot_size, cmds)
+                if not cmds:
+                    break
+                self.stats["commands"] += len(cmds)
+                self._release(part.process_batch(cmds, time.time_ns()), None)
+            results = part.close(time.time_ns())
+            if results:
+                self._release(results, None)
+        except DurabilityError as e:
+            log(name, f"DURABILITY FAILURE at shutdown: {e}")
+            part.abandon()
+            return EXIT_DURABILITY_FAILURE
+        log(name, f"final snapshot at seq {part.last_snapshot_seq}; WAL closed clean at seq {part.applied_seq}")
+        now = time.time_ns()
+        pub.end_session(now)
+        deadline = time.monotonic() + pub.config.end_of_session_ns / 1e9 + 5
+        while not pub.finished and time.monotonic() < deadline:
+            time.sleep(0.02)
+            pub.poll(time.time_ns())
+        log(name, f"feed: end of session sent: {json.dumps(pub.stats())}")
+        self.write_stats()
+        pub.close()
+        self.transport.close()
+        for fd in self.bells:
+            os.close(fd)
+        for (rc, re_) in self.rings:
+            for r in (rc, re_):
+                r.close()
+                r.unlink()
+            try:
+                os.unlink(os.path.join(SHM_DIR, bell_name(rc.name)))
+            except FileNotFoundError:
+                pass
+        return 0
+
+    def summary(self) -> dict[str, Any]:
+        eng = self.partition.engine
+        return {
+            "partition": self.name, "last_seq": self.partition.applied_seq, "state_hash": eng.state_hash(),
+            "l3_hash": summary_hash(engine_l3_summary(eng)),
+            "l2_hash": summary_hash(engine_l2_summary(eng, self.config.market_data.l2_depth)),
+            "l1_hash": summary_hash(engine_l1_summary(eng)),
+            "resting": eng.resting_count(), "stats": self.stats, "in_engine": self.in_engine.summary_us(),
+            "in_engine_histogram": self.in_engine.to_json(), "feed": self.publisher.stats(),
+            "tuning": self.tuning, "snapshot_seq": self.partition.last_snapshot_seq,
+        }
+
+    def write_stats(self) -> None:
+        run = os.path.join(self.state_dir, "run")
+        os.makedirs(run, exist_ok=True)
+        atomic_json(os.path.join(run, f"{self.name}.stats.json"), self.summary())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m appliance.daemon", description="one partition's matching process")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--partition", required=True)
+    ap.add_argument("--state-dir", required=True)
+    ap.add_argument("--no-realtime", action="store_true", help="no SCHED_FIFO, no mlockall (tests, laptops)")
+    ap.add_argument("--transport", default="udp", choices=("udp", "pcap", "null"))
+    args = ap.parse_args(argv)
+    try:
+        config = load(args.config)
+        config.partition(args.partition)
+    except (ValueError, KeyError, OSError) as e:
+        log(args.partition, f"configuration: {e}")
+        return EXIT_CONFIG
+    d = PartitionDaemon(config, args.partition, args.state_dir, realtime=not args.no_realtime,
+                        transport=args.transport)
+
+    def stop(signum: int, frame: Any) -> None:
+        d.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        d.start()
+    except DurabilityError as e:
+        log(args.partition, f"DURABILITY FAILURE at start-up: {e}")
+        return EXIT_DURABILITY_FAILURE
+    run = os.path.join(args.state_dir, "run")
+    os.makedirs(run, exist_ok=True)
+    atomic_json(os.path.join(run, f"{args.partition}.ready.json"), d.ready_info)
+    log(args.partition, f"ready: seq {d.ready_info['last_seq']}, rings for {', '.join(d.gateways)}")
+    signal.signal(signal.SIGUSR1, lambda s, f: d.write_stats())
+    return d.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

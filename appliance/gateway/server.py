@@ -1,0 +1,1025 @@
+"""The gateway process: thin asyncio shells around the sans-IO OUCH and FIX sessions, pre-trade risk,
+and the rings to and from every partition. ``python -m appliance.gateway.server``.
+
+Owned by one asyncio thread (everything here runs on the event loop). What it does, per input::
+
+    socket bytes -> session.receive_data -> session.take_commands
+        -> RiskChecker.check (a 2xxx reason: the session answers a CommandRejected at once)
+        -> encode (kind + WAL body, appliance.codec_ring) -> outbox
+    flush: journal (sequenced OUCH output, FIX messages sent, resume marks) -> FIX state files
+        -> outbox into the partitions' command rings -> session.data_to_send() to the sockets
+
+    doorbell / timer -> event records from each partition's ring -> EventDecoder (the engine's tuples)
+        -> RiskChecker.on_events -> each session that owns an order or a command of the events
+        -> flush (as above)
+
+Connections are routed to their session by the login itself: the SoupBinTCP Login Request's
+username names the firm's OUCH session, the FIX Logon's SenderCompID the firm's FIX session (one
+of each per firm; session id = firm id for OUCH, firm id + 2^31 for FIX). A connection whose first
+bytes are not a login is closed without touching any session; an unknown user gets Login Rejected
+'A' (OUCH) or nothing (FIX); a second connection to a busy session gets Login Rejected 'S' (OUCH)
+or nothing (FIX).
+
+Back-pressure: a full command ring keeps the commands in order in the gateway and every connection
+stops being read until the ring takes them again (nothing is dropped, nothing grows without bound:
+at most one read's worth of commands waits).
+
+What survives a restart (the gateway's state directory, ``{state_dir}/gateways/{name}``):
+- ``journal.bin``: append-only records ``length u32 | crc32 u32 | type u8 | payload``, written with
+  one ``write`` per flush and ended by a MARK; a torn or unmarked tail is cut on start-up.
+    type 1 OUCH   session u32, one sequenced OUCH message (the session's stream, in order)
+    type 2 FIX    session u32, MsgSeqNum u64, the FIX message as sent
+    type 3 MARK   count u8, then (partition id u8, seq u64) per partition: every event of every
+                  command up to seq of that partition has been handed to the sessions and is in
+                  the journal (or the FIX state files)
+- ``fix-<SenderCompID>.json``: the FixSessionState (``to_json_obj`` without the sent messages, which
+  are in the journal) and the marks it reflects, replaced atomically (temp file + rename) before a
+  command the session produced goes to a ring and before its bytes go to the socket.
+- ``rejects.jsonl``: every command refused in the gateway (risk, back-pressure, malformed), one
+  JSON row each, in the audit export's columns.
+
+An OUCH session is rebuilt from its stream (``restore_ouch_session``): sequence numbers, orders and
+UserRefNums; FIX sessions from their state files. The partition, at its start-up, sends each
+gateway the events after its marks (catch-up, sessions only) and a bootstrap of the risk state
+(net positions, last prices, open orders), since the risk checker itself is not persisted.
+Neither file is fsynced: they survive a crash of the process (SIGKILL), not of the host.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import struct
+import sys
+import time
+import zlib
+from typing import Any, Final, Iterable, Sequence
+
+from appliance import codec_ring as C
+from appliance import reasons as R
+from appliance.catalogue import (
+    EV_ACCEPTED,
+    EV_CANCELLED,
+    EV_EXECUTED,
+    EV_MASS_CANCELLED,
+    EV_REJECTED,
+    EV_REPLACED,
+    CancelOrder,
+    Command,
+    Event,
+    MassCancel,
+    NewOrder,
+    ReplaceOrder,
+)
+from appliance.config import Config, FirmConfig, load
+from appliance.gateway import ouch_layout as L
+from appliance.gateway.fix import FixSession, FixSessionConfig, FixSessionState, logon_comp_ids
+from appliance.gateway.fixcodec import FixFramingError
+from appliance.gateway.ouch import OuchSession, _Order
+from appliance.model import BUY, DAY, IOC, SELL, Instrument
+from appliance.ring import SHM_DIR, Ring, RingError
+from appliance.risk import RiskChecker
+from appliance.wal import MalformedCommand
+from feeds import soupbintcp as soup
+
+FIX_SESSION_BIT: Final = 1 << 31
+J_OUCH: Final = 1
+J_FIX: Final = 2
+J_MARK: Final = 3
+_JHEAD: Final = struct.Struct("<IIB")       # length (whole record), crc32 (type + payload), type
+_U32: Final = struct.Struct("<I")
+_FIXREC: Final = struct.Struct("<IQ")
+_MARK: Final = struct.Struct("<BQ")
+MAX_LOGIN_BYTES: Final = 4096
+TICK_S: Final = 0.2                        # session timers
+FALLBACK_POLL_S: Final = 0.005             # ring poll when no doorbell rang (a lost wake-up costs this)
+QUIET_S: Final = 0.3                       # at shutdown: events quiet this long -> end the sessions
+
+
+def log(name: str, text: str) -> None:
+    sys.stderr.write(f"matchwire[{name}]: {text}\n")
+    sys.stderr.flush()
+
+
+def ouch_session_id(firm: FirmConfig) -> int:
+    return firm.id
+
+
+def fix_session_id(firm: FirmConfig) -> int:
+    return firm.id | FIX_SESSION_BIT
+
+
+def gateway_dir(state_dir: str, gateway: str) -> str:
+    return os.path.join(state_dir, "gateways", gateway)
+
+
+def local_midnight_ns(ts_ns: int) -> int:
+    t = time.localtime(ts_ns // 1_000_000_000)
+    return int(time.mktime((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0, 0, 0, -1))) * 1_000_000_000
+
+
+# ================================================================================================
+# The journal
+# ================================================================================================
+
+def journal_record(rtype: int, payload: bytes) -> bytes:
+    body = bytes((rtype,)) + payload
+    return _JHEAD.pack(8 + len(body), zlib.crc32(body), rtype) + payload
+
+
+def mark_record(marks: dict[int, int]) -> bytes:
+    return journal_record(J_MARK, bytes((len(marks),)) + b"".join(_MARK.pack(p, s) for p, s in sorted(marks.items())))
+
+
+class JournalState:
+    """What a journal holds, up to its last MARK."""
+
+    def __init__(self) -> None:
+        self.ouch: dict[int, list[bytes]] = {}
+        self.fix: dict[int, dict[int, str]] = {}
+        self.marks: dict[int, int] = {}
+        self.valid_end = 0
+        self.notes: list[str] = []
+
+
+def read_journal(path: str) -> JournalState:
+    """Parse a journal; everything after the last valid MARK is ignored (``valid_end`` says where)."""
+    st = JournalState()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return st
+    pos = 0
+    n = len(data)
+    ouch: dict[int, list[bytes]] = {}
+    fix: dict[int, dict[int, str]] = {}
+    pend_ouch: list[tuple[int, bytes]] = []
+    pend_fix: list[tuple[int, int, str]] = []
+    while pos + _JHEAD.size <= n:
+        length, crc, rtype = _JHEAD.unpack_from(data, pos)
+        if length < _JHEAD.size or pos + length > n or zlib.crc32(data[pos + 8:pos + length]) != crc:
+            st.notes.append(f"{path}: torn or damaged record at offset {pos}: {n - pos} bytes ignored")
+            break
+        payload = data[pos + _JHEAD.size:pos + length]
+        if rtype == J_OUCH:
+            pend_ouch.append((_U32.unpack_from(payload)[0], payload[4:]))
+        elif rtype == J_FIX:
+            sid, seq = _FIXREC.unpack_from(payload)
+            pend_fix.append((sid, seq, payload[_FIXREC.size:].decode("latin-1")))
+        elif rtype == J_MARK:
+            for sid, msg in pend_ouch:
+                ouch.setdefault(sid, []).append(msg)
+            for sid, seq, raw in pend_fix:
+                fix.setdefault(sid, {})[seq] = raw
+            pend_ouch.clear()
+            pend_fix.clear()
+            for i in range(payload[0]):
+                p, s = _MARK.unpack_from(payload, 1 + i * _MARK.size)
+                st.marks[p] = s
+            st.valid_end = pos + length
+        else:
+            st.notes.append(f"{path}: unknown record type {rtype} at offset {pos}: {n - pos} bytes ignored")
+            break
+        pos += length
+    if st.valid_end < n and not st.notes:
+        st.notes.append(f"{path}: {n - st.valid_end} bytes after the last mark ignored (an unfinished flush)")
+    st.ouch = ouch
+    st.fix = fix
+    return st
+
+
+def fix_state_path(gwdir: str, comp_id: str) -> str:
+    return os.path.join(gwdir, f"fix-{comp_id}.json")
+
+
+def resume_points(state_dir: str, gateway: str) -> dict[int, int]:
+    """Per partition id, the seq up to which every session of the gateway has processed events
+    (the partition replays the events after it at start-up). Nothing known: 0."""
+    gwdir = gateway_dir(state_dir, gateway)
+    marks = dict(read_journal(os.path.join(gwdir, "journal.bin")).marks)
+    try:
+        names = os.listdir(gwdir)
+    except FileNotFoundError:
+        return marks
+    for fn in names:
+        if fn.startswith("fix-") and fn.endswith(".json"):
+            try:
+                with open(os.path.join(gwdir, fn)) as f:
+                    applied = {int(k): int(v) for k, v in json.load(f).get("applied", {}).items()}
+            except (OSError, ValueError):
+                continue
+            for p in set(marks) | set(applied):
+                marks[p] = min(marks.get(p, 0), applied.get(p, 0))
+    return marks
+
+
+# ================================================================================================
+# OUCH session state from its own stream
+# ================================================================================================
+
+_TIF_LETTER: Final = {DAY: b"0", IOC: b"3"}
+
+
+def restore_ouch_session(s: OuchSession, stream: Sequence[bytes]) -> None:
+    """Rebuild an OuchSession's sequence numbers, orders and UserRefNums from its sequenced stream.
+
+    Every change of an order the session knows of is in the stream ('A' accepted with every
+    attribute, 'U' replaced, 'E' executed, 'C' cancelled, 'M' modified, 'J' rejected), so replaying
+    it gives the orders as they were when the last message was written.
+    """
+    s.stream = list(stream)
+    by_urn: dict[int, int] = {}
+    orders = s.orders
+    sid = s.session_id
+    last = 0
+    for msg in s.stream:
+        t = msg[:1]
+        try:
+            m, _opts = L.decode(msg, L.OUTBOUND)
+        except ValueError:
+            continue
+        if t == b"A":
+            urn = m.user_ref_num
+            last = max(last, urn)
+            ins = s.instruments.get(m.symbol)
+            oid = (sid << 32) | urn
+            o = _Order(oid, urn, ins.locate if ins else 0, m.symbol, m.side, m.quantity, m.price,
+                       m.time_in_force, m.display, m.capacity, m.iso, m.cross_type, m.cl_ord_id)
+            o.ref = m.order_ref
+            orders[oid] = o
+            by_urn[urn] = oid
+        elif t == b"U":
+            last = max(last, m.user_ref_num)
+            oid = by_urn.pop(m.orig_user_ref_num, None)
+            o = orders.get(oid) if oid is not None else None
+            if o is None:
+                continue
+            o.urn = m.user_ref_num
+            by_urn[o.urn] = o.order_id
+            o.price = m.price
+            o.leaves = m.quantity
+            o.qty = o.filled + o.leaves
+            o.ref = m.order_ref
+            o.tif = m.time_in_force
+            o.display = m.display
+            o.iso = m.iso
+            o.cl_ord_id = m.cl_ord_id
+            if not o.leaves:
+                _retire(o, orders, by_urn)
+        elif t in (b"E", b"C", b"M"):
+            oid = by_urn.get(m.user_ref_num)
+            o = orders.get(oid) if oid is not None else None
+            if o is None:
+                continue
+            if t == b"E":
+                o.leaves -= m.quantity
+                o.filled += m.quantity
+            elif t == b"C":
+                o.leaves -= m.quantity
+                if m.reason == b"Q" and o.leaves:
+                    o.decremented += m.quantity
+                o.qty = o.filled + o.leaves
+            else:
+                o.side = m.side
+                o.leaves = m.quantity
+                o.qty = o.filled + o.leaves
+            if o.leaves <= 0:
+                _retire(o, orders, by_urn)
+        elif t == b"J":
+            last = max(last, m.user_ref_num)
+            oid = (sid << 32) | m.user_ref_num
+            o = orders.get(oid)
+            if o is not None and not o.ref:
+                _retire(o, orders, by_urn)
+        elif t == b"Q":
+            last = max(last, m.next_user_ref_num - 1)
+        elif t == b"S" and m.event_code == b"E":
+            s.ended = True
+    s._by_urn = by_urn
+    s.last_user_ref_num = max(s.last_user_ref_num, last)
+
+
+def _retire(o: _Order, orders: dict[int, _Order], by_urn: dict[int, int]) -> None:
+    o.done = True
+    orders.pop(o.order_id, None)
+    if by_urn.get(o.urn) == o.order_id:
+        del by_urn[o.urn]
+
+
+def adopt_ouch_order(s: OuchSession, o: NewOrder) -> None:
+    """An order entered before a restart whose acceptance comes in the catch-up: the session learns
+    it from the event (OUCH-only attributes take their usual values: display Y, capacity A)."""
+    if o.order_id in s.orders:
+        return
+    urn = o.order_id & 0xFFFF_FFFF
+    ins = next((i for i in s.instruments.values() if i.locate == o.locate), None)
+    symbol = ins.stock8 if ins else b" " * 8
+    mine = _Order(o.order_id, urn, o.locate, symbol, b"B" if o.side == BUY else b"S", o.qty, o.price,
+                  _TIF_LETTER.get(o.tif, b"0"), b"A" if o.mpid else b"Y", b"A", b"N", b"N",
+                  o.cl_ord_id.encode("ascii", "replace")[:14].ljust(14))
+    s.orders[o.order_id] = mine
+    s._by_urn[urn] = o.order_id
+    if urn > s.last_user_ref_num:
+        s.last_user_ref_num = urn
+
+
+# ================================================================================================
+# Sessions and connections
+# ================================================================================================
+
+class Slot:
+    """One session with what the shell keeps beside it. Owned by the event loop."""
+
+    __slots__ = ("kind", "session", "sid", "conn", "journaled", "applied", "firm", "name", "state_path")
+
+    def __init__(self, kind: str, session: Any, sid: int, firm: FirmConfig, name: str) -> None:
+        self.kind = kind            # "ouch" | "fix"
+        self.session = session
+        self.sid = sid
+        self.firm = firm
+        self.name = name
+        self.conn: _Conn | None = None
+        self.journaled = 0          # OUCH: stream messages in the journal; FIX: next MsgSeqNum to journal
+        self.applied: dict[int, int] = {}
+        self.state_path = ""
+
+
+class _Conn(asyncio.Protocol):
+    """One TCP connection: routed to its session by the login, then bytes in and out."""
+
+    kind = ""
+
+    def __init__(self, server: GatewayServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.slot: Slot | None = None
+        self.buf = bytearray()
+        self.closed = False
+        self.peer = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = str(transport.get_extra_info("peername"))
+        self.server.conns.add(self)
+        if self.server.paused:
+            self.transport.pause_reading()  # type: ignore[union-attr]
+        self.server.loop.call_later(10.0, self._login_timeout)
+
+    def _login_timeout(self) -> None:
+        if self.slot is None and not self.closed:
+            self.server.count("login_timeouts")
+            self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def write(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        server = self.server
+        if self.slot is None:
+            self.buf += data
+            slot = self.route()
+            if slot is None:
+                return
+            data = bytes(self.buf)
+            self.buf = bytearray()
+            self.slot = slot
+            slot.conn = self
+            now = time.time_ns()
+            slot.session.connection_made(now)
+            server.count(f"{self.kind}_connections")
+        slot = self.slot
+        slot.session.receive_data(data, time.time_ns())
+        server.after_input(slot)
+
+    def route(self) -> Slot | None:
+        raise NotImplementedError
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.conns.discard(self)
+        slot = self.slot
+        if slot is None or slot.conn is not self:
+            return
+        slot.conn = None
+        self.server.disconnected(slot)
+
+
+class OuchConn(_Conn):
+    kind = "ouch"
+
+    def route(self) -> Slot | None:
+        buf = self.buf
+        if len(buf) < 3:
+            return None
+        length = (buf[0] << 8) | buf[1]
+        if buf[2:3] != soup.LOGIN_REQUEST or not 1 <= length <= 256:
+            self.server.garbage(self, "not a SoupBinTCP Login Request")
+            return None
+        if len(buf) < 2 + length:
+            return None
+        try:
+            req = soup.parse_login_request(bytes(buf[3:2 + length]))
+        except ValueError as e:
+            self.write(soup.encode_login_rejected(soup.REJECT_NOT_AUTHORIZED))
+            self.server.garbage(self, f"bad login: {e}")
+            return None
+        slot = self.server.ouch_by_user.get(req.username)
+        if slot is None:
+            self.write(soup.encode_login_rejected(soup.REJECT_NOT_AUTHORIZED))
+            self.server.count("login_rejected")
+            self.close()
+            return None
+        if slot.conn is not None or not self.server.accepting:
+            self.write(soup.encode_login_rejected(soup.REJECT_SESSION_NOT_AVAILABLE))
+            self.server.count("login_rejected")
+            self.close()
+            return None
+        return slot
+
+
+class FixConn(_Conn):
+    kind = "fix"
+
+    def route(self) -> Slot | None:
+        try:
+            ids = logon_comp_ids(bytes(self.buf))
+        except FixFramingError as e:
+            self.server.garbage(self, f"not a FIX Logon: {e}")
+            return None
+        if ids is None:
+            if len(self.buf) > MAX_LOGIN_BYTES:
+                self.server.garbage(self, "no complete Logon in the first 4 KiB")
+            return None
+        slot = self.server.fix_by_comp.get(ids[0])
+        if slot is None or slot.conn is not None or not self.server.accepting:
+            self.server.count("login_rejected")
+            self.close()
+            return None
+        return slot
+
+
+# ================================================================================================
+# The gateway
+# ================================================================================================
+
+class GatewayServer:
+    """One gateway process. Owned by its asyncio event loop."""
+
+    def __init__(self, config: Config, gateway: str, state_dir: str) -> None:
+        self.config = config
+        self.name = gateway
+        self.gw = next(g for g in config.gateways if g.name == gateway)
+        self.state_dir = state_dir
+        self.dir = gateway_dir(state_dir, gateway)
+        os.makedirs(self.dir, exist_ok=True)
+        self.firms = [f for f in config.firms if f.name in self.gw.firms]
+        for f in self.firms:
+            if f.id >= FIX_SESSION_BIT:
+                raise ValueError(f"firm {f.name}: id {f.id} must be below 2^31 (session ids: firm id, + 2^31 for FIX)")
+        self.partitions = list(config.partitions)
+        self.part_index = {p.id: i for i, p in enumerate(self.partitions)}
+        self.instruments: list[Instrument] = [i.instrument() for i in config.instruments]
+        self.partition_of_locate: dict[int, int] = {}
+        for i, p in enumerate(self.partitions):
+            for sym in p.instruments:
+                self.partition_of_locate[config.instrument(sym).locate] = i
+        self.risk = RiskChecker(config.risk_limits(gateway))
+        self.firm_by_name = {f.name: f for f in self.firms}
+        self.decoders = [C.EventDecoder(f.id for f in self.firms) for _ in self.partitions]
+        self.order_partition: dict[int, int] = {}
+        self.marks: dict[int, int] = {}
+        self.replaying = [False] * len(self.partitions)
+        self.live = [False] * len(self.partitions)
+        self.outbox: list[tuple[int, bytes]] = []
+        self.cmd_pending: list[tuple[int, bytes]] = []
+        self.paused = False
+        self.accepting = False
+        self.stopping = False
+        self.conns: set[_Conn] = set()
+        self.counters: dict[str, int] = {}
+        self.midnight_ns = local_midnight_ns(time.time_ns())
+        self.rejects = open(os.path.join(self.dir, "rejects.jsonl"), "a")
+        self._build_sessions()
+
+    # -- sessions ----------------------------------------------------------------------------------
+    def _build_sessions(self) -> None:
+        jpath = os.path.join(self.dir, "journal.bin")
+        js = read_journal(jpath)
+        for n in js.notes:
+            log(self.name, "journal: " + n)
+        with open(jpath, "ab") as f:
+            f.truncate(js.valid_end)
+        self.journal_fd = os.open(jpath, os.O_WRONLY | os.O_APPEND)
+        self.marks = dict(js.marks)
+        self.slots: list[Slot] = []
+        self.by_sid: dict[int, Slot] = {}
+        self.ouch_by_user: dict[str, Slot] = {}
+        self.fix_by_comp: dict[str, Slot] = {}
+        for f in self.firms:
+            sid = ouch_session_id(f)
+            name = f.name if f.name.isalnum() and len(f.name) <= 10 else str(sid)
+            s = OuchSession(sid, {f.ouch.username: (f.ouch.password, f.id)}, self.instruments, session_name=name,
+                            midnight_ns=self.midnight_ns)
+            stream = js.ouch.get(sid, [])
+            if stream:
+                restore_ouch_session(s, stream)
+            slot = Slot("ouch", s, sid, f, f"OUCH {f.name}")
+            slot.journaled = len(s.stream)
+            slot.applied = dict(js.marks)
+            self._add(slot)
+            self.ouch_by_user[f.ouch.username] = slot
+            fsid = fix_session_id(f)
+            path = fix_state_path(self.dir, f.fix.sender_comp_id)
+            state = None
+            applied: dict[int, int] = {}
+            if os.path.exists(path):
+                with open(path) as fh:
+                    saved = json.load(fh)
+                obj = saved["state"]
+                sent = js.fix.get(fsid, {})
+                obj["sent"] = {str(k): v for k, v in sent.items() if k < int(obj["next_out"])}
+                state = FixSessionState.from_json_obj(obj)
+                applied = {int(k): int(v) for k, v in saved.get("applied", {}).items()}
+            fs = FixSession(FixSessionConfig(fsid, self.gw.fix_comp_id, f.fix.sender_comp_id, f.id,
+                                             password=f.fix.password), state, self.instruments)
+            fslot = Slot("fix", fs, fsid, f, f"FIX {f.fix.sender_comp_id}")
+            fslot.journaled = fs.state.next_out
+            fslot.applied = applied if state is not None else dict(js.marks)
+            fslot.state_path = path
+            self._add(fslot)
+            self.fix_by_comp[f.fix.sender_comp_id] = fslot
+            if stream or state is not None:
+                log(self.name, f"restored OUCH {f.name} (next seq {s.next_sequence}, {len(s.orders)} orders) "
+                               f"and FIX {f.fix.sender_comp_id} (next out {fs.state.next_out}, in "
+                               f"{fs.state.next_in}, {len(fs.state.orders)} orders)")
+
+    def _add(self, slot: Slot) -> None:
+        self.slots.append(slot)
+        self.by_sid[slot.sid] = slot
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    # -- rings ---------------------------------------------------------------------------------------
+    def attach_rings(self, timeout_s: float = 30.0) -> None:
+        from appliance.daemon import bell_name
+        deadline = time.monotonic() + timeout_s
+        self.cmd_out = []
+        self.evt_in = []
+        self.rings = []
+        self.bells = []
+        for p in self.partitions:
+            names = self.config.ring_names(p.name, self.name)
+            while True:
+                try:
+                    rc = Ring.attach(names["cmd"])
+                    re_ = Ring.attach(names["evt"])
+                    bell = os.open(os.path.join(SHM_DIR, bell_name(names["cmd"])), os.O_RDONLY | os.O_NONBLOCK)
+                    break
+                except (RingError, FileNotFoundError):
+                    if time.monotonic() > deadline:
+                        raise RingError(f"partition {p.name}: rings {names} not there after {timeout_s} s")
+                    time.sleep(0.05)
+            self.rings.append((rc, re_))
+            self.cmd_out.append(rc.producer())
+            self.evt_in.append(re_.consumer())
+            self.bells.append(bell)
+
+    # -- input path ------------------------------------------------------------------------------
+    def garbage(self, conn: _Conn, why: str) -> None:
+        self.count(f"{conn.kind}_garbage")
+        log(self.name, f"{conn.kind} connection {conn.peer}: {why}: closed")
+        conn.close()
+
+    def after_input(self, slot: Slot) -> None:
+        cmds = slot.session.take_commands()
+        if cmds:
+            now = time.time_ns()
+            for cmd in cmds:
+                self.submit(slot, cmd, now)
+        self.flush()
+        self.poll_rings()
+
+    def disconnected(self, slot: Slot) -> None:
+        now = time.time_ns()
+        if slot.kind == "ouch":
+            cmds = slot.session.on_disconnect()
+            for cmd in cmds:
+                self.submit(slot, cmd, now)
+        else:
+            slot.session.connection_lost(now)
+        self.flush()
+
+    def submit(self, slot: Slot | None, cmd: Command, now: int) -> None:
+        """Risk, then the outbox (the ring after the next flush)."""
+        reason = self.risk.check(cmd, now)
+        if reason:
+            self.local_reject(slot, cmd, reason, now)
+            return
+        try:
+            rec = C.encode_command(cmd)
+        except MalformedCommand as e:
+            if type(cmd) is NewOrder:
+                self.risk.withdraw(cmd)  # type: ignore[arg-type]
+            self.local_reject(slot, cmd, R.SESSION_MALFORMED, now, str(e))
+            return
+        cls = type(cmd)
+        if cls is NewOrder:
+            p = self.partition_of_locate.get(cmd.locate, 0)  # type: ignore[union-attr]
+            self.order_partition[cmd.order_id] = p  # type: ignore[union-attr]
+            self.outbox.append((p, rec))
+        elif cls is MassCancel:
+            if cmd.locate:  # type: ignore[union-attr]
+                self.outbox.append((self.partition_of_locate.get(cmd.locate, 0), rec))  # type: ignore[union-attr]
+            else:
+                for p in range(len(self.partitions)):
+                    self.outbox.append((p, rec))
+        else:
+            self.outbox.append((self.order_partition.get(cmd.order_id, 0), rec))  # type: ignore[union-attr]
+        self.count("commands")
+
+    def local_reject(self, slot: Slot | None, cmd: Command, reason: int, now: int, text: str = "") -> None:
+        ev: Event = (EV_REJECTED, cmd, reason)
+        self.count(f"rejected_{reason}")
+        if slot is not None:
+            if slot.kind == "fix":
+                slot.session.on_events(now, [ev], now)
+            else:
+                slot.session.on_events(now, [ev])
+        row = {"ts_ns": now, "seq": 0, "event": "CommandRejected", "outcome": R.describe(reason),
+               "reason": reason, "gateway": self.name, "command": type(cmd).__name__,
+               "firm": getattr(cmd, "firm", 0), "session": getattr(cmd, "session", 0),
+               "cl_ord_id": getattr(cmd, "cl_ord_id", ""), "order_id": getattr(cmd, "order_id", 0),
+               "locate": getattr(cmd, "locate", 0), "side": getattr(cmd, "side", ""),
+               "price": getattr(cmd, "price", 0), "qty": getattr(cmd, "qty", 0)}
+        if text:
+            row["text"] = text
+        self.rejects.write(json.dumps(row) + "\n")
+        self.rejects.flush()
+
+    # -- flush: journal, FIX state, rings, sockets ------------------------------------------------
+    def flush(self) -> None:
+        recs: list[bytes] = []
+        dirty_fix: list[Slot] = []
+        for slot in self.slots:
+            s = slot.session
+            if slot.kind == "ouch":
+                stream = s.stream
+                n = len(stream)
+                if n > slot.journaled:
+                    head = _U32.pack(slot.sid)
+                    recs.extend(journal_record(J_OUCH, head + m) for m in stream[slot.journaled:n])
+                    slot.journaled = n
+            else:
+                st = s.state
+                if st.next_out < slot.journaled:   # a sequence reset
+                    slot.journaled = 1
+                for seq in range(slot.journaled, st.next_out):
+                    raw = st.sent.get(seq)
+                    if raw is not None:
+                        recs.append(journal_record(J_FIX, _FIXREC.pack(slot.sid, seq) + raw.encode("latin-1")))
+                slot.journaled = st.next_out
+                if st.dirty:
+                    dirty_fix.append(slot)
+        if recs or self._marks_dirty:
+            recs.append(mark_record(self.marks))
+            os.write(self.journal_fd, b"".join(recs))
+            self._marks_dirty = False
+        for slot in dirty_fix:
+            obj = slot.session.state.to_json_obj()
+            del obj["sent"]
+            slot.applied = dict(self.marks)
+            tmp = slot.state_path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"state": obj, "applied": {str(k): v for k, v in self.marks.items()}}, f)
+            os.replace(tmp, slot.state_path)
+            slot.session.state.dirty = False
+        if self.outbox:
+            box = self.outbox
+            self.outbox = []
+            if self.cmd_pending:
+                self.cmd_pending.extend(box)
+            else:
+                self._publish(box)
+        for slot in self.slots:
+            conn = slot.conn
+            if conn is None:
+                continue
+            data = slot.session.data_to_send()
+            if data:
+                conn.write(data)
+            if slot.session.should_close:
+                conn.close()
+
+    _marks_dirty = False
+
+    def _publish(self, box: list[tuple[int, bytes]]) -> None:
+        outs = self.cmd_out
+        for i, (p, rec) in enumerate(box):
+            if not outs[p].try_publish(rec):
+                self.cmd_pending = box[i:]
+                self.count("ring_full")
+                self._pause(True)
+                return
+
+    def _pause(self, on: bool) -> None:
+        if on == self.paused:
+            return
+        self.paused = on
+        for c in list(self.conns):
+            if c.transport is not None and not c.closed:
+                if on:
+                    c.transport.pause_reading()
+                else:
+                    c.transport.resume_reading()
+
+    # -- events from the partitions ----------------------------------------------------------------
+    def on_bell(self, p: int) -> None:
+        try:
+            while os.read(self.bells[p], 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        self.poll_rings()
+
+    def poll_rings(self) -> int:
+        if self.cmd_pending:
+            box = self.cmd_pending
+            self.cmd_pending = []
+            self._publish(box)
+            if not self.cmd_pending:
+                self._pause(False)
+        total = 0
+        for p, cons in enumerate(self.evt_in):
+            while True:
+                recs = cons.poll(1024)
+                if not recs:
+                    break
+                total += len(recs)
+                self.handle_groups(p, self.decoders[p].feed(recs))
+        if total:
+            self.flush()
+        return total
+
+    def handle_groups(self, p: int, groups: Iterable[C.Group]) -> None:
+        pid = self.partitions[p].id
+        risk = self.risk
+        by_sid = self.by_sid
+        now = time.time_ns()
+        for seq, ts, events in groups:
+            k = events[0][0]
+            if k >= C.CTL_POSITION:
+                self._control(p, k, events[0])
+                continue
+            replay = self.replaying[p]
+            if not replay:
+                risk.on_events(events)
+            touched: list[Slot] = []
+            for ev in events:
+                kind = ev[0]
+                if kind == EV_EXECUTED:
+                    objs: tuple[Any, ...] = (ev[1], ev[2])
+                elif kind == EV_REPLACED:
+                    objs = (ev[2],)
+                else:
+                    objs = (ev[1],)
+                for o in objs:
+                    slot = by_sid.get(o.session)
+                    if slot is not None and slot not in touched:
+                        touched.append(slot)
+                if kind == EV_CANCELLED and not ev[3]:
+                    self.order_partition.pop(ev[1].order_id, None)
+                elif kind == EV_EXECUTED:
+                    if not ev[6]:
+                        self.order_partition.pop(ev[1].order_id, None)
+                    if not ev[8]:
+                        self.order_partition.pop(ev[2].order_id, None)
+                elif kind == EV_REJECTED and type(ev[1]) is NewOrder:
+                    self.order_partition.pop(ev[1].order_id, None)
+            for slot in touched:
+                if replay and seq <= slot.applied.get(pid, 0):
+                    continue
+                if slot.kind == "fix":
+                    slot.session.on_events(ts, events, now)
+                else:
+                    if replay:
+                        for ev in events:
+                            if ev[0] == EV_ACCEPTED and ev[1].session == slot.sid:
+                                adopt_ouch_order(slot.session, ev[1])
+                    slot.session.on_events(ts, events)
+            if seq > self.marks.get(pid, 0):
+                self.marks[pid] = seq
+                self._marks_dirty = True
+
+    def _control(self, p: int, k: int, ev: tuple[Any, ...]) -> None:
+        if k == C.CTL_POSITION:
+            _, firm, locate, pos = ev
+            if pos:
+                self.risk.on_fill(firm, locate, BUY if pos > 0 else SELL, abs(pos))
+        elif k == C.CTL_LAST_PRICE:
+            _, locate, price = ev
+            self.risk.set_reference_price(locate, price)
+        elif k == C.CTL_OPEN_ORDER:
+            o = ev[1]
+            self.risk.on_events([(EV_ACCEPTED, o, o.leaves)])
+            live = self.risk._live.get(o.order_id)
+            if live is not None:
+                live.filled = o.filled
+            self.order_partition[o.order_id] = p
+        elif k == C.CTL_REPLAY:
+            self.replaying[p] = True
+        elif k == C.CTL_LIVE:
+            self.replaying[p] = False
+            self.live[p] = True
+            self._marks_dirty = True
+
+    # -- timers and admin ------------------------------------------------------------------------------
+    def tick(self) -> None:
+        now = time.time_ns()
+        for slot in self.slots:
+            slot.session.poll(now)
+        self.flush()
+
+    def kill_switch(self, firm_name: str, on: bool) -> dict[str, Any]:
+        f = self.firm_by_name.get(firm_name)
+        if f is None:
+            return {"ok": False, "error": f"firm {firm_name!r} is not on gateway {self.name}"}
+        mc = self.risk.set_kill_switch(f.id, on)
+        if mc is not None:
+            self.submit(None, mc, time.time_ns())
+            self.flush()
+        log(self.name, f"kill switch {'ON' if on else 'off'} for {firm_name}"
+                       + (": mass cancel sent" if mc is not None else ""))
+        return {"ok": True, "firm": firm_name, "kill_switch": on, "mass_cancel": mc is not None}
+
+    def status(self) -> dict[str, Any]:
+        sessions = []
+        for slot in self.slots:
+            s = slot.session
+            d: dict[str, Any] = {"name": slot.name, "session_id": slot.sid, "connected": slot.conn is not None}
+            if slot.kind == "ouch":
+                d.update(next_sequence=s.next_sequence, orders=len(s.orders),
+                         last_user_ref_num=s.last_user_ref_num)
+            else:
+                d.update(next_in=s.state.next_in, next_out=s.state.next_out, orders=len(s.state.orders))
+            sessions.append(d)
+        firms = {f.name: {"kill_switch": self.risk.kill_switch(f.id),
+                          "positions": {str(i.locate): self.risk.position(f.id, i.locate) for i in self.instruments}}
+                 for f in self.firms}
+        return {"gateway": self.name, "accepting": self.accepting, "live": self.live, "marks": self.marks,
+                "sessions": sessions, "firms": firms, "counters": self.counters}
+
+    async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The admin socket: one JSON request per line, one JSON answer per line."""
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                try:
+                    req = json.loads(line)
+                    op = req.get("op")
+                    if op == "kill_switch":
+                        ans = self.kill_switch(str(req["firm"]), bool(req["on"]))
+                    elif op == "status":
+                        ans = self.status()
+                    else:
+                        ans = {"ok": False, "error": f"unknown op {op!r}", "reason": R.ADMIN_UNKNOWN_COMMAND}
+                except (ValueError, KeyError, TypeError) as e:
+                    ans = {"ok": False, "error": str(e)}
+                writer.write(json.dumps(ans).encode() + b"\n")
+                await writer.drain()
+        finally:
+            writer.close()
+
+    # -- running -----------------------------------------------------------------------------------------
+    async def serve(self, ready_path: str | None = None) -> int:
+        self.loop = asyncio.get_running_loop()
+        self.attach_rings()
+        for p, fd in enumerate(self.bells):
+            self.loop.add_reader(fd, self.on_bell, p)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, stop.set)
+        deadline = time.monotonic() + 600
+        while not all(self.live):
+            self.poll_rings()
+            if time.monotonic() > deadline:
+                log(self.name, "partitions did not finish the catch-up in time")
+                return 1
+            await asyncio.sleep(0.002)
+        self.flush()
+        ctl_path = os.path.join(self.state_dir, "run", f"{self.name}.ctl")
+        os.makedirs(os.path.dirname(ctl_path), exist_ok=True)
+        try:
+            os.unlink(ctl_path)
+        except FileNotFoundError:
+            pass
+        ctl = await asyncio.start_unix_server(self.control, ctl_path)
+        ouch = await self.loop.create_server(lambda: OuchConn(self), self.gw.bind, self.gw.ouch_port,
+                                             reuse_address=True)
+        fix = await self.loop.create_server(lambda: FixConn(self), self.gw.bind, self.gw.fix_port,
+                                            reuse_address=True)
+        self.accepting = True
+        log(self.name, f"listening: OUCH {self.gw.bind}:{self.gw.ouch_port}, FIX {self.gw.bind}:{self.gw.fix_port}; "
+                       f"firms {', '.join(f.name for f in self.firms)}; admin socket {ctl_path}")
+        if ready_path:
+            tmp = ready_path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"gateway": self.name, "pid": os.getpid(), "marks": self.marks}, f)
+            os.replace(tmp, ready_path)
+        ticker = asyncio.ensure_future(self._ticker(stop))
+        await stop.wait()
+        # Shutdown: stop taking input, let in-flight commands be answered, end the sessions.
+        self.accepting = False
+        ouch.close()
+        fix.close()
+        self._pause(True)
+        if self.outbox:
+            self.flush()
+        quiet_since = time.monotonic()
+        hard = quiet_since + 3.0
+        while time.monotonic() < hard:
+            if self.poll_rings():
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > QUIET_S and not self.cmd_pending:
+                break
+            await asyncio.sleep(0.005)
+        now = time.time_ns()
+        for slot in self.slots:
+            if slot.kind == "ouch":
+                slot.session.end_of_session(now)
+            else:
+                slot.session.logout(now, "end of day")
+        self.flush()
+        await asyncio.sleep(0.05)
+        for c in list(self.conns):
+            c.close()
+        ticker.cancel()
+        ctl.close()
+        self.close()
+        log(self.name, f"stopped: {json.dumps(self.counters, sort_keys=True)}")
+        return 0
+
+    async def _ticker(self, stop: asyncio.Event) -> None:
+        next_tick = time.monotonic()
+        while not stop.is_set():
+            await asyncio.sleep(FALLBACK_POLL_S)
+            self.poll_rings()
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + TICK_S
+                self.tick()
+
+    def close(self) -> None:
+        for fd in getattr(self, "bells", []):
+            try:
+                self.loop.remove_reader(fd)
+            except Exception:
+                pass
+            os.close(fd)
+        for rc, re_ in getattr(self, "rings", []):
+            rc.close()
+            re_.close()
+        os.close(self.journal_fd)
+        self.rejects.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m appliance.gateway.server", description="one gateway process")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--gateway", required=True)
+    ap.add_argument("--state-dir", required=True)
+    ap.add_argument("--cpus", default="", help="comma-separated CPUs to run on (default: all)")
+    args = ap.parse_args(argv)
+    config = load(args.config)
+    if args.cpus:
+        try:
+            os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+            log(args.gateway, f"affinity: CPUs {args.cpus}")
+        except OSError as e:
+            log(args.gateway, f"affinity: refused: {e}")
+    server = GatewayServer(config, args.gateway, args.state_dir)
+    ready = os.path.join(args.state_dir, "run", f"{args.gateway}.ready.json")
+    try:
+        import uvloop  # type: ignore[import-not-found]
+        uvloop.install()
+        log(args.gateway, "event loop: uvloop")
+    except ImportError:
+        pass
+    return asyncio.run(server.serve(ready))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""``matchwire run CONFIG``: start every process of the appliance, watch them, stop them cleanly.
+
+Owned by the supervisor process (one asyncio thread). Start order, each step waiting for the
+previous one to say it is ready (``{state_dir}/run/<name>.ready.json``):
+
+    1. one matching process per partition    python -m appliance.daemon      (recovery first)
+    2. one process per gateway               python -m appliance.gateway.server
+    3. retransmission and snapshot servers   matchwire retransmit serve / matchwire snapshot serve,
+                                             when the installed matchwire has those commands
+    4. the admin HTTP interface              [admin] bind:port, when a token is configured
+
+Placement on the host: each partition pins itself (config ``cpu``); gateways and servers run on
+the other CPUs (all of them when the partitions took every CPU).
+
+Stop (SIGTERM or SIGINT to the supervisor): gateways first (they stop reading, wait for the answers
+of what is in flight, end their sessions), then partitions (drain, commit, final snapshot, End of
+Session on the feeds), then the servers. A process that does not stop in time is killed. If a
+partition or gateway dies on its own, the supervisor stops everything and exits non-zero: start-up
+is recovery, so the operator (or systemd) simply starts ``matchwire run`` again.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Final, Sequence
+
+from appliance.config import Config, load
+
+GATEWAY_STOP_S: Final = 15.0
+PARTITION_STOP_S: Final = 30.0
+READY_TIMEOUT_S: Final = 300.0
+
+
+def log(text: str) -> None:
+    sys.stderr.write(f"matchwire[run]: {text}\n")
+    sys.stderr.flush()
+
+
+class Child:
+    def __init__(self, name: str, role: str, argv: list[str], optional: bool = False) -> None:
+        self.name = name
+        self.role = role
+        self.argv = argv
+        self.optional = optional
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL)
+        self.started = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc else 0
+
+    def poll(self) -> int | None:
+        return self.proc.poll() if self.proc else None
+
+
+def server_argv(command: str, config_path: str, state_dir: str) -> list[str] | None:
+    """The `matchwire COMMAND serve` arguments the installed build accepts, or None if it has no such
+    command (optional servers start only when present): with --state-dir if it takes one."""
+    try:
+        from tools.cli import build_parser
+        parser = build_parser()
+    except Exception:  # a broken optional module must not stop the appliance
+        return None
+    for argv in ([command, "serve", "--config", config_path, "--state-dir", state_dir],
+                 [command, "serve", "--config", config_path]):
+        try:
+            import contextlib
+            import io
+            with contextlib.redirect_stderr(io.StringIO()):
+                parser.parse_args(argv)
+            return argv
+        except SystemExit:
+            continue
+    return None
+
+
+class Supervisor:
+    """Starts, watches and stops the appliance's processes. Owned by the supervisor's event loop."""
+
+    def __init__(self, config_path: str, state_dir: str, *, realtime: bool = True, transport: str = "udp",
+                 servers: bool = True) -> None:
+        self.config_path = os.path.abspath(config_path)
+        self.config: Config = load(config_path)
+        self.state_dir = os.path.abspath(state_dir)
+        self.run_dir = os.path.join(self.state_dir, "run")
+        self.realtime = realtime
+        self.transport = transport
+        self.servers = servers
+        self.partitions: list[Child] = []
+        self.gateways: list[Child] = []
+        self.others: list[Child] = []
+        self.exit_code = 0
+        self.failed: str | None = None
+
+    # -- start ------------------------------------------------------------------------------------------
+    def _ready_path(self, name: str) -> str:
+        return os.path.join(self.run_dir, f"{name}.ready.json")
+
+    def _wait_ready(self, child: Child, timeout: float = READY_TIMEOUT_S) -> dict[str, Any]:
+        path = self._ready_path(child.name)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if os.path.exists(path):
+                with open(path) as f:
+                    return dict(json.load(f))
+            rc = child.poll()
+            if rc is not None:
+                raise RuntimeError(f"{child.role} {child.name} exited with {rc} during start-up")
+            time.sleep(0.02)
+        raise RuntimeError(f"{child.role} {child.name} not ready after {timeout:.0f} s")
+
+    def start(self) -> None:
+        cfg = self.config
+        for w in cfg.warnings:
+            log("WARNING: " + w)
+        os.makedirs(self.run_dir, exist_ok=True)
+        for fn in os.listdir(self.run_dir):
+            if fn.endswith(".ready.json"):
+                os.unlink(os.path.join(self.run_dir, fn))
+        py = sys.executable
+        common = ["--config", self.config_path, "--state-dir", self.state_dir]
+        part_cpus: set[int] = set()
+        from appliance.daemon import choose_cpu
+        for p in cfg.partitions:
+            argv = [py, "-m", "appliance.daemon", *common, "--partition", p.name, "--transport", self.transport]
+            if not self.realtime:
+                argv.append("--no-realtime")
+            c = Child(p.name, "partition", argv)
+            c.start()
+            self.partitions.append(c)
+            part_cpus.add(choose_cpu(p.cpu))
+        for c in self.partitions:
+            info = self._wait_ready(c)
+            log(f"partition {c.name} ready (pid {c.pid}): seq {info.get('last_seq')}, epoch {info.get('epoch')}; "
+                + "; ".join(info.get("notes", [])))
+        cpus = sorted(set(os.sched_getaffinity(0)) - part_cpus) or sorted(os.sched_getaffinity(0))
+        for g in cfg.gateways:
+            argv = [py, "-m", "appliance.gateway.server", *common, "--gateway", g.name,
+                    "--cpus", ",".join(map(str, cpus))]
+            c = Child(g.name, "gateway", argv)
+            c.start()
+            self.gateways.append(c)
+        for c in self.gateways:
+            self._wait_ready(c)
+            log(f"gateway {c.name} ready (pid {c.pid})")
+        if self.servers:
+            for cmd in ("retransmit", "snapshot"):
+                sargv = server_argv(cmd, self.config_path, self.state_dir)
+                if sargv is not None:
+                    c = Child(f"{cmd}-server", cmd, [py, "-m", "tools.cli", *sargv], optional=True)
+                    c.start()
+                    self.others.append(c)
+                    log(f"{cmd} server started (pid {c.pid})")
+                else:
+                    log(f"{cmd} server: not installed in this build (no `matchwire {cmd}` command): not started")
+
+    # -- watch --------------------------------------------------------------------------------------------
+    async def watch(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        admin = await self._start_admin()
+        while not stop.is_set():
+            for c in self.partitions + self.gateways:
+                rc = c.poll()
+                if rc is not None:
+                    self.failed = f"{c.role} {c.name} (pid {c.pid}) exited with {rc}"
+                    stop.set()
+            for c in list(self.others):
+                rc = c.poll()
+                if rc is not None:
+                    log(f"{c.role} server exited with {rc}" + (" at start-up: going on without it"
+                                                              if time.monotonic() - c.started < 5 else ""))
+                    self.others.remove(c)
+            try:
+                await asyncio.wait_for(stop.wait(), 0.2)
+            except asyncio.TimeoutError:
+                pass
+        if self.failed:
+            log(f"{self.failed}: stopping everything (start `matchwire run` again: start-up is recovery)")
+            self.exit_code = 1
+        if admin is not None:
+            admin.close()
+        self.stop()
+        return self.exit_code
+
+    def _terminate(self, children: Sequence[Child], timeout: float) -> None:
+        for c in children:
+            if c.poll() is None and c.proc is not None:
+                c.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for c in children:
+            if c.proc is None:
+                continue
+            try:
+                rc = c.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log(f"{c.role} {c.name} did not stop in {timeout:.0f} s: killed")
+                c.proc.kill()
+                rc = c.proc.wait()
+            if rc not in (0, -signal.SIGTERM) and not c.optional:
+                log(f"{c.role} {c.name} exited with {rc}")
+                if not self.exit_code:
+                    self.exit_code = rc if rc > 0 else 1
+
+    def stop(self) -> None:
+        self._terminate(self.gateways, GATEWAY_STOP_S)
+        self._terminate(self.partitions, PARTITION_STOP_S)
+        self._terminate(self.others, 10.0)
+        log("stopped" + (f" (exit {self.exit_code})" if self.exit_code else ": clean shutdown"))
+
+    # -- admin HTTP -----------------------------------------------------------------------------------
+    async def _start_admin(self) -> asyncio.AbstractServer | None:
+        a = self.config.admin
+        if not a.token:
+            log("admin interface disabled (admin.token is empty)")
+            return None
+        try:
+            server = await asyncio.start_server(self._admin_conn, a.bind, a.port, reuse_address=True)
+        except OSError as e:
+            log(f"admin interface on {a.bind}:{a.port}: {e}: not started")
+            return None
+        log(f"admin interface on http://{a.bind}:{a.port}/ (bearer token required)")
+        return server
+
+    async def _gateway_call(self, gateway: str, req: dict[str, Any]) -> dict[str, Any]:
+        path = os.path.join(self.run_dir, f"{gateway}.ctl")
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), 5)
+        try:
+            writer.write(json.dumps(req).encode() + b"\n")
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), 10)
+            return dict(json.loads(line))
+        finally:
+            writer.close()
+
+    async def _admin_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        status, body = 400, {"ok": False, "error": "bad request"}
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            lines = head.decode("latin-1").split("\r\n")
+            method, target, _version = lines[0].split(" ", 2)
+            headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+            if headers.get("authorization") != f"Bearer {self.config.admin.token}":
+                status, body = 401, {"ok": False, "error": "unauthorized"}
+            else:
+                status, body = await self._admin_route(method, target)
+        except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
+                OSError) as e:
+            status, body = 400, {"ok": False, "error": str(e) or "bad request"}
+        data = json.dumps(body).encode()
+        reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"}.get(status, "Error")
+        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+        try:
+            await writer.drain()
+        finally:
+            writer.close()
+
+    async def _admin_route(self, method: str, target: str) -> tuple[int, dict[str, Any]]:
+        parts = [p for p in target.split("?")[0].split("/") if p]
+        if method == "GET" and parts == ["status"]:
+            out: dict[str, Any] = {"ok": True, "gateways": {}}
+            for g in self.config.gateways:
+                out["gateways"][g.name] = await self._gateway_call(g.name, {"op": "status"})
+            return 200, out
+        if method == "POST" and len(parts) == 3 and parts[0] == "kill-switch" and parts[2] in ("on", "off"):
+            firm = parts[1]
+            for g in self.config.gateways:
+                if firm in g.firms:
+                    return 200, await self._gateway_call(g.name, {"op": "kill_switch", "firm": firm,
+                                                                  "on": parts[2] == "on"})
+            return 404, {"ok": False, "error": f"unknown firm {firm!r}"}
+        return 404, {"ok": False, "error": f"no such admin request: {method} {target}"}
+
+
+def run(config_path: str, state_dir: str, *, realtime: bool = True, transport: str = "udp") -> int:
+    sup = Supervisor(config_path, state_dir, realtime=realtime, transport=transport)
+    try:
+        sup.start()
+    except Exception as e:
+        log(f"start-up failed: {e}")
+        sup.stop()
+        return 1
+    log("running; SIGTERM or Ctrl-C stops it cleanly")
+    return asyncio.run(sup.watch())

@@ -131,6 +131,15 @@ class RetransmitConfig:
     snapshot_port: int = 31003          # snapshot server, TCP
     username: str = "mdata"             # SoupBinTCP login of the replay and snapshot servers
     password: str = "mdata"
+    max_request_messages: int = 4096    # re-request: larger counts are clipped to this
+    quota_per_second: int = 100_000     # re-request: messages answered per client (0: no limit)
+    quota_per_minute: int = 2_000_000
+    quota_per_day: int = 100_000_000
+    retain_messages: int = 0            # serve only the last N messages of a session (0: all)
+    max_sessions: int = 64              # concurrent SoupBinTCP sessions per server
+    send_buffer_bytes: int = 4 << 20    # per client; full for slow_client_ms: dropped
+    slow_client_ms: int = 5000
+    snapshot_wait_ms: int = 5000        # a snapshot login waits this long for a fresh book
 
 
 @dataclasses.dataclass(frozen=True)
@@ -578,6 +587,15 @@ def _retransmit(t: _Table | None, warnings: list[str]) -> RetransmitConfig:
         snapshot_port=t.port("snapshot_port", d.snapshot_port),
         username=_soup_text(t, "username", 6, d.username),
         password=_soup_text(t, "password", 10, d.password),
+        max_request_messages=t.integer("max_request_messages", d.max_request_messages, 1, 65534),
+        quota_per_second=t.integer("quota_per_second", d.quota_per_second, 0),
+        quota_per_minute=t.integer("quota_per_minute", d.quota_per_minute, 0),
+        quota_per_day=t.integer("quota_per_day", d.quota_per_day, 0),
+        retain_messages=t.integer("retain_messages", d.retain_messages, 0),
+        max_sessions=t.integer("max_sessions", d.max_sessions, 1, 100_000),
+        send_buffer_bytes=t.integer("send_buffer_bytes", d.send_buffer_bytes, 65536, 1 << 30),
+        slow_client_ms=t.integer("slow_client_ms", d.slow_client_ms, 100, 600_000),
+        snapshot_wait_ms=t.integer("snapshot_wait_ms", d.snapshot_wait_ms, 0, 600_000),
     )
     t.done()
     if not _is_loopback(c.bind):
@@ -739,6 +757,9 @@ def dumps(c: Config) -> str:
     w(f"snapshot_port = {r.snapshot_port}")
     w(f"username = {_q(r.username)}")
     w(f"password = {_q(r.password)}")
+    for key in ("max_request_messages", "quota_per_second", "quota_per_minute", "quota_per_day", "retain_messages",
+                "max_sessions", "send_buffer_bytes", "slow_client_ms", "snapshot_wait_ms"):
+        w(f"{key} = {getattr(r, key)}")
     for fm in c.firms:
         w("")
         w("[[firms]]")

@@ -51,7 +51,7 @@ class Child:
         self.started = 0.0
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         self.started = time.monotonic()
 
     @property
@@ -60,6 +60,15 @@ class Child:
 
     def poll(self) -> int | None:
         return self.proc.poll() if self.proc else None
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the supervisor dies (a clean stop, not an orphan)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def server_argv(command: str, config_path: str, state_dir: str) -> list[str] | None:
@@ -100,6 +109,7 @@ class Supervisor:
         self.others: list[Child] = []
         self.exit_code = 0
         self.failed: str | None = None
+        self.early: list[int] = []        # signals received during start-up
 
     # -- start ------------------------------------------------------------------------------------------
     def _ready_path(self, name: str) -> str:
@@ -109,6 +119,8 @@ class Supervisor:
         path = self._ready_path(child.name)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self.early:
+                raise RuntimeError("stop requested during start-up")
             if os.path.exists(path):
                 with open(path) as f:
                     return dict(json.load(f))
@@ -286,11 +298,18 @@ class Supervisor:
 
 def run(config_path: str, state_dir: str, *, realtime: bool = True, transport: str = "udp") -> int:
     sup = Supervisor(config_path, state_dir, realtime=realtime, transport=transport)
+    early = sup.early
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda s, f: early.append(s))
     try:
         sup.start()
     except Exception as e:
         log(f"start-up failed: {e}")
         sup.stop()
         return 1
+    if early:
+        log("stop requested during start-up")
+        sup.stop()
+        return sup.exit_code
     log("running; SIGTERM or Ctrl-C stops it cleanly")
     return asyncio.run(sup.watch())

@@ -15,7 +15,7 @@ Owned by one asyncio thread (everything here runs on the event loop). What it do
 
 Connections are routed to their session by the login itself: the SoupBinTCP Login Request's
 username names the firm's OUCH session, the FIX Logon's SenderCompID the firm's FIX session (one
-of each per firm; session id = firm id for OUCH, firm id + 2^31 for FIX). A connection whose first
+of each per firm; session id = firm id for OUCH, firm id + 2^30 for FIX). A connection whose first
 bytes are not a login is closed without touching any session; an unknown user gets Login Rejected
 'A' (OUCH) or nothing (FIX); a second connection to a busy session gets Login Rejected 'S' (OUCH)
 or nothing (FIX).
@@ -84,7 +84,7 @@ from appliance.risk import RiskChecker
 from appliance.wal import MalformedCommand
 from feeds import soupbintcp as soup
 
-FIX_SESSION_BIT: Final = 1 << 31
+FIX_SESSION_BIT: Final = 1 << 30   # order ids (session << 32 | n) stay below 2^63 (the state hash's i64)
 J_OUCH: Final = 1
 J_FIX: Final = 2
 J_MARK: Final = 3
@@ -487,7 +487,8 @@ class GatewayServer:
         self.firms = [f for f in config.firms if f.name in self.gw.firms]
         for f in self.firms:
             if f.id >= FIX_SESSION_BIT:
-                raise ValueError(f"firm {f.name}: id {f.id} must be below 2^31 (session ids: firm id, + 2^31 for FIX)")
+                raise ValueError(f"firm {f.name}: id {f.id} must be below 2^30 (session ids: the firm id for OUCH, "
+                                 "+ 2^30 for FIX; engine order ids are session << 32 | n, below 2^63)")
         self.partitions = list(config.partitions)
         self.part_index = {p.id: i for i, p in enumerate(self.partitions)}
         self.instruments: list[Instrument] = [i.instrument() for i in config.instruments]

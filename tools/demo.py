@@ -258,3 +258,369 @@ class FixClient:
     def close(self) -> None:
         self.sock.close()
         self.closed = True
+
+
+# ================================================================================================
+# The subscriber process: L3 and L2 books from the multicast feed, a trade tape
+# ================================================================================================
+
+def _subscriber_main(config_path: str, conn: Any, locate: int, stop_after_s: float) -> None:
+    """Join the partition's L3 and L2 channels; every 0.2 s send the parent a view (ladder, tape,
+    counters); after End of Session on L3 (or when told), send the final book hash and exit."""
+    from appliance.config import load
+    from appliance.daemon import feed_config
+    from feeds.books import summary_hash
+    from feeds.subscriber import FeedSubscriber, MessageTap
+
+    cfg = load(config_path)
+    sub = FeedSubscriber(feed_config(cfg, cfg.partitions[0]), ("l3", "l2"))
+    l3 = sub.l3
+    tape: list[tuple[int, int, int]] = []      # (price, shares, match) of ALPH trades, newest last
+    counts = {"messages": 0, "trades": 0}
+
+    def on_message(seq: int, msg: bytes) -> None:
+        counts["messages"] += 1
+        t = msg[:1]
+        if t == b"E" or t == b"C":
+            ref = int.from_bytes(msg[11:19], "big")
+            qty = int.from_bytes(msg[19:23], "big")
+            match = int.from_bytes(msg[23:31], "big")
+            rec = l3.orders.get(ref)
+            if rec is None:
+                return
+            lvl = rec[1]
+            price = int.from_bytes(msg[32:36], "big") if t == b"C" else lvl[2]
+            counts["trades"] += 1
+            if lvl[4] == locate:
+                tape.append((price, qty, match))
+                del tape[:-12]
+
+    sub.receivers["l3"].sinks.insert(0, MessageTap(on_message))   # before the book: E of a filled order
+    sub.open(interface="127.0.0.1")
+    conn.send(("ready",))
+    deadline = time.monotonic() + stop_after_s
+    last = 0.0
+    ended_at = None
+    while time.monotonic() < deadline:
+        sub.poll(0.02)
+        now = time.monotonic()
+        if conn.poll():
+            if conn.recv() == "stop":
+                break
+        if sub.receivers["l3"].ended and ended_at is None:
+            ended_at = now
+        if ended_at is not None and now - ended_at > 0.3:
+            break
+        if now - last >= 0.2:
+            last = now
+            conn.send(("view", sub.l2.depth(locate, 0)[:5], sub.l2.depth(locate, 1)[:5], list(tape), dict(counts),
+                       sub.receivers["l3"].expected - 1))
+    rcv = sub.receivers["l3"]
+    conn.send(("final", summary_hash(l3.summary()), len(l3.orders), dict(counts), rcv.expected - 1, rcv.gaps,
+               rcv.session.decode() if rcv.session else "", rcv.ended))
+    sub.close()
+
+
+# ================================================================================================
+# The demo
+# ================================================================================================
+
+def _bar(done: int, total: int, width: int = 30) -> str:
+    filled = width * done // max(total, 1)
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def _ladder(bids: list[Any], asks: list[Any], symbol: str) -> list[str]:
+    lines = [f"  {symbol} L2 (from the multicast feed)", "      bid qty    price | price    ask qty"]
+    for i in range(5):
+        b = f"{bids[i][1]:>11} {price_to_text(bids[i][0])[:-2]:>8}" if i < len(bids) else " " * 20
+        a = f"{price_to_text(asks[i][0])[:-2]:<8} {asks[i][1]:<11}" if i < len(asks) else ""
+        lines.append(f"  {b} | {a}")
+    return lines
+
+
+class _Load:
+    """The load generator's view of its clients and orders. Owned by the demo's thread."""
+
+    def __init__(self) -> None:
+        from appliance.daemon import Histogram
+        self.hist = Histogram()
+        self.sent = 0
+        self.acks = 0
+        self.fills = 0
+        self.rejects: dict[str, int] = {}
+        self.cancels = 0
+        self.pending: dict[tuple[int, str], int] = {}   # (client, order key) -> send time ns
+
+
+def demo(orders: int = 3000, live_view: bool = True, keep: str | None = None, as_json: bool = False,
+         seed: int = 7) -> int:
+    """Run the demo (see the module docstring); 0 if everything ran and the books agree."""
+    rng = random.Random(seed)
+    root = keep or tempfile.mkdtemp(prefix="matchwire-demo-")
+    os.makedirs(root, exist_ok=True)
+    tty = live_view and sys.stdout.isatty()
+    out = sys.stdout
+    cfg = loopback_config(root, rng=rng)
+    path = write_config(cfg, os.path.join(root, "config.toml"))
+    state = os.path.join(root, "state")
+    gw = cfg.gateways[0]
+    symbols = {i.symbol: i for i in cfg.instruments}
+    print(f"matchwire demo: state in {root}; OUCH {gw.ouch_port}, FIX {gw.fix_port}, feeds on 127.0.0.1 (TTL 0)",
+          file=out)
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    sub = ctx.Process(target=_subscriber_main, args=(path, child, symbols["ALPH"].locate, 120.0), daemon=True)
+    sub.start()
+    if not parent.poll(30) or parent.recv()[0] != "ready":
+        print("matchwire demo: the subscriber did not start", file=sys.stderr)
+        return 1
+    log = open(os.path.join(root, "appliance.log"), "wb")
+    t_start = time.monotonic()
+    proc = subprocess.Popen([PYTHON, "-m", "tools.cli", "run", path, "--state-dir", state, "--no-realtime"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    rc = 1
+    try:
+        ready = os.path.join(state, "run", f"{gw.name}.ready.json")
+        deadline = time.monotonic() + 60
+        while not os.path.exists(ready):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                print(f"matchwire demo: the appliance did not start (log: {log.name})", file=sys.stderr)
+                return 1
+            time.sleep(0.05)
+        print(f"matchwire demo: appliance up in {time.monotonic() - t_start:.1f} s; sending {orders} orders "
+              f"from {len(cfg.firms)} firms over OUCH and FIX", file=out)
+        load, clients_info, view = _drive(cfg, orders, rng, parent, tty, out)
+        # Shutdown: SIGTERM, End of Session on the feed, final snapshot.
+        t_stop = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc_run = proc.wait(60)
+        stop_s = time.monotonic() - t_stop
+        final = None
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if parent.poll(0.5):
+                msg = parent.recv()
+                if msg[0] == "final":
+                    final = msg
+                    break
+        if final is None:
+            parent.send("stop")
+            if parent.poll(5):
+                final = parent.recv()
+        stats = json.load(open(os.path.join(state, "run", f"{cfg.partitions[0].name}.stats.json")))
+        match = final is not None and final[0] == "final" and final[1] == stats["l3_hash"]
+        summary = _summary(cfg, load, clients_info, stats, final, rc_run, stop_s, match)
+        print("\n".join(summary["lines"]), file=out)
+        if as_json:
+            print(json.dumps({k: v for k, v in summary.items() if k != "lines"}), file=out)
+        rc = 0 if (rc_run == 0 and match) else 1
+        return rc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if sub.is_alive():
+            sub.terminate()
+        sub.join(5)
+        log.close()
+        if keep is None and rc == 0:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _drive(cfg: Config, orders: int, rng: random.Random, view_conn: Any, tty: bool, out: Any) -> tuple[_Load, dict[str, Any], Any]:
+    """Send `orders` orders round-robin over an OUCH and a FIX session per firm; keep a window of
+    at most 40 unanswered orders per session; print progress and the live view."""
+    gw = cfg.gateways[0]
+    refs = {i.symbol: (i.reference_price or 1_000_000, i.tick) for i in cfg.instruments}
+    syms = [s for s in refs for _ in range(3 if s == "ALPH" else 1)]
+    load = _Load()
+    clients: list[tuple[str, Any, Any]] = []
+    for f in cfg.firms:
+        o = OuchClient("127.0.0.1", gw.ouch_port)
+        if o.login(f.ouch.username, f.ouch.password) != b"A":
+            raise RuntimeError(f"OUCH login of {f.name} refused")
+        clients.append(("ouch", f, o))
+        x = FixClient("127.0.0.1", gw.fix_port, f.fix.sender_comp_id, gw.fix_comp_id)
+        if x.logon(f.fix.password).msg_type != "A":
+            raise RuntimeError(f"FIX logon of {f.name} refused")
+        clients.append(("fix", f, x))
+    sel = selectors.DefaultSelector()
+    for i, (_k, _f, c) in enumerate(clients):
+        c.sock.setblocking(False)
+        sel.register(c.sock, selectors.EVENT_READ, i)
+    inflight = [0] * len(clients)
+    live: list[list[Any]] = [[] for _ in clients]   # accepted, cancellable orders per client
+    seen = [0] * len(clients)
+    slow = {i for i, (_k, f, _c) in enumerate(clients) if (f.limits.rate_per_second or 10**9) < 1000}
+    next_slow = 0.0
+    urn = [0] * len(clients)
+    rate = 600.0                                     # orders per second offered
+    t0 = time.monotonic()
+    last_view = 0.0
+    latest_view = None
+    i = 0
+    while load.sent < orders or (sum(inflight) and time.monotonic() - t0 < orders / rate + 20):
+        now = time.monotonic()
+        budget = int((now - t0) * rate) - load.sent
+        while budget > 0 and load.sent < orders:
+            i = (i + 1) % len(clients)
+            if inflight[i] >= 40 or (i in slow and now < next_slow):
+                budget -= 1
+                if all(n >= 40 for n in inflight):
+                    break
+                continue
+            if i in slow:
+                next_slow = now + 0.02      # 50/s: inside the bucket (100/s) of the small firm
+            kind, firm, c = clients[i]
+            if live[i] and rng.random() < 0.12:
+                _cancel_one(kind, c, live[i], rng, urn, i)
+                load.cancels += 1
+            sym = rng.choice(syms)
+            ref, tick = refs[sym]
+            side = rng.randrange(2)
+            px = ref + (rng.randrange(-6, 3) if side == 0 else rng.randrange(-2, 7)) * tick
+            qty = rng.randrange(1, 6) * 100
+            urn[i] += 1
+            key = str(urn[i])
+            if kind == "ouch":
+                c.enter(urn[i], b"BS"[side:side + 1], qty, sym, px)
+            else:
+                key = f"D{urn[i]}"
+                c.order(key, sym, "12"[side], qty, px)
+            load.pending[(i, key)] = time.perf_counter_ns()
+            inflight[i] += 1
+            load.sent += 1
+            budget -= 1
+        for skey, _ev in sel.select(0.002):
+            j = skey.data
+            kind, firm, c = clients[j]
+            c.pump(0.0)
+            _answers(load, kind, c, j, seen, inflight, live)
+        while view_conn.poll():
+            msg = view_conn.recv()
+            if msg[0] == "view":
+                latest_view = msg
+        if now - last_view >= (0.25 if tty else 1.0):
+            last_view = now
+            _show(load, orders, latest_view, tty, out)
+        if load.sent >= orders and not sum(inflight):
+            break
+    _show(load, orders, latest_view, tty, out, final=True)
+    info = {}
+    for kind, firm, c in clients:
+        if kind == "ouch":
+            info[f"OUCH {firm.name}"] = f"next seq {c.next_seq}"
+        else:
+            info[f"FIX {firm.fix.sender_comp_id}"] = f"next out {c.next_out}"
+        c.sock.setblocking(True)
+        c.close()
+    return load, info, latest_view
+
+
+def _cancel_one(kind: str, c: Any, live: list[Any], rng: random.Random, urn: list[int], i: int) -> None:
+    o = live.pop(rng.randrange(len(live)))
+    if kind == "ouch":
+        c.cancel(o)
+    else:
+        urn[i] += 1
+        cl, sym, side, qty = o
+        c.cancel(f"X{urn[i]}", cl, sym, side, qty)
+
+
+def _answers(load: _Load, kind: str, c: Any, j: int, seen: list[int], inflight: list[int], live: list[list[Any]]) -> None:
+    msgs = c.messages
+    now = time.perf_counter_ns()
+    for item in msgs[seen[j]:]:
+        if kind == "ouch":
+            m = item[1]
+            t = type(m).__name__
+            key = (j, str(getattr(m, "user_ref_num", "")))
+            if t in ("OrderAccepted", "OrderRejected") and key in load.pending:
+                load.hist.record(now - load.pending.pop(key))
+                inflight[j] -= 1
+                if t == "OrderAccepted":
+                    load.acks += 1
+                    if m.order_state == b"L":
+                        live[j].append(m.user_ref_num)
+                else:
+                    load.rejects[f"OUCH {m.reason}"] = load.rejects.get(f"OUCH {m.reason}", 0) + 1
+            elif t == "OrderExecuted":
+                load.fills += 1
+        else:
+            m = item
+            if m.msg_type != "8":
+                continue
+            cl = m.get(11) or ""
+            et = m.get(150)
+            key = (j, cl)
+            if et in ("0", "8") and key in load.pending:
+                load.hist.record(now - load.pending.pop(key))
+                inflight[j] -= 1
+                if et == "0":
+                    load.acks += 1
+                    live[j].append((cl, m.get(55), m.get(54), int(m.get(38) or 0)))
+                else:
+                    r = (m.get(58) or "?")[:4]
+                    load.rejects[f"FIX {r}"] = load.rejects.get(f"FIX {r}", 0) + 1
+            elif et == "F":
+                load.fills += 1
+    seen[j] = len(msgs)
+
+
+def _show(load: _Load, total: int, view: Any, tty: bool, out: Any, final: bool = False) -> None:
+    line = (f"{_bar(load.sent, total)} {load.sent}/{total} orders  acks {load.acks}  fills {load.fills}  "
+            f"rejects {sum(load.rejects.values())}  cancels {load.cancels}")
+    if not tty:
+        if final or load.sent % 500 < 300:
+            print(line, file=out)
+        if final and view is not None:
+            print("\n".join(_ladder(view[1], view[2], "ALPH")), file=out)
+        out.flush()
+        return
+    lines = ["\x1b[H\x1b[J" + "matchwire demo", "", line, ""]
+    if view is not None:
+        _, bids, asks, tape, counts, feed_seq = view
+        lines += _ladder(bids, asks, "ALPH")
+        lines += ["", f"  trade tape (ALPH, newest last)    feed: L3 seq {feed_seq}, {counts['trades']} executions"]
+        for price, qty, match in tape[-8:]:
+            lines.append(f"    match {match:>7}  {qty:>5} @ {price_to_text(price)[:-2]}")
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+
+
+def _summary(cfg: Config, load: _Load, clients: dict[str, Any], stats: dict[str, Any], final: Any, rc_run: int,
+             stop_s: float, match: bool) -> dict[str, Any]:
+    lat = load.hist.summary_us()
+    feed = stats["feed"]
+    lines = [
+        "",
+        "=" * 72,
+        "matchwire demo: summary",
+        f"  orders sent {load.sent}, acknowledged {load.acks}, rejected {sum(load.rejects.values())}, "
+        f"cancels sent {load.cancels}, fill reports {load.fills}",
+        "  rejects: " + (", ".join(f"{k}: {v}" for k, v in sorted(load.rejects.items())) or "none"),
+        f"  partition {stats['partition']}: {stats['last_seq']} commands sequenced, {stats['resting']} orders resting,"
+        f" final snapshot at seq {stats['snapshot_seq']}",
+        f"  order to ack (client, loopback): p50 {lat['p50_us']} us, p99 {lat['p99_us']} us, "
+        f"max {lat['max_us']} us over {lat['count']}",
+        f"  in the engine (ring in to ring out, per batch): p50 {stats['in_engine']['p50_us']} us, "
+        f"p99 {stats['in_engine']['p99_us']} us",
+        "  feed: " + ", ".join(f"{ch} session {d['session']} next seq {d['next_seq']} ({d['messages_sent']} msgs, "
+                               f"{d['packets']} packets)" for ch, d in feed.items()),
+        "  sessions: " + ", ".join(f"{k} {v}" for k, v in clients.items()),
+    ]
+    if final is not None and final[0] == "final":
+        _, h, n, counts, last_seq, gaps, session, ended = final
+        lines.append(f"  subscriber: {counts['messages']} L3 messages to seq {last_seq} of {session}, {gaps} gaps, "
+                     f"{n} orders on its book, End of Session {'seen' if ended else 'NOT seen'}")
+    lines.append(f"  subscriber's L3 book {'EQUALS' if match else 'DIFFERS FROM'} the partition's "
+                 f"({stats['l3_hash'][:16]})")
+    lines.append(f"  clean shutdown in {stop_s:.1f} s (exit {rc_run})")
+    lines.append("=" * 72)
+    return {"lines": lines, "orders": load.sent, "acks": load.acks, "fills": load.fills,
+            "rejects": load.rejects, "latency_us": lat, "match": match, "exit": rc_run,
+            "last_seq": stats["last_seq"], "feed": feed}

@@ -234,6 +234,34 @@ class FeedStore:
         """Like ``read`` but the ``u16 length + message`` blocks as one buffer (for packing)."""
         return b"".join(_U16BE.pack(len(m)) + m for m in self.read(first, count))
 
+    def read_raw(self, first: int, count: int) -> bytes:
+        """The stored ``u16 length + message`` blocks of messages ``first`` .. ``first + count - 1``
+        inclusive, back to back, exactly as in the file (fewer if the store ends sooner; b"" if
+        ``first`` is past the end). One pread of the span; only the first and the last indexed
+        datagram are walked, so a long range costs no Python work per message (the retransmission
+        servers' read)."""
+        if first < 1 or count < 1 or first > self.count:
+            return b""
+        last = min(self.count, first + count - 1)
+        seqs, offs = self._seqs, self._offs
+        i = bisect_right(seqs, first) - 1
+        seq, off = (seqs[i], offs[i]) if i >= 0 else (1, FILE_HEADER_SIZE)
+        j = bisect_right(seqs, last) - 1
+        end = offs[j + 1] if j + 1 < len(seqs) else self.size
+        chunk = os.pread(self._data_fd, end - off, off)
+        pos = 0
+        while seq < first:
+            pos += 2 + _U16BE_FROM(chunk, pos)[0]
+            seq += 1
+        if j > i:     # walk the last datagram from its own index entry
+            seq, stop = seqs[j], offs[j] - off
+        else:
+            stop = pos
+        while seq <= last:
+            stop += 2 + _U16BE_FROM(chunk, stop)[0]
+            seq += 1
+        return chunk[pos:stop]
+
     def last_message(self) -> bytes | None:
         return self.read(self.count, 1)[0] if self.count else None
 

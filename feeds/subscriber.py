@@ -20,6 +20,12 @@ own sequence number. With ``hold_after_gap=True`` it keeps what follows (up to `
 messages) until the missing messages arrive (from either group, or from a retransmission fed to
 ``receive``), then delivers everything in order and calls the sinks' ``on_filled``: the books
 are exact again.
+
+Recovery (retransmit/recovery.py drives these): ``resume_at(next_seq)`` continues from a state
+the sinks got elsewhere, and ``load_snapshot(blocks, count, next_seq)`` resets the sinks, applies
+a snapshot's messages and resumes after it: held messages below ``next_seq`` are dropped, the
+held run from it is delivered, and a hole still left is reported as a gap. ``gave_up`` counts
+the times the held messages overflowed ``max_held`` (the books are stale for good then).
 """
 from __future__ import annotations
 
@@ -118,6 +124,7 @@ class ChannelReceiver:
         self.missing = 0             # messages reported missing
         self.malformed = 0
         self.old_session_packets = 0
+        self.gave_up = 0             # hold mode: times max_held overflowed (delivered over holes)
 
     # -- the protocol ---------------------------------------------------------------------------
     def receive(self, ts_ns: int, data: Buffer, leg: int = A) -> int:
@@ -225,7 +232,16 @@ class ChannelReceiver:
             sink.apply_blocks(data, pos, n, first)
         self.messages += n
         self.expected = end
-        if self.held:
+        held = self.held
+        if held:
+            # held copies of what was just delivered (a datagram spanning a hole and held messages,
+            # e.g. a retransmission of a wider range) are stale: drop them
+            if len(held) < n:
+                for q in [q for q in held if q < end]:
+                    del held[q]
+            else:
+                for q in range(first, end):
+                    held.pop(q, None)
             return n + self._drain()
         return n
 
@@ -263,6 +279,7 @@ class ChannelReceiver:
 
     def _give_up(self) -> None:
         """Too much held: deliver it in order over the holes; the books stay stale."""
+        self.gave_up += 1
         held = self.held
         for seq in sorted(held):
             block = held[seq]
@@ -279,10 +296,67 @@ class ChannelReceiver:
             self._give_up()
         return n
 
+    def resume_at(self, next_seq: int) -> int:
+        """The sinks now hold the state as of message ``next_seq - 1`` (a snapshot was loaded):
+        drop held messages below it, deliver the held run from it on, and report each hole still
+        left below the highest sequence heard of as a gap (``on_gap``: the recovery fills it).
+        Returns how many held messages were delivered."""
+        if next_seq < 1:
+            raise ValueError(f"resume_at: sequence numbers start at 1, got {next_seq}")
+        held = self.held
+        for seq in [q for q in held if q < next_seq]:
+            del held[seq]
+        self.expected = next_seq
+        if next_seq > self.high:
+            self.high = next_seq
+        if held:
+            delivered = self._drain()
+        else:
+            delivered = 0
+            for sink in self.sinks:
+                sink.on_filled()
+        prev = self.expected
+        for seq in sorted(held):
+            if seq > prev:
+                self._gap(prev, seq - prev)
+            prev = seq + 1
+        if prev < self.high:
+            self._gap(prev, self.high - prev)
+        return delivered
+
+    def load_snapshot(self, blocks: Buffer, count: int, next_seq: int) -> int:
+        """Replace the sinks' state with a snapshot, then ``resume_at(next_seq)``.
+
+        ``blocks`` holds the snapshot's ``count`` messages as ``u16 length + message`` blocks
+        (e.g. System Event, Stock Directory, Trading Action and Add Orders of a GLIMPSE-style
+        snapshot): the book as of message ``next_seq - 1``. Each sink is reset and gets them with
+        sequence number 0 (they are not feed messages). Books that track instrument sequence
+        numbers (L2, L1) take the snapshot's numbers as their last ones, none stale."""
+        if _check_blocks(blocks, 0, count) != len(blocks):
+            raise ValueError(f"snapshot: {count} blocks do not fill {len(blocks)} bytes")
+        for sink in self.sinks:
+            sink.reset()
+            sink.apply_blocks(blocks, 0, count, 0)
+            _snapshot_loaded(sink)
+        return self.resume_at(next_seq)
+
     @property
     def stale(self) -> bool:
         """True while messages are missing (hold mode) or after an unrecovered gap (see the books)."""
         return bool(self.held)
+
+
+def _snapshot_loaded(sink: Any) -> None:
+    """After a snapshot: a sink's own hook, or, for the books with instrument sequence numbers
+    (L2Book, L1Book), nothing stale or suspect (the snapshot set every instrument's last number)."""
+    hook = getattr(sink, "on_snapshot", None)
+    if hook is not None:
+        hook()
+        return
+    seqs = getattr(sink, "seqs", None)
+    if seqs is not None:
+        seqs.stale.clear()
+        seqs.suspect.clear()
 
 
 # ================================================================================================
@@ -291,7 +365,11 @@ class ChannelReceiver:
 
 class MulticastSubscriber:
     """Joins each channel's A and B groups on ``interface`` and feeds its receiver; polls
-    non-blocking sockets (no thread of its own: the caller's loop calls ``poll``)."""
+    non-blocking sockets (no thread of its own: the caller's loop calls ``poll``).
+
+    ``add_socket(sock, callback)`` puts another socket in the same poll (the recovery client's
+    UDP and TCP sockets): ``callback(events)`` is called when it is ready.
+    """
 
     def __init__(self, receivers: dict[str, tuple[ChannelGroups, ChannelReceiver]],
                  interface: str = "127.0.0.1", rcvbuf: int = 8 << 20,
@@ -315,7 +393,10 @@ class MulticastSubscriber:
         """Wait up to ``timeout_s`` for data, then read every queued datagram (at most
         ``max_datagrams``); return how many were read."""
         read = 0
-        for key, _ in self.selector.select(timeout_s):
+        for key, events in self.selector.select(timeout_s):
+            if callable(key.data):
+                key.data(events)
+                continue
             receiver, leg = key.data
             recv = key.fileobj.recv  # type: ignore[union-attr]
             while read < max_datagrams:
@@ -327,6 +408,24 @@ class MulticastSubscriber:
                 read += 1
         self.datagrams += read
         return read
+
+    def add_socket(self, sock: socket.socket, callback: Callable[[int], None],
+                   events: int = selectors.EVENT_READ) -> None:
+        """Poll ``sock`` too: ``callback(events)`` when it is ready (events: EVENT_READ/EVENT_WRITE)."""
+        self.selector.register(sock, events, callback)
+
+    def modify_socket(self, sock: socket.socket, callback: Callable[[int], None], events: int) -> None:
+        self.selector.modify(sock, events, callback)
+
+    def remove_socket(self, sock: socket.socket) -> None:
+        try:
+            self.selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+
+    def fileno(self) -> int:
+        """The poller's descriptor (epoll): readable when a socket is, for an outer event loop."""
+        return self.selector.fileno()
 
     def run_until(self, done: Callable[[], bool], timeout_s: float) -> bool:
         """Poll until ``done()`` or ``timeout_s`` seconds have passed; return ``done()``."""

@@ -128,7 +128,8 @@ class SoupServerSession:
 
     __slots__ = ("settings", "source", "state", "stream", "replay_only", "close_reason", "close_mode",
                  "connected_ns", "last_rx_ns", "last_tx_ns", "wait_since_ns", "stall_since_ns",
-                 "request", "_parser", "_out", "packets_in", "ignored_packets", "sequenced_out", "peer")
+                 "request", "_parser", "_out", "_accepted_unsent", "packets_in", "ignored_packets",
+                 "sequenced_out", "peer")
 
     def __init__(self, settings: SoupServerSettings, source: StreamSource, now_ns: int,
                  peer: object = None) -> None:
@@ -148,6 +149,7 @@ class SoupServerSession:
         self.request: LoginRequest | None = None
         self._parser = FrameParser(_MAX_CLIENT_PACKET)
         self._out: list[bytes] = []
+        self._accepted_unsent = False
         self.packets_in = 0
         self.ignored_packets = 0
         self.sequenced_out = 0
@@ -218,6 +220,7 @@ class SoupServerSession:
         self.stream = answer
         self.state = STREAMING
         self._send(encode_login_accepted(answer.session, answer.next_seq), now_ns)
+        self._accepted_unsent = True
 
     def _reject(self, reason: bytes, why: str) -> None:
         self._out.append(encode_login_rejected(reason))
@@ -243,6 +246,8 @@ class SoupServerSession:
                 return
         stream = self.stream
         assert stream is not None
+        if self._accepted_unsent:
+            return        # Login Accepted goes out in a write of its own, as servers answer a login
         room = s.send_buffer_bytes - buffered
         if room <= 0:
             if self.stall_since_ns is None:
@@ -270,6 +275,7 @@ class SoupServerSession:
         if not out:
             return b""
         self._out = []
+        self._accepted_unsent = False
         return out[0] if len(out) == 1 else b"".join(out)
 
     # -- closing --------------------------------------------------------------------------------

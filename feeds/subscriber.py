@@ -324,16 +324,20 @@ class ChannelReceiver:
             self._gap(prev, self.high - prev)
         return delivered
 
-    def load_snapshot(self, blocks: Buffer, count: int, next_seq: int) -> int:
+    def load_snapshot(self, blocks: Buffer, count: int, next_seq: int, session: bytes | None = None) -> int:
         """Replace the sinks' state with a snapshot, then ``resume_at(next_seq)``.
 
         ``blocks`` holds the snapshot's ``count`` messages as ``u16 length + message`` blocks
         (e.g. System Event, Stock Directory, Trading Action and Add Orders of a GLIMPSE-style
-        snapshot): the book as of message ``next_seq - 1``. Each sink is reset and gets them with
-        sequence number 0 (they are not feed messages). Books that track instrument sequence
-        numbers (L2, L1) take the snapshot's numbers as their last ones, none stale."""
+        snapshot): the book as of message ``next_seq - 1`` of ``session`` (adopted first when
+        given and not the receiver's; ValueError for a session it left). Each sink is reset and
+        gets them with sequence number 0 (they are not feed messages). Books that track
+        instrument sequence numbers (L2, L1) take the snapshot's numbers as their last ones, none
+        stale."""
         if _check_blocks(blocks, 0, count) != len(blocks):
             raise ValueError(f"snapshot: {count} blocks do not fill {len(blocks)} bytes")
+        if session is not None and session != self.session and not self._switch(session):
+            raise ValueError(f"snapshot of session {session!r}, which this receiver left")
         for sink in self.sinks:
             sink.reset()
             sink.apply_blocks(blocks, 0, count, 0)

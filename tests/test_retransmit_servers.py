@@ -3,10 +3,12 @@ while other sessions go on untouched; the session cap; a client that does not re
 tshark's SoupBinTCP dissector reads a capture of a replay and of a snapshot session cleanly."""
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,7 +24,7 @@ from feeds.store import FeedStore
 from feeds.subscriber import ChannelReceiver
 from retransmit.snapshot import parse_end_of_snapshot
 from retransmit.soupclient import SoupClientSession, fetch
-from test_retransmit_harness import PASSWORD, USERNAME, FlowRun, Rig, flow, rig_fixture  # noqa: F401
+from test_retransmit_harness import ROOT, PASSWORD, USERNAME, FlowRun, Rig, flow, rig_fixture  # noqa: F401
 
 TSHARK = shutil.which("tshark")
 
@@ -250,3 +252,12 @@ def test_the_session_cap_and_a_client_that_does_not_read(tmp_path_factory: pytes
     assert rig.retransmit is not None and rig.retransmit.stats is not None
     replay = rig.retransmit.stats["replay"]
     assert replay["refused_full"] == 1 and replay["closed"]["slow_client"] == 1, replay
+
+
+def test_the_benchmark_runs_and_ends_with_one_json_object() -> None:
+    out = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "retransmit", "--messages", "20000",
+                          "--orders", "2000", "--repeat", "1"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["benchmark"] == "retransmit" and result["replay_messages"] == 20000
+    assert result["snapshot_messages"] == 2000 + 22 and result["replay_msgs_per_sec"] > 0

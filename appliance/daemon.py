@@ -30,7 +30,6 @@ in the loop (a generation-0 collection at most once a second when idle).
 from __future__ import annotations
 
 import argparse
-import bisect
 import ctypes
 import ctypes.util
 import gc
@@ -281,6 +280,10 @@ class PartitionDaemon:
         self.in_engine = Histogram()
         self.tuning: dict[str, str] = {}
         self.notes: list[str] = []
+        self.stop_after_commands = 0     # benchmarks: stop once this many commands were processed
+        self.first_batch_ns = 0
+        self.last_batch_ns = 0
+        self.stats_requested = False
 
     # -- start-up -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -474,7 +477,13 @@ class PartitionDaemon:
                     stats["batches"] += 1
                     if n > stats["max_batch_seen"]:
                         stats["max_batch_seen"] = n
-                    hist.record(clock() - now, n)
+                    t_out = clock()
+                    hist.record(t_out - now, n)
+                    if not self.first_batch_ns:
+                        self.first_batch_ns = now
+                    self.last_batch_ns = t_out
+                    if self.stop_after_commands and stats["commands"] >= self.stop_after_commands:
+                        self.stopping = True
                     idle.idle(n)
                     continue
                 if interval:
@@ -484,6 +493,9 @@ class PartitionDaemon:
                 else:
                     part.poll(now)
                 pub.poll(now)
+                if self.stats_requested:
+                    self.stats_requested = False
+                    self.write_stats()
                 t = time.monotonic()
                 if t - self.last_gen0 >= 1.0:
                     gc.collect(0)
@@ -594,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.makedirs(run, exist_ok=True)
     atomic_json(os.path.join(run, f"{args.partition}.ready.json"), d.ready_info)
     log(args.partition, f"ready: seq {d.ready_info['last_seq']}, rings for {', '.join(d.gateways)}")
-    signal.signal(signal.SIGUSR1, lambda s, f: d.write_stats())
+    signal.signal(signal.SIGUSR1, lambda s, f: setattr(d, "stats_requested", True))
     return d.run()
 
 

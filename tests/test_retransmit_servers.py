@@ -229,12 +229,18 @@ def test_the_session_cap_and_a_client_that_does_not_read(tmp_path_factory: pytes
         s.close()
         for s in socks:
             s.close()
-        time.sleep(0.1)
-        # a client with a small window that does not read a 15 MB replay
-        slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        slow.connect(a["replay"])
-        slow.sendall(encode_login_request(USERNAME, PASSWORD, big.decode(), 1))
+        # a client with a small window that does not read a 15 MB replay (once the server has seen
+        # the three above go, it may log in)
+        for _ in range(50):
+            slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            slow.connect(a["replay"])
+            slow.sendall(encode_login_request(USERNAME, PASSWORD, big.decode(), 1))
+            slow.settimeout(5)
+            if slow.recv(3)[2:3] == b"A":
+                break
+            slow.close()
+            time.sleep(0.1)
         closed = False
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not closed:
@@ -251,7 +257,7 @@ def test_the_session_cap_and_a_client_that_does_not_read(tmp_path_factory: pytes
         rig.stop()
     assert rig.retransmit is not None and rig.retransmit.stats is not None
     replay = rig.retransmit.stats["replay"]
-    assert replay["refused_full"] == 1 and replay["closed"]["slow_client"] == 1, replay
+    assert replay["refused_full"] >= 1 and replay["closed"]["slow_client"] == 1, replay
 
 
 def test_the_benchmark_runs_and_ends_with_one_json_object() -> None:

@@ -169,8 +169,12 @@ def _pipeline(args: argparse.Namespace) -> int:
 def _client(port: int, rate: int, seconds: float, conn: Any) -> None:
     """One OUCH session offering `rate` orders/s in 1 ms ticks; sends back the latency histogram."""
     from tools.demo import OuchClient
+    from appliance.daemon import choose_cpu
     from appliance.gateway import ouch_layout as L
     from feeds import soupbintcp as soup
+    others = set(os.sched_getaffinity(0)) - {choose_cpu(-1)}
+    if others:   # beside the gateway, not on the matcher's CPU
+        os.sched_setaffinity(0, others)
     c = OuchClient("127.0.0.1", port)
     assert c.login("alfa", "alfa-pw") == b"A"
     c.sock.setblocking(False)

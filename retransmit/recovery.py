@@ -48,12 +48,14 @@ from feeds.subscriber import ChannelReceiver, FeedSubscriber, MulticastSubscribe
 from retransmit.snapshot import parse_end_of_snapshot
 from retransmit.soupclient import SoupClientSession
 
-__all__ = ["RecoveryConfig", "ChannelRecovery", "RecoveringSubscriber", "RERQUEST", "REPLAY", "SNAPSHOT"]
+__all__ = ["RecoveryConfig", "ChannelRecovery", "RecoveringSubscriber", "feed_blocks", "RERQUEST", "REPLAY",
+           "SNAPSHOT"]
 
 RERQUEST, REPLAY, SNAPSHOT = "rerequest", "replay", "snapshot"
 Address = tuple[str, int]
 
 _pack_header = HEADER.struct.pack
+_MAX_COUNT = 65534                   # messages in one MoldUDP64 datagram
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,14 +105,13 @@ class _Range:
 
 
 class _Fetch:
-    __slots__ = ("kind", "first", "end", "large", "started_ns", "progress_ns")
+    __slots__ = ("kind", "first", "end", "large", "progress_ns")
 
     def __init__(self, kind: str, first: int, end: int, large: bool, now_ns: int) -> None:
         self.kind = kind
         self.first = first
         self.end = end
         self.large = large           # the large-gap method (its failures lead to on_failed)
-        self.started_ns = now_ns
         self.progress_ns = now_ns
 
 
@@ -142,7 +143,6 @@ class ChannelRecovery:
         self.snapshots = 0
         self.timeouts = 0
         self.failed = 0
-        self.stale_ns = 0               # when the current stale period began
         self.recoveries = 0             # stale -> fresh transitions
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -187,10 +187,9 @@ class ChannelRecovery:
         if r.session != session or count < 1:
             self.fetch_finished(False, now_ns, "snapshot of another session" if count else "empty snapshot")
             return False
-        pos, last = 0, 0
+        last = 0                        # the offset of the last block: End of Snapshot
         for _ in range(count - 1):
-            pos += 2 + ((blocks[pos] << 8) | blocks[pos + 1])
-        last = pos
+            last += 2 + ((blocks[last] << 8) | blocks[last + 1])
         try:
             next_seq = parse_end_of_snapshot(blocks[last + 2:])
         except ValueError as exc:
@@ -343,7 +342,6 @@ class ChannelRecovery:
     def _set_stale(self, now_ns: int, why: str) -> None:
         if not self.stale:
             self.stale = True
-            self.stale_ns = now_ns
             if self.events is not None:
                 self.events("stale", self.channel, why)
 
@@ -378,6 +376,23 @@ class _Lossy:
             self.dropped += 1
             return 0
         return self.receiver.receive(ts_ns, data, leg)
+
+
+def feed_blocks(receiver: ChannelReceiver, session: bytes, first: int, count: int, blocks: bytes, now_ns: int) -> int:
+    """Hand ``count`` retransmitted messages (MoldUDP64 blocks, from sequence ``first``) to a
+    receiver as datagrams of at most 65534 messages (a u16 count); returns how many it delivered."""
+    delivered = 0
+    pos = 0
+    while count > _MAX_COUNT:
+        start = pos
+        for _ in range(_MAX_COUNT):
+            pos += 2 + ((blocks[pos] << 8) | blocks[pos + 1])
+        delivered += receiver.receive(now_ns, _pack_header(session, first, _MAX_COUNT) + blocks[start:pos], 0)
+        first += _MAX_COUNT
+        count -= _MAX_COUNT
+    if count:
+        delivered += receiver.receive(now_ns, _pack_header(session, first, count) + blocks[pos:], 0)
+    return delivered
 
 
 class _TcpFetch:
@@ -447,9 +462,8 @@ class _TcpFetch:
         if not n:
             return
         if self.kind == REPLAY:
-            receiver = owner.feed.receivers[self.channel]
             assert client.accepted is not None
-            receiver.receive(now, _pack_header(client.accepted[0], first, n) + blocks, 0)
+            feed_blocks(owner.feed.receivers[self.channel], client.accepted[0], first, n, blocks, now)
         else:
             self.snapshot_blocks.append(blocks)
             self.snapshot_count += n

@@ -18,7 +18,16 @@ from feeds.books import L1Book, L2Book, L3Book
 from feeds.channels import L3
 from feeds.moldudp64 import PacketBuilder, Session, heartbeat
 from feeds.subscriber import ChannelReceiver
-from retransmit.recovery import REPLAY, RERQUEST, SNAPSHOT, ChannelRecovery, RecoveringSubscriber, RecoveryConfig
+from retransmit.recovery import (
+    REPLAY,
+    RERQUEST,
+    SNAPSHOT,
+    ChannelRecovery,
+    RecoveringSubscriber,
+    RecoveryConfig,
+    feed_blocks,
+)
+from feeds.subscriber import MessageTap
 from retransmit.snapshot import encode_end_of_snapshot
 from test_retransmit_harness import PASSWORD, USERNAME, FlowRun, Rig, drive, flow, rig_fixture  # noqa: F401
 
@@ -144,6 +153,15 @@ def test_an_overflowing_hold_buffer_recovers_the_whole_channel() -> None:
         receiver.receive(0, d)
     assert receiver.gave_up == 1
     assert rec.tick(10 * MS) == [(SNAPSHOT, SESSION)]
+
+
+def test_a_replay_of_more_than_a_datagram_can_count_is_cut_into_several() -> None:
+    seen: list[int] = []
+    receiver = ChannelReceiver(L3, [MessageTap(lambda seq, m: seen.append(seq))], hold_after_gap=True)
+    receiver.receive(0, heartbeat(SESSION, 1))
+    blocks = b"\x00\x01x" * 150_000
+    assert feed_blocks(receiver, SESSION, 1, 150_000, blocks, 0) == 150_000
+    assert seen == list(range(1, 150_001)) and receiver.expected == 150_001 and receiver.gaps == 0
 
 
 def test_a_snapshot_sets_l2_and_l1_instrument_sequences_so_the_feed_continues_fresh() -> None:

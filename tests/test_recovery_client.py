@@ -17,7 +17,7 @@ import pytest
 from feeds.books import L1Book, L2Book, L3Book
 from feeds.channels import L3
 from feeds.moldudp64 import PacketBuilder, Session, heartbeat
-from feeds.subscriber import ChannelReceiver
+from feeds.subscriber import ChannelReceiver, MessageTap
 from retransmit.recovery import (
     REPLAY,
     RERQUEST,
@@ -27,7 +27,6 @@ from retransmit.recovery import (
     RecoveryConfig,
     feed_blocks,
 )
-from feeds.subscriber import MessageTap
 from retransmit.snapshot import encode_end_of_snapshot
 from test_retransmit_harness import PASSWORD, USERNAME, FlowRun, Rig, drive, flow, rig_fixture  # noqa: F401
 

@@ -35,6 +35,7 @@ from feeds import itch
 from feeds.books import L1Book, L2Book, L3Book
 from feeds.channels import L1, L2, L3, PRICE_LEVEL_UPDATE
 from feeds.layout import Buffer, Msg
+from feeds.soupbintcp import FrameParser
 
 __all__ = ["END_OF_SNAPSHOT", "encode_end_of_snapshot", "parse_end_of_snapshot", "ReferenceSink",
            "build_l3_snapshot", "build_l2_snapshot", "build_l1_snapshot", "build_snapshot",
@@ -76,14 +77,8 @@ def _seq_packet(message: bytes) -> bytes:
 
 
 def soup_messages(packets: bytes) -> list[bytes]:
-    """The messages of back-to-back Sequenced Data packets (tests, tools)."""
-    out: list[bytes] = []
-    pos = 0
-    while pos < len(packets):
-        n = (packets[pos] << 8) | packets[pos + 1]
-        out.append(packets[pos + 3:pos + 2 + n])
-        pos += 2 + n
-    return out
+    """The payloads of back-to-back SoupBinTCP packets (tests, tools)."""
+    return [p.payload for p in FrameParser().feed(packets)]
 
 
 class ReferenceSink:

@@ -24,6 +24,7 @@ import struct
 import time
 from typing import Final
 
+from feeds.moldudp64 import split_blocks
 from feeds.soupbintcp import (
     MAX_PACKET_LENGTH,
     encode_client_heartbeat,
@@ -33,7 +34,7 @@ from feeds.soupbintcp import (
     parse_login_accepted,
 )
 
-__all__ = ["SoupClientSession", "fetch", "FetchResult", "split_blocks_to_messages"]
+__all__ = ["SoupClientSession", "fetch", "FetchResult"]
 
 _BLOCK_HEAD: Final = [n.to_bytes(2, "big") for n in range(2048)]
 _U16: Final = struct.Struct(">H")
@@ -168,17 +169,6 @@ class SoupClientSession:
         return b"".join(out)
 
 
-def split_blocks_to_messages(blocks: bytes) -> list[bytes]:
-    """``u16 length + message`` blocks -> messages."""
-    out: list[bytes] = []
-    pos, end = 0, len(blocks)
-    while pos < end:
-        n = (blocks[pos] << 8) | blocks[pos + 1]
-        out.append(blocks[pos + 2:pos + 2 + n])
-        pos += 2 + n
-    return out
-
-
 class FetchResult:
     """What ``fetch`` got: the session's final state and the messages as blocks."""
 
@@ -190,7 +180,7 @@ class FetchResult:
         self.transcript = transcript     # (ts_ns, from_client, bytes), if asked for
 
     def messages(self) -> list[bytes]:
-        return split_blocks_to_messages(self.blocks)
+        return split_blocks(self.blocks)
 
 
 def fetch(address: tuple[str, int], username: str, password: str, session: str | bytes = b"",

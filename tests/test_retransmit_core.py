@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from feeds.moldudp64 import PacketBuilder, Session, encode_rerequest, parse_packet
+from feeds.moldudp64 import PacketBuilder, Session, encode_rerequest, parse_packet, split_blocks
 from feeds.soupbintcp import (
     FrameParser,
     encode_client_heartbeat,
@@ -24,7 +24,7 @@ from feeds.store import FeedStore
 from retransmit.quota import DAY_NS, MINUTE_NS, SECOND_NS, ClientQuotas, QuotaLimits
 from retransmit.replay import ReplaySource, blocks_to_sequenced
 from retransmit.rerequest import OUTCOMES, RerequestCore
-from retransmit.soupclient import SoupClientSession, split_blocks_to_messages
+from retransmit.soupclient import SoupClientSession
 from retransmit.soupserver import (
     CLOSED,
     LOGIN,
@@ -118,7 +118,7 @@ def test_a_reader_follows_a_store_that_grows(tmp_path: Path) -> None:
     for k in range(100, 900, 80):
         fill(writer, msgs[k:k + 80])
         assert stores.available(reader, k + 80) == k + 80
-        assert split_blocks_to_messages(reader.read_raw(k - 5, 86)) == msgs[k - 6:k + 80]
+        assert split_blocks(reader.read_raw(k - 5, 86)) == msgs[k - 6:k + 80]
     writer.close()
     stores.close()
 
@@ -465,5 +465,5 @@ def test_the_client_reads_any_slicing_of_the_stream_as_blocks() -> None:
             first = f
         blocks += b
         pos += k
-    assert first == 7 and split_blocks_to_messages(blocks) == msgs and c.ended and c.heartbeats == 1
+    assert first == 7 and split_blocks(blocks) == msgs and c.ended and c.heartbeats == 1
     assert c.debug == [b"note"] and c.next_seq == 2007

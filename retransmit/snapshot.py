@@ -92,13 +92,13 @@ class ReferenceSink:
 
     def __init__(self) -> None:
         self.system_event: bytes | None = None
-        self.directory: dict[int, bytes] = {}
-        self.trading: dict[int, bytes] = {}
-        self.mpids: dict[int, bytes] = {}
-        self.bbo: dict[int, bytes] = {}
-        self.trade: dict[int, bytes] = {}
-        self.last_ts6 = b"\x00" * 6
-        self.tracking = 0
+        self.directory: dict[int, bytes] = {}     # locate -> its last Stock Directory
+        self.trading: dict[int, bytes] = {}       # locate -> its last Stock Trading Action
+        self.mpids: dict[int, bytes] = {}         # order ref -> MPID of an 'F' order
+        self.bbo: dict[int, bytes] = {}           # locate -> its last 'q'
+        self.trade: dict[int, bytes] = {}         # locate -> its last 't'
+        self.last_ts6 = b"\x00" * 6                # the timestamp of the last message applied
+        self.tracking = 0                          # the tracking number of the System Event
 
     def apply_blocks(self, buf: Buffer, pos: int, count: int, first_seq: int = 0) -> int:
         last = -1
@@ -139,7 +139,11 @@ class ReferenceSink:
         pass
 
     def reset(self) -> None:
-        self.__init__()  # type: ignore[misc]
+        self.system_event = None
+        for table in (self.directory, self.trading, self.mpids, self.bbo, self.trade):
+            table.clear()
+        self.last_ts6 = b"\x00" * 6
+        self.tracking = 0
 
     def forget_mpids(self, live: dict[int, Any]) -> None:
         """Drop MPIDs of orders no longer on the book (they are kept until a snapshot is built)."""
@@ -147,12 +151,13 @@ class ReferenceSink:
             self.mpids = {ref: m for ref, m in self.mpids.items() if ref in live}
 
     def header(self, out: list[bytes], locates: set[int]) -> None:
-        """System Event, then nothing: per-instrument reference data is added by ``instrument``."""
+        """Append the System Event; add the instruments with reference data to ``locates``."""
         if self.system_event is not None:
             out.append(_seq_packet(self.system_event))
         locates.update(self.directory, self.trading)
 
     def instrument(self, out: list[bytes], locate: int) -> int:
+        """Append an instrument's Stock Directory and Trading Action; return how many."""
         n = 0
         for table in (self.directory, self.trading):
             raw = table.get(locate)

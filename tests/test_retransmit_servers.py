@@ -227,6 +227,14 @@ def test_the_session_cap_and_a_client_that_does_not_read(tmp_path_factory: pytes
         got, how = read_until_closed(s)
         assert got == b"\x00\x02JS" and how == "eof"                # the fourth: J 'S'
         s.close()
+        # connections beyond max_sessions + 16 spare ones are dropped before a byte is read
+        idle = [socket.create_connection(a["replay"]) for _ in range(16)]
+        time.sleep(0.2)
+        extra = socket.create_connection(a["replay"])
+        got, how = read_until_closed(extra, 5)
+        assert got == b"" and how in ("eof", "reset")
+        for s in idle + [extra]:
+            s.close()
         for s in socks:
             s.close()
         # a client with a small window that does not read a 15 MB replay (once the server has seen
@@ -258,6 +266,7 @@ def test_the_session_cap_and_a_client_that_does_not_read(tmp_path_factory: pytes
     assert rig.retransmit is not None and rig.retransmit.stats is not None
     replay = rig.retransmit.stats["replay"]
     assert replay["refused_full"] >= 1 and replay["closed"]["slow_client"] == 1, replay
+    assert replay["refused_connections"] >= 1, replay
 
 
 def test_the_benchmark_runs_and_ends_with_one_json_object() -> None:

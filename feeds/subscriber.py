@@ -41,7 +41,7 @@ from feeds.layout import Buffer
 from feeds.moldudp64 import END_OF_SESSION_COUNT, HEADER_SIZE
 from feeds.transport import A, multicast_receiver
 
-__all__ = ["Sink", "ChannelReceiver", "MessageTap", "MulticastSubscriber", "FeedSubscriber"]
+__all__ = ["Sink", "ChannelReceiver", "MessageTap", "MulticastSubscriber", "FeedSubscriber", "poll_until"]
 
 _HEADER_FROM = struct.Struct(">10sQH").unpack_from
 
@@ -367,6 +367,18 @@ def _snapshot_loaded(sink: Any) -> None:
 # Socket shell
 # ================================================================================================
 
+def poll_until(poll: Callable[[float], Any], done: Callable[[], bool], timeout_s: float) -> bool:
+    """Call ``poll(wait_s)`` (waits of at most 50 ms) until ``done()`` or ``timeout_s`` seconds have
+    passed; return ``done()``."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return done()
+        poll(min(left, 0.05))
+    return True
+
+
 class MulticastSubscriber:
     """Joins each channel's A and B groups on ``interface`` and feeds its receiver; polls
     non-blocking sockets (no thread of its own: the caller's loop calls ``poll``).
@@ -433,13 +445,7 @@ class MulticastSubscriber:
 
     def run_until(self, done: Callable[[], bool], timeout_s: float) -> bool:
         """Poll until ``done()`` or ``timeout_s`` seconds have passed; return ``done()``."""
-        deadline = time.monotonic() + timeout_s
-        while not done():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return done()
-            self.poll(min(left, 0.05))
-        return True
+        return poll_until(self.poll, done, timeout_s)
 
     def close(self) -> None:
         for s in self.sockets:

@@ -44,7 +44,7 @@ from typing import Any, Callable
 
 from feeds.channels import FeedConfig
 from feeds.moldudp64 import HEADER, encode_rerequest
-from feeds.subscriber import ChannelReceiver, FeedSubscriber, MulticastSubscriber
+from feeds.subscriber import ChannelReceiver, FeedSubscriber, MulticastSubscriber, poll_until
 from retransmit.snapshot import parse_end_of_snapshot
 from retransmit.soupclient import SoupClientSession
 
@@ -609,13 +609,8 @@ class RecoveringSubscriber:
         return n
 
     def run_until(self, done: Callable[[], bool], timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not done():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return done()
-            self.poll(min(left, 0.05))
-        return True
+        """Poll until ``done()`` or ``timeout_s`` seconds have passed; return ``done()``."""
+        return poll_until(self.poll, done, timeout_s)
 
     def tick(self) -> None:
         now = self.clock()

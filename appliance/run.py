@@ -120,7 +120,7 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.early:
-                raise RuntimeError("stop requested during start-up")
+                raise StopRequested()
             if os.path.exists(path):
                 with open(path) as f:
                     return dict(json.load(f))
@@ -296,6 +296,10 @@ class Supervisor:
         return 404, {"ok": False, "error": f"no such admin request: {method} {target}"}
 
 
+class StopRequested(Exception):
+    """SIGTERM or SIGINT arrived while the supervisor was still starting its children."""
+
+
 def run(config_path: str, state_dir: str, *, realtime: bool = True, transport: str = "udp") -> int:
     sup = Supervisor(config_path, state_dir, realtime=realtime, transport=transport)
     early = sup.early
@@ -303,6 +307,8 @@ def run(config_path: str, state_dir: str, *, realtime: bool = True, transport: s
         signal.signal(sig, lambda s, f: early.append(s))
     try:
         sup.start()
+    except StopRequested:
+        pass  # a SIGTERM while starting is an ordinary stop: shut down what started, exit 0
     except Exception as e:
         log(f"start-up failed: {e}")
         sup.stop()

@@ -179,9 +179,15 @@ class OuchClient:
 
     def enter(self, urn: int, side: bytes, qty: int, symbol: str, price: int, tif: bytes = b"0",
               cl_ord_id: str = "") -> None:
+        self.send(self.enter_packet(urn, side, qty, symbol, price, tif, cl_ord_id))
+
+    @staticmethod
+    def enter_packet(urn: int, side: bytes, qty: int, symbol: str, price: int, tif: bytes = b"0",
+                     cl_ord_id: str = "") -> bytes:
+        """The SoupBinTCP packet of an Enter Order (join several to send them in one write)."""
         msg = L.EnterOrder(urn, side, qty, symbol.encode().ljust(8), price, tif, b"Y", b"A", b"N", b"N",
                            (cl_ord_id or f"C{urn}").encode().ljust(14), 0)
-        self.send(soup.encode_unsequenced_data(L.encode(L.ENTER_ORDER, msg)))
+        return soup.encode_unsequenced_data(L.encode(L.ENTER_ORDER, msg))
 
     def cancel(self, urn: int, qty: int = 0) -> None:
         self.send(soup.encode_unsequenced_data(L.encode(L.CANCEL_ORDER, L.CancelOrder(urn, qty))))

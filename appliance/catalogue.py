@@ -33,6 +33,11 @@ CMD_NEW_ORDER: Final = 1
 CMD_CANCEL_ORDER: Final = 2
 CMD_REPLACE_ORDER: Final = 3
 CMD_MASS_CANCEL: Final = 4
+CMD_CLOCK_TICK: Final = 5
+CMD_SET_SCHEDULE: Final = 6
+CMD_HALT: Final = 7
+CMD_RESUME: Final = 8
+CMD_CLOSE: Final = 9
 
 
 class NewOrder:
@@ -212,13 +217,127 @@ class MassCancel:
         return f"MassCancel(firm={self.firm}, locate={self.locate}, side={self.side})"
 
 
-Command = Union[NewOrder, CancelOrder, ReplaceOrder, MassCancel]
+# ------------------------------------------------------------------------------------------------
+# Admin commands: sequenced and logged like orders, so that a replay of the WAL reproduces the day.
+# The engine reads no clock: its time is the latest ClockTick (docs/matching.md, "Time").
+# ------------------------------------------------------------------------------------------------
+ALL_INSTRUMENTS: Final = 0  # the stock locate of an admin command for every instrument (market-wide)
+
+
+class ClockTick:
+    """The engine's clock moves to now_ns: schedule transitions and timers due by then happen.
+
+    The partition injects one when a deadline passes (Engine.next_deadline_ns) and about once a
+    second, with the sequencer's ts_ns, so every timed transition is a WAL record.
+    """
+
+    KIND: Final = CMD_CLOCK_TICK
+    NAME: Final = "ClockTick"
+    FIELDS: Final = (("now_ns", "Q"),)  # epoch nanoseconds
+    __slots__ = ("now_ns",)
+
+    def __init__(self, now_ns: int) -> None:
+        self.now_ns = now_ns
+
+    def __repr__(self) -> str:
+        return f"ClockTick({self.now_ns})"
+
+
+class SetSchedule:
+    """The day's schedule for every instrument of the engine, as epoch nanoseconds (converted from
+    the configured times of day in the exchange's time zone at the edge: appliance.config).
+
+    All zero: no schedule (instruments change state by admin command only). Otherwise positive and
+    non-decreasing. It starts a new day: instruments closed for the day may open again.
+    """
+
+    KIND: Final = CMD_SET_SCHEDULE
+    NAME: Final = "SetSchedule"
+    FIELDS: Final = (
+        ("pre_open_ns", "q"),         # closed -> pre-open; System Event S
+        ("opening_auction_ns", "q"),  # pre-open -> opening auction (NOII)
+        ("open_ns", "q"),             # the opening uncross -> continuous; System Event Q
+        ("closing_auction_ns", "q"),  # continuous -> closing auction (NOII)
+        ("close_ns", "q"),            # the closing uncross -> closed, DAY orders expire; System Event M
+    )
+    __slots__ = tuple(name for name, _ in FIELDS)
+
+    def __init__(self, pre_open_ns: int, opening_auction_ns: int, open_ns: int, closing_auction_ns: int,
+                 close_ns: int) -> None:
+        self.pre_open_ns = pre_open_ns
+        self.opening_auction_ns = opening_auction_ns
+        self.open_ns = open_ns
+        self.closing_auction_ns = closing_auction_ns
+        self.close_ns = close_ns
+
+    def times(self) -> tuple[int, int, int, int, int]:
+        return (self.pre_open_ns, self.opening_auction_ns, self.open_ns, self.closing_auction_ns, self.close_ns)
+
+    def __repr__(self) -> str:
+        return f"SetSchedule{self.times()}"
+
+
+class Halt:
+    """Halt an instrument (its orders stay; new ones are collected for the reopening auction), or
+    with ALL_INSTRUMENTS every instrument that is open: a market-wide halt."""
+
+    KIND: Final = CMD_HALT
+    NAME: Final = "Halt"
+    FIELDS: Final = (("locate", "H"),)
+    __slots__ = ("locate",)
+
+    def __init__(self, locate: int) -> None:
+        self.locate = locate
+
+    def __repr__(self) -> str:
+        return f"Halt(locate={self.locate})"
+
+
+class Resume:
+    """End a halt or pause: a reopening auction (or the phase the schedule is in), or with
+    ALL_INSTRUMENTS for every halted or paused instrument."""
+
+    KIND: Final = CMD_RESUME
+    NAME: Final = "Resume"
+    FIELDS: Final = (("locate", "H"),)
+    __slots__ = ("locate",)
+
+    def __init__(self, locate: int) -> None:
+        self.locate = locate
+
+    def __repr__(self) -> str:
+        return f"Resume(locate={self.locate})"
+
+
+class Close:
+    """Close an instrument now (the closing auction uncrosses if it is in one; DAY orders expire), or
+    with ALL_INSTRUMENTS every open instrument. It stays closed until the next SetSchedule's day."""
+
+    KIND: Final = CMD_CLOSE
+    NAME: Final = "Close"
+    FIELDS: Final = (("locate", "H"),)
+    __slots__ = ("locate",)
+
+    def __init__(self, locate: int) -> None:
+        self.locate = locate
+
+    def __repr__(self) -> str:
+        return f"Close(locate={self.locate})"
+
+
+Command = Union[NewOrder, CancelOrder, ReplaceOrder, MassCancel, ClockTick, SetSchedule, Halt, Resume, Close]
 COMMANDS: Final[dict[int, type]] = {
     CMD_NEW_ORDER: NewOrder,
     CMD_CANCEL_ORDER: CancelOrder,
     CMD_REPLACE_ORDER: ReplaceOrder,
     CMD_MASS_CANCEL: MassCancel,
+    CMD_CLOCK_TICK: ClockTick,
+    CMD_SET_SCHEDULE: SetSchedule,
+    CMD_HALT: Halt,
+    CMD_RESUME: Resume,
+    CMD_CLOSE: Close,
 }
+ADMIN_COMMANDS: Final = (ClockTick, SetSchedule, Halt, Resume, Close)
 
 # ================================================================================================
 # Events: tuples (kind, ...) with the layouts below
@@ -234,6 +353,13 @@ EV_CANCELLED: Final = 5
 EV_REPLACED: Final = 6
 EV_STOP_TRIGGERED: Final = 7
 EV_MASS_CANCELLED: Final = 8
+EV_TRADING_STATE: Final = 9
+EV_MARKET_EVENT: Final = 10
+EV_CROSS_EXECUTED: Final = 11
+EV_UNCROSSED: Final = 12
+EV_IMBALANCE: Final = 13
+EV_LIMIT_STATE: Final = 14
+EV_COLLAR: Final = 15
 
 # Replace book actions (EV_REPLACED.action): what the market-data feed must say about it.
 REPL_IN_PLACE: Final = 0   # same order object and ref, priority kept: ITCH X for the decrement
@@ -266,9 +392,34 @@ EVENT_LAYOUTS: Final[dict[int, tuple[str, tuple[str, ...]]]] = {
     EV_STOP_TRIGGERED: ("StopTriggered", ("kind", "order", "trigger_price")),
     # A mass cancel finished: `count` orders were cancelled (each also has its EV_CANCELLED).
     EV_MASS_CANCELLED: ("MassCancelled", ("kind", "command", "count")),
+    # The instrument's trading state changed (model.TS_*), for model.CAUSE_* (ITCH H).
+    EV_TRADING_STATE: ("TradingStateChanged", ("kind", "locate", "state", "cause")),
+    # A market-wide event of the partition's schedule or a market-wide halt (model.MARKET_*; ITCH S, W).
+    EV_MARKET_EVENT: ("MarketEvent", ("kind", "event")),
+    # An auction fill: both orders were collected in the call phase; they trade at the uncross price.
+    # The same shape as OrderExecuted, the buy order in the maker's place, the sell in the taker's.
+    EV_CROSS_EXECUTED: (
+        "CrossExecuted",
+        ("kind", "buy", "sell", "qty", "price", "match", "buy_leaves", "buy_filled", "sell_leaves", "sell_filled"),
+    ),
+    # An auction ended (model.CROSS_*): qty shares crossed at price (0 and 0: nothing crossed, match 0),
+    # after its CrossExecuted fills (ITCH Q).
+    EV_UNCROSSED: ("AuctionUncrossed", ("kind", "locate", "cross_type", "price", "qty", "match")),
+    # Auction imbalance information (ITCH I): paired shares and the surplus at the indicative price
+    # (near), its side (model.IMBALANCE_*), far = the indicative price of the limit orders alone.
+    EV_IMBALANCE: (
+        "AuctionImbalance",
+        ("kind", "locate", "cross_type", "paired", "imbalance", "direction", "far", "near", "ref_price"),
+    ),
+    # The market sits at a price band (best bid at the upper or best ask at the lower): active, or no
+    # more. lower/upper: the band.
+    EV_LIMIT_STATE: ("LimitStateChanged", ("kind", "locate", "active", "lower", "upper")),
+    # The price range within which a paused instrument reopens (ITCH J).
+    EV_COLLAR: ("AuctionCollar", ("kind", "locate", "ref_price", "upper", "lower", "extension")),
 }
 
 EVENT_NAMES: Final = {kind: layout[0] for kind, layout in EVENT_LAYOUTS.items()}
+_COMMAND_TYPES: Final = frozenset(COMMANDS.values())
 
 
 def event_as_dict(ev: Event) -> dict[str, Any]:
@@ -278,7 +429,7 @@ def event_as_dict(ev: Event) -> dict[str, Any]:
     for field, value in zip(fields[1:], ev[1:]):
         if isinstance(value, NewOrder):
             out[field] = {"order_id": value.order_id, "ref": value.ref}
-        elif isinstance(value, (CancelOrder, ReplaceOrder, MassCancel)):
+        elif type(value) in _COMMAND_TYPES:
             out[field] = {"command": value.NAME}
         else:
             out[field] = value

@@ -60,6 +60,12 @@ EVENT_FIELD_CODES: Final[dict[str, str]] = {
     "maker_leaves": "q", "maker_filled": "q", "taker_leaves": "q", "taker_filled": "q",
     "leaves": "q", "filled": "q", "old_leaves": "q", "new_leaves": "q",
     "reason": "H", "action": "B", "on_book": "?", "count": "I",
+    # trading states and auctions
+    "buy": ORDER, "sell": ORDER,
+    "buy_leaves": "q", "buy_filled": "q", "sell_leaves": "q", "sell_filled": "q",
+    "locate": "H", "state": "B", "cause": "B", "event": "B", "cross_type": "B", "direction": "B",
+    "paired": "q", "imbalance": "q", "far": "q", "near": "q", "ref_price": "q",
+    "active": "?", "lower": "q", "upper": "q", "extension": "I",
 }
 
 

@@ -41,6 +41,52 @@ STP_DC: Final = 4  # decrement and cancel: both reduced by the overlap, the smal
 STP_MODES: Final = frozenset((STP_DEFAULT, STP_NONE, STP_CN, STP_CO, STP_DC))
 STP_NAMES: Final = {STP_NONE: "none", STP_CN: "CN", STP_CO: "CO", STP_DC: "DC"}
 
+# Trading states of an instrument (docs/matching.md, "Trading states"). CONTINUOUS is the state of an
+# engine built without trading rules. In the call states orders are collected without matching.
+TS_CLOSED: Final = 0            # no new orders; cancels only
+TS_PRE_OPEN: Final = 1          # orders collected, no matching, no auction information
+TS_OPENING_AUCTION: Final = 2   # orders collected, imbalance (NOII) published; the open uncrosses
+TS_CONTINUOUS: Final = 3        # continuous matching
+TS_HALTED: Final = 4            # orders collected; admin, circuit breaker or market-wide halt
+TS_PAUSED: Final = 5            # orders collected; LULD trading pause
+TS_REOPENING_AUCTION: Final = 6  # orders collected, NOII published; uncross back into continuous
+TS_CLOSING_AUCTION: Final = 7   # orders collected, NOII published; the close uncrosses
+TRADING_STATES: Final = frozenset(range(8))
+TRADING_STATE_NAMES: Final = {
+    TS_CLOSED: "closed", TS_PRE_OPEN: "pre-open", TS_OPENING_AUCTION: "opening auction",
+    TS_CONTINUOUS: "continuous", TS_HALTED: "halted", TS_PAUSED: "paused",
+    TS_REOPENING_AUCTION: "reopening auction", TS_CLOSING_AUCTION: "closing auction",
+}
+CALL_STATES: Final = frozenset((TS_PRE_OPEN, TS_OPENING_AUCTION, TS_HALTED, TS_PAUSED, TS_REOPENING_AUCTION,
+                                TS_CLOSING_AUCTION))
+AUCTION_STATES: Final = frozenset((TS_OPENING_AUCTION, TS_REOPENING_AUCTION, TS_CLOSING_AUCTION))
+
+# Auction (cross) types; ITCH letters at the edge (feeds.publisher).
+CROSS_OPEN: Final = 1
+CROSS_CLOSE: Final = 2
+CROSS_REOPEN: Final = 3         # after a halt or pause (ITCH 'H')
+
+# Imbalance direction of an auction (NOII); ITCH letters at the edge.
+IMBALANCE_NONE: Final = 0       # paired exactly ('N')
+IMBALANCE_BUY: Final = 1        # buy surplus ('B')
+IMBALANCE_SELL: Final = 2       # sell surplus ('S')
+IMBALANCE_NO_PRICE: Final = 3   # nothing can execute: no indicative price ('O')
+
+# Market-wide events of a partition (ITCH System Event codes, or MWCB status, at the edge).
+MARKET_SYSTEM_HOURS: Final = 1  # the schedule's pre-open: start of system hours ('S')
+MARKET_OPEN: Final = 2          # the schedule's open: start of market hours ('Q')
+MARKET_CLOSE: Final = 3         # the schedule's close: end of market hours ('M')
+MARKET_HALT: Final = 4          # a market-wide halt (ITCH MWCB status 'W', level 1)
+
+# Why an instrument changed trading state (TradingStateChanged.cause); the feed shows an ITCH Trading
+# Action reason for each (feeds.publisher.CAUSE_REASON).
+CAUSE_SCHEDULE: Final = 0       # the day's schedule, or an auction's end
+CAUSE_ADMIN: Final = 1          # an admin command naming this instrument
+CAUSE_LULD: Final = 2           # the limit state lasted too long: LULD pause, and its reopening
+CAUSE_CIRCUIT: Final = 3        # the per-instrument circuit breaker
+CAUSE_MARKET: Final = 4         # an admin command for the whole market (stock locate 0)
+CAUSES: Final = frozenset(range(5))
+
 # Sentinels for an empty side, chosen so that "crosses" needs no emptiness test:
 # a buy crosses when best_ask <= price, a sell when best_bid >= price.
 NO_BID: Final = -1

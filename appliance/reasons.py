@@ -38,9 +38,15 @@ INVALID_TIME_IN_FORCE: Final = 3010
 INVALID_SIDE: Final = 3011
 INVALID_STP_MODE: Final = 3012
 REPLACE_NOT_ALLOWED: Final = 3013
+INSTRUMENT_CLOSED: Final = 3014
+PRICE_OUTSIDE_BAND: Final = 3015
+TIF_NOT_ALLOWED_IN_STATE: Final = 3016
 
 # 4xxx: admin
 ADMIN_UNKNOWN_COMMAND: Final = 4001
+ADMIN_CLOCK_BACKWARDS: Final = 4002
+ADMIN_INVALID_TRANSITION: Final = 4003
+ADMIN_INVALID_SCHEDULE: Final = 4004
 
 REJECT_REASONS: Final[dict[int, str]] = {
     SESSION_NOT_LOGGED_IN: "session is not logged in",
@@ -67,7 +73,13 @@ REJECT_REASONS: Final[dict[int, str]] = {
     INVALID_SIDE: "side must be buy or sell",
     INVALID_STP_MODE: "unknown self-trade prevention mode",
     REPLACE_NOT_ALLOWED: "this order cannot be replaced so (e.g. a market order, or a change of type)",
+    INSTRUMENT_CLOSED: "the instrument is closed: no new orders or replaces until it reopens",
+    PRICE_OUTSIDE_BAND: "limit price through the price band (a buy above the upper, a sell below the lower)",
+    TIF_NOT_ALLOWED_IN_STATE: "IOC and FOK orders are accepted only in continuous trading",
     ADMIN_UNKNOWN_COMMAND: "unknown admin command",
+    ADMIN_CLOCK_BACKWARDS: "clock tick earlier than the engine's clock",
+    ADMIN_INVALID_TRANSITION: "the instrument's trading state does not allow this admin command",
+    ADMIN_INVALID_SCHEDULE: "schedule times must be all zero or positive and non-decreasing",
 }
 
 # --- cancel reasons (OrderCancelled.reason) ------------------------------------------------------
@@ -79,6 +91,8 @@ CANCEL_STP: Final = 5
 CANCEL_EXPIRED: Final = 6
 CANCEL_MASS: Final = 7
 CANCEL_KILL_SWITCH: Final = 8
+CANCEL_MARKET_COLLAR: Final = 9
+CANCEL_OUTSIDE_BAND: Final = 10
 
 CANCEL_REASONS: Final[dict[int, str]] = {
     CANCEL_USER: "cancelled by the user",
@@ -89,6 +103,8 @@ CANCEL_REASONS: Final[dict[int, str]] = {
     CANCEL_EXPIRED: "expired (end of its time in force)",
     CANCEL_MASS: "mass cancel",
     CANCEL_KILL_SWITCH: "the firm's kill switch",
+    CANCEL_MARKET_COLLAR: "market order remainder: nothing more within its collar",
+    CANCEL_OUTSIDE_BAND: "limit price through the price band after the band moved",
 }
 
 

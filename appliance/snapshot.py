@@ -18,7 +18,13 @@ File ``snap-<seq, 20 digits>.snap``, integers little-endian::
     payload: meta length u32, meta JSON (spec, counters) | per book, ascending stock locate:
              BOOK (locate u16, bids u32, asks u32, buy stops u32, sell stops u32), then that many
              ORDER records: NewOrder.FIELDS as in the WAL, then ref u64, leaves i64, filled i64;
-             then the engine's triggered-stop queue: count u32, (ORDER, trigger price i64) each
+             then the engine's triggered-stop queue: count u32, (ORDER, trigger price i64) each;
+             version 2: then the market orders collected in call phases: count u32, ORDER each
+             (per book ascending locate, buys then sells, in arrival order)
+
+The integer counters in the meta JSON are every int attribute of the engine (clock, schedule, ...) and
+every int slot of each book (trading state, reference prices, timers, ...); the fields derived from
+them are recomputed on restore (Engine.rederive). Version 1 files (no trading states) still restore.
 
 Written as temp file, fsync, rename, fsync of the directory: a reader sees a whole snapshot or none.
 Owned by the matching thread: capture(). The write itself may run on the SnapshotStore's thread.
@@ -38,11 +44,13 @@ from typing import Any, Final, Iterable, NamedTuple
 from appliance.catalogue import NewOrder
 from appliance.matching.book import Book, Level
 from appliance.matching.engine import Engine
+from appliance.matching.rules import TradingRules
 from appliance.model import BUY, SELL, STP_CN, Instrument
 from appliance.wal import LAYOUTS, fsync_dir
 
 SNAP_MAGIC: Final = b"MWSNAP01"
-SNAP_VERSION: Final = 1
+SNAP_VERSION: Final = 2
+READABLE_VERSIONS: Final = (1, 2)
 SNAP_HEADER_FIELDS: Final = (
     ("magic", "8s"),
     ("version", "H"),
@@ -76,41 +84,48 @@ class SnapshotError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class EngineSpec:
-    """What an Engine is built from: instruments, firms' STP modes, the default STP mode."""
+    """What an Engine is built from: instruments, firms' STP modes, the default STP mode, and the
+    trading rules (None: continuous trading all day, no safeguard)."""
 
     instruments: tuple[tuple[str, int, int, int], ...]   # (symbol, locate, tick, round_lot)
     firm_stp: tuple[tuple[int, int], ...] = ()          # (firm, mode), ascending firm
     default_stp: int = STP_CN
+    rules: TradingRules | None = None
 
     @classmethod
     def of(cls, instruments: Iterable[Instrument], firm_stp: dict[int, int] | None = None,
-           default_stp: int = STP_CN) -> EngineSpec:
+           default_stp: int = STP_CN, rules: TradingRules | None = None) -> EngineSpec:
         return cls(
             tuple(sorted((i.symbol, i.locate, i.tick, i.round_lot) for i in instruments)),
             tuple(sorted((firm_stp or {}).items())),
             default_stp,
+            rules,
         )
 
     @classmethod
     def of_engine(cls, engine: Engine) -> EngineSpec:
-        return cls.of(engine.instruments(), engine.firm_stp, engine.default_stp)
+        return cls.of(engine.instruments(), engine.firm_stp, engine.default_stp, engine.rules)
 
     def build(self) -> Engine:
         return Engine(
             [Instrument(sym, locate, tick, lot) for sym, locate, tick, lot in self.instruments],
             dict(self.firm_stp),
             self.default_stp,
+            self.rules,
         )
 
     def symbols(self) -> dict[int, str]:
         return {locate: sym for sym, locate, _, _ in self.instruments}
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "instruments": [list(i) for i in self.instruments],
             "firm_stp": [list(f) for f in self.firm_stp],
             "default_stp": self.default_stp,
         }
+        if self.rules is not None:
+            d["rules"] = self.rules.to_json()
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> EngineSpec:
@@ -118,6 +133,7 @@ class EngineSpec:
             tuple((str(s), int(loc), int(t), int(lot)) for s, loc, t, lot in d["instruments"]),
             tuple((int(f), int(m)) for f, m in d["firm_stp"]),
             int(d["default_stp"]),
+            TradingRules.from_json(d["rules"]) if d.get("rules") is not None else None,
         )
 
 
@@ -187,6 +203,11 @@ def capture(engine: Engine, seq: int, ts_ns: int, epoch: int) -> bytes:
         parts.append(encode(o))
         parts.append(state(o.ref, o.leaves, o.filled))
         parts.append(struct.pack("<q", price))
+    collected = [o for b in books for side in (BUY, SELL) for o in b.mkt[side]]
+    parts.append(struct.pack("<I", len(collected)))
+    for o in collected:
+        parts.append(encode(o))
+        parts.append(state(o.ref, o.leaves, o.filled))
     payload = b"".join(parts)
     digest = bytes.fromhex(engine.state_hash())
     head = SNAP_HEADER.pack(SNAP_MAGIC, SNAP_VERSION, SNAP_HEADER_SIZE, epoch, seq, ts_ns, len(payload),
@@ -201,8 +222,8 @@ def read_header(data: bytes, path: str = "snapshot") -> SnapshotInfo:
     magic, version, hsize, epoch, seq, ts_ns, plen, pcrc, _r, digest, hcrc = SNAP_HEADER.unpack_from(data)
     if magic != SNAP_MAGIC or zlib.crc32(data[:SNAP_HEADER_SIZE - 4]) != hcrc:
         raise SnapshotError(f"{path}: bad snapshot header")
-    if version != SNAP_VERSION or hsize != SNAP_HEADER_SIZE:
-        raise SnapshotError(f"{path}: snapshot format version {version}, this reader knows {SNAP_VERSION}")
+    if version not in READABLE_VERSIONS or hsize != SNAP_HEADER_SIZE:
+        raise SnapshotError(f"{path}: snapshot format version {version}, this reader knows {READABLE_VERSIONS}")
     return SnapshotInfo(path, seq, ts_ns, epoch, digest.hex())
 
 
@@ -216,8 +237,9 @@ def restore(data: bytes, spec: EngineSpec | None = None, path: str = "snapshot")
     payload = memoryview(data)[SNAP_HEADER_SIZE:]
     if len(payload) != plen or zlib.crc32(payload) != pcrc:
         raise SnapshotError(f"{path}: snapshot payload damaged (length or CRC)")
+    version = SNAP_HEADER.unpack_from(data)[1]
     try:
-        engine = _restore_payload(payload, spec, path)
+        engine = _restore_payload(payload, spec, path, version)
     except (ValueError, KeyError, struct.error, TypeError, UnicodeDecodeError) as e:
         raise SnapshotError(f"{path}: snapshot payload unreadable ({e})") from None
     got = engine.state_hash()
@@ -226,7 +248,7 @@ def restore(data: bytes, spec: EngineSpec | None = None, path: str = "snapshot")
     return engine, info
 
 
-def _restore_payload(payload: memoryview, spec: EngineSpec | None, path: str) -> Engine:
+def _restore_payload(payload: memoryview, spec: EngineSpec | None, path: str, version: int = SNAP_VERSION) -> Engine:
     (mlen,) = struct.unpack_from("<I", payload)
     meta = json.loads(bytes(payload[4:4 + mlen]))
     snap_spec = EngineSpec.from_json(meta["spec"])
@@ -286,6 +308,18 @@ def _restore_payload(payload: memoryview, spec: EngineSpec | None, path: str) ->
         off += 8
         queue.append((o, price))
     engine._stop_queue[:] = queue
+    if version >= 2:
+        (nm,) = struct.unpack_from("<I", payload, off)
+        off += 4
+        for _ in range(nm):
+            o = _order_from(_ORDER.unpack_from(payload, off), names, str_idx, n_fields)
+            off += size
+            book = engine.books[o.locate]
+            if book is None:
+                raise SnapshotError(f"{path}: a collected market order of book {o.locate}, not in the configuration")
+            book.mkt[o.side].append(o)
+            orders[o.order_id] = o
+    engine.rederive()
     if off != len(payload):
         raise SnapshotError(f"{path}: {len(payload) - off} bytes left after the last book")
     return engine

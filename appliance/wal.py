@@ -20,8 +20,9 @@ Record (one command; 32-byte header, then the command's FIELDS in catalogue orde
     |<------------- crc = zlib.crc32 (IEEE 802.3) of bytes 8 .. length ------------------------>|
 
     length  u32  the whole record, header included (fixed per kind: 118 NewOrder, 68 CancelOrder,
-                 92 ReplaceOrder, 63 MassCancel, 48 seal)
-    kind    u8   catalogue.CMD_* (1..4); 0 = seal
+                 92 ReplaceOrder, 63 MassCancel, 40 ClockTick, 72 SetSchedule, 34 Halt, Resume and
+                 Close, 48 seal)
+    kind    u8   catalogue.CMD_* (1..9); 0 = seal
     body         NewOrder.FIELDS etc.; strings ASCII, space-padded to their width
 
 Seal (kind 0, written by the writer, no sequence number of its own: seq repeats the last command's)::
@@ -247,7 +248,12 @@ def decoder_generic(layout: CommandLayout) -> Callable[[bytes, int], Any]:
     given = _init_params(cls, layout.names)
     params = list(layout.names) if given is None else given
     body0 = 6  # length, crc, seq, ts_ns, epoch, kind
-    order = itemgetter(*[body0 + layout.names.index(p) for p in params])
+    positions = [body0 + layout.names.index(p) for p in params]
+    pick = itemgetter(*positions)
+    single = len(positions) == 1   # itemgetter of one item returns the item, not a tuple
+
+    def order(v: list[Any]) -> tuple[Any, ...]:
+        return (pick(v),) if single else pick(v)
     str_pos = tuple(body0 + i for i, _, _ in layout.strings)
 
     def decode(buf: bytes, off: int) -> Any:

@@ -49,8 +49,10 @@ from typing import Any, Callable, Final, NamedTuple
 from appliance.catalogue import (
     EV_ADDED,
     EV_CANCELLED,
+    EV_CROSS_EXECUTED,
     EV_EXECUTED,
     EV_REPLACED,
+    EV_UNCROSSED,
     REPL_IN_PLACE,
     REPL_REMOVE,
     REPL_REPOST,
@@ -361,6 +363,16 @@ class DepthTracker:
                 elif action == REPL_REMOVE:
                     self._reduce(old.locate, old.side, old.price, ev[3], True)
                 # REPL_HIDDEN: a pending stop, not on the book
+            elif k == EV_CROSS_EXECUTED:
+                # an auction fill: both orders are collected; the limit ones are on the book
+                for o, leaves in ((ev[1], ev[6]), (ev[2], ev[8])):
+                    if o.price:
+                        self._reduce(o.locate, o.side, o.price, ev[3], not leaves)
+            elif k == EV_UNCROSSED and ev[4]:
+                # one Last Trade for the whole cross, as the L3 Q
+                volume = self.volume.get(ev[1], 0) + ev[4]
+                self.volume[ev[1]] = volume
+                self.trades.append((ev, volume))
         return touched
 
     def level(self, locate: int, side: int, price: int) -> list[int] | None:
@@ -537,6 +549,12 @@ class L1Encoder:
         if trades:
             pack_t = self._pack_t
             for ev, v in trades:
+                if ev[0] == EV_UNCROSSED:  # a cross: no aggressor
+                    locate = ev[1]
+                    seq = inst_seq.get(locate, 0) + 1
+                    inst_seq[locate] = seq
+                    out.append(pack_t(40, b"t", locate, trk, ts6, seq, ev[3], min(ev[4], 0xFFFF_FFFF), ev[5], b" ", v))
+                    continue
                 locate = ev[1].locate
                 seq = inst_seq.get(locate, 0) + 1
                 inst_seq[locate] = seq

@@ -34,17 +34,24 @@ import json
 import os
 from bisect import bisect_right
 from itertools import accumulate
-from typing import Any, Final, Iterable, Sequence
+from typing import Any, Final, Iterable, NamedTuple, Sequence
 
 from appliance.catalogue import (
     EV_ACCEPTED,
     EV_ADDED,
     EV_CANCELLED,
+    EV_COLLAR,
+    EV_CROSS_EXECUTED,
     EV_EXECUTED,
+    EV_IMBALANCE,
+    EV_LIMIT_STATE,
+    EV_MARKET_EVENT,
     EV_MASS_CANCELLED,
     EV_REJECTED,
     EV_REPLACED,
     EV_STOP_TRIGGERED,
+    EV_TRADING_STATE,
+    EV_UNCROSSED,
     REPL_HIDDEN,
     REPL_IN_PLACE,
     REPL_REMOVE,
@@ -52,7 +59,35 @@ from appliance.catalogue import (
     Command,
     Event,
 )
-from appliance.model import Instrument
+from appliance.model import (
+    CAUSE_ADMIN,
+    CAUSE_CIRCUIT,
+    CAUSE_LULD,
+    CAUSE_MARKET,
+    CAUSE_SCHEDULE,
+    CROSS_CLOSE,
+    CROSS_OPEN,
+    CROSS_REOPEN,
+    IMBALANCE_BUY,
+    IMBALANCE_NO_PRICE,
+    IMBALANCE_NONE,
+    IMBALANCE_SELL,
+    LIMIT,
+    MARKET_CLOSE,
+    MARKET_HALT,
+    MARKET_OPEN,
+    MARKET_SYSTEM_HOURS,
+    STOP_LIMIT,
+    TS_CLOSED,
+    TS_CLOSING_AUCTION,
+    TS_CONTINUOUS,
+    TS_HALTED,
+    TS_OPENING_AUCTION,
+    TS_PAUSED,
+    TS_PRE_OPEN,
+    TS_REOPENING_AUCTION,
+    Instrument,
+)
 from feeds import itch
 from feeds.channels import (
     CHANNELS,
@@ -72,7 +107,8 @@ from feeds.store import FeedStore
 from feeds.transport import ChannelSender, Transport
 
 __all__ = ["Publisher", "ChannelPublisher", "FeedDivergence", "L3_MAPPING", "L3_MESSAGES",
-           "encode_l3", "packetize", "start_of_session", "end_of_session_messages", "Result"]
+           "encode_l3", "packetize", "start_of_session", "end_of_session_messages", "Result",
+           "SessionOpening", "session_opening", "STATE_LETTER", "CAUSE_REASON", "price_variation"]
 
 Result = tuple[int, int, Command, list[Event]]   # (seq, ts_ns, command, events): Partition's output
 
@@ -94,6 +130,19 @@ L3_MAPPING: Final[dict[int, str]] = {
                  "and Add follow as their own events); HIDDEN (pending stop): nothing",
     EV_STOP_TRIGGERED: "nothing: the triggered order's executions and Add are their own events",
     EV_MASS_CANCELLED: "nothing: each cancelled order has its own OrderCancelled",
+    EV_TRADING_STATE: "H Stock Trading Action (stock, state: T continuous, Q pre-open and auctions, "
+                      "H halted or closed, P paused; reason: the cause's code, CAUSE_REASON)",
+    EV_MARKET_EVENT: "S System Event (S start of system hours, Q start of market hours, M end of market "
+                     "hours); a market-wide halt: W MWCB Status, breached level 1",
+    EV_CROSS_EXECUTED: "C Order Executed With Price (printable N: the cross's Q prints the volume) on the "
+                       "ref of each side that is on the book (limit and stop-limit orders); a collected "
+                       "market order is not on the book: nothing for it",
+    EV_UNCROSSED: "Q Cross Trade (shares, stock, cross price, match, cross type O open, C close, H "
+                  "reopening); nothing crossed: shares 0, price 0, match 0",
+    EV_IMBALANCE: "I NOII (paired, imbalance, direction B/S/N/O, stock, far, near, current reference, "
+                  "cross type, price variation of near against the reference)",
+    EV_LIMIT_STATE: "nothing: the limit state is the engine's; the pause it may lead to is an H",
+    EV_COLLAR: "J LULD Auction Collar (stock, reference, upper, lower, extension)",
 }
 #: The ITCH message types each event kind can produce (empty: nothing).
 L3_MESSAGES: Final[dict[int, tuple[bytes, ...]]] = {
@@ -105,8 +154,35 @@ L3_MESSAGES: Final[dict[int, tuple[bytes, ...]]] = {
     EV_REPLACED: (b"X", b"U", b"D"),
     EV_STOP_TRIGGERED: (),
     EV_MASS_CANCELLED: (),
+    EV_TRADING_STATE: (b"H",),
+    EV_MARKET_EVENT: (b"S", b"W"),
+    EV_CROSS_EXECUTED: (b"C",),
+    EV_UNCROSSED: (b"Q",),
+    EV_IMBALANCE: (b"I",),
+    EV_LIMIT_STATE: (),
+    EV_COLLAR: (b"J",),
 }
 _SILENT: Final = frozenset(k for k, v in L3_MESSAGES.items() if not v)
+_TRADING: Final = frozenset((EV_TRADING_STATE, EV_MARKET_EVENT, EV_CROSS_EXECUTED, EV_UNCROSSED, EV_IMBALANCE,
+                             EV_COLLAR))
+
+#: Trading state -> ITCH Stock Trading Action state.
+STATE_LETTER: Final[dict[int, bytes]] = {
+    TS_CLOSED: b"H", TS_PRE_OPEN: b"Q", TS_OPENING_AUCTION: b"Q", TS_CONTINUOUS: b"T", TS_HALTED: b"H",
+    TS_PAUSED: b"P", TS_REOPENING_AUCTION: b"Q", TS_CLOSING_AUCTION: b"Q",
+}
+#: Cause of a trading state change -> ITCH Trading Action reason (NASDAQ codes).
+CAUSE_REASON: Final[dict[int, bytes]] = {
+    CAUSE_SCHEDULE: b"    ",   # the schedule: no reason
+    CAUSE_ADMIN: b"O1  ",      # operations halt
+    CAUSE_LULD: b"LUDP",       # limit up-limit down trading pause
+    CAUSE_CIRCUIT: b"T5  ",    # single-stock trading pause
+    CAUSE_MARKET: b"MWC1",     # market-wide circuit breaker, level 1
+}
+CROSS_LETTER: Final[dict[int, bytes]] = {CROSS_OPEN: b"O", CROSS_CLOSE: b"C", CROSS_REOPEN: b"H"}
+IMBALANCE_LETTER: Final[dict[int, bytes]] = {IMBALANCE_NONE: b"N", IMBALANCE_BUY: b"B", IMBALANCE_SELL: b"S",
+                                             IMBALANCE_NO_PRICE: b"O"}
+MARKET_EVENT_CODE: Final[dict[int, bytes]] = {MARKET_SYSTEM_HOURS: b"S", MARKET_OPEN: b"Q", MARKET_CLOSE: b"M"}
 
 _SIDE: Final = (b"B", b"S")
 _fA = framed_packer(itch.ADD_ORDER)
@@ -119,6 +195,50 @@ _fU = framed_packer(itch.ORDER_REPLACE)
 _fS = framed_packer(itch.SYSTEM_EVENT)
 _fR = framed_packer(itch.STOCK_DIRECTORY)
 _fH = framed_packer(itch.STOCK_TRADING_ACTION)
+_fW = framed_packer(itch.MWCB_STATUS)
+_fQ = framed_packer(itch.CROSS_TRADE)
+_fI = framed_packer(itch.NOII)
+_fJ = framed_packer(itch.LULD_AUCTION_COLLAR)
+
+
+def price_variation(near: int, ref: int) -> bytes:
+    """NOII Price Variation Indicator: how far the near price is from the reference (' ': unknown)."""
+    if not near or not ref:
+        return b" "
+    pct = abs(near - ref) * 100 // ref
+    if pct < 1:
+        return b"L"
+    if pct < 10:
+        return str(pct).encode()
+    return b"A" if pct < 20 else b"B" if pct < 30 else b"C"
+
+
+def _encode_trading(ev: Event, append: Any, ts6: bytes, stocks: Sequence[bytes], tracking: int) -> None:
+    """The ITCH of a trading-state, market or auction event (rare: out of encode_l3's main loop)."""
+    k = ev[0]
+    if k == EV_TRADING_STATE:
+        _, loc, state, cause = ev
+        append(_fH(25, b"H", loc, tracking, ts6, stocks[loc], STATE_LETTER[state], b" ", CAUSE_REASON[cause]))
+    elif k == EV_MARKET_EVENT:
+        if ev[1] == MARKET_HALT:
+            append(_fW(12, b"W", 0, tracking, ts6, b"1"))
+        else:
+            append(_fS(12, b"S", 0, tracking, ts6, MARKET_EVENT_CODE[ev[1]]))
+    elif k == EV_CROSS_EXECUTED:
+        qty, price, match = ev[3], ev[4], ev[5]
+        for o in (ev[1], ev[2]):
+            if o.ord_type == LIMIT or o.ord_type == STOP_LIMIT:
+                append(_fC(36, b"C", o.locate, tracking, ts6, o.ref, qty, match, b"N", price))
+    elif k == EV_UNCROSSED:
+        _, loc, cross_type, price, qty, match = ev
+        append(_fQ(40, b"Q", loc, tracking, ts6, qty, stocks[loc], price, match, CROSS_LETTER[cross_type]))
+    elif k == EV_IMBALANCE:
+        _, loc, cross_type, paired, imbalance, direction, far, near, ref = ev
+        append(_fI(50, b"I", loc, tracking, ts6, paired, imbalance, IMBALANCE_LETTER[direction], stocks[loc],
+                   far, near, ref, CROSS_LETTER[cross_type], price_variation(near, ref)))
+    else:  # EV_COLLAR
+        _, loc, ref, upper, lower, extension = ev
+        append(_fJ(35, b"J", loc, tracking, ts6, stocks[loc], ref, upper, lower, extension))
 
 
 def _mpid4(mpid: Any) -> bytes:
@@ -182,29 +302,74 @@ def encode_l3(results: Sequence[Result], out: list[bytes], midnight_ns: int, sto
                     append(fD(19, b"D", old.locate, tracking, ts6, old.ref))
                 elif action != REPL_HIDDEN:
                     raise ValueError(f"L3: replace action {action} has no feed mapping")
+            elif k in _TRADING:
+                _encode_trading(ev, append, ts6, stocks, tracking)
             elif k not in _SILENT:
                 raise ValueError(f"L3: event kind {k} has no feed mapping (feeds.publisher.L3_MAPPING)")
 
 
-def start_of_session(instruments: Iterable[Instrument], ts_since_midnight: int, tracking: int = 0) -> list[bytes]:
-    """Framed start-of-session messages: S 'O', R per instrument, S 'S', S 'Q', H 'T' per instrument."""
+class SessionOpening(NamedTuple):
+    """What a feed session announces at its start besides the directory: each instrument's trading
+    state, whether the system and market hours have begun, and the orders carried on the books (GTC
+    orders from a previous day, or everything after a restart), in priority order."""
+
+    states: dict[int, tuple[int, int]]      # locate -> (state, cause)
+    system_hours: bool
+    market_hours: bool
+    orders: Sequence[Any]                   # live resting orders (catalogue.NewOrder): ref, side, leaves, price
+
+
+def session_opening(engine: Any) -> SessionOpening:
+    """The SessionOpening of a matching engine as it is now (for Publisher.start). With a schedule,
+    the hours are as far as its day's market-wide events have gone (after its close: none, as for
+    the next day's session); with none, they have begun unless every instrument is closed."""
+    states = {b.locate: (b.state, b.cause) for b in engine.book_list}
+    orders = [o for b in engine.book_list for side in (0, 1) for o in b.orders_in_priority(side)]
+    if not engine.close_ns:
+        begun = any(b.state != TS_CLOSED for b in engine.book_list)
+        return SessionOpening(states, begun, begun, orders)
+    return SessionOpening(states, engine.market_phase in (1, 2), engine.market_phase == 2, orders)
+
+
+def start_of_session(instruments: Iterable[Instrument], ts_since_midnight: int, tracking: int = 0,
+                     opening: SessionOpening | None = None) -> list[bytes]:
+    """Framed start-of-session messages: S 'O', R per instrument, S 'S', S 'Q', H 'T' per instrument.
+
+    With an ``opening``: S 'S' and S 'Q' only if those hours have begun, each instrument's H with its
+    state, then an A (F with an MPID) for every carried order, instrument by instrument, bids then
+    asks, in priority order.
+    """
     ts6 = ts_since_midnight.to_bytes(6, "big")
     ins = sorted(instruments, key=lambda i: i.locate)
     out = [_fS(12, b"S", 0, tracking, ts6, b"O")]
     for i in ins:
         out.append(_fR(39, b"R", i.locate, tracking, ts6, i.stock8, b"Q", b"N", i.round_lot, b"N", b"C",
                        b"Z ", b"P", b"N", b" ", b" ", b"N", 0, b"N"))
-    out.append(_fS(12, b"S", 0, tracking, ts6, b"S"))
-    out.append(_fS(12, b"S", 0, tracking, ts6, b"Q"))
+    if opening is None or opening.system_hours:
+        out.append(_fS(12, b"S", 0, tracking, ts6, b"S"))
+    if opening is None or opening.market_hours:
+        out.append(_fS(12, b"S", 0, tracking, ts6, b"Q"))
     for i in ins:
-        out.append(_fH(25, b"H", i.locate, tracking, ts6, i.stock8, b"T", b" ", b"    "))
+        state, cause = (TS_CONTINUOUS, CAUSE_SCHEDULE) if opening is None else opening.states[i.locate]
+        out.append(_fH(25, b"H", i.locate, tracking, ts6, i.stock8, STATE_LETTER[state], b" ", CAUSE_REASON[cause]))
+    if opening is not None:
+        stocks = {i.locate: i.stock8 for i in ins}
+        for o in opening.orders:
+            if o.mpid:
+                out.append(_fF(40, b"F", o.locate, tracking, ts6, o.ref, _SIDE[o.side], o.leaves, stocks[o.locate],
+                               o.price, _mpid4(o.mpid)))
+            else:
+                out.append(_fA(36, b"A", o.locate, tracking, ts6, o.ref, _SIDE[o.side], o.leaves, stocks[o.locate],
+                               o.price))
     return out
 
 
-def end_of_session_messages(ts_since_midnight: int, tracking: int = 0) -> list[bytes]:
-    """Framed end-of-session System Events: M end of market hours, E end of system hours, C end of messages."""
+def end_of_session_messages(ts_since_midnight: int, tracking: int = 0, market_close: bool = True) -> list[bytes]:
+    """Framed end-of-session System Events: M end of market hours (unless the engine's close has
+    published it: market_close False), E end of system hours, C end of messages."""
     ts6 = ts_since_midnight.to_bytes(6, "big")
-    return [_fS(12, b"S", 0, tracking, ts6, code) for code in (b"M", b"E", b"C")]
+    codes = (b"M", b"E", b"C") if market_close else (b"E", b"C")
+    return [_fS(12, b"S", 0, tracking, ts6, code) for code in codes]
 
 
 _pack_header = HEADER.struct.pack
@@ -410,20 +575,38 @@ class Publisher:
         return {name: ch.session for name, ch in self.channels.items()}
 
     # -- the duty cycle -----------------------------------------------------------------------
-    def start(self, ts_ns: int) -> None:
+    def start(self, ts_ns: int, opening: SessionOpening | None = None) -> None:
         """Start of session: System Event O, Stock Directory per instrument, System Events S and Q,
         Trading Action T per instrument, on every channel. After a crash the stored start time is
-        used, so that the regenerated messages are the ones published."""
+        used, so that the regenerated messages are the ones published.
+
+        With ``opening`` (``session_opening(engine)`` of the engine the session starts from: a new
+        day's carried GTC orders, its instruments' states), the hours and states it says, then an Add
+        Order per carried order (on L2 and L1: the price levels and best prices they make). A restart
+        must pass the same opening (the engine at the session's start, before any replay) for the
+        regenerated messages to be those published."""
         if self.started:
             raise RuntimeError("feed: start() called twice")
         self.started = True
+        touched: list[tuple[int, int, int]] = []
+        if opening is not None and self.tracker is not None:
+            touched = list(self.tracker.apply([(EV_ADDED, o, o.leaves) for o in opening.orders]))
+        unbooked = opening._replace(orders=()) if opening is not None else None
         for name, ch in self.channels.items():
             state = self._state[name]
             if state["start_ts_ns"] is None:
                 state["start_ts_ns"] = ts_ns
                 self._write_state(name, state)
             start_ts = int(state["start_ts_ns"])
-            ch.emit(start_of_session(self.instruments, start_ts - self.midnight_ns, self.tracking), start_ts)
+            since = start_ts - self.midnight_ns
+            msgs = start_of_session(self.instruments, since, self.tracking, opening if name == L3 else unbooked)
+            if touched:
+                ts6 = since.to_bytes(6, "big")
+                if name == L2 and self.l2_encoder is not None:
+                    self.l2_encoder.encode(touched, ts6, msgs)
+                elif name == L1 and self.l1_encoder is not None:
+                    self.l1_encoder.encode(touched, [], ts6, msgs)
+            ch.emit(msgs, start_ts)
 
     def replay(self, results: Sequence[Result]) -> None:
         """Regenerate the messages of a replayed WAL batch (recovery); the stored ones are not sent.
@@ -551,15 +734,16 @@ class Publisher:
                 sent += 1
         return sent
 
-    def end_session(self, ts_ns: int) -> None:
-        """System Events M, E and C on every channel, then End of Session packets (``poll``)."""
+    def end_session(self, ts_ns: int, market_close: bool = True) -> None:
+        """System Events M, E and C on every channel, then End of Session packets (``poll``).
+        market_close False: no M (the engine's scheduled close published it)."""
         self._flush_replay()
         if self.recovering:
             self._go_live()
         if self.ending_since is not None:
             return
         for name, ch in self.channels.items():
-            ch.emit(end_of_session_messages(ts_ns - self.midnight_ns, self.tracking), ts_ns)
+            ch.emit(end_of_session_messages(ts_ns - self.midnight_ns, self.tracking, market_close), ts_ns)
             self._state[name]["ended"] = True
             self._write_state(name, self._state[name])
         self.ending_since = ts_ns

@@ -15,7 +15,7 @@ from appliance.catalogue import COMMANDS, EVENT_LAYOUTS, Command, Event, NewOrde
 Spec = tuple[str, tuple[Any, ...]]
 
 _BY_NAME = {cls.NAME: cls for cls in COMMANDS.values()}
-_ORDER_FIELDS = ("order", "maker", "taker", "old", "new")
+_ORDER_FIELDS = ("order", "maker", "taker", "old", "new", "buy", "sell")
 
 
 def spec_of(cmd: Command) -> Spec:

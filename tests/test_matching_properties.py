@@ -218,9 +218,9 @@ def _order_details(events: list[Event]) -> list[tuple[Any, ...]]:
 
 
 def run_both(kit: Any, instruments: tuple[Instrument, ...], default_stp: int, specs: list[Spec],
-             firm_stp: dict[int, int] = FIRM_STP) -> tuple[Engine, ReferenceEngine]:
-    fast = Engine(instruments, firm_stp, default_stp)
-    ref = ReferenceEngine(instruments, firm_stp, default_stp)
+             firm_stp: dict[int, int] = FIRM_STP, rules: Any = None) -> tuple[Engine, ReferenceEngine]:
+    fast = Engine(instruments, firm_stp, default_stp, rules)
+    ref = ReferenceEngine(instruments, firm_stp, default_stp, rules)
     for i, spec in enumerate(specs):
         out_fast: list[Event] = []
         out_ref: list[Event] = []

@@ -138,3 +138,100 @@ def test_background_writes_do_not_queue_up(tmp_path) -> None:
     store.wait()
     store.close()
     assert store.written == [300, 301] and store.errors == []
+
+
+# -- trading states ---------------------------------------------------------------------------------
+def _trading_day() -> tuple[EngineSpec, list]:
+    from test_trading_properties import AAA, BBB, SAFEGUARDS, TIMERS, _day
+
+    from appliance.matching.rules import TradingRules
+    from appliance.model import TS_CLOSED
+    from conftest import build
+
+    rules = TradingRules.of(SAFEGUARDS, start_state=TS_CLOSED, **TIMERS)
+    return EngineSpec.of([AAA, BBB], {2: STP_NONE}, rules=rules), [build(s) for s in _day(3)]
+
+
+def test_a_trading_day_restores_at_every_phase_with_the_same_future() -> None:
+    """Snapshots in pre-open, auctions (collected market orders), halts, pauses and continuous trading:
+    the restored engine has the same hash, the same trading fields and the same events after."""
+    spec, cmds = _trading_day()
+    live = spec.build()
+    seen_states = set()
+    snaps = []
+    for i, cmd in enumerate(cmds):
+        live.apply(cmd, [])
+        if i % 97 == 0:
+            seen_states.add(tuple(b.state for b in live.book_list))
+            snaps.append((i, capture(live, i + 1, 0, 1)))
+    assert len({s for states in seen_states for s in states}) >= 5   # the day went through many states
+    live.check_invariants()
+    for i, data in snaps[::3]:
+        restored, _ = restore(data, spec)
+        restored.check_invariants()
+        replay = spec.build()
+        for cmd in cmds[: i + 1]:
+            replay.apply(type(cmd)(**{n: getattr(cmd, n) for n, _ in cmd.FIELDS}), [])
+        assert restored.state_hash() == replay.state_hash()
+        for b1, b2 in zip(restored.book_list, replay.book_list):
+            assert [getattr(b1, n) for n in b1.__slots__ if type(getattr(b1, n)) is int] == \
+                   [getattr(b2, n) for n in b2.__slots__ if type(getattr(b2, n)) is int]
+            assert b1.mkt_key == b2.mkt_key
+            assert [o.order_id for o in b1.mkt[0] + b1.mkt[1]] == [o.order_id for o in b2.mkt[0] + b2.mkt[1]]
+        for j in range(i + 1, min(i + 400, len(cmds))):
+            c = cmds[j]
+            a: list[Event] = []
+            b: list[Event] = []
+            restored.apply(type(c)(**{n: getattr(c, n) for n, _ in c.FIELDS}), a)
+            replay.apply(type(c)(**{n: getattr(c, n) for n, _ in c.FIELDS}), b)
+            assert encode_events(j, 0, a) == encode_events(j, 0, b), j
+        assert restored.state_hash() == replay.state_hash()
+
+
+def test_a_collected_market_order_survives_a_snapshot() -> None:
+    from appliance.catalogue import ClockTick, Halt
+    from appliance.matching.rules import InstrumentRules, TradingRules
+    from appliance.model import MARKET
+
+    spec = EngineSpec.of([Instrument("AAA", 1, tick=1)], rules=TradingRules.of({1: InstrumentRules(100, band_bps=500)}))
+    eng = spec.build()
+    out: list[Event] = []
+    for cmd in (ClockTick(10**18), Halt(1), NewOrder(1, 1, BUY, 10, 0, MARKET), NewOrder(2, 1, SELL, 5, 0, MARKET, GTC)):
+        eng.apply(cmd, out)
+    data = capture(eng, 4, 0, 1)
+    assert read_header(data).seq == 4
+    restored, _ = restore(data, spec)
+    assert [len(b.mkt[0]) + len(b.mkt[1]) for b in restored.book_list] == [2]
+    assert restored.state_hash() == eng.state_hash()
+    assert capture(restored, 4, 0, 1) == data
+    with pytest.raises(SnapshotError, match="another engine configuration"):
+        restore(data, EngineSpec.of([Instrument("AAA", 1, tick=1)]))
+
+
+def test_the_spec_with_rules_round_trips_through_json() -> None:
+    spec, _ = _trading_day()
+    assert EngineSpec.from_json(spec.to_json()) == spec
+    plain = EngineSpec.of([Instrument("AAA", 1)])
+    assert "rules" not in plain.to_json() and EngineSpec.from_json(plain.to_json()) == plain
+
+
+def test_a_version_1_snapshot_still_restores() -> None:
+    """Version 1 had no collected market orders section (and no trading states in its counters)."""
+    import struct
+    import zlib
+
+    from appliance.snapshot import SNAP_HEADER
+
+    live = STREAM_SPEC.build()
+    run(live, 1, 800)
+    data = capture(live, 800, 5, 1)
+    fields = list(SNAP_HEADER.unpack_from(data))
+    payload = data[SNAP_HEADER_SIZE:-4]            # without the (empty) version 2 section
+    assert data[-4:] == struct.pack("<I", 0)
+    fields[1] = 1
+    fields[6] = len(payload)
+    fields[7] = zlib.crc32(payload)
+    head = SNAP_HEADER.pack(*fields[:-1], 0)
+    head = head[:-4] + struct.pack("<I", zlib.crc32(head[:-4]))
+    restored, info = restore(head + payload, STREAM_SPEC)
+    assert restored.state_hash() == live.state_hash() == info.state_hash

@@ -11,7 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance import wal
-from appliance.catalogue import COMMANDS, CancelOrder, MassCancel, NewOrder, ReplaceOrder
+from appliance.catalogue import (
+    COMMANDS,
+    CancelOrder,
+    ClockTick,
+    Close,
+    Halt,
+    MassCancel,
+    NewOrder,
+    ReplaceOrder,
+    Resume,
+    SetSchedule,
+)
 from appliance.sequencer import SequenceError, Sequencer
 from appliance.wal import (
     SEAL_SIZE,
@@ -89,7 +100,8 @@ def test_every_catalogue_command_has_a_record_layout_derived_from_its_fields() -
         assert layout.names == tuple(n for n, _ in cls.FIELDS)
         assert layout.size == wal.RECORD_HEADER_SIZE + struct.calcsize("<" + "".join(c for _, c in cls.FIELDS))
     assert wal.RECORD_HEADER_SIZE == 32 and SEGMENT_HEADER_SIZE == 32 and SEAL_SIZE == 48
-    assert {k: lay.size for k, lay in wal.LAYOUTS.items()} == {1: 118, 2: 68, 3: 92, 4: 63}
+    assert {k: lay.size for k, lay in wal.LAYOUTS.items()} == {1: 118, 2: 68, 3: 92, 4: 63, 5: 40, 6: 72, 7: 34,
+                                                                8: 34, 9: 34}
 
 
 def test_record_bytes_follow_the_documented_layout() -> None:
@@ -124,6 +136,11 @@ commands = st.one_of(
               cl_ord_id=st.text("ab1", max_size=20)),
     st.builds(MassCancel, firm=st.integers(0, 2**32 - 1), locate=st.integers(0, 65535),
               side=st.integers(0, 255), session=st.integers(0, 2**32 - 1), cl_ord_id=st.text("z", max_size=20)),
+    st.builds(ClockTick, now_ns=st.integers(0, 2**64 - 1)),
+    st.builds(SetSchedule, *[st.integers(-(2**63), 2**63 - 1)] * 5),
+    st.builds(Halt, locate=st.integers(0, 65535)),
+    st.builds(Resume, locate=st.integers(0, 65535)),
+    st.builds(Close, locate=st.integers(0, 65535)),
 )
 
 

@@ -150,7 +150,13 @@ FIX_REJECT: Final[dict[int, tuple[int, int]]] = {
     R.INVALID_SIDE: (11, 99),
     R.INVALID_STP_MODE: (11, 99),
     R.REPLACE_NOT_ALLOWED: (99, 2),
+    R.INSTRUMENT_CLOSED: (2, 2),                # exchange closed
+    R.PRICE_OUTSIDE_BAND: (0, 2),
+    R.TIF_NOT_ALLOWED_IN_STATE: (11, 99),
     R.ADMIN_UNKNOWN_COMMAND: (99, 99),
+    R.ADMIN_CLOCK_BACKWARDS: (99, 99),
+    R.ADMIN_INVALID_TRANSITION: (99, 99),
+    R.ADMIN_INVALID_SCHEDULE: (99, 99),
 }
 
 # Connection states.

@@ -157,7 +157,13 @@ REJECT_REASON: Final[dict[int, int]] = {
     R.INVALID_SIDE: INVALID_SIDE,
     R.INVALID_STP_MODE: REJECT_OTHER,
     R.REPLACE_NOT_ALLOWED: REPLACE_NOT_ALLOWED,
+    R.INSTRUMENT_CLOSED: DESTINATION_CLOSED,
+    R.PRICE_OUTSIDE_BAND: INVALID_PRICE,
+    R.TIF_NOT_ALLOWED_IN_STATE: REJECT_OTHER,
     R.ADMIN_UNKNOWN_COMMAND: PROCESSING_ERROR,
+    R.ADMIN_CLOCK_BACKWARDS: PROCESSING_ERROR,
+    R.ADMIN_INVALID_TRANSITION: PROCESSING_ERROR,
+    R.ADMIN_INVALID_SCHEDULE: PROCESSING_ERROR,
 }
 
 #: Our cancel reasons (OrderCancelled.reason) -> OUCH Order Canceled reason. The one table.
@@ -170,6 +176,8 @@ CANCEL_REASON: Final[dict[int, bytes]] = {
     R.CANCEL_EXPIRED: b"T",              # time in force expired
     R.CANCEL_MASS: b"U",                 # the firm's mass cancel or its cancel-on-disconnect
     R.CANCEL_KILL_SWITCH: b"S",          # supervisory
+    R.CANCEL_MARKET_COLLAR: b"K",        # market collar
+    R.CANCEL_OUTSIDE_BAND: b"D",         # regulatory restriction (the LULD band)
 }
 
 # Entered TIF letter -> engine TIF. GTX ('5', until the end of extended hours) is DAY here: the

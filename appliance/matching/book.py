@@ -19,9 +19,10 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections import deque
 from operator import attrgetter
+from typing import Any, Final
 
 from appliance.catalogue import NewOrder
-from appliance.model import BUY, NO_ASK, NO_BID, SELL, Instrument
+from appliance.model import BUY, NO_ASK, NO_BID, SELL, TS_CONTINUOUS, Instrument
 
 
 _LEAVES = attrgetter("leaves")  # truthy for a live order
@@ -95,10 +96,33 @@ class StopSide:
         return sum(len(v) for v in self.by_price.values())
 
 
-class Book:
-    """The book of one instrument, plus its pending stops and last trade price."""
+# The fast path's price window of a book that is not trading continuously: no price fits in it.
+CLOSED_WINDOW: Final = (1 << 62, 0)
 
-    __slots__ = ("instrument", "locate", "tick", "levels", "keys", "stops", "nstops", "last_price")
+
+class Book:
+    """The book of one instrument, plus its pending stops, last trade price and trading state.
+
+    Trading state (docs/matching.md, "Trading states"; the engine keeps the derived fields current
+    with Engine._refresh): ``state`` and ``cause`` (model.TS_*, model.CAUSE_*); ``ref_price`` (the
+    reference of band and collar), ``cb_ref`` (the circuit breaker's static reference); the band
+    ``band_lo``..``band_hi`` (both 0: none) and the breaker's range ``cb_lo``..``cb_hi`` (0, 0: none);
+    ``limit_on``/``limit_since`` (the limit state and when it began); ``deadline_ns`` (the end of a
+    pause, a timed halt or a reopening call phase), ``next_noii_ns`` (the next imbalance message) and
+    ``day_done`` (closed for the day); ``mkt``: market orders collected in a call phase, per side, in
+    arrival order (they are not on the book: no price level).
+
+    Derived for the hot path: ``flo``/``fhi``, the open price window of limit orders the engine's fast
+    path may take (the band's interior in continuous trading, nothing in any other state); ``watch``,
+    true when a command in continuous trading must be followed by the safeguards' checks; ``mkt_key``,
+    the priority key limit of a market order per taker side (the collar), and ``mkt_reason``, the
+    cancel reason of its remainder.
+    """
+
+    __slots__ = ("instrument", "locate", "tick", "levels", "keys", "stops", "nstops", "last_price",
+                 "flo", "fhi", "watch", "mkt_key", "mkt_reason", "state", "cause", "ref_price", "cb_ref",
+                 "band_lo", "band_hi", "cb_lo", "cb_hi", "limit_on", "limit_since", "deadline_ns",
+                 "next_noii_ns", "day_done", "mkt", "rules")
 
     def __init__(self, instrument: Instrument) -> None:
         self.instrument = instrument
@@ -109,6 +133,27 @@ class Book:
         self.stops = (StopSide(), StopSide())
         self.nstops = 0
         self.last_price = 0  # 0: no trade yet
+        # Trading state: continuous, no safeguard (what an engine without trading rules keeps).
+        self.flo = 0
+        self.fhi = (1 << 30)  # Engine._refresh: 1..2^30-1 while continuous without a band
+        self.watch = 0
+        self.mkt_key = (-(1 << 62), -(1 << 62))
+        self.mkt_reason = 0
+        self.state = TS_CONTINUOUS
+        self.cause = 0
+        self.ref_price = 0
+        self.cb_ref = 0
+        self.band_lo = 0
+        self.band_hi = 0
+        self.cb_lo = 0
+        self.cb_hi = 0
+        self.limit_on = 0
+        self.limit_since = 0
+        self.deadline_ns = 0
+        self.next_noii_ns = 0
+        self.day_done = 0
+        self.mkt: tuple[list[NewOrder], list[NewOrder]] = ([], [])
+        self.rules: Any = None
 
     # -- reading ------------------------------------------------------------------------------
     def best_bid(self) -> int:

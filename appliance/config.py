@@ -20,10 +20,13 @@ This module reads no clock and opens no socket; ``dumps(config)`` writes a confi
 """
 from __future__ import annotations
 
+import calendar
 import dataclasses
+import datetime
 import ipaddress
 import re
 import tomllib
+import zoneinfo
 from typing import Any, Final, Iterable
 
 from appliance.idle import BACKOFF, IDLE_STRATEGIES
@@ -36,6 +39,9 @@ from appliance.model import (
     price_from_text,
     price_to_text,
 )
+from appliance.catalogue import SetSchedule
+from appliance.matching.rules import SECOND_NS, InstrumentRules, TradingRules
+from appliance.model import TS_CLOSED, TS_CONTINUOUS
 from appliance.ring import DIRECTIONS, ring_name
 from appliance.risk import FirmLimits, RiskLimits
 
@@ -71,9 +77,43 @@ class InstrumentConfig:
     round_lot: int
     reference_price: int | None         # Price(4) units; None: no reference until the first trade
     tier: str                           # ITCH market category
+    luld_tier: str | None = None        # [[trading.tiers]] name: price band, collar, breaker; None: none
 
     def instrument(self) -> Instrument:
         return Instrument(self.symbol, self.locate, self.tick, self.round_lot)
+
+
+@dataclasses.dataclass(frozen=True)
+class TierConfig:
+    """The safeguards of an instrument tier (basis points of the reference price; 0: none)."""
+
+    name: str
+    band_bps: int = 0
+    market_collar_bps: int = 0
+    circuit_breaker_bps: int = 0
+
+
+SCHEDULE_KEYS: Final = ("pre_open", "opening_auction", "open", "closing_auction", "close")
+
+
+@dataclasses.dataclass(frozen=True)
+class TradingConfig:
+    """Trading states: the day's schedule in the exchange's time zone, timers, instrument tiers."""
+
+    time_zone: str = "America/New_York"  # IANA zone of the schedule and of the feed's midnight
+    schedule: tuple[str, ...] | None = None  # "HH:MM[:SS]" per SCHEDULE_KEYS; None: no schedule
+    noii_interval_ms: int = 1000
+    limit_state_seconds: int = 15
+    pause_seconds: int = 300
+    reopen_call_seconds: int = 30
+    circuit_breaker_halt_seconds: int = 300
+    tiers: tuple[TierConfig, ...] = ()
+
+    def tier(self, name: str) -> TierConfig:
+        for t in self.tiers:
+            if t.name == name:
+                return t
+        raise KeyError(name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +222,7 @@ class Config:
     firms: tuple[FirmConfig, ...]
     admin: AdminConfig
     warnings: tuple[str, ...] = ()      # loud: printed before anything else by whoever loads it
+    trading: TradingConfig | None = None  # None: continuous trading all day, no safeguard
 
     # -- derived views ------------------------------------------------------------------------------
     def instrument(self, symbol: str) -> InstrumentConfig:
@@ -213,6 +254,42 @@ class Config:
             {f.id: f.limits for f in self.firms if names is None or f.name in names},
             {i.locate: i.reference_price for i in self.instruments if i.reference_price is not None},
         )
+
+    def trading_rules(self, partition: str) -> TradingRules | None:
+        """The matching engine's trading rules for one partition (Engine(rules=...)); None without
+        [trading]. Instruments start closed when there is a schedule, else trading continuously."""
+        t = self.trading
+        if t is None:
+            return None
+        rules: dict[int, InstrumentRules] = {}
+        for symbol in self.partition(partition).instruments:
+            ins = self.instrument(symbol)
+            if ins.luld_tier is not None:
+                tier = t.tier(ins.luld_tier)
+                rules[ins.locate] = InstrumentRules(ins.reference_price or 0, tier.band_bps,
+                                                    tier.market_collar_bps, tier.circuit_breaker_bps)
+        return TradingRules.of(
+            rules,
+            start_state=TS_CLOSED if t.schedule else TS_CONTINUOUS,
+            limit_state_ns=t.limit_state_seconds * SECOND_NS,
+            pause_ns=t.pause_seconds * SECOND_NS,
+            reopen_call_ns=t.reopen_call_seconds * SECOND_NS,
+            circuit_breaker_halt_ns=t.circuit_breaker_halt_seconds * SECOND_NS,
+            noii_interval_ns=t.noii_interval_ms * 1_000_000,
+        )
+
+    def schedule_for(self, day: datetime.date) -> SetSchedule | None:
+        """The SetSchedule command of one trading day: the configured times of day in the exchange's
+        time zone as epoch nanoseconds (daylight saving time included). None: no schedule."""
+        t = self.trading
+        if t is None or t.schedule is None:
+            return None
+        return SetSchedule(*(local_time_ns(t.time_zone, day, hhmmss) for hhmmss in t.schedule))
+
+    def midnight_ns(self, day: datetime.date) -> int:
+        """The epoch nanoseconds of the day's midnight in the exchange's time zone (ITCH timestamps
+        count from it); UTC without [trading]."""
+        return local_time_ns(self.trading.time_zone if self.trading else "UTC", day, "00:00")
 
     def ring_names(self, partition: str, gateway: str) -> dict[str, str]:
         """direction (cmd, evt) -> the ring name between one gateway and one partition."""
@@ -368,6 +445,23 @@ class _Table:
                 raise ConfigError(f"{self.key(k)}: unknown key (this table takes: {known})")
 
 
+_TIME_OF_DAY = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])(?::([0-5][0-9]))?$")
+
+
+def _time_of_day(text: str) -> datetime.time:
+    m = _TIME_OF_DAY.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a time of day HH:MM or HH:MM:SS")
+    return datetime.time(int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
+
+
+def local_time_ns(time_zone: str, day: datetime.date, hhmmss: str) -> int:
+    """Epoch nanoseconds of a time of day ("HH:MM[:SS]") on a date in an IANA time zone, in integers
+    (a time that daylight saving skips or repeats: its first occurrence)."""
+    local = datetime.datetime.combine(day, _time_of_day(hhmmss), tzinfo=zoneinfo.ZoneInfo(time_zone))
+    return calendar.timegm(local.utctimetuple()) * 1_000_000_000
+
+
 def _range(lo: int | None, hi: int | None) -> str:
     if hi is None:
         return f">= {lo}"
@@ -464,6 +558,10 @@ def from_dict(doc: dict[str, Any]) -> Config:
             raise ConfigError(f"firms[{i}].name: firm {f.name!r} is on no gateway's firms")
 
     admin = _admin(top.table("admin"), warnings)
+    trading = _trading(top.table("trading"))
+    for i, ins in enumerate(instruments):
+        if ins.luld_tier is not None and (trading is None or ins.luld_tier not in {t.name for t in trading.tiers}):
+            raise ConfigError(f"instruments[{i}].luld_tier: unknown tier {ins.luld_tier!r} (not in [[trading.tiers]])")
     top.done()
 
     tcp: list[tuple[str, int]] = []
@@ -473,7 +571,7 @@ def from_dict(doc: dict[str, Any]) -> Config:
             ("admin.port", admin.port)]
     _unique(tcp, "TCP port")
     return Config(appliance, instruments, partitions, gateways, market_data, retransmit, firms, admin,
-                  tuple(warnings))
+                  tuple(warnings), trading)
 
 
 def _appliance(t: _Table | None) -> ApplianceConfig:
@@ -500,12 +598,64 @@ def _instrument(t: _Table) -> InstrumentConfig:
     round_lot = t.integer("round_lot", 100, 1)
     ref = t.money("reference_price", tick)
     tier = t.text("tier", "Q", choices=TIERS)
+    luld_tier = t.text("luld_tier", "") or None
     t.done()
     try:
         Instrument(symbol, locate, tick, round_lot)
     except ValueError as exc:
         raise ConfigError(f"{t.key('symbol')}: {exc}") from None
-    return InstrumentConfig(symbol, locate, tick, round_lot, ref, tier)
+    return InstrumentConfig(symbol, locate, tick, round_lot, ref, tier, luld_tier)
+
+
+def _trading(t: _Table | None) -> TradingConfig | None:
+    if t is None:
+        return None
+    d = TradingConfig()
+    zone = t.text("time_zone", d.time_zone)
+    try:
+        zoneinfo.ZoneInfo(zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{t.key('time_zone')}: {zone!r} is not an IANA time zone (such as 'America/New_York')") from None
+    times = [t.text(k, "") for k in SCHEDULE_KEYS]
+    schedule: tuple[str, ...] | None = None
+    if any(times):
+        parsed = []
+        for key, text in zip(SCHEDULE_KEYS, times):
+            if not text:
+                raise ConfigError(f"{t.key(key)}: missing (a schedule needs all of {', '.join(SCHEDULE_KEYS)})")
+            try:
+                parsed.append(_time_of_day(text))
+            except ValueError as exc:
+                raise ConfigError(f"{t.key(key)}: {exc}") from None
+        for (k1, a), (k2, b) in zip(zip(SCHEDULE_KEYS, parsed), zip(SCHEDULE_KEYS[1:], parsed[1:])):
+            if b < a:
+                raise ConfigError(f"{t.key(k2)}: {b} is before {k1} {a}")
+        schedule = tuple(times)
+    c = TradingConfig(
+        time_zone=zone,
+        schedule=schedule,
+        noii_interval_ms=t.integer("noii_interval_ms", d.noii_interval_ms, 0, 3_600_000),
+        limit_state_seconds=t.integer("limit_state_seconds", d.limit_state_seconds, 1, 3600),
+        pause_seconds=t.integer("pause_seconds", d.pause_seconds, 1, 86_400),
+        reopen_call_seconds=t.integer("reopen_call_seconds", d.reopen_call_seconds, 0, 86_400),
+        circuit_breaker_halt_seconds=t.integer("circuit_breaker_halt_seconds", d.circuit_breaker_halt_seconds, 0,
+                                               86_400),
+        tiers=tuple(_tier(x) for x in t.tables("tiers")),
+    )
+    _unique(((f"{t.key('tiers')}[{i}].name", x.name) for i, x in enumerate(c.tiers)), "tier name")
+    t.done()
+    return c
+
+
+def _tier(t: _Table) -> TierConfig:
+    c = TierConfig(
+        name=t.text("name", max_len=8),
+        band_bps=t.integer("band_bps", 0, 0, 9999),
+        market_collar_bps=t.integer("market_collar_bps", 0, 0, 9999),
+        circuit_breaker_bps=t.integer("circuit_breaker_bps", 0, 0, 9999),
+    )
+    t.done()
+    return c
 
 
 def _partition(t: _Table, symbols: set[str], warnings: list[str]) -> PartitionConfig:
@@ -709,6 +859,8 @@ def dumps(c: Config) -> str:
         if ins.reference_price is not None:
             w(f"reference_price = {_money(ins.reference_price)}")
         w(f"tier = {_q(ins.tier)}")
+        if ins.luld_tier is not None:
+            w(f"luld_tier = {_q(ins.luld_tier)}")
     for p in c.partitions:
         w("")
         w("[[partitions]]")
@@ -785,6 +937,23 @@ def dumps(c: Config) -> str:
     w(f"bind = {_q(ad.bind)}")
     w(f"port = {ad.port}")
     w(f"token = {_q(ad.token)}")
+    tr = c.trading
+    if tr is not None:
+        w("")
+        w("[trading]")
+        w(f"time_zone = {_q(tr.time_zone)}")
+        for key, text in zip(SCHEDULE_KEYS, tr.schedule or ()):
+            w(f"{key} = {_q(text)}")
+        for key in ("noii_interval_ms", "limit_state_seconds", "pause_seconds", "reopen_call_seconds",
+                    "circuit_breaker_halt_seconds"):
+            w(f"{key} = {getattr(tr, key)}")
+        for tier in tr.tiers:
+            w("")
+            w("[[trading.tiers]]")
+            w(f"name = {_q(tier.name)}")
+            w(f"band_bps = {tier.band_bps}")
+            w(f"market_collar_bps = {tier.market_collar_bps}")
+            w(f"circuit_breaker_bps = {tier.circuit_breaker_bps}")
     return "\n".join(out) + "\n"
 
 

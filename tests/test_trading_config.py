@@ -1,0 +1,104 @@
+"""The [trading] configuration: the documented example, the engine rules and day schedules it gives
+(times of day in the exchange's time zone to epoch nanoseconds, daylight saving time included), and
+errors that name the key."""
+from __future__ import annotations
+
+import datetime
+import tomllib
+from typing import Any
+
+import pytest
+from test_config import DELETE, _set, doc_example
+
+from appliance import config as C
+from appliance.matching.engine import Engine
+from appliance.matching.rules import SECOND_NS, InstrumentRules
+from appliance.model import TS_CLOSED, TS_CONTINUOUS
+
+UTC = datetime.timezone.utc
+
+
+def _epoch_ns(*args: int) -> int:
+    return int(datetime.datetime(*args, tzinfo=UTC).timestamp()) * SECOND_NS
+
+
+def test_the_documented_trading_table() -> None:
+    c = C.loads(doc_example())
+    t = c.trading
+    assert t is not None and t.time_zone == "America/New_York"
+    assert t.schedule == ("04:00", "09:25", "09:30", "15:50", "16:00")
+    assert (t.limit_state_seconds, t.pause_seconds, t.reopen_call_seconds, t.circuit_breaker_halt_seconds,
+            t.noii_interval_ms) == (15, 300, 30, 600, 1000)
+    assert [x.name for x in t.tiers] == ["1", "2"]
+    assert c.instrument("ALPH").luld_tier == "1" and c.instrument("NEWCO").luld_tier is None
+    rules = c.trading_rules("p0")
+    assert rules is not None and rules.start_state == TS_CLOSED
+    assert rules.instruments == ((1, InstrumentRules(1_500_000, 500, 300, 1000)),)   # NEWCO: no tier
+    assert (rules.limit_state_ns, rules.pause_ns, rules.reopen_call_ns, rules.circuit_breaker_halt_ns,
+            rules.noii_interval_ns) == (15 * SECOND_NS, 300 * SECOND_NS, 30 * SECOND_NS, 600 * SECOND_NS, SECOND_NS)
+    assert c.trading_rules("p1").instruments == ((7, InstrumentRules(5_123, 1000, 500, 0)),)
+    Engine(c.partition_instruments("p0"), c.firm_stp(), rules=rules).check_invariants()
+    assert C.loads(C.dumps(c)) == c
+
+
+def test_schedules_follow_the_exchange_time_zone_and_daylight_saving() -> None:
+    c = C.loads(doc_example())
+    winter = c.schedule_for(datetime.date(2026, 1, 5))        # EST, UTC-5
+    summer = c.schedule_for(datetime.date(2026, 7, 6))        # EDT, UTC-4
+    assert winter is not None and summer is not None
+    assert winter.times() == (_epoch_ns(2026, 1, 5, 9, 0), _epoch_ns(2026, 1, 5, 14, 25), _epoch_ns(2026, 1, 5, 14, 30),
+                              _epoch_ns(2026, 1, 5, 20, 50), _epoch_ns(2026, 1, 5, 21, 0))
+    assert summer.open_ns == _epoch_ns(2026, 7, 6, 13, 30)
+    assert c.midnight_ns(datetime.date(2026, 1, 5)) == _epoch_ns(2026, 1, 5, 5, 0)
+    # the spring-forward day is 23 hours long: the open is still 09:30 local
+    assert c.schedule_for(datetime.date(2026, 3, 8)).open_ns == _epoch_ns(2026, 3, 8, 13, 30)  # type: ignore[union-attr]
+    assert C.local_time_ns("Europe/Berlin", datetime.date(2026, 1, 5), "09:00:30") == _epoch_ns(2026, 1, 5, 8, 0, 30)
+    plain = C.default()
+    assert plain.trading is None and plain.trading_rules("p0") is None and plain.schedule_for(datetime.date.today()) is None
+    assert plain.midnight_ns(datetime.date(2026, 1, 5)) == _epoch_ns(2026, 1, 5)
+
+
+def test_without_a_schedule_instruments_trade_continuously() -> None:
+    doc = tomllib.loads(doc_example())
+    for key in C.SCHEDULE_KEYS:
+        del doc["trading"][key]
+    c = C.from_dict(doc)
+    assert c.trading is not None and c.trading.schedule is None
+    assert c.trading_rules("p0").start_state == TS_CONTINUOUS  # type: ignore[union-attr]
+    assert c.schedule_for(datetime.date(2026, 1, 5)) is None
+    assert C.loads(C.dumps(c)) == c
+
+
+ERRORS: list[tuple[str, Any, str]] = [
+    ("trading.time_zone", "Mars/Olympus", "'Mars/Olympus' is not an IANA time zone"),
+    ("trading.open", "9:30", "'9:30' is not a time of day HH:MM or HH:MM:SS"),
+    ("trading.open", "24:00", "is not a time of day"),
+    ("trading.close", DELETE, "missing (a schedule needs all of pre_open, opening_auction, open, closing_auction, close)"),
+    ("trading.closing_auction", "09:00", "09:00:00 is before open 09:30:00"),
+    ("trading.pause_seconds", 0, "0 is outside 1..86400"),
+    ("trading.noii_interval_ms", "1s", "expected an integer, got '1s'"),
+    ("trading.tiers[0].band_bps", 10000, "10000 is outside 0..9999"),
+    ("trading.tiers[1].name", "1", "tier name '1' is already used by trading.tiers[0].name"),
+    ("trading.tiers[0].width", 5, "unknown key (this table takes: "),
+    ("trading.holidays", [], "unknown key (this table takes: "),
+    ("instruments[0].luld_tier", "9", "unknown tier '9' (not in [[trading.tiers]])"),
+]
+
+
+@pytest.mark.parametrize("path, value, message", ERRORS, ids=[f"{p}={v!r}"[:60] for p, v, _ in ERRORS])
+def test_every_trading_error_names_the_key(path: str, value: Any, message: str) -> None:
+    doc = tomllib.loads(doc_example())
+    _set(path, value)(doc)
+    with pytest.raises(C.ConfigError) as info:
+        C.from_dict(doc)
+    text = str(info.value)
+    where = path if not path.startswith("trading.close") or value is not DELETE else "trading.close"
+    assert text.startswith(f"{where}: "), text
+    assert message in text, text
+
+
+def test_a_tier_without_the_trading_table_is_an_error() -> None:
+    doc = tomllib.loads(doc_example())
+    del doc["trading"]
+    with pytest.raises(C.ConfigError, match=r"^instruments\[0\].luld_tier: unknown tier '1'"):
+        C.from_dict(doc)

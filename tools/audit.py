@@ -1,8 +1,10 @@
 """`matchwire audit export WALDIR --format csv|jsonl`: every order lifecycle event, from the WAL.
 
 Replays the whole WAL (read-only, no snapshot: the lifecycle starts at the first record) and writes
-one row per order per event: an execution gives two rows (maker and taker), a mass cancel one row
-per cancelled order plus one for the request. Columns (COLUMNS), in both formats:
+one row per order per event: an execution gives two rows (maker and taker; an auction fill: buy and
+sell), a mass cancel one row per cancelled order plus one for the request; trading state changes,
+market-wide events, auction results and limit states one row each (imbalance messages and collars
+none). Columns (COLUMNS), in both formats:
 
     ts_ns, time (UTC), seq, event, outcome, firm, account, session, cl_ord_id, order_id, ref,
     instrument, side, ord_type, tif, price, stop_price, qty, exec_qty, exec_price, match, leaves,
@@ -24,11 +26,16 @@ from appliance.catalogue import (
     EV_ACCEPTED,
     EV_ADDED,
     EV_CANCELLED,
+    EV_CROSS_EXECUTED,
     EV_EXECUTED,
+    EV_LIMIT_STATE,
+    EV_MARKET_EVENT,
     EV_MASS_CANCELLED,
     EV_REJECTED,
     EV_REPLACED,
     EV_STOP_TRIGGERED,
+    EV_TRADING_STATE,
+    EV_UNCROSSED,
     REPL_HIDDEN,
     REPL_IN_PLACE,
     REPL_REMOVE,
@@ -40,7 +47,18 @@ from appliance.catalogue import (
     NewOrder,
     ReplaceOrder,
 )
-from appliance.model import DAY, FOK, GTC, IOC, LIMIT, MARKET, STOP, STOP_LIMIT, price_to_text
+from appliance.model import (
+    DAY,
+    FOK,
+    GTC,
+    IOC,
+    LIMIT,
+    MARKET,
+    STOP,
+    STOP_LIMIT,
+    TRADING_STATE_NAMES,
+    price_to_text,
+)
 from appliance.recovery import read_manifest, recover_state
 from appliance.wal import WalError
 from tools.replay import format_ts
@@ -87,8 +105,13 @@ class AuditRows:
             row["leaves"] = row["filled"] = ""
             return row
         row = {k: "" for k in COLUMNS}
-        row.update({"ts_ns": ts, "time": format_ts(ts), "seq": seq, "event": event, "firm": c.firm,
-                    "session": c.session, "cl_ord_id": c.cl_ord_id})
+        row.update({"ts_ns": ts, "time": format_ts(ts), "seq": seq, "event": event})
+        if not hasattr(c, "firm"):  # an admin command
+            row["outcome"] = repr(c)
+            if hasattr(c, "locate"):
+                row["instrument"] = self.symbols.get(c.locate, "ALL" if c.locate == 0 else str(c.locate))
+            return row
+        row.update({"firm": c.firm, "session": c.session, "cl_ord_id": c.cl_ord_id})
         if isinstance(c, (CancelOrder, ReplaceOrder)):
             row["order_id"] = c.order_id
         if isinstance(c, ReplaceOrder):
@@ -140,6 +163,30 @@ class AuditRows:
             elif kind == EV_MASS_CANCELLED:
                 row = self.command_row(seq, ts, "mass_cancelled", ev[1])
                 row["outcome"] = f"mass cancel: {ev[2]} orders"
+                yield row
+            elif kind == EV_CROSS_EXECUTED:
+                _, buy, sell, q, price, match, bl, bf, sl, sf = ev
+                for role, o, leaves, filled in (("buy", buy, bl, bf), ("sell", sell, sl, sf)):
+                    row = self.order_row(seq, ts, "auction_executed", o)
+                    row.update(exec_qty=q, exec_price=_px(price), match=match, leaves=leaves, filled=filled,
+                               role=role, outcome="filled" if not leaves else "partially filled")
+                    yield row
+            elif kind in (EV_TRADING_STATE, EV_UNCROSSED, EV_LIMIT_STATE):
+                row = {k: "" for k in COLUMNS}
+                row.update(ts_ns=ts, time=format_ts(ts), seq=seq, instrument=self.symbols.get(ev[1], str(ev[1])))
+                if kind == EV_TRADING_STATE:
+                    row.update(event="trading_state", outcome=f"{TRADING_STATE_NAMES[ev[2]]} (cause {ev[3]})")
+                elif kind == EV_UNCROSSED:
+                    row.update(event="auction_uncrossed", exec_qty=ev[4], exec_price=_px(ev[3]), match=ev[5] or "",
+                               outcome=f"cross type {ev[2]}")
+                else:
+                    row.update(event="limit_state", outcome=f"{'on' if ev[2] else 'off'} "
+                                                            f"{price_to_text(ev[3])}-{price_to_text(ev[4])}")
+                yield row
+            elif kind == EV_MARKET_EVENT:
+                row = {k: "" for k in COLUMNS}
+                row.update(ts_ns=ts, time=format_ts(ts), seq=seq, event="market_event", instrument="ALL",
+                           outcome=f"market event {ev[1]}")
                 yield row
 
 

@@ -15,6 +15,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "tools.bench_ring",
     "tools.bench_retransmit",  # retransmit
     "tools.bench_pipeline",  # pipeline, latency
+    "tools.bench_day",  # day
 )
 
 

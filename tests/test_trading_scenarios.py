@@ -490,3 +490,21 @@ def test_uncross_fills_market_orders_first_then_price_then_time(kit: Any) -> Non
         # buys: market (1), 202 (2), 201 (4), 200 (3 then 5); sells: 197 (8), 198 (7), 200 (6)
         assert fills == [(1, 8, 100), (2, 8, 200), (4, 8, 200), (3, 8, 100), (3, 7, 200), (5, 6, 100)]
     assert outs[0] == outs[1]
+
+
+def test_next_deadline_says_when_a_tick_is_due() -> None:
+    """The partition injects a ClockTick when Engine.next_deadline_ns() has passed."""
+    engine = Engine(INSTRUMENTS, FIRM_STP, STP_CN, RULES)
+    assert engine.next_deadline_ns() is None                       # closed, no schedule: nothing timed
+    engine.apply(SetSchedule(T + 10 * SEC, T + 20 * SEC, T + 30 * SEC, T + 40 * SEC, T + 50 * SEC), [])
+    engine.apply(ClockTick(T), [])
+    assert engine.next_deadline_ns() == T + 10 * SEC                 # the pre-open
+    engine.apply(ClockTick(T + 20 * SEC), [])
+    assert engine.next_deadline_ns() == T + 21 * SEC                 # the next imbalance message
+    engine.apply(ClockTick(T + 30 * SEC), [])                        # open
+    engine.apply(NewOrder(1, 1, BUY, 10, 11000), [])                 # at the upper band: a limit state
+    assert engine.book(1).limit_on and engine.next_deadline_ns() == T + 40 * SEC   # closing auction first
+    engine.apply(ClockTick(T + 44 * SEC), [])                        # closing auction
+    assert engine.next_deadline_ns() == T + 45 * SEC
+    engine.apply(ClockTick(T + 60 * SEC), [])
+    assert engine.next_deadline_ns() is None and engine.book(1).state == TS_CLOSED

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_publisher import MIDNIGHT, messages_of
+from test_publisher import messages_of
 from test_trading_properties import AAA, BBB, SAFEGUARDS, SEC, T0, TIMERS, _day
 
 from appliance.catalogue import (
@@ -50,7 +50,7 @@ from appliance.snapshot import EngineSpec, capture, restore
 from conftest import build
 from feeds import itch
 from feeds.books import engine_l1_summary, engine_l2_summary, engine_l3_summary
-from feeds.channels import L1, L2, L3, FeedConfig, decode_any
+from feeds.channels import L1, L3, FeedConfig, decode_any
 from feeds.publisher import Publisher, encode_l3, price_variation, session_opening
 from feeds.subscriber import FeedSubscriber
 from feeds.transport import MemoryTransport

@@ -58,7 +58,7 @@ from appliance.catalogue import (
     Resume,
     SetSchedule,
 )
-from appliance.matching.book import CLOSED_WINDOW, Book, Level
+from appliance.matching.book import CLOSED_WINDOW, Book
 from appliance.matching.rules import BPS, TradingRules, band_of
 from appliance.matching.statehash import StateView, state_hash
 from appliance.model import (

@@ -19,7 +19,7 @@ Event record (partition -> gateway, ring ``evt``)::
     | kind |      seq      |     ts_ns     |  fields: EVENT_RECORD_FIELDS[kind]     |
     |  u8  |      u64      |      u64      |                                        |
     +------+---------------+---------------+---------------------------------------+
-    kind: catalogue.EV_* (1..8) or a control kind (CTL_*), | LAST (0x80) on the last record of a
+    kind: catalogue.EV_* (1..8, 11) or a control kind (CTL_*), | LAST (0x80) on the last record of a
           command's events for this gateway: the gateway hands a command's events to its sessions
           only once it has them all.
 
@@ -32,8 +32,15 @@ Event record (partition -> gateway, ring ``evt``)::
           locate u16, side u8
     COMMAND (rest of the record): kind u8 + the WAL body, as in a command record
 
+    CROSS (EV_CROSS_EXECUTED, an auction fill): as OrderExecuted (buy order in the maker slot, sell
+          in the taker slot) + cross_type u8 (model.CROSS_*, 0 unknown); it reaches both sides'
+          sessions as a fill. The decoded tuple is CrossExecuted's ten fields + cross_type.
+
 Not every engine event crosses: OrderAdded says nothing a session or the risk checker needs, so it
-stays in the partition. The largest record (OrderReplaced, 111 bytes) fits a 128-byte slot
+stays in the partition; nor do the feed-only events of trading phases (``FEED_ONLY``:
+TradingStateChanged, MarketEvent, AuctionUncrossed, AuctionImbalance, AuctionCollar,
+LimitStateChanged), which the feed publisher takes from the engine itself. They are skipped,
+never an error. The largest record (OrderReplaced, 111 bytes) fits a 128-byte slot
 (``MIN_SLOT_SIZE``).
 
 Control records from the partition at start-up (their seq is the partition's last seq):
@@ -59,11 +66,18 @@ from appliance.catalogue import (
     EV_ACCEPTED,
     EV_ADDED,
     EV_CANCELLED,
+    EV_COLLAR,
+    EV_CROSS_EXECUTED,
     EV_EXECUTED,
+    EV_IMBALANCE,
+    EV_LIMIT_STATE,
+    EV_MARKET_EVENT,
     EV_MASS_CANCELLED,
     EV_REJECTED,
     EV_REPLACED,
     EV_STOP_TRIGGERED,
+    EV_TRADING_STATE,
+    EV_UNCROSSED,
     REPL_IN_PLACE,
     Command,
     Event,
@@ -107,6 +121,11 @@ EVENT_RECORD_FIELDS: Final[dict[int, tuple[tuple[str, str], ...]]] = {
         ("old_ref", "Q"), ("old_leaves", "I"), ("new_leaves", "I"), ("filled", "I"), ("action", "B"),
         ("command_qty", "q"), ("command_cl_ord_id", "20s")),
     EV_STOP_TRIGGERED: ORDER_FIELDS + (("trigger_price", "I"),),
+    # An auction fill: OrderExecuted's layout (buy order in the maker slot, sell in the taker slot)
+    # plus the auction's cross type (model.CROSS_*, from the command's AuctionUncrossed; 0 unknown).
+    EV_CROSS_EXECUTED: _prefixed("maker_", OREF_FIELDS) + _prefixed("taker_", OREF_FIELDS) + (
+        ("qty", "I"), ("price", "I"), ("match", "Q"), ("maker_leaves", "I"), ("maker_filled", "I"),
+        ("taker_leaves", "I"), ("taker_filled", "I"), ("cross_type", "B")),
     EV_MASS_CANCELLED: (("count", "I"), ("command", "COMMAND")),
     CTL_POSITION: (("firm", "I"), ("locate", "H"), ("position", "q")),
     CTL_LAST_PRICE: (("locate", "H"), ("price", "q")),
@@ -114,8 +133,12 @@ EVENT_RECORD_FIELDS: Final[dict[int, tuple[tuple[str, str], ...]]] = {
     CTL_REPLAY: (),
     CTL_LIVE: (),
 }
-#: Events that never cross to a gateway.
-NOT_FORWARDED: Final = frozenset((EV_ADDED,))
+#: Events that never cross to a gateway: OrderAdded, and the feed-only events of trading phases
+#: (state changes, market events, auction results and imbalances, collars, limit states). The feed
+#: publisher takes those from the engine directly; no session or risk check needs them.
+FEED_ONLY: Final = frozenset((EV_TRADING_STATE, EV_MARKET_EVENT, EV_UNCROSSED, EV_IMBALANCE, EV_COLLAR,
+                              EV_LIMIT_STATE))
+NOT_FORWARDED: Final = frozenset((EV_ADDED,)) | FEED_ONLY
 
 
 def _struct(fields: Sequence[tuple[str, str]]) -> struct.Struct:
@@ -133,6 +156,7 @@ _EXE = STRUCTS[EV_EXECUTED]
 _CAN = STRUCTS[EV_CANCELLED]
 _REP = STRUCTS[EV_REPLACED]
 _STP = STRUCTS[EV_STOP_TRIGGERED]
+_CRX = STRUCTS[EV_CROSS_EXECUTED]
 _MAS = STRUCTS[EV_MASS_CANCELLED]
 _POS = STRUCTS[CTL_POSITION]
 _LPX = STRUCTS[CTL_LAST_PRICE]
@@ -217,7 +241,7 @@ def _command_bytes(cmd: Any) -> bytes:
 
 def _sanitized(cmd: Any) -> bytes:
     layout = LAYOUTS[cmd.KIND]
-    vals = []
+    vals: list[Any] = []
     for name, code in zip(layout.names, layout.codes):
         v = getattr(cmd, name, 0)
         if code.endswith("s"):
@@ -252,16 +276,23 @@ class EventEncoder:
         gw_of = self.gateway_of_firm
         all_gw = range(self.gateways)
         acc, rej, exe, can, rep, stp, mas = _ACC, _REJ, _EXE, _CAN, _REP, _STP, _MAS
+        skip = NOT_FORWARDED
         for seq, ts, cmd, events in results:
             touched: list[int] = []
             for ev in events:
                 k = ev[0]
-                if k == EV_EXECUTED:
+                if k == EV_EXECUTED or k == EV_CROSS_EXECUTED:
                     m = ev[1]
                     t = ev[2]
-                    rec = exe.pack(k, seq, ts, m.order_id, m.ref, m.session, m.firm, m.locate, m.side,
-                                   t.order_id, t.ref, t.session, t.firm, t.locate, t.side,
-                                   ev[3], ev[4], ev[5], ev[6], ev[7], ev[8], ev[9])
+                    if k == EV_EXECUTED:
+                        rec = exe.pack(k, seq, ts, m.order_id, m.ref, m.session, m.firm, m.locate, m.side,
+                                       t.order_id, t.ref, t.session, t.firm, t.locate, t.side,
+                                       ev[3], ev[4], ev[5], ev[6], ev[7], ev[8], ev[9])
+                    else:
+                        rec = _CRX.pack(k, seq, ts, m.order_id, m.ref, m.session, m.firm, m.locate, m.side,
+                                        t.order_id, t.ref, t.session, t.firm, t.locate, t.side,
+                                        ev[3], ev[4], ev[5], ev[6], ev[7], ev[8], ev[9],
+                                        cross_type_of(events, m.locate))
                     for g in all_gw:
                         out[g].append(rec)
                         if g not in touched:
@@ -278,7 +309,7 @@ class EventEncoder:
                                    o.ord_type, o.tif, o.price, o.stop_price, ev[2], ev[3], ev[4], ev[5],
                                    1 if ev[6] else 0)
                     firm = o.firm
-                elif k == EV_ADDED:
+                elif k in skip:
                     continue
                 elif k == EV_REPLACED:
                     o = ev[2]
@@ -315,6 +346,18 @@ class EventEncoder:
                 lst = out[g]
                 last = lst[-1]
                 lst[-1] = bytes((last[0] | LAST,)) + last[1:]
+
+
+def cross_type_of(events: Sequence[Event], locate: int) -> int:
+    """The cross type (model.CROSS_*) of the auction on ``locate`` among a command's events, 0 if none.
+
+    An auction's CrossExecuted fills come before its AuctionUncrossed in the same event list.
+    """
+    for ev in events:
+        if ev[0] == EV_UNCROSSED and ev[1] == locate:
+            ct: int = ev[2]
+            return ct
+    return 0
 
 
 def control_record(kind: int, seq: int, *fields: Any) -> bytes:
@@ -387,6 +430,20 @@ class EventDecoder:
                 if not tl:
                     self._done(t)
                 ev: Event = (EV_EXECUTED, m, t, qty, price, match, ml, mf, tl, tf)
+            elif k == EV_CROSS_EXECUTED:
+                (_, seq, ts, m_id, m_ref, m_ses, m_firm, m_loc, m_side, t_id, t_ref, t_ses, t_firm, t_loc,
+                 t_side, qty, price, match, ml, mf, tl, tf, ctype) = _CRX.unpack(rec)
+                m = self._order(m_id, m_ref, m_ses, m_firm, m_loc, m_side)
+                t = self._order(t_id, t_ref, t_ses, t_firm, t_loc, t_side)
+                m.leaves, m.filled = ml, mf
+                t.leaves, t.filled = tl, tf
+                if not ml:
+                    self._done(m)
+                if not tl:
+                    self._done(t)
+                # CrossExecuted's fields, then the cross type the ring carries (sessions read it as
+                # ev[10]; from the engine directly they find it in the AuctionUncrossed that follows).
+                ev = (EV_CROSS_EXECUTED, m, t, qty, price, match, ml, mf, tl, tf, ctype)
             elif k == EV_ACCEPTED:
                 (_, seq, ts, oid, ref, ses, firm, loc, side, ot, tif, px, spx, qty, cl) = _ACC.unpack(rec)
                 o = self._order(oid, ref, ses, firm, loc, side, ot, tif, px, spx)
@@ -442,6 +499,8 @@ class EventDecoder:
             elif k == EV_MASS_CANCELLED:
                 _, seq, ts, count = _MAS.unpack_from(rec)
                 ev = (EV_MASS_CANCELLED, decode_command(rec, _MAS.size), count)
+            elif k in NOT_FORWARDED:   # never encoded; tolerated if met
+                continue
             elif k in STRUCTS:   # control records
                 vals = STRUCTS[k].unpack(rec)
                 if k == CTL_OPEN_ORDER:

@@ -68,6 +68,7 @@ from appliance import reasons as R
 from appliance.catalogue import (
     EV_ACCEPTED,
     EV_CANCELLED,
+    EV_CROSS_EXECUTED,
     EV_EXECUTED,
     EV_REJECTED,
     EV_REPLACED,
@@ -259,8 +260,9 @@ class RiskChecker:
         live_orders = self._live
         for ev in events:
             kind = ev[0]
-            if kind == EV_EXECUTED:
-                _, maker, taker, qty, price, _match, m_leaves, m_filled, t_leaves, t_filled = ev
+            if kind == EV_EXECUTED or kind == EV_CROSS_EXECUTED:
+                # a continuous fill (maker, taker) or an auction fill (buy, sell): same shape
+                _, maker, taker, qty, price, _match, m_leaves, m_filled, t_leaves, t_filled = ev[:10]
                 self._ref[maker.locate] = price
                 self._executed(maker, qty, m_leaves, m_filled)
                 self._executed(taker, qty, t_leaves, t_filled)

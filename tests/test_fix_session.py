@@ -626,3 +626,21 @@ def test_fuzz_never_raises(venue: Venue) -> None:
         s.connection_lost(venue.ts)
         venue.sessions.remove(s)
     venue.engine.check_invariants()
+
+
+def test_auction_fill_is_an_execution_report_for_both_orders(client: Client) -> None:
+    from appliance.catalogue import Resume
+    from appliance.matching.rules import TradingRules
+    from appliance.model import TS_HALTED
+
+    venue = Venue()
+    venue.engine = Engine(INSTRUMENTS, rules=TradingRules(start_state=TS_HALTED, reopen_call_ns=0))
+    s = venue.session()
+    venue.connect(s, client)
+    msgs = venue.send(s, client.order("B", side="1", qty=100, price="150.00"))
+    msgs += venue.send(s, client.order("S", side="2", qty=40, price="150.00"))
+    assert [(g(m, 11), g(m, 150)) for m in msgs] == [("B", "0"), ("S", "0")]   # collected, not matched
+    venue.apply([Resume(1)])
+    msgs = verify(s.data_to_send())
+    assert sorted((g(m, 11), g(m, 150), g(m, 39), g(m, 32), g(m, 151)) for m in msgs) == [
+        ("B", "F", "1", "40", "60"), ("S", "F", "2", "40", "0")]

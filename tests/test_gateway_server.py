@@ -133,3 +133,52 @@ def test_command_records_round_trip() -> None:
     assert C.decode_command_block(block, 2, 128, out) == 0
     assert [(type(c), c.order_id, c.cl_ord_id) for c in out] == [(type(c), c.order_id, c.cl_ord_id) for c in cmds]
     assert C.max_record_size() <= C.MIN_SLOT_SIZE - 2
+
+
+def test_auction_fills_cross_the_ring_and_feed_only_events_stay_behind() -> None:
+    from appliance.catalogue import EV_CROSS_EXECUTED, Resume
+    from appliance.matching.rules import TradingRules
+    from appliance.model import TS_HALTED
+
+    engine = Engine(INS, rules=TradingRules(start_state=TS_HALTED, reopen_call_ns=0))
+    direct = [_session(1, "a", 1), _session(2, "b", 2)]
+    via_ring = [_session(1, "a", 1), _session(2, "b", 2)]
+    for s in direct + via_ring:
+        _login(s)
+    enc = C.EventEncoder({1: 0, 2: 0}, 1)
+    dec = C.EventDecoder([1, 2])
+    kinds: list[int] = []
+    decoded: list = []
+
+    def run(seq: int, cmd) -> None:
+        events: list = []
+        engine.apply(cmd, events)
+        kinds.extend(ev[0] for ev in events)
+        for s in direct:
+            s.on_events(seq, events)
+        out: list[list[bytes]] = [[]]
+        enc.encode([(seq, seq, cmd, events)], out)
+        for _gseq, ts, evs in dec.feed(out[0]):
+            decoded.extend(evs)
+            for s in via_ring:
+                s.on_events(ts, evs)
+
+    seq = 1
+    for i, side in ((0, b"B"), (1, b"S")):
+        direct[i].receive_data(_enter(1, side, 300, b"ALPH", 1_000_000), seq)
+        via_ring[i].receive_data(_enter(1, side, 300, b"ALPH", 1_000_000), seq)
+        via_ring[i].take_commands()
+        for cmd in direct[i].take_commands():
+            run(seq, cmd)
+            seq += 1
+    assert EV_CROSS_EXECUTED not in kinds
+    run(seq, Resume(1))
+    assert EV_CROSS_EXECUTED in kinds
+    assert len([k for k in kinds if k > 8]) > 1           # state changes, the uncross...
+    assert [ev[0] for ev in decoded].count(EV_CROSS_EXECUTED) == 1
+    assert all(ev[0] <= 8 or ev[0] == EV_CROSS_EXECUTED for ev in decoded)
+    for a, b in zip(direct, via_ring):
+        assert a.stream == b.stream
+    for s in direct:   # one 'E' each, liquidity flag 'H' (a halt/reopening cross)
+        execs = [m for m in s.stream if m[:1] == b"E"]
+        assert len(execs) == 1 and execs[0][25:26] == b"H"

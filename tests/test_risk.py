@@ -392,3 +392,24 @@ def test_open_quantities_and_positions_follow_a_random_session() -> None:
     assert reasons == {0, R.RISK_MAX_QTY, R.RISK_PRICE_COLLAR, R.RISK_POSITION_LIMIT, R.RISK_RATE_LIMIT,
                        R.RISK_MAX_NOTIONAL}
     assert d.engine.next_match > 100
+
+
+def test_auction_fills_count_for_both_orders() -> None:
+    from appliance.catalogue import EV_CROSS_EXECUTED, Resume
+    from appliance.matching.rules import TradingRules
+    from appliance.model import TS_HALTED
+
+    d = Desk({1: OPEN, 2: OPEN})
+    d.engine = Engine([Instrument("AAA", A, tick=100), Instrument("BBB", B, tick=100)],
+                      {f: STP_NONE for f in range(1, 5)},
+                      rules=TradingRules(start_state=TS_HALTED, reopen_call_ns=0))
+    assert d.new(1, BUY, 400, 10 * USD) == 0
+    assert d.new(2, SELL, 100, 10 * USD) == 0
+    assert d.risk.position(1, A) == 0 and d.risk.open_qty(1, A, BUY) == 400
+    out: list[Event] = []
+    d.engine.apply(Resume(A), out)
+    assert any(ev[0] == EV_CROSS_EXECUTED for ev in out)
+    d.risk.on_events(out)
+    d.assert_agrees()
+    assert d.risk.position(1, A) == 100 and d.risk.position(2, A) == -100
+    assert d.risk.open_qty(1, A, BUY) == 300 and d.risk.open_qty(2, A, SELL) == 0

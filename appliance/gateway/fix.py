@@ -74,6 +74,7 @@ from appliance import reasons as R
 from appliance.catalogue import (
     EV_ACCEPTED,
     EV_CANCELLED,
+    EV_CROSS_EXECUTED,
     EV_EXECUTED,
     EV_MASS_CANCELLED,
     EV_REJECTED,
@@ -904,7 +905,7 @@ class FixSession:
         orders = self.state.orders
         for ev in events:
             kind = ev[0]
-            if kind == EV_EXECUTED:
+            if kind == EV_EXECUTED or kind == EV_CROSS_EXECUTED:   # an auction fill: buy, sell
                 for pos, leaves_at in ((1, 6), (2, 8)):
                     order = ev[pos]
                     if order.session == sid and order.order_id in orders:
@@ -918,6 +919,8 @@ class FixSession:
                     self._mass_report(cmd, ev[2], now)
                 else:
                     self._rejected(cmd, ev[2], ts_ns, now)
+                continue
+            if kind > EV_MASS_CANCELLED:   # the feed-only events of trading phases: nothing to say
                 continue
             order = ev[2] if kind == EV_REPLACED else ev[1]
             if order.session != sid:

@@ -82,9 +82,11 @@ from appliance import reasons as R
 from appliance.catalogue import (
     EV_ACCEPTED,
     EV_CANCELLED,
+    EV_CROSS_EXECUTED,
     EV_EXECUTED,
     EV_REJECTED,
     EV_REPLACED,
+    EV_UNCROSSED,
     CancelOrder,
     Command,
     Event,
@@ -95,7 +97,7 @@ from appliance.catalogue import (
 from appliance.gateway import events as E
 from appliance.gateway import ouch_layout as L
 from appliance.gateway.events import SessionEvent
-from appliance.model import BUY, DAY, IOC, LIMIT, SELL, Instrument
+from appliance.model import BUY, CROSS_CLOSE, CROSS_OPEN, CROSS_REOPEN, DAY, IOC, LIMIT, SELL, Instrument
 from feeds import soupbintcp as soup
 
 __all__ = [
@@ -692,6 +694,8 @@ class OuchSession:
           OrderAccepted   -> 'A' (Order State 'D' when the order is no longer live at the end of
                              the batch: IOC remainders, fully filled on entry)
           OrderExecuted   -> 'E' for our maker (liquidity 'A') and/or our taker ('R')
+          CrossExecuted   -> 'E' for our buy and/or sell order, liquidity by the auction (CROSS_FLAG:
+                             'O' opening, 'C' closing, 'H' halt/reopening cross)
           OrderCancelled  -> 'C' (shares decremented, CANCEL_REASON)
           OrderReplaced   -> 'U' for a Replace Order, 'C' for a Cancel Order with a size,
                              'M' for a Modify Order
@@ -717,6 +721,18 @@ class OuchSession:
                     o = orders.get(taker.order_id)
                     if o is not None:
                         self._executed(o, ev[3], ev[4], b"R", ev[5], ev[8], ev[9], ts, ts_ns)
+            elif kind == EV_CROSS_EXECUTED:
+                buy = ev[1]
+                sell = ev[2]
+                flag = _cross_flag(ev, events)
+                if buy.session == sid:
+                    o = orders.get(buy.order_id)
+                    if o is not None:
+                        self._executed(o, ev[3], ev[4], flag, ev[5], ev[6], ev[7], ts, ts_ns)
+                if sell.session == sid:
+                    o = orders.get(sell.order_id)
+                    if o is not None:
+                        self._executed(o, ev[3], ev[4], flag, ev[5], ev[8], ev[9], ts, ts_ns)
             elif kind == EV_ACCEPTED:
                 order = ev[1]
                 o = orders.get(order.order_id) if order.session == sid else None
@@ -858,6 +874,25 @@ def _pop_kind(o: _Order, kinds: tuple[int, ...]) -> _Request | None:
     return None
 
 
+#: OUCH liquidity flag of an auction fill, by cross type (model.CROSS_*): 'O' opening cross,
+#: 'C' closing cross, 'H' halt/IPO cross (a reopening auction after a halt or pause). A cross of
+#: unknown type reads as 'O'.
+CROSS_FLAG: Final = {CROSS_OPEN: b"O", CROSS_CLOSE: b"C", CROSS_REOPEN: b"H"}
+
+
+def _cross_flag(ev: Event, events: Sequence[Event]) -> bytes:
+    """The liquidity flag of CrossExecuted ``ev``: its cross type comes from the ring (ev[10]) or,
+    from the engine directly, from the AuctionUncrossed of the same locate in the same events."""
+    ct = ev[10] if len(ev) > 10 else 0
+    if not ct:
+        locate = ev[1].locate
+        for e in events:
+            if e[0] == EV_UNCROSSED and e[1] == locate:
+                ct = e[2]
+                break
+    return CROSS_FLAG.get(ct, b"O")
+
+
 def _alive_after(events: Sequence[Event]) -> dict[int, bool]:
     """Order id -> whether the order is still live (leaves > 0) after this batch of events."""
     alive: dict[int, bool] = {}
@@ -865,7 +900,7 @@ def _alive_after(events: Sequence[Event]) -> dict[int, bool]:
         kind = ev[0]
         if kind == EV_ACCEPTED:
             alive[ev[1].order_id] = True
-        elif kind == EV_EXECUTED:
+        elif kind == EV_EXECUTED or kind == EV_CROSS_EXECUTED:
             alive[ev[1].order_id] = ev[6] > 0
             alive[ev[2].order_id] = ev[8] > 0
         elif kind == EV_CANCELLED:

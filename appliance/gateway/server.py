@@ -62,6 +62,7 @@ from appliance import reasons as R
 from appliance.catalogue import (
     EV_ACCEPTED,
     EV_CANCELLED,
+    EV_CROSS_EXECUTED,
     EV_EXECUTED,
     EV_MASS_CANCELLED,
     EV_REJECTED,
@@ -235,6 +236,7 @@ def restore_ouch_session(s: OuchSession, stream: Sequence[bytes]) -> None:
     orders = s.orders
     sid = s.session_id
     last = 0
+    o: _Order | None
     for msg in s.stream:
         t = msg[:1]
         try:
@@ -520,8 +522,8 @@ class GatewayServer:
         js = read_journal(jpath)
         for n in js.notes:
             log(self.name, "journal: " + n)
-        with open(jpath, "ab") as f:
-            f.truncate(js.valid_end)
+        with open(jpath, "ab") as jf:
+            jf.truncate(js.valid_end)
         self.journal_fd = os.open(jpath, os.O_WRONLY | os.O_APPEND)
         self.marks = dict(js.marks)
         self.slots: list[Slot] = []
@@ -633,7 +635,7 @@ class GatewayServer:
             rec = C.encode_command(cmd)
         except MalformedCommand as e:
             if type(cmd) is NewOrder:
-                self.risk.withdraw(cmd)  # type: ignore[arg-type]
+                self.risk.withdraw(cmd)
             self.local_reject(slot, cmd, R.SESSION_MALFORMED, now, str(e))
             return
         cls = type(cmd)
@@ -790,7 +792,7 @@ class GatewayServer:
             touched: list[Slot] = []
             for ev in events:
                 kind = ev[0]
-                if kind == EV_EXECUTED:
+                if kind == EV_EXECUTED or kind == EV_CROSS_EXECUTED:
                     objs: tuple[Any, ...] = (ev[1], ev[2])
                 elif kind == EV_REPLACED:
                     objs = (ev[2],)
@@ -802,7 +804,7 @@ class GatewayServer:
                         touched.append(slot)
                 if kind == EV_CANCELLED and not ev[3]:
                     self.order_partition.pop(ev[1].order_id, None)
-                elif kind == EV_EXECUTED:
+                elif kind == EV_EXECUTED or kind == EV_CROSS_EXECUTED:
                     if not ev[6]:
                         self.order_partition.pop(ev[1].order_id, None)
                     if not ev[8]:

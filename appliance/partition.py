@@ -129,18 +129,21 @@ class Partition:
     def _release(self, durable: int, results: list[Result]) -> None:
         """Apply and hand out the waiting batches that are durable (always whole batches)."""
         waiting = self._waiting
-        apply = self.engine.apply
+        apply_batch = self.engine.apply_batch
         append = results.append
         done = 0
         n = 0
         for first, ts, cmds in waiting:
             if first > durable:
                 break
+            out: list[Event] = []
+            ends: list[int] = []
+            apply_batch(cmds, out, ends)
             seq = first
-            for cmd in cmds:
-                out: list[Event] = []
-                apply(cmd, out)
-                append((seq, ts, cmd, out))
+            start = 0
+            for cmd, end in zip(cmds, ends):
+                append((seq, ts, cmd, out[start:end]))
+                start = end
                 seq += 1
             n += seq - first
             done += 1

@@ -2,7 +2,7 @@
 
 The flow is decoded and applied in batches of 1024 commands, as the matching loop drains its ring:
 decode a batch into command objects (the ring consumer's work, timed apart as decode_seconds), then
-apply it, its events collected in a fresh list. The timed part is apply, events included; fills and filled quantity are read from the engine's counters
+apply it with Engine.apply_batch, its events collected in a fresh list with each command's end. The timed part is apply, events included; fills and filled quantity are read from the engine's counters
 afterwards. The cyclic GC is disabled during the run, as in the matching daemon (the engine's objects
 hold no cycles).
 """
@@ -33,7 +33,7 @@ def run_flow(path: str) -> dict[str, Any]:
     n = len(data) // rec
     instruments = int(meta["instruments"]) if "instruments" in meta else _max_instrument(data) + 1
     engine = Engine(flow_instruments(instruments), FLOW_FIRM_STP)
-    apply = engine.apply
+    apply_batch = engine.apply_batch
     view = memoryview(data)
     clock = time.perf_counter
     apply_s = 0.0
@@ -46,8 +46,8 @@ def run_flow(path: str) -> dict[str, Any]:
             cmds = decode_records(view[start * rec:(start + BATCH) * rec])
             t1 = clock()
             out: list[Event] = []
-            for cmd in cmds:
-                apply(cmd, out)
+            ends: list[int] = []
+            apply_batch(cmds, out, ends)
             apply_s += clock() - t1
             decode_s += t1 - t0
     finally:

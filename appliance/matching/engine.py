@@ -189,38 +189,46 @@ class Engine:
     # apply
     # ============================================================================================
     def apply(self, cmd: Command, out: list[Event]) -> None:
-        """Apply one command; append its events to `out`.
+        """Apply one command; append its events to `out`."""
+        self.apply_batch((cmd,), out, None)
 
-        The two commonest cases, a valid limit order that does not cross and a cancel of a resting
-        order, are handled inline here (each Python call costs as much as a dozen simple steps);
-        everything else goes to the general methods below, which handle these cases too.
+    def apply_batch(self, cmds: Iterable[Command], out: list[Event], ends: list[int] | None) -> None:
+        """Apply commands in order, appending their events to `out`; with `ends`, append len(out)
+        after each command, so that command i's events are out[ends[i-1]:ends[i]].
+
+        One call per batch, not per command (the matching loop drains its ring in batches). The two
+        commonest cases, a valid limit order that does not cross and a cancel of a resting order,
+        are handled inline here (each Python call costs as much as a dozen simple steps); everything
+        else goes to the general methods below, which handle these cases too.
         """
-        cls = type(cmd)
-        if cls is NewOrder:
-            o: NewOrder = cmd  # type: ignore[assignment]
-            price = o.price
-            qty = o.qty
-            side = o.side
-            tif = o.tif
-            stp = o.stp
-            locate = o.locate
-            # Valid-limit-order test for the fast path. Comparisons with small (< 2^30) constants are
-            # the cheap ones in CPython, so larger quantities (and, by the book's price window below,
-            # prices) take the general path, which accepts them up to 2^32-1.
-            if (
-                o.ord_type == LIMIT
-                and 0 < qty <= _SMALL
-                and 0 < locate <= 0xFFFF
-                and tif in _TIFS
-                and stp in _STPS
-                and side in _SIDES
-                and not o.stop_price
-                and o.order_id not in self.orders
-            ):
-                book = self.books[locate]
-                # book.flo < price < book.fhi: the book trades continuously and the price is inside
-                # its band (and in 1..2^30-1: the cheap comparisons), else the general path.
-                if book is not None and book.flo < price < book.fhi and not price % book.tick:
+        books = self.books
+        orders = self.orders
+        for cmd in cmds:
+            cls = type(cmd)
+            if cls is NewOrder:
+                o: NewOrder = cmd  # type: ignore[assignment]
+                price = o.price
+                qty = o.qty
+                side = o.side
+                tif = o.tif
+                locate = o.locate
+                # Valid-limit-order test for the fast path. Comparisons with small (< 2^30) constants
+                # are the cheap ones in CPython, so larger quantities (and, by the book's price window
+                # book.flo < price < book.fhi, prices) take the general path, which accepts them up
+                # to 2^32-1. The window also says the book trades continuously, inside its band.
+                if (
+                    o.ord_type == LIMIT
+                    and 0 < qty <= _SMALL
+                    and 0 < locate <= 0xFFFF
+                    and tif in _TIFS
+                    and o.stp in _STPS
+                    and side in _SIDES
+                    and not o.stop_price
+                    and o.order_id not in orders
+                    and (book := books[locate]) is not None
+                    and book.flo < price < book.fhi
+                    and not price % book.tick
+                ):
                     ref = self.next_ref
                     o.ref = ref
                     self.next_ref = ref + 1
@@ -233,53 +241,54 @@ class Engine:
                         lvl = book.levels[side].get(price)
                         if lvl is None:
                             self._rest(book, o, qty, out)
-                            return
-                        lvl.orders.append(o)
-                        lvl.total += qty
-                        lvl.count += 1
-                        self.orders[o.order_id] = o
-                        out.append((EV_ADDED, o, qty))
+                        else:
+                            lvl.orders.append(o)
+                            lvl.total += qty
+                            lvl.count += 1
+                            orders[o.order_id] = o
+                            out.append((EV_ADDED, o, qty))
                     else:
                         self._aggress(book, o, out)
                         if self._stop_queue:
                             self._run_stops(book, out)
                         if book.watch:
                             self._settle(book, out)
-                    return
-            self._new_order(o, out)
-        elif cls is CancelOrder:
-            c: CancelOrder = cmd  # type: ignore[assignment]
-            orders = self.orders
-            o = orders.get(c.order_id)  # type: ignore[assignment]
-            if o is None or o.firm != c.firm or o.ord_type != LIMIT:
-                self._cancel(c, out)
-                return
-            del orders[c.order_id]
-            leaves = o.leaves
-            o.leaves = 0
-            book = self.books[o.locate]
-            price = o.price
-            side = o.side
-            lvl = book.levels[side][price]  # type: ignore[union-attr]
-            total = lvl.total - leaves
-            lvl.total = total
-            count = lvl.count - 1
-            lvl.count = count
-            if not total:
-                book.remove_level(side, price)  # type: ignore[union-attr]
-                if book.watch:  # type: ignore[union-attr]
-                    out.append((EV_CANCELLED, o, leaves, 0, o.filled, R.CANCEL_USER, True))
-                    self._settle(book, out)  # type: ignore[arg-type]
-                    return
-            elif len(lvl.orders) > count + count + 16:
-                lvl.compact()
-            out.append((EV_CANCELLED, o, leaves, 0, o.filled, R.CANCEL_USER, True))
-        elif cls is ReplaceOrder:
-            self._replace(cmd, out)  # type: ignore[arg-type]
-        elif cls is MassCancel:
-            self._mass_cancel(cmd, out)  # type: ignore[arg-type]
-        else:
-            self._admin(cmd, out)
+                else:
+                    self._new_order(o, out)
+            elif cls is CancelOrder:
+                c: CancelOrder = cmd  # type: ignore[assignment]
+                o = orders.get(c.order_id)  # type: ignore[assignment]
+                if o is None or o.firm != c.firm or o.ord_type != LIMIT:
+                    self._cancel(c, out)
+                else:
+                    del orders[c.order_id]
+                    leaves = o.leaves
+                    o.leaves = 0
+                    cbook: Book = books[o.locate]  # type: ignore[assignment]  # a live order's book exists
+                    price = o.price
+                    side = o.side
+                    lvl = cbook.levels[side][price]
+                    total = lvl.total - leaves
+                    lvl.total = total
+                    count = lvl.count - 1
+                    lvl.count = count
+                    if not total:
+                        cbook.remove_level(side, price)
+                        out.append((EV_CANCELLED, o, leaves, 0, o.filled, R.CANCEL_USER, True))
+                        if cbook.watch:
+                            self._settle(cbook, out)
+                    else:
+                        if len(lvl.orders) > count + count + 16:
+                            lvl.compact()
+                        out.append((EV_CANCELLED, o, leaves, 0, o.filled, R.CANCEL_USER, True))
+            elif cls is ReplaceOrder:
+                self._replace(cmd, out)  # type: ignore[arg-type]
+            elif cls is MassCancel:
+                self._mass_cancel(cmd, out)  # type: ignore[arg-type]
+            else:
+                self._admin(cmd, out)
+            if ends is not None:
+                ends.append(len(out))
 
     def _rest(self, book: Book, o: NewOrder, qty: int, out: list[Event]) -> None:
         """Put o at the back of its price level with `qty` shown; index it; say OrderAdded."""

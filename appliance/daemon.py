@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import datetime
 import ctypes.util
 import gc
 import json
@@ -38,10 +39,11 @@ import os
 import signal
 import sys
 import time
+import zoneinfo
 from typing import Any, Final, Sequence
 
 from appliance import codec_ring as C
-from appliance.catalogue import EV_EXECUTED, Command, Event
+from appliance.catalogue import EV_CROSS_EXECUTED, EV_EXECUTED, ClockTick, Command, Event
 from appliance.config import Config, PartitionConfig, load
 from appliance.idle import make_idle
 from appliance.model import BUY
@@ -51,13 +53,14 @@ from appliance.snapshot import EngineSpec
 from appliance.wal import EXIT_DURABILITY_FAILURE, POLICY_INTERVAL, DurabilityError, WalConfig, WalReader
 from feeds.books import engine_l1_summary, engine_l2_summary, engine_l3_summary, summary_hash
 from feeds.channels import CHANNELS, ChannelGroups, FeedConfig
-from feeds.publisher import Publisher
+from feeds.publisher import Publisher, session_opening
 from feeds.transport import transport_for
 
 MAX_BATCH: Final = 1024
 EXIT_CONFIG: Final = 78          # EX_CONFIG
 MCL_CURRENT: Final = 1
 MCL_FUTURE: Final = 2
+TICK_EVERY_NS: Final = 1_000_000_000   # a ClockTick at least this often while anything is timed
 
 
 def log(name: str, text: str) -> None:
@@ -236,7 +239,16 @@ def wal_config(p: PartitionConfig) -> WalConfig:
 
 
 def engine_spec(config: Config, p: PartitionConfig) -> EngineSpec:
-    return EngineSpec.of(config.partition_instruments(p.name), config.firm_stp(), p.default_stp)
+    """The partition's engine: its instruments, STP modes and, with a [trading] section, its trading
+    rules (without one: continuous trading all day, as before trading phases existed)."""
+    return EngineSpec.of(config.partition_instruments(p.name), config.firm_stp(), p.default_stp,
+                         config.trading_rules(p.name))
+
+
+def trading_day(config: Config, ts_ns: int) -> datetime.date:
+    """The exchange's calendar day of ts_ns (the [trading] time zone; UTC without one)."""
+    zone = config.trading.time_zone if config.trading is not None else "UTC"
+    return datetime.datetime.fromtimestamp(ts_ns / 1e9, zoneinfo.ZoneInfo(zone)).date()
 
 
 def feed_store_dir(state_dir: str, partition: str) -> str:
@@ -310,7 +322,13 @@ class PartitionDaemon:
                   f"{opened.recovered.seconds:.3f} s)")
         # The feed and the gateways' catch-up: one full replay of the WAL.
         first = first_wal_ts(p.wal_dir)
-        self.midnight_ns = local_midnight_ns(first if first is not None else time.time_ns())
+        trading = self.config.trading is not None
+        if trading:
+            # A WAL directory is one trading day: the day of its first record, else today.
+            self.day = trading_day(self.config, first if first is not None else time.time_ns())
+            self.midnight_ns = self.config.midnight_ns(self.day)
+        else:
+            self.midnight_ns = local_midnight_ns(first if first is not None else time.time_ns())
         fcfg = feed_config(self.config, p)
         self.transport = transport_for(fcfg, self.transport_kind,
                                        os.path.join(self.state_dir, "run", f"{name}.pcap")
@@ -321,7 +339,13 @@ class PartitionDaemon:
         pub = self.publisher = Publisher(fcfg, instruments, self.midnight_ns, self.transport, store)
         for n in pub.notes:
             log(name, "feed: " + n)
-        pub.start(time.time_ns())
+        if trading:
+            # The session opens from the engine as the WAL's first command finds it (every instrument
+            # in its start state, no order): the same opening after a restart, so the regenerated
+            # start of session is the one published.
+            pub.start(time.time_ns(), session_opening(spec.build()))
+        else:
+            pub.start(time.time_ns())
         from appliance.gateway.server import resume_points  # the gateways' journals
         resume = [resume_points(self.state_dir, g).get(p.id, 0) for g in self.gateways]
         self.encoder = enc = C.EventEncoder(self.gateway_of_firm, len(self.gateways))
@@ -334,7 +358,7 @@ class PartitionDaemon:
         def on_command(seq: int, ts: int, cmd: Command, events: list[Event]) -> bool:
             replay_cmd(seq, ts, cmd, events)
             for ev in events:
-                if ev[0] == EV_EXECUTED:
+                if ev[0] == EV_EXECUTED or ev[0] == EV_CROSS_EXECUTED:
                     m, t, q = ev[1], ev[2], ev[3]
                     for o in (m, t):
                         key = (o.firm, o.locate)
@@ -393,6 +417,22 @@ class PartitionDaemon:
             if backlog[g]:
                 log(name, f"gateway {gw}: {len(backlog[g])} event records after seq {resume[g]} to catch up")
             self.pending.append(boot)
+        # Trading phases: the day's schedule, sequenced as the first command of the loop (its events
+        # take the ordinary path), unless the WAL already holds this day's schedule.
+        self.timed = trading
+        self.last_tick_ns = 0
+        self.startup_cmds: list[Command] = []
+        if trading:
+            sched = self.config.schedule_for(self.day)
+            eng = part.engine
+            if sched is not None and (eng.pre_open_ns, eng.opening_auction_ns, eng.open_ns,
+                                      eng.closing_auction_ns, eng.close_ns) != (
+                    sched.pre_open_ns, sched.opening_auction_ns, sched.open_ns, sched.closing_auction_ns,
+                    sched.close_ns):
+                self.startup_cmds.append(sched)
+                log(name, f"trading day {self.day}: schedule {sched!r} to be sequenced")
+            elif sched is not None:
+                log(name, f"trading day {self.day}: schedule already in the WAL")
         self.last_gen0 = time.monotonic()
         gc.collect()
         gc.freeze()
@@ -448,6 +488,8 @@ class PartitionDaemon:
         hist = self.in_engine
         stats = self.stats
         decode = C.decode_command_block
+        engine = part.engine
+        timed = self.timed
         gc.disable()
         try:
             while not self.stopping:
@@ -457,6 +499,21 @@ class PartitionDaemon:
                         self._flush(g)
                 cmds: list[Command] = []
                 origin: dict[int, int] = {}
+                if timed:
+                    if self.startup_cmds:
+                        # The day's schedule and at once a tick into its current phase, ahead of
+                        # any order of the same batch.
+                        cmds.extend(self.startup_cmds)
+                        self.startup_cmds.clear()
+                        cmds.append(ClockTick(now))
+                        self.last_tick_ns = now
+                        stats["ticks"] = stats.get("ticks", 0) + 1
+                    elif self.tick_due(engine, now):
+                        # A sequenced ClockTick, ahead of the batch's orders: in the WAL, so that
+                        # replay reproduces the day's transitions at the same points.
+                        cmds.append(ClockTick(now))
+                        self.last_tick_ns = now
+                        stats["ticks"] = stats.get("ticks", 0) + 1
                 for g in range(G):
                     if pending[g]:
                         continue
@@ -510,6 +567,17 @@ class PartitionDaemon:
             gc.enable()
         return self.shutdown()
 
+    def tick_due(self, engine: Any, now: int) -> bool:
+        """Whether a ClockTick is due: a deadline of the engine (schedule time, timer, imbalance
+        message) has passed, or a second went by while something is timed. Never while the previous
+        tick is still on its way (sequenced, not yet applied: interval durability)."""
+        if engine.now_ns < self.last_tick_ns:
+            return False
+        dl = engine.next_deadline_ns()
+        if dl is None:
+            return False
+        return now >= dl or now - self.last_tick_ns >= TICK_EVERY_NS
+
     # -- shutdown ---------------------------------------------------------------------------------------
     def shutdown(self) -> int:
         """Drain, commit, release; final snapshot; End of Session on the feeds; unlink the rings."""
@@ -536,7 +604,9 @@ class PartitionDaemon:
             return EXIT_DURABILITY_FAILURE
         log(name, f"final snapshot at seq {part.last_snapshot_seq}; WAL closed clean at seq {part.applied_seq}")
         now = time.time_ns()
-        pub.end_session(now)
+        eng = part.engine
+        # The engine's scheduled close published Market Close (M) already: not twice.
+        pub.end_session(now, market_close=not (eng.close_ns and eng.market_phase >= 3))
         deadline = time.monotonic() + pub.config.end_of_session_ns / 1e9 + 5
         while not pub.finished and time.monotonic() < deadline:
             time.sleep(0.02)

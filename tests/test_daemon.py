@@ -67,3 +67,67 @@ def test_partition_daemon_through_its_rings(tmp_path) -> None:
     assert live[1][2][1][1].qty == 100 and live[1][2][1][5] == 1   # the maker's image, match 1
     rc.close()
     re_.close()
+
+
+def _hms(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(ts))
+
+
+def trading_config(root: str, open_in: float = 2.0, **kw: object):
+    """The loopback config with a [trading] section (UTC): pre-open since midnight, the opening
+    auction and the open ``open_in`` seconds from now (whole seconds), closing at 23:59."""
+    import dataclasses
+
+    from appliance.config import TradingConfig
+
+    cfg = loopback_config(root, durability="none")
+    at = int(time.time() + open_in + 0.999)
+    if time.gmtime(at).tm_mday != time.gmtime().tm_mday or _hms(at) >= "23:59:00":
+        at = int(time.time())   # too close to midnight for a day's schedule: open at once
+    sched = ("00:00:00", _hms(at - 1 if at - 1 > time.time() else at), _hms(at), "23:59:00", "23:59:30")
+    return dataclasses.replace(cfg, trading=TradingConfig(time_zone="UTC", schedule=sched, **kw))  # type: ignore[arg-type]
+
+
+def test_partition_daemon_runs_the_trading_day_from_its_schedule(tmp_path) -> None:
+    from appliance.catalogue import EV_CROSS_EXECUTED, ClockTick, SetSchedule
+    from appliance.recovery import recover_state
+    from appliance.daemon import engine_spec
+
+    cfg = trading_config(str(tmp_path), open_in=1.5)
+    d = PartitionDaemon(cfg, "p0", str(tmp_path / "state"), realtime=False)
+    mask = os.sched_getaffinity(0)
+    try:
+        d.start()
+    finally:
+        os.sched_setaffinity(0, mask)
+    assert d.partition.engine.rules is not None and d.startup_cmds
+    names = cfg.ring_names("p0", "gw0")
+    rc, re_ = Ring.attach(names["cmd"]), Ring.attach(names["evt"])
+    prod, cons = rc.producer(), re_.consumer()
+    t = threading.Thread(target=d.run)
+    t.start()
+    groups: list = []
+    dec = C.EventDecoder([1, 2, 3])
+    try:
+        prod.try_publish(C.encode_command(NewOrder(1 << 32 | 1, 1, 0, 100, 1_500_000, firm=1, session=1)))
+        prod.try_publish(C.encode_command(NewOrder(2 << 32 | 1, 1, 1, 100, 1_500_000, firm=2, session=2)))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            groups += dec.feed(cons.poll())
+            if any(ev[0] == EV_CROSS_EXECUTED for g in groups for ev in g[2]):
+                break
+            time.sleep(0.01)
+    finally:
+        d.stopping = True
+        t.join(30)
+    kinds = [ev[0] for g in groups if g[1] for ev in g[2]]
+    assert EV_EXECUTED not in kinds                     # pre-open: collected, not matched
+    assert kinds.count(EV_ACCEPTED) == 2 and kinds.count(EV_CROSS_EXECUTED) == 1
+    assert d.stats["ticks"] >= 1
+    cmds: list = []
+    rec = recover_state(cfg.partition("p0").wal_dir, engine_spec(cfg, cfg.partition("p0")),
+                        use_snapshots=False, on_command=lambda s, ts, c, e: cmds.append(c) or False)
+    assert type(cmds[0]) is SetSchedule and any(type(c) is ClockTick for c in cmds)
+    assert rec.engine.state_hash() == d.partition.engine.state_hash()
+    rc.close()
+    re_.close()

@@ -154,14 +154,14 @@ def _replay(
 ) -> tuple[int, int, int]:
     """Apply the records after `start`; returns (count, last seq applied, its ts_ns)."""
     apply = engine.apply
+    apply_batch = engine.apply_batch
     out: list[Event] = []
     n = 0
     last_seq = start
     last_ts = 0
     if on_command is None and until_seq is None:
         for _first, cmds in reader.batches(start):
-            for cmd in cmds:
-                apply(cmd, out)
+            apply_batch(cmds, out, None)
             out.clear()
             n += len(cmds)
         return n, max(start, reader.last_seq), reader.last_ts_ns
@@ -169,8 +169,7 @@ def _replay(
         for first, cmds in reader.batches(start):
             if first + len(cmds) - 1 > until_seq:  # type: ignore[operator]
                 cmds = cmds[: until_seq - first + 1]  # type: ignore[operator]
-            for cmd in cmds:
-                apply(cmd, out)
+            apply_batch(cmds, out, None)
             out.clear()
             n += len(cmds)
             if cmds:

@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -110,6 +111,7 @@ class Supervisor:
         self.exit_code = 0
         self.failed: str | None = None
         self.early: list[int] = []        # signals received during start-up
+        self.admin_sock: socket.socket | None = None
 
     # -- start ------------------------------------------------------------------------------------------
     def _ready_path(self, name: str) -> str:
@@ -135,6 +137,9 @@ class Supervisor:
         for w in cfg.warnings:
             log("WARNING: " + w)
         os.makedirs(self.run_dir, exist_ok=True)
+        # The admin port listens before any child starts: a request made as soon as a gateway is
+        # ready waits in the backlog until the event loop serves it, instead of being refused.
+        self.admin_sock = self._bind_admin()
         for fn in os.listdir(self.run_dir):
             if fn.endswith(".ready.json"):
                 os.unlink(os.path.join(self.run_dir, fn))
@@ -232,14 +237,37 @@ class Supervisor:
         log("stopped" + (f" (exit {self.exit_code})" if self.exit_code else ": clean shutdown"))
 
     # -- admin HTTP -----------------------------------------------------------------------------------
+    def _bind_admin(self) -> socket.socket | None:
+        a = self.config.admin
+        if not a.token:
+            return None
+        sock: socket.socket | None = None
+        try:
+            family, stype, proto, _, addr = socket.getaddrinfo(a.bind, a.port, type=socket.SOCK_STREAM)[0]
+            sock = socket.socket(family, stype, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+            sock.listen(64)
+            sock.setblocking(False)
+            return sock
+        except OSError as e:
+            if sock is not None:
+                sock.close()
+            log(f"admin interface on {a.bind}:{a.port}: {e}: not started")
+            return None
+
     async def _start_admin(self) -> asyncio.AbstractServer | None:
         a = self.config.admin
         if not a.token:
             log("admin interface disabled (admin.token is empty)")
             return None
+        sock, self.admin_sock = self.admin_sock, None
+        if sock is None:
+            return None   # the bind failed at start (logged)
         try:
-            server = await asyncio.start_server(self._admin_conn, a.bind, a.port, reuse_address=True)
+            server = await asyncio.start_server(self._admin_conn, sock=sock)
         except OSError as e:
+            sock.close()
             log(f"admin interface on {a.bind}:{a.port}: {e}: not started")
             return None
         log(f"admin interface on http://{a.bind}:{a.port}/ (bearer token required)")
@@ -293,6 +321,15 @@ class Supervisor:
                     return 200, await self._gateway_call(g.name, {"op": "kill_switch", "firm": firm,
                                                                   "on": parts[2] == "on"})
             return 404, {"ok": False, "error": f"unknown firm {firm!r}"}
+        if (method == "POST" and len(parts) == 3 and parts[0] == "trading"
+                and parts[1] in ("halt", "resume", "close")):
+            # Halt / Resume / Close go to the partition through the first gateway's command ring
+            # (docs/operations.md, "Trading actions"): sequenced and in the WAL like any command.
+            if not self.config.gateways:
+                return 404, {"ok": False, "error": "no gateway to carry the command"}
+            ans = await self._gateway_call(self.config.gateways[0].name,
+                                           {"op": "trading", "action": parts[1], "symbol": parts[2]})
+            return (200 if ans.get("ok") else 404), ans
         return 404, {"ok": False, "error": f"no such admin request: {method} {target}"}
 
 

@@ -4,6 +4,7 @@
     matchwire demo [--orders 3000] [--firms 3] [--no-live-view] [--keep DIR]
     matchwire admin kill-switch FIRM on|off [--config CONFIG]
     matchwire admin status [--config CONFIG]
+    matchwire admin halt|resume|close SYMBOL|all [--config CONFIG]
 
 docs/operations.md describes the processes, the state directory and the admin interface.
 """
@@ -43,6 +44,13 @@ def register(sub: Any) -> None:
     k.add_argument("state", choices=("on", "off"))
     k.add_argument("--config", default=None, help="config (admin bind, port, token); default: the demo's")
     k.set_defaults(func=_admin)
+    for action, text in (("halt", "halt trading (orders are collected for the reopening auction)"),
+                         ("resume", "end a halt or pause: reopening auction, or the schedule's phase"),
+                         ("close", "close now (the closing auction uncrosses; DAY orders expire)")):
+        h = asub.add_parser(action, help=f"{text}: one instrument, or all")
+        h.add_argument("symbol", help="the instrument's symbol, or 'all'")
+        h.add_argument("--config", default=None)
+        h.set_defaults(func=_admin)
     s = asub.add_parser("status", help="sessions, kill switches, positions, counters")
     s.add_argument("--config", default=None)
     s.set_defaults(func=_admin)
@@ -79,6 +87,8 @@ def admin_request(config_path: str | None, method: str, path: str) -> dict[str, 
 def _admin(args: argparse.Namespace) -> int:
     if args.admin == "kill-switch":
         ans = admin_request(args.config, "POST", f"/kill-switch/{args.firm}/{args.state}")
+    elif args.admin in ("halt", "resume", "close"):
+        ans = admin_request(args.config, "POST", f"/trading/{args.admin}/{args.symbol}")
     else:
         ans = admin_request(args.config, "GET", "/status")
     print(json.dumps(ans, indent=1, sort_keys=True))

@@ -60,6 +60,7 @@ from typing import Any, Final, Iterable, Sequence
 from appliance import codec_ring as C
 from appliance import reasons as R
 from appliance.catalogue import (
+    ALL_INSTRUMENTS,
     EV_ACCEPTED,
     EV_CANCELLED,
     EV_CROSS_EXECUTED,
@@ -68,11 +69,14 @@ from appliance.catalogue import (
     EV_REJECTED,
     EV_REPLACED,
     CancelOrder,
+    Close,
     Command,
     Event,
+    Halt,
     MassCancel,
     NewOrder,
     ReplaceOrder,
+    Resume,
 )
 from appliance.config import Config, FirmConfig, load
 from appliance.gateway import ouch_layout as L
@@ -798,6 +802,10 @@ class GatewayServer:
                     objs = (ev[2],)
                 else:
                     objs = (ev[1],)
+                if kind == EV_REJECTED and type(ev[1]) in (Halt, Resume, Close):
+                    log(self.name, f"admin {type(ev[1]).__name__} of locate {ev[1].locate} refused: "
+                                   f"{R.describe(ev[2])}")
+                    continue
                 for o in objs:
                     slot = by_sid.get(o.session)
                     if slot is not None and slot not in touched:
@@ -867,6 +875,33 @@ class GatewayServer:
                        + (": mass cancel sent" if mc is not None else ""))
         return {"ok": True, "firm": firm_name, "kill_switch": on, "mass_cancel": mc is not None}
 
+    def trading_action(self, action: str, symbol: str) -> dict[str, Any]:
+        """An admin Halt, Resume or Close of one instrument (``symbol``) or of every instrument
+        (``all``: ALL_INSTRUMENTS to every partition), put on this gateway's command ring to the
+        partition, which sequences it like any command (WAL, replay). No risk check: it comes from
+        the admin socket, not from a session. The answer says it was sent; the outcome is on the feed
+        (Trading Action H) and, if the engine refuses it, in this gateway's log."""
+        actions: dict[str, type[Halt] | type[Resume] | type[Close]] = {"halt": Halt, "resume": Resume,
+                                                                       "close": Close}
+        cls = actions.get(action)
+        if cls is None:
+            return {"ok": False, "error": f"unknown trading action {action!r} (halt, resume, close)"}
+        if symbol.lower() == "all":
+            targets = [(p, ALL_INSTRUMENTS) for p in range(len(self.partitions))]
+        else:
+            ins = next((i for i in self.instruments if i.symbol == symbol), None)
+            if ins is None or ins.locate not in self.partition_of_locate:
+                return {"ok": False, "error": f"unknown symbol {symbol!r}"}
+            targets = [(self.partition_of_locate[ins.locate], ins.locate)]
+        for p, locate in targets:
+            self.outbox.append((p, C.encode_command(cls(locate))))
+        self.count("admin_commands")
+        self.flush()
+        log(self.name, f"admin {action} {symbol}: sent to partition(s) "
+                       f"{', '.join(self.partitions[p].name for p, _ in targets)}")
+        return {"ok": True, "action": action, "symbol": symbol,
+                "partitions": [self.partitions[p].name for p, _ in targets]}
+
     def status(self) -> dict[str, Any]:
         sessions = []
         for slot in self.slots:
@@ -898,6 +933,8 @@ class GatewayServer:
                         ans = self.kill_switch(str(req["firm"]), bool(req["on"]))
                     elif op == "status":
                         ans = self.status()
+                    elif op == "trading":
+                        ans = self.trading_action(str(req["action"]), str(req["symbol"]))
                     else:
                         ans = {"ok": False, "error": f"unknown op {op!r}", "reason": R.ADMIN_UNKNOWN_COMMAND}
                 except (ValueError, KeyError, TypeError) as e:

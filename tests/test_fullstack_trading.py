@@ -1,0 +1,123 @@
+"""Trading phases through the whole appliance: `matchwire run` with a [trading] section (UTC) whose
+schedule opens the instrument a few seconds after start. Orders entered in pre-open are collected,
+not matched; the opening auction uncrosses at one price; the L3 multicast feed shows Stock Trading
+Action (H) and Cross Trade (Q); OUCH (E, liquidity 'O') and FIX (35=8 150=F) clients get their
+fills. Then `matchwire admin halt ALPH`: H 'H' and no matching; `matchwire admin resume ALPH`: a
+reopening auction (Q cross type 'H') and trading again. Every wait is bounded."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from appliance.config import TradingConfig
+from appliance.gateway import ouch
+from feeds import itch
+from tests.test_fullstack import ALPH, P150, Fix, Stack, poll_until, subscriber
+from tools.demo import loopback_config
+
+pytestmark = pytest.mark.timeout(90)
+
+OPEN_AFTER_S = 10      # from writing the config: start-up, then orders in pre-open, then the open
+
+
+class Recorder:
+    """A sink of the L3 channel's receiver: every delivered ITCH message, decoded."""
+
+    def __init__(self) -> None:
+        self.msgs: list[Any] = []
+
+    def apply_blocks(self, buf: Any, pos: int, count: int, first_seq: int = 0) -> int:
+        for _ in range(count):
+            n = (buf[pos] << 8) | buf[pos + 1]
+            self.msgs.append(itch.decode(bytes(buf[pos + 2:pos + 2 + n])))
+            pos += 2 + n
+        return pos
+
+    def actions(self) -> list[bytes]:
+        return [m.trading_state for m in self.msgs
+                if type(m) is itch.StockTradingAction and m.stock_locate == ALPH]
+
+    def crosses(self) -> list[Any]:
+        return [m for m in self.msgs if type(m) is itch.CrossTrade and m.stock_locate == ALPH]
+
+
+def _hms(ts: int) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(ts))
+
+
+def _admin_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tools.cli", "admin", *args, "--config", stack.path],
+                          capture_output=True, text=True, timeout=30, cwd=stack.root)
+
+
+def test_opening_auction_halt_and_reopening_through_the_stack(tmp_path: Any) -> None:
+    now = int(time.time())
+    at = now + OPEN_AFTER_S
+    if time.gmtime(at + 60).tm_yday != time.gmtime(now).tm_yday:
+        pytest.skip("too close to midnight UTC for a day's schedule")
+    sched = ("00:00:00", _hms(at - 1), _hms(at), "23:59:58", "23:59:59")
+    cfg = loopback_config(str(tmp_path), rng=random.Random())
+    cfg = dataclasses.replace(cfg, trading=TradingConfig(time_zone="UTC", schedule=sched, reopen_call_seconds=1,
+                                                         noii_interval_ms=500))
+    st = Stack(str(tmp_path), cfg)
+    sub = subscriber(cfg)
+    rec = Recorder()
+    sub.receivers["l3"].sinks.append(rec)
+    st.start()
+    try:
+        assert time.time() < at - 1, "start-up took too long for the schedule"
+        a = st.ouch("alfa", "alfa-pw")
+        f = Fix(st.gw.fix_port, "BRVO")
+        assert f.logon("brvo-pw").get(35) == b"A"
+        # Pre-open: both accepted, nothing matches although they cross.
+        a.enter(1, b"B", 100, "ALPH", P150)
+        assert a.wait_for(lambda m: isinstance(m, ouch.L.OrderAccepted)).quantity == 100
+        f.order("F1", "2", 60, "150.00")
+        assert f.wait(lambda m: m.get(35) == b"8" and m.get(150) == b"0").get(11) == b"F1"
+        time.sleep(0.3)
+        assert not any(isinstance(m, ouch.L.OrderExecuted) for _, m in a.messages)
+        # The open: one uncross at one price, both sides filled.
+        ex = a.wait_for(lambda m: isinstance(m, ouch.L.OrderExecuted), timeout=OPEN_AFTER_S + 10)
+        assert (ex.quantity, ex.price, ex.liquidity_flag) == (60, P150, b"O")
+        fill = f.wait(lambda m: m.get(35) == b"8" and m.get(150) == b"F")
+        assert fill.get(32) == b"60" and fill.get(31) == b"150.0000" and fill.get(151) == b"0"
+        poll_until(sub, lambda: bool(rec.crosses()) and rec.actions()[-1:] == [b"T"], 10)
+        opening = rec.crosses()
+        assert [(q.shares, q.cross_price, q.cross_type) for q in opening] == [(60, P150, b"O")]
+        assert rec.actions()[0] != b"T"             # the session opened before trading did
+        # Halt by admin: H 'H' on the feed, crossing orders collected, not matched.
+        r = _admin_cli(st, "halt", "ALPH")
+        assert r.returncode == 0, r.stdout + r.stderr
+        poll_until(sub, lambda: rec.actions()[-1:] == [b"H"], 10)
+        f.order("F2", "2", 40, "150.00")            # crosses ALFA's resting 40
+        assert f.wait(lambda m: m.get(35) == b"8" and m.get(11) == b"F2" and m.get(150) == b"0")
+        time.sleep(0.5)
+        assert not any(m.get(11) == b"F2" and m.get(150) == b"F" for m in f.msgs)
+        assert len(rec.crosses()) == 1
+        # Resume: a reopening auction (1 s call), its cross, then trading again.
+        r = _admin_cli(st, "resume", "ALPH")
+        assert r.returncode == 0, r.stdout + r.stderr
+        fill2 = f.wait(lambda m: m.get(35) == b"8" and m.get(11) == b"F2" and m.get(150) == b"F", timeout=10)
+        assert fill2.get(32) == b"40"
+        ex2 = a.wait_for(lambda m: isinstance(m, ouch.L.OrderExecuted), timeout=10)
+        assert (ex2.quantity, ex2.liquidity_flag) == (40, b"H")
+        poll_until(sub, lambda: len(rec.crosses()) == 2 and rec.actions()[-1:] == [b"T"], 10)
+        assert (rec.crosses()[1].shares, rec.crosses()[1].cross_type) == (40, b"H")
+        # An unknown symbol is refused by the admin path.
+        assert _admin_cli(st, "halt", "NOPE").returncode == 1
+        a.close()
+        f.close()
+        assert st.stop() == 0
+    finally:
+        sub.close()
+        if st.proc is not None and st.proc.poll() is None:
+            os.killpg(st.proc.pid, signal.SIGKILL)
+            st.proc.wait(10)

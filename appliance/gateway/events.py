@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from appliance.catalogue import Command
+
 LOGGED_IN: Final = "logged_in"            # text: who (username or CompID)
 LOGIN_REJECTED: Final = "login_rejected"  # the connection will close
 LOGGED_OUT: Final = "logged_out"          # an orderly logout; the connection will close
@@ -25,3 +27,35 @@ class SessionEvent:
 
     kind: str
     text: str = ""
+
+
+class SessionOutbox:
+    """What a sans-IO session hands its I/O shell: bytes to write, commands to submit, session
+    events. Base of every gateway session; owned by the thread that drives the session."""
+
+    def __init__(self) -> None:
+        self._out = bytearray()
+        self._commands: list[Command] = []
+        self._events: list[SessionEvent] = []
+
+    def data_to_send(self) -> bytes:
+        """Bytes for the socket, accumulated since the last call."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def take_commands(self) -> list[Command]:
+        """Commands to submit to the partition, in order, accumulated since the last call."""
+        out = self._commands
+        self._commands = []
+        return out
+
+    def take_events(self) -> list[SessionEvent]:
+        """Session events accumulated since the last call."""
+        out = self._events
+        self._events = []
+        return out
+
+    def next_event(self) -> SessionEvent | None:
+        """The oldest session event not yet taken, or None."""
+        return self._events.pop(0) if self._events else None

@@ -90,7 +90,7 @@ from appliance.catalogue import (
     ReplaceOrder,
 )
 from appliance.gateway import events as E
-from appliance.gateway.events import SessionEvent
+from appliance.gateway.events import SessionEvent, SessionOutbox
 from appliance.gateway.fixcodec import FixFramingError, FixMessage, FixParser, Garbled, encode
 from appliance.model import (
     BUY,
@@ -324,7 +324,7 @@ class _Refused(Exception):
         self.ord_rej = ord_rej
 
 
-class FixSession:
+class FixSession(SessionOutbox):
     """One FIX 4.4 counterparty, acceptor side; owned by the gateway's I/O thread. See the module doc."""
 
     def __init__(self, config: FixSessionConfig, state: FixSessionState | None,
@@ -335,9 +335,7 @@ class FixSession:
         self._by_locate: dict[int, Instrument] = {ins.locate: ins for ins in self.instruments.values()}
         self._conn = _IDLE
         self._parser = FixParser()
-        self._out = bytearray()
-        self._commands: list[Command] = []
-        self._events: list[SessionEvent] = []
+        SessionOutbox.__init__(self)
         self.heartbeat_ns = 30_000_000_000
         self._last_rx = 0
         self._last_tx = 0
@@ -357,24 +355,6 @@ class FixSession:
     @property
     def logged_on(self) -> bool:
         return self._conn == _ACTIVE
-
-    def data_to_send(self) -> bytes:
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    def take_commands(self) -> list[Command]:
-        out = self._commands
-        self._commands = []
-        return out
-
-    def take_events(self) -> list[SessionEvent]:
-        out = self._events
-        self._events = []
-        return out
-
-    def next_event(self) -> SessionEvent | None:
-        return self._events.pop(0) if self._events else None
 
     def connection_made(self, now_ns: int) -> None:
         if self._conn in (_AWAIT_LOGON, _ACTIVE, _LOGOUT_SENT):

@@ -96,7 +96,7 @@ from appliance.catalogue import (
 )
 from appliance.gateway import events as E
 from appliance.gateway import ouch_layout as L
-from appliance.gateway.events import SessionEvent
+from appliance.gateway.events import SessionEvent, SessionOutbox
 from appliance.model import BUY, CROSS_CLOSE, CROSS_OPEN, CROSS_REOPEN, DAY, IOC, LIMIT, SELL, Instrument
 from feeds import soupbintcp as soup
 
@@ -271,7 +271,7 @@ class _Order:
         self.pending: deque[_Request] = deque()
 
 
-class OuchSession:
+class OuchSession(SessionOutbox):
     """One OUCH 5.0 port over SoupBinTCP; owned by the gateway's I/O thread. See the module doc."""
 
     def __init__(
@@ -333,9 +333,7 @@ class OuchSession:
         self._state = _IDLE
         self._logged_in = False                     # this connection logged in
         self._parser = soup.FrameParser()
-        self._out = bytearray()
-        self._commands: list[Command] = []
-        self._events: list[SessionEvent] = []
+        SessionOutbox.__init__(self)
         self._last_rx_ns = 0
         self._last_tx_ns = 0
 
@@ -355,28 +353,6 @@ class OuchSession:
     def next_sequence(self) -> int:
         """The sequence number the next sequenced message will carry."""
         return len(self.stream) + 1
-
-    def data_to_send(self) -> bytes:
-        """Bytes for the socket, accumulated since the last call."""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    def take_commands(self) -> list[Command]:
-        """Commands to submit to the partition, in order, accumulated since the last call."""
-        out = self._commands
-        self._commands = []
-        return out
-
-    def take_events(self) -> list[SessionEvent]:
-        """Session events accumulated since the last call."""
-        out = self._events
-        self._events = []
-        return out
-
-    def next_event(self) -> SessionEvent | None:
-        """The oldest session event not yet taken, or None."""
-        return self._events.pop(0) if self._events else None
 
     def connection_made(self, now_ns: int) -> None:
         """A client connected; it has 15 s to log in. One connection at a time per port."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from typing import Any, Callable, Final
+from typing import Any, Callable, Final, Iterable
 
 from feeds import itch
 from feeds.channels import BEST_BID_OFFER, LAST_TRADE, PRICE_LEVEL_UPDATE
@@ -340,15 +340,50 @@ class _InstrumentSeqs:
         self.suspect.clear()
 
 
-class L2Book:
-    """Owned by the thread that runs its receiver: top-N price levels per instrument from 'd'."""
+class _InstrumentBook:
+    """What the L2 and L1 books share: per-instrument sequence numbers (stale and suspect
+    instruments), the directory, the message count and the update callback. Owned by the thread
+    that runs its receiver."""
 
-    def __init__(self, on_update: Callable[[int], None] | None = None) -> None:
-        self.levels: dict[int, tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]] = {}
+    def __init__(self, on_update: Callable[[int], None] | None) -> None:
         self.seqs = _InstrumentSeqs()
         self.directory = _Directory()
         self.messages = 0
-        self.on_update = on_update   # called with the locate at the end of each update group
+        self.on_update = on_update
+
+    def _instruments(self) -> Iterable[int]:
+        raise NotImplementedError
+
+    def _clear_book(self) -> None:
+        raise NotImplementedError
+
+    def summary(self) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def on_gap(self, first_seq: int, count: int) -> None:
+        self.seqs.suspect.update(self.directory.symbols or self._instruments())
+
+    def on_filled(self) -> None:
+        self.seqs.suspect.clear()
+
+    def reset(self) -> None:
+        self._clear_book()
+        self.seqs.clear()
+        self.directory.clear()
+
+    def is_stale(self, locate: int) -> bool:
+        return locate in self.seqs.stale or locate in self.seqs.suspect
+
+    def state_hash(self) -> str:
+        return summary_hash(self.summary())
+
+
+class L2Book(_InstrumentBook):
+    """Owned by the thread that runs its receiver: top-N price levels per instrument from 'd'."""
+
+    def __init__(self, on_update: Callable[[int], None] | None = None) -> None:
+        super().__init__(on_update)   # on_update: called with the locate at the end of each update group
+        self.levels: dict[int, tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]] = {}
 
     def apply_blocks(self, buf: Buffer, pos: int, count: int, first_seq: int = 0) -> int:
         levels = self.levels
@@ -376,19 +411,11 @@ class L2Book:
                 self.directory.apply(t, buf, p)
         return pos
 
-    def on_gap(self, first_seq: int, count: int) -> None:
-        self.seqs.suspect.update(self.directory.symbols or self.levels)
+    def _instruments(self) -> Iterable[int]:
+        return self.levels
 
-    def on_filled(self) -> None:
-        self.seqs.suspect.clear()
-
-    def reset(self) -> None:
+    def _clear_book(self) -> None:
         self.levels.clear()
-        self.seqs.clear()
-        self.directory.clear()
-
-    def is_stale(self, locate: int) -> bool:
-        return locate in self.seqs.stale or locate in self.seqs.suspect
 
     def depth(self, locate: int, side: int) -> list[tuple[int, int, int]]:
         pair = self.levels.get(locate)
@@ -406,10 +433,6 @@ class L2Book:
                 out.append((loc, bids, asks))
         return out
 
-    def state_hash(self) -> str:
-        return summary_hash(self.summary())
-
-
 def engine_l2_summary(engine: Any, levels: int) -> list[tuple[Any, ...]]:
     """``L2Book.summary()`` of a matching engine publishing ``levels`` levels per side."""
     out = []
@@ -420,17 +443,14 @@ def engine_l2_summary(engine: Any, levels: int) -> list[tuple[Any, ...]]:
     return out
 
 
-class L1Book:
+class L1Book(_InstrumentBook):
     """Owned by the thread that runs its receiver: best bid and offer and last trade per
     instrument, from 'q' and 't'."""
 
     def __init__(self, on_update: Callable[[int], None] | None = None) -> None:
+        super().__init__(on_update)
         self.bbo: dict[int, tuple[int, int, int, int, int, int]] = {}
         self.last_trade: dict[int, tuple[int, int, int, int]] = {}  # (price, shares, match, volume)
-        self.seqs = _InstrumentSeqs()
-        self.directory = _Directory()
-        self.messages = 0
-        self.on_update = on_update
 
     def apply_blocks(self, buf: Buffer, pos: int, count: int, first_seq: int = 0) -> int:
         check = self.seqs.check
@@ -455,20 +475,12 @@ class L1Book:
                 cb(locate)
         return pos
 
-    def on_gap(self, first_seq: int, count: int) -> None:
-        self.seqs.suspect.update(self.directory.symbols or self.bbo)
+    def _instruments(self) -> Iterable[int]:
+        return self.bbo
 
-    def on_filled(self) -> None:
-        self.seqs.suspect.clear()
-
-    def reset(self) -> None:
+    def _clear_book(self) -> None:
         self.bbo.clear()
         self.last_trade.clear()
-        self.seqs.clear()
-        self.directory.clear()
-
-    def is_stale(self, locate: int) -> bool:
-        return locate in self.seqs.stale or locate in self.seqs.suspect
 
     def summary(self) -> list[tuple[Any, ...]]:
         """Per instrument with a quote or a trade: (locate, best bid, best ask, last trade price);
@@ -482,10 +494,6 @@ class L1Book:
             if bid or ask or last:
                 out.append((loc, bid, ask, last))
         return out
-
-    def state_hash(self) -> str:
-        return summary_hash(self.summary())
-
 
 def engine_l1_summary(engine: Any) -> list[tuple[Any, ...]]:
     """``L1Book.summary()`` of a matching engine."""

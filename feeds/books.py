@@ -167,25 +167,10 @@ class L3Book:
                 if not lvl[1]:
                     del lvl[3][lvl[2]]
                 locate = lvl[4]
-            elif t == 69:               # E
-                ref, qty, match = unpack_e(buf, p)
-                rec = orders.get(ref)
-                if rec is None:
-                    self.unknown_refs += 1
-                    continue
-                lvl = rec[1]
-                locate = lvl[4]
-                last_trade[locate] = (lvl[2], qty, match)
-                left = rec[0] - qty
-                rec[0] = left
-                lvl[0] -= qty
-                if left <= 0:
-                    del orders[ref]
-                    lvl[1] -= 1
-                    if not lvl[1]:
-                        del lvl[3][lvl[2]]
-            elif t == 88 or t == 67:    # X, C
-                if t == 88:
+            elif t == 69 or t == 88 or t == 67:    # E, X, C: shares leave a resting order
+                if t == 69:
+                    ref, qty, match = unpack_e(buf, p)
+                elif t == 88:
                     ref, qty = _X(buf, p)
                 else:
                     ref, qty, match, _printable, xprice = _C(buf, p)
@@ -195,7 +180,9 @@ class L3Book:
                     continue
                 lvl = rec[1]
                 locate = lvl[4]
-                if t == 67:
+                if t == 69:
+                    last_trade[locate] = (lvl[2], qty, match)
+                elif t == 67:
                     last_trade[locate] = (xprice, qty, match)
                 left = rec[0] - qty
                 rec[0] = left

@@ -186,6 +186,10 @@ class Supervisor:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # A signal between the end of start() and the line above reached the start-up handler, which
+        # only records it: honour it now, or that stop would be lost and the supervisor run on.
+        if self.early:
+            stop.set()
         admin = await self._start_admin()
         while not stop.is_set():
             for c in self.partitions + self.gateways:

@@ -84,6 +84,7 @@ from appliance.catalogue import (
     NewOrder,
     ReplaceOrder,
 )
+from appliance.model import BUY
 from appliance.wal import LAYOUTS, MalformedCommand
 
 LAST: Final = 0x80          # flag on the kind byte: the last record of a command's events
@@ -266,6 +267,22 @@ class EventEncoder:
         self.gateway_of_firm = gateway_of_firm
         self.gateways = gateways
         self.dropped = 0   # events of a firm no gateway owns
+        # (firm, locate) -> net position from every execution encoded or counted: the gateways'
+        # risk views are bootstrapped from it after a restart (feed checkpoints carry it).
+        self.positions: dict[tuple[int, int], int] = {}
+
+    def count_fills(self, events: list[Event]) -> None:
+        """Add a command's executions to ``positions`` without encoding them (replay)."""
+        for ev in events:
+            k = ev[0]
+            if k == EV_EXECUTED or k == EV_CROSS_EXECUTED:
+                self._fill(ev[1], ev[2], ev[3])
+
+    def _fill(self, m: Any, t: Any, qty: int) -> None:
+        pos = self.positions
+        for o in (m, t):
+            key = (o.firm, o.locate)
+            pos[key] = pos.get(key, 0) + (qty if o.side == BUY else -qty)
 
     def encode(self, results: Sequence[tuple[int, int, Command, list[Event]]], out: list[list[bytes]],
                origin: dict[int, int] | None = None) -> None:
@@ -297,6 +314,7 @@ class EventEncoder:
                         out[g].append(rec)
                         if g not in touched:
                             touched.append(g)
+                    self._fill(m, t, ev[3])
                     continue
                 if k == EV_ACCEPTED:
                     o = ev[1]

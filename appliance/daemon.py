@@ -17,8 +17,9 @@ End of batch is the commit point; nothing leaves before ``process_batch`` return
 A full event ring is back-pressure: the records wait in the partition (one batch's worth at most)
 and that gateway's command ring is not drained until they are out; the loop never blocks.
 
-Start-up is recovery (crash-only): ``open_partition`` (snapshot + WAL), then one full replay of the
-WAL (``recover_state(use_snapshots=False, on_command=...)``) that regenerates the feed for the
+Start-up is recovery (crash-only): ``open_partition`` (snapshot + WAL), then one replay of the WAL
+(``recover_state(on_command=...)``: from the snapshot when the feed checkpoint written with it is
+usable, else from the start of the day) that regenerates the feed for the
 publisher's store (same session, same sequence numbers), rebuilds each gateway's risk view (net
 positions, last prices, open orders) and the events a gateway had not processed before a restart
 (its journal says up to which seq it had). A DurabilityError exits with EXIT_DURABILITY_FAILURE.
@@ -43,17 +44,17 @@ import zoneinfo
 from typing import Any, Final, Sequence
 
 from appliance import codec_ring as C
-from appliance.catalogue import EV_CROSS_EXECUTED, EV_EXECUTED, ClockTick, Command, Event
+from appliance.catalogue import ClockTick, Command, Event
 from appliance.config import Config, PartitionConfig, load
 from appliance.idle import make_idle
-from appliance.model import BUY
+from appliance.matching.engine import Engine
 from appliance.recovery import open_partition, recover_state
 from appliance.ring import SHM_DIR, Ring, check_platform
-from appliance.snapshot import EngineSpec
+from appliance.snapshot import EngineSpec, SnapshotInfo, load_newest
 from appliance.wal import EXIT_DURABILITY_FAILURE, POLICY_INTERVAL, DurabilityError, WalConfig, WalReader
 from feeds.books import engine_l1_summary, engine_l2_summary, engine_l3_summary, summary_hash
 from feeds.channels import CHANNELS, ChannelGroups, FeedConfig
-from feeds.publisher import Publisher, session_opening
+from feeds.publisher import Publisher, read_checkpoint, session_opening, write_checkpoint
 from feeds.transport import transport_for
 
 MAX_BATCH: Final = 1024
@@ -320,7 +321,7 @@ class PartitionDaemon:
                   f"{opened.recovered.snapshot.seq if opened.recovered.snapshot else 'none'}, "
                   f"{opened.recovered.replayed} replayed, epoch {opened.epoch}, "
                   f"{opened.recovered.seconds:.3f} s)")
-        # The feed and the gateways' catch-up: one full replay of the WAL.
+        # The feed and the gateways' catch-up: one replay of the WAL (from a feed checkpoint if usable).
         first = first_wal_ts(p.wal_dir)
         trading = self.config.trading is not None
         if trading:
@@ -339,43 +340,49 @@ class PartitionDaemon:
         pub = self.publisher = Publisher(fcfg, instruments, self.midnight_ns, self.transport, store)
         for n in pub.notes:
             log(name, "feed: " + n)
-        if trading:
+        from appliance.gateway.server import resume_points  # the gateways' journals
+        resume = [resume_points(self.state_dir, g).get(p.id, 0) for g in self.gateways]
+        self.encoder = enc = C.EventEncoder(self.gateway_of_firm, len(self.gateways))
+        self.feed_store = store
+        self.published_seq = self.checkpoint_seq = 0
+        start_from = self._feed_checkpoint(spec, opened.recovered.snapshot, resume)
+        if start_from is not None:
+            self.published_seq = self.checkpoint_seq = start_from[1].seq
+        elif trading:
             # The session opens from the engine as the WAL's first command finds it (every instrument
             # in its start state, no order): the same opening after a restart, so the regenerated
             # start of session is the one published.
             pub.start(time.time_ns(), session_opening(spec.build()))
         else:
             pub.start(time.time_ns())
-        from appliance.gateway.server import resume_points  # the gateways' journals
-        resume = [resume_points(self.state_dir, g).get(p.id, 0) for g in self.gateways]
-        self.encoder = enc = C.EventEncoder(self.gateway_of_firm, len(self.gateways))
         backlog: list[list[bytes]] = [[] for _ in self.gateways]
-        positions: dict[tuple[int, int], int] = {}
         tmp: list[list[bytes]] = [[] for _ in self.gateways]
         G = len(self.gateways)
         replay_cmd = pub.replay_command
+        count_fills = enc.count_fills
 
         def on_command(seq: int, ts: int, cmd: Command, events: list[Event]) -> bool:
             replay_cmd(seq, ts, cmd, events)
-            for ev in events:
-                if ev[0] == EV_EXECUTED or ev[0] == EV_CROSS_EXECUTED:
-                    m, t, q = ev[1], ev[2], ev[3]
-                    for o in (m, t):
-                        key = (o.firm, o.locate)
-                        positions[key] = positions.get(key, 0) + (q if o.side == BUY else -q)
             if any(seq > r for r in resume):
-                enc.encode([(seq, ts, cmd, events)], tmp)
+                enc.encode([(seq, ts, cmd, events)], tmp)   # counts the fills in enc.positions too
                 for g in range(G):
                     if tmp[g]:
                         if seq > resume[g]:
                             backlog[g].extend(tmp[g])
                         tmp[g].clear()
+            else:
+                count_fills(events)
             return False
 
-        rec = recover_state(p.wal_dir, spec, use_snapshots=False, on_command=on_command)
+        rec = recover_state(p.wal_dir, spec, use_snapshots=start_from is not None, on_command=on_command,
+                            start_from=start_from)
         if rec.engine.state_hash() != part.engine.state_hash():
-            raise RuntimeError("the full replay and the partition's recovery disagree (state hash)")
+            raise RuntimeError("the feed replay and the partition's recovery disagree (state hash)")
+        log(name, f"feed: {rec.replayed} commands replayed " + (
+            f"after the checkpoint at seq {start_from[1].seq}" if start_from else "from the start of the day"))
         pub.publish([])          # ends the replay: the feed goes on in the same session
+        self.published_seq = max(self.published_seq, rec.last_seq)
+        positions = enc.positions
         last = part.applied_seq
         log(name, f"feed: {json.dumps(pub.stats())}")
         # Rings, doorbells, and each gateway's bootstrap.
@@ -444,6 +451,46 @@ class PartitionDaemon:
             "state_hash": part.engine.state_hash(),
         }
 
+    def _feed_checkpoint(self, spec: EngineSpec, snap: SnapshotInfo | None,
+                         resume: list[int]) -> tuple[Engine, SnapshotInfo] | None:
+        """Resume the publisher from the feed checkpoint of the snapshot the partition recovered from,
+        when there is one and every gateway's journal is at or past it (their catch-up events come
+        from the replay); returns that snapshot, restored again, for the replay to start from.
+        None: nothing changed, the feed replays the day's whole WAL."""
+        if snap is None:
+            return None
+        why = ""
+        ckpt, where = read_checkpoint(self.feed_store, snap.seq)
+        if ckpt is None:
+            why = where
+        elif any(r < snap.seq for r in resume):
+            why = f"a gateway's journal ends before seq {snap.seq}"
+        else:
+            why = self.publisher.resume_problem(ckpt) or ""
+        restored = None
+        if not why:
+            restored = load_newest(wal_config(self.p).snapshots, spec, snap.seq)
+            if restored is None or restored[1].seq != snap.seq:
+                why = f"the snapshot at seq {snap.seq} did not load again"
+        if why or ckpt is None or restored is None:
+            log(self.name, f"feed: full replay ({why})")
+            return None
+        self.publisher.resume(ckpt)
+        self.encoder.positions = {(int(f), int(loc)): int(q) for f, loc, q in ckpt["extra"]["positions"]}
+        log(self.name, f"feed: resumed from {where}")
+        return restored
+
+    def _maybe_checkpoint(self) -> None:
+        """A feed checkpoint for the newest snapshot, once the feed has published exactly through it."""
+        s = self.partition.last_snapshot_seq
+        if s == self.published_seq and s != self.checkpoint_seq:
+            self.checkpoint_seq = s
+            positions = [[f, loc, q] for (f, loc), q in sorted(self.encoder.positions.items()) if q]
+            try:
+                write_checkpoint(self.feed_store, self.publisher.checkpoint(s, {"positions": positions}))
+            except OSError as e:   # costs replay time at the next start, nothing else
+                log(self.name, f"feed checkpoint at seq {s} not written: {e}")
+
     # -- the duty cycle -------------------------------------------------------------------------------
     def _flush(self, g: int) -> None:
         pend = self.pending[g]
@@ -473,6 +520,9 @@ class PartitionDaemon:
                     pending[g] = recs
                     self._flush(g)
         self.publisher.publish(results)
+        self.published_seq = results[-1][0]
+        if self.partition.last_snapshot_seq != self.checkpoint_seq:
+            self._maybe_checkpoint()
 
     def run(self) -> int:
         part = self.partition
@@ -549,6 +599,8 @@ class PartitionDaemon:
                         self._release(results, None)
                 else:
                     part.poll(now)
+                if part.last_snapshot_seq != self.checkpoint_seq:
+                    self._maybe_checkpoint()
                 pub.poll(now)
                 if self.stats_requested:
                     self.stats_requested = False
@@ -598,6 +650,7 @@ class PartitionDaemon:
             results = part.close(time.time_ns())
             if results:
                 self._release(results, None)
+            self._maybe_checkpoint()   # the final snapshot's
         except DurabilityError as e:
             log(name, f"DURABILITY FAILURE at shutdown: {e}")
             part.abandon()

@@ -90,8 +90,12 @@ def recover_state(
     repair: bool = False,
     until_seq: int | None = None,
     on_command: Callable[[int, int, Command, list[Event]], bool] | None = None,
+    start_from: tuple[Engine, SnapshotInfo] | None = None,
 ) -> Recovered:
     """Rebuild the engine from the newest usable snapshot and the WAL after it.
+
+    start_from: a snapshot already restored (``load_at``), to replay after it instead of looking
+    for the newest (the daemon's feed replay from the snapshot its checkpoint goes with).
 
     until_seq (inclusive) stops early. on_command(seq, ts_ns, cmd, events), when given, is called
     after every replayed command (the slower, record-by-record path) and stops the replay by
@@ -107,7 +111,11 @@ def recover_state(
     gc.disable()
     try:
         while True:
-            snap = load_newest(store_dir, spec, max_seq, notes) if use_snapshots else None
+            snap: tuple[Engine, SnapshotInfo] | None = None
+            if start_from is not None:
+                snap, start_from = start_from, None
+            elif use_snapshots:
+                snap = load_newest(store_dir, spec, max_seq, notes)
             if snap is not None:
                 engine, info = snap
                 start = info.seq

@@ -375,6 +375,24 @@ class DepthTracker:
                 self.trades.append((ev, volume))
         return touched
 
+    # -- checkpoint (feeds/publisher.py: restart from a snapshot instead of the day's whole WAL) --
+    def state(self) -> dict[str, Any]:
+        """The levels and volumes as JSON-ready lists (prices ascending per side)."""
+        return {
+            "levels": [[locate, side, [[p, *pair[side].levels[p]] for p in pair[side].prices]]
+                       for locate, pair in sorted(self.sides.items()) for side in (0, 1)],
+            "volume": sorted([k, v] for k, v in self.volume.items()),
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Replace the levels and volumes with ``state()``'s."""
+        self.sides = {}
+        for locate, side, rows in state["levels"]:
+            s = self._side(int(locate), int(side))
+            s.levels = {int(p): [int(t), int(c)] for p, t, c in rows}
+            s.prices = sorted(s.levels)
+        self.volume = {int(k): int(v) for k, v in state["volume"]}
+
     def level(self, locate: int, side: int, price: int) -> list[int] | None:
         """[total, orders] of a level, or None."""
         pair = self.sides.get(locate)
@@ -431,6 +449,24 @@ class L2Encoder:
         self.worst: dict[tuple[int, int], int] = {}
         self.inst_seq: dict[int, int] = {}
         self._pack = framed_packer(PRICE_LEVEL_UPDATE)
+
+    def state(self) -> dict[str, Any]:
+        """What was last published per instrument side, and the per-instrument sequence numbers."""
+        return {
+            "published": [[loc, side, self.worst.get((loc, side), 0), sorted([p, *v] for p, v in pub.items())]
+                          for (loc, side), pub in sorted(self.published.items())],
+            "inst_seq": sorted([k, v] for k, v in self.inst_seq.items()),
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.published = {}
+        self.worst = {}
+        for loc, side, worst, rows in state["published"]:
+            key = (int(loc), int(side))
+            self.published[key] = {int(p): (int(t), int(c)) for p, t, c in rows}
+            if rows:
+                self.worst[key] = int(worst)
+        self.inst_seq = {int(k): int(v) for k, v in state["inst_seq"]}
 
     def encode(self, touched: list[tuple[int, int, int]], ts6: bytes, out: list[bytes]) -> None:
         """Append the framed messages of one command (``touched`` from DepthTracker.apply)."""
@@ -540,6 +576,20 @@ class L1Encoder:
         self.inst_seq: dict[int, int] = {}
         self._pack_q = framed_packer(BEST_BID_OFFER)
         self._pack_t = framed_packer(LAST_TRADE)
+
+    def state(self) -> dict[str, Any]:
+        """The best bid and offer last published per instrument, and the per-instrument sequence numbers."""
+        return {
+            "published": sorted([loc, *bid, *ask] for loc, (bid, ask) in self.published.items()),
+            "inst_seq": sorted([k, v] for k, v in self.inst_seq.items()),
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.published = {}
+        for row in state["published"]:
+            v = [int(x) for x in row]
+            self.published[v[0]] = ((v[1], v[2], v[3]), (v[4], v[5], v[6]))
+        self.inst_seq = {int(k): int(v) for k, v in state["inst_seq"]}
 
     def encode(self, touched: list[tuple[int, int, int]], trades: list[tuple[Event, int]], ts6: bytes,
                out: list[bytes]) -> None:

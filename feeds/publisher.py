@@ -19,6 +19,14 @@ duplicate. Only when the sequence cannot continue (the store holds more than the
 the previous run ended the session, or the configuration changed what messages say) does the
 session change (a new generation, see feeds.channels.session_for).
 
+Checkpoints shorten that replay. When the partition has written an engine snapshot at seq S and
+the publisher has published exactly through S, the daemon writes ``checkpoint(S)`` beside the
+store (``CHECKPOINT-<S>.json``: each channel's session and next sequence number, the depth
+tracker's levels, what L2 and L1 last published, and the daemon's own additions). A restart that
+loads snapshot S and finds that checkpoint calls ``resume(checkpoint)`` instead of ``start`` and
+replays only the WAL after S; everything else (skipping what the store holds, the boundary check,
+going live) is as above. A missing, unreadable or mismatched checkpoint means the full replay.
+
 Send, then store: a batch is sent first and appended to the store right after. A crash between
 the two makes recovery send that batch again (receivers drop the copies by sequence number); the
 opposite order could lose it. The store is never fsynced (feeds.store explains why it need not be).
@@ -396,6 +404,42 @@ def packetize(session: bytes, first_seq: int, framed: list[bytes], max_payload: 
     return out
 
 
+CHECKPOINT_FORMAT: Final = "matchwire-feed-checkpoint-1"
+
+
+def checkpoint_path(store_dir: str, seq: int) -> str:
+    return os.path.join(store_dir, f"CHECKPOINT-{seq:012d}.json")
+
+
+def write_checkpoint(store_dir: str, ckpt: dict[str, Any], keep: int = 3) -> str:
+    """Write atomically (temp file, rename; not fsynced: losing one costs replay time only) and
+    keep the newest ``keep``."""
+    path = checkpoint_path(store_dir, int(ckpt["seq"]))
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(ckpt, f, separators=(",", ":"))
+    os.replace(tmp, path)
+    names = sorted(n for n in os.listdir(store_dir) if n.startswith("CHECKPOINT-") and n.endswith(".json"))
+    for n in names[:-keep]:
+        os.unlink(os.path.join(store_dir, n))
+    return path
+
+
+def read_checkpoint(store_dir: str, seq: int) -> tuple[dict[str, Any] | None, str]:
+    """The checkpoint written at ``seq`` and its path, or None and why not."""
+    path = checkpoint_path(store_dir, seq)
+    try:
+        with open(path, "rb") as f:
+            ckpt = json.loads(f.read())
+    except FileNotFoundError:
+        return None, f"no feed checkpoint at seq {seq}"
+    except (OSError, ValueError) as e:
+        return None, f"{path}: unreadable ({e})"
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("seq") != seq:
+        return None, f"{path}: not a feed checkpoint at seq {seq}"
+    return ckpt, path
+
+
 class FeedDivergence(Exception):
     """The regenerated feed differs from what the store says was published: a bug or another WAL."""
 
@@ -607,6 +651,64 @@ class Publisher:
                 elif name == L1 and self.l1_encoder is not None:
                     self.l1_encoder.encode(touched, [], ts6, msgs)
             ch.emit(msgs, start_ts)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def checkpoint(self, seq: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The publisher's state after publishing everything through ``seq`` (JSON-ready)."""
+        if not self.started or self._pending:
+            raise RuntimeError("feed: checkpoint before start() or during a replay")
+        ckpt: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT, "seq": seq, "day": self.day,
+            "channels": {name: {"session": ch.session.decode("ascii"), "next_seq": ch.next_seq}
+                         for name, ch in self.channels.items()},
+        }
+        if self.tracker is not None:
+            ckpt["tracker"] = self.tracker.state()
+        if self.l2_encoder is not None:
+            ckpt["l2"] = self.l2_encoder.state()
+        if self.l1_encoder is not None:
+            ckpt["l1"] = self.l1_encoder.state()
+        ckpt["extra"] = extra or {}
+        return ckpt
+
+    def resume_problem(self, ckpt: dict[str, Any]) -> str | None:
+        """Why this publisher cannot resume from ``ckpt`` (None: it can)."""
+        if self.started:
+            return "the feed has started"
+        if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("day") != self.day:
+            return "another format or day"
+        chans = ckpt.get("channels", {})
+        if set(chans) != set(self.channels):
+            return "other channels"
+        for name, ch in self.channels.items():
+            c = chans[name]
+            if c["session"].encode("ascii") != ch.session:
+                return f"{name}: session {c['session']} is not the current {ch.session.decode('ascii')}"
+            if ch.store is None or ch.store.count < int(c["next_seq"]) - 1:
+                return f"{name}: the store holds fewer messages than the checkpoint published"
+        for part, present in (("tracker", self.tracker), ("l2", self.l2_encoder), ("l1", self.l1_encoder)):
+            if (part in ckpt) != (present is not None):
+                return f"{part}: the checkpoint and the configuration disagree"
+        return None
+
+    def resume(self, ckpt: dict[str, Any]) -> None:
+        """Instead of ``start``: continue from a checkpoint (``resume_problem`` said None); the
+        caller then replays the commands after ``ckpt['seq']``."""
+        problem = self.resume_problem(ckpt)
+        if problem:
+            raise ValueError(f"feed: cannot resume from the checkpoint at seq {ckpt.get('seq')}: {problem}")
+        self.started = True
+        for name, ch in self.channels.items():
+            ch.next_seq = int(ckpt["channels"][name]["next_seq"])
+            if ch.next_seq > 1 and ch.store is not None:
+                last = ch.store.read(ch.next_seq - 1, 1)[0]
+                ch.last_skipped = len(last).to_bytes(2, "big") + last   # framed, as emit() keeps it
+        if self.tracker is not None:
+            self.tracker.load(ckpt["tracker"])
+        if self.l2_encoder is not None:
+            self.l2_encoder.load(ckpt["l2"])
+        if self.l1_encoder is not None:
+            self.l1_encoder.load(ckpt["l1"])
 
     def replay(self, results: Sequence[Result]) -> None:
         """Regenerate the messages of a replayed WAL batch (recovery); the stored ones are not sent.

@@ -4,6 +4,7 @@ config (temp dirs, free ports, random multicast groups, idle=backoff, no realtim
 subscriber (feeds.subscriber) checking the fills. Every wait is bounded."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -203,8 +204,12 @@ def test_ouch_and_fix_trade_and_the_feed_shows_the_fills(stack: Stack) -> None:
     assert stats["resting"] == 0 and stats["last_seq"] == 3
 
 
-def test_restart_after_sigkill_keeps_book_sequences_and_feed(tmp_path: Any) -> None:
+@pytest.mark.parametrize("snapshots", [False, True], ids=["full-replay", "from-checkpoint"])
+def test_restart_after_sigkill_keeps_book_sequences_and_feed(tmp_path: Any, snapshots: bool) -> None:
     cfg = loopback_config(str(tmp_path), rng=random.Random())
+    if snapshots:   # a snapshot (and its feed checkpoint) every 2 commands: the restart resumes from one
+        cfg = dataclasses.replace(cfg, partitions=tuple(
+            dataclasses.replace(p, snapshot_every_events=2) for p in cfg.partitions))
     st = Stack(str(tmp_path), cfg)
     st.start()
     try:
@@ -228,6 +233,19 @@ def test_restart_after_sigkill_keeps_book_sequences_and_feed(tmp_path: Any) -> N
         feed_next = sub.receivers["l3"].expected
         book_before = sub.l3.summary()
         gaps_before = len(gaps)      # joined late: the start of session is a gap of its own
+        if snapshots:    # the newest snapshot on disk, its checkpoint beside the feed store
+            p0 = cfg.partitions[0]
+            store = os.path.join(st.state, "feed", p0.name)
+
+            def written() -> bool:
+                snaps = [n for n in os.listdir(p0.snapshot_dir) if n.endswith(".snap")] \
+                    if os.path.isdir(p0.snapshot_dir) else []
+                return bool(snaps) and os.path.exists(os.path.join(store, "CHECKPOINT-%012d.json" % max(
+                    int(n[5:-5]) for n in snaps)))
+            deadline = time.monotonic() + 10
+            while not written() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert written()
         st.kill()          # a crash: the clients are still logged in (no logout, no cancel-on-disconnect)
         a.sock.close()
         f.close()
@@ -253,6 +271,8 @@ def test_restart_after_sigkill_keeps_book_sequences_and_feed(tmp_path: Any) -> N
         assert sub.receivers["l3"].expected > feed_next
         assert len(gaps) == gaps_before, gaps
         assert book_before[0][1][1] == (1_480_000, 100, 1)
+        log = st.output()
+        assert ("feed: resumed from" in log) == snapshots, log
         b.close()
         g.close()
         sub.close()

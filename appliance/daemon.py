@@ -524,7 +524,9 @@ class PartitionDaemon:
         if self.partition.last_snapshot_seq != self.checkpoint_seq:
             self._maybe_checkpoint()
 
-    def run(self) -> int:
+    def run(self, shutdown: bool = True) -> int:
+        """The duty cycle until ``stopping``; then the clean shutdown, or with shutdown=False nothing
+        more (the state a crash leaves: benchmarks of the restart)."""
         part = self.partition
         pub = self.publisher
         consumers = self.consumers
@@ -617,7 +619,7 @@ class PartitionDaemon:
             return EXIT_DURABILITY_FAILURE
         finally:
             gc.enable()
-        return self.shutdown()
+        return self.shutdown() if shutdown else 0
 
     def tick_due(self, engine: Any, now: int) -> bool:
         """Whether a ClockTick is due: a deadline of the engine (schedule time, timer, imbalance

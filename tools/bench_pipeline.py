@@ -64,6 +64,12 @@ def register(sub: Any) -> None:
     p.add_argument("--max-batch", type=int, default=1024)
     p.add_argument("--idle", default="yield", choices=("busy_spin", "yield", "backoff"))
     p.set_defaults(func=_pipeline)
+    r = sub.add_parser("restart", help="partition start-up after a crash: from a feed checkpoint vs the whole WAL")
+    r.add_argument("flow")
+    r.add_argument("--limit", type=int, default=1_000_000, help="commands of the flow before the crash")
+    r.add_argument("--snapshot-every", type=int, default=0,
+                   help="snapshot every N commands (default: limit - 300000, i.e. one 300k commands old)")
+    r.set_defaults(func=_restart)
     lat = sub.add_parser("latency", help="OUCH order-to-ack latency at fixed offered rates")
     lat.add_argument("--rate", type=int, action="append", help="orders/s offered (repeatable; default 10000 50000)")
     lat.add_argument("--seconds", type=float, default=3.0)
@@ -75,7 +81,7 @@ def register(sub: Any) -> None:
 # pipeline
 # ================================================================================================
 
-def _flow_config(root: str, instruments: int, durability: str, idle: str) -> Config:
+def _flow_config(root: str, instruments: int, durability: str, idle: str, snapshot_every: int = 0) -> Config:
     base = default()
     rng = random.Random()
     ins = tuple(InstrumentConfig(f"F{i:04d}", i + 1, 1, 100, None, "Q") for i in range(instruments))
@@ -85,7 +91,7 @@ def _flow_config(root: str, instruments: int, durability: str, idle: str) -> Con
              for k, ch in enumerate(("l3", "l2", "l1"))}
     wal = os.path.join(root, "wal")
     part = PartitionConfig("p0", 0, tuple(i.symbol for i in ins), -1, wal, os.path.join(wal, "snapshots"),
-                           durability, 2, 0, 0, idle, STP_NONE, feeds)
+                           durability, 2, snapshot_every, 0, idle, STP_NONE, feeds)
     firm = FirmConfig("FLOW", FLOW_FIRM, STP_NONE, OuchCredentials("flow", "flow"), FixCredentials("FLOW", "flow"),
                       FirmLimits(max_qty=1 << 31))
     gw = GatewayConfig("bench", "127.0.0.1", 1, 2, "MATCHWIRE", ("FLOW",))
@@ -123,6 +129,22 @@ def _producer(cmd_ring: str, evt_ring: str, records: list[bytes], done_path: str
     re_.close()
 
 
+def _drive(d: PartitionDaemon, cfg: Config, root: str, records: list[bytes], shutdown: bool = True) -> int:
+    """Run the started daemon until it has processed ``records``, pushed by a producer process."""
+    d.stop_after_commands = len(records)
+    names = cfg.ring_names("p0", "bench")
+    done = os.path.join(root, "done")
+    ctx = multiprocessing.get_context("spawn")
+    mine = os.sched_getaffinity(0)
+    others = sorted(set(range(os.cpu_count() or 1)) - mine)
+    proc = ctx.Process(target=_producer, args=(names["cmd"], names["evt"], records, done, others), daemon=True)
+    proc.start()
+    rc = d.run(shutdown)
+    open(done, "w").close()
+    proc.join(30)
+    return rc
+
+
 def _pipeline(args: argparse.Namespace) -> int:
     cmds, meta = read_flow(args.flow)
     cmds = cmds[: args.limit]
@@ -131,18 +153,8 @@ def _pipeline(args: argparse.Namespace) -> int:
     try:
         cfg = _flow_config(root, flow_instrument_count(cmds, meta), args.durability, args.idle)
         d = PartitionDaemon(cfg, "p0", os.path.join(root, "state"), realtime=False, max_batch=args.max_batch)
-        d.stop_after_commands = len(records)
         d.start()
-        names = cfg.ring_names("p0", "bench")
-        done = os.path.join(root, "done")
-        ctx = multiprocessing.get_context("spawn")
-        mine = os.sched_getaffinity(0)
-        others = sorted(set(range(os.cpu_count() or 1)) - mine)
-        proc = ctx.Process(target=_producer, args=(names["cmd"], names["evt"], records, done, others), daemon=True)
-        proc.start()
-        rc = d.run()
-        open(done, "w").close()
-        proc.join(30)
+        rc = _drive(d, cfg, root, records)
         secs = (d.last_batch_ns - d.first_batch_ns) / 1e9
         st = d.stats
         result = {
@@ -158,6 +170,91 @@ def _pipeline(args: argparse.Namespace) -> int:
               f"(WAL {args.durability}, mean batch {result['mean_batch']}, multicast L3/L2/L1 on loopback)")
         print(json.dumps(result))
         return 0
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ================================================================================================
+# restart
+# ================================================================================================
+
+def _abandon(d: PartitionDaemon) -> None:
+    """Leave the daemon as a crash would (no snapshot, no End of Session); free what it holds."""
+    d.partition.abandon()
+    d.publisher.close()
+    d.transport.close()
+    for fd in d.bells:
+        os.close(fd)
+    for rc, re_ in d.rings:
+        for r in (rc, re_):
+            r.close()
+            r.unlink()
+
+
+def _restart(args: argparse.Namespace) -> int:
+    """`matchwire bench restart FLOW.bin [--limit N] [--snapshot-every K]`.
+
+    The flow through a partition (as `bench pipeline`), snapshots every N commands, then a crash
+    (no shutdown). Two copies of what is on disk are started again: one as left (the feed resumes
+    from the checkpoint of the newest snapshot), one without checkpoints (the whole WAL replayed).
+    Reported: each start-up's seconds, and that both reach the same state and feed sequence."""
+    cmds, meta = read_flow(args.flow)
+    cmds = cmds[: args.limit]
+    every = args.snapshot_every or max(1, len(cmds) - 300_000)
+    records = [C.encode_command(c) for c in cmds]
+    root = tempfile.mkdtemp(prefix="mw-bench-restart-")
+    try:
+        cfg = _flow_config(os.path.join(root, "run"), flow_instrument_count(cmds, meta), "batch", "yield", every)
+        d = PartitionDaemon(cfg, "p0", os.path.join(root, "run", "state"), realtime=False)
+        d.start()
+        _drive(d, cfg, os.path.join(root, "run"), records, shutdown=False)
+        assert d.partition.snapshots is not None
+        d.partition.snapshots.wait()   # the crash comes after the newest snapshot is on disk
+        snap_seq = d.partition.last_snapshot_seq
+        last_seq = d.partition.applied_seq
+        _abandon(d)
+        # The bench has no gateway process: write the journal mark of one that had processed every
+        # event (a gateway behind the snapshot would need the full replay for its catch-up).
+        from appliance.gateway.server import gateway_dir, mark_record
+        gwdir = gateway_dir(os.path.join(root, "run", "state"), "bench")
+        os.makedirs(gwdir, exist_ok=True)
+        with open(os.path.join(gwdir, "journal.bin"), "wb") as f:
+            f.write(mark_record({cfg.partitions[0].id: last_seq}))
+        out: dict[str, Any] = {}
+        for mode in ("checkpoint", "full"):
+            copy = os.path.join(root, mode)
+            shutil.copytree(os.path.join(root, "run"), copy)
+            p = cfg.partitions[0]
+            wal = os.path.join(copy, "wal")
+            ccfg = dataclasses.replace(cfg, partitions=(dataclasses.replace(
+                p, wal_dir=wal, snapshot_dir=os.path.join(wal, "snapshots")),))
+            store = os.path.join(copy, "state", "feed", "p0")
+            if mode == "full":
+                for n in os.listdir(store):
+                    if n.startswith("CHECKPOINT-"):
+                        os.unlink(os.path.join(store, n))
+            d2 = PartitionDaemon(ccfg, "p0", os.path.join(copy, "state"), realtime=False, transport="null")
+            t0 = time.perf_counter()
+            d2.start()
+            secs = time.perf_counter() - t0
+            out[mode] = {"start_seconds": round(secs, 3), "state_hash": d2.ready_info["state_hash"],
+                         "feed_next_seq": {ch: v["next_seq"] for ch, v in d2.publisher.stats().items()}}
+            _abandon(d2)
+            shutil.rmtree(copy, ignore_errors=True)
+        same = (out["checkpoint"]["state_hash"] == out["full"]["state_hash"]
+                and out["checkpoint"]["feed_next_seq"] == out["full"]["feed_next_seq"])
+        result = {
+            "benchmark": "restart", "flow": os.path.basename(args.flow), "commands": len(cmds),
+            "snapshot_seq": snap_seq, "snapshot_age_commands": len(cmds) - snap_seq,
+            "start_seconds_from_checkpoint": out["checkpoint"]["start_seconds"],
+            "start_seconds_full_replay": out["full"]["start_seconds"], "same_state_and_feed": same,
+            "feed_next_seq": out["full"]["feed_next_seq"], "load_avg": os.getloadavg()[0],
+        }
+        print(f"restart after {len(cmds)} commands, snapshot {result['snapshot_age_commands']} commands old: "
+              f"{result['start_seconds_from_checkpoint']} s from the feed checkpoint, "
+              f"{result['start_seconds_full_replay']} s replaying the whole WAL")
+        print(json.dumps(result))
+        return 0 if same else 1
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

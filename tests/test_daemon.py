@@ -2,8 +2,11 @@
 this process driven through its real rings (commands in, event records out, clean shutdown)."""
 from __future__ import annotations
 
+import json
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
 
@@ -131,3 +134,19 @@ def test_partition_daemon_runs_the_trading_day_from_its_schedule(tmp_path) -> No
     assert rec.engine.state_hash() == d.partition.engine.state_hash()
     rc.close()
     re_.close()
+
+
+def test_bench_restart_resumes_from_the_feed_checkpoint_and_matches_the_full_replay(tmp_path) -> None:
+    from test_retransmit_harness import standard_flow
+    standard_flow(tmp_path, 6000)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "tools", "bench", "restart", str(tmp_path / "flow6000.bin"),
+                           "--limit", "6000", "--snapshot-every", "4000"],
+                          capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["benchmark"] == "restart" and r["same_state_and_feed"] is True
+    assert r["commands"] == 6000 and 4000 <= r["snapshot_seq"] < 6000
+    assert "feed: resumed from" in proc.stderr
+    assert "feed: full replay (no feed checkpoint at seq" in proc.stderr
+    assert f"feed: {6000 - r['snapshot_seq']} commands replayed after the checkpoint" in proc.stderr

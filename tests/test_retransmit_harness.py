@@ -31,7 +31,7 @@ from test_feed_e2e import random_groups
 from tools.flows import FLOW_FIRM_STP, decode_records, flow_instrument_count, flow_instruments, read_flow_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
-FLOWGEN = Path("/work/shared/bench/flowgen.py")
+FLOWGEN = Path(os.environ.get("MATCHWIRE_SHARED", ROOT.parent / "shared")) / "bench" / "flowgen.py"
 FLOW_EVENTS = 20_000
 DAY_NS = 86_400 * 10**9
 MIDNIGHT = 1_700_000_000 * 10**9 - (1_700_000_000 * 10**9) % DAY_NS

@@ -36,8 +36,8 @@ from appliance.snapshot import EngineSpec, SnapshotStore, capture
 from appliance.wal import POLICY_NONE, WalReader, WalWriter, encode_body
 from tools.flows import FLOW_FIRM_STP, flow_instrument_count, flow_instruments, read_flow
 
-DEFAULT_FLOWGEN = "/work/shared/bench/flowgen.py"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_FLOWGEN = os.path.join(os.path.dirname(REPO), "shared", "bench", "flowgen.py")   # ../shared, as the Makefile
 
 
 def _pct(xs: list[float], p: float) -> float:

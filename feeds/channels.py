@@ -47,6 +47,7 @@ from bisect import bisect_left, insort
 from typing import Any, Callable, Final, NamedTuple
 
 from appliance.catalogue import (
+    EV_ACCEPTED,
     EV_ADDED,
     EV_CANCELLED,
     EV_CROSS_EXECUTED,
@@ -324,6 +325,8 @@ class DepthTracker:
         sides = self.sides
         for ev in events:
             k = ev[0]
+            if k == EV_ACCEPTED:        # the first event of most commands: no level yet
+                continue
             if k == EV_ADDED:
                 o = ev[1]
                 locate = o.locate
@@ -594,6 +597,13 @@ class L1Encoder:
     def encode(self, touched: list[tuple[int, int, int]], trades: list[tuple[Event, int]], ts6: bytes,
                out: list[bytes]) -> None:
         """Append the framed messages of one command (``touched`` and ``trades`` from the tracker)."""
+        if len(touched) == 1 and not trades:
+            # The commonest command touches one level. Strictly behind its side's best price it
+            # cannot have been the best before either (the best level was not touched): no change.
+            locate, side, price = touched[0]
+            prices = self.tracker.sides[locate][side].prices
+            if prices and (price < prices[-1] if side == 0 else price > prices[0]):
+                return
         trk = self.tracking
         inst_seq = self.inst_seq
         if trades:

@@ -25,6 +25,7 @@ import dataclasses
 import datetime
 import ipaddress
 import re
+import time
 import tomllib
 import zoneinfo
 from typing import Any, Final, Iterable
@@ -285,6 +286,20 @@ class Config:
         if t is None or t.schedule is None:
             return None
         return SetSchedule(*(local_time_ns(t.time_zone, day, hhmmss) for hhmmss in t.schedule))
+
+    def trading_day(self, ts_ns: int) -> datetime.date:
+        """The exchange's calendar day of ts_ns (the [trading] time zone; UTC without one)."""
+        zone = self.trading.time_zone if self.trading is not None else "UTC"
+        return datetime.datetime.fromtimestamp(ts_ns / 1e9, zoneinfo.ZoneInfo(zone)).date()
+
+    def midnight_of(self, ts_ns: int) -> int:
+        """The epoch nanoseconds of the midnight that starts ts_ns's day, from which ITCH and OUCH
+        timestamps count: in the [trading] time zone, or the host's without a [trading] section.
+        The partitions and the gateways both use it, so that their timestamps agree."""
+        if self.trading is not None:
+            return self.midnight_ns(self.trading_day(ts_ns))
+        t = time.localtime(ts_ns // 1_000_000_000)
+        return int(time.mktime((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0, 0, 0, -1))) * 1_000_000_000
 
     def midnight_ns(self, day: datetime.date) -> int:
         """The epoch nanoseconds of the day's midnight in the exchange's time zone (ITCH timestamps

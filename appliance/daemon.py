@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import datetime
 import ctypes.util
 import gc
 import json
@@ -40,7 +39,6 @@ import os
 import signal
 import sys
 import time
-import zoneinfo
 from typing import Any, Final, Sequence
 
 from appliance import codec_ring as C
@@ -209,12 +207,6 @@ def apply_tuning(name: str, cpu: int, realtime: bool) -> dict[str, str]:
     return done
 
 
-def local_midnight_ns(ts_ns: int) -> int:
-    """Epoch ns of the local midnight that starts the day of ts_ns (exchange local time = host time)."""
-    t = time.localtime(ts_ns // 1_000_000_000)
-    return int(time.mktime((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0, 0, 0, -1))) * 1_000_000_000
-
-
 def first_wal_ts(waldir: str) -> int | None:
     try:
         reader = WalReader(waldir)
@@ -244,12 +236,6 @@ def engine_spec(config: Config, p: PartitionConfig) -> EngineSpec:
     rules (without one: continuous trading all day, as before trading phases existed)."""
     return EngineSpec.of(config.partition_instruments(p.name), config.firm_stp(), p.default_stp,
                          config.trading_rules(p.name))
-
-
-def trading_day(config: Config, ts_ns: int) -> datetime.date:
-    """The exchange's calendar day of ts_ns (the [trading] time zone; UTC without one)."""
-    zone = config.trading.time_zone if config.trading is not None else "UTC"
-    return datetime.datetime.fromtimestamp(ts_ns / 1e9, zoneinfo.ZoneInfo(zone)).date()
 
 
 def feed_store_dir(state_dir: str, partition: str) -> str:
@@ -324,12 +310,10 @@ class PartitionDaemon:
         # The feed and the gateways' catch-up: one replay of the WAL (from a feed checkpoint if usable).
         first = first_wal_ts(p.wal_dir)
         trading = self.config.trading is not None
-        if trading:
-            # A WAL directory is one trading day: the day of its first record, else today.
-            self.day = trading_day(self.config, first if first is not None else time.time_ns())
-            self.midnight_ns = self.config.midnight_ns(self.day)
-        else:
-            self.midnight_ns = local_midnight_ns(first if first is not None else time.time_ns())
+        # A WAL directory is one trading day: the day of its first record, else today.
+        day_ts = first if first is not None else time.time_ns()
+        self.day = self.config.trading_day(day_ts)
+        self.midnight_ns = self.config.midnight_of(day_ts)
         fcfg = feed_config(self.config, p)
         self.transport = transport_for(fcfg, self.transport_kind,
                                        os.path.join(self.state_dir, "run", f"{name}.pcap")

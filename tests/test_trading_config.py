@@ -3,7 +3,10 @@
 errors that name the key."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import os
+import time
 import tomllib
 from typing import Any
 
@@ -56,6 +59,35 @@ def test_schedules_follow_the_exchange_time_zone_and_daylight_saving() -> None:
     plain = C.default()
     assert plain.trading is None and plain.trading_rules("p0") is None and plain.schedule_for(datetime.date.today()) is None
     assert plain.midnight_ns(datetime.date(2026, 1, 5)) == _epoch_ns(2026, 1, 5)
+
+
+def test_the_midnight_timestamps_count_from_is_the_exchanges_for_feed_and_order_entry_alike() -> None:
+    # 02:30 UTC on 6 Jan is still 5 Jan in New York: ITCH and OUCH timestamps count from 05:00 UTC on the 5th.
+    c = C.loads(doc_example())
+    late = _epoch_ns(2026, 1, 6, 2, 30)
+    assert c.trading_day(late) == datetime.date(2026, 1, 5)
+    assert c.midnight_of(late) == _epoch_ns(2026, 1, 5, 5, 0)
+    assert c.midnight_of(_epoch_ns(2026, 7, 6, 12, 0)) == _epoch_ns(2026, 7, 6, 4, 0)     # EDT
+    # Without [trading]: the host's local midnight (the host's time zone is the exchange's).
+    plain = C.default()
+    t = time.localtime(late // SECOND_NS)
+    assert plain.midnight_of(late) == int(time.mktime((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0, 0, 0, -1))) * SECOND_NS
+    assert plain.trading_day(late) == datetime.date(2026, 1, 6)
+
+
+def test_a_gateway_counts_ouch_timestamps_from_the_exchanges_midnight(tmp_path: Any) -> None:
+    from appliance.gateway.server import GatewayServer
+    from tools.demo import loopback_config
+    ny = C.loads(doc_example()).trading
+    for trading in (ny, None):
+        cfg = dataclasses.replace(loopback_config(str(tmp_path)), trading=trading)
+        before = time.time_ns()
+        gw = GatewayServer(cfg, cfg.gateways[0].name, str(tmp_path / "state"))
+        assert gw.midnight_ns in (cfg.midnight_of(before), cfg.midnight_of(time.time_ns()))
+        ouch = [slot.session for slot in gw.slots if slot.kind == "ouch"]
+        assert ouch and all(s.midnight_ns == gw.midnight_ns for s in ouch)
+        os.close(gw.journal_fd)
+        gw.rejects.close()
 
 
 def test_without_a_schedule_instruments_trade_continuously() -> None:

@@ -120,11 +120,6 @@ def gateway_dir(state_dir: str, gateway: str) -> str:
     return os.path.join(state_dir, "gateways", gateway)
 
 
-def local_midnight_ns(ts_ns: int) -> int:
-    t = time.localtime(ts_ns // 1_000_000_000)
-    return int(time.mktime((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0, 0, 0, -1))) * 1_000_000_000
-
-
 # ================================================================================================
 # The journal
 # ================================================================================================
@@ -516,7 +511,7 @@ class GatewayServer:
         self.stopping = False
         self.conns: set[_Conn] = set()
         self.counters: dict[str, int] = {}
-        self.midnight_ns = local_midnight_ns(time.time_ns())
+        self.midnight_ns = config.midnight_of(time.time_ns())   # as the partitions' feed
         self.rejects = open(os.path.join(self.dir, "rejects.jsonl"), "a")
         self._build_sessions()
 

@@ -5,6 +5,7 @@ subscriber (feeds.subscriber) checking the fills. Every wait is bounded."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import random
@@ -24,6 +25,7 @@ from appliance.daemon import feed_config
 from appliance.gateway import ouch
 from appliance.model import BUY
 from feeds.subscriber import FeedSubscriber
+from tools import audit
 from tools.demo import OuchClient, loopback_config, write_config
 
 pytestmark = pytest.mark.timeout(120)
@@ -326,10 +328,24 @@ def test_risk_limits_and_kill_switch_reject_as_documented(stack: Stack) -> None:
     a.enter(3, b"B", 100, "ALPH", 1_400_000)
     assert isinstance(a.wait_for(lambda m: getattr(m, "user_ref_num", 0) == 3), ouch.L.OrderAccepted)
     # The audit trail of the gateway's refusals: one row per reject, with its reason.
-    rows = [json.loads(x) for x in open(os.path.join(stack.state, "gateways", "gw0", "rejects.jsonl"))]
+    rejects = os.path.join(stack.state, "gateways", "gw0", "rejects.jsonl")
+    rows = [json.loads(x) for x in open(rejects)]
     assert {2001, 2002, 2003, 2004, 2005, 2006} <= {r["reason"] for r in rows}
     for x in (a, c, f):
         x.close()
+    # `audit export --rejects`: the WAL's rows and the gateway's refusals in one trail, by time.
+    assert stack.stop() == 0
+    out = io.StringIO()
+    problems: list[str] = []
+    audit.export(stack.config.partitions[0].wal_dir, "jsonl", out, [rejects], problems)
+    trail = [json.loads(x) for x in out.getvalue().splitlines()]
+    refused = [r for r in trail if r["seq"] == ""]
+    assert not problems and len(refused) == len(rows)
+    assert [r["ts_ns"] for r in trail] == sorted(r["ts_ns"] for r in trail)
+    fat = next(r for r in refused if r["outcome"].startswith("rejected 2001 "))
+    assert (fat["firm"], fat["instrument"], fat["side"], fat["price"], fat["qty"]) == (3, "ALPH", "B", "158.0000", 100)
+    assert fat["outcome"].endswith("(gateway gw0)") and fat["ord_type"] == "LIMIT"
+    assert any(r["event"] == "accepted" and r["seq"] for r in trail)
 
 
 @pytest.mark.parametrize("garbage", [

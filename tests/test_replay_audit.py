@@ -177,3 +177,24 @@ def test_audit_export_csv_and_jsonl(live_run, tmp_path) -> None:
     oid = next(r["order_id"] for r in rows if r["event"] == "executed" and r["leaves"] == "0")
     life = [r["event"] for r in rows if r["order_id"] == oid]
     assert life[0] == "accepted" and life[-1] == "executed"
+
+
+def test_gateway_reject_rows_are_converted_and_bad_lines_reported(tmp_path) -> None:
+    from tools.audit import gateway_reject_rows
+    path = tmp_path / "rejects.jsonl"
+    good = {"ts_ns": 2_000, "seq": 0, "event": "CommandRejected", "reason": 2002, "gateway": "gw1",
+            "command": "NewOrder", "firm": 4, "session": 9, "cl_ord_id": "C7", "order_id": 11, "locate": 1,
+            "side": 1, "price": 1_501_000, "qty": 20_000, "account": "ACC", "ord_type": 1, "tif": 0,
+            "stop_price": 0}
+    early = dict(good, ts_ns=1_000, command="CancelOrder", reason=2006, locate=0, side="", price=0, qty=0)
+    path.write_text(json.dumps(good) + "\n" + "not json\n" + json.dumps({"ts_ns": 5}) + "\n" + json.dumps(early) + "\n")
+    problems: list[str] = []
+    rows = gateway_reject_rows([str(path)], {1: "ALPH"}, problems)
+    assert [r["ts_ns"] for r in rows] == [1_000, 2_000]          # sorted by time
+    assert len(problems) == 2 and problems[0].startswith(f"{path}:2:") and problems[1].startswith(f"{path}:3:")
+    r = rows[1]
+    assert set(r) == set(COLUMNS) and r["seq"] == "" and r["event"] == "rejected"
+    assert r["outcome"].startswith("rejected 2002 ") and r["outcome"].endswith("(gateway gw1)")
+    assert (r["instrument"], r["side"], r["price"], r["qty"], r["account"], r["cl_ord_id"]) == (
+        "ALPH", "S", "150.1000", 20_000, "ACC", "C7")
+    assert rows[0]["instrument"] == "" and rows[0]["side"] == "" and rows[0]["price"] == ""

@@ -11,6 +11,12 @@ none). Columns (COLUMNS), in both formats:
     filled, role, prev_ref
 
 Prices are decimal text with 4 decimals (exact Price(4) units); quantities are shares.
+
+``--rejects FILE`` (repeatable; each gateway's ``STATE/gateways/<gw>/rejects.jsonl``) adds the
+commands the gateways refused before sequencing (risk limits, kill switch, rate, back-pressure,
+malformed): event ``rejected``, empty seq (they were never sequenced), outcome ``rejected <code>
+<name> (gateway <gw>)``, merged by time into the WAL's rows, so that the trail of every order a
+firm sent is in one file. A line of such a file that is not a reject row is reported and skipped.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import csv
 import json
 import os
 import sys
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterable, Iterator, Sequence
 
 from appliance import reasons as R
 from appliance.catalogue import (
@@ -190,10 +196,54 @@ class AuditRows:
                 yield row
 
 
-def export(waldir: str, fmt: str, out: IO[str]) -> int:
-    """Write the audit rows of a WAL directory; returns the number of rows."""
+_GATEWAY_KEYS = ("ts_ns", "reason", "gateway", "command")
+
+
+def gateway_reject_rows(paths: Iterable[str], symbols: dict[int, str],
+                        problems: list[str] | None = None) -> list[dict[str, Any]]:
+    """The rows of gateways' rejects.jsonl files, in COLUMNS, sorted by time."""
+    out: list[dict[str, Any]] = []
+    for path in paths:
+        with open(path) as f:
+            for lineno, line in enumerate(f, 1):
+                try:
+                    r = json.loads(line)
+                    if not isinstance(r, dict) or any(k not in r for k in _GATEWAY_KEYS):
+                        raise ValueError("not a reject row")
+                    ts = int(r["ts_ns"])
+                    reason = int(r["reason"])
+                except ValueError as e:
+                    if problems is not None:
+                        problems.append(f"{path}:{lineno}: {e}: skipped")
+                    continue
+                row = {k: "" for k in COLUMNS}
+                side = r.get("side", "")
+                locate = int(r.get("locate") or 0)
+                row.update({
+                    "ts_ns": ts, "time": format_ts(ts), "event": "rejected",
+                    "outcome": f"rejected {reason} {_REJECT_NAMES.get(reason, '')} (gateway {r['gateway']})"
+                               .replace("  ", " "),
+                    "firm": r.get("firm", ""), "account": r.get("account", ""), "session": r.get("session", ""),
+                    "cl_ord_id": r.get("cl_ord_id", ""), "order_id": r.get("order_id") or "",
+                    "instrument": symbols.get(locate, str(locate)) if locate else "",
+                    "side": "B" if side == 0 else "S" if side == 1 else "",
+                    "ord_type": _ORD_TYPES.get(r.get("ord_type", -1), ""), "tif": _TIFS.get(r.get("tif", -1), ""),
+                    "price": _px(int(r.get("price") or 0)), "stop_price": _px(int(r.get("stop_price") or 0)),
+                    "qty": r.get("qty") or "",
+                })
+                out.append(row)
+    out.sort(key=lambda row: row["ts_ns"])
+    return out
+
+
+def export(waldir: str, fmt: str, out: IO[str], rejects: Sequence[str] = (),
+           problems: list[str] | None = None) -> int:
+    """Write the audit rows of a WAL directory (and of gateways' reject files, merged by time);
+    returns the number of rows."""
     spec = read_manifest(waldir)
     rows = AuditRows(spec.symbols())
+    refused = gateway_reject_rows(rejects, spec.symbols(), problems)
+    r_next = 0
     n = 0
     w = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
     if fmt == "csv":
@@ -208,29 +258,39 @@ def export(waldir: str, fmt: str, out: IO[str]) -> int:
             out.write("\n")
 
     def on(seq: int, ts: int, cmd: Command, events: list[Event]) -> bool:
-        nonlocal n
+        nonlocal n, r_next
+        while r_next < len(refused) and refused[r_next]["ts_ns"] < ts:   # refused before this command
+            write(refused[r_next])
+            r_next += 1
+            n += 1
         for row in rows.rows(seq, ts, cmd, events):
             write(row)
             n += 1
         return False
 
     recover_state(waldir, spec, use_snapshots=False, on_command=on)
+    for row in refused[r_next:]:
+        write(row)
+        n += 1
     return n
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
+    problems: list[str] = []
     try:
         if args.out and args.out != "-":
             with open(args.out, "w", newline="") as f:
-                n = export(args.waldir, args.format, f)
+                n = export(args.waldir, args.format, f, args.rejects, problems)
             print(f"{n} rows written to {args.out}", file=sys.stderr)
         else:
-            export(args.waldir, args.format, sys.stdout)
+            export(args.waldir, args.format, sys.stdout, args.rejects, problems)
     except BrokenPipeError:  # `matchwire audit export ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except WalError as e:
+    except (WalError, OSError) as e:
         print(f"matchwire audit: {e}", file=sys.stderr)
         return 2
+    for p in problems:
+        print(f"matchwire audit: {p}", file=sys.stderr)
     return 0
 
 
@@ -242,4 +302,6 @@ def register(sub: Any) -> None:
     e.add_argument("waldir")
     e.add_argument("--format", choices=("csv", "jsonl"), default="csv")
     e.add_argument("--out", default="-", help="output file (default: standard output)")
+    e.add_argument("--rejects", action="append", default=[], metavar="FILE",
+                   help="a gateway's rejects.jsonl (repeatable): its refusals merged in by time")
     e.set_defaults(func=cmd_audit_export)

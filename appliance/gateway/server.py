@@ -665,7 +665,9 @@ class GatewayServer:
                "firm": getattr(cmd, "firm", 0), "session": getattr(cmd, "session", 0),
                "cl_ord_id": getattr(cmd, "cl_ord_id", ""), "order_id": getattr(cmd, "order_id", 0),
                "locate": getattr(cmd, "locate", 0), "side": getattr(cmd, "side", ""),
-               "price": getattr(cmd, "price", 0), "qty": getattr(cmd, "qty", 0)}
+               "price": getattr(cmd, "price", 0), "qty": getattr(cmd, "qty", 0),
+               "account": getattr(cmd, "account", ""), "ord_type": getattr(cmd, "ord_type", ""),
+               "tif": getattr(cmd, "tif", ""), "stop_price": getattr(cmd, "stop_price", 0)}
         if text:
             row["text"] = text
         self.rejects.write(json.dumps(row) + "\n")

@@ -171,9 +171,8 @@ class Partition:
             self.snapshot(now_ns)
 
     def snapshot(self, now_ns: int, wait: bool = False) -> bool:
-        """Capture the engine state at applied_seq; write it in the background (or now, with wait).
-
-        Returns False when the previous background write is still running (skipped).
+        """Capture the engine state at applied_seq and write it: in a forked child (or here and now,
+        with wait). Returns False when the previous child is still running (skipped).
         """
         if self.snapshots is None or self.applied_seq == self.last_snapshot_seq:
             return False
@@ -182,12 +181,12 @@ class Partition:
             return False
         if self.wal.policy != POLICY_NONE and self.wal.durable_seq < self.applied_seq:
             raise AssertionError("snapshot ahead of the durable WAL")  # _release guarantees this
-        data = capture(self.engine, self.applied_seq, self.sequencer.last_ts_ns, self.sequencer.epoch)
+        seq, ts, epoch, engine = self.applied_seq, self.sequencer.last_ts_ns, self.sequencer.epoch, self.engine
         if wait:
             self.snapshots.wait()
-            self.snapshots.write(self.applied_seq, data)
-        else:
-            self.snapshots.submit(self.applied_seq, data)
+            self.snapshots.write(seq, capture(engine, seq, ts, epoch))
+        else:   # captured in a forked child: the matching thread pauses for the fork only
+            self.snapshots.submit(seq, lambda: capture(engine, seq, ts, epoch))
         self.last_snapshot_seq = self.applied_seq
         self._since_snapshot = 0
         self._last_snapshot_ns = now_ns

@@ -27,19 +27,20 @@ every int slot of each book (trading state, reference prices, timers, ...); the 
 them are recomputed on restore (Engine.rederive). Version 1 files (no trading states) still restore.
 
 Written as temp file, fsync, rename, fsync of the directory: a reader sees a whole snapshot or none.
-Owned by the matching thread: capture(). The write itself may run on the SnapshotStore's thread.
+Owned by the matching thread. A periodic snapshot is captured and written by a forked child
+(SnapshotStore.submit): the matching thread pauses only for the fork, the child sees the engine as
+it was at that instant (copy-on-write) while the parent goes on matching. The clean-shutdown
+snapshot is captured and written in the matching thread (SnapshotStore.write).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import queue
 import struct
-import sys
-import threading
+import time
 import zlib
-from typing import Any, Final, Iterable, NamedTuple
+from typing import Any, Callable, Final, Iterable, NamedTuple
 
 from appliance.catalogue import NewOrder
 from appliance.matching.book import Book, Level
@@ -346,11 +347,14 @@ def snapshot_name(seq: int) -> str:
 
 
 class SnapshotStore:
-    """A directory of snapshots. Owned by the matching thread; one background thread writes.
+    """A directory of snapshots. Owned by the matching thread.
 
-    ``submit`` hands captured bytes to the writer thread and returns at once (False when a write
-    is still running: the snapshot is skipped, the next one will be taken). ``write`` is synchronous
-    (clean shutdown, tests). The newest `keep` snapshots are kept.
+    ``submit(seq, capture)`` forks: the child lowers itself (SCHED_OTHER, nice 10, off the parent's
+    CPUs when there are others), calls ``capture()`` on its copy-on-write image of the engine, writes
+    the bytes as ``write`` does and exits; the parent returns at once (False, and nothing forked, while
+    the previous child still runs: that snapshot is skipped, the next one will be taken). ``busy``
+    reaps a finished child; ``wait`` waits for it. ``write`` is synchronous (clean shutdown, tests).
+    The newest ``keep`` snapshots are kept.
     """
 
     def __init__(self, directory: str, keep: int = 3) -> None:
@@ -360,11 +364,10 @@ class SnapshotStore:
         for name in os.listdir(directory):
             if name.endswith(".tmp"):
                 os.unlink(os.path.join(directory, name))  # a write cut short by a crash
-        self._queue: queue.Queue[tuple[int, bytes] | None] = queue.Queue(maxsize=1)
-        self._thread: threading.Thread | None = None
-        self._busy = threading.Event()
+        self._child: tuple[int, int] | None = None   # (pid, seq) of the writer being run
         self.errors: list[str] = []
         self.written: list[int] = []
+        self.fork_ns: list[int] = []                 # how long each fork held the matching thread
 
     def list(self) -> list[tuple[int, str]]:
         """(seq, path) of every snapshot file, newest first."""
@@ -387,43 +390,51 @@ class SnapshotStore:
         self._prune()
         return path
 
-    def submit(self, seq: int, data: bytes) -> bool:
-        """Write in the background; False if the previous write has not finished (skipped)."""
-        if self._busy.is_set():
+    def submit(self, seq: int, capture: Callable[[], bytes]) -> bool:
+        """Capture and write in a forked child; False if the previous child has not finished."""
+        if self.busy:
             return False
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="snapshot-writer", daemon=True)
-            self._thread.start()
-        self._busy.set()
-        self._queue.put((seq, data))
+        t0 = time.perf_counter_ns()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = 1
+            try:
+                _lower_priority()
+                self.write(seq, capture())
+                code = 0
+            except BaseException as e:  # noqa: B036 -- report anything, then leave without cleanup
+                try:
+                    os.write(2, f"matchwire: snapshot at seq {seq} not written: {e!r}\n".encode())
+                except OSError:
+                    pass
+            finally:
+                os._exit(code)   # no atexit, no flush of the parent's buffers
+        self.fork_ns.append(time.perf_counter_ns() - t0)
+        self._child = (pid, seq)
         return True
 
     def wait(self) -> None:
-        """Until the background write (if any) has finished."""
-        self._queue.join()
+        """Until the child writer (if any) has finished."""
+        if self._child is not None:
+            self._reap(0)
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
+        self.wait()
 
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                self._queue.task_done()
-                return
-            seq, data = item
-            try:
-                self.write(seq, data)
-            except OSError as e:
-                msg = f"matchwire: snapshot at seq {seq} not written: {e}"
-                self.errors.append(msg)
-                print(msg, file=sys.stderr)
-            finally:
-                self._busy.clear()
-                self._queue.task_done()
+    def _reap(self, flags: int) -> None:
+        assert self._child is not None
+        pid, seq = self._child
+        try:
+            done, status = os.waitpid(pid, flags)
+        except ChildProcessError:   # reaped elsewhere: say so rather than wait forever
+            done, status = pid, -1
+        if not done:
+            return
+        self._child = None
+        if status == 0:
+            self.written.append(seq)
+        else:
+            self.errors.append(f"snapshot at seq {seq}: writer exited with status {status}")
 
     def _prune(self) -> None:
         for _seq, path in self.list()[self.keep:]:
@@ -434,8 +445,29 @@ class SnapshotStore:
 
     @property
     def busy(self) -> bool:
-        """A background write is running."""
-        return self._busy.is_set()
+        """A child writer is running (a finished one is reaped here)."""
+        if self._child is not None:
+            self._reap(os.WNOHANG)
+        return self._child is not None
+
+
+def _lower_priority() -> None:
+    """In the snapshot child: out of the partition's way (its real-time class, its CPU)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except (OSError, AttributeError):
+        pass
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+    try:
+        mine = os.sched_getaffinity(0)
+        others = set(range(os.cpu_count() or 1)) - mine
+        if others:
+            os.sched_setaffinity(0, others)
+    except OSError:
+        pass
 
 
 def list_snapshots(directory: str) -> list[tuple[int, str]]:

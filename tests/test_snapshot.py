@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -19,6 +20,7 @@ from appliance.snapshot import (
     load_newest,
     read_header,
     restore,
+    snapshot_name,
 )
 from tools.killworker import STREAM_SPEC, command_at
 
@@ -127,17 +129,38 @@ def test_store_writes_atomically_keeps_the_newest_and_loads_the_newest_good_one(
     assert read_header(open(os.path.join(d, "snap-%020d.snap" % 200), "rb").read()).seq == 200
 
 
-def test_background_writes_do_not_queue_up(tmp_path) -> None:
+def test_a_forked_writer_captures_the_engine_as_it_was_and_writes_do_not_queue_up(tmp_path) -> None:
     store = SnapshotStore(str(tmp_path), keep=5)
     live = STREAM_SPEC.build()
     run(live, 1, 300)
-    assert store.submit(300, capture(live, 300, 0, 1))
+    at_300 = live.state_hash()
+
+    def slow_capture() -> bytes:   # runs in the child, on its copy of the engine
+        time.sleep(0.5)
+        return capture(live, 300, 0, 1)
+    assert store.submit(300, slow_capture)
+    run(live, 301, 400)                      # the parent goes on matching meanwhile
+    assert store.busy
+    assert not store.submit(301, lambda: capture(live, 301, 0, 1))   # skipped, not queued
     store.wait()
-    assert not store.busy
-    assert store.submit(301, capture(live, 301, 0, 1))
-    store.wait()
+    assert not store.busy and store.written == [300] and store.errors == []
+    with open(os.path.join(str(tmp_path), snapshot_name(300)), "rb") as f:
+        engine, info = restore(f.read())
+    assert info.seq == 300 and engine.state_hash() == at_300 != live.state_hash()
+    assert store.submit(400, lambda: capture(live, 400, 0, 1))
     store.close()
-    assert store.written == [300, 301] and store.errors == []
+    assert store.written == [300, 400] and len(store.fork_ns) == 2
+
+
+def test_a_failing_forked_writer_is_reported_and_leaves_no_file(tmp_path) -> None:
+    store = SnapshotStore(str(tmp_path))
+
+    def broken() -> bytes:
+        raise OSError(28, "No space left on device")
+    assert store.submit(7, broken)
+    store.wait()
+    assert store.written == [] and len(store.errors) == 1 and "seq 7" in store.errors[0]
+    assert os.listdir(str(tmp_path)) == []
 
 
 # -- trading states ---------------------------------------------------------------------------------

@@ -116,21 +116,10 @@ def cmd_memory(args: argparse.Namespace) -> int:
     n = args.orders
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start() if args.tracemalloc else None
-    engine = Engine([Instrument("MEM", 1, tick=1)], {1: STP_NONE})
-    out: list[Event] = []
     levels = args.levels
-    gc.disable()
     t0 = time.perf_counter()
-    for i in range(n):
-        side = BUY if i & 1 else SELL
-        off = (i >> 1) % levels
-        price = 100_000 - 1 - off if side == BUY else 100_000 + off
-        engine.apply(NewOrder(i + 1, 1, side, 100, price, LIMIT, GTC, 0, 1), out)
-        if len(out) > 4096:
-            out.clear()
+    engine = _resting_book(n, levels)
     seconds = time.perf_counter() - t0
-    out.clear()
-    gc.enable()
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result = {
         "benchmark": "memory",
@@ -148,6 +137,59 @@ def cmd_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resting_book(n: int, levels: int) -> Engine:
+    """One instrument with n resting GTC limit orders, alternately bought and sold, on `levels`
+    price levels per side."""
+    engine = Engine([Instrument("MEM", 1, tick=1)], {1: STP_NONE})
+    out: list[Event] = []
+    gc.disable()
+    try:
+        for i in range(n):
+            side = BUY if i & 1 else SELL
+            off = (i >> 1) % levels
+            price = 100_000 - 1 - off if side == BUY else 100_000 + off
+            engine.apply(NewOrder(i + 1, 1, side, 100, price, LIMIT, GTC, 0, 1), out)
+            if len(out) > 4096:
+                out.clear()
+    finally:
+        gc.enable()
+    return engine
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """How long a snapshot of a big book holds the matching thread: capturing in the thread (the
+    clean-shutdown path) against the fork of the periodic path, whose child captures and writes."""
+    import tempfile
+
+    from appliance.snapshot import SnapshotStore, capture
+
+    engine = _resting_book(args.orders, args.levels)
+    t0 = time.perf_counter()
+    data = capture(engine, 1, 0, 1)
+    in_thread = time.perf_counter() - t0
+    directory = tempfile.mkdtemp(prefix="mw-bench-snapshot-")
+    try:
+        store = SnapshotStore(directory)
+        t0 = time.perf_counter()
+        store.submit(1, lambda: capture(engine, 1, 0, 1))
+        t_submit = time.perf_counter() - t0
+        store.wait()
+        written = time.perf_counter() - t0
+        ok = store.written == [1] and not store.errors
+    finally:
+        import shutil
+        shutil.rmtree(directory, ignore_errors=True)
+    result = {
+        "benchmark": "snapshot", "resting_orders": engine.resting_count(), "snapshot_bytes": len(data),
+        "capture_in_thread_ms": round(in_thread * 1e3, 1), "fork_pause_ms": round(store.fork_ns[0] / 1e6, 2),
+        "submit_ms": round(t_submit * 1e3, 2), "written_after_ms": round(written * 1e3, 1), "written": ok,
+    }
+    print(f"snapshot of {result['resting_orders']} orders: {result['capture_in_thread_ms']} ms captured in the "
+          f"matching thread, or a {result['fork_pause_ms']} ms fork (child wrote it in {result['written_after_ms']} ms)")
+    print(json.dumps(result))
+    return 0 if ok else 1
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("matching", help="run a flowgen flow through the matching engine")
     p.add_argument("flow", help="FLOW.bin made by shared/bench/flowgen.py (FLOW.json beside it)")
@@ -158,6 +200,10 @@ def register(sub: Any) -> None:
     m.add_argument("--levels", type=int, default=1000, help="price levels per side")
     m.add_argument("--tracemalloc", action="store_true", help="also trace Python allocations (slower)")
     m.set_defaults(func=cmd_memory)
+    sn = sub.add_parser("snapshot", help="how long a snapshot of a big book holds the matching thread")
+    sn.add_argument("--orders", type=int, default=1_000_000)
+    sn.add_argument("--levels", type=int, default=1000, help="price levels per side")
+    sn.set_defaults(func=cmd_snapshot)
 
 
 if __name__ == "__main__":

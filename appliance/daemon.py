@@ -344,10 +344,11 @@ class PartitionDaemon:
         G = len(self.gateways)
         replay_cmd = pub.replay_command
         count_fills = enc.count_fills
+        behind = min(resume, default=0)   # events after this seq go to some gateway's catch-up
 
         def on_command(seq: int, ts: int, cmd: Command, events: list[Event]) -> bool:
             replay_cmd(seq, ts, cmd, events)
-            if any(seq > r for r in resume):
+            if seq > behind:
                 enc.encode([(seq, ts, cmd, events)], tmp)   # counts the fills in enc.positions too
                 for g in range(G):
                     if tmp[g]:

@@ -859,36 +859,40 @@ class WalReader:
         self.tail_sealed = True
         if expected > end_seq:
             return
-        if mode != "records":
-            stamps = mode == "stamps"
-            head = _SEQ_TS_EPOCH.unpack_from
-            while off < end:
-                sealed = self._sealed_chunk(seg, buf, off, expected)
-                if sealed is None:
-                    break  # no valid seal ahead: verify the rest record by record
-                nxt, last_seq, ts_ns, offs = sealed
-                stop = min(last_seq, end_seq)
-                s = max(expected, after_seq + 1)
-                # Decode and hand out in pieces of PIECE commands: each is applied while its
-                # objects are still in the CPU cache.
-                while s <= stop:
-                    i = s - expected
-                    j = min(i + PIECE, stop - expected + 1)
-                    if stamps:
-                        yield s, [head(buf, q + 8)[:2] for q in offs[i:j]]
-                        s += j - i
-                        continue
-                    try:
-                        piece = decode_many(buf, offs[i:j])
-                    except (UnicodeDecodeError, TypeError, struct.error) as e:
-                        raise WalCorruptError(seg.path, offs[i], f"undecodable command in this chunk ({e})") from None
-                    yield s, piece
+        # Sealed chunks: one crc32 each; from the first chunk without a valid seal, record by record.
+        stamps = mode == "stamps"
+        records = mode == "records"
+        head = _SEQ_TS_EPOCH.unpack_from
+        while off < end:
+            sealed = self._sealed_chunk(seg, buf, off, expected)
+            if sealed is None:
+                break  # no valid seal ahead: verify the rest record by record
+            nxt, last_seq, ts_ns, offs = sealed
+            stop = min(last_seq, end_seq)
+            s = max(expected, after_seq + 1)
+            # Decode and hand out in pieces of PIECE commands: each is applied while its
+            # objects are still in the CPU cache.
+            while s <= stop:
+                i = s - expected
+                j = min(i + PIECE, stop - expected + 1)
+                if stamps:
+                    yield s, [head(buf, q + 8)[:2] for q in offs[i:j]]
                     s += j - i
-                self._advance(stop, ts_ns, seg.epoch, stop - expected + 1)
-                expected = stop + 1
-                off = nxt
-                if expected > end_seq:
-                    return
+                    continue
+                try:
+                    piece = decode_many(buf, offs[i:j])
+                except (UnicodeDecodeError, TypeError, struct.error) as e:
+                    raise WalCorruptError(seg.path, offs[i], f"undecodable command in this chunk ({e})") from None
+                if records:   # (seq, ts_ns, epoch, command)
+                    yield s, [head(buf, q + 8) + (c,) for q, c in zip(offs[i:j], piece)]
+                else:
+                    yield s, piece
+                s += j - i
+            self._advance(stop, ts_ns, seg.epoch, stop - expected + 1)
+            expected = stop + 1
+            off = nxt
+            if expected > end_seq:
+                return
         yield from self._careful(seg, buf, off, expected, end_seq, is_last, after_seq, mode)
 
     def _sealed_chunk(

@@ -46,6 +46,8 @@ def _picker(layout: Msg[Any], names: tuple[str, ...], as_int: tuple[str, ...] = 
 
 _A = _picker(itch.ADD_ORDER, ("stock_locate", "order_ref", "side", "shares", "price"), ("side",))
 _F = _picker(itch.ADD_ORDER_MPID, ("stock_locate", "order_ref", "side", "shares", "price"), ("side",))
+if not _F.__self__.format.startswith(_A.__self__.format):  # type: ignore[attr-defined]
+    raise TypeError("ITCH F must be A plus an attribution: the L3 book reads both with one unpack")
 _E = _picker(itch.ORDER_EXECUTED, ("order_ref", "executed_shares", "match_number"))
 _C = _picker(itch.ORDER_EXECUTED_WITH_PRICE, ("order_ref", "executed_shares", "match_number", "printable",
                                               "execution_price"))
@@ -138,11 +140,8 @@ class L3Book:
             p = pos + 2
             pos = p + ((buf[pos] << 8) | buf[pos + 1])
             t = buf[p]
-            if t == 65 or t == 70:      # A, F
-                if t == 65:
-                    locate, ref, side, shares, price = unpack_a(buf, p)
-                else:
-                    locate, ref, side, shares, price = _F(buf, p)
+            if t == 65 or t == 70:      # A, F (F is A plus an attribution: the same unpack)
+                locate, ref, side, shares, price = unpack_a(buf, p)
                 pair = sides.get(locate)
                 if pair is None:
                     pair = sides[locate] = ({}, {})

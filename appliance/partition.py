@@ -185,8 +185,13 @@ class Partition:
         if wait:
             self.snapshots.wait()
             self.snapshots.write(seq, capture(engine, seq, ts, epoch))
-        else:   # captured in a forked child: the matching thread pauses for the fork only
-            self.snapshots.submit(seq, lambda: capture(engine, seq, ts, epoch))
+        elif not self.snapshots.submit(seq, lambda: capture(engine, seq, ts, epoch)):
+            # captured in a forked child (the matching thread pauses for the fork only); when the
+            # fork fails (SnapshotStore.errors says why), try again at the next interval
+            self.snapshots_skipped += 1
+            self._since_snapshot = 0
+            self._last_snapshot_ns = now_ns
+            return False
         self.last_snapshot_seq = self.applied_seq
         self._since_snapshot = 0
         self._last_snapshot_ns = now_ns

@@ -38,6 +38,7 @@ import dataclasses
 import json
 import os
 import struct
+import sys
 import time
 import zlib
 from typing import Any, Callable, Final, Iterable, NamedTuple
@@ -395,7 +396,13 @@ class SnapshotStore:
         if self.busy:
             return False
         t0 = time.perf_counter_ns()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as e:   # no memory or process slot: this snapshot is skipped, matching goes on
+            msg = f"matchwire: snapshot at seq {seq} not taken: fork failed: {e}"
+            self.errors.append(msg)
+            print(msg, file=sys.stderr)
+            return False
         if pid == 0:  # the child: never returns
             code = 1
             try:

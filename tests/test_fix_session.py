@@ -644,3 +644,36 @@ def test_auction_fill_is_an_execution_report_for_both_orders(client: Client) -> 
     msgs = verify(s.data_to_send())
     assert sorted((g(m, 11), g(m, 150), g(m, 39), g(m, 32), g(m, 151)) for m in msgs) == [
         ("B", "F", "1", "40", "60"), ("S", "F", "2", "40", "0")]
+
+
+def test_a_mass_cancel_sent_to_several_partitions_reports_once_with_the_sum(client: Client) -> None:
+    # Two partitions (AAPL in one, MSFT in the other): the shell sends 530=7 to both and tells the
+    # session; one OrderMassCancelReport comes, after both answers, with 533 = every order cancelled.
+    parts = [Engine([i for i in INSTRUMENTS if i.symbol == sym]) for sym in ("AAPL", "MSFT")]
+    s = fix.FixSession(config(1, "CLIENT", 7), None, INSTRUMENTS)
+    ts = T0
+
+    def route(cmds: list[Command], fanout: bool = False) -> list[simplefix.FixMessage]:
+        nonlocal ts
+        for cmd in cmds:
+            loc = getattr(cmd, "locate", 0)
+            targets = parts if loc == 0 else [p for p in parts if loc < len(p.books) and p.books[loc] is not None]
+            if fanout:
+                s.mass_cancel_fanout(cmd.cl_ord_id, len(targets))  # type: ignore[attr-defined]
+            for eng in targets:
+                ts += 1_000
+                out: list[Any] = []
+                eng.apply(cmd, out)
+                s.on_events(ts, out, ts)
+        return verify(s.data_to_send())
+
+    s.connection_made(ts)
+    s.receive_data(client.logon(), ts)
+    verify(s.data_to_send())
+    for cl, sym in (("A1", "AAPL"), ("A2", "AAPL"), ("M1", "MSFT")):
+        s.receive_data(client.order(cl, symbol=sym, price="100.00"), ts)
+        route(s.take_commands())
+    s.receive_data(client.msg("q", (11, "MC7"), (530, "7")), ts)
+    msgs = route(s.take_commands(), fanout=True)
+    assert types(msgs) == [("8", "4", "4"), ("8", "4", "4"), ("8", "4", "4"), ("r", None, None)]
+    assert (g(msgs[3], 11), g(msgs[3], 531), g(msgs[3], 533)) == ("MC7", "7", "3")

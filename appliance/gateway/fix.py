@@ -343,7 +343,8 @@ class FixSession(SessionOutbox):
         self._test_req: str | None = None
         self._test_req_at = 0
         self._resend_until = 0                # we asked for a resend up to this MsgSeqNum
-        self._mass: deque[tuple[str, str, str]] = deque()   # pending mass cancels: ClOrdID, 530, 55
+        # pending mass cancels: [ClOrdID, 530, 55, answers still due, orders cancelled so far]
+        self._mass: deque[list[Any]] = deque()
 
     # ============================================================================================
     # shell interface
@@ -836,8 +837,16 @@ class FixSession(SessionOutbox):
             self._send("r", [(37, "NONE"), (11, cl), (530, req_type), (531, 0), (532, reject),
                              (58, "mass cancel request refused")], now_ns)
             return
-        self._mass.append((cl, req_type, symbol))
+        self._mass.append([cl, req_type, symbol, 1, 0])
         self._commands.append(MassCancel(self.config.firm, locate, side, self.config.session_id, cl))
+
+    def mass_cancel_fanout(self, cl_ord_id: str, partitions: int) -> None:
+        """The shell sent this mass cancel to ``partitions`` partitions: the report waits for each
+        one's answer and gives the sum of the orders cancelled (533)."""
+        for m in reversed(self._mass):
+            if m[0] == cl_ord_id:
+                m[3] = partitions
+                return
 
     # ============================================================================================
     # engine events -> ExecutionReports
@@ -979,8 +988,8 @@ class FixSession(SessionOutbox):
         text = R.describe(reason)
         cls = type(cmd)
         if cls is MassCancel:
-            if self._mass and self._mass[0][0] == cmd.cl_ord_id:
-                cl, req_type, _ = self._mass.popleft()
+            if self._mass and self._mass[0][0] == cmd.cl_ord_id:   # the first refusal answers
+                cl, req_type = self._mass.popleft()[:2]
                 self._send("r", [(37, "NONE"), (11, cl), (530, req_type), (531, 0), (532, 99),
                                  (58, text[:200])], now)
             return
@@ -1018,9 +1027,15 @@ class FixSession(SessionOutbox):
     def _mass_report(self, cmd: Any, count: int, now: int) -> None:
         if not self._mass or self._mass[0][0] != cmd.cl_ord_id:
             return
-        cl, req_type, symbol = self._mass.popleft()
+        m = self._mass[0]
+        m[3] -= 1
+        m[4] += count
+        if m[3] > 0:   # other partitions have yet to answer
+            return
+        self._mass.popleft()
+        cl, req_type, symbol, _, total = m
         fields: list[tuple[int, str | bytes | int]] = [
-            (37, f"M{self._exec_id()}"), (11, cl), (530, req_type), (531, req_type), (533, count)]
+            (37, f"M{self._exec_id()}"), (11, cl), (530, req_type), (531, req_type), (533, total)]
         if symbol and req_type == "1":
             fields.append((55, symbol))
         self._send("r", fields, now)

@@ -648,6 +648,8 @@ class GatewayServer:
             else:
                 for p in range(len(self.partitions)):
                     self.outbox.append((p, rec))
+                if slot is not None and slot.kind == "fix" and len(self.partitions) > 1:
+                    slot.session.mass_cancel_fanout(cmd.cl_ord_id, len(self.partitions))  # type: ignore[union-attr]
         else:
             self.outbox.append((self.order_partition.get(cmd.order_id, 0), rec))  # type: ignore[union-attr]
         self.count("commands")

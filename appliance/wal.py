@@ -47,6 +47,7 @@ import json
 import os
 import struct
 import sys
+import types
 import zlib
 from operator import attrgetter, itemgetter
 from typing import Any, Callable, Final, Iterator, NamedTuple
@@ -217,12 +218,53 @@ def _call_args(layout: CommandLayout, params: list[str] | None) -> str:
     return ", ".join(f"strings[{p}]" if p in strs else p for p in params)
 
 
+def _slot_constants(layout: CommandLayout) -> dict[str, Any] | None:
+    """For a plain Python class with __slots__ whose constructor sets each FIELDS attribute from the
+    parameter of that name and every other slot to a constant: those constants. The decoders then
+    build the object with ``cls.__new__`` and slot stores, which in CPython 3.11 costs about 30%
+    less than calling the constructor. None for anything else (a mypyc-compiled class, a constructor
+    that computes): the decoders call the constructor."""
+    cls = layout.cls
+    slots = cls.__dict__.get("__slots__")
+    if not isinstance(cls.__dict__.get("__init__"), types.FunctionType) or not slots:
+        return None
+    if set(_init_params(cls, layout.names) or ()) != set(layout.names) or not set(layout.names) <= set(slots):
+        return None
+    samples = []
+    for k in (1, 2):
+        vals = {n: ("s%d" % k if c.endswith("s") else k) for n, c in zip(layout.names, layout.codes)}
+        try:
+            samples.append((vals, cls(**vals)))
+        except (TypeError, ValueError):
+            return None
+    consts = {n: getattr(samples[0][1], n, None) for n in slots if n not in layout.names}
+    for vals, obj in samples:
+        if any(getattr(obj, n) != v for n, v in vals.items()):
+            return None
+        if any(getattr(obj, n, None) != v or type(v) not in (int, str, type(None)) for n, v in consts.items()):
+            return None
+    return consts
+
+
+def _build_src(layout: CommandLayout, params: list[str] | None, consts: dict[str, Any] | None,
+               indent: str, kind: str) -> list[str]:
+    """Source lines leaving the command object in ``o``, from locals named after FIELDS."""
+    if consts is None:
+        return [f"{indent}o = cls{kind}({_call_args(layout, params)})"]
+    strs = {layout.names[i] for i, _, _ in layout.strings}
+    lines = [f"{indent}o = new{kind}(cls{kind})"]
+    lines += [f"{indent}o.{n} = strings[{n}]" if n in strs else f"{indent}o.{n} = {n}" for n in layout.names]
+    lines += [f"{indent}o.{n} = {v!r}" for n, v in consts.items()]
+    return lines
+
+
 def _make_decoder(layout: CommandLayout) -> Callable[[bytes, int], Any]:
     """decode(buf, off) -> command object, for a record of this kind starting at buf[off].
 
     The function is generated from the layout table (as collections.namedtuple does): one Struct
     call unpacks the body into locals named after FIELDS, padded strings go through a cache, and
-    the class is called with its constructor parameters by name. Profiled on the f1 flow (CPU time,
+    the object is built with ``cls.__new__`` and slot stores when _slot_constants allows it, else
+    by calling the class with its constructor parameters. Profiled on the f1 flow (CPU time,
     shared 2-core box) this decodes a record in ~0.65 us where the table-walking version
     (decoder_generic, kept as the reference the tests compare with) takes ~0.95 us.
     """
@@ -230,12 +272,12 @@ def _make_decoder(layout: CommandLayout) -> Callable[[bytes, int], Any]:
     params = _init_params(cls, layout.names)
     if params is not None and set(params) != set(layout.names):
         raise TypeError(f"{cls.__name__}: constructor parameters {params} differ from FIELDS {layout.names}")
-    src = (
-        "def decode(buf, off):\n"
-        "    " + ", ".join(layout.names) + ", = unpack(buf, off + 32)\n"
-        "    return cls(" + _call_args(layout, params) + ")\n"
-    )
-    namespace: dict[str, Any] = {"unpack": layout.body.unpack_from, "cls": cls, "strings": _STRINGS}
+    lines = ["def decode(buf, off):", "    " + ", ".join(layout.names) + ", = unpack(buf, off + 32)"]
+    lines += _build_src(layout, params, _slot_constants(layout), "    ", "")
+    lines.append("    return o")
+    src = "\n".join(lines) + "\n"
+    namespace: dict[str, Any] = {"unpack": layout.body.unpack_from, "cls": cls, "new": cls.__new__,
+                                 "strings": _STRINGS}
     exec(compile(src, f"<wal decoder {cls.__name__}>", "exec"), namespace)
     decode: Callable[[bytes, int], Any] = namespace["decode"]
     return decode
@@ -282,9 +324,11 @@ def _make_bulk_decoder(layouts: dict[int, CommandLayout]) -> Callable[[bytes, li
         params = _init_params(layout.cls, layout.names)
         lines.append("        %s kind == %d:" % ("if" if i == 0 else "elif", kind))
         lines.append("            " + ", ".join(layout.names) + ", = unpack_%d(buf, off + 32)" % kind)
-        lines.append("            append(cls_%d(" % kind + _call_args(layout, params) + "))")
+        lines += _build_src(layout, params, _slot_constants(layout), "            ", "_%d" % kind)
+        lines.append("            append(o)")
         namespace["unpack_%d" % kind] = layout.body.unpack_from
         namespace["cls_%d" % kind] = layout.cls
+        namespace["new_%d" % kind] = layout.cls.__new__
     lines.append("        else:")
     lines.append("            raise TypeError('record kind %d is not a command' % kind)")
     lines.append("    return out")

@@ -17,9 +17,9 @@ End of batch is the commit point; nothing leaves before ``process_batch`` return
 A full event ring is back-pressure: the records wait in the partition (one batch's worth at most)
 and that gateway's command ring is not drained until they are out; the loop never blocks.
 
-Start-up is recovery (crash-only): ``open_partition`` (snapshot + WAL), then one replay of the WAL
-(``recover_state(on_command=...)``: from the snapshot when the feed checkpoint written with it is
-usable, else from the start of the day) that regenerates the feed for the
+Start-up is recovery (crash-only): one pass over the WAL (``open_partition(on_command=...)``: from
+the newest snapshot when the feed checkpoint written with it is usable, else from the start of the
+day) rebuilds the engine and regenerates the feed for the
 publisher's store (same session, same sequence numbers), rebuilds each gateway's risk view (net
 positions, last prices, open orders) and the events a gateway had not processed before a restart
 (its journal says up to which seq it had). A DurabilityError exits with EXIT_DURABILITY_FAILURE.
@@ -46,10 +46,17 @@ from appliance.catalogue import ClockTick, Command, Event
 from appliance.config import Config, PartitionConfig, load
 from appliance.idle import make_idle
 from appliance.matching.engine import Engine
-from appliance.recovery import open_partition, recover_state
+from appliance.recovery import open_partition
 from appliance.ring import SHM_DIR, Ring, check_platform
 from appliance.snapshot import EngineSpec, SnapshotInfo, load_newest
-from appliance.wal import EXIT_DURABILITY_FAILURE, POLICY_INTERVAL, DurabilityError, WalConfig, WalReader
+from appliance.wal import (
+    EXIT_DURABILITY_FAILURE,
+    POLICY_INTERVAL,
+    POLICY_NONE,
+    DurabilityError,
+    WalConfig,
+    WalReader,
+)
 from feeds.books import engine_l1_summary, engine_l2_summary, engine_l3_summary, summary_hash
 from feeds.channels import CHANNELS, ChannelGroups, FeedConfig
 from feeds.publisher import Publisher, read_checkpoint, session_opening, write_checkpoint
@@ -298,17 +305,10 @@ class PartitionDaemon:
         self.tuning = apply_tuning(name, p.cpu, self.realtime)
         t0 = time.perf_counter()
         spec = engine_spec(self.config, p)
-        opened = open_partition(wal_config(p), spec)
-        self.partition = part = opened.partition
-        self.notes = list(opened.notes)
-        for n in opened.notes:
-            log(name, "recovery: " + n)
-        log(name, f"recovered to seq {opened.recovered.last_seq} (snapshot "
-                  f"{opened.recovered.snapshot.seq if opened.recovered.snapshot else 'none'}, "
-                  f"{opened.recovered.replayed} replayed, epoch {opened.epoch}, "
-                  f"{opened.recovered.seconds:.3f} s)")
-        # The feed and the gateways' catch-up: one replay of the WAL (from a feed checkpoint if usable).
-        first = first_wal_ts(p.wal_dir)
+        # One pass over the WAL rebuilds the engine and regenerates the feed, the gateways' positions
+        # and catch-up: from the newest snapshot when the feed checkpoint written with it is usable,
+        # else from the start of the day.
+        first = first_wal_ts(p.wal_dir) if os.path.isdir(p.wal_dir) else None
         trading = self.config.trading is not None
         # A WAL directory is one trading day: the day of its first record, else today.
         day_ts = first if first is not None else time.time_ns()
@@ -329,16 +329,20 @@ class PartitionDaemon:
         self.encoder = enc = C.EventEncoder(self.gateway_of_firm, len(self.gateways))
         self.feed_store = store
         self.published_seq = self.checkpoint_seq = 0
-        start_from = self._feed_checkpoint(spec, opened.recovered.snapshot, resume)
+        start_from = self._feed_checkpoint(spec, resume)
         if start_from is not None:
             self.published_seq = self.checkpoint_seq = start_from[1].seq
-        elif trading:
-            # The session opens from the engine as the WAL's first command finds it (every instrument
-            # in its start state, no order): the same opening after a restart, so the regenerated
-            # start of session is the one published.
-            pub.start(time.time_ns(), session_opening(spec.build()))
-        else:
-            pub.start(time.time_ns())
+
+        def start_feed() -> None:
+            """The start of session (regenerated after a crash): once the WAL is fenced, before the
+            first replayed command."""
+            if trading:
+                # The session opens from the engine as the WAL's first command finds it (every
+                # instrument in its start state, no order): the same opening after a restart, so the
+                # regenerated start of session is the one published.
+                pub.start(time.time_ns(), session_opening(spec.build()))
+            else:
+                pub.start(time.time_ns())
         backlog: list[list[bytes]] = [[] for _ in self.gateways]
         tmp: list[list[bytes]] = [[] for _ in self.gateways]
         G = len(self.gateways)
@@ -347,6 +351,8 @@ class PartitionDaemon:
         behind = min(resume, default=0)   # events after this seq go to some gateway's catch-up
 
         def on_command(seq: int, ts: int, cmd: Command, events: list[Event]) -> bool:
+            if not pub.started:
+                start_feed()
             replay_cmd(seq, ts, cmd, events)
             if seq > behind:
                 enc.encode([(seq, ts, cmd, events)], tmp)   # counts the fills in enc.positions too
@@ -359,10 +365,17 @@ class PartitionDaemon:
                 count_fills(events)
             return False
 
-        rec = recover_state(p.wal_dir, spec, use_snapshots=start_from is not None, on_command=on_command,
-                            start_from=start_from)
-        if rec.engine.state_hash() != part.engine.state_hash():
-            raise RuntimeError("the feed replay and the partition's recovery disagree (state hash)")
+        opened = open_partition(wal_config(p), spec, use_snapshots=start_from is not None, on_command=on_command,
+                                start_from=start_from)
+        if not pub.started:
+            start_feed()
+        self.partition = part = opened.partition
+        rec = opened.recovered
+        self.notes = list(opened.notes)
+        for n in opened.notes:
+            log(name, "recovery: " + n)
+        log(name, f"recovered to seq {rec.last_seq} (snapshot {rec.snapshot.seq if rec.snapshot else 'none'}, "
+                  f"{rec.replayed} replayed, epoch {opened.epoch}, {rec.seconds:.3f} s)")
         log(name, f"feed: {rec.replayed} commands replayed " + (
             f"after the checkpoint at seq {start_from[1].seq}" if start_from else "from the start of the day"))
         pub.publish([])          # ends the replay: the feed goes on in the same session
@@ -436,28 +449,29 @@ class PartitionDaemon:
             "state_hash": part.engine.state_hash(),
         }
 
-    def _feed_checkpoint(self, spec: EngineSpec, snap: SnapshotInfo | None,
-                         resume: list[int]) -> tuple[Engine, SnapshotInfo] | None:
-        """Resume the publisher from the feed checkpoint of the snapshot the partition recovered from,
-        when there is one and every gateway's journal is at or past it (their catch-up events come
-        from the replay); returns that snapshot, restored again, for the replay to start from.
-        None: nothing changed, the feed replays the day's whole WAL."""
-        if snap is None:
+    def _feed_checkpoint(self, spec: EngineSpec, resume: list[int]) -> tuple[Engine, SnapshotInfo] | None:
+        """Resume the publisher from the feed checkpoint of the newest usable snapshot, when there is
+        one and every gateway's journal is at or past it (their catch-up events come from the replay);
+        returns that snapshot, restored, for the one replay to start from. None: nothing changed, the
+        WAL is replayed from the start of the day."""
+        if self.p.durability == POLICY_NONE:   # the WAL may end before the newest snapshot
+            log(self.name, "feed: full replay (WAL policy none)")
             return None
-        why = ""
-        ckpt, where = read_checkpoint(self.feed_store, snap.seq)
+        notes: list[str] = []
+        restored = load_newest(wal_config(self.p).snapshots, spec, None, notes)
+        for n in notes:
+            log(self.name, "recovery: " + n)
+        if restored is None:
+            return None
+        seq = restored[1].seq
+        ckpt, where = read_checkpoint(self.feed_store, seq)
         if ckpt is None:
             why = where
-        elif any(r < snap.seq for r in resume):
-            why = f"a gateway's journal ends before seq {snap.seq}"
+        elif any(r < seq for r in resume):
+            why = f"a gateway's journal ends before seq {seq}"
         else:
             why = self.publisher.resume_problem(ckpt) or ""
-        restored = None
-        if not why:
-            restored = load_newest(wal_config(self.p).snapshots, spec, snap.seq)
-            if restored is None or restored[1].seq != snap.seq:
-                why = f"the snapshot at seq {snap.seq} did not load again"
-        if why or ckpt is None or restored is None:
+        if why or ckpt is None:
             log(self.name, f"feed: full replay ({why})")
             return None
         self.publisher.resume(ckpt)

@@ -206,8 +206,17 @@ class Opened:
     notes: list[str]
 
 
-def open_partition(config: WalConfig, spec: EngineSpec, *, use_snapshots: bool = True) -> Opened:
-    """Start a partition: recover its state from disk and open the WAL for appending (see above)."""
+def open_partition(
+    config: WalConfig,
+    spec: EngineSpec,
+    *,
+    use_snapshots: bool = True,
+    on_command: Callable[[int, int, Command, list[Event]], bool] | None = None,
+    start_from: tuple[Engine, SnapshotInfo] | None = None,
+) -> Opened:
+    """Start a partition: recover its state from disk and open the WAL for appending (see above).
+
+    on_command and start_from are recover_state's: the daemon regenerates its feed in the same pass."""
     waldir = config.dir
     os.makedirs(waldir, exist_ok=True)
     if os.path.exists(os.path.join(waldir, MANIFEST)):
@@ -232,7 +241,8 @@ def open_partition(config: WalConfig, spec: EngineSpec, *, use_snapshots: bool =
         epoch = max(prev.epoch if prev else 0, top) + 1
     token = new_token()
     fence.write(EpochState(epoch, False, 0, token))
-    rec = recover_state(waldir, spec, snapshot_dir=config.snapshots, use_snapshots=use_snapshots, repair=True)
+    rec = recover_state(waldir, spec, snapshot_dir=config.snapshots, use_snapshots=use_snapshots, repair=True,
+                        on_command=on_command, start_from=start_from)
     notes = list(rec.notes)
     cont = None
     if prev is not None and prev.clean and epoch == prev.epoch:

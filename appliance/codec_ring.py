@@ -270,6 +270,9 @@ class EventEncoder:
         # (firm, locate) -> net position from every execution encoded or counted: the gateways'
         # risk views are bootstrapped from it after a restart (feed checkpoints carry it).
         self.positions: dict[tuple[int, int], int] = {}
+        # gateway -> the last seq whose events it was sent (a restart from a feed checkpoint at S
+        # needs no catch-up before S for a gateway whose journal reaches this)
+        self.routed: dict[int, int] = {}
 
     def count_fills(self, events: list[Event]) -> None:
         """Add a command's executions to ``positions`` without encoding them (replay)."""
@@ -364,6 +367,7 @@ class EventEncoder:
                 lst = out[g]
                 last = lst[-1]
                 lst[-1] = bytes((last[0] | LAST,)) + last[1:]
+                self.routed[g] = seq
 
 
 def cross_type_of(events: Sequence[Event], locate: int) -> int:

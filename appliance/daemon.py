@@ -48,7 +48,7 @@ from appliance.idle import make_idle
 from appliance.matching.engine import Engine
 from appliance.recovery import open_partition
 from appliance.ring import SHM_DIR, Ring, check_platform
-from appliance.snapshot import EngineSpec, SnapshotInfo, load_newest
+from appliance.snapshot import EngineSpec, SnapshotInfo, list_snapshots, load_newest
 from appliance.wal import (
     EXIT_DURABILITY_FAILURE,
     POLICY_INTERVAL,
@@ -450,34 +450,43 @@ class PartitionDaemon:
         }
 
     def _feed_checkpoint(self, spec: EngineSpec, resume: list[int]) -> tuple[Engine, SnapshotInfo] | None:
-        """Resume the publisher from the feed checkpoint of the newest usable snapshot, when there is
-        one and every gateway's journal is at or past it (their catch-up events come from the replay);
-        returns that snapshot, restored, for the one replay to start from. None: nothing changed, the
-        WAL is replayed from the start of the day."""
+        """Resume the publisher from the feed checkpoint of the newest snapshot that has a usable one
+        (readable, the current sessions, a store holding what it says, and every gateway's journal
+        reaching the last command whose events it was sent before it: their catch-up comes from the
+        replay); returns that snapshot, restored, for the one replay to start from. None: nothing
+        changed, the WAL is replayed from the start of the day."""
         if self.p.durability == POLICY_NONE:   # the WAL may end before the newest snapshot
             log(self.name, "feed: full replay (WAL policy none)")
             return None
-        notes: list[str] = []
-        restored = load_newest(wal_config(self.p).snapshots, spec, None, notes)
-        for n in notes:
-            log(self.name, "recovery: " + n)
-        if restored is None:
-            return None
-        seq = restored[1].seq
-        ckpt, where = read_checkpoint(self.feed_store, seq)
-        if ckpt is None:
-            why = where
-        elif any(r < seq for r in resume):
-            why = f"a gateway's journal ends before seq {seq}"
-        else:
-            why = self.publisher.resume_problem(ckpt) or ""
-        if why or ckpt is None:
-            log(self.name, f"feed: full replay ({why})")
-            return None
-        self.publisher.resume(ckpt)
-        self.encoder.positions = {(int(f), int(loc)): int(q) for f, loc, q in ckpt["extra"]["positions"]}
-        log(self.name, f"feed: resumed from {where}")
-        return restored
+        snapdir = wal_config(self.p).snapshots
+        refused: list[str] = []
+        for seq, _path in list_snapshots(snapdir):
+            ckpt, where = read_checkpoint(self.feed_store, seq)
+            why = where if ckpt is None else self.publisher.resume_problem(ckpt) or ""
+            if ckpt is not None and not why:
+                routed = ckpt["extra"].get("routed", {})
+                for g, gw in enumerate(self.gateways):
+                    need = int(routed.get(gw, seq))   # a gateway the checkpoint does not know: S itself
+                    if resume[g] < need:
+                        why = f"gateway {gw}'s journal ends at seq {resume[g]}, its events reach seq {need}"
+                        break
+            restored = None
+            if ckpt is not None and not why:
+                notes: list[str] = []
+                restored = load_newest(snapdir, spec, seq, notes)
+                if restored is None or restored[1].seq != seq:
+                    why = f"the snapshot at seq {seq} is unusable ({'; '.join(notes)})"
+            if why or ckpt is None or restored is None:
+                refused.append(why)
+                continue
+            self.publisher.resume(ckpt)
+            self.encoder.positions = {(int(f), int(loc)): int(q) for f, loc, q in ckpt["extra"]["positions"]}
+            self.encoder.routed = {g: int(routed[gw]) for g, gw in enumerate(self.gateways) if gw in routed}
+            log(self.name, f"feed: resumed from {where}" + (f" (newer ones refused: {'; '.join(refused)})"
+                                                            if refused else ""))
+            return restored
+        log(self.name, "feed: full replay (" + ("; ".join(refused) if refused else "no snapshot") + ")")
+        return None
 
     def _maybe_checkpoint(self) -> None:
         """A feed checkpoint for the newest snapshot, once the feed has published exactly through it."""
@@ -485,8 +494,10 @@ class PartitionDaemon:
         if s == self.published_seq and s != self.checkpoint_seq:
             self.checkpoint_seq = s
             positions = [[f, loc, q] for (f, loc), q in sorted(self.encoder.positions.items()) if q]
+            routed = {gw: self.encoder.routed.get(g, 0) for g, gw in enumerate(self.gateways)}
             try:
-                write_checkpoint(self.feed_store, self.publisher.checkpoint(s, {"positions": positions}))
+                write_checkpoint(self.feed_store, self.publisher.checkpoint(
+                    s, {"positions": positions, "routed": routed}))
             except OSError as e:   # costs replay time at the next start, nothing else
                 log(self.name, f"feed checkpoint at seq {s} not written: {e}")
 

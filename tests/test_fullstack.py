@@ -23,10 +23,11 @@ import simplefix
 from appliance.config import Config
 from appliance.daemon import feed_config
 from appliance.gateway import ouch
+from appliance.gateway.server import resume_points
 from appliance.model import BUY
 from feeds.subscriber import FeedSubscriber
 from tools import audit
-from tools.demo import OuchClient, loopback_config, write_config
+from tools.demo import OuchClient, free_tcp_port, loopback_config, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -210,8 +211,14 @@ def test_ouch_and_fix_trade_and_the_feed_shows_the_fills(stack: Stack) -> None:
 def test_restart_after_sigkill_keeps_book_sequences_and_feed(tmp_path: Any, snapshots: bool) -> None:
     cfg = loopback_config(str(tmp_path), rng=random.Random())
     if snapshots:   # a snapshot (and its feed checkpoint) every 2 commands: the restart resumes from one
-        cfg = dataclasses.replace(cfg, partitions=tuple(
-            dataclasses.replace(p, snapshot_every_events=2) for p in cfg.partitions))
+        # CHRL on a second gateway that is sent no event: its journal mark stays 0, which must not
+        # force the full replay (nothing was routed to it before the checkpoint).
+        gw0 = cfg.gateways[0]
+        gw1 = dataclasses.replace(gw0, name="gw1", ouch_port=free_tcp_port(), fix_port=free_tcp_port(),
+                                  firms=("CHRL",))
+        cfg = dataclasses.replace(cfg, gateways=(dataclasses.replace(gw0, firms=("ALFA", "BRVO")), gw1),
+                                  partitions=tuple(dataclasses.replace(p, snapshot_every_events=2)
+                                                   for p in cfg.partitions))
     st = Stack(str(tmp_path), cfg)
     st.start()
     try:
@@ -227,6 +234,10 @@ def test_restart_after_sigkill_keeps_book_sequences_and_feed(tmp_path: Any, snap
         f.order("K1", "2", 30, "149.00")
         f.wait(lambda m: m.get(35) == b"8" and m.get(150) == b"F")
         a.wait_for(lambda m: isinstance(m, ouch.L.OrderExecuted))
+        if snapshots:   # two more commands, none of them sent to gw1: a snapshot after its last event
+            for urn in (4, 5):
+                a.enter(urn, b"S", 100, "ALPH", 1_600_000 + urn * 100)
+            a.wait_for(lambda m: isinstance(m, ouch.L.OrderAccepted) and m.user_ref_num == 5)
         ouch_next = a.next_seq
         fix_next_in = f.seq
         fix_last_out = max(int(m.get(34)) for m in f.msgs)
@@ -240,14 +251,18 @@ def test_restart_after_sigkill_keeps_book_sequences_and_feed(tmp_path: Any, snap
             store = os.path.join(st.state, "feed", p0.name)
 
             def written() -> bool:
-                snaps = [n for n in os.listdir(p0.snapshot_dir) if n.endswith(".snap")] \
+                # a snapshot after seq 4 (the trade: gw1's last event) with its checkpoint, and gw0's
+                # resume point past it (its idle FIX session BRVO catches up within a second)
+                snaps = [int(n[5:-5]) for n in os.listdir(p0.snapshot_dir) if n.endswith(".snap")] \
                     if os.path.isdir(p0.snapshot_dir) else []
-                return bool(snaps) and os.path.exists(os.path.join(store, "CHECKPOINT-%012d.json" % max(
-                    int(n[5:-5]) for n in snaps)))
+                return bool(snaps) and max(snaps) > 4 and os.path.exists(
+                    os.path.join(store, "CHECKPOINT-%012d.json" % max(snaps))) and resume_points(
+                    st.state, "gw0").get(p0.id, 0) >= max(snaps)
             deadline = time.monotonic() + 10
             while not written() and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert written()
+            newest = max(int(n[5:-5]) for n in os.listdir(p0.snapshot_dir) if n.endswith(".snap"))
         st.kill()          # a crash: the clients are still logged in (no logout, no cancel-on-disconnect)
         a.sock.close()
         f.close()
@@ -275,6 +290,8 @@ def test_restart_after_sigkill_keeps_book_sequences_and_feed(tmp_path: Any, snap
         assert book_before[0][1][1] == (1_480_000, 100, 1)
         log = st.output()
         assert ("feed: resumed from" in log) == snapshots, log
+        if snapshots:   # from the newest snapshot, though gw1's journal stops at the trade (seq 4)
+            assert "feed: resumed from " + os.path.join(store, "CHECKPOINT-%012d.json" % newest) in log, log
         b.close()
         g.close()
         sub.close()

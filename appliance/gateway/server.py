@@ -124,6 +124,9 @@ def gateway_dir(state_dir: str, gateway: str) -> str:
 # The journal
 # ================================================================================================
 
+FIX_STATE_REFRESH_S: Final = 1.0   # an idle FIX session's state file catches up with the marks this often
+
+
 def journal_record(rtype: int, payload: bytes) -> bytes:
     body = bytes((rtype,)) + payload
     return _JHEAD.pack(8 + len(body), zlib.crc32(body), rtype) + payload
@@ -334,7 +337,8 @@ def adopt_ouch_order(s: OuchSession, o: NewOrder) -> None:
 class Slot:
     """One session with what the shell keeps beside it. Owned by the event loop."""
 
-    __slots__ = ("kind", "session", "sid", "conn", "journaled", "applied", "firm", "name", "state_path")
+    __slots__ = ("kind", "session", "sid", "conn", "journaled", "applied", "firm", "name", "state_path",
+                 "written_at")
 
     def __init__(self, kind: str, session: Any, sid: int, firm: FirmConfig, name: str) -> None:
         self.kind = kind            # "ouch" | "fix"
@@ -346,6 +350,7 @@ class Slot:
         self.journaled = 0          # OUCH: stream messages in the journal; FIX: next MsgSeqNum to journal
         self.applied: dict[int, int] = {}
         self.state_path = ""
+        self.written_at = 0.0       # FIX: when the state file was last written (monotonic seconds)
 
 
 class _Conn(asyncio.Protocol):
@@ -699,6 +704,11 @@ class GatewayServer:
                 slot.journaled = st.next_out
                 if st.dirty:
                     dirty_fix.append(slot)
+                elif slot.applied != self.marks and time.monotonic() - slot.written_at >= FIX_STATE_REFRESH_S:
+                    # An idle session saw every event up to the marks and none changed it: its file may
+                    # say so, at most once a second, so that its mark does not hold back the partitions'
+                    # restart from a feed checkpoint (resume_points takes the smallest mark).
+                    dirty_fix.append(slot)
         if recs or self._marks_dirty:
             recs.append(mark_record(self.marks))
             os.write(self.journal_fd, b"".join(recs))
@@ -712,6 +722,7 @@ class GatewayServer:
                 json.dump({"state": obj, "applied": {str(k): v for k, v in self.marks.items()}}, f)
             os.replace(tmp, slot.state_path)
             slot.session.state.dirty = False
+            slot.written_at = time.monotonic()
         if self.outbox:
             box = self.outbox
             self.outbox = []

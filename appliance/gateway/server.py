@@ -34,7 +34,8 @@ What survives a restart (the gateway's state directory, ``{state_dir}/gateways/{
                   the journal (or the FIX state files)
 - ``fix-<SenderCompID>.json``: the FixSessionState (``to_json_obj`` without the sent messages, which
   are in the journal) and the marks it reflects, replaced atomically (temp file + rename) before a
-  command the session produced goes to a ring and before its bytes go to the socket.
+  command the session produced goes to a ring and before its bytes go to the socket, and for an
+  idle session at most once a second when the marks have moved (FIX_STATE_REFRESH_S).
 - ``rejects.jsonl``: every command refused in the gateway (risk, back-pressure, malformed), one
   JSON row each, in the audit export's columns.
 

@@ -258,3 +258,16 @@ def test_a_version_1_snapshot_still_restores() -> None:
     head = head[:-4] + struct.pack("<I", zlib.crc32(head[:-4]))
     restored, info = restore(head + payload, STREAM_SPEC)
     assert restored.state_hash() == live.state_hash() == info.state_hash
+
+
+def test_bench_snapshot_prints_both_pauses_and_writes_the_file() -> None:
+    import json
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "tools", "bench", "snapshot", "--orders", "4000", "--levels", "50"],
+                          capture_output=True, text=True, timeout=120, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["benchmark"] == "snapshot" and r["resting_orders"] == 4000 and r["written"] is True
+    assert r["capture_in_thread_ms"] > 0 and r["fork_pause_ms"] > 0 and r["snapshot_bytes"] > 4000 * 100

@@ -51,6 +51,10 @@ Control records from the partition at start-up (their seq is the partition's las
                                                             events the gateway had not yet processed
                                                             before a restart (sessions only, not risk)
     CTL_LIVE        (nothing)                               live from here on
+and, live, to the gateway that sent it, after an admin Halt/Resume/Close the engine applied (a
+refused one comes back as its CommandRejected):
+    CTL_ADMIN       command u8, locate u16, changed u32     the command's KIND, its locate, how
+                                                            many instruments changed state
 
 The gateway rebuilds the engine's event tuples from these records (``EventDecoder``): order objects
 are ``NewOrder`` instances cached per order id (the gateway's own firms only) whose ref, qty, leaves,
@@ -94,6 +98,7 @@ CTL_LAST_PRICE: Final = 0x71
 CTL_OPEN_ORDER: Final = 0x72
 CTL_REPLAY: Final = 0x73
 CTL_LIVE: Final = 0x74
+CTL_ADMIN: Final = 0x75
 MIN_SLOT_SIZE: Final = 128
 
 HEADER_FIELDS: Final = (("kind", "B"), ("seq", "Q"), ("ts_ns", "Q"))
@@ -133,6 +138,7 @@ EVENT_RECORD_FIELDS: Final[dict[int, tuple[tuple[str, str], ...]]] = {
     CTL_OPEN_ORDER: ORDER_FIELDS + (("leaves", "I"), ("qty", "I")),
     CTL_REPLAY: (),
     CTL_LIVE: (),
+    CTL_ADMIN: (("command", "B"), ("locate", "H"), ("changed", "I")),
 }
 #: Events that never cross to a gateway: OrderAdded, and the feed-only events of trading phases
 #: (state changes, market events, auction results and imbalances, collars, limit states). The feed

@@ -42,7 +42,7 @@ import time
 from typing import Any, Final, Sequence
 
 from appliance import codec_ring as C
-from appliance.catalogue import ClockTick, Command, Event
+from appliance.catalogue import EV_REJECTED, EV_TRADING_STATE, ClockTick, Close, Command, Event, Halt, Resume
 from appliance.config import Config, PartitionConfig, load
 from appliance.idle import make_idle
 from appliance.matching.engine import Engine
@@ -63,6 +63,7 @@ from feeds.publisher import Publisher, read_checkpoint, session_opening, write_c
 from feeds.transport import transport_for
 
 MAX_BATCH: Final = 1024
+TRADING_ACTIONS: Final = frozenset((Halt, Resume, Close))
 EXIT_CONFIG: Final = 78          # EX_CONFIG
 MCL_CURRENT: Final = 1
 MCL_FUTURE: Final = 2
@@ -290,6 +291,7 @@ class PartitionDaemon:
         self.first_batch_ns = 0
         self.last_batch_ns = 0
         self.stats_requested = False
+        self.admin_origin: dict[int, int] = {}   # id(Halt/Resume/Close command) -> the gateway that sent it
 
     # -- start-up -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -520,6 +522,8 @@ class PartitionDaemon:
     def _release(self, results: Sequence[Any], origin: dict[int, int] | None) -> None:
         out: list[list[bytes]] = [[] for _ in self.gateways]
         self.encoder.encode(results, out, origin)
+        if self.admin_origin:
+            self._admin_answers(results, out)
         pending = self.pending
         for g, recs in enumerate(out):
             if recs:
@@ -533,6 +537,16 @@ class PartitionDaemon:
         self.published_seq = results[-1][0]
         if self.partition.last_snapshot_seq != self.checkpoint_seq:
             self._maybe_checkpoint()
+
+    def _admin_answers(self, results: Sequence[Any], out: list[list[bytes]]) -> None:
+        """CTL_ADMIN to the gateway that sent an admin Halt/Resume/Close the engine applied (one it
+        refused goes back as its CommandRejected), so that the admin request gets the outcome."""
+        for seq, _ts, cmd, events in results:
+            g = self.admin_origin.pop(id(cmd), None)
+            if g is None or any(ev[0] == EV_REJECTED for ev in events):
+                continue
+            changed = sum(1 for ev in events if ev[0] == EV_TRADING_STATE)
+            out[g].append(C.control_record(C.CTL_ADMIN, seq, cmd.KIND, cmd.locate, changed))
 
     def run(self, shutdown: bool = True) -> int:
         """The duty cycle until ``stopping``; then the clean shutdown, or with shutdown=False nothing
@@ -585,6 +599,8 @@ class PartitionDaemon:
                         stats["bad_records"] += decode(block, n, slot, cmds)
                         for c in cmds[before:]:
                             origin[id(c)] = g
+                            if type(c) in TRADING_ACTIONS:   # an admin request waits for its outcome
+                                self.admin_origin[id(c)] = g
                         if len(cmds) >= max_batch:
                             break
                 if cmds:

@@ -333,7 +333,10 @@ class Supervisor:
                 return 404, {"ok": False, "error": "no gateway to carry the command"}
             ans = await self._gateway_call(self.config.gateways[0].name,
                                            {"op": "trading", "action": parts[1], "symbol": parts[2]})
-            return (200 if ans.get("ok") else 404), ans
+            # 200 applied; 409 the engine refused (say, halting a halted instrument); 504 no answer
+            # in time (the command may still be applied: the feed says); 404 unknown symbol or action
+            status = 200 if ans.get("ok") else 409 if ans.get("refused") else 504 if ans.get("timeout") else 404
+            return status, ans
         return 404, {"ok": False, "error": f"no such admin request: {method} {target}"}
 
 

@@ -7,6 +7,7 @@ reopening auction (Q cross type 'H') and trading again. Every wait is bounded.""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import signal
@@ -96,7 +97,13 @@ def test_opening_auction_halt_and_reopening_through_the_stack(tmp_path: Any) -> 
         # Halt by admin: H 'H' on the feed, crossing orders collected, not matched.
         r = _admin_cli(st, "halt", "ALPH")
         assert r.returncode == 0, r.stdout + r.stderr
+        # the answer is the partition's outcome, not just "sent"
+        assert json.loads(r.stdout)["partitions"] == {"p0": {"applied": True, "instruments_changed": 1}}
         poll_until(sub, lambda: rec.actions()[-1:] == [b"H"], 10)
+        # halting a halted instrument: the engine refuses it, and the admin answer says why (HTTP 409)
+        again = json.loads(_admin_cli(st, "halt", "ALPH").stdout)
+        assert again["ok"] is False and again["refused"] and again["http_status"] == 409
+        assert again["partitions"]["p0"]["applied"] is False and again["partitions"]["p0"]["reason"] == 4003
         f.order("F2", "2", 40, "150.00")            # crosses ALFA's resting 40
         assert f.wait(lambda m: m.get(35) == b"8" and m.get(11) == b"F2" and m.get(150) == b"0")
         time.sleep(0.5)

@@ -56,6 +56,7 @@ import struct
 import sys
 import time
 import zlib
+from collections import deque
 from typing import Any, Final, Iterable, Sequence
 
 from appliance import codec_ring as C
@@ -125,6 +126,7 @@ def gateway_dir(state_dir: str, gateway: str) -> str:
 # The journal
 # ================================================================================================
 
+ADMIN_ANSWER_S: Final = 5.0        # how long an admin trading action waits for the partitions' outcome
 FIX_STATE_REFRESH_S: Final = 1.0   # an idle FIX session's state file catches up with the marks this often
 
 
@@ -518,6 +520,9 @@ class GatewayServer:
         self.conns: set[_Conn] = set()
         self.counters: dict[str, int] = {}
         self.midnight_ns = config.midnight_of(time.time_ns())   # as the partitions' feed
+        # per partition: admin commands sent and not yet answered, oldest first (KIND, locate, future)
+        self.admin_waiting: list[deque[tuple[int, int, asyncio.Future[dict[str, Any]]]]] = [
+            deque() for _ in self.partitions]
         self.rejects = open(os.path.join(self.dir, "rejects.jsonl"), "a")
         self._build_sessions()
 
@@ -816,6 +821,9 @@ class GatewayServer:
                 if kind == EV_REJECTED and type(ev[1]) in (Halt, Resume, Close):
                     log(self.name, f"admin {type(ev[1]).__name__} of locate {ev[1].locate} refused: "
                                    f"{R.describe(ev[2])}")
+                    if not replay:
+                        self._admin_outcome(p, ev[1].KIND, ev[1].locate, {
+                            "applied": False, "reason": ev[2], "text": R.describe(ev[2])})
                     continue
                 for o in objs:
                     slot = by_sid.get(o.session)
@@ -866,6 +874,23 @@ class GatewayServer:
             self.replaying[p] = False
             self.live[p] = True
             self._marks_dirty = True
+        elif k == C.CTL_ADMIN:
+            _, command, locate, changed = ev
+            self._admin_outcome(p, command, locate, {"applied": True, "instruments_changed": changed})
+
+    def _admin_outcome(self, p: int, command: int, locate: int, outcome: dict[str, Any]) -> None:
+        """The partition's answer to the oldest admin command this gateway sent it (a partition
+        answers its ring's commands in order); one that timed out is dropped in turn."""
+        waiting = self.admin_waiting[p]
+        if not waiting:
+            return   # sent before a restart: nobody waits for it
+        kind, loc, fut = waiting.popleft()
+        if (kind, loc) != (command, locate):
+            log(self.name, f"admin answer for command {command} of locate {locate} does not match the "
+                           f"oldest request ({kind}, {loc}): dropped")
+            return
+        if not fut.done():
+            fut.set_result(outcome)
 
     # -- timers and admin ------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -886,12 +911,13 @@ class GatewayServer:
                        + (": mass cancel sent" if mc is not None else ""))
         return {"ok": True, "firm": firm_name, "kill_switch": on, "mass_cancel": mc is not None}
 
-    def trading_action(self, action: str, symbol: str) -> dict[str, Any]:
+    async def trading_action(self, action: str, symbol: str) -> dict[str, Any]:
         """An admin Halt, Resume or Close of one instrument (``symbol``) or of every instrument
         (``all``: ALL_INSTRUMENTS to every partition), put on this gateway's command ring to the
         partition, which sequences it like any command (WAL, replay). No risk check: it comes from
-        the admin socket, not from a session. The answer says it was sent; the outcome is on the feed
-        (Trading Action H) and, if the engine refuses it, in this gateway's log."""
+        the admin socket, not from a session. The answer waits (ADMIN_ANSWER_S at most) for each
+        partition's outcome: applied, with how many instruments changed state (their Trading Action
+        H is on the feed), or refused with the engine's reason."""
         actions: dict[str, type[Halt] | type[Resume] | type[Close]] = {"halt": Halt, "resume": Resume,
                                                                        "close": Close}
         cls = actions.get(action)
@@ -904,14 +930,28 @@ class GatewayServer:
             if ins is None or ins.locate not in self.partition_of_locate:
                 return {"ok": False, "error": f"unknown symbol {symbol!r}"}
             targets = [(self.partition_of_locate[ins.locate], ins.locate)]
+        futures = []
         for p, locate in targets:
+            fut: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+            self.admin_waiting[p].append((cls.KIND, locate, fut))
+            futures.append(fut)
             self.outbox.append((p, C.encode_command(cls(locate))))
         self.count("admin_commands")
         self.flush()
-        log(self.name, f"admin {action} {symbol}: sent to partition(s) "
-                       f"{', '.join(self.partitions[p].name for p, _ in targets)}")
-        return {"ok": True, "action": action, "symbol": symbol,
-                "partitions": [self.partitions[p].name for p, _ in targets]}
+        names = [self.partitions[p].name for p, _ in targets]
+        log(self.name, f"admin {action} {symbol}: sent to partition(s) {', '.join(names)}")
+        done, _ = await asyncio.wait(futures, timeout=ADMIN_ANSWER_S)
+        results = {name: (f.result() if f in done else {"applied": None, "error": "no answer in time"})
+                   for name, f in zip(names, futures)}
+        for f in futures:
+            f.cancel()   # a late answer finds it done and is dropped
+        applied = all(r.get("applied") for r in results.values())
+        ans: dict[str, Any] = {"ok": applied, "action": action, "symbol": symbol, "partitions": results}
+        if any(r.get("applied") is False for r in results.values()):
+            ans["refused"] = True
+        elif not applied:
+            ans["timeout"] = True
+        return ans
 
     def status(self) -> dict[str, Any]:
         sessions = []
@@ -945,7 +985,7 @@ class GatewayServer:
                     elif op == "status":
                         ans = self.status()
                     elif op == "trading":
-                        ans = self.trading_action(str(req["action"]), str(req["symbol"]))
+                        ans = await self.trading_action(str(req["action"]), str(req["symbol"]))
                     else:
                         ans = {"ok": False, "error": f"unknown op {op!r}", "reason": R.ADMIN_UNKNOWN_COMMAND}
                 except (ValueError, KeyError, TypeError) as e:

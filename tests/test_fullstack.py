@@ -288,6 +288,10 @@ def test_restart_after_sigkill_keeps_book_sequences_and_feed(tmp_path: Any, snap
         assert sub.receivers["l3"].expected > feed_next
         assert len(gaps) == gaps_before, gaps
         assert book_before[0][1][1] == (1_480_000, 100, 1)
+        # The risk view came back too: net positions from the trade before the crash (in the
+        # checkpoint variant they come from the checkpoint, the trade being before its seq).
+        firms = st.admin("GET", "/status")["gateways"]["gw0"]["firms"]
+        assert (firms["ALFA"]["positions"]["1"], firms["BRVO"]["positions"]["1"]) == (30, -30)
         log = st.output()
         assert ("feed: resumed from" in log) == snapshots, log
         if snapshots:   # from the newest snapshot, though gw1's journal stops at the trade (seq 4)

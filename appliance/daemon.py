@@ -694,7 +694,12 @@ class PartitionDaemon:
             pub.poll(time.time_ns())
         log(name, f"feed: end of session sent: {json.dumps(pub.stats())}")
         self.write_stats()
-        pub.close()
+        self.release()
+        return 0
+
+    def release(self) -> None:
+        """Close the feed and its transport; close and unlink the rings and their doorbells."""
+        self.publisher.close()
         self.transport.close()
         for fd in self.bells:
             os.close(fd)
@@ -706,7 +711,6 @@ class PartitionDaemon:
                 os.unlink(os.path.join(SHM_DIR, bell_name(rc.name)))
             except FileNotFoundError:
                 pass
-        return 0
 
     def summary(self) -> dict[str, Any]:
         eng = self.partition.engine

@@ -13,15 +13,18 @@ import gc
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
 from appliance.catalogue import Event, NewOrder
 from appliance.matching.engine import Engine
 from appliance.model import BUY, GTC, LIMIT, SELL, STP_NONE, Instrument
+from appliance.snapshot import SnapshotStore, capture
 from tools.flows import FLOW_FIRM_STP, FLOW_RECORD, decode_records, flow_instruments, read_flow_bytes
 
 BATCH = 1024
@@ -159,10 +162,6 @@ def _resting_book(n: int, levels: int) -> Engine:
 def cmd_snapshot(args: argparse.Namespace) -> int:
     """How long a snapshot of a big book holds the matching thread: capturing in the thread (the
     clean-shutdown path) against the fork of the periodic path, whose child captures and writes."""
-    import tempfile
-
-    from appliance.snapshot import SnapshotStore, capture
-
     engine = _resting_book(args.orders, args.levels)
     t0 = time.perf_counter()
     data = capture(engine, 1, 0, 1)
@@ -177,7 +176,6 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         written = time.perf_counter() - t0
         ok = store.written == [1] and not store.errors
     finally:
-        import shutil
         shutil.rmtree(directory, ignore_errors=True)
     result = {
         "benchmark": "snapshot", "resting_orders": engine.resting_count(), "snapshot_bytes": len(data),

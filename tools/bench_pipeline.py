@@ -29,7 +29,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,7 +52,7 @@ from appliance.daemon import Histogram, PartitionDaemon
 from appliance.model import STP_NONE
 from appliance.risk import FirmLimits
 from appliance.ring import Ring, RingError
-from tools.flows import FLOW_FIRM, decode_records, flow_instrument_count, read_flow
+from tools.flows import FLOW_FIRM, flow_instrument_count, read_flow
 
 
 def register(sub: Any) -> None:
@@ -181,14 +180,7 @@ def _pipeline(args: argparse.Namespace) -> int:
 def _abandon(d: PartitionDaemon) -> None:
     """Leave the daemon as a crash would (no snapshot, no End of Session); free what it holds."""
     d.partition.abandon()
-    d.publisher.close()
-    d.transport.close()
-    for fd in d.bells:
-        os.close(fd)
-    for rc, re_ in d.rings:
-        for r in (rc, re_):
-            r.close()
-            r.unlink()
+    d.release()
 
 
 def _restart(args: argparse.Namespace) -> int:

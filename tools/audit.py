@@ -221,8 +221,8 @@ def gateway_reject_rows(paths: Iterable[str], symbols: dict[int, str],
                 locate = int(r.get("locate") or 0)
                 row.update({
                     "ts_ns": ts, "time": format_ts(ts), "event": "rejected",
-                    "outcome": f"rejected {reason} {_REJECT_NAMES.get(reason, '')} (gateway {r['gateway']})"
-                               .replace("  ", " "),
+                    "outcome": " ".join(x for x in ("rejected", str(reason), _REJECT_NAMES.get(reason, ""),
+                                                    f"(gateway {r['gateway']})") if x),
                     "firm": r.get("firm", ""), "account": r.get("account", ""), "session": r.get("session", ""),
                     "cl_ord_id": r.get("cl_ord_id", ""), "order_id": r.get("order_id") or "",
                     "instrument": symbols.get(locate, str(locate)) if locate else "",

@@ -42,10 +42,12 @@ import time
 from typing import Any, Final, Sequence
 
 from appliance import codec_ring as C
+from appliance.build import build_kind
 from appliance.catalogue import EV_REJECTED, EV_TRADING_STATE, ClockTick, Close, Command, Event, Halt, Resume
 from appliance.config import Config, PartitionConfig, load
 from appliance.idle import make_idle
 from appliance.matching.engine import Engine
+from appliance.metrics import DUTY_STAGES, S_DECODE, S_OTHER, S_RECORDS, Histogram, StageClock
 from appliance.recovery import open_partition
 from appliance.ring import SHM_DIR, Ring, check_platform
 from appliance.snapshot import EngineSpec, SnapshotInfo, list_snapshots, load_newest
@@ -63,6 +65,7 @@ from feeds.publisher import Publisher, read_checkpoint, session_opening, write_c
 from feeds.transport import transport_for
 
 MAX_BATCH: Final = 1024
+STAGE_TIMING_ENV: Final = "MATCHWIRE_STAGE_TIMING"   # "1": time each duty-cycle stage (benchmarks)
 TRADING_ACTIONS: Final = frozenset((Halt, Resume, Close))
 EXIT_CONFIG: Final = 78          # EX_CONFIG
 MCL_CURRENT: Final = 1
@@ -73,83 +76,6 @@ TICK_EVERY_NS: Final = 1_000_000_000   # a ClockTick at least this often while a
 def log(name: str, text: str) -> None:
     sys.stderr.write(f"matchwire[{name}]: {text}\n")
     sys.stderr.flush()
-
-
-# ================================================================================================
-# Latency histogram (log-linear, HdrHistogram-like: 1/64 relative resolution)
-# ================================================================================================
-
-class Histogram:
-    """Integer values (ns) in log-linear buckets: 64 sub-buckets per power of two. Owned by one thread."""
-
-    SUB: Final = 64
-
-    def __init__(self) -> None:
-        self.counts: dict[int, int] = {}
-        self.total = 0
-        self.max = 0
-        self.min = -1
-
-    def _bucket(self, v: int) -> int:
-        if v < self.SUB:
-            return v
-        shift = v.bit_length() - 7          # keep 7 significant bits: 64..127
-        return (shift << 7) | (v >> shift)
-
-    @staticmethod
-    def _value(b: int) -> int:
-        shift = b >> 7
-        if not shift:
-            return b
-        return ((b & 127) << shift) + (1 << shift) // 2   # bucket midpoint
-
-    def record(self, v: int, count: int = 1) -> None:
-        if v < 0:
-            v = 0
-        b = self._bucket(v)
-        self.counts[b] = self.counts.get(b, 0) + count
-        self.total += count
-        if v > self.max:
-            self.max = v
-        if self.min < 0 or v < self.min:
-            self.min = v
-
-    def merge(self, other: "Histogram") -> None:
-        for b, c in other.counts.items():
-            self.counts[b] = self.counts.get(b, 0) + c
-        self.total += other.total
-        self.max = max(self.max, other.max)
-        if other.min >= 0 and (self.min < 0 or other.min < self.min):
-            self.min = other.min
-
-    def percentile(self, p: float) -> int:
-        if not self.total:
-            return 0
-        want = max(1, int(self.total * p / 100.0 + 0.999999))
-        seen = 0
-        for b in sorted(self.counts):
-            seen += self.counts[b]
-            if seen >= want:
-                return min(self._value(b), self.max)
-        return self.max
-
-    def summary_us(self) -> dict[str, Any]:
-        return {"count": self.total, "p50_us": round(self.percentile(50) / 1000, 1),
-                "p99_us": round(self.percentile(99) / 1000, 1),
-                "p99_9_us": round(self.percentile(99.9) / 1000, 1), "max_us": round(self.max / 1000, 1)}
-
-    def to_json(self) -> dict[str, Any]:
-        return {"counts": {str(b): c for b, c in self.counts.items()}, "total": self.total, "max": self.max,
-                "min": self.min}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Histogram":
-        h = cls()
-        h.counts = {int(b): int(c) for b, c in d["counts"].items()}
-        h.total = int(d["total"])
-        h.max = int(d["max"])
-        h.min = int(d["min"])
-        return h
 
 
 # ================================================================================================
@@ -270,7 +196,7 @@ class PartitionDaemon:
     """One partition's process state. Owned by the matching thread (the only thread)."""
 
     def __init__(self, config: Config, partition: str, state_dir: str, *, realtime: bool = True,
-                 transport: str = "udp", max_batch: int = MAX_BATCH) -> None:
+                 transport: str = "udp", max_batch: int = MAX_BATCH, stage_timing: bool = False) -> None:
         self.config = config
         self.p = config.partition(partition)
         self.name = partition
@@ -284,7 +210,10 @@ class PartitionDaemon:
         self.stopping = False
         self.stats: dict[str, Any] = {"commands": 0, "batches": 0, "records_out": 0, "ring_full": 0,
                                       "bad_records": 0, "max_batch_seen": 0}
-        self.in_engine = Histogram()
+        self.in_engine = Histogram()      # per batch: command ring drained -> event records out
+        self.records_out_ns = 0
+        # Stage timing (out of band, off by default): one clock read per stage boundary.
+        self.stages: StageClock | None = StageClock(DUTY_STAGES) if stage_timing else None
         self.tuning: dict[str, str] = {}
         self.notes: list[str] = []
         self.stop_after_commands = 0     # benchmarks: stop once this many commands were processed
@@ -305,6 +234,8 @@ class PartitionDaemon:
             raise ValueError(f"appliance.ring_slot_size {slot_size}: the event records need at least "
                              f"{C.MIN_SLOT_SIZE} bytes per slot")
         self.tuning = apply_tuning(name, p.cpu, self.realtime)
+        log(name, f"build: {build_kind()} (hot path {'compiled by mypyc' if build_kind() == 'mypyc' else 'pure Python'}); "
+                  f"idle strategy {p.idle}" + ("; stage timing on" if self.stages is not None else ""))
         t0 = time.perf_counter()
         spec = engine_spec(self.config, p)
         # One pass over the WAL rebuilds the engine and regenerates the feed, the gateways' positions
@@ -372,6 +303,8 @@ class PartitionDaemon:
         if not pub.started:
             start_feed()
         self.partition = part = opened.partition
+        if self.stages is not None:
+            part.stages = part.wal.stages = pub.stages = self.stages
         rec = opened.recovered
         self.notes = list(opened.notes)
         for n in opened.notes:
@@ -533,6 +466,9 @@ class PartitionDaemon:
                 else:
                     pending[g] = recs
                     self._flush(g)
+        self.records_out_ns = time.time_ns()   # ring in -> ring out ends here (the in-engine histogram)
+        if self.stages is not None:
+            self.stages.lap(S_RECORDS)
         self.publisher.publish(results)
         self.published_seq = results[-1][0]
         if self.partition.last_snapshot_seq != self.checkpoint_seq:
@@ -566,10 +502,13 @@ class PartitionDaemon:
         decode = C.decode_command_block
         engine = part.engine
         timed = self.timed
+        st = self.stages
         gc.disable()
         try:
             while not self.stopping:
                 now = clock()
+                if st is not None:
+                    st.start()
                 for g in range(G):
                     if pending[g]:
                         self._flush(g)
@@ -604,6 +543,8 @@ class PartitionDaemon:
                         if len(cmds) >= max_batch:
                             break
                 if cmds:
+                    if st is not None:
+                        st.lap(S_DECODE)
                     results = part.process_batch(cmds, now)
                     if results:
                         self._release(results, origin)
@@ -613,12 +554,16 @@ class PartitionDaemon:
                     if n > stats["max_batch_seen"]:
                         stats["max_batch_seen"] = n
                     t_out = clock()
-                    hist.record(t_out - now, n)
+                    if self.records_out_ns:
+                        hist.record(self.records_out_ns - now, n)
+                        self.records_out_ns = 0
                     if not self.first_batch_ns:
                         self.first_batch_ns = now
                     self.last_batch_ns = t_out
                     if self.stop_after_commands and stats["commands"] >= self.stop_after_commands:
                         self.stopping = True
+                    if st is not None:
+                        st.lap(S_OTHER)
                     idle.idle(n)
                     continue
                 if interval:
@@ -722,6 +667,8 @@ class PartitionDaemon:
             "resting": eng.resting_count(), "stats": self.stats, "in_engine": self.in_engine.summary_us(),
             "in_engine_histogram": self.in_engine.to_json(), "feed": self.publisher.stats(),
             "tuning": self.tuning, "snapshot_seq": self.partition.last_snapshot_seq,
+            "build": build_kind(), "idle": self.p.idle,
+            "stages": self.stages.report(self.stats["commands"]) if self.stages is not None else None,
         }
 
     def write_stats(self) -> None:
@@ -745,7 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(args.partition, f"configuration: {e}")
         return EXIT_CONFIG
     d = PartitionDaemon(config, args.partition, args.state_dir, realtime=not args.no_realtime,
-                        transport=args.transport)
+                        transport=args.transport, stage_timing=os.environ.get(STAGE_TIMING_ENV, "") == "1")
 
     def stop(signum: int, frame: Any) -> None:
         d.stopping = True

@@ -28,6 +28,7 @@ from typing import Sequence
 from appliance import reasons as R
 from appliance.catalogue import EV_REJECTED, Command, Event
 from appliance.matching.engine import Engine
+from appliance.metrics import S_MATCH, S_SEQUENCE, StageClock
 from appliance.sequencer import Sequencer
 from appliance.snapshot import SnapshotStore, capture
 from appliance.wal import (
@@ -45,6 +46,8 @@ Result = tuple[int, int, Command, list[Event]]  # (seq, ts_ns, command, events);
 
 class Partition:
     """Owned by the matching thread: the engine, its sequencer, its WAL writer and snapshots."""
+
+    stages: StageClock | None = None    # the daemon's stage clock when stage timing is on
 
     def __init__(
         self,
@@ -100,6 +103,8 @@ class Partition:
             seq, ts = self.sequencer.stamp(len(good), now_ns)
             self.wal.append_batch(seq, ts, self.sequencer.epoch, good, bodies)
             self._waiting.append((seq, ts, good))
+        if self.stages is not None:
+            self.stages.lap(S_SEQUENCE)
         try:
             durable = self.wal.commit(now_ns)
         except DurabilityError as e:
@@ -150,6 +155,8 @@ class Partition:
         del waiting[:done]
         self.applied_seq = waiting[0][0] - 1 if waiting else durable
         self._since_snapshot += n
+        if self.stages is not None:
+            self.stages.lap(S_MATCH)
 
     # -- snapshots --------------------------------------------------------------------------------
     def recovered_from(self, snapshot_seq: int, replayed: int) -> None:

@@ -9,8 +9,8 @@ previous one to say it is ready (``{state_dir}/run/<name>.ready.json``):
                                              when the installed matchwire has those commands
     4. the admin HTTP interface              [admin] bind:port, when a token is configured
 
-Placement on the host: each partition pins itself (config ``cpu``); gateways and servers run on
-the other CPUs (all of them when the partitions took every CPU).
+Placement on the host: each partition pins itself (config ``cpu``); the supervisor, gateways and
+servers run on the other CPUs (all of them when the partitions took every CPU).
 
 Stop (SIGTERM or SIGINT to the supervisor): gateways first (they stop reading, wait for the answers
 of what is in flight, end their sessions), then partitions (drain, commit, final snapshot, End of
@@ -160,6 +160,13 @@ class Supervisor:
             log(f"partition {c.name} ready (pid {c.pid}): seq {info.get('last_seq')}, epoch {info.get('epoch')}; "
                 + "; ".join(info.get("notes", [])))
         cpus = sorted(set(os.sched_getaffinity(0)) - part_cpus) or sorted(os.sched_getaffinity(0))
+        # The supervisor and everything started after the partitions (gateways, servers) keep off
+        # the matchers' CPUs: a wake-up there would preempt a matcher in the middle of a batch.
+        try:
+            os.sched_setaffinity(0, cpus)
+            log(f"supervisor, gateways and servers on CPUs {','.join(map(str, cpus))}")
+        except OSError as e:
+            log(f"affinity for the supervisor and servers refused: {e}")
         for g in cfg.gateways:
             argv = [py, "-m", "appliance.gateway.server", *common, "--gateway", g.name,
                     "--cpus", ",".join(map(str, cpus))]

@@ -53,6 +53,7 @@ from operator import attrgetter, itemgetter
 from typing import Any, Callable, Final, Iterator, NamedTuple
 
 from appliance.catalogue import COMMANDS, Command
+from appliance.metrics import S_FSYNC, S_WAL_WRITE, StageClock
 
 crc32: Final = zlib.crc32
 _fdatasync = getattr(os, "fdatasync", os.fsync)  # module attribute: tests replace it to inject EIO
@@ -559,6 +560,8 @@ class WalWriter:
     now and on every later call.
     """
 
+    stages: StageClock | None = None    # the daemon's stage clock when stage timing is on
+
     def __init__(
         self,
         directory: str,
@@ -654,8 +657,13 @@ class WalWriter:
             try:
                 self._write(data)
                 self.written_seq = last
+                st = self.stages
+                if st is not None:
+                    st.lap(S_WAL_WRITE)
                 if self._sync_batch or (self._sync_interval and now_ns - self._last_sync_ns >= self._interval_ns):
                     self._fsync(now_ns)
+                    if st is not None:
+                        st.lap(S_FSYNC)
                 elif self._sync_interval:
                     self._unsynced = True
                 else:

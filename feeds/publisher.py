@@ -96,6 +96,7 @@ from appliance.model import (
     TS_REOPENING_AUCTION,
     Instrument,
 )
+from appliance.metrics import S_L2L1, S_L3, S_PACKETIZE, S_SEND, S_STORE, StageClock
 from feeds import itch
 from feeds.channels import (
     CHANNELS,
@@ -470,8 +471,8 @@ class ChannelPublisher:
         self.heartbeats = 0
         self.last_skipped = b""
 
-    def emit(self, framed: list[bytes], ts_ns: int) -> None:
-        """Number, pack, send and store a batch's framed messages."""
+    def emit(self, framed: list[bytes], ts_ns: int, st: StageClock | None = None) -> None:
+        """Number, pack, send and store a batch's framed messages (st: the stage clock, if timing)."""
         n = len(framed)
         if not n:
             return
@@ -487,9 +488,15 @@ class ChannelPublisher:
             framed = framed[skip:]
             first += skip
         packets = packetize(self.session, first, framed, self.max_payload)
+        if st is not None:
+            st.lap(S_PACKETIZE)
         self.sender.send_packets(packets, ts_ns)
+        if st is not None:
+            st.lap(S_SEND)
         if self.store is not None:
             self.store.append_packets(packets)
+            if st is not None:
+                st.lap(S_STORE)
         self.last_send_ns = ts_ns
         self.messages += len(framed)
         self.packets += len(packets)
@@ -531,6 +538,8 @@ class Publisher:
         end_session(ts_ns)            System Events M, E, C; then poll until ``finished``
         close()
     """
+
+    stages: StageClock | None = None    # the daemon's stage clock when stage timing is on
 
     def __init__(self, config: FeedConfig, instruments: Iterable[Instrument], midnight_ns: int,
                  transport: Transport, store_dir: str | None = None, *, day: str | None = None) -> None:
@@ -749,10 +758,13 @@ class Publisher:
         if not results:
             return
         ts = results[-1][1]
+        st = self.stages
         if self.l3 is not None:
             out: list[bytes] = []
             encode_l3(results, out, self.midnight_ns, self._stocks, self.tracking)
-            self.l3.emit(out, ts)
+            if st is not None:
+                st.lap(S_L3)
+            self.l3.emit(out, ts, st)
         tracker = self.tracker
         if tracker is not None:
             l2_out: list[bytes] = []
@@ -774,10 +786,12 @@ class Publisher:
                     l2e.encode(touched, ts6, l2_out)
                 if l1e is not None:
                     l1e.encode(touched, tracker.trades, ts6, l1_out)
+            if st is not None:
+                st.lap(S_L2L1)
             if self.l2 is not None:
-                self.l2.emit(l2_out, ts)
+                self.l2.emit(l2_out, ts, st)
             if self.l1 is not None:
-                self.l1.emit(l1_out, ts)
+                self.l1.emit(l1_out, ts, st)
 
     def _go_live(self) -> None:
         """End of replay: each channel continues its session, or changes it if it cannot."""

@@ -12,7 +12,8 @@ import time
 
 from appliance import codec_ring as C
 from appliance.catalogue import EV_ACCEPTED, EV_EXECUTED, NewOrder
-from appliance.daemon import Histogram, PartitionDaemon, apply_tuning
+from appliance.daemon import PartitionDaemon, apply_tuning
+from appliance.metrics import Histogram
 from appliance.ring import Ring
 from tools.demo import loopback_config
 

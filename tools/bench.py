@@ -14,7 +14,8 @@ BENCH_MODULES: tuple[str, ...] = (
     "tools.bench_feed",  # feed, subscriber
     "tools.bench_ring",
     "tools.bench_retransmit",  # retransmit
-    "tools.bench_pipeline",  # pipeline, restart, latency
+    "tools.bench_pipeline",  # pipeline, restart
+    "tools.bench_latency",  # latency
     "tools.bench_day",  # day
 )
 

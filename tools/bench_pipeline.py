@@ -1,4 +1,4 @@
-"""`matchwire bench pipeline FLOW.bin` and `matchwire bench latency`: the appliance's own paths.
+"""`matchwire bench pipeline FLOW.bin` and `matchwire bench restart FLOW.bin`: the partition's own paths.
 
     matchwire bench pipeline FLOW.bin [--limit 200000] [--durability batch] [--max-batch 1024] [--idle yield]
 
@@ -8,13 +8,7 @@ ring, ITCH L3/L2/L1 to loopback multicast, TTL 0). A producer process (spawn) pu
 commands, encoded beforehand, as fast as the ring takes them, and drains the event ring. Reported:
 commands/s from the first batch drained to the last batch released, i.e. at saturation.
 
-    matchwire bench latency [--rate 10000 --rate 50000] [--seconds 3] [--durability batch]
-
-For each offered rate, a fresh appliance (`matchwire run`, loopback, idle backoff) and one OUCH client
-process sending Enter Orders in 1 ms ticks (rate/1000 orders per tick, one write per tick), reading
-the answers; order-to-ack latency (Enter Order written -> Order Accepted read, client clock) in a
-log-linear histogram (1/64 resolution): p50, p99, p99.9, max; and the in-engine part (the
-partition's clock: ring drained -> event records out, per batch, weighted by its commands).
+`matchwire bench latency` lives in tools/bench_latency.py.
 
 On a shared 2-core VM these figures move with the neighbours' load: quote medians and ratios. The
 last line printed is one JSON object.
@@ -28,9 +22,6 @@ import multiprocessing
 import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from typing import Any
@@ -48,7 +39,7 @@ from appliance.config import (
     PartitionConfig,
     default,
 )
-from appliance.daemon import Histogram, PartitionDaemon
+from appliance.daemon import PartitionDaemon
 from appliance.model import STP_NONE
 from appliance.risk import FirmLimits
 from appliance.ring import Ring, RingError
@@ -69,11 +60,6 @@ def register(sub: Any) -> None:
     r.add_argument("--snapshot-every", type=int, default=0,
                    help="snapshot every N commands (default: limit - 300000, i.e. one 300k commands old)")
     r.set_defaults(func=_restart)
-    lat = sub.add_parser("latency", help="OUCH order-to-ack latency at fixed offered rates")
-    lat.add_argument("--rate", type=int, action="append", help="orders/s offered (repeatable; default 10000 50000)")
-    lat.add_argument("--seconds", type=float, default=3.0)
-    lat.add_argument("--durability", default="batch", choices=("batch", "interval", "none"))
-    lat.set_defaults(func=_latency)
 
 
 # ================================================================================================
@@ -249,132 +235,3 @@ def _restart(args: argparse.Namespace) -> int:
         return 0 if same else 1
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-# ================================================================================================
-# latency
-# ================================================================================================
-
-def _client(port: int, rate: int, seconds: float, conn: Any) -> None:
-    """One OUCH session offering `rate` orders/s in 1 ms ticks; sends back the latency histogram."""
-    from tools.demo import OuchClient
-    from appliance.daemon import choose_cpu
-    from appliance.gateway import ouch_layout as L
-    from feeds import soupbintcp as soup
-    others = set(os.sched_getaffinity(0)) - {choose_cpu(-1)}
-    if others:   # beside the gateway, not on the matcher's CPU
-        os.sched_setaffinity(0, others)
-    c = OuchClient("127.0.0.1", port)
-    assert c.login("alfa", "alfa-pw") == b"A"
-    c.sock.setblocking(False)
-    hist = Histogram()
-    sent_at: dict[int, int] = {}
-    parser = c.parser
-    per_tick = max(1, rate // 1000)
-    urn = 0
-    rng = random.Random(1)
-    t0 = time.perf_counter_ns()
-    end = t0 + int(seconds * 1e9)
-    tick = t0
-    acks = 0
-    while True:
-        now = time.perf_counter_ns()
-        if now >= tick and now < end:
-            buf = []
-            for _ in range(per_tick):
-                urn += 1
-                side = urn & 1
-                px = 1_500_000 + (rng.randrange(-50, 1) if side == 0 else rng.randrange(0, 51)) * 100
-                msg = L.EnterOrder(urn, b"BS"[side:side + 1], 100, b"ALPH    ", px, b"0", b"Y", b"A", b"N", b"N",
-                                   b"L%013d" % urn, 0)
-                buf.append(soup.encode_unsequenced_data(L.encode(L.ENTER_ORDER, msg)))
-            data = b"".join(buf)
-            t_send = time.perf_counter_ns()
-            for u in range(urn - per_tick + 1, urn + 1):
-                sent_at[u] = t_send
-            view = memoryview(data)
-            while view:
-                try:
-                    k = c.sock.send(view)
-                    view = view[k:]
-                except BlockingIOError:
-                    time.sleep(0.0001)
-            tick += 1_000_000
-        try:
-            data = c.sock.recv(1 << 18)
-        except BlockingIOError:
-            data = b""
-        if data:
-            t_rx = time.perf_counter_ns()
-            for kind, payload in parser.feed(data):
-                if kind == b"S" and payload[:1] in (b"A", b"J"):
-                    u = int.from_bytes(payload[9:13], "big")
-                    t = sent_at.pop(u, None)
-                    if t is not None:
-                        hist.record(t_rx - t)
-                        acks += 1
-        elif now >= end and (not sent_at or now > end + 5_000_000_000):
-            break
-        else:
-            time.sleep(0.00002)
-    conn.send((hist.to_json(), urn, acks, (time.perf_counter_ns() - t0) / 1e9))
-    c.sock.setblocking(True)
-    c.close()
-
-
-def _latency_config(root: str, durability: str) -> Config:
-    from tools.demo import loopback_config
-    c = loopback_config(root, durability=durability)
-    firms = tuple(dataclasses.replace(f, limits=FirmLimits(max_qty=1_000_000)) for f in c.firms)
-    return dataclasses.replace(c, firms=firms)
-
-
-def _latency(args: argparse.Namespace) -> int:
-    from tools.demo import write_config
-    rates = args.rate or [10_000, 50_000]
-    out: dict[str, Any] = {"benchmark": "latency", "seconds": args.seconds, "durability": args.durability,
-                           "rates": {}, "cpus": os.cpu_count(), "load_avg": os.getloadavg()[0]}
-    for rate in rates:
-        root = tempfile.mkdtemp(prefix="mw-bench-latency-")
-        cfg = _latency_config(root, args.durability)
-        path = write_config(cfg, os.path.join(root, "config.toml"))
-        state = os.path.join(root, "state")
-        log = open(os.path.join(root, "run.log"), "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "run", path, "--state-dir", state,
-                                 "--no-realtime"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            ready = os.path.join(state, "run", "gw0.ready.json")
-            deadline = time.monotonic() + 60
-            while not os.path.exists(ready):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"appliance did not start (see {log.name})")
-                time.sleep(0.05)
-            ctx = multiprocessing.get_context("spawn")
-            parent, child = ctx.Pipe()
-            cl = ctx.Process(target=_client, args=(cfg.gateways[0].ouch_port, rate, args.seconds, child))
-            cl.start()
-            if not parent.poll(args.seconds + 60):
-                raise RuntimeError("the client did not finish")
-            hj, sent, acks, secs = parent.recv()
-            cl.join(10)
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
-            stats = json.load(open(os.path.join(state, "run", "p0.stats.json")))
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            log.close()
-        h = Histogram.from_json(hj)
-        eng = Histogram.from_json(stats["in_engine_histogram"])
-        r = {"offered_per_s": rate, "sent": sent, "acked": acks, "achieved_per_s": round(acks / args.seconds),
-             "order_to_ack": h.summary_us(), "in_engine": eng.summary_us(),
-             "mean_batch": round(stats["stats"]["commands"] / max(stats["stats"]["batches"], 1), 1)}
-        out["rates"][str(rate)] = r
-        a = r["order_to_ack"]
-        e = r["in_engine"]
-        print(f"latency @ {rate}/s offered ({acks} acked of {sent}): order-to-ack p50 {a['p50_us']} us, "
-              f"p99 {a['p99_us']} us, p99.9 {a['p99_9_us']} us, max {a['max_us']} us; in-engine p50 {e['p50_us']} us, "
-              f"p99 {e['p99_us']} us (mean batch {r['mean_batch']})")
-        shutil.rmtree(root, ignore_errors=True)
-    print(json.dumps(out))
-    return 0

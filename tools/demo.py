@@ -349,7 +349,7 @@ class _Load:
     """The load generator's view of its clients and orders. Owned by the demo's thread."""
 
     def __init__(self) -> None:
-        from appliance.daemon import Histogram
+        from appliance.metrics import Histogram
         self.hist = Histogram()
         self.sent = 0
         self.acks = 0

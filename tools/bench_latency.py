@@ -1,0 +1,393 @@
+"""`matchwire bench latency`: order-to-ack latency through the whole appliance, measured honestly.
+
+    matchwire bench latency [--rate 10000 --rate 50000] [--seconds 3] [--protocol ouch|fix ...]
+                            [--wal none|tmpfs|disk ...] [--idle busy_spin|yield|backoff ...]
+                            [--stages] [--hdr-log FILE] [--plot FILE.png] [--realtime]
+
+For each combination of protocol, WAL placement, idle strategy and offered rate: a fresh appliance
+(`matchwire run` on loopback: partition, gateway, retransmission and snapshot servers) and one client
+process (an OUCH or FIX session) on the CPUs the matcher does not use.
+
+Every order has a scheduled send time, t0 + k / rate. The client sends each order as soon as it is
+due (several at once when it fell behind) and measures order-to-ack latency from the **scheduled**
+time to the time it read the answer (Order Accepted or Rejected; FIX ExecutionReport new or
+rejected). A client or appliance that falls behind therefore shows it in the figures, instead of
+hiding it by sending later (coordinated omission). The client's own lateness (actual send time minus
+scheduled time) is reported beside it.
+
+Histograms are HdrHistogram's (appliance/metrics.py). Reported per run: p50, p90, p99, p99.9,
+p99.99, max, the achieved rate (answers per second over the run), the in-engine part (the
+partition's clock: command ring drained -> event records on the gateway's ring, per batch, weighted
+by its commands), the mean batch, and with --stages the partition's time per duty-cycle stage.
+--wal: none (durability policy none, WAL in a temporary directory), tmpfs (policy batch, WAL in
+/dev/shm), disk (policy batch, WAL on the file system of --disk-dir, default the current directory).
+
+On a shared 2-core machine these figures move with the neighbours' load: quote medians and ratios.
+The last line printed is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import itertools
+import json
+import multiprocessing
+import os
+import random
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from appliance.config import Config
+from appliance.metrics import DUTY_STAGES, Histogram, format_stages
+from appliance.risk import FirmLimits
+
+WAL_PLACES = ("none", "tmpfs", "disk")
+PR_SET_TIMERSLACK = 29
+
+
+def register(sub: Any) -> None:
+    lat = sub.add_parser("latency", help="order-to-ack latency at fixed offered rates (OUCH or FIX), "
+                                         "from each order's scheduled send time")
+    lat.add_argument("--rate", type=int, action="append", help="orders/s offered (repeatable; default 10000 50000)")
+    lat.add_argument("--seconds", type=float, default=3.0, help="sending time per run (default 3)")
+    lat.add_argument("--protocol", action="append", choices=("ouch", "fix"), help="repeatable; default ouch")
+    lat.add_argument("--wal", action="append", choices=WAL_PLACES,
+                     help="none | tmpfs | disk (repeatable; default none)")
+    lat.add_argument("--durability", choices=("batch", "interval", "none"),
+                     help="the WAL policy for tmpfs/disk runs (default batch); 'none' alone means --wal none")
+    lat.add_argument("--disk-dir", default=".", help="where --wal disk puts the WAL (default: current directory)")
+    lat.add_argument("--idle", action="append", choices=("busy_spin", "yield", "backoff"),
+                     help="the matcher's idle strategy (repeatable; default busy_spin)")
+    lat.add_argument("--stages", action="store_true", help="time each duty-cycle stage in the partition")
+    lat.add_argument("--hdr-log", metavar="FILE", help="write every run's histogram (HdrHistogram log format)")
+    lat.add_argument("--plot", metavar="FILE", help="draw the percentile plot of every run to a PNG (matplotlib)")
+    lat.add_argument("--realtime", action="store_true", help="let the matcher take SCHED_FIFO and mlockall")
+    lat.set_defaults(func=_latency)
+
+
+# ================================================================================================
+# The client: one session, orders at scheduled times
+# ================================================================================================
+
+class _Ouch:
+    """OUCH 5.0 Enter Orders; the answer is matched by UserRefNum (= order index + 1)."""
+
+    def __init__(self, sock: socket.socket, cfg: Config) -> None:
+        from appliance.gateway import ouch_layout as L
+        from feeds import soupbintcp as soup
+        self.L, self.soup = L, soup
+        sock.sendall(soup.encode_login_request("alfa", "alfa-pw", "", 0))
+        self.parser = soup.FrameParser()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for kind, _payload in self.parser.feed(sock.recv(1 << 16)):
+                if kind == soup.LOGIN_ACCEPTED:
+                    return
+                if kind == soup.LOGIN_REJECTED:
+                    raise RuntimeError("OUCH login rejected")
+        raise RuntimeError("no OUCH login answer")
+
+    def order(self, k: int, side: int, px: int) -> bytes:
+        L = self.L
+        msg = L.EnterOrder(k + 1, b"BS"[side:side + 1], 100, b"ALPH    ", px, b"0", b"Y", b"A", b"N", b"N",
+                           b"L%013d" % k, 0)
+        return self.soup.encode_unsequenced_data(L.encode(L.ENTER_ORDER, msg))
+
+    def answers(self, data: bytes) -> list[int]:
+        out = []
+        for kind, payload in self.parser.feed(data):
+            if kind == b"S" and payload[:1] in (b"A", b"J"):
+                out.append(int.from_bytes(payload[9:13], "big") - 1)
+        return out
+
+
+class _Fix:
+    """FIX 4.4 NewOrderSingle; the answer (ExecutionReport new or rejected) is matched by ClOrdID."""
+
+    def __init__(self, sock: socket.socket, cfg: Config) -> None:
+        from appliance.gateway.fixcodec import FixMessage, FixParser, encode
+        self.encode, self.FixMessage = encode, FixMessage
+        self.target = cfg.gateways[0].fix_comp_id
+        self.seq = 1
+        self.parser = FixParser()
+        sock.sendall(self._msg("A", [(98, 0), (108, 30), (554, "alfa-pw")]))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for m in self.parser.feed(sock.recv(1 << 16)):
+                if isinstance(m, FixMessage) and m.msg_type == "A":
+                    return
+                if isinstance(m, FixMessage) and m.msg_type == "5":
+                    raise RuntimeError(f"FIX logon refused: {m.get(58)}")
+        raise RuntimeError("no FIX logon answer")
+
+    def _msg(self, msg_type: str, fields: list[tuple[int, Any]]) -> bytes:
+        head = [(49, "ALFA"), (56, self.target), (34, self.seq), (52, "20240131-14:05:09.123")]
+        self.seq += 1
+        return self.encode(msg_type, head + fields)
+
+    def order(self, k: int, side: int, px: int) -> bytes:
+        return self._msg("D", [(11, f"L{k}"), (55, "ALPH"), (54, "12"[side]), (60, "20240131-14:05:09.123"),
+                               (38, 100), (40, "2"), (44, f"{px // 10000}.{px % 10000:04d}"), (59, "0")])
+
+    def answers(self, data: bytes) -> list[int]:
+        out = []
+        for m in self.parser.feed(data):
+            if isinstance(m, self.FixMessage) and m.msg_type == "8" and m.get(150) in ("0", "8"):
+                cl = m.get(11) or ""
+                if cl.startswith("L"):
+                    out.append(int(cl[1:]))
+        return out
+
+
+class Schedule:
+    """Order k is due at t0_ns + k / rate. Owned by the client loop.
+
+    ``take_due(now_ns)`` returns the orders that fell due since the last call (all of them at once
+    when the loop was late: each keeps its own scheduled time); latency is measured from
+    ``scheduled(k)``, never from when the loop got round to sending."""
+
+    __slots__ = ("t0_ns", "period", "total", "next_k")
+
+    def __init__(self, t0_ns: int, rate: int, total: int) -> None:
+        self.t0_ns = t0_ns
+        self.period = 1_000_000_000 / rate
+        self.total = total
+        self.next_k = 0
+
+    def scheduled(self, k: int) -> int:
+        return self.t0_ns + int(k * self.period)
+
+    def take_due(self, now_ns: int) -> range:
+        if now_ns < self.t0_ns or self.next_k >= self.total:
+            return range(0)
+        due = min(self.total, int((now_ns - self.t0_ns) / self.period) + 1)
+        r = range(self.next_k, max(due, self.next_k))
+        self.next_k = r.stop
+        return r
+
+    def next_due_ns(self) -> int | None:
+        return self.scheduled(self.next_k) if self.next_k < self.total else None
+
+
+def _client(cfg: Config, protocol: str, rate: int, seconds: float, cpus: list[int], conn: Any) -> None:
+    """Send ``rate * seconds`` orders at their scheduled times; send back the histograms."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    try:   # wake at the scheduled time, not up to 50 µs later (the default timer slack)
+        ctypes.CDLL(None).prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    gw = cfg.gateways[0]
+    sock = socket.create_connection(("127.0.0.1", gw.ouch_port if protocol == "ouch" else gw.fix_port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    proto: _Ouch | _Fix = _Ouch(sock, cfg) if protocol == "ouch" else _Fix(sock, cfg)
+    sock.setblocking(False)
+    total = int(rate * seconds)
+    rng = random.Random(1)
+    lat = Histogram()
+    late = Histogram()
+    answered = bytearray(total)
+    acks = 0
+    pending_out = b""
+    clock = time.perf_counter_ns
+    sched = Schedule(clock() + 1_000_000, rate, total)    # the first order is due in 1 ms
+    last_ack = t0 = sched.t0_ns
+    drain_until = t0 + int(seconds * 1e9) + 10_000_000_000
+    while True:
+        now = clock()
+        due = sched.take_due(now)
+        if due:
+            parts = []
+            for k in due:
+                side = k & 1
+                px = 1_500_000 + (rng.randrange(-50, 1) if side == 0 else rng.randrange(0, 51)) * 100
+                parts.append(proto.order(k, side, px))
+            pending_out += b"".join(parts)
+            t_send = clock()
+            for k in due:
+                late.record(t_send - sched.scheduled(k))
+        if pending_out:
+            try:
+                n = sock.send(pending_out)
+                pending_out = pending_out[n:]
+            except BlockingIOError:
+                pass
+        try:
+            data = sock.recv(1 << 18)
+        except BlockingIOError:
+            data = b""
+        if data:
+            t_rx = clock()
+            for k in proto.answers(data):
+                if 0 <= k < total and not answered[k]:
+                    answered[k] = 1
+                    lat.record(t_rx - sched.scheduled(k))
+                    acks += 1
+                    last_ack = t_rx
+            continue
+        if acks >= total or now > drain_until:
+            break
+        nxt = sched.next_due_ns()
+        wait = (nxt - clock()) / 1e9 if nxt is not None else 0.01
+        if wait > 0 or pending_out:
+            select.select([sock], [sock] if pending_out else [], [], max(0.0, wait))
+    conn.send({"latency": lat.to_json(), "send_lateness": late.to_json(), "sent": sched.next_k, "acked": acks,
+               "seconds": (last_ack - t0) / 1e9})
+    sock.close()
+
+
+# ================================================================================================
+# One run: a fresh appliance, one client
+# ================================================================================================
+
+def _config(root: str, wal: str, idle: str, durability: str, disk_dir: str) -> tuple[Config, list[str]]:
+    from tools.demo import loopback_config
+    cleanup: list[str] = []
+    policy = "none" if wal == "none" else durability
+    c = loopback_config(root, durability=policy, idle=idle)
+    if wal != "none":
+        base = "/dev/shm" if wal == "tmpfs" else os.path.abspath(disk_dir)
+        waldir = tempfile.mkdtemp(prefix="mw-bench-wal-", dir=base)
+        cleanup.append(waldir)
+        parts = tuple(dataclasses.replace(p, wal_dir=os.path.join(waldir, p.name),
+                                          snapshot_dir=os.path.join(waldir, p.name, "snapshots"))
+                      for p in c.partitions)
+        c = dataclasses.replace(c, partitions=parts)
+    limits = FirmLimits(max_qty=1_000_000, max_notional=None, position_limit=None, rate_per_second=None,
+                        burst=None, collar_bps=None)
+    firms = tuple(dataclasses.replace(f, limits=limits) for f in c.firms)
+    return dataclasses.replace(c, firms=firms), cleanup
+
+
+def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace) -> dict[str, Any]:
+    from appliance.daemon import STAGE_TIMING_ENV, choose_cpu
+    from tools.demo import write_config
+    root = tempfile.mkdtemp(prefix="mw-bench-latency-")
+    cfg, cleanup = _config(root, wal, idle, args.durability or "batch", args.disk_dir)
+    path = write_config(cfg, os.path.join(root, "config.toml"))
+    state = os.path.join(root, "state")
+    env = dict(os.environ)
+    if args.stages:
+        env[STAGE_TIMING_ENV] = "1"
+    argv = [sys.executable, "-m", "tools.cli", "run", path, "--state-dir", state]
+    if not args.realtime:
+        argv.append("--no-realtime")
+    log = open(os.path.join(root, "run.log"), "wb")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    try:
+        ready = os.path.join(state, "run", "gw0.ready.json")
+        deadline = time.monotonic() + 120
+        while not os.path.exists(ready):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the appliance did not start: {open(log.name).read()[-2000:]}")
+            time.sleep(0.05)
+        matcher = choose_cpu(cfg.partitions[0].cpu)
+        cpus = sorted(set(os.sched_getaffinity(0)) - {matcher}) or sorted(os.sched_getaffinity(0))
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        cl = ctx.Process(target=_client, args=(cfg, protocol, rate, args.seconds, cpus, child))
+        cl.start()
+        if not parent.poll(args.seconds + 120):
+            raise RuntimeError("the client did not finish")
+        res = parent.recv()
+        cl.join(10)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+        stats = json.load(open(os.path.join(state, "run", "p0.stats.json")))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+        for d in [root, *cleanup]:
+            shutil.rmtree(d, ignore_errors=True)
+    h = Histogram.from_json(res["latency"])
+    eng = Histogram.from_json(stats["in_engine_histogram"])
+    late = Histogram.from_json(res["send_lateness"])
+    st = stats["stats"]
+    return {"protocol": protocol, "wal": wal, "durability": "none" if wal == "none" else args.durability or "batch",
+            "idle": idle, "offered_per_s": rate, "sent": res["sent"], "acked": res["acked"],
+            "achieved_per_s": round(res["acked"] / res["seconds"]) if res["seconds"] > 0 else 0,
+            "order_to_ack": h.summary_us(), "client_send_lateness": late.summary_us(),
+            "in_engine": eng.summary_us(), "mean_batch": round(st["commands"] / max(st["batches"], 1), 2),
+            "build": stats.get("build"), "stages": stats.get("stages"), "_hist": h}
+
+
+def _plot(runs: list[dict[str, Any]], path: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("matchwire: --plot needs matplotlib (pip install 'matchwire[bench]')")
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for r in runs:
+        pts = [(p, v) for p, v in r["_hist"].percentile_table() if p < 100.0]
+        xs = [1.0 / (1.0 - p / 100.0) for p, _ in pts]
+        ax.plot(xs, [v / 1000 for _, v in pts], marker=".", label=_label(r))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ticks = [1, 10, 100, 1000, 10000, 100000, 1000000]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(["0%", "90%", "99%", "99.9%", "99.99%", "99.999%", "99.9999%"])
+    ax.set_xlabel("percentile")
+    ax.set_ylabel("order-to-ack latency (µs, from the scheduled send time)")
+    ax.set_title("matchwire order-to-ack latency")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _label(r: dict[str, Any]) -> str:
+    return f"{r['protocol']} {r['offered_per_s']}/s wal={r['wal']} idle={r['idle']}"
+
+
+def _latency(args: argparse.Namespace) -> int:
+    rates = args.rate or [10_000, 50_000]
+    if any(r <= 0 for r in rates) or args.seconds <= 0:
+        sys.stderr.write("matchwire: bench latency: --rate and --seconds must be positive\n")
+        return 2
+    wals = args.wal or (["none"] if args.durability in (None, "none") else ["tmpfs"])
+    if args.durability == "none":
+        wals = ["none"]
+    if "disk" in wals and not os.path.isdir(args.disk_dir):
+        sys.stderr.write(f"matchwire: bench latency: --disk-dir {args.disk_dir}: not a directory\n")
+        return 2
+    from appliance.build import build_kind
+    out: dict[str, Any] = {"benchmark": "latency", "seconds": args.seconds, "runs": [], "cpus": os.cpu_count(),
+                           "build": build_kind(), "load_avg_before": round(os.getloadavg()[0], 2)}
+    runs = []
+    for protocol, wal, idle, rate in itertools.product(args.protocol or ["ouch"], wals, args.idle or ["busy_spin"],
+                                                       rates):
+        r = _one(protocol, wal, idle, rate, args)
+        runs.append(r)
+        a, e, lt = r["order_to_ack"], r["in_engine"], r["client_send_lateness"]
+        print(f"latency {_label(r)} [{r['build']}]: {r['acked']} of {r['sent']} answered, achieved "
+              f"{r['achieved_per_s']}/s; order-to-ack p50 {a['p50_us']} p90 {a['p90_us']} p99 {a['p99_us']} "
+              f"p99.9 {a['p99_9_us']} p99.99 {a['p99_99_us']} max {a['max_us']} us; in-engine p50 {e['p50_us']} "
+              f"p99 {e['p99_us']} us (mean batch {r['mean_batch']}); client late p50 {lt['p50_us']} us")
+        if args.stages and r["stages"]:
+            print("  partition duty cycle by stage:")
+            for line in format_stages(r["stages"], DUTY_STAGES):
+                print("  " + line)
+    if args.hdr_log:
+        with open(args.hdr_log, "w") as f:
+            for r in runs:
+                f.write(r["_hist"].hdr_log(_label(r).replace(" ", "_").replace(",", ";")))
+    if args.plot:
+        _plot(runs, args.plot)
+        print(f"percentile plot: {args.plot}")
+    for r in runs:
+        r.pop("_hist")
+    out["runs"] = runs
+    out["load_avg_after"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(out))
+    return 0

@@ -131,12 +131,13 @@ class BackoffSleep:
         self.park_ns = self.min_park_ns
 
 
-def make_idle(name: str) -> IdleStrategy:
-    """The strategy a config names (``busy_spin``, ``yield``, ``backoff``), with its defaults."""
+def make_idle(name: str, sleep_ns: Callable[[int], None] | None = None) -> IdleStrategy:
+    """The strategy a config names (``busy_spin``, ``yield``, ``backoff``), with its defaults.
+    ``sleep_ns``: how back-off parks (default ``time.sleep``; the partition waits on its doorbells)."""
     if name == BUSY_SPIN:
         return BusySpin()
     if name == YIELD:
         return Yield()
     if name == BACKOFF:
-        return BackoffSleep()
+        return BackoffSleep(sleep_ns=sleep_ns or _sleep_ns)
     raise ValueError(f"unknown idle strategy {name!r} (expected one of {', '.join(IDLE_STRATEGIES)})")

@@ -17,7 +17,9 @@ and unlinked by its owner. Layout (host byte order: little-endian on x86-64)::
 
     producer line: u64 @64  published  = records ever published (the next sequence to write)
     consumer line: u64 @128 consumed   = records ever consumed  (the next sequence to read)
-    (each counter alone on its 64-byte cache line: the two sides never write the same line)
+                   u64 @136 waiting    = 1 while the consumer waits on its doorbell, 0 while it polls
+    (the producer's and the consumer's words on separate 64-byte cache lines: the two sides never
+    write the same line)
 
     slot k, at 192 + k * slot_size, holds sequence s when s & (slots - 1) == k
     +-------------+-------------------------+----------------+
@@ -45,6 +47,13 @@ No locks and no system calls on the data path: a full ring is a value (``try_pub
 False, ``try_publish_many`` a short count), an empty ring is an empty batch; what to do while
 waiting is the caller's idle strategy (appliance.idle).
 
+Doorbells. A consumer that sleeps instead of polling says so (``set_waiting(True)``), checks the
+ring once more, then blocks on its doorbell, a FIFO beside the ring (``bell_name``) with a timeout.
+A producer that published into a ring whose consumer is waiting writes one byte to the doorbell
+(``consumer_waiting()``); to a polling consumer it writes nothing, so two spinning sides exchange
+records with no system call at all. Without a fence a wake-up can be missed (the producer reads the
+flag before the consumer's store is visible): the consumer's timeout bounds what that costs.
+
 Naming: one ring per direction per (gateway, partition) pair, ``ring_name(prefix, partition,
 gateway, direction)`` = ``"{prefix}.{partition}.{gateway}.{direction}"``, e.g. ``mw.p0.gw0.cmd``
 (gateway -> partition: commands) and ``mw.p0.gw0.evt`` (partition -> gateway: execution
@@ -62,11 +71,12 @@ from typing import Final, Sequence
 
 SHM_DIR: Final = "/dev/shm"
 MAGIC: Final = b"MWRING\x00\x01"
-VERSION: Final = 1
+VERSION: Final = 2                       # 2: the consumer's waiting word
 CACHE_LINE: Final = 64
 HEADER = struct.Struct("=8sIII")       # magic, version, slot_size, slots
 PUBLISHED_OFFSET: Final = 64           # u64, the producer's line
 CONSUMED_OFFSET: Final = 128           # u64, the consumer's line
+WAITING_OFFSET: Final = 136            # u64, the consumer's line: 1 while it waits on its doorbell
 SLOTS_OFFSET: Final = 192              # slot 0
 LENGTH_BYTES: Final = 2                # u16 record length at the start of each slot
 
@@ -105,6 +115,11 @@ def ring_name(prefix: str, partition: str, gateway: str, direction: str) -> str:
     if direction not in DIRECTIONS:
         raise ValueError(f"ring name: direction {direction!r} is not one of {DIRECTIONS}")
     return f"{prefix}.{partition}.{gateway}.{direction}"
+
+
+def bell_name(ring: str) -> str:
+    """The doorbell FIFO of a ring's consumer, beside the ring: "{prefix}.{partition}.{gateway}.{direction}.bell"."""
+    return ring + ".bell"
 
 
 def ring_bytes(slots: int, slot_size: int) -> int:
@@ -264,12 +279,13 @@ _CLOSED: Final = memoryview(bytearray())
 
 
 class _Role:
-    __slots__ = ("_view", "_pub", "_con", "_slots", "_mask", "_size", "_max", "_seq", "_other")
+    __slots__ = ("_view", "_pub", "_con", "_wait", "_slots", "_mask", "_size", "_max", "_seq", "_other")
 
     def __init__(self, view: memoryview, slots: int, slot_size: int) -> None:
         self._view = view
         self._pub = view[PUBLISHED_OFFSET:PUBLISHED_OFFSET + 8].cast("Q")
         self._con = view[CONSUMED_OFFSET:CONSUMED_OFFSET + 8].cast("Q")
+        self._wait = view[WAITING_OFFSET:WAITING_OFFSET + 8].cast("Q")
         self._slots = slots
         self._mask = slots - 1
         self._size = slot_size
@@ -280,6 +296,7 @@ class _Role:
     def _release(self) -> None:
         self._pub.release()
         self._con.release()
+        self._wait.release()
         self._view = _CLOSED   # any later slot access fails
 
 
@@ -356,6 +373,10 @@ class RingProducer(_Role):
         self._seq = seq
         self._pub[0] = seq
         return k
+
+    def consumer_waiting(self) -> bool:
+        """Whether the consumer sleeps on its doorbell (ring it after publishing) or polls (don't)."""
+        return self._wait[0] != 0
 
     def free(self) -> int:
         """Slots free now (loads the consumer counter)."""
@@ -435,6 +456,10 @@ class RingConsumer(_Role):
         self._seq = seq
         self._con[0] = seq
         return data, n
+
+    def set_waiting(self, waiting: bool) -> None:
+        """Say whether this consumer sleeps on its doorbell (True) or polls the ring (False)."""
+        self._wait[0] = 1 if waiting else 0
 
     def pending(self) -> int:
         """Records published and not yet consumed (loads the producer counter)."""

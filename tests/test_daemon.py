@@ -73,6 +73,69 @@ def test_partition_daemon_through_its_rings(tmp_path) -> None:
     re_.close()
 
 
+def test_doorbells_ring_only_for_a_side_that_sleeps(tmp_path) -> None:
+    """The partition rings the gateway's doorbell only while the gateway says it waits on it; with
+    back-off the partition itself parks on its own doorbell and says so, and a ring wakes it."""
+    from appliance.ring import SHM_DIR, bell_name
+
+    cfg = loopback_config(str(tmp_path), durability="none", idle="backoff")
+    d = PartitionDaemon(cfg, "p0", str(tmp_path / "state"), realtime=False)
+    mask = os.sched_getaffinity(0)
+    try:
+        d.start()
+    finally:
+        os.sched_setaffinity(0, mask)
+    names = cfg.ring_names("p0", "gw0")
+    rc, re_ = Ring.attach(names["cmd"]), Ring.attach(names["evt"])
+    prod, cons = rc.producer(), re_.consumer()
+    bell = os.open(os.path.join(SHM_DIR, bell_name(names["evt"])), os.O_RDONLY | os.O_NONBLOCK)
+    wake = os.open(os.path.join(SHM_DIR, bell_name(names["cmd"])), os.O_WRONLY | os.O_NONBLOCK)
+    t = threading.Thread(target=d.run)
+    t.start()
+    rung: list[bytes] = []
+
+    def order_and_answer(n: int) -> None:
+        prod.try_publish(C.encode_command(NewOrder(n << 32 | 1, 1, n & 1, 100, 1_500_000 + n * 100, firm=1,
+                                                   session=1)))
+        if prod.consumer_waiting():
+            os.write(wake, b"\x01")
+        got = []
+        deadline = time.monotonic() + 20
+        while not got and time.monotonic() < deadline:
+            got = [r for r in cons.poll() if r]
+            time.sleep(0.005)
+        assert got, "no event record"
+        time.sleep(0.05)
+        try:
+            rung.append(os.read(bell, 64))
+        except BlockingIOError:
+            rung.append(b"")
+
+    try:
+        cons.poll()                     # the bootstrap records
+        cons.set_waiting(False)         # a polling gateway: no system call for it
+        order_and_answer(1)
+        cons.set_waiting(True)          # a sleeping gateway: one byte on its doorbell
+        order_and_answer(2)
+        parked = False
+        deadline = time.monotonic() + 20
+        while not parked and time.monotonic() < deadline:
+            parked = prod.consumer_waiting()    # the idle partition says it sleeps on its doorbell
+            time.sleep(0.001)
+        assert parked
+        order_and_answer(3)
+    finally:
+        d.stopping = True
+        os.write(wake, b"\x01")
+        t.join(30)
+        os.close(bell)
+        os.close(wake)
+    assert rung[0] == b"" and rung[1] == b"\x01"
+    assert d.stats["commands"] == 3
+    rc.close()
+    re_.close()
+
+
 def _hms(ts: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(ts))
 

@@ -86,7 +86,7 @@ from appliance.gateway.fix import FixSession, FixSessionConfig, FixSessionState,
 from appliance.gateway.fixcodec import FixFramingError
 from appliance.gateway.ouch import OuchSession, _Order
 from appliance.model import BUY, DAY, IOC, SELL, Instrument
-from appliance.ring import SHM_DIR, Ring, RingError
+from appliance.ring import SHM_DIR, Ring, RingError, bell_name
 from appliance.risk import RiskChecker
 from appliance.wal import MalformedCommand
 from feeds import soupbintcp as soup
@@ -587,19 +587,22 @@ class GatewayServer:
 
     # -- rings ---------------------------------------------------------------------------------------
     def attach_rings(self, timeout_s: float = 30.0) -> None:
-        from appliance.daemon import bell_name
+        """Each partition's two rings and two doorbells: ours (we sleep on it: the event ring says we
+        wait) and the partition's (rung after we publish commands while it says it waits)."""
         deadline = time.monotonic() + timeout_s
         self.cmd_out = []
         self.evt_in = []
         self.rings = []
         self.bells = []
+        self.wakes: list[int] = []
         for p in self.partitions:
             names = self.config.ring_names(p.name, self.name)
             while True:
                 try:
                     rc = Ring.attach(names["cmd"])
                     re_ = Ring.attach(names["evt"])
-                    bell = os.open(os.path.join(SHM_DIR, bell_name(names["cmd"])), os.O_RDONLY | os.O_NONBLOCK)
+                    bell = os.open(os.path.join(SHM_DIR, bell_name(names["evt"])), os.O_RDONLY | os.O_NONBLOCK)
+                    wake = os.open(os.path.join(SHM_DIR, bell_name(names["cmd"])), os.O_WRONLY | os.O_NONBLOCK)
                     break
                 except (RingError, FileNotFoundError):
                     if time.monotonic() > deadline:
@@ -607,8 +610,11 @@ class GatewayServer:
                     time.sleep(0.05)
             self.rings.append((rc, re_))
             self.cmd_out.append(rc.producer())
-            self.evt_in.append(re_.consumer())
+            cons = re_.consumer()
+            cons.set_waiting(True)        # the event loop sleeps in epoll: the partition rings for us
+            self.evt_in.append(cons)
             self.bells.append(bell)
+            self.wakes.append(wake)
 
     # -- input path ------------------------------------------------------------------------------
     def garbage(self, conn: _Conn, why: str) -> None:
@@ -750,12 +756,19 @@ class GatewayServer:
 
     def _publish(self, box: list[tuple[int, bytes]]) -> None:
         outs = self.cmd_out
+        rung = 0
         for i, (p, rec) in enumerate(box):
             if not outs[p].try_publish(rec):
                 self.cmd_pending = box[i:]
                 self.count("ring_full")
                 self._pause(True)
-                return
+                break
+            if outs[p].consumer_waiting() and not rung >> p & 1:   # a spinning partition needs no bell
+                rung |= 1 << p
+                try:
+                    os.write(self.wakes[p], b"\x01")
+                except BlockingIOError:   # the FIFO is full of unread rings: it will wake
+                    pass
 
     def _pause(self, on: bool) -> None:
         if on == self.paused:
@@ -1079,6 +1092,8 @@ class GatewayServer:
                 self.loop.remove_reader(fd)
             except Exception:
                 pass
+            os.close(fd)
+        for fd in getattr(self, "wakes", []):
             os.close(fd)
         for rc, re_ in getattr(self, "rings", []):
             rc.close()

@@ -6,11 +6,11 @@ STAMP  := $(VENV)/.installed
 SHARED ?= ../shared
 FLOWGEN := $(SHARED)/bench/flowgen.py
 
-# The matching core, compiled by mypyc for `make bench-mypyc` (same typed source).
-MYPYC_MODULES := appliance/model.py appliance/reasons.py appliance/catalogue.py \
-                 appliance/matching/book.py appliance/matching/engine.py appliance/matching/statehash.py
+# The hot path compiled by mypyc in place (an extension beside each source file, which Python's
+# import prefers): appliance/build.py lists the modules and tells which build a process runs.
+COMPILED_MODULES = $(shell cd $(CURDIR) && $(PYTHON) -m appliance.build modules)
 
-.PHONY: demo test lint flows bench-matching bench-mypyc bench-pypy clean
+.PHONY: demo test test-compiled compiled pure lint flows bench-matching bench-mypyc bench-pypy clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/matchwire demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	MATCHWIRE_EXPECT_BUILD=$$($(BIN)/python -m appliance.build kind) $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet mypy
@@ -42,16 +42,25 @@ bench-matching: $(STAMP) flows
 	$(BIN)/matchwire bench matching flows/f100.bin --runs 5
 	$(BIN)/matchwire bench memory
 
-build/mypyc/.built: $(STAMP) $(MYPYC_MODULES)
+compiled: $(STAMP)
 	$(BIN)/python -m pip install --quiet mypy
-	rm -rf build/mypyc && mkdir -p build/mypyc
-	cp -r appliance feeds retransmit tools build/mypyc/
-	cd build/mypyc && ../../$(BIN)/mypyc $(MYPYC_MODULES) >/dev/null
-	touch $@
+	$(BIN)/mypyc $(COMPILED_MODULES) >build-mypyc.log 2>&1 || (tail -30 build-mypyc.log; exit 1)
+	# mypyc's shared runtime library lands at the top of the tree: make it importable from anywhere
+	echo "$(CURDIR)" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/matchwire-compiled.pth"
+	@echo "build: $$($(BIN)/python -m appliance.build kind)"
 
-bench-mypyc: build/mypyc/.built flows
-	cd build/mypyc && ../../$(BIN)/python -m tools bench matching ../../flows/f1.bin --runs 5
-	cd build/mypyc && ../../$(BIN)/python -m tools bench matching ../../flows/f100.bin --runs 5
+pure:
+	rm -f appliance/*.so appliance/*/*.so *__mypyc*.so build-mypyc.log
+	[ ! -x $(BIN)/python ] || rm -f "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/matchwire-compiled.pth"
+	@echo "build: cpython (the compiled extensions removed)"
+
+# The whole suite against the compiled build, then back to the pure-Python reference.
+test-compiled: compiled
+	MATCHWIRE_EXPECT_BUILD=mypyc $(BIN)/python -m pytest -q; rc=$$?; $(MAKE) --no-print-directory pure; exit $$rc
+
+bench-mypyc: compiled flows
+	$(BIN)/matchwire bench matching flows/f1.bin --runs 5
+	$(BIN)/matchwire bench matching flows/f100.bin --runs 5
 
 # PyPy runs the same source (Debian's pypy3 is a 3.9 dialect; the matching core keeps to it).
 bench-pypy: flows

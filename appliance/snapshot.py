@@ -70,6 +70,7 @@ SNAP_HEADER: Final = struct.Struct("<" + "".join(code for _, code in SNAP_HEADER
 SNAP_HEADER_SIZE: Final = SNAP_HEADER.size  # 68
 _BOOK: Final = struct.Struct("<HIIII")
 _NEW: Final = LAYOUTS[NewOrder.KIND]
+_NATIVE_ORDERS: Final = hasattr(NewOrder, "__mypyc_attrs__")   # the compiled build
 ORDER_FIELDS: Final = tuple(NewOrder.FIELDS) + (("ref", "Q"), ("leaves", "q"), ("filled", "q"))
 _ORDER: Final = struct.Struct("<" + "".join(code for _, code in ORDER_FIELDS))
 _ORDER_STATE: Final = struct.Struct("<Qqq")
@@ -154,11 +155,23 @@ _ENGINE_SKIP: Final = frozenset({"default_stp"})
 _BOOK_SKIP: Final = frozenset({"locate", "tick"})
 
 
-def _book_slots() -> tuple[str, ...]:
+def attribute_names(klass: type, obj: Any = None) -> tuple[str, ...]:
+    """The instance attributes of a class: its ``__slots__`` over the MRO, the compiled build's
+    ``__mypyc_attrs__`` (a native class has neither slots nor a ``__dict__``), else ``vars(obj)``."""
+    native = getattr(klass, "__mypyc_attrs__", None)
+    if native is not None:
+        return tuple(native)
     names: list[str] = []
-    for klass in Book.__mro__:
-        names.extend(getattr(klass, "__slots__", ()))
+    for k in klass.__mro__:
+        slots = getattr(k, "__slots__", ())
+        names.extend((slots,) if isinstance(slots, str) else slots)
+    if not names and obj is not None:
+        names = list(vars(obj))
     return tuple(names)
+
+
+def _book_slots() -> tuple[str, ...]:
+    return attribute_names(Book)
 
 
 # ================================================================================================
@@ -181,7 +194,7 @@ def capture(engine: Engine, seq: int, ts_ns: int, epoch: int) -> bytes:
     books = [b for b in engine.books if b is not None]
     meta = {
         "spec": spec.to_json(),
-        "engine": _int_counters(engine, sorted(vars(engine)), _ENGINE_SKIP),
+        "engine": _int_counters(engine, sorted(attribute_names(type(engine), engine)), _ENGINE_SKIP),
         "books": {str(b.locate): _int_counters(b, book_names, _BOOK_SKIP) for b in books},
     }
     meta_bytes = json.dumps(meta, sort_keys=True).encode()
@@ -331,9 +344,12 @@ def _order_from(vals: tuple[Any, ...], names: list[str], str_idx: list[int], n_f
     v = list(vals)
     for i in str_idx:
         v[i] = v[i].rstrip(b" ").decode("ascii")
-    o = NewOrder.__new__(NewOrder)
-    for name, x in zip(names, v):
-        setattr(o, name, x)
+    if _NATIVE_ORDERS:   # a compiled class is built by its constructor (its __new__ runs __init__)
+        o = NewOrder(**dict(zip(names, v)))
+    else:
+        o = NewOrder.__new__(NewOrder)
+        for name, x in zip(names, v):
+            setattr(o, name, x)
     o.ref, o.leaves, o.filled = v[n_fields:]
     return o
 

@@ -14,6 +14,29 @@ from appliance.catalogue import COMMANDS, EVENT_LAYOUTS, Command, Event, NewOrde
 
 Spec = tuple[str, tuple[Any, ...]]
 
+
+def pytest_report_header(config: Any) -> str:
+    from appliance.build import build_kind
+    return f"matchwire build: {build_kind()} (hot path {'compiled by mypyc' if build_kind() == 'mypyc' else 'pure Python'})"
+
+
+def pytest_configure(config: Any) -> None:
+    """`make test` / `make test-compiled` say which build they mean to test: a mismatch (a stale or
+    missing compiled extension) stops the run instead of testing the other build unnoticed."""
+    import os
+    from appliance.build import build_kind
+    want = os.environ.get("MATCHWIRE_EXPECT_BUILD")
+    if want and want != build_kind():
+        raise pytest.UsageError(f"expected the {want} build of the hot path, found {build_kind()} "
+                                f"(make compiled / make pure)")
+
+
+def compiled_build() -> bool:
+    """The compiled classes check argument types at construction: a test of what the pure build
+    refuses later (a malformed command) cannot even build its input there."""
+    from appliance.build import build_kind
+    return build_kind() == "mypyc"
+
 _BY_NAME = {cls.NAME: cls for cls in COMMANDS.values()}
 _ORDER_FIELDS = ("order", "maker", "taker", "old", "new", "buy", "sell")
 

@@ -140,7 +140,9 @@ def _replace(draw: st.DrawFn) -> Spec:
                   st.sampled_from((0, 0, -100, 10050, 1 << 32)), 5)
     stop_price = _pick(draw, st.just(0), st.sampled_from(ALL_PRICES + [-100, 10050]), 4)
     cl = draw(st.sampled_from(("", "", "r")))
-    return _spec(ReplaceOrder(oid, qty, price, firm, 0, stop_price, cl))
+    # A spec, not an object: qty and price may still be the "same"/"down" markers (which the compiled
+    # build's typed constructor would refuse); FIELDS order.
+    return ReplaceOrder.NAME, (oid, firm, 0, qty, price, stop_price, cl)
 
 
 def _resolve(specs: list[Spec]) -> list[Spec]:

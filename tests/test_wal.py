@@ -24,6 +24,7 @@ from appliance.catalogue import (
     SetSchedule,
 )
 from appliance.sequencer import SequenceError, Sequencer
+
 from appliance.wal import (
     SEAL_SIZE,
     SEGMENT_HEADER_SIZE,
@@ -41,6 +42,7 @@ from appliance.wal import (
     encode_record,
 )
 from tools.killworker import command_at
+from conftest import compiled_build
 
 # ------------------------------------------------------------------------------------------------
 # helpers
@@ -155,17 +157,23 @@ def test_record_round_trip_and_generated_decoder_equals_the_table_walking_one(cm
     assert fields_of(generic) == fields_of(back)
 
 
-@pytest.mark.parametrize("cmd, what", [
-    (NewOrder(1, 1, 0, 100, 5, account="é"), "not ASCII"),
-    (NewOrder(1, 1, 0, 100, 5, account="x" * 17), "longer than 16"),
-    (NewOrder(1, 1, 0, 100, 5, mpid="AB "), "ends with a space"),
-    (NewOrder(1, 1, 0, 100, 5, cl_ord_id=None), "not a string"),  # type: ignore[arg-type]
-    (NewOrder(-1, 1, 0, 100, 5), "out of range"),
-    (NewOrder(1, 70000, 0, 100, 5), "NewOrder"),
-    (NewOrder(1, 1, 0, 1.5, 5), "integer"),  # type: ignore[arg-type]
-    (CancelOrder(1, firm=2**32), "CancelOrder"),
+@pytest.mark.parametrize("make, what", [
+    (lambda: NewOrder(1, 1, 0, 100, 5, account="é"), "not ASCII"),
+    (lambda: NewOrder(1, 1, 0, 100, 5, account="x" * 17), "longer than 16"),
+    (lambda: NewOrder(1, 1, 0, 100, 5, mpid="AB "), "ends with a space"),
+    (lambda: NewOrder(1, 1, 0, 100, 5, cl_ord_id=None), "not a string"),  # type: ignore[arg-type]
+    (lambda: NewOrder(-1, 1, 0, 100, 5), "out of range"),
+    (lambda: NewOrder(1, 70000, 0, 100, 5), "NewOrder"),
+    (lambda: NewOrder(1, 1, 0, 1.5, 5), "integer"),  # type: ignore[arg-type]
+    (lambda: CancelOrder(1, firm=2**32), "CancelOrder"),
 ])
-def test_a_command_that_cannot_be_written_as_declared_is_malformed(cmd, what) -> None:
+def test_a_command_that_cannot_be_written_as_declared_is_malformed(make, what) -> None:
+    try:
+        cmd = make()
+    except TypeError:
+        if not compiled_build():
+            raise
+        pytest.skip("the compiled build refuses this command at construction already")
     with pytest.raises(MalformedCommand, match=what):
         encode_body(cmd)
 

@@ -21,6 +21,7 @@ import tempfile
 import time
 from typing import Any
 
+from appliance.build import build_kind
 from appliance.catalogue import Event, NewOrder
 from appliance.matching.engine import Engine
 from appliance.model import BUY, GTC, LIMIT, SELL, STP_NONE, Instrument
@@ -30,10 +31,14 @@ from tools.flows import FLOW_FIRM_STP, FLOW_RECORD, decode_records, flow_instrum
 BATCH = 1024
 
 
-def run_flow(path: str) -> dict[str, Any]:
+def run_flow(path: str, limit: int = 0) -> dict[str, Any]:
+    """The flow (its first ``limit`` commands when > 0) through the engine alone."""
     data, meta = read_flow_bytes(path)
     rec = FLOW_RECORD.size
     n = len(data) // rec
+    if 0 < limit < n:
+        n = limit
+        meta = {}     # the flow's expected results are for the whole flow
     instruments = int(meta["instruments"]) if "instruments" in meta else _max_instrument(data) + 1
     engine = Engine(flow_instruments(instruments), FLOW_FIRM_STP)
     apply_batch = engine.apply_batch
@@ -46,7 +51,7 @@ def run_flow(path: str) -> dict[str, Any]:
     try:
         for start in range(0, n, BATCH):
             t0 = clock()
-            cmds = decode_records(view[start * rec:(start + BATCH) * rec])
+            cmds = decode_records(view[start * rec:min(start + BATCH, n) * rec])
             t1 = clock()
             out: list[Event] = []
             ends: list[int] = []
@@ -60,6 +65,7 @@ def run_flow(path: str) -> dict[str, Any]:
         "flow": os.path.basename(path),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "compiled": _compiled(),
+        "build": build_kind(),
         "events": n,
         "seconds": round(apply_s, 4),
         "events_per_sec": round(n / apply_s),
@@ -94,7 +100,7 @@ def _median_of_runs(argv: list[str], runs: int) -> list[dict[str, Any]]:
 
 def cmd_matching(args: argparse.Namespace) -> int:
     if args.runs > 1:
-        results = _median_of_runs(["matching", args.flow], args.runs)
+        results = _median_of_runs(["matching", args.flow, "--limit", str(args.limit)], args.runs)
         for r in results:
             print(json.dumps(r))
         rates = [r["events_per_sec"] for r in results]
@@ -106,7 +112,7 @@ def cmd_matching(args: argparse.Namespace) -> int:
         best["seconds"] = round(statistics.median(r["seconds"] for r in results), 4)
         print(json.dumps(best))
         return 0 if all(r.get("matches_flow_json", True) for r in results) else 1
-    result = run_flow(args.flow)
+    result = run_flow(args.flow, args.limit)
     print(json.dumps(result))
     return 0 if result.get("matches_flow_json", True) else 1
 
@@ -192,6 +198,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("matching", help="run a flowgen flow through the matching engine")
     p.add_argument("flow", help="FLOW.bin made by shared/bench/flowgen.py (FLOW.json beside it)")
     p.add_argument("--runs", type=int, default=1, help="repeat in fresh processes; report the median")
+    p.add_argument("--limit", type=int, default=0, help="only the first N commands of the flow (default: all)")
     p.set_defaults(func=cmd_matching)
     m = sub.add_parser("memory", help="peak memory of one book holding N resting orders")
     m.add_argument("--orders", type=int, default=1_000_000)

@@ -22,6 +22,8 @@ import multiprocessing
 import os
 import random
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Any
@@ -40,6 +42,8 @@ from appliance.config import (
     default,
 )
 from appliance.daemon import PartitionDaemon
+from appliance.build import build_kind
+from appliance.metrics import DUTY_STAGES, format_stages
 from appliance.model import STP_NONE
 from appliance.risk import FirmLimits
 from appliance.ring import Ring, RingError
@@ -53,6 +57,7 @@ def register(sub: Any) -> None:
     p.add_argument("--durability", default="batch", choices=("batch", "interval", "none"))
     p.add_argument("--max-batch", type=int, default=1024)
     p.add_argument("--idle", default="yield", choices=("busy_spin", "yield", "backoff"))
+    p.add_argument("--stages", action="store_true", help="time each duty-cycle stage")
     p.set_defaults(func=_pipeline)
     r = sub.add_parser("restart", help="partition start-up after a crash: from a feed checkpoint vs the whole WAL")
     r.add_argument("flow")
@@ -130,6 +135,15 @@ def _drive(d: PartitionDaemon, cfg: Config, root: str, records: list[bytes], shu
     return rc
 
 
+def _engine_alone(flow: str, limit: int) -> dict[str, Any]:
+    """`bench matching` on the same commands, in a fresh process (the engine alone, same build)."""
+    proc = subprocess.run([sys.executable, "-m", "tools.bench_matching", "matching", flow, "--limit", str(limit)],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"bench matching failed: {proc.stderr[-2000:]}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
 def _pipeline(args: argparse.Namespace) -> int:
     cmds, meta = read_flow(args.flow)
     cmds = cmds[: args.limit]
@@ -137,9 +151,11 @@ def _pipeline(args: argparse.Namespace) -> int:
     root = tempfile.mkdtemp(prefix="mw-bench-pipeline-")
     try:
         cfg = _flow_config(root, flow_instrument_count(cmds, meta), args.durability, args.idle)
-        d = PartitionDaemon(cfg, "p0", os.path.join(root, "state"), realtime=False, max_batch=args.max_batch)
+        d = PartitionDaemon(cfg, "p0", os.path.join(root, "state"), realtime=False, max_batch=args.max_batch,
+                            stage_timing=args.stages)
         d.start()
         rc = _drive(d, cfg, root, records)
+        alone = _engine_alone(args.flow, len(cmds))
         secs = (d.last_batch_ns - d.first_batch_ns) / 1e9
         st = d.stats
         result = {
@@ -149,10 +165,19 @@ def _pipeline(args: argparse.Namespace) -> int:
             "records_out": st["records_out"], "durability": args.durability, "idle": args.idle,
             "in_engine_per_batch": d.in_engine.summary_us(), "feed_messages": {
                 ch: v["messages_sent"] for ch, v in d.publisher.stats().items()},
-            "exit": rc, "cpus": os.cpu_count(), "load_avg": os.getloadavg()[0],
+            "exit": rc, "cpus": os.cpu_count(), "load_avg": os.getloadavg()[0], "build": build_kind(),
+            "engine_alone_per_s": alone["events_per_sec"],
+            "stages": d.stages.report(st["commands"]) if d.stages is not None else None,
         }
-        print(f"pipeline: {result['commands']} commands in {result['seconds']} s = {result['orders_per_s']}/s "
-              f"(WAL {args.durability}, mean batch {result['mean_batch']}, multicast L3/L2/L1 on loopback)")
+        share = result["orders_per_s"] / alone["events_per_sec"] if alone["events_per_sec"] else 0
+        print(f"pipeline [{result['build']}]: {result['commands']} commands in {result['seconds']} s = "
+              f"{result['orders_per_s']}/s (WAL {args.durability}, mean batch {result['mean_batch']}, multicast "
+              f"L3/L2/L1 on loopback); the engine alone on the same commands, same run: "
+              f"{alone['events_per_sec']}/s (the pipeline runs at {100 * share:.0f}% of it)")
+        if result["stages"]:
+            print("partition duty cycle by stage:")
+            for line in format_stages(result["stages"], DUTY_STAGES):
+                print(line)
         print(json.dumps(result))
         return 0
     finally:

@@ -258,10 +258,11 @@ class Engine:
                     self._new_order(o, out)
             elif cls is CancelOrder:
                 c: CancelOrder = cmd  # type: ignore[assignment]
-                o = orders.get(c.order_id)  # type: ignore[assignment]
-                if o is None or o.firm != c.firm or o.ord_type != LIMIT:
+                found = orders.get(c.order_id)   # Optional: the compiled build checks o's type
+                if found is None or found.firm != c.firm or found.ord_type != LIMIT:
                     self._cancel(c, out)
                 else:
+                    o = found
                     del orders[c.order_id]
                     leaves = o.leaves
                     o.leaves = 0

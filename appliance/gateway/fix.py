@@ -68,7 +68,7 @@ import datetime
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Final, Iterable, Sequence
+from typing import Any, Final, Iterable, Iterator, Sequence
 
 from appliance import reasons as R
 from appliance.catalogue import (
@@ -123,6 +123,10 @@ _DECIMAL: Final = re.compile(r"-?[0-9]+(\.[0-9]*)?\Z")
 _QTY: Final = re.compile(r"[0-9]+(\.0*)?\Z")
 _MSG_TYPE: Final = re.compile(r"[0-9A-Za-z]\Z|A[A-Z]\Z|B[A-H]\Z")   # FIX 4.4 MsgType values
 _TEN_S: Final = 10_000_000_000
+#: ClOrdIDs of orders that are done (and of refused requests) remembered for duplicate detection:
+#: the most recent CL_ORD_ID_WINDOW of them (FixSessionConfig.cl_ord_id_window). A live order's
+#: ClOrdIDs are always remembered.
+CL_ORD_ID_WINDOW: Final = 100_000
 
 #: Our reject reasons -> (OrdRejReason 103, CxlRejReason 102). The one table; Text (58) is
 #: appliance.reasons.describe(reason).
@@ -211,6 +215,7 @@ class FixSessionConfig:
     default_stp: int = STP_DEFAULT   # when an order has no 7928
     logon_timeout_ns: int = _TEN_S
     logout_timeout_ns: int = _TEN_S
+    cl_ord_id_window: int = CL_ORD_ID_WINDOW   # ClOrdIDs of done orders remembered (at least)
 
 
 class FixOrder:
@@ -256,25 +261,43 @@ class FixOrder:
         return o
 
 
+_EVICT_PER_ADD: Final = 4   # oldest ClOrdIDs looked at per new one (live ones go to the back)
+
+
 class FixSessionState:
-    """What must survive a restart: sequence numbers, the sent-message store, the session's orders.
+    """What must survive a restart: sequence numbers, the sent-message store, the session's orders
+    and the ClOrdIDs still remembered.
 
     ``to_json_obj()`` / ``from_json_obj()`` give a plain JSON-able object. ``dirty`` is set on every
     change; the shell saves the state (and clears it) before writing data_to_send() to the socket.
+    What changed since the shell last looked is listed for journalling increments: ``touched``
+    (order ids whose FixOrder changed, was added or was forgotten) and ``new_cl_ord_ids`` ((ClOrdID,
+    order id) pairs remembered); the shell empties both. ``sent`` is a dict here; the gateway gives
+    it a file-backed store with the same ``[seq] =``, ``get`` and ``clear``.
     In-flight requests are not kept: after a restart their answers are reported without them.
+
+    ClOrdIDs (duplicate detection, OrigClOrdID lookup): every ClOrdID of a live order is remembered;
+    of the others (done orders, refused requests) the most recent ``cl_window`` at least, the
+    oldest forgotten first. A forgotten ClOrdID is new again: its reuse is accepted, and an
+    OrigClOrdID naming it is an unknown order.
     """
 
-    __slots__ = ("next_in", "next_out", "sent", "next_order", "next_exec", "cl_ord_ids", "orders", "dirty")
+    __slots__ = ("next_in", "next_out", "sent", "next_order", "next_exec", "cl_ord_ids", "orders", "dirty",
+                 "touched", "new_cl_ord_ids", "cl_window", "_cl_fifo")
 
     def __init__(self) -> None:
         self.next_in = 1                             # the MsgSeqNum we expect next
         self.next_out = 1                            # the MsgSeqNum we send next
-        self.sent: dict[int, str] = {}               # MsgSeqNum -> the message as sent (latin-1)
+        self.sent: Any = {}                          # MsgSeqNum -> the message as sent (latin-1)
         self.next_order = 1
         self.next_exec = 1
-        self.cl_ord_ids: dict[str, int] = {}         # every ClOrdID used -> order id (0: none)
+        self.cl_ord_ids: dict[str, int] = {}         # ClOrdID remembered -> order id (0: none)
         self.orders: dict[int, FixOrder] = {}        # order id -> order, live or with answers due
         self.dirty = False
+        self.touched: set[int] = set()
+        self.new_cl_ord_ids: list[tuple[str, int]] = []
+        self.cl_window = CL_ORD_ID_WINDOW
+        self._cl_fifo: deque[str] = deque()          # remembered ClOrdIDs, oldest first
 
     def reset_sequences(self) -> None:
         self.next_in = 1
@@ -282,12 +305,57 @@ class FixSessionState:
         self.sent.clear()
         self.dirty = True
 
+    def touch(self, order_id: int) -> None:
+        self.touched.add(order_id)
+        self.dirty = True
+
+    def remember_cl_ord_id(self, cl: str, order_id: int) -> None:
+        """Remember ``cl`` (for ``order_id``, 0: none), then forget the oldest ClOrdIDs beyond the
+        window whose order is gone (a few per call: constant work)."""
+        ids = self.cl_ord_ids
+        if cl not in ids:
+            self._cl_fifo.append(cl)
+        ids[cl] = order_id
+        self.new_cl_ord_ids.append((cl, order_id))
+        self.dirty = True
+        self._forget_cl_ord_ids(_EVICT_PER_ADD)
+
+    def _forget_cl_ord_ids(self, tries: int) -> None:
+        ids, fifo, orders = self.cl_ord_ids, self._cl_fifo, self.orders
+        while len(ids) > self.cl_window and tries > 0 and fifo:
+            tries -= 1
+            cl = fifo.popleft()
+            oid = ids.get(cl)
+            if oid is None:
+                continue
+            if oid and oid in orders:     # live (or answers due): keep, look again later
+                fifo.append(cl)
+            else:
+                del ids[cl]
+
+    def restore_cl_ord_ids(self, pairs: Iterable[tuple[str, int]]) -> None:
+        """Remembered ClOrdIDs in the order they were remembered (recovery), then the window kept."""
+        ids = self.cl_ord_ids
+        for cl, oid in pairs:
+            if cl not in ids:
+                self._cl_fifo.append(cl)
+            ids[cl] = oid
+        self._forget_cl_ord_ids(len(self._cl_fifo))
+
+    def remembered_cl_ord_ids(self) -> Iterator[tuple[str, int]]:
+        """(ClOrdID, order id) remembered, oldest first (compaction)."""
+        ids = self.cl_ord_ids
+        for cl in self._cl_fifo:
+            oid = ids.get(cl)
+            if oid is not None:
+                yield cl, oid
+
     def to_json_obj(self) -> dict[str, Any]:
         return {
             "next_in": self.next_in, "next_out": self.next_out,
             "sent": {str(k): v for k, v in self.sent.items()},
             "next_order": self.next_order, "next_exec": self.next_exec,
-            "cl_ord_ids": dict(self.cl_ord_ids),
+            "cl_ord_ids": dict(self.remembered_cl_ord_ids()),
             "orders": [o.to_list() for o in self.orders.values()],
         }
 
@@ -299,8 +367,8 @@ class FixSessionState:
         s.sent = {int(k): str(v) for k, v in obj["sent"].items()}
         s.next_order = int(obj["next_order"])
         s.next_exec = int(obj["next_exec"])
-        s.cl_ord_ids = {str(k): int(v) for k, v in obj["cl_ord_ids"].items()}
         s.orders = {o.order_id: o for o in (FixOrder.from_list(v) for v in obj["orders"])}
+        s.restore_cl_ord_ids((str(k), int(v)) for k, v in obj["cl_ord_ids"].items())
         return s
 
 
@@ -331,6 +399,7 @@ class FixSession(SessionOutbox):
                  instruments: Iterable[Instrument]) -> None:
         self.config = config
         self.state = state if state is not None else FixSessionState()
+        self.state.cl_window = config.cl_ord_id_window
         self.instruments: dict[str, Instrument] = {ins.symbol: ins for ins in instruments}
         self._by_locate: dict[int, Instrument] = {ins.locate: ins for ins in self.instruments.values()}
         self._conn = _IDLE
@@ -702,8 +771,7 @@ class FixSession(SessionOutbox):
         try:
             if cl in st.cl_ord_ids:
                 raise _Refused(R.SESSION_DUPLICATE_CLIENT_ID, f"ClOrdID {cl} already used")
-            st.cl_ord_ids[cl] = 0
-            st.dirty = True
+            st.remember_cl_ord_id(cl, 0)
             qty = self._qty(msg)
             if len(cl) > 20:
                 raise _Refused(R.SESSION_MALFORMED, "ClOrdID longer than 20 characters")
@@ -736,9 +804,10 @@ class FixSession(SessionOutbox):
             return
         order_id = (self.config.session_id << 32) | st.next_order
         st.next_order += 1
-        st.cl_ord_ids[cl] = order_id
         st.orders[order_id] = FixOrder(order_id, cl, symbol, ins.locate, side_t, ord_type, tif_t, price,
                                        stop, qty, account)
+        st.remember_cl_ord_id(cl, order_id)
+        st.touch(order_id)
         self._commands.append(NewOrder(order_id, ins.locate, side, qty, price, int(ord_type), int(tif_t),
                                        stop, self.config.firm, self.config.session_id, account, cl, "",
                                        stp))
@@ -765,8 +834,7 @@ class FixSession(SessionOutbox):
         if cl in st.cl_ord_ids:
             self._cancel_reject(cl, orig, o, response_to, 6, f"ClOrdID {cl} already used", now_ns)
             return None
-        st.cl_ord_ids[cl] = oid
-        st.dirty = True
+        st.remember_cl_ord_id(cl, oid)
         if o is None and oid:
             self._cancel_reject(cl, orig, None, response_to, 0, "the order is done", now_ns)
             return None
@@ -875,6 +943,7 @@ class FixSession(SessionOutbox):
         fields += extra
         fields += [(151, o.leaves), (14, o.cum), (6, avg_px_text(o.notional, o.cum)),
                    (60, utc_timestamp(ts_ns))]
+        self.state.touch(o.order_id)
         self._send("8", fields, now_ns)
 
     def on_events(self, ts_ns: int, events: Sequence[Event], now_ns: int | None = None) -> None:
@@ -1046,7 +1115,7 @@ class FixSession(SessionOutbox):
             o.done = True
         if o.done and not o.pending:
             self.state.orders.pop(o.order_id, None)
-        self.state.dirty = True
+        self.state.touch(o.order_id)
 
 
 def _pop(o: FixOrder, kind: str) -> tuple[str, str, str] | None:

@@ -276,10 +276,11 @@ class FixSessionState:
     it a file-backed store with the same ``[seq] =``, ``get`` and ``clear``.
     In-flight requests are not kept: after a restart their answers are reported without them.
 
-    ClOrdIDs (duplicate detection, OrigClOrdID lookup): every ClOrdID of a live order is remembered;
-    of the others (done orders, refused requests) the most recent ``cl_window`` at least, the
-    oldest forgotten first. A forgotten ClOrdID is new again: its reuse is accepted, and an
-    OrigClOrdID naming it is an unknown order.
+    ClOrdIDs (duplicate detection, OrigClOrdID lookup): at most ``cl_window`` + (orders held)
+    are remembered: every ClOrdID of an order still held (live, or with answers due), and of the
+    others (done orders, refused requests) the most recent ones, the oldest forgotten first. A
+    forgotten ClOrdID is new again: its reuse is accepted, and an OrigClOrdID naming it is an
+    unknown order.
     """
 
     __slots__ = ("next_in", "next_out", "sent", "next_order", "next_exec", "cl_ord_ids", "orders", "dirty",
@@ -322,7 +323,7 @@ class FixSessionState:
 
     def _forget_cl_ord_ids(self, tries: int) -> None:
         ids, fifo, orders = self.cl_ord_ids, self._cl_fifo, self.orders
-        while len(ids) > self.cl_window and tries > 0 and fifo:
+        while len(ids) > self.cl_window + len(orders) and tries > 0 and fifo:
             tries -= 1
             cl = fifo.popleft()
             oid = ids.get(cl)
@@ -332,6 +333,11 @@ class FixSessionState:
                 fifo.append(cl)
             else:
                 del ids[cl]
+
+    def set_cl_window(self, window: int) -> None:
+        """Remember at least ``window`` ClOrdIDs of done orders; forget the oldest beyond it now."""
+        self.cl_window = window
+        self._forget_cl_ord_ids(len(self._cl_fifo))
 
     def restore_cl_ord_ids(self, pairs: Iterable[tuple[str, int]]) -> None:
         """Remembered ClOrdIDs in the order they were remembered (recovery), then the window kept."""
@@ -399,7 +405,7 @@ class FixSession(SessionOutbox):
                  instruments: Iterable[Instrument]) -> None:
         self.config = config
         self.state = state if state is not None else FixSessionState()
-        self.state.cl_window = config.cl_ord_id_window
+        self.state.set_cl_window(config.cl_ord_id_window)
         self.instruments: dict[str, Instrument] = {ins.symbol: ins for ins in instruments}
         self._by_locate: dict[int, Instrument] = {ins.locate: ins for ins in self.instruments.values()}
         self._conn = _IDLE

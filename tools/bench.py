@@ -16,6 +16,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "tools.bench_retransmit",  # retransmit
     "tools.bench_pipeline",  # pipeline, restart, latency
     "tools.bench_day",  # day
+    "tools.bench_fix_state",  # fix-state
 )
 
 

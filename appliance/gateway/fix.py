@@ -2,7 +2,8 @@
 
 Owned by the gateway's I/O thread. One ``FixSession`` is one counterparty: the CompID pair of the
 config, the sequence numbers and the store of sent messages (``FixSessionState``, a plain object the
-shell saves and loads, e.g. as JSON, so that they survive restarts), and the orders entered on it.
+shell persists: the gateway journals its changes as increments and keeps the sent messages in a
+file-backed store, appliance/gateway/journal.py and store.py), and the orders entered on it.
 
 Identity and credentials: the counterparty is its SenderCompID (49), as FIX sessions are; the shell
 reads the CompIDs of the first message with ``logon_comp_ids`` and hands the connection to the
@@ -126,7 +127,7 @@ _TEN_S: Final = 10_000_000_000
 #: ClOrdIDs of orders that are done (and of refused requests) remembered for duplicate detection:
 #: the most recent CL_ORD_ID_WINDOW of them (FixSessionConfig.cl_ord_id_window). A live order's
 #: ClOrdIDs are always remembered.
-CL_ORD_ID_WINDOW: Final = 100_000
+CL_ORD_ID_WINDOW: Final = 10_000
 
 #: Our reject reasons -> (OrdRejReason 103, CxlRejReason 102). The one table; Text (58) is
 #: appliance.reasons.describe(reason).

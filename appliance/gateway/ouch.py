@@ -71,7 +71,9 @@ CANCEL_REASON below (one table each).
 Not supported: OUCH stop, peg, discretion, reserve (MaxFloor), MinQty, post-only, routing, GTT/
 ExpireTime, after-hours TIF, cross orders, UserRefIdx, Mass Cancel / Disable Order Entry requests;
 the short-sale marking (T/E) lives in the session only (the engine and WAL know BUY/SELL). The
-sequenced stream lives in memory (it survives reconnects, not a restart of the gateway).
+sequenced stream is a list here (it survives reconnects); the gateway gives the session a
+file-backed store instead (appliance/gateway/store.py: append, len, ``stream[i:]``), which survives
+restarts and holds nothing of the day in memory.
 """
 from __future__ import annotations
 

@@ -383,3 +383,40 @@ def test_fix_session_survives_kill_9_with_sequences_resend_and_cl_ord_ids(tmp_pa
     finally:
         if st.proc is not None and st.proc.poll() is None:
             os.killpg(st.proc.pid, 9)
+
+
+# ================================================================================================
+# A login's replay goes out a chunk at a time
+# ================================================================================================
+
+@pytest.mark.parametrize("on_file", [False, True], ids=["list", "store"])
+def test_ouch_replay_of_a_long_day_is_paced_and_complete(tmp_path: Any, on_file: bool) -> None:
+    from appliance.gateway import ouch
+    from feeds import soupbintcp as soup
+
+    s = ouch.OuchSession(1, {"u": ("pw", 1)}, INS, session_name="S1")
+    if on_file:
+        store = MessageStore(str(tmp_path), LABEL, "ouch-S1")
+        s.stream = store  # type: ignore[assignment]
+    for i in range(5000):                       # the day so far, sequenced while nobody was logged in
+        s.start_of_day(i)
+    if on_file:
+        store.flush()
+    s.connection_made(0)
+    s.receive_data(soup.encode_login_request("u", "pw", "", 1), 0)
+    got: list[bytes] = []
+    parser = soup.FrameParser()
+    first = s.data_to_send()
+    assert len(first) < 3 * ouch.REPLAY_CHUNK * 20 and s.replaying       # not the whole day at once
+    pieces = [first]
+    s.start_of_day(9999)                        # sequenced during the replay: it comes after, in order
+    s.end_of_session(10_000)                    # 'E' in the stream, 'Z' only after the replay
+    while s.replaying:
+        pieces.append(s.data_to_send())
+        assert len(pieces) < 100
+    pieces.append(s.data_to_send())
+    for kind, payload in parser.feed(b"".join(pieces)):
+        got.append(kind + payload[:1] if kind == soup.SEQUENCED_DATA else kind)
+    assert got[0] == soup.LOGIN_ACCEPTED
+    assert got[1:-1] == [soup.SEQUENCED_DATA + b"S"] * 5002 and got[-1] == soup.END_OF_SESSION
+    assert s.should_close

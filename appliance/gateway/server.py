@@ -318,6 +318,16 @@ class _Conn(asyncio.Protocol):
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
 
+    write_paused = False
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.slot is not None and self.slot.conn is self:
+            self.server.flush()
+
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
@@ -676,6 +686,11 @@ class GatewayServer:
             data = slot.session.data_to_send()
             if data:
                 conn.write(data)
+            if slot.kind == "ouch":
+                # A login's replay, a chunk at a time while the socket takes it (resume_writing
+                # comes back here): every message in the stream is committed by now.
+                while slot.session.replaying and not conn.write_paused and not conn.closed:
+                    conn.write(slot.session.data_to_send())
             if slot.session.should_close:
                 conn.close()
 

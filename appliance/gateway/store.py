@@ -23,7 +23,7 @@ nothing here is fsynced: the files survive a crash of the process, not of the ho
 from __future__ import annotations
 
 import os
-from typing import Final, Iterator
+from typing import Final, Iterable, Iterator
 
 from feeds.store import FILE_HEADER_SIZE, INDEX_ENTRY, FeedStore
 
@@ -201,11 +201,14 @@ class MessageStore(FeedStore):
     def __iter__(self) -> Iterator[bytes]:
         return self.iter_from(1)
 
-    def __getitem__(self, index: slice) -> Iterator[bytes]:
-        """``store[i:]``: the messages from sequence i + 1 on, as a list's slice would give them."""
-        if not isinstance(index, slice) or index.stop is not None or index.step is not None:
-            raise TypeError("a message store is read as store[i:] or by get(seq)")
-        return self.iter_from((index.start or 0) + 1)
+    def __getitem__(self, index: slice) -> Iterable[bytes]:
+        """``store[i:]`` (read lazily) or ``store[i:j]``: the messages a list's slice would give."""
+        if not isinstance(index, slice) or index.step is not None or (index.start or 0) < 0:
+            raise TypeError("a message store is read as store[i:], store[i:j] or by get(seq)")
+        start = index.start or 0
+        if index.stop is None:
+            return self.iter_from(start + 1)
+        return self.read(start + 1, index.stop - start) if index.stop > start else []
 
     def memory_bytes(self) -> int:
         """What the store holds in memory beyond its fixed fields: pending and read-ahead messages."""

@@ -420,3 +420,33 @@ def test_ouch_replay_of_a_long_day_is_paced_and_complete(tmp_path: Any, on_file:
     assert got[0] == soup.LOGIN_ACCEPTED
     assert got[1:-1] == [soup.SEQUENCED_DATA + b"S"] * 5002 and got[-1] == soup.END_OF_SESSION
     assert s.should_close
+
+
+def test_fix_resend_of_a_long_day_is_paced_and_what_is_sent_meanwhile_follows(tmp_path: Any) -> None:
+    from appliance.gateway.fixcodec import FixParser
+
+    st = fix.FixSessionState()
+    st.sent = FixSentStore(MessageStore(str(tmp_path), LABEL, "fix-R"))
+    s, p = _fix_session(st)                   # our Logon: MsgSeqNum 1
+    for i in range(3000):                      # 3000 reports (orders refused at once), sent while connected
+        s.receive_data(p.msg("D", (11, f"R{i}"), (55, "ZZZZ"), (54, "1"), (60, "20240131-14:05:09.123"),
+                             (38, 10), (40, "2"), (44, "1.00")), 2)
+    s.data_to_send()
+    st.sent.store.flush()
+    assert st.next_out == 3002
+    s.receive_data(p.msg("2", (7, 1), (16, 0)), 3)
+    first = s.data_to_send()
+    assert s.replaying and first.count(b"\x0143=Y\x01") < 3 * fix.RESEND_CHUNK       # not the whole day at once
+    s.receive_data(p.msg("1", (112, "DURING")), 4)          # answered after the resend, in order
+    pieces = [first]
+    while s.replaying:
+        pieces.append(s.data_to_send())
+        assert len(pieces) < 100
+    pieces.append(s.data_to_send())
+    msgs = [m for m in FixParser().feed(b"".join(pieces))]
+    seqs = [int(m.get(34) or 0) for m in msgs]                # type: ignore[union-attr]
+    assert seqs == [1] + list(range(2, 3002)) + [3002]      # gap fill for the Logon, 3000 resent, the Heartbeat
+    assert msgs[0].msg_type == "4" and msgs[0].get(36) == "2"                            # type: ignore[union-attr]
+    assert all(m.get(43) == "Y" for m in msgs[1:-1])                                     # type: ignore[union-attr]
+    last = msgs[-1]
+    assert (last.msg_type, last.get(112), last.get(43)) == ("0", "DURING", None)         # type: ignore[union-attr]

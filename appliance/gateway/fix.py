@@ -124,6 +124,9 @@ _DECIMAL: Final = re.compile(r"-?[0-9]+(\.[0-9]*)?\Z")
 _QTY: Final = re.compile(r"[0-9]+(\.0*)?\Z")
 _MSG_TYPE: Final = re.compile(r"[0-9A-Za-z]\Z|A[A-Z]\Z|B[A-H]\Z")   # FIX 4.4 MsgType values
 _TEN_S: Final = 10_000_000_000
+#: A ResendRequest is answered this many MsgSeqNums per data_to_send() call: the shell asks for more
+#: as the socket drains, so resending the whole day never sits in memory at once.
+RESEND_CHUNK: Final = 512
 #: ClOrdIDs of orders that are done (and of refused requests) remembered for duplicate detection:
 #: the most recent CL_ORD_ID_WINDOW of them (FixSessionConfig.cl_ord_id_window). A live order's
 #: ClOrdIDs are always remembered.
@@ -419,6 +422,11 @@ class FixSession(SessionOutbox):
         self._test_req: str | None = None
         self._test_req_at = 0
         self._resend_until = 0                # we asked for a resend up to this MsgSeqNum
+        # a ResendRequest being answered: next MsgSeqNum to resend, the last, a gap-fill run's start
+        self._resending = 0
+        self._resend_end = 0
+        self._gap_from = 0
+        self._held_from = 0                   # messages from this MsgSeqNum on wait for the resend
         # pending mass cancels: [ClOrdID, 530, 55, answers still due, orders cancelled so far]
         self._mass: deque[list[Any]] = deque()
 
@@ -442,10 +450,25 @@ class FixSession(SessionOutbox):
         self._last_rx = self._last_tx = self._since = now_ns
         self._test_req = None
         self._resend_until = 0
+        self._resending = 0
 
     def connection_lost(self, now_ns: int) -> None:
         self._conn = _IDLE
+        self._resending = 0
         self._out.clear()
+
+    @property
+    def replaying(self) -> bool:
+        """A ResendRequest's answer has messages still to go out (``data_to_send`` gives the next)."""
+        return self._resending != 0
+
+    def data_to_send(self) -> bytes:
+        """Bytes for the socket; while answering a ResendRequest, its next RESEND_CHUNK messages
+        too (call again while ``replaying`` and the socket takes more)."""
+        if self._resending and len(self._out) < 65536:
+            now = max(self._last_rx, self._last_tx)
+            self._resend_more(utc_timestamp(now), now)
+        return SessionOutbox.data_to_send(self)
 
     def logout(self, now_ns: int, text: str = "") -> None:
         """Start an orderly logout; the session closes when the peer answers (or after 10 s)."""
@@ -515,11 +538,16 @@ class FixSession(SessionOutbox):
         conn = self._conn
         # Before the Logon exchange only Logon and Logout go out; the rest waits in the store for
         # the peer's ResendRequest (our Logon's MsgSeqNum shows it the gap).
-        if conn == _ACTIVE or conn == _LOGOUT_SENT or (conn == _AWAIT_LOGON and msg_type in ("A", "5")):
+        # During a resend, messages sent go out after it, from the store, in MsgSeqNum order.
+        if self._resending:
+            self._last_tx = now_ns
+        elif conn == _ACTIVE or conn == _LOGOUT_SENT or (conn == _AWAIT_LOGON and msg_type in ("A", "5")):
             self._out += raw
             self._last_tx = now_ns
 
     def _close(self, kind: str, text: str) -> None:
+        if self._resending:          # the resend is abandoned; what was sent meanwhile goes out
+            self._flush_held(self._held_from)
         self._conn = _CLOSED
         self._events.append(SessionEvent(kind, text))
 
@@ -685,9 +713,23 @@ class FixSession(SessionOutbox):
         end = last if end == 0 or end > last else end
         if begin > end:
             return
-        now_text = utc_timestamp(now_ns)
-        gap_from = 0
-        for seq in range(begin, end + 1):
+        if not self._resending:      # a new request during one replaces it; messages stay held
+            self._held_from = st.next_out
+        self._resending = begin
+        self._resend_end = end
+        self._gap_from = 0
+        self._resend_more(utc_timestamp(now_ns), now_ns)
+
+    def _resend_more(self, now_text: str, now_ns: int) -> None:
+        """The next RESEND_CHUNK MsgSeqNums of the ResendRequest being answered: stored application
+        messages (and Rejects) resent, runs of session messages as one SequenceReset-GapFill. At
+        its end, the messages sent meanwhile (never sent before), as they are in the store."""
+        st = self.state
+        seq = self._resending
+        end = self._resend_end
+        stop = min(end, seq + RESEND_CHUNK - 1)
+        gap_from = self._gap_from
+        while seq <= stop:
             raw = st.sent.get(seq)
             stored = None
             if raw is not None:
@@ -696,13 +738,30 @@ class FixSession(SessionOutbox):
             if stored is None or stored.msg_type in _ADMIN_TYPES:
                 if not gap_from:
                     gap_from = seq
-                continue
-            if gap_from:
-                self._gap_fill(gap_from, seq, now_text, now_ns)
-                gap_from = 0
-            self._resend_one(stored, seq, now_text, now_ns)
+            else:
+                if gap_from:
+                    self._gap_fill(gap_from, seq, now_text, now_ns)
+                    gap_from = 0
+                self._resend_one(stored, seq, now_text, now_ns)
+            seq += 1
+        if seq <= end:
+            self._resending = seq
+            self._gap_from = gap_from
+            return
         if gap_from:
             self._gap_fill(gap_from, end + 1, now_text, now_ns)
+        self._resending = 0
+        self._gap_from = 0
+        self._flush_held(max(end + 1, self._held_from))
+
+    def _flush_held(self, first: int) -> None:
+        """Messages numbered from ``first`` that were sent during a resend (held), out now in order."""
+        st = self.state
+        self._resending = 0
+        for seq in range(first, st.next_out):
+            raw = st.sent.get(seq)
+            if raw is not None:
+                self._out += raw.encode("latin-1")
 
     def _gap_fill(self, seq: int, new_seq: int, now_text: str, now_ns: int) -> None:
         raw = encode("4", self._header(seq, now_text) + [(43, "Y"), (122, now_text), (123, "Y"), (36, new_seq)])

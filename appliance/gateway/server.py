@@ -686,11 +686,10 @@ class GatewayServer:
             data = slot.session.data_to_send()
             if data:
                 conn.write(data)
-            if slot.kind == "ouch":
-                # A login's replay, a chunk at a time while the socket takes it (resume_writing
-                # comes back here): every message in the stream is committed by now.
-                while slot.session.replaying and not conn.write_paused and not conn.closed:
-                    conn.write(slot.session.data_to_send())
+            # An OUCH login's replay or a FIX resend, a chunk at a time while the socket takes it
+            # (resume_writing comes back here): every message in the stores is committed by now.
+            while slot.session.replaying and not conn.write_paused and not conn.closed:
+                conn.write(slot.session.data_to_send())
             if slot.session.should_close:
                 conn.close()
 

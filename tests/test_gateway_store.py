@@ -450,3 +450,118 @@ def test_fix_resend_of_a_long_day_is_paced_and_what_is_sent_meanwhile_follows(tm
     assert all(m.get(43) == "Y" for m in msgs[1:-1])                                     # type: ignore[union-attr]
     last = msgs[-1]
     assert (last.msg_type, last.get(112), last.get(43)) == ("0", "DURING", None)         # type: ignore[union-attr]
+
+
+# ================================================================================================
+# The gateway itself (in process, an engine behind the ring codecs): bounded journal, restart
+# ================================================================================================
+
+class _EngineRing:
+    """The command ring's producer side, applying each command to an engine at once; the event
+    records wait in ``queue`` for the gateway to poll."""
+
+    def __init__(self, gw: Any, cfg: Any) -> None:
+        from appliance import codec_ring as C
+        from appliance.matching.engine import Engine
+        self.C = C
+        self.engine = Engine([i.instrument() for i in cfg.instruments])
+        self.enc = C.EventEncoder({f.id: 0 for f in cfg.firms}, 1)
+        self.queue: list[bytes] = []
+        self.seq = 0
+
+    def try_publish(self, rec: bytes) -> bool:
+        cmd = self.C.decode_command(rec)
+        ev: list[Any] = []
+        self.seq += 1
+        self.engine.apply(cmd, ev)
+        out: list[list[bytes]] = [[]]
+        self.enc.encode([(self.seq, self.seq, cmd, ev)], out)
+        self.queue.extend(out[0])
+        return True
+
+
+class _Sink:
+    closed = False
+    write_paused = False
+    transport = None
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def write(self, data: bytes) -> None:
+        self.bytes += len(data)
+
+    def close(self) -> None:
+        pass
+
+
+def _gateway(cfg: Any, state: str) -> tuple[Any, _EngineRing]:
+    from appliance.gateway.server import GatewayServer
+    gw = GatewayServer(cfg, cfg.gateways[0].name, state)
+    ring = _EngineRing(gw, cfg)
+    gw.cmd_out = [ring]
+    gw.evt_in = []
+    gw.live = [True]
+    return gw, ring
+
+
+def test_gateway_journal_stays_bounded_and_a_restart_restores_every_session(tmp_path: Any,
+                                                                            monkeypatch: Any) -> None:
+    from appliance.gateway import server as srv
+    from appliance.gateway.fixcodec import encode
+    from feeds import soupbintcp as soup
+    from tools.demo import OuchClient, loopback_config
+
+    monkeypatch.setattr(srv, "COMPACT_BYTES", 64 * 1024)
+    cfg = loopback_config(str(tmp_path), rng=random.Random(1))
+    state = str(tmp_path / "state")
+    gw, ring = _gateway(cfg, state)
+    ou = next(s for s in gw.slots if s.kind == "ouch" and s.firm.name == "ALFA")
+    fx = next(s for s in gw.slots if s.kind == "fix" and s.firm.name == "BRVO")
+    for slot in (ou, fx):
+        slot.conn = _Sink()
+        slot.session.connection_made(1)
+    ou.session.receive_data(soup.encode_login_request("alfa", "alfa-pw"), 1)
+    fseq = [1]
+
+    def fmsg(mt: str, *f: tuple[int, Any]) -> bytes:
+        raw = encode(mt, [(49, "BRVO"), (56, cfg.gateways[0].fix_comp_id), (34, fseq[0]),
+                          (52, "20240131-14:05:09.123"), *f])
+        fseq[0] += 1
+        return raw
+
+    fx.session.receive_data(fmsg("A", (98, 0), (108, 30), (554, "brvo-pw")), 1)
+    gw.flush()
+    jpath = os.path.join(gw.dir, "journal.bin")
+    biggest = 0
+    for i in range(1, 4001):
+        if i % 2:   # OUCH IOC and FIX IOC buys against an empty book: accepted, then cancelled
+            ou.session.receive_data(OuchClient.enter_packet(i, b"B", 100, "ALPH", 1_400_000, tif=b"3"), i)
+            gw.after_input(ou)
+        else:
+            fx.session.receive_data(fmsg("D", (11, f"F{i}"), (55, "ALPH"), (54, "1"), (60, "20240131-14:05:09.123"),
+                                         (38, 100), (40, "2"), (44, "140.00"), (59, "3")), i)
+            gw.after_input(fx)
+        recs = ring.queue[:]
+        ring.queue.clear()
+        gw.handle_groups(0, gw.decoders[0].feed(recs))
+        gw.flush()
+        biggest = max(biggest, os.path.getsize(jpath))
+    assert gw.counters["journal_compactions"] > 2
+    assert biggest < 64 * 1024 + 4096                              # the size bound, plus one flush
+    ost, fst = ou.session, fx.session.state
+    assert len(ost.stream) == 4000 and fst.next_out == 1 + 1 + 4000  # A + C per OUCH order; Logon + 2 ERs per FIX
+    assert ost.stream.memory_bytes() < 64 * 1024 and fst.sent.store.memory_bytes() < 128 * 1024
+    expect = (ost.next_sequence, len(ost.orders), fst.next_in, fst.next_out, fst.next_order, fst.next_exec,
+              dict(fst.cl_ord_ids), gw.marks)
+    tail = ost.stream.read(3999, 2)
+    gw.close()   # as a kill would leave it: no orderly stop, nothing more written
+
+    again, _ = _gateway(cfg, state)
+    o2 = next(s for s in again.slots if s.kind == "ouch" and s.firm.name == "ALFA").session
+    f2 = next(s for s in again.slots if s.kind == "fix" and s.firm.name == "BRVO").session.state
+    assert (o2.next_sequence, len(o2.orders), f2.next_in, f2.next_out, f2.next_order, f2.next_exec,
+            dict(f2.cl_ord_ids), again.marks) == expect
+    assert f2.sent.get(3).startswith("8=FIX.4.4") and "\x0135=8\x01" in f2.sent.get(3)
+    assert list(o2.stream[3998:]) == tail
+    again.close()

@@ -501,7 +501,7 @@ class GatewayServer:
             fslot.applied = dict(js.marks)
             self._add(fslot)
             self.fix_by_comp[f.fix.sender_comp_id] = fslot
-            if len(store) or fj is not None:
+            if len(store) or fs.state.next_out > 1:
                 log(self.name, f"restored OUCH {f.name} (next seq {s.next_sequence}, {len(s.orders)} orders) "
                                f"and FIX {f.fix.sender_comp_id} (next out {fs.state.next_out}, in "
                                f"{fs.state.next_in}, {len(fs.state.orders)} orders, "

@@ -155,7 +155,7 @@ def resume_points(state_dir: str, gateway: str) -> dict[int, int]:
 _TIF_LETTER: Final = {DAY: b"0", IOC: b"3"}
 
 
-def restore_ouch_session(s: OuchSession, stream: Sequence[bytes]) -> None:
+def restore_ouch_session(s: OuchSession, stream: Iterable[bytes]) -> None:
     """Rebuild an OuchSession's sequence numbers, orders and UserRefNums from its sequenced stream.
 
     Every change of an order the session knows of is in the stream ('A' accepted with every

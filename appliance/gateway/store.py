@@ -152,7 +152,8 @@ class MessageStore(FeedStore):
         """Where message ``seq`` (1 .. count + 1) starts in the data file."""
         if seq > self.count:
             return self.size
-        return INDEX_ENTRY.unpack(os.pread(self._index_fd, _ENTRY, (seq - 1) * _ENTRY))[1]
+        off: int = INDEX_ENTRY.unpack(os.pread(self._index_fd, _ENTRY, (seq - 1) * _ENTRY))[1]
+        return off
 
     def read(self, first: int, count: int) -> list[bytes]:
         """Messages ``first`` .. ``first + count - 1`` inclusive on file or pending (fewer if the

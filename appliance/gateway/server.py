@@ -83,6 +83,7 @@ from appliance.catalogue import (
 from appliance.config import Config, FirmConfig, load
 from appliance.gateway import ouch_layout as L
 from appliance.gateway.fix import FixSession, FixSessionConfig, FixSessionState, logon_comp_ids
+from appliance.gateway.fixcodec import FixFramingError
 from appliance.gateway.journal import (
     COMPACT_BYTES,
     J_MARK,
@@ -95,7 +96,6 @@ from appliance.gateway.journal import (
     read_journal,
     write_journal,
 )
-from appliance.gateway.fixcodec import FixFramingError
 from appliance.gateway.ouch import OuchSession, _Order
 from appliance.gateway.store import FixSentStore, MessageStore
 from appliance.model import BUY, DAY, IOC, SELL, Instrument

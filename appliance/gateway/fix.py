@@ -341,7 +341,7 @@ class FixSessionState:
     def set_cl_window(self, window: int) -> None:
         """Remember at least ``window`` ClOrdIDs of done orders; forget the oldest beyond it now."""
         self.cl_window = window
-        self._forget_cl_ord_ids(len(self._cl_fifo))
+        self.restore_cl_ord_ids(())
 
     def restore_cl_ord_ids(self, pairs: Iterable[tuple[str, int]]) -> None:
         """Remembered ClOrdIDs in the order they were remembered (recovery), then the window kept."""
@@ -351,6 +351,8 @@ class FixSessionState:
                 self._cl_fifo.append(cl)
             ids[cl] = oid
         self._forget_cl_ord_ids(len(self._cl_fifo))
+        self._cl_fifo = deque(cl for cl in self._cl_fifo if cl in ids)
+        self.cl_ord_ids = dict(self.remembered_cl_ord_ids())   # a table sized for what is kept
 
     def remembered_cl_ord_ids(self) -> Iterator[tuple[str, int]]:
         """(ClOrdID, order id) remembered, oldest first (compaction)."""

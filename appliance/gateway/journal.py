@@ -47,7 +47,7 @@ J_FIX_SEQS: Final = 5
 J_FIX_ORDER: Final = 6
 J_FIX_GONE: Final = 7
 J_FIX_CLORD: Final = 8
-COMPACT_BYTES: Final = 64 << 20      # a journal this long is compacted at the next flush
+COMPACT_BYTES: Final = 16 << 20      # a journal this long is compacted at the next flush
 JOURNAL_MODE: Final = 0o600
 _READ_CHUNK: Final = 1 << 20
 

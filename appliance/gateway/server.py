@@ -25,7 +25,8 @@ stops being read until the ring takes them again (nothing is dropped, nothing gr
 at most one read's worth of commands waits).
 
 What survives a restart (the gateway's state directory, ``{state_dir}/gateways/{name}``):
-- ``ouch-<firm>.feed/.idx``, ``fix-<SenderCompID>.feed/.idx``: each session's outbound messages of
+- ``ouch-<firm>.feed/.idx``, ``fix-<SenderCompID>.feed/.idx`` (a name that is not letters, digits,
+  - and _: the session id instead): each session's outbound messages of
   the day by sequence number (the OUCH stream, the FIX messages sent), file-backed with an index
   (appliance/gateway/store.py); appended at each flush before the journal counts them.
 - ``journal.bin``: append-only increments (appliance/gateway/journal.py), written with one ``write``
@@ -492,7 +493,9 @@ class GatewayServer:
             fsid = fix_session_id(f)
             fj = js.fix.get(fsid)
             state = fj.state() if fj is not None else FixSessionState()
-            fstore = self._open_store(fsid, f"fix-{f.fix.sender_comp_id}", state.next_out - 1)
+            comp = f.fix.sender_comp_id
+            fname = comp if comp.isascii() and comp.replace("-", "").replace("_", "").isalnum() else str(fsid)
+            fstore = self._open_store(fsid, f"fix-{fname}", state.next_out - 1)
             state.sent = FixSentStore(fstore)
             fs = FixSession(FixSessionConfig(fsid, self.gw.fix_comp_id, f.fix.sender_comp_id, f.id,
                                              password=f.fix.password), state, self.instruments)

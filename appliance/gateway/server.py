@@ -25,10 +25,10 @@ stops being read until the ring takes them again (nothing is dropped, nothing gr
 at most one read's worth of commands waits).
 
 What survives a restart (the gateway's state directory, ``{state_dir}/gateways/{name}``):
-- ``ouch-<firm>.feed/.idx``, ``fix-<SenderCompID>.feed/.idx`` (a name that is not letters, digits,
-  - and _: the session id instead): each session's outbound messages of
+- ``ouch-<firm>.feed/.idx``, ``fix-<SenderCompID>.feed/.idx``: each session's outbound messages of
   the day by sequence number (the OUCH stream, the FIX messages sent), file-backed with an index
-  (appliance/gateway/store.py); appended at each flush before the journal counts them.
+  (appliance/gateway/store.py); appended at each flush before the journal counts them. A name that
+  is not letters, digits, - and _ is replaced by the session id.
 - ``journal.bin``: append-only increments (appliance/gateway/journal.py), written with one ``write``
   per flush and ended by a MARK; a torn or unmarked tail is cut on start-up. A MARK commits the
   stores' counts, the FIX sessions' sequence numbers, orders and ClOrdIDs changed, and per

@@ -61,13 +61,14 @@ class FeedStore:
     Sequence numbers start at 1; ``count`` is the number of messages held (the last sequence).
     """
 
-    def __init__(self, directory: str, session: bytes, *, writable: bool = True) -> None:
+    def __init__(self, directory: str, session: bytes, *, writable: bool = True, name: str = "",
+                 mode: int = 0o644) -> None:
         if len(session) != 10:
             raise ValueError(f"feed store: session {session!r} is not 10 bytes")
         self.directory = directory
         self.session = session
         self.writable = writable
-        name = session.decode("ascii").strip() or "session"
+        name = name or session.decode("ascii").strip() or "session"
         self.data_path = os.path.join(directory, name + ".feed")
         self.index_path = os.path.join(directory, name + ".idx")
         self._seqs = array("Q")      # first sequence of each indexed datagram
@@ -78,8 +79,8 @@ class FeedStore:
         if writable:
             os.makedirs(directory, exist_ok=True)
             flags = os.O_RDWR | os.O_CREAT
-            self._data_fd = os.open(self.data_path, flags, 0o644)
-            self._index_fd = os.open(self.index_path, flags, 0o644)
+            self._data_fd = os.open(self.data_path, flags, mode)
+            self._index_fd = os.open(self.index_path, flags, mode)
             if os.fstat(self._data_fd).st_size == 0:
                 os.write(self._data_fd, FILE_HEADER.pack(FILE_MAGIC, FILE_VERSION, FILE_HEADER_SIZE, session))
                 os.ftruncate(self._index_fd, 0)

@@ -9,8 +9,8 @@ from appliance import codec_ring as C
 from appliance.catalogue import CancelOrder, NewOrder
 from appliance.gateway import ouch_layout as L
 from appliance.gateway.ouch import OuchSession
+from appliance.gateway.journal import J_OUCH_COUNT
 from appliance.gateway.server import (
-    J_OUCH,
     journal_record,
     mark_record,
     read_journal,
@@ -116,13 +116,13 @@ def test_ouch_session_rebuilt_from_its_stream() -> None:
 def test_journal_ignores_what_follows_the_last_mark(tmp_path) -> None:
     path = str(tmp_path / "journal.bin")
     with open(path, "wb") as f:
-        f.write(journal_record(J_OUCH, (1).to_bytes(4, "little") + b"A1"))
+        f.write(journal_record(J_OUCH_COUNT, (1).to_bytes(4, "little") + (1).to_bytes(8, "little")))
         f.write(mark_record({0: 5}))
-        f.write(journal_record(J_OUCH, (1).to_bytes(4, "little") + b"A2"))   # no mark: unfinished
+        f.write(journal_record(J_OUCH_COUNT, (1).to_bytes(4, "little") + (2).to_bytes(8, "little")))  # no mark
         f.write(b"\x99\x00")                                                  # torn
     st = read_journal(path)
-    assert st.ouch == {1: [b"A1"]} and st.marks == {0: 5}
-    assert st.valid_end == len(journal_record(J_OUCH, b"....A1")) + len(mark_record({0: 5}))
+    assert st.ouch == {1: 1} and st.marks == {0: 5}
+    assert st.valid_end == len(journal_record(J_OUCH_COUNT, b"." * 12)) + len(mark_record({0: 5}))
 
 
 def test_command_records_round_trip() -> None:

@@ -17,6 +17,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "tools.bench_pipeline",  # pipeline, restart
     "tools.bench_latency",  # latency
     "tools.bench_day",  # day
+    "tools.bench_fix_state",  # fix-state
 )
 
 

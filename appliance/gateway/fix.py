@@ -2,7 +2,8 @@
 
 Owned by the gateway's I/O thread. One ``FixSession`` is one counterparty: the CompID pair of the
 config, the sequence numbers and the store of sent messages (``FixSessionState``, a plain object the
-shell saves and loads, e.g. as JSON, so that they survive restarts), and the orders entered on it.
+shell persists: the gateway journals its changes as increments and keeps the sent messages in a
+file-backed store, appliance/gateway/journal.py and store.py), and the orders entered on it.
 
 Identity and credentials: the counterparty is its SenderCompID (49), as FIX sessions are; the shell
 reads the CompIDs of the first message with ``logon_comp_ids`` and hands the connection to the
@@ -68,7 +69,7 @@ import datetime
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Final, Iterable, Sequence
+from typing import Any, Final, Iterable, Iterator, Sequence
 
 from appliance import reasons as R
 from appliance.catalogue import (
@@ -123,6 +124,13 @@ _DECIMAL: Final = re.compile(r"-?[0-9]+(\.[0-9]*)?\Z")
 _QTY: Final = re.compile(r"[0-9]+(\.0*)?\Z")
 _MSG_TYPE: Final = re.compile(r"[0-9A-Za-z]\Z|A[A-Z]\Z|B[A-H]\Z")   # FIX 4.4 MsgType values
 _TEN_S: Final = 10_000_000_000
+#: A ResendRequest is answered this many MsgSeqNums per data_to_send() call: the shell asks for more
+#: as the socket drains, so resending the whole day never sits in memory at once.
+RESEND_CHUNK: Final = 512
+#: ClOrdIDs of orders that are done (and of refused requests) remembered for duplicate detection:
+#: the most recent CL_ORD_ID_WINDOW of them (FixSessionConfig.cl_ord_id_window). A live order's
+#: ClOrdIDs are always remembered.
+CL_ORD_ID_WINDOW: Final = 10_000
 
 #: Our reject reasons -> (OrdRejReason 103, CxlRejReason 102). The one table; Text (58) is
 #: appliance.reasons.describe(reason).
@@ -211,6 +219,7 @@ class FixSessionConfig:
     default_stp: int = STP_DEFAULT   # when an order has no 7928
     logon_timeout_ns: int = _TEN_S
     logout_timeout_ns: int = _TEN_S
+    cl_ord_id_window: int = CL_ORD_ID_WINDOW   # ClOrdIDs of done orders remembered (at least)
 
 
 class FixOrder:
@@ -256,25 +265,44 @@ class FixOrder:
         return o
 
 
+_EVICT_PER_ADD: Final = 4   # oldest ClOrdIDs looked at per new one (live ones go to the back)
+
+
 class FixSessionState:
-    """What must survive a restart: sequence numbers, the sent-message store, the session's orders.
+    """What must survive a restart: sequence numbers, the sent-message store, the session's orders
+    and the ClOrdIDs still remembered.
 
     ``to_json_obj()`` / ``from_json_obj()`` give a plain JSON-able object. ``dirty`` is set on every
     change; the shell saves the state (and clears it) before writing data_to_send() to the socket.
+    What changed since the shell last looked is listed for journalling increments: ``touched``
+    (order ids whose FixOrder changed, was added or was forgotten) and ``new_cl_ord_ids`` ((ClOrdID,
+    order id) pairs remembered); the shell empties both. ``sent`` is a dict here; the gateway gives
+    it a file-backed store with the same ``[seq] =``, ``get`` and ``clear``.
     In-flight requests are not kept: after a restart their answers are reported without them.
+
+    ClOrdIDs (duplicate detection, OrigClOrdID lookup): at most ``cl_window`` + (orders held)
+    are remembered: every ClOrdID of an order still held (live, or with answers due), and of the
+    others (done orders, refused requests) the most recent ones, the oldest forgotten first. A
+    forgotten ClOrdID is new again: its reuse is accepted, and an OrigClOrdID naming it is an
+    unknown order.
     """
 
-    __slots__ = ("next_in", "next_out", "sent", "next_order", "next_exec", "cl_ord_ids", "orders", "dirty")
+    __slots__ = ("next_in", "next_out", "sent", "next_order", "next_exec", "cl_ord_ids", "orders", "dirty",
+                 "touched", "new_cl_ord_ids", "cl_window", "_cl_fifo")
 
     def __init__(self) -> None:
         self.next_in = 1                             # the MsgSeqNum we expect next
         self.next_out = 1                            # the MsgSeqNum we send next
-        self.sent: dict[int, str] = {}               # MsgSeqNum -> the message as sent (latin-1)
+        self.sent: Any = {}                          # MsgSeqNum -> the message as sent (latin-1)
         self.next_order = 1
         self.next_exec = 1
-        self.cl_ord_ids: dict[str, int] = {}         # every ClOrdID used -> order id (0: none)
+        self.cl_ord_ids: dict[str, int] = {}         # ClOrdID remembered -> order id (0: none)
         self.orders: dict[int, FixOrder] = {}        # order id -> order, live or with answers due
         self.dirty = False
+        self.touched: set[int] = set()
+        self.new_cl_ord_ids: list[tuple[str, int]] = []
+        self.cl_window = CL_ORD_ID_WINDOW
+        self._cl_fifo: deque[str] = deque()          # remembered ClOrdIDs, oldest first
 
     def reset_sequences(self) -> None:
         self.next_in = 1
@@ -282,12 +310,64 @@ class FixSessionState:
         self.sent.clear()
         self.dirty = True
 
+    def touch(self, order_id: int) -> None:
+        self.touched.add(order_id)
+        self.dirty = True
+
+    def remember_cl_ord_id(self, cl: str, order_id: int) -> None:
+        """Remember ``cl`` (for ``order_id``, 0: none), then forget the oldest ClOrdIDs beyond the
+        window whose order is gone (a few per call: constant work)."""
+        ids = self.cl_ord_ids
+        if cl not in ids:
+            self._cl_fifo.append(cl)
+        ids[cl] = order_id
+        self.new_cl_ord_ids.append((cl, order_id))
+        self.dirty = True
+        self._forget_cl_ord_ids(_EVICT_PER_ADD)
+
+    def _forget_cl_ord_ids(self, tries: int) -> None:
+        ids, fifo, orders = self.cl_ord_ids, self._cl_fifo, self.orders
+        while len(ids) > self.cl_window + len(orders) and tries > 0 and fifo:
+            tries -= 1
+            cl = fifo.popleft()
+            oid = ids.get(cl)
+            if oid is None:
+                continue
+            if oid and oid in orders:     # live (or answers due): keep, look again later
+                fifo.append(cl)
+            else:
+                del ids[cl]
+
+    def set_cl_window(self, window: int) -> None:
+        """Remember at least ``window`` ClOrdIDs of done orders; forget the oldest beyond it now."""
+        self.cl_window = window
+        self.restore_cl_ord_ids(())
+
+    def restore_cl_ord_ids(self, pairs: Iterable[tuple[str, int]]) -> None:
+        """Remembered ClOrdIDs in the order they were remembered (recovery), then the window kept."""
+        ids = self.cl_ord_ids
+        for cl, oid in pairs:
+            if cl not in ids:
+                self._cl_fifo.append(cl)
+            ids[cl] = oid
+        self._forget_cl_ord_ids(len(self._cl_fifo))
+        self._cl_fifo = deque(cl for cl in self._cl_fifo if cl in ids)
+        self.cl_ord_ids = dict(self.remembered_cl_ord_ids())   # a table sized for what is kept
+
+    def remembered_cl_ord_ids(self) -> Iterator[tuple[str, int]]:
+        """(ClOrdID, order id) remembered, oldest first (compaction)."""
+        ids = self.cl_ord_ids
+        for cl in self._cl_fifo:
+            oid = ids.get(cl)
+            if oid is not None:
+                yield cl, oid
+
     def to_json_obj(self) -> dict[str, Any]:
         return {
             "next_in": self.next_in, "next_out": self.next_out,
             "sent": {str(k): v for k, v in self.sent.items()},
             "next_order": self.next_order, "next_exec": self.next_exec,
-            "cl_ord_ids": dict(self.cl_ord_ids),
+            "cl_ord_ids": dict(self.remembered_cl_ord_ids()),
             "orders": [o.to_list() for o in self.orders.values()],
         }
 
@@ -299,8 +379,8 @@ class FixSessionState:
         s.sent = {int(k): str(v) for k, v in obj["sent"].items()}
         s.next_order = int(obj["next_order"])
         s.next_exec = int(obj["next_exec"])
-        s.cl_ord_ids = {str(k): int(v) for k, v in obj["cl_ord_ids"].items()}
         s.orders = {o.order_id: o for o in (FixOrder.from_list(v) for v in obj["orders"])}
+        s.restore_cl_ord_ids((str(k), int(v)) for k, v in obj["cl_ord_ids"].items())
         return s
 
 
@@ -331,6 +411,7 @@ class FixSession(SessionOutbox):
                  instruments: Iterable[Instrument]) -> None:
         self.config = config
         self.state = state if state is not None else FixSessionState()
+        self.state.set_cl_window(config.cl_ord_id_window)
         self.instruments: dict[str, Instrument] = {ins.symbol: ins for ins in instruments}
         self._by_locate: dict[int, Instrument] = {ins.locate: ins for ins in self.instruments.values()}
         self._conn = _IDLE
@@ -343,6 +424,11 @@ class FixSession(SessionOutbox):
         self._test_req: str | None = None
         self._test_req_at = 0
         self._resend_until = 0                # we asked for a resend up to this MsgSeqNum
+        # a ResendRequest being answered: next MsgSeqNum to resend, the last, a gap-fill run's start
+        self._resending = 0
+        self._resend_end = 0
+        self._gap_from = 0
+        self._held_from = 0                   # messages from this MsgSeqNum on wait for the resend
         # pending mass cancels: [ClOrdID, 530, 55, answers still due, orders cancelled so far]
         self._mass: deque[list[Any]] = deque()
 
@@ -366,10 +452,25 @@ class FixSession(SessionOutbox):
         self._last_rx = self._last_tx = self._since = now_ns
         self._test_req = None
         self._resend_until = 0
+        self._resending = 0
 
     def connection_lost(self, now_ns: int) -> None:
         self._conn = _IDLE
+        self._resending = 0
         self._out.clear()
+
+    @property
+    def replaying(self) -> bool:
+        """A ResendRequest's answer has messages still to go out (``data_to_send`` gives the next)."""
+        return self._resending != 0
+
+    def data_to_send(self) -> bytes:
+        """Bytes for the socket; while answering a ResendRequest, its next RESEND_CHUNK messages
+        too (call again while ``replaying`` and the socket takes more)."""
+        if self._resending and len(self._out) < 65536:
+            now = max(self._last_rx, self._last_tx)
+            self._resend_more(utc_timestamp(now), now)
+        return SessionOutbox.data_to_send(self)
 
     def logout(self, now_ns: int, text: str = "") -> None:
         """Start an orderly logout; the session closes when the peer answers (or after 10 s)."""
@@ -439,11 +540,16 @@ class FixSession(SessionOutbox):
         conn = self._conn
         # Before the Logon exchange only Logon and Logout go out; the rest waits in the store for
         # the peer's ResendRequest (our Logon's MsgSeqNum shows it the gap).
-        if conn == _ACTIVE or conn == _LOGOUT_SENT or (conn == _AWAIT_LOGON and msg_type in ("A", "5")):
+        # During a resend, messages sent go out after it, from the store, in MsgSeqNum order.
+        if self._resending:
+            self._last_tx = now_ns
+        elif conn == _ACTIVE or conn == _LOGOUT_SENT or (conn == _AWAIT_LOGON and msg_type in ("A", "5")):
             self._out += raw
             self._last_tx = now_ns
 
     def _close(self, kind: str, text: str) -> None:
+        if self._resending:          # the resend is abandoned; what was sent meanwhile goes out
+            self._flush_held(self._held_from)
         self._conn = _CLOSED
         self._events.append(SessionEvent(kind, text))
 
@@ -609,9 +715,23 @@ class FixSession(SessionOutbox):
         end = last if end == 0 or end > last else end
         if begin > end:
             return
-        now_text = utc_timestamp(now_ns)
-        gap_from = 0
-        for seq in range(begin, end + 1):
+        if not self._resending:      # a new request during one replaces it; messages stay held
+            self._held_from = st.next_out
+        self._resending = begin
+        self._resend_end = end
+        self._gap_from = 0
+        self._resend_more(utc_timestamp(now_ns), now_ns)
+
+    def _resend_more(self, now_text: str, now_ns: int) -> None:
+        """The next RESEND_CHUNK MsgSeqNums of the ResendRequest being answered: stored application
+        messages (and Rejects) resent, runs of session messages as one SequenceReset-GapFill. At
+        its end, the messages sent meanwhile (never sent before), as they are in the store."""
+        st = self.state
+        seq = self._resending
+        end = self._resend_end
+        stop = min(end, seq + RESEND_CHUNK - 1)
+        gap_from = self._gap_from
+        while seq <= stop:
             raw = st.sent.get(seq)
             stored = None
             if raw is not None:
@@ -620,13 +740,30 @@ class FixSession(SessionOutbox):
             if stored is None or stored.msg_type in _ADMIN_TYPES:
                 if not gap_from:
                     gap_from = seq
-                continue
-            if gap_from:
-                self._gap_fill(gap_from, seq, now_text, now_ns)
-                gap_from = 0
-            self._resend_one(stored, seq, now_text, now_ns)
+            else:
+                if gap_from:
+                    self._gap_fill(gap_from, seq, now_text, now_ns)
+                    gap_from = 0
+                self._resend_one(stored, seq, now_text, now_ns)
+            seq += 1
+        if seq <= end:
+            self._resending = seq
+            self._gap_from = gap_from
+            return
         if gap_from:
             self._gap_fill(gap_from, end + 1, now_text, now_ns)
+        self._resending = 0
+        self._gap_from = 0
+        self._flush_held(max(end + 1, self._held_from))
+
+    def _flush_held(self, first: int) -> None:
+        """Messages numbered from ``first`` that were sent during a resend (held), out now in order."""
+        st = self.state
+        self._resending = 0
+        for seq in range(first, st.next_out):
+            raw = st.sent.get(seq)
+            if raw is not None:
+                self._out += raw.encode("latin-1")
 
     def _gap_fill(self, seq: int, new_seq: int, now_text: str, now_ns: int) -> None:
         raw = encode("4", self._header(seq, now_text) + [(43, "Y"), (122, now_text), (123, "Y"), (36, new_seq)])
@@ -702,8 +839,7 @@ class FixSession(SessionOutbox):
         try:
             if cl in st.cl_ord_ids:
                 raise _Refused(R.SESSION_DUPLICATE_CLIENT_ID, f"ClOrdID {cl} already used")
-            st.cl_ord_ids[cl] = 0
-            st.dirty = True
+            st.remember_cl_ord_id(cl, 0)
             qty = self._qty(msg)
             if len(cl) > 20:
                 raise _Refused(R.SESSION_MALFORMED, "ClOrdID longer than 20 characters")
@@ -736,9 +872,10 @@ class FixSession(SessionOutbox):
             return
         order_id = (self.config.session_id << 32) | st.next_order
         st.next_order += 1
-        st.cl_ord_ids[cl] = order_id
         st.orders[order_id] = FixOrder(order_id, cl, symbol, ins.locate, side_t, ord_type, tif_t, price,
                                        stop, qty, account)
+        st.remember_cl_ord_id(cl, order_id)
+        st.touch(order_id)
         self._commands.append(NewOrder(order_id, ins.locate, side, qty, price, int(ord_type), int(tif_t),
                                        stop, self.config.firm, self.config.session_id, account, cl, "",
                                        stp))
@@ -765,8 +902,7 @@ class FixSession(SessionOutbox):
         if cl in st.cl_ord_ids:
             self._cancel_reject(cl, orig, o, response_to, 6, f"ClOrdID {cl} already used", now_ns)
             return None
-        st.cl_ord_ids[cl] = oid
-        st.dirty = True
+        st.remember_cl_ord_id(cl, oid)
         if o is None and oid:
             self._cancel_reject(cl, orig, None, response_to, 0, "the order is done", now_ns)
             return None
@@ -875,6 +1011,7 @@ class FixSession(SessionOutbox):
         fields += extra
         fields += [(151, o.leaves), (14, o.cum), (6, avg_px_text(o.notional, o.cum)),
                    (60, utc_timestamp(ts_ns))]
+        self.state.touch(o.order_id)
         self._send("8", fields, now_ns)
 
     def on_events(self, ts_ns: int, events: Sequence[Event], now_ns: int | None = None) -> None:
@@ -1046,7 +1183,7 @@ class FixSession(SessionOutbox):
             o.done = True
         if o.done and not o.pending:
             self.state.orders.pop(o.order_id, None)
-        self.state.dirty = True
+        self.state.touch(o.order_id)
 
 
 def _pop(o: FixOrder, kind: str) -> tuple[str, str, str] | None:

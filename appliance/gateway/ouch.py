@@ -71,7 +71,9 @@ CANCEL_REASON below (one table each).
 Not supported: OUCH stop, peg, discretion, reserve (MaxFloor), MinQty, post-only, routing, GTT/
 ExpireTime, after-hours TIF, cross orders, UserRefIdx, Mass Cancel / Disable Order Entry requests;
 the short-sale marking (T/E) lives in the session only (the engine and WAL know BUY/SELL). The
-sequenced stream lives in memory (it survives reconnects, not a restart of the gateway).
+sequenced stream is a list here (it survives reconnects); the gateway gives the session a
+file-backed store instead (appliance/gateway/store.py: append, len, ``stream[i:]``), which survives
+restarts and holds nothing of the day in memory.
 """
 from __future__ import annotations
 
@@ -106,6 +108,9 @@ __all__ = [
 ]
 
 HEARTBEAT_INTERVAL_NS: Final = 1_000_000_000
+#: A login's replay goes out this many messages per data_to_send() call: the shell asks for more as
+#: the socket drains, so a replay of the whole day never sits in memory at once.
+REPLAY_CHUNK: Final = 1024
 CLIENT_TIMEOUT_NS: Final = 15_000_000_000
 
 # --- OUCH 5.0 reject reasons (Order Rejected, u16) -----------------------------------------------
@@ -328,6 +333,7 @@ class OuchSession(SessionOutbox):
         self.stream: list[bytes] = []
         self.last_user_ref_num = 0
         self.ended = False
+        self._replay_next = 0                       # next sequence number of a login's replay (0: none)
         self.orders: dict[int, _Order] = {}        # order id -> order (live, pending, or answers due)
         self._by_urn: dict[int, int] = {}           # current UserRefNum of a live order -> order id
         self._state = _IDLE
@@ -360,6 +366,7 @@ class OuchSession(SessionOutbox):
             raise RuntimeError(f"OUCH session {self.session_id} already has a connection")
         self._state = _AWAIT_LOGIN
         self._logged_in = False
+        self._replay_next = 0
         self._parser = soup.FrameParser()
         self._out.clear()
         self._last_rx_ns = self._last_tx_ns = now_ns
@@ -369,6 +376,7 @@ class OuchSession(SessionOutbox):
         was_logged_in = self._logged_in
         self._state = _IDLE
         self._logged_in = False
+        self._replay_next = 0
         self._out.clear()
         if not (was_logged_in and self.cancel_on_disconnect and self.firm is not None):
             return []
@@ -391,7 +399,7 @@ class OuchSession(SessionOutbox):
             return
         self._emit(_STRUCT_S(b"S", self._ts(now_ns), b"E"), now_ns)
         self.ended = True
-        if self._state == _ACTIVE:
+        if self._state == _ACTIVE and not self._replay_next:   # else 'Z' ends the replay
             self._out += soup.encode_end_of_session()
             self._state = _CLOSED
             self._events.append(SessionEvent(E.END_OF_SESSION))
@@ -464,20 +472,48 @@ class OuchSession(SessionOutbox):
         first = req.sequence if 1 <= req.sequence <= nxt else nxt  # 0: from the next new message
         out = self._out
         out += soup.encode_login_accepted(self.session_name, first)
-        for msg in self.stream[first - 1:]:
-            out += soup.encode_sequenced_data(msg)
         self._state = _ACTIVE
         self._logged_in = True
         self._last_tx_ns = now_ns
         self._events.append(SessionEvent(E.LOGGED_IN, f"user {req.username!r} from sequence {first}"))
-        if self.ended:
-            out += soup.encode_end_of_session()
-            self._close(E.END_OF_SESSION, "the session has ended")
+        self._replay_next = first
+        self._replay()
+
+    @property
+    def replaying(self) -> bool:
+        """A login's replay has messages still to go out (``data_to_send`` gives the next ones)."""
+        return self._replay_next != 0
+
+    def _replay(self) -> None:
+        """The next REPLAY_CHUNK messages of a login's replay; at its end 'Z' if the session ended.
+        Messages sequenced meanwhile are part of the replay (they are in the stream)."""
+        first = self._replay_next
+        if not first:
+            return
+        out = self._out
+        n = 0
+        for msg in self.stream[first - 1:first - 1 + REPLAY_CHUNK]:
+            out += soup.encode_sequenced_data(msg)
+            n += 1
+        if first + n > len(self.stream):
+            self._replay_next = 0
+            if self.ended and self._state == _ACTIVE:
+                out += soup.encode_end_of_session()
+                self._close(E.END_OF_SESSION, "the session has ended")
+        else:
+            self._replay_next = first + n
+
+    def data_to_send(self) -> bytes:
+        """Bytes for the socket; during a login's replay, its next REPLAY_CHUNK messages too (call
+        again while ``replaying`` and the socket takes more)."""
+        if self._replay_next and len(self._out) < 65536:
+            self._replay()
+        return SessionOutbox.data_to_send(self)
 
     def _emit(self, msg: bytes, now_ns: int) -> None:
         """Append a sequenced message to the stream; send it if the client is logged in."""
         self.stream.append(msg)
-        if self._state == _ACTIVE:
+        if self._state == _ACTIVE and not self._replay_next:
             self._out += soup.encode_sequenced_data(msg)
             self._last_tx_ns = now_ns
 

@@ -25,25 +25,28 @@ stops being read until the ring takes them again (nothing is dropped, nothing gr
 at most one read's worth of commands waits).
 
 What survives a restart (the gateway's state directory, ``{state_dir}/gateways/{name}``):
-- ``journal.bin``: append-only records ``length u32 | crc32 u32 | type u8 | payload``, written with
-  one ``write`` per flush and ended by a MARK; a torn or unmarked tail is cut on start-up.
-    type 1 OUCH   session u32, one sequenced OUCH message (the session's stream, in order)
-    type 2 FIX    session u32, MsgSeqNum u64, the FIX message as sent
-    type 3 MARK   count u8, then (partition id u8, seq u64) per partition: every event of every
-                  command up to seq of that partition has been handed to the sessions and is in
-                  the journal (or the FIX state files)
-- ``fix-<SenderCompID>.json``: the FixSessionState (``to_json_obj`` without the sent messages, which
-  are in the journal) and the marks it reflects, replaced atomically (temp file + rename) before a
-  command the session produced goes to a ring and before its bytes go to the socket, and for an
-  idle session at most once a second when the marks have moved (FIX_STATE_REFRESH_S).
+- ``ouch-<firm>.feed/.idx``, ``fix-<SenderCompID>.feed/.idx``: each session's outbound messages of
+  the day by sequence number (the OUCH stream, the FIX messages sent), file-backed with an index
+  (appliance/gateway/store.py); appended at each flush before the journal counts them. A name that
+  is not letters, digits, - and _ is replaced by the session id.
+- ``journal.bin``: append-only increments (appliance/gateway/journal.py), written with one ``write``
+  per flush and ended by a MARK; a torn or unmarked tail is cut on start-up. A MARK commits the
+  stores' counts, the FIX sessions' sequence numbers, orders and ClOrdIDs changed, and per
+  partition the seq up to which every event has been handed to the sessions. The journal is
+  written before a command a session produced goes to a ring and before its bytes go to the
+  socket; it is compacted at start-up and when it passes journal.COMPACT_BYTES.
 - ``rejects.jsonl``: every command refused in the gateway (risk, back-pressure, malformed), one
   JSON row each, in the audit export's columns.
 
 An OUCH session is rebuilt from its stream (``restore_ouch_session``): sequence numbers, orders and
-UserRefNums; FIX sessions from their state files. The partition, at its start-up, sends each
-gateway the events after its marks (catch-up, sessions only) and a bootstrap of the risk state
-(net positions, last prices, open orders), since the risk checker itself is not persisted.
-Neither file is fsynced: they survive a crash of the process (SIGKILL), not of the host.
+UserRefNums; FIX sessions from the journal. The stores are cut back to the counts of the last MARK.
+The partition, at its start-up, sends each gateway the events after its marks (catch-up, sessions
+only) and a bootstrap of the risk state (net positions, last prices, open orders), since the risk
+checker itself is not persisted. Nothing here is fsynced: it survives a crash of the process
+(SIGKILL), not of the host.
+
+Memory: a session holds its live orders, a FIX session also the ClOrdIDs it remembers (at most
+FixSessionConfig.cl_ord_id_window beyond its live orders' ones); the day's messages stay on file.
 """
 from __future__ import annotations
 
@@ -52,10 +55,8 @@ import asyncio
 import json
 import os
 import signal
-import struct
 import sys
 import time
-import zlib
 from collections import deque
 from typing import Any, Final, Iterable, Sequence
 
@@ -84,7 +85,20 @@ from appliance.config import Config, FirmConfig, load
 from appliance.gateway import ouch_layout as L
 from appliance.gateway.fix import FixSession, FixSessionConfig, FixSessionState, logon_comp_ids
 from appliance.gateway.fixcodec import FixFramingError
+from appliance.gateway.journal import (
+    COMPACT_BYTES,
+    J_MARK,
+    JournalState,
+    fix_increments,
+    fix_snapshot,
+    journal_record,
+    mark_record,
+    ouch_count_record,
+    read_journal,
+    write_journal,
+)
 from appliance.gateway.ouch import OuchSession, _Order
+from appliance.gateway.store import FixSentStore, MessageStore
 from appliance.model import BUY, DAY, IOC, SELL, Instrument
 from appliance.ring import SHM_DIR, Ring, RingError, bell_name
 from appliance.risk import RiskChecker
@@ -92,13 +106,8 @@ from appliance.wal import MalformedCommand
 from feeds import soupbintcp as soup
 
 FIX_SESSION_BIT: Final = 1 << 30   # order ids (session << 32 | n) stay below 2^63 (the state hash's i64)
-J_OUCH: Final = 1
-J_FIX: Final = 2
-J_MARK: Final = 3
-_JHEAD: Final = struct.Struct("<IIB")       # length (whole record), crc32 (type + payload), type
-_U32: Final = struct.Struct("<I")
-_FIXREC: Final = struct.Struct("<IQ")
-_MARK: Final = struct.Struct("<BQ")
+__all__ = ["GatewayServer", "J_MARK", "JournalState", "journal_record", "mark_record", "read_journal",
+           "resume_points", "restore_ouch_session"]
 MAX_LOGIN_BYTES: Final = 4096
 TICK_S: Final = 0.2                        # session timers
 FALLBACK_POLL_S: Final = 0.005             # ring poll when no doorbell rang (a lost wake-up costs this)
@@ -123,103 +132,21 @@ def gateway_dir(state_dir: str, gateway: str) -> str:
 
 
 # ================================================================================================
-# The journal
+# The journal (the format: appliance/gateway/journal.py)
 # ================================================================================================
 
 ADMIN_ANSWER_S: Final = 5.0        # how long an admin trading action waits for the partitions' outcome
-FIX_STATE_REFRESH_S: Final = 1.0   # an idle FIX session's state file catches up with the marks this often
 
 
-def journal_record(rtype: int, payload: bytes) -> bytes:
-    body = bytes((rtype,)) + payload
-    return _JHEAD.pack(8 + len(body), zlib.crc32(body), rtype) + payload
-
-
-def mark_record(marks: dict[int, int]) -> bytes:
-    return journal_record(J_MARK, bytes((len(marks),)) + b"".join(_MARK.pack(p, s) for p, s in sorted(marks.items())))
-
-
-class JournalState:
-    """What a journal holds, up to its last MARK."""
-
-    def __init__(self) -> None:
-        self.ouch: dict[int, list[bytes]] = {}
-        self.fix: dict[int, dict[int, str]] = {}
-        self.marks: dict[int, int] = {}
-        self.valid_end = 0
-        self.notes: list[str] = []
-
-
-def read_journal(path: str) -> JournalState:
-    """Parse a journal; everything after the last valid MARK is ignored (``valid_end`` says where)."""
-    st = JournalState()
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return st
-    pos = 0
-    n = len(data)
-    ouch: dict[int, list[bytes]] = {}
-    fix: dict[int, dict[int, str]] = {}
-    pend_ouch: list[tuple[int, bytes]] = []
-    pend_fix: list[tuple[int, int, str]] = []
-    while pos + _JHEAD.size <= n:
-        length, crc, rtype = _JHEAD.unpack_from(data, pos)
-        if length < _JHEAD.size or pos + length > n or zlib.crc32(data[pos + 8:pos + length]) != crc:
-            st.notes.append(f"{path}: torn or damaged record at offset {pos}: {n - pos} bytes ignored")
-            break
-        payload = data[pos + _JHEAD.size:pos + length]
-        if rtype == J_OUCH:
-            pend_ouch.append((_U32.unpack_from(payload)[0], payload[4:]))
-        elif rtype == J_FIX:
-            sid, seq = _FIXREC.unpack_from(payload)
-            pend_fix.append((sid, seq, payload[_FIXREC.size:].decode("latin-1")))
-        elif rtype == J_MARK:
-            for sid, msg in pend_ouch:
-                ouch.setdefault(sid, []).append(msg)
-            for sid, seq, raw in pend_fix:
-                fix.setdefault(sid, {})[seq] = raw
-            pend_ouch.clear()
-            pend_fix.clear()
-            for i in range(payload[0]):
-                p, s = _MARK.unpack_from(payload, 1 + i * _MARK.size)
-                st.marks[p] = s
-            st.valid_end = pos + length
-        else:
-            st.notes.append(f"{path}: unknown record type {rtype} at offset {pos}: {n - pos} bytes ignored")
-            break
-        pos += length
-    if st.valid_end < n and not st.notes:
-        st.notes.append(f"{path}: {n - st.valid_end} bytes after the last mark ignored (an unfinished flush)")
-    st.ouch = ouch
-    st.fix = fix
-    return st
-
-
-def fix_state_path(gwdir: str, comp_id: str) -> str:
-    return os.path.join(gwdir, f"fix-{comp_id}.json")
+def store_label(sid: int) -> bytes:
+    """The 10-byte label in a session store's header: the session id (OUCH and FIX ids differ)."""
+    return b"%010d" % sid
 
 
 def resume_points(state_dir: str, gateway: str) -> dict[int, int]:
     """Per partition id, the seq up to which every session of the gateway has processed events
     (the partition replays the events after it at start-up). Nothing known: 0."""
-    gwdir = gateway_dir(state_dir, gateway)
-    marks = dict(read_journal(os.path.join(gwdir, "journal.bin")).marks)
-    try:
-        names = os.listdir(gwdir)
-    except FileNotFoundError:
-        return marks
-    for fn in names:
-        if fn.startswith("fix-") and fn.endswith(".json"):
-            try:
-                with open(os.path.join(gwdir, fn)) as f:
-                    applied = {int(k): int(v) for k, v in json.load(f).get("applied", {}).items()}
-            except (OSError, ValueError):
-                continue
-            for p in set(marks) | set(applied):
-                marks[p] = min(marks.get(p, 0), applied.get(p, 0))
-    return marks
+    return dict(read_journal(os.path.join(gateway_dir(state_dir, gateway), "journal.bin")).marks)
 
 
 # ================================================================================================
@@ -229,14 +156,15 @@ def resume_points(state_dir: str, gateway: str) -> dict[int, int]:
 _TIF_LETTER: Final = {DAY: b"0", IOC: b"3"}
 
 
-def restore_ouch_session(s: OuchSession, stream: Sequence[bytes]) -> None:
+def restore_ouch_session(s: OuchSession, stream: Iterable[bytes]) -> None:
     """Rebuild an OuchSession's sequence numbers, orders and UserRefNums from its sequenced stream.
 
     Every change of an order the session knows of is in the stream ('A' accepted with every
     attribute, 'U' replaced, 'E' executed, 'C' cancelled, 'M' modified, 'J' rejected), so replaying
     it gives the orders as they were when the last message was written.
     """
-    s.stream = list(stream)
+    if stream is not s.stream:
+        s.stream = list(stream)
     by_urn: dict[int, int] = {}
     orders = s.orders
     sid = s.session_id
@@ -340,8 +268,7 @@ def adopt_ouch_order(s: OuchSession, o: NewOrder) -> None:
 class Slot:
     """One session with what the shell keeps beside it. Owned by the event loop."""
 
-    __slots__ = ("kind", "session", "sid", "conn", "journaled", "applied", "firm", "name", "state_path",
-                 "written_at")
+    __slots__ = ("kind", "session", "sid", "conn", "journaled", "applied", "firm", "name", "store", "jseqs")
 
     def __init__(self, kind: str, session: Any, sid: int, firm: FirmConfig, name: str) -> None:
         self.kind = kind            # "ouch" | "fix"
@@ -350,10 +277,10 @@ class Slot:
         self.firm = firm
         self.name = name
         self.conn: _Conn | None = None
-        self.journaled = 0          # OUCH: stream messages in the journal; FIX: next MsgSeqNum to journal
+        self.journaled = 0          # OUCH: stream messages counted in the journal
         self.applied: dict[int, int] = {}
-        self.state_path = ""
-        self.written_at = 0.0       # FIX: when the state file was last written (monotonic seconds)
+        self.store: MessageStore | None = None      # the session's outbound messages on file
+        self.jseqs: tuple[int, int, int, int] | None = None   # FIX: sequence numbers in the journal
 
 
 class _Conn(asyncio.Protocol):
@@ -391,6 +318,16 @@ class _Conn(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
+
+    write_paused = False
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.slot is not None and self.slot.conn is self:
+            self.server.flush()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -532,9 +469,7 @@ class GatewayServer:
         js = read_journal(jpath)
         for n in js.notes:
             log(self.name, "journal: " + n)
-        with open(jpath, "ab") as jf:
-            jf.truncate(js.valid_end)
-        self.journal_fd = os.open(jpath, os.O_WRONLY | os.O_APPEND)
+        self.journal_path = jpath
         self.marks = dict(js.marks)
         self.slots: list[Slot] = []
         self.by_sid: dict[int, Slot] = {}
@@ -545,38 +480,64 @@ class GatewayServer:
             name = f.name if f.name.isalnum() and len(f.name) <= 10 else str(sid)
             s = OuchSession(sid, {f.ouch.username: (f.ouch.password, f.id)}, self.instruments, session_name=name,
                             midnight_ns=self.midnight_ns)
-            stream = js.ouch.get(sid, [])
-            if stream:
-                restore_ouch_session(s, stream)
+            store = self._open_store(sid, f"ouch-{name}", js.ouch.get(sid, 0))
+            s.stream = store  # type: ignore[assignment]
+            if len(store):
+                restore_ouch_session(s, store)
             slot = Slot("ouch", s, sid, f, f"OUCH {f.name}")
-            slot.journaled = len(s.stream)
+            slot.store = store
+            slot.journaled = len(store)
             slot.applied = dict(js.marks)
             self._add(slot)
             self.ouch_by_user[f.ouch.username] = slot
             fsid = fix_session_id(f)
-            path = fix_state_path(self.dir, f.fix.sender_comp_id)
-            state = None
-            applied: dict[int, int] = {}
-            if os.path.exists(path):
-                with open(path) as fh:
-                    saved = json.load(fh)
-                obj = saved["state"]
-                sent = js.fix.get(fsid, {})
-                obj["sent"] = {str(k): v for k, v in sent.items() if k < int(obj["next_out"])}
-                state = FixSessionState.from_json_obj(obj)
-                applied = {int(k): int(v) for k, v in saved.get("applied", {}).items()}
+            fj = js.fix.get(fsid)
+            state = fj.state() if fj is not None else FixSessionState()
+            comp = f.fix.sender_comp_id
+            fname = comp if comp.isascii() and comp.replace("-", "").replace("_", "").isalnum() else str(fsid)
+            fstore = self._open_store(fsid, f"fix-{fname}", state.next_out - 1)
+            state.sent = FixSentStore(fstore)
             fs = FixSession(FixSessionConfig(fsid, self.gw.fix_comp_id, f.fix.sender_comp_id, f.id,
                                              password=f.fix.password), state, self.instruments)
             fslot = Slot("fix", fs, fsid, f, f"FIX {f.fix.sender_comp_id}")
-            fslot.journaled = fs.state.next_out
-            fslot.applied = applied if state is not None else dict(js.marks)
-            fslot.state_path = path
+            fslot.store = fstore
+            fslot.applied = dict(js.marks)
             self._add(fslot)
             self.fix_by_comp[f.fix.sender_comp_id] = fslot
-            if stream or state is not None:
+            if len(store) or fs.state.next_out > 1:
                 log(self.name, f"restored OUCH {f.name} (next seq {s.next_sequence}, {len(s.orders)} orders) "
                                f"and FIX {f.fix.sender_comp_id} (next out {fs.state.next_out}, in "
-                               f"{fs.state.next_in}, {len(fs.state.orders)} orders)")
+                               f"{fs.state.next_in}, {len(fs.state.orders)} orders, "
+                               f"{len(fs.state.cl_ord_ids)} ClOrdIDs)")
+        self.journal_fd = -1
+        self.compact_journal()
+
+    def _open_store(self, sid: int, name: str, committed: int) -> MessageStore:
+        """A session's store, cut back to the count the journal committed."""
+        store = MessageStore(self.dir, store_label(sid), name)
+        for n in store.notes:
+            log(self.name, "store: " + n)
+        if store.count > committed:
+            store.truncate(committed)
+        elif store.count < committed:
+            log(self.name, f"store {store.data_path}: {store.count} messages, the journal counts {committed}: "
+                           "the missing ones are gap-filled on resend")
+        return store
+
+    def compact_journal(self) -> None:
+        """Replace the journal by one snapshot of the sessions' state and the marks."""
+        recs: list[bytes] = []
+        for slot in self.slots:
+            if slot.kind == "ouch":
+                recs.append(ouch_count_record(slot.sid, slot.journaled))
+            else:
+                slot.jseqs = fix_snapshot(slot.sid, slot.session.state, recs)
+        recs.append(mark_record(self.marks))
+        if self.journal_fd >= 0:
+            os.close(self.journal_fd)
+        self.journal_fd = write_journal(self.journal_path, recs)
+        self.journal_bytes = sum(len(r) for r in recs)
+        self.count("journal_compactions")
 
     def _add(self, slot: Slot) -> None:
         self.slots.append(slot)
@@ -695,46 +656,31 @@ class GatewayServer:
     # -- flush: journal, FIX state, rings, sockets ------------------------------------------------
     def flush(self) -> None:
         recs: list[bytes] = []
-        dirty_fix: list[Slot] = []
         for slot in self.slots:
             s = slot.session
+            store = slot.store
             if slot.kind == "ouch":
-                stream = s.stream
-                n = len(stream)
-                if n > slot.journaled:
-                    head = _U32.pack(slot.sid)
-                    recs.extend(journal_record(J_OUCH, head + m) for m in stream[slot.journaled:n])
+                n = len(s.stream)
+                if n != slot.journaled:
+                    if store is not None:
+                        store.flush()
+                    recs.append(ouch_count_record(slot.sid, n))
                     slot.journaled = n
             else:
                 st = s.state
-                if st.next_out < slot.journaled:   # a sequence reset
-                    slot.journaled = 1
-                for seq in range(slot.journaled, st.next_out):
-                    raw = st.sent.get(seq)
-                    if raw is not None:
-                        recs.append(journal_record(J_FIX, _FIXREC.pack(slot.sid, seq) + raw.encode("latin-1")))
-                slot.journaled = st.next_out
-                if st.dirty:
-                    dirty_fix.append(slot)
-                elif slot.applied != self.marks and time.monotonic() - slot.written_at >= FIX_STATE_REFRESH_S:
-                    # An idle session saw every event up to the marks and none changed it: its file may
-                    # say so, at most once a second, so that its mark does not hold back the partitions'
-                    # restart from a feed checkpoint (resume_points takes the smallest mark).
-                    dirty_fix.append(slot)
+                if store is not None:
+                    store.flush()
+                if st.dirty or slot.jseqs is None:
+                    slot.jseqs = fix_increments(slot.sid, st, slot.jseqs, recs)
+                    st.dirty = False
         if recs or self._marks_dirty:
             recs.append(mark_record(self.marks))
-            os.write(self.journal_fd, b"".join(recs))
+            data = b"".join(recs)
+            os.write(self.journal_fd, data)
             self._marks_dirty = False
-        for slot in dirty_fix:
-            obj = slot.session.state.to_json_obj()
-            del obj["sent"]
-            slot.applied = dict(self.marks)
-            tmp = slot.state_path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"state": obj, "applied": {str(k): v for k, v in self.marks.items()}}, f)
-            os.replace(tmp, slot.state_path)
-            slot.session.state.dirty = False
-            slot.written_at = time.monotonic()
+            self.journal_bytes += len(data)
+            if self.journal_bytes >= COMPACT_BYTES:
+                self.compact_journal()
         if self.outbox:
             box = self.outbox
             self.outbox = []
@@ -749,6 +695,10 @@ class GatewayServer:
             data = slot.session.data_to_send()
             if data:
                 conn.write(data)
+            # An OUCH login's replay or a FIX resend, a chunk at a time while the socket takes it
+            # (resume_writing comes back here): every message in the stores is committed by now.
+            while slot.session.replaying and not conn.write_paused and not conn.closed:
+                conn.write(slot.session.data_to_send())
             if slot.session.should_close:
                 conn.close()
 
@@ -1099,6 +1049,9 @@ class GatewayServer:
             rc.close()
             re_.close()
         os.close(self.journal_fd)
+        for slot in self.slots:
+            if slot.store is not None:
+                slot.store.close()
         self.rejects.close()
 
 

@@ -479,6 +479,9 @@ class _EngineRing:
         self.queue.extend(out[0])
         return True
 
+    def consumer_waiting(self) -> bool:
+        return False          # applied at once, as by a spinning partition: no doorbell
+
 
 class _Sink:
     closed = False

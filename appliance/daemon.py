@@ -48,7 +48,7 @@ from appliance.catalogue import EV_REJECTED, EV_TRADING_STATE, ClockTick, Close,
 from appliance.config import Config, PartitionConfig, load
 from appliance.idle import make_idle
 from appliance.matching.engine import Engine
-from appliance.metrics import DUTY_STAGES, S_DECODE, S_OTHER, S_RECORDS, Histogram, StageClock
+from appliance.metrics import DUTY_STAGES, S_DECODE, S_OTHER, S_RECORDS, STAGE_TIMING_ENV, Histogram, StageClock
 from appliance.recovery import open_partition
 from appliance.ring import SHM_DIR, Ring, bell_name, check_platform
 from appliance.snapshot import EngineSpec, SnapshotInfo, list_snapshots, load_newest
@@ -66,7 +66,6 @@ from feeds.publisher import Publisher, read_checkpoint, session_opening, write_c
 from feeds.transport import transport_for
 
 MAX_BATCH: Final = 1024
-STAGE_TIMING_ENV: Final = "MATCHWIRE_STAGE_TIMING"   # "1": time each duty-cycle stage (benchmarks)
 TRADING_ACTIONS: Final = frozenset((Halt, Resume, Close))
 EXIT_CONFIG: Final = 78          # EX_CONFIG
 MCL_CURRENT: Final = 1

@@ -154,6 +154,19 @@ def format_stages(report: dict[str, Any], order: Sequence[str] = (), width: int 
     return lines
 
 
+STAGE_TIMING_ENV: Final = "MATCHWIRE_STAGE_TIMING"   # "1": the processes time their stages (benchmarks)
+
+# The gateway's two paths, stage by stage (an order in: socket -> command ring; its answer out:
+# event ring -> socket). docs/performance.md explains each.
+GATEWAY_STAGES: Final = (
+    "in: session parse",                      # SoupBinTCP/OUCH or FIX bytes -> commands
+    "in: risk + command ring + replies",      # pre-trade risk, ring publish, doorbell, journal, socket
+    "out: event ring read + decode",          # poll the event rings, records -> the engine's events
+    "out: sessions + risk",                   # OUCH/FIX messages for each event, positions
+    "out: journal + socket writes",           # the flush: journal and stores, then each socket
+)
+G_PARSE, G_SUBMIT, G_RING_READ, G_SESSIONS, G_FLUSH = range(len(GATEWAY_STAGES))
+
 # The partition's duty cycle, stage by stage (StageClock indices; docs/performance.md explains each).
 DUTY_STAGES: Final = (
     "ring poll + decode",        # drain the gateways' command rings, decode records into commands

@@ -92,9 +92,11 @@ def test_bench_latency_end_to_end(tmp_path) -> None:
         assert run["order_to_ack"]["p50_us"] <= run["order_to_ack"]["p99_us"] <= run["order_to_ack"]["max_us"]
         assert run["build"] in ("cpython", "mypyc") and run["idle"] == "backoff"
         assert run["stages"]["match"]["laps"] > 0 and run["stages"]["ring poll + decode"]["laps"] > 0
+        assert run["gateway_stages"]["in: session parse"]["laps"] > 0
+        assert run["gateway_stages"]["out: journal + socket writes"]["laps"] > 0
     assert hdr.read_text().count("Tag=") == 2
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "partition duty cycle by stage" in r.stdout
+    assert "partition duty cycle by stage" in r.stdout and "gateway by stage" in r.stdout
 
 
 def test_bench_latency_bad_arguments_answer_in_one_line() -> None:

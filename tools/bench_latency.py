@@ -46,7 +46,7 @@ import time
 from typing import Any
 
 from appliance.config import Config
-from appliance.metrics import DUTY_STAGES, Histogram, format_stages
+from appliance.metrics import DUTY_STAGES, GATEWAY_STAGES, Histogram, format_stages
 from appliance.risk import FirmLimits
 
 WAL_PLACES = ("none", "tmpfs", "disk")
@@ -268,7 +268,8 @@ def _config(root: str, wal: str, idle: str, durability: str, disk_dir: str) -> t
 
 
 def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace) -> dict[str, Any]:
-    from appliance.daemon import STAGE_TIMING_ENV, choose_cpu
+    from appliance.daemon import choose_cpu
+    from appliance.metrics import STAGE_TIMING_ENV
     from tools.demo import write_config
     root = tempfile.mkdtemp(prefix="mw-bench-latency-")
     cfg, cleanup = _config(root, wal, idle, args.durability or "batch", args.disk_dir)
@@ -302,6 +303,8 @@ def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
         stats = json.load(open(os.path.join(state, "run", "p0.stats.json")))
+        gw_path = os.path.join(state, "run", f"{cfg.gateways[0].name}.stats.json")
+        gw_stats = json.load(open(gw_path)) if os.path.exists(gw_path) else {}
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -317,7 +320,8 @@ def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace
             "achieved_per_s": round(res["acked"] / res["seconds"]) if res["seconds"] > 0 else 0,
             "order_to_ack": h.summary_us(), "client_send_lateness": late.summary_us(),
             "in_engine": eng.summary_us(), "mean_batch": round(st["commands"] / max(st["batches"], 1), 2),
-            "build": stats.get("build"), "stages": stats.get("stages"), "_hist": h}
+            "build": stats.get("build"), "stages": stats.get("stages"),
+            "gateway_stages": gw_stats.get("stages"), "_hist": h}
 
 
 def _plot(runs: list[dict[str, Any]], path: str) -> None:
@@ -377,6 +381,10 @@ def _latency(args: argparse.Namespace) -> int:
         if args.stages and r["stages"]:
             print("  partition duty cycle by stage:")
             for line in format_stages(r["stages"], DUTY_STAGES):
+                print("  " + line)
+        if args.stages and r["gateway_stages"]:
+            print("  gateway by stage:")
+            for line in format_stages(r["gateway_stages"], GATEWAY_STAGES, width=38):
                 print("  " + line)
     if args.hdr_log:
         with open(args.hdr_log, "w") as f:

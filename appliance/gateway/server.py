@@ -99,6 +99,16 @@ from appliance.gateway.journal import (
 )
 from appliance.gateway.ouch import OuchSession, _Order
 from appliance.gateway.store import FixSentStore, MessageStore
+from appliance.metrics import (
+    G_FLUSH,
+    G_PARSE,
+    G_RING_READ,
+    G_SESSIONS,
+    G_SUBMIT,
+    GATEWAY_STAGES,
+    STAGE_TIMING_ENV,
+    StageClock,
+)
 from appliance.model import BUY, DAY, IOC, SELL, Instrument
 from appliance.ring import SHM_DIR, Ring, RingError, bell_name
 from appliance.risk import RiskChecker
@@ -346,7 +356,12 @@ class _Conn(asyncio.Protocol):
             slot.session.connection_made(now)
             server.count(f"{self.kind}_connections")
         slot = self.slot
+        st = server.stages
+        if st is not None:
+            st.start()
         slot.session.receive_data(data, time.time_ns())
+        if st is not None:
+            st.lap(G_PARSE)
         server.after_input(slot)
 
     def route(self) -> Slot | None:
@@ -426,6 +441,9 @@ class GatewayServer:
     def __init__(self, config: Config, gateway: str, state_dir: str) -> None:
         self.config = config
         self.name = gateway
+        # Stage timing (benchmarks; off by default): one clock read per stage boundary.
+        self.stages: StageClock | None = (StageClock(GATEWAY_STAGES) if os.environ.get(STAGE_TIMING_ENV) == "1"
+                                          else None)
         self.gw = next(g for g in config.gateways if g.name == gateway)
         self.state_dir = state_dir
         self.dir = gateway_dir(state_dir, gateway)
@@ -590,6 +608,8 @@ class GatewayServer:
             for cmd in cmds:
                 self.submit(slot, cmd, now)
         self.flush()
+        if self.stages is not None:
+            self.stages.lap(G_SUBMIT)
         self.poll_rings()
 
     def disconnected(self, slot: Slot) -> None:
@@ -748,15 +768,25 @@ class GatewayServer:
             if not self.cmd_pending:
                 self._pause(False)
         total = 0
+        st = self.stages
+        if st is not None:
+            st.start()
         for p, cons in enumerate(self.evt_in):
             while True:
                 recs = cons.poll(1024)
                 if not recs:
                     break
                 total += len(recs)
-                self.handle_groups(p, self.decoders[p].feed(recs))
+                groups = self.decoders[p].feed(recs)
+                if st is not None:
+                    st.lap(G_RING_READ)
+                self.handle_groups(p, groups)
+                if st is not None:
+                    st.lap(G_SESSIONS)
         if total:
             self.flush()
+            if st is not None:
+                st.lap(G_FLUSH)
         return total
 
     def handle_groups(self, p: int, groups: Iterable[C.Group]) -> None:
@@ -1025,7 +1055,21 @@ class GatewayServer:
         ctl.close()
         self.close()
         log(self.name, f"stopped: {json.dumps(self.counters, sort_keys=True)}")
+        self.write_stats()
         return 0
+
+    def write_stats(self) -> None:
+        """run/<gateway>.stats.json: the counters and, with stage timing on, the time per stage."""
+        path = os.path.join(self.state_dir, "run", f"{self.name}.stats.json")
+        st = self.stages
+        obj = {"gateway": self.name, "counters": self.counters,
+               "stages": st.report(self.counters.get("commands", 0)) if st is not None else None}
+        try:
+            with open(path + ".tmp", "w") as f:
+                json.dump(obj, f, indent=1, sort_keys=True)
+            os.replace(path + ".tmp", path)
+        except OSError as e:
+            log(self.name, f"stats not written: {e}")
 
     async def _ticker(self, stop: asyncio.Event) -> None:
         next_tick = time.monotonic()

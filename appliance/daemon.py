@@ -426,7 +426,9 @@ class PartitionDaemon:
             self.pending.append(boot)
         # Trading phases: the day's schedule, sequenced as the first command of the loop (its events
         # take the ordinary path), unless the WAL already holds this day's schedule.
-        self.timed = trading
+        # Without [trading] nothing is timed until an admin action starts a timer (a reopening call);
+        # a recovered engine may be inside one already.
+        self.timed = trading or part.engine.next_deadline_ns() is not None
         self.last_tick_ns = 0
         self.startup_cmds: list[Command] = []
         if trading:
@@ -597,10 +599,21 @@ class PartitionDaemon:
                     if n:
                         before = len(cmds)
                         stats["bad_records"] += decode(block, n, slot, cmds)
-                        for c in cmds[before:]:
+                        admin_at = -1
+                        for i, c in enumerate(cmds[before:], before):
                             origin[id(c)] = g
                             if type(c) in TRADING_ACTIONS:   # an admin request waits for its outcome
                                 self.admin_origin[id(c)] = g
+                                if admin_at < 0:
+                                    admin_at = i
+                        if admin_at >= 0 and engine.now_ns >= self.last_tick_ns and self.last_tick_ns != now:
+                            # The engine's clock to now, ahead of a halt, resume or close: a reopening
+                            # call lasts its configured time from the resume, with or without a
+                            # schedule; from here on its end is timed.
+                            cmds.insert(admin_at, ClockTick(now))
+                            self.last_tick_ns = now
+                            stats["ticks"] = stats.get("ticks", 0) + 1
+                            timed = self.timed = True
                         if len(cmds) >= max_batch:
                             break
                 if cmds:

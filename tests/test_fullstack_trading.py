@@ -21,6 +21,7 @@ import pytest
 from appliance.config import TradingConfig
 from appliance.gateway import ouch
 from feeds import itch
+from feeds import soupbintcp as soup
 from tests.test_fullstack import ALPH, P150, Fix, Stack, poll_until, subscriber
 from tools.demo import loopback_config
 
@@ -120,6 +121,66 @@ def test_opening_auction_halt_and_reopening_through_the_stack(tmp_path: Any) -> 
         assert (rec.crosses()[1].shares, rec.crosses()[1].cross_type) == (40, b"H")
         # An unknown symbol is refused by the admin path.
         assert _admin_cli(st, "halt", "NOPE").returncode == 1
+        a.close()
+        f.close()
+        assert st.stop() == 0
+    finally:
+        sub.close()
+        if st.proc is not None and st.proc.poll() is None:
+            os.killpg(st.proc.pid, signal.SIGKILL)
+            st.proc.wait(10)
+
+
+@pytest.mark.timeout(180)
+def test_admin_halt_and_resume_without_a_trading_section(tmp_path: Any) -> None:
+    """No [trading] section (continuous trading all day, no schedule): `matchwire admin halt ALPH`
+    then `admin resume ALPH` starts the reopening call (30 s, the default), which ends by itself in an
+    uncross (Q cross type 'H') and trading again (H 'T')."""
+    pytest.importorskip("simplefix")
+    cfg = loopback_config(str(tmp_path), rng=random.Random())
+    assert cfg.trading is None
+    st = Stack(str(tmp_path), cfg)
+    sub = subscriber(cfg)
+    rec = Recorder()
+    sub.receivers["l3"].sinks.append(rec)
+    st.start()
+    try:
+        a = st.ouch("alfa", "alfa-pw")
+        f = Fix(st.gw.fix_port, "BRVO")
+        assert f.logon("brvo-pw").get(35) == b"A"
+        a.enter(1, b"B", 100, "ALPH", P150)
+        assert a.wait_for(lambda m: isinstance(m, ouch.L.OrderAccepted)).quantity == 100
+        r = _admin_cli(st, "halt", "ALPH")
+        assert r.returncode == 0, r.stdout + r.stderr
+        poll_until(sub, lambda: rec.actions()[-1:] == [b"H"], 10)
+        f.order("F1", "2", 40, "150.00")            # crosses: collected while halted
+        assert f.wait(lambda m: m.get(35) == b"8" and m.get(11) == b"F1" and m.get(150) == b"0")
+        r = _admin_cli(st, "resume", "ALPH")
+        assert r.returncode == 0, r.stdout + r.stderr
+        resumed = time.monotonic()
+        poll_until(sub, lambda: len(rec.actions()) >= 2 and rec.actions()[-1] != b"H", 10)
+        assert rec.actions()[-1] != b"T" and not rec.crosses()        # the reopening call
+        # Both clients stay logged in through the call: a heartbeat each second, as a client would.
+        deadline = time.monotonic() + 70
+        fill = None
+        while fill is None:
+            assert time.monotonic() < deadline, "the reopening call did not end:\n" + st.output()
+            a.send(soup.encode_client_heartbeat())
+            f.send("0")
+            try:
+                fill = f.wait(lambda m: m.get(35) == b"8" and m.get(11) == b"F1" and m.get(150) == b"F",
+                              timeout=1)
+            except TimeoutError:
+                a.pump()
+        assert fill.get(32) == b"40"
+        assert time.monotonic() - resumed > 20      # the call lasted (about 30 s), it did not end at once
+        ex = a.wait_for(lambda m: isinstance(m, ouch.L.OrderExecuted), timeout=10)
+        assert (ex.quantity, ex.liquidity_flag) == (40, b"H")
+        poll_until(sub, lambda: len(rec.crosses()) == 1 and rec.actions()[-1:] == [b"T"], 10)
+        assert (rec.crosses()[0].shares, rec.crosses()[0].cross_type) == (40, b"H")
+        # trading again: an order matches on entry
+        f.order("F2", "2", 10, "150.00")
+        assert f.wait(lambda m: m.get(11) == b"F2" and m.get(150) == b"F", timeout=10).get(32) == b"10"
         a.close()
         f.close()
         assert st.stop() == 0

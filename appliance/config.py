@@ -52,6 +52,8 @@ STP_BY_NAME: Final = {"none": STP_NONE, "CN": STP_CN, "CO": STP_CO, "DC": STP_DC
 STP_NAME: Final = {v: k for k, v in STP_BY_NAME.items()}
 # ITCH 5.0 Stock Directory market category.
 TIERS: Final = ("Q", "G", "S", "N", "A", "P", "Z", "V", " ")
+# ITCH 5.0 Stock Directory LULD Reference Price Tier of an instrument with a [[trading.tiers]].
+LULD_REF_PRICE_TIERS: Final = ("1", "2")
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _MULTICAST = ipaddress.IPv4Network("224.0.0.0/4")
 
@@ -92,6 +94,7 @@ class TierConfig:
     band_bps: int = 0
     market_collar_bps: int = 0
     circuit_breaker_bps: int = 0
+    luld_ref_price_tier: str = "2"      # ITCH Stock Directory byte: "1" Tier 1, "2" Tier 2 NMS stocks
 
 
 SCHEDULE_KEYS: Final = ("pre_open", "opening_auction", "open", "closing_auction", "close")
@@ -241,6 +244,19 @@ class Config:
     def partition_instruments(self, partition: str) -> list[Instrument]:
         """The engine's instruments of one partition."""
         return [self.instrument(s).instrument() for s in self.partition(partition).instruments]
+
+    def stock_directory(self, partition: str) -> dict[int, tuple[bytes, bytes]]:
+        """stock locate -> (Market Category, LULD Reference Price Tier) of the partition's Stock
+        Directory messages: `instruments[].tier`, and the `luld_ref_price_tier` of the instrument's
+        [[trading.tiers]] (" ": none)."""
+        out: dict[int, tuple[bytes, bytes]] = {}
+        for symbol in self.partition(partition).instruments:
+            ins = self.instrument(symbol)
+            luld = " "
+            if ins.luld_tier is not None and self.trading is not None:
+                luld = self.trading.tier(ins.luld_tier).luld_ref_price_tier
+            out[ins.locate] = (ins.tier.encode("ascii"), luld.encode("ascii"))
+        return out
 
     def firm_stp(self) -> dict[int, int]:
         """firm id -> STP mode, for Engine(firm_stp=...)."""
@@ -663,11 +679,14 @@ def _trading(t: _Table | None) -> TradingConfig | None:
 
 
 def _tier(t: _Table) -> TierConfig:
+    name = t.text("name", max_len=8)
     c = TierConfig(
-        name=t.text("name", max_len=8),
+        name=name,
         band_bps=t.integer("band_bps", 0, 0, 9999),
         market_collar_bps=t.integer("market_collar_bps", 0, 0, 9999),
         circuit_breaker_bps=t.integer("circuit_breaker_bps", 0, 0, 9999),
+        luld_ref_price_tier=t.text("luld_ref_price_tier", "1" if name == "1" else "2",
+                                   choices=LULD_REF_PRICE_TIERS),
     )
     t.done()
     return c
@@ -969,6 +988,7 @@ def dumps(c: Config) -> str:
             w(f"band_bps = {tier.band_bps}")
             w(f"market_collar_bps = {tier.market_collar_bps}")
             w(f"circuit_breaker_bps = {tier.circuit_breaker_bps}")
+            w(f"luld_ref_price_tier = {_q(tier.luld_ref_price_tier)}")
     return "\n".join(out) + "\n"
 
 

@@ -230,7 +230,7 @@ def feed_config(config: Config, p: PartitionConfig) -> FeedConfig:
     groups = {ch: ChannelGroups((f.a_group, f.a_port), (f.b_group, f.b_port)) for ch, f in p.feeds.items()}
     return FeedConfig(partition=p.id, channels=tuple(ch for ch in CHANNELS if ch in p.feeds), groups=groups,
                       interface=md.interface, ttl=md.ttl, dscp=md.dscp, depth_levels=md.l2_depth,
-                      max_payload=md.max_payload)
+                      max_payload=md.max_payload, directory=config.stock_directory(p.name))
 
 
 def wal_config(p: PartitionConfig) -> WalConfig:

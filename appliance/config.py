@@ -25,7 +25,6 @@ import dataclasses
 import datetime
 import ipaddress
 import re
-import time
 import tomllib
 import zoneinfo
 from typing import Any, Final, Iterable
@@ -70,6 +69,7 @@ class ApplianceConfig:
     name: str = "matchwire"             # ring name prefix, process titles
     ring_slots: int = 16384             # slots per ring (power of two)
     ring_slot_size: int = 128           # bytes per slot (multiple of 8; a record is one slot)
+    time_zone: str = "America/New_York"  # IANA zone of the exchange: its midnight and trading day
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,24 +303,26 @@ class Config:
             return None
         return SetSchedule(*(local_time_ns(t.time_zone, day, hhmmss) for hhmmss in t.schedule))
 
+    @property
+    def time_zone(self) -> str:
+        """The exchange's IANA time zone: appliance.time_zone (a [trading] section's own
+        time_zone, which the loader makes agree with it, wins where a caller built them apart)."""
+        return self.trading.time_zone if self.trading is not None else self.appliance.time_zone
+
     def trading_day(self, ts_ns: int) -> datetime.date:
-        """The exchange's calendar day of ts_ns (the [trading] time zone; UTC without one)."""
-        zone = self.trading.time_zone if self.trading is not None else "UTC"
-        return datetime.datetime.fromtimestamp(ts_ns / 1e9, zoneinfo.ZoneInfo(zone)).date()
+        """The exchange's calendar day of ts_ns, in its time zone (never the host's)."""
+        return datetime.datetime.fromtimestamp(ts_ns // 1_000_000_000, zoneinfo.ZoneInfo(self.time_zone)).date()
 
     def midnight_of(self, ts_ns: int) -> int:
-        """The epoch nanoseconds of the midnight that starts ts_ns's day, from which ITCH and OUCH
-        timestamps count: in the [trading] time zone, or the host's without a [trading] section.
-        The partitions and the gateways both use it, so that their timestamps agree."""
-        if self.trading is not None:
-            return self.midnight_ns(self.trading_day(ts_ns))
-        t = time.localtime(ts_ns // 1_000_000_000)
-        return int(time.mktime((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0, 0, 0, -1))) * 1_000_000_000
+        """The epoch nanoseconds of the midnight that starts ts_ns's day in the exchange's time zone,
+        from which ITCH and OUCH timestamps count, with or without a [trading] section. The
+        partitions and the gateways both use it, so that their timestamps agree."""
+        return self.midnight_ns(self.trading_day(ts_ns))
 
     def midnight_ns(self, day: datetime.date) -> int:
         """The epoch nanoseconds of the day's midnight in the exchange's time zone (ITCH timestamps
-        count from it); UTC without [trading]."""
-        return local_time_ns(self.trading.time_zone if self.trading else "UTC", day, "00:00")
+        count from it)."""
+        return local_time_ns(self.time_zone, day, "00:00")
 
     def ring_names(self, partition: str, gateway: str) -> dict[str, str]:
         """direction (cmd, evt) -> the ring name between one gateway and one partition."""
@@ -589,7 +591,7 @@ def from_dict(doc: dict[str, Any]) -> Config:
             raise ConfigError(f"firms[{i}].name: firm {f.name!r} is on no gateway's firms")
 
     admin = _admin(top.table("admin"), warnings)
-    trading = _trading(top.table("trading"))
+    trading = _trading(top.table("trading"), appliance, "time_zone" in (top.data.get("appliance") or {}))
     for i, ins in enumerate(instruments):
         if ins.luld_tier is not None and (trading is None or ins.luld_tier not in {t.name for t in trading.tiers}):
             raise ConfigError(f"instruments[{i}].luld_tier: unknown tier {ins.luld_tier!r} (not in [[trading.tiers]])")
@@ -613,6 +615,7 @@ def _appliance(t: _Table | None) -> ApplianceConfig:
         name=t.text("name", d.name, pattern=_NAME),
         ring_slots=t.integer("ring_slots", d.ring_slots, 2, 1 << 24),
         ring_slot_size=t.integer("ring_slot_size", d.ring_slot_size, 16, 65536),
+        time_zone=_time_zone(t, d.time_zone),
     )
     if c.ring_slots & (c.ring_slots - 1):
         raise ConfigError(f"{t.key('ring_slots')}: {c.ring_slots} is not a power of two")
@@ -638,15 +641,25 @@ def _instrument(t: _Table) -> InstrumentConfig:
     return InstrumentConfig(symbol, locate, tick, round_lot, ref, tier, luld_tier)
 
 
-def _trading(t: _Table | None) -> TradingConfig | None:
-    if t is None:
-        return None
-    d = TradingConfig()
-    zone = t.text("time_zone", d.time_zone)
+def _time_zone(t: _Table, default: str) -> str:
+    zone = t.text("time_zone", default)
     try:
         zoneinfo.ZoneInfo(zone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"{t.key('time_zone')}: {zone!r} is not an IANA time zone (such as 'America/New_York')") from None
+    return zone
+
+
+def _trading(t: _Table | None, appliance: ApplianceConfig, zone_given: bool) -> TradingConfig | None:
+    """[trading]; its time_zone (kept for older configs) defaults to appliance.time_zone and, when
+    both are written, must name the same zone."""
+    if t is None:
+        return None
+    d = TradingConfig()
+    zone = _time_zone(t, appliance.time_zone)
+    if zone_given and "time_zone" in t.data and zone != appliance.time_zone:
+        raise ConfigError(f"{t.key('time_zone')}: {zone!r} is not appliance.time_zone "
+                          f"{appliance.time_zone!r} (one exchange, one time zone: write it once)")
     times = [t.text(k, "") for k in SCHEDULE_KEYS]
     schedule: tuple[str, ...] | None = None
     if any(times):
@@ -883,6 +896,7 @@ def dumps(c: Config) -> str:
     w(f"name = {_q(a.name)}")
     w(f"ring_slots = {a.ring_slots}")
     w(f"ring_slot_size = {a.ring_slot_size}")
+    w(f"time_zone = {_q(c.time_zone)}")
     for ins in c.instruments:
         w("")
         w("[[instruments]]")
@@ -975,7 +989,6 @@ def dumps(c: Config) -> str:
     if tr is not None:
         w("")
         w("[trading]")
-        w(f"time_zone = {_q(tr.time_zone)}")
         for key, text in zip(SCHEDULE_KEYS, tr.schedule or ()):
             w(f"{key} = {_q(text)}")
         for key in ("noii_interval_ms", "limit_state_seconds", "pause_seconds", "reopen_call_seconds",

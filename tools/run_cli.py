@@ -72,16 +72,29 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def admin_request(config_path: str | None, method: str, path: str) -> dict[str, Any]:
+    """One request to the admin interface of the appliance that `config_path` (default: the demo's
+    config) describes; an appliance that does not answer is a UsageError naming the address."""
     from appliance.config import default, load
+    from tools.cli import UsageError
     cfg = load(config_path) if config_path else default()
     a = cfg.admin
-    req = urllib.request.Request(f"http://{a.bind}:{a.port}{path}", method=method,
-                                 headers={"Authorization": f"Bearer {a.token}"})
+    url = f"http://{a.bind}:{a.port}"
+    req = urllib.request.Request(url + path, method=method, headers={"Authorization": f"Bearer {a.token}"})
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return dict(json.loads(r.read()))
     except urllib.error.HTTPError as e:
-        return dict(json.loads(e.read() or b"{}"), http_status=e.code)
+        try:
+            return dict(json.loads(e.read() or b"{}"), http_status=e.code)
+        except ValueError:
+            raise UsageError(f"{url} answered HTTP {e.code} without a matchwire answer "
+                             f"(is it the admin port of a matchwire appliance?)") from None
+    except (urllib.error.URLError, OSError) as e:
+        why = getattr(e, "reason", e)
+        which = f"the admin port of {config_path}" if config_path else \
+            "the demo's admin port; give --config CONFIG for another appliance"
+        raise UsageError(f"no appliance answers at {url} ({which}): "
+                         f"{getattr(why, 'strerror', None) or why}") from None
 
 
 def _admin(args: argparse.Namespace) -> int:

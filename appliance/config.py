@@ -190,6 +190,7 @@ class RetransmitConfig:
 class OuchCredentials:
     username: str                       # SoupBinTCP: up to 6 characters
     password: str                       # SoupBinTCP: up to 10 characters
+    cancel_on_disconnect: bool = True   # the port cancels its live orders when its connection ends
 
 
 @dataclasses.dataclass(frozen=True)
@@ -411,6 +412,14 @@ class _Table:
             raise ConfigError(f"{self.key(key)}: {v!r} must be 1-32 characters of A-Z a-z 0-9 _ -")
         if max_len is not None and not 1 <= len(v) <= max_len:
             raise ConfigError(f"{self.key(key)}: {v!r} must be 1 to {max_len} characters")
+        return v
+
+    def boolean(self, key: str, default: bool) -> bool:
+        v = self._get(key, False)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            raise ConfigError(f"{self.key(key)}: expected true or false, got {_describe(v)}")
         return v
 
     def money(self, key: str, tick: int = 1, required: bool = False) -> int | None:
@@ -813,7 +822,8 @@ def _firm(t: _Table) -> FirmConfig:
     stp = STP_BY_NAME[t.text("stp", "CN", choices=STP_BY_NAME)]
     ot = t.table("ouch", required=True)
     assert ot is not None
-    ouch = OuchCredentials(_soup_text(ot, "username", 6), _soup_text(ot, "password", 10))
+    ouch = OuchCredentials(_soup_text(ot, "username", 6), _soup_text(ot, "password", 10),
+                           ot.boolean("cancel_on_disconnect", True))
     ot.done()
     xt = t.table("fix", required=True)
     assert xt is not None
@@ -969,6 +979,7 @@ def dumps(c: Config) -> str:
         w("[firms.ouch]")
         w(f"username = {_q(fm.ouch.username)}")
         w(f"password = {_q(fm.ouch.password)}")
+        w(f"cancel_on_disconnect = {'true' if fm.ouch.cancel_on_disconnect else 'false'}")
         w("[firms.fix]")
         w(f"sender_comp_id = {_q(fm.fix.sender_comp_id)}")
         w(f"password = {_q(fm.fix.password)}")

@@ -64,6 +64,12 @@ CASES: list[tuple[str, Callable[[Files], list[str]]]] = [
     ("admin close", lambda f: ["all", "--config", f["down"]]),
     ("admin status", lambda f: ["--config", f["missing"]]),
     ("admin status", lambda f: ["--config", f["text"]]),
+    ("order enter", lambda f: ["ALPH", "buy", "100", "150.00", "--config", f["down"]]),
+    ("order enter", lambda f: ["ALPH", "hold", "100", "150.00"]),
+    ("order enter", lambda f: ["ALPH", "buy", "100", "150.001", "--config", f["down"]]),
+    ("order cancel", lambda f: ["7", "--config", f["missing"]]),
+    ("order replace", lambda f: ["7", "100", "150.00", "--via", "fix", "--config", f["down"]]),
+    ("order status", lambda f: ["7", "--config", f["text"]]),
 ]
 
 

@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tools.feed_dump",  # feed dump
     "tools.retransmit_cli",  # retransmit serve, snapshot serve
     "tools.run_cli",  # run CONFIG, demo, admin
+    "tools.order_cli",  # order enter|cancel|replace|status
 )
 
 EXIT_USAGE = 2          # bad argument, file or address (argparse's own code for a usage error)

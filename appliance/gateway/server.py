@@ -544,7 +544,7 @@ class GatewayServer:
             sid = ouch_session_id(f)
             name = f.name if f.name.isalnum() and len(f.name) <= 10 else str(sid)
             s = OuchSession(sid, {f.ouch.username: (f.ouch.password, f.id)}, self.instruments, session_name=name,
-                            midnight_ns=self.midnight_ns)
+                            midnight_ns=self.midnight_ns, cancel_on_disconnect=f.ouch.cancel_on_disconnect)
             stream = js.ouch.get(sid, [])
             if stream:
                 restore_ouch_session(s, stream)

@@ -70,6 +70,8 @@ CASES: list[tuple[str, Callable[[Files], list[str]]]] = [
     ("order cancel", lambda f: ["7", "--config", f["missing"]]),
     ("order replace", lambda f: ["7", "100", "150.00", "--via", "fix", "--config", f["down"]]),
     ("order status", lambda f: ["7", "--config", f["text"]]),
+    ("flow generate", lambda f: [f["missing"] + "/f", "--events", "10"]),
+    ("flow generate", lambda f: [f["scratch"] + "-f", "--events", "0"]),
 ]
 
 

@@ -189,8 +189,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("matching", help="run a flowgen flow through the matching engine")
-    p.add_argument("flow", help="FLOW.bin made by shared/bench/flowgen.py (FLOW.json beside it)")
+    p = sub.add_parser("matching", help="run a standard flow through the matching engine")
+    p.add_argument("flow", help="FLOW.bin made by `matchwire flow generate` (FLOW.json beside it)")
     p.add_argument("--runs", type=int, default=1, help="repeat in fresh processes; report the median")
     p.set_defaults(func=cmd_matching)
     m = sub.add_parser("memory", help="peak memory of one book holding N resting orders")

@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tools.retransmit_cli",  # retransmit serve, snapshot serve
     "tools.run_cli",  # run CONFIG, demo, admin
     "tools.order_cli",  # order enter|cancel|replace|status
+    "tools.flowgen",  # flow generate
 )
 
 EXIT_USAGE = 2          # bad argument, file or address (argparse's own code for a usage error)

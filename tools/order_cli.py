@@ -7,7 +7,7 @@ as one of the config's firms (its credentials, at the gateway that admits it).
     matchwire order replace REF QTY PRICE
     matchwire order status REF
     options of each: --firm NAME (default: the config's first firm), --config CONFIG (default: the
-    demo's), --via ouch|fix (default ouch), --timeout SECONDS (default 10), --json
+    built-in default config, appliance.config.DEFAULT), --via ouch|fix (default ouch), --timeout SECONDS (default 10), --json
 
 REF names the order: over OUCH its UserRefNum (the number `enter` prints; a replaced order keeps
 answering to the first one), over FIX its ClOrdID (any ClOrdID of its chain).
@@ -557,7 +557,7 @@ def register(sub: Any) -> None:
     osub.required = True
 
     def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--config", default=None, help="the appliance's config (default: the demo's)")
+        q.add_argument("--config", default=None, help="the appliance's config (default: the built-in default config)")
         q.add_argument("--firm", default=None, help="trade as this firm (default: the config's first)")
         q.add_argument("--via", default="ouch", choices=("ouch", "fix"), help="protocol (default ouch)")
         q.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer (default 10)")

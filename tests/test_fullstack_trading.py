@@ -1,4 +1,5 @@
-"""Trading phases through the whole appliance: `matchwire run` with a [trading] section (UTC) whose
+"""Trading phases through the whole appliance: `matchwire run` with a [trading] section (UTC) on an
+injected clock (MATCHWIRE_CLOCK_OFFSET_NS: a fixed Monday, whatever the host's date and hour) whose
 schedule opens the instrument a few seconds after start. Orders entered in pre-open are collected,
 not matched; the opening auction uncrosses at one price; the L3 multicast feed shows Stock Trading
 Action (H) and Cross Trade (Q); OUCH (E, liquidity 'O') and FIX (35=8 150=F) clients get their
@@ -6,6 +7,7 @@ fills. Then `matchwire admin halt ALPH`: H 'H' and no matching; `matchwire admin
 reopening auction (Q cross type 'H') and trading again. Every wait is bounded."""
 from __future__ import annotations
 
+import calendar
 import dataclasses
 import json
 import os
@@ -18,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from appliance.clock import OFFSET_ENV, offset_to
 from appliance.config import TradingConfig
 from appliance.gateway import ouch
 from feeds import itch
@@ -27,7 +30,8 @@ from tools.demo import loopback_config
 
 pytestmark = pytest.mark.timeout(90)
 
-OPEN_AFTER_S = 10      # from writing the config: start-up, then orders in pre-open, then the open
+OPEN_AFTER_S = 10      # from starting the stack: start-up, then orders in pre-open, then the open
+MONDAY_0929 = calendar.timegm((2026, 1, 5, 9, 29, 0))    # the injected clock's time at the stack's start
 
 
 class Recorder:
@@ -51,31 +55,26 @@ class Recorder:
         return [m for m in self.msgs if type(m) is itch.CrossTrade and m.stock_locate == ALPH]
 
 
-def _hms(ts: int) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(ts))
-
-
 def _admin_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tools.cli", "admin", *args, "--config", stack.path],
                           capture_output=True, text=True, timeout=30, cwd=stack.root)
 
 
 def test_opening_auction_halt_and_reopening_through_the_stack(tmp_path: Any) -> None:
-    now = int(time.time())
-    at = now + OPEN_AFTER_S
-    if time.gmtime(at + 60).tm_yday != time.gmtime(now).tm_yday:
-        pytest.skip("too close to midnight UTC for a day's schedule")
-    sched = ("00:00:00", _hms(at - 1), _hms(at), "23:59:58", "23:59:59")
+    # 09:29:00 at the start; the opening auction at 09:29:09, the open at 09:29:10
+    sched = ("04:00:00", f"09:29:{OPEN_AFTER_S - 1:02d}", f"09:29:{OPEN_AFTER_S:02d}", "15:50:00", "16:00:00")
     cfg = loopback_config(str(tmp_path), rng=random.Random())
     cfg = dataclasses.replace(cfg, trading=TradingConfig(time_zone="UTC", schedule=sched, reopen_call_seconds=1,
                                                          noii_interval_ms=500))
-    st = Stack(str(tmp_path), cfg)
+    started = time.monotonic()
+    st = Stack(str(tmp_path), cfg, env={OFFSET_ENV: str(offset_to(MONDAY_0929 * 10**9))})
+    at = started + OPEN_AFTER_S
     sub = subscriber(cfg)
     rec = Recorder()
     sub.receivers["l3"].sinks.append(rec)
     st.start()
     try:
-        assert time.time() < at - 1, "start-up took too long for the schedule"
+        assert time.monotonic() < at - 1, "start-up took too long for the schedule"
         a = st.ouch("alfa", "alfa-pw")
         f = Fix(st.gw.fix_port, "BRVO")
         assert f.logon("brvo-pw").get(35) == b"A"
@@ -94,6 +93,10 @@ def test_opening_auction_halt_and_reopening_through_the_stack(tmp_path: Any) -> 
         poll_until(sub, lambda: bool(rec.crosses()) and rec.actions()[-1:] == [b"T"], 10)
         opening = rec.crosses()
         assert [(q.shares, q.cross_price, q.cross_type) for q in opening] == [(60, P150, b"O")]
+        # the injected clock's day and time: the session of 5 January 2026, the cross just after 09:29:10
+        assert sub.receivers["l3"].session.startswith(b"260105")
+        open_s = 9 * 3600 + 29 * 60 + OPEN_AFTER_S
+        assert open_s * 10**9 <= opening[0].timestamp < (open_s + 30) * 10**9
         assert rec.actions()[0] != b"T"             # the session opened before trading did
         # Halt by admin: H 'H' on the feed, crossing orders collected, not matched.
         r = _admin_cli(st, "halt", "ALPH")

@@ -80,6 +80,7 @@ from appliance.catalogue import (
     ReplaceOrder,
     Resume,
 )
+from appliance.clock import wall_clock
 from appliance.config import Config, FirmConfig, load
 from appliance.gateway import ouch_layout as L
 from appliance.gateway.fix import FixSession, FixSessionConfig, FixSessionState, logon_comp_ids
@@ -137,6 +138,10 @@ def journal_record(rtype: int, payload: bytes) -> bytes:
 
 def mark_record(marks: dict[int, int]) -> bytes:
     return journal_record(J_MARK, bytes((len(marks),)) + b"".join(_MARK.pack(p, s) for p, s in sorted(marks.items())))
+
+
+# The wall clock (appliance.clock): the process's, shifted as MATCHWIRE_CLOCK_OFFSET_NS says.
+_clock = wall_clock()
 
 
 class JournalState:
@@ -405,11 +410,11 @@ class _Conn(asyncio.Protocol):
             self.buf = bytearray()
             self.slot = slot
             slot.conn = self
-            now = time.time_ns()
+            now = _clock()
             slot.session.connection_made(now)
             server.count(f"{self.kind}_connections")
         slot = self.slot
-        slot.session.receive_data(data, time.time_ns())
+        slot.session.receive_data(data, _clock())
         server.after_input(slot)
 
     def route(self) -> Slot | None:
@@ -519,7 +524,7 @@ class GatewayServer:
         self.stopping = False
         self.conns: set[_Conn] = set()
         self.counters: dict[str, int] = {}
-        self.midnight_ns = config.midnight_of(time.time_ns())   # as the partitions' feed
+        self.midnight_ns = config.midnight_of(_clock())   # as the partitions' feed
         # per partition: admin commands sent and not yet answered, oldest first (KIND, locate, future)
         self.admin_waiting: list[deque[tuple[int, int, asyncio.Future[dict[str, Any]]]]] = [
             deque() for _ in self.partitions]
@@ -619,14 +624,14 @@ class GatewayServer:
     def after_input(self, slot: Slot) -> None:
         cmds = slot.session.take_commands()
         if cmds:
-            now = time.time_ns()
+            now = _clock()
             for cmd in cmds:
                 self.submit(slot, cmd, now)
         self.flush()
         self.poll_rings()
 
     def disconnected(self, slot: Slot) -> None:
-        now = time.time_ns()
+        now = _clock()
         if slot.kind == "ouch":
             cmds = slot.session.on_disconnect()
             for cmd in cmds:
@@ -800,7 +805,7 @@ class GatewayServer:
         pid = self.partitions[p].id
         risk = self.risk
         by_sid = self.by_sid
-        now = time.time_ns()
+        now = _clock()
         for seq, ts, events in groups:
             k = events[0][0]
             if k >= C.CTL_POSITION:
@@ -894,7 +899,7 @@ class GatewayServer:
 
     # -- timers and admin ------------------------------------------------------------------------------
     def tick(self) -> None:
-        now = time.time_ns()
+        now = _clock()
         for slot in self.slots:
             slot.session.poll(now)
         self.flush()
@@ -905,7 +910,7 @@ class GatewayServer:
             return {"ok": False, "error": f"firm {firm_name!r} is not on gateway {self.name}"}
         mc = self.risk.set_kill_switch(f.id, on)
         if mc is not None:
-            self.submit(None, mc, time.time_ns())
+            self.submit(None, mc, _clock())
             self.flush()
         log(self.name, f"kill switch {'ON' if on else 'off'} for {firm_name}"
                        + (": mass cancel sent" if mc is not None else ""))
@@ -1048,7 +1053,7 @@ class GatewayServer:
             elif time.monotonic() - quiet_since > QUIET_S and not self.cmd_pending:
                 break
             await asyncio.sleep(0.005)
-        now = time.time_ns()
+        now = _clock()
         for slot in self.slots:
             if slot.kind == "ouch":
                 slot.session.end_of_session(now)

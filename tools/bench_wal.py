@@ -34,7 +34,7 @@ from appliance.model import BUY, GTC, LIMIT, SELL
 from appliance.recovery import recover_state, write_manifest
 from appliance.snapshot import EngineSpec, SnapshotStore, capture
 from appliance.wal import POLICY_NONE, WalReader, WalWriter, encode_body
-from tools.flows import FLOW_FIRM_STP, flow_instrument_count, flow_instruments, read_flow
+from tools.flows import FLOW_FIRM_STP, flow_instrument_count, flow_instruments, read_flow, read_flow_bytes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -239,6 +239,7 @@ def _run_child(waldir: str, mode: str) -> dict[str, Any]:
 
 def cmd_recovery(args: argparse.Namespace) -> int:
     flow = _find_or_make_flow(args)
+    read_flow_bytes(flow)    # a missing or malformed flow: one line (tools.cli), before any work directory
     root = _workdir(args, "bench-recovery")
     waldir = os.path.join(root, "wal")
     os.makedirs(waldir)

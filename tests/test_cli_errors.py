@@ -30,6 +30,8 @@ CASES: list[tuple[str, Callable[[Files], list[str]]]] = [
     ("bench matching", lambda f: [f["text"]]),
     ("bench matching", lambda f: [f["bad_flow"]]),
     ("bench matching", lambda f: []),
+    ("bench matching", lambda f: [f["text"], "--runs", "3"]),
+    ("bench matching", lambda f: [f["bad_flow"], "--runs", "2"]),       # fails in the fresh processes
     ("bench memory", lambda f: ["--orders", "many"]),
     ("bench snapshot", lambda f: ["--levels", "x"]),
     ("bench wal", lambda f: ["--batches", "x", "--seconds", "0.01", "--dir", f["scratch"]]),

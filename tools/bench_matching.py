@@ -87,13 +87,17 @@ def _median_of_runs(argv: list[str], runs: int) -> list[dict[str, Any]]:
     results = []
     for _ in range(runs):
         proc = subprocess.run([sys.executable, "-m", "tools.bench_matching", *argv, "--runs", "1"],
-                              check=True, capture_output=True, text=True)
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ValueError(f"a run in a fresh process failed (exit {proc.returncode}): {last}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return results
 
 
 def cmd_matching(args: argparse.Namespace) -> int:
     if args.runs > 1:
+        read_flow_bytes(args.flow)   # a missing or wrong file: one line here, not in each child
         results = _median_of_runs(["matching", args.flow], args.runs)
         for r in results:
             print(json.dumps(r))

@@ -92,6 +92,8 @@ from appliance.risk import RiskChecker
 from appliance.wal import MalformedCommand
 from feeds import soupbintcp as soup
 
+_clock = wall_clock()   # the wall clock (appliance.clock): shifted as MATCHWIRE_CLOCK_OFFSET_NS says
+
 FIX_SESSION_BIT: Final = 1 << 30   # order ids (session << 32 | n) stay below 2^63 (the state hash's i64)
 J_OUCH: Final = 1
 J_FIX: Final = 2
@@ -138,10 +140,6 @@ def journal_record(rtype: int, payload: bytes) -> bytes:
 
 def mark_record(marks: dict[int, int]) -> bytes:
     return journal_record(J_MARK, bytes((len(marks),)) + b"".join(_MARK.pack(p, s) for p, s in sorted(marks.items())))
-
-
-# The wall clock (appliance.clock): the process's, shifted as MATCHWIRE_CLOCK_OFFSET_NS says.
-_clock = wall_clock()
 
 
 class JournalState:

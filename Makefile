@@ -3,8 +3,6 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SHARED ?= ../shared
-FLOWGEN := $(SHARED)/bench/flowgen.py
 
 # The hot path compiled by mypyc in place (an extension beside each source file, which Python's
 # import prefers): appliance/build.py lists the modules and tells which build a process runs.
@@ -30,11 +28,11 @@ lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet mypy
 	$(BIN)/python -m mypy
 
-# The standard flows (shared/bench/flowgen.py) with the results a correct engine must reproduce.
-flows/f1.bin:
-	mkdir -p flows && python3 $(FLOWGEN) flows/f1 --events 1000000 --seed 42 --target 5000 >/dev/null
-flows/f100.bin:
-	mkdir -p flows && python3 $(FLOWGEN) flows/f100 --events 1000000 --instruments 100 --target 1000 --seed 42 >/dev/null
+# The standard flows (`matchwire flow generate`) with the results a correct engine must reproduce.
+flows/f1.bin: | $(STAMP)
+	mkdir -p flows && $(BIN)/matchwire flow generate flows/f1 --events 1000000 --seed 42 --target 5000 >/dev/null
+flows/f100.bin: | $(STAMP)
+	mkdir -p flows && $(BIN)/matchwire flow generate flows/f100 --events 1000000 --instruments 100 --target 1000 --seed 42 >/dev/null
 flows: flows/f1.bin flows/f100.bin
 
 bench-matching: $(STAMP) flows

@@ -25,7 +25,6 @@ import dataclasses
 import datetime
 import ipaddress
 import re
-import time
 import tomllib
 import zoneinfo
 from typing import Any, Final, Iterable
@@ -52,6 +51,8 @@ STP_BY_NAME: Final = {"none": STP_NONE, "CN": STP_CN, "CO": STP_CO, "DC": STP_DC
 STP_NAME: Final = {v: k for k, v in STP_BY_NAME.items()}
 # ITCH 5.0 Stock Directory market category.
 TIERS: Final = ("Q", "G", "S", "N", "A", "P", "Z", "V", " ")
+# ITCH 5.0 Stock Directory LULD Reference Price Tier of an instrument with a [[trading.tiers]].
+LULD_REF_PRICE_TIERS: Final = ("1", "2")
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _MULTICAST = ipaddress.IPv4Network("224.0.0.0/4")
 
@@ -68,6 +69,7 @@ class ApplianceConfig:
     name: str = "matchwire"             # ring name prefix, process titles
     ring_slots: int = 16384             # slots per ring (power of two)
     ring_slot_size: int = 128           # bytes per slot (multiple of 8; a record is one slot)
+    time_zone: str = "America/New_York"  # IANA zone of the exchange: its midnight and trading day
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +94,7 @@ class TierConfig:
     band_bps: int = 0
     market_collar_bps: int = 0
     circuit_breaker_bps: int = 0
+    luld_ref_price_tier: str = "2"      # ITCH Stock Directory byte: "1" Tier 1, "2" Tier 2 NMS stocks
 
 
 SCHEDULE_KEYS: Final = ("pre_open", "opening_auction", "open", "closing_auction", "close")
@@ -187,6 +190,7 @@ class RetransmitConfig:
 class OuchCredentials:
     username: str                       # SoupBinTCP: up to 6 characters
     password: str                       # SoupBinTCP: up to 10 characters
+    cancel_on_disconnect: bool = True   # the port cancels its live orders when its connection ends
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +246,19 @@ class Config:
         """The engine's instruments of one partition."""
         return [self.instrument(s).instrument() for s in self.partition(partition).instruments]
 
+    def stock_directory(self, partition: str) -> dict[int, tuple[bytes, bytes]]:
+        """stock locate -> (Market Category, LULD Reference Price Tier) of the partition's Stock
+        Directory messages: `instruments[].tier`, and the `luld_ref_price_tier` of the instrument's
+        [[trading.tiers]] (" ": none)."""
+        out: dict[int, tuple[bytes, bytes]] = {}
+        for symbol in self.partition(partition).instruments:
+            ins = self.instrument(symbol)
+            luld = " "
+            if ins.luld_tier is not None and self.trading is not None:
+                luld = self.trading.tier(ins.luld_tier).luld_ref_price_tier
+            out[ins.locate] = (ins.tier.encode("ascii"), luld.encode("ascii"))
+        return out
+
     def firm_stp(self) -> dict[int, int]:
         """firm id -> STP mode, for Engine(firm_stp=...)."""
         return {f.id: f.stp for f in self.firms}
@@ -287,24 +304,26 @@ class Config:
             return None
         return SetSchedule(*(local_time_ns(t.time_zone, day, hhmmss) for hhmmss in t.schedule))
 
+    @property
+    def time_zone(self) -> str:
+        """The exchange's IANA time zone: appliance.time_zone (a [trading] section's own
+        time_zone, which the loader makes agree with it, wins where a caller built them apart)."""
+        return self.trading.time_zone if self.trading is not None else self.appliance.time_zone
+
     def trading_day(self, ts_ns: int) -> datetime.date:
-        """The exchange's calendar day of ts_ns (the [trading] time zone; UTC without one)."""
-        zone = self.trading.time_zone if self.trading is not None else "UTC"
-        return datetime.datetime.fromtimestamp(ts_ns / 1e9, zoneinfo.ZoneInfo(zone)).date()
+        """The exchange's calendar day of ts_ns, in its time zone (never the host's)."""
+        return datetime.datetime.fromtimestamp(ts_ns // 1_000_000_000, zoneinfo.ZoneInfo(self.time_zone)).date()
 
     def midnight_of(self, ts_ns: int) -> int:
-        """The epoch nanoseconds of the midnight that starts ts_ns's day, from which ITCH and OUCH
-        timestamps count: in the [trading] time zone, or the host's without a [trading] section.
-        The partitions and the gateways both use it, so that their timestamps agree."""
-        if self.trading is not None:
-            return self.midnight_ns(self.trading_day(ts_ns))
-        t = time.localtime(ts_ns // 1_000_000_000)
-        return int(time.mktime((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0, 0, 0, -1))) * 1_000_000_000
+        """The epoch nanoseconds of the midnight that starts ts_ns's day in the exchange's time zone,
+        from which ITCH and OUCH timestamps count, with or without a [trading] section. The
+        partitions and the gateways both use it, so that their timestamps agree."""
+        return self.midnight_ns(self.trading_day(ts_ns))
 
     def midnight_ns(self, day: datetime.date) -> int:
         """The epoch nanoseconds of the day's midnight in the exchange's time zone (ITCH timestamps
-        count from it); UTC without [trading]."""
-        return local_time_ns(self.trading.time_zone if self.trading else "UTC", day, "00:00")
+        count from it)."""
+        return local_time_ns(self.time_zone, day, "00:00")
 
     def ring_names(self, partition: str, gateway: str) -> dict[str, str]:
         """direction (cmd, evt) -> the ring name between one gateway and one partition."""
@@ -393,6 +412,14 @@ class _Table:
             raise ConfigError(f"{self.key(key)}: {v!r} must be 1-32 characters of A-Z a-z 0-9 _ -")
         if max_len is not None and not 1 <= len(v) <= max_len:
             raise ConfigError(f"{self.key(key)}: {v!r} must be 1 to {max_len} characters")
+        return v
+
+    def boolean(self, key: str, default: bool) -> bool:
+        v = self._get(key, False)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            raise ConfigError(f"{self.key(key)}: expected true or false, got {_describe(v)}")
         return v
 
     def money(self, key: str, tick: int = 1, required: bool = False) -> int | None:
@@ -573,7 +600,7 @@ def from_dict(doc: dict[str, Any]) -> Config:
             raise ConfigError(f"firms[{i}].name: firm {f.name!r} is on no gateway's firms")
 
     admin = _admin(top.table("admin"), warnings)
-    trading = _trading(top.table("trading"))
+    trading = _trading(top.table("trading"), appliance, "time_zone" in (top.data.get("appliance") or {}))
     for i, ins in enumerate(instruments):
         if ins.luld_tier is not None and (trading is None or ins.luld_tier not in {t.name for t in trading.tiers}):
             raise ConfigError(f"instruments[{i}].luld_tier: unknown tier {ins.luld_tier!r} (not in [[trading.tiers]])")
@@ -597,6 +624,7 @@ def _appliance(t: _Table | None) -> ApplianceConfig:
         name=t.text("name", d.name, pattern=_NAME),
         ring_slots=t.integer("ring_slots", d.ring_slots, 2, 1 << 24),
         ring_slot_size=t.integer("ring_slot_size", d.ring_slot_size, 16, 65536),
+        time_zone=_time_zone(t, d.time_zone),
     )
     if c.ring_slots & (c.ring_slots - 1):
         raise ConfigError(f"{t.key('ring_slots')}: {c.ring_slots} is not a power of two")
@@ -622,15 +650,25 @@ def _instrument(t: _Table) -> InstrumentConfig:
     return InstrumentConfig(symbol, locate, tick, round_lot, ref, tier, luld_tier)
 
 
-def _trading(t: _Table | None) -> TradingConfig | None:
-    if t is None:
-        return None
-    d = TradingConfig()
-    zone = t.text("time_zone", d.time_zone)
+def _time_zone(t: _Table, default: str) -> str:
+    zone = t.text("time_zone", default)
     try:
         zoneinfo.ZoneInfo(zone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"{t.key('time_zone')}: {zone!r} is not an IANA time zone (such as 'America/New_York')") from None
+    return zone
+
+
+def _trading(t: _Table | None, appliance: ApplianceConfig, zone_given: bool) -> TradingConfig | None:
+    """[trading]; its time_zone (kept for older configs) defaults to appliance.time_zone and, when
+    both are written, must name the same zone."""
+    if t is None:
+        return None
+    d = TradingConfig()
+    zone = _time_zone(t, appliance.time_zone)
+    if zone_given and "time_zone" in t.data and zone != appliance.time_zone:
+        raise ConfigError(f"{t.key('time_zone')}: {zone!r} is not appliance.time_zone "
+                          f"{appliance.time_zone!r} (one exchange, one time zone: write it once)")
     times = [t.text(k, "") for k in SCHEDULE_KEYS]
     schedule: tuple[str, ...] | None = None
     if any(times):
@@ -663,11 +701,14 @@ def _trading(t: _Table | None) -> TradingConfig | None:
 
 
 def _tier(t: _Table) -> TierConfig:
+    name = t.text("name", max_len=8)
     c = TierConfig(
-        name=t.text("name", max_len=8),
+        name=name,
         band_bps=t.integer("band_bps", 0, 0, 9999),
         market_collar_bps=t.integer("market_collar_bps", 0, 0, 9999),
         circuit_breaker_bps=t.integer("circuit_breaker_bps", 0, 0, 9999),
+        luld_ref_price_tier=t.text("luld_ref_price_tier", "1" if name == "1" else "2",
+                                   choices=LULD_REF_PRICE_TIERS),
     )
     t.done()
     return c
@@ -781,7 +822,8 @@ def _firm(t: _Table) -> FirmConfig:
     stp = STP_BY_NAME[t.text("stp", "CN", choices=STP_BY_NAME)]
     ot = t.table("ouch", required=True)
     assert ot is not None
-    ouch = OuchCredentials(_soup_text(ot, "username", 6), _soup_text(ot, "password", 10))
+    ouch = OuchCredentials(_soup_text(ot, "username", 6), _soup_text(ot, "password", 10),
+                           ot.boolean("cancel_on_disconnect", True))
     ot.done()
     xt = t.table("fix", required=True)
     assert xt is not None
@@ -864,6 +906,7 @@ def dumps(c: Config) -> str:
     w(f"name = {_q(a.name)}")
     w(f"ring_slots = {a.ring_slots}")
     w(f"ring_slot_size = {a.ring_slot_size}")
+    w(f"time_zone = {_q(c.time_zone)}")
     for ins in c.instruments:
         w("")
         w("[[instruments]]")
@@ -936,6 +979,7 @@ def dumps(c: Config) -> str:
         w("[firms.ouch]")
         w(f"username = {_q(fm.ouch.username)}")
         w(f"password = {_q(fm.ouch.password)}")
+        w(f"cancel_on_disconnect = {'true' if fm.ouch.cancel_on_disconnect else 'false'}")
         w("[firms.fix]")
         w(f"sender_comp_id = {_q(fm.fix.sender_comp_id)}")
         w(f"password = {_q(fm.fix.password)}")
@@ -956,7 +1000,6 @@ def dumps(c: Config) -> str:
     if tr is not None:
         w("")
         w("[trading]")
-        w(f"time_zone = {_q(tr.time_zone)}")
         for key, text in zip(SCHEDULE_KEYS, tr.schedule or ()):
             w(f"{key} = {_q(text)}")
         for key in ("noii_interval_ms", "limit_state_seconds", "pause_seconds", "reopen_call_seconds",
@@ -969,6 +1012,7 @@ def dumps(c: Config) -> str:
             w(f"band_bps = {tier.band_bps}")
             w(f"market_collar_bps = {tier.market_collar_bps}")
             w(f"circuit_breaker_bps = {tier.circuit_breaker_bps}")
+            w(f"luld_ref_price_tier = {_q(tier.luld_ref_price_tier)}")
     return "\n".join(out) + "\n"
 
 

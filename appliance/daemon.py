@@ -6,7 +6,7 @@ then release: event records to the gateways' rings first, then market data (``Pu
 End of batch is the commit point; nothing leaves before ``process_batch`` returned::
 
     loop:
-        now_ns = time_ns()                                  the clock, once per duty cycle
+        now_ns = clock()                                    the clock (appliance.clock), once per cycle
         flush the event records a full ring refused last time (that gateway's commands wait)
         drain each gateway's command ring (poll_block, up to max_batch records in all)
         results = partition.process_batch(commands, now_ns) sequence, WAL append + commit, apply
@@ -45,6 +45,7 @@ from typing import Any, Final, Sequence
 from appliance import codec_ring as C
 from appliance.build import build_kind
 from appliance.catalogue import EV_REJECTED, EV_TRADING_STATE, ClockTick, Close, Command, Event, Halt, Resume
+from appliance.clock import Clock, wall_clock
 from appliance.config import Config, PartitionConfig, load
 from appliance.idle import make_idle
 from appliance.matching.engine import Engine
@@ -156,7 +157,7 @@ def feed_config(config: Config, p: PartitionConfig) -> FeedConfig:
     groups = {ch: ChannelGroups((f.a_group, f.a_port), (f.b_group, f.b_port)) for ch, f in p.feeds.items()}
     return FeedConfig(partition=p.id, channels=tuple(ch for ch in CHANNELS if ch in p.feeds), groups=groups,
                       interface=md.interface, ttl=md.ttl, dscp=md.dscp, depth_levels=md.l2_depth,
-                      max_payload=md.max_payload)
+                      max_payload=md.max_payload, directory=config.stock_directory(p.name))
 
 
 def wal_config(p: PartitionConfig) -> WalConfig:
@@ -191,8 +192,10 @@ class PartitionDaemon:
     """One partition's process state. Owned by the matching thread (the only thread)."""
 
     def __init__(self, config: Config, partition: str, state_dir: str, *, realtime: bool = True,
-                 transport: str = "udp", max_batch: int = MAX_BATCH, stage_timing: bool = False) -> None:
+                 transport: str = "udp", max_batch: int = MAX_BATCH, stage_timing: bool = False,
+                 clock: Clock | None = None) -> None:
         self.config = config
+        self.clock: Clock = clock or wall_clock()   # epoch ns; tests and rehearsals inject another
         self.p = config.partition(partition)
         self.name = partition
         self.state_dir = state_dir
@@ -239,7 +242,7 @@ class PartitionDaemon:
         first = first_wal_ts(p.wal_dir) if os.path.isdir(p.wal_dir) else None
         trading = self.config.trading is not None
         # A WAL directory is one trading day: the day of its first record, else today.
-        day_ts = first if first is not None else time.time_ns()
+        day_ts = first if first is not None else self.clock()
         self.day = self.config.trading_day(day_ts)
         self.midnight_ns = self.config.midnight_of(day_ts)
         fcfg = feed_config(self.config, p)
@@ -268,9 +271,9 @@ class PartitionDaemon:
                 # The session opens from the engine as the WAL's first command finds it (every
                 # instrument in its start state, no order): the same opening after a restart, so the
                 # regenerated start of session is the one published.
-                pub.start(time.time_ns(), session_opening(spec.build()))
+                pub.start(self.clock(), session_opening(spec.build()))
             else:
-                pub.start(time.time_ns())
+                pub.start(self.clock())
         backlog: list[list[bytes]] = [[] for _ in self.gateways]
         tmp: list[list[bytes]] = [[] for _ in self.gateways]
         G = len(self.gateways)
@@ -359,7 +362,9 @@ class PartitionDaemon:
             self.pending.append(boot)
         # Trading phases: the day's schedule, sequenced as the first command of the loop (its events
         # take the ordinary path), unless the WAL already holds this day's schedule.
-        self.timed = trading
+        # Without [trading] nothing is timed until an admin action starts a timer (a reopening call);
+        # a recovered engine may be inside one already.
+        self.timed = trading or part.engine.next_deadline_ns() is not None
         self.last_tick_ns = 0
         self.startup_cmds: list[Command] = []
         if trading:
@@ -466,7 +471,7 @@ class PartitionDaemon:
                 else:
                     pending[g] = recs
                     self._flush(g)
-        self.records_out_ns = time.time_ns()   # ring in -> ring out ends here (the in-engine histogram)
+        self.records_out_ns = self.clock()   # ring in -> ring out ends here (the in-engine histogram)
         if self.stages is not None:
             self.stages.lap(S_RECORDS)
         self.publisher.publish(results)
@@ -496,7 +501,7 @@ class PartitionDaemon:
         max_batch = self.max_batch
         idle = make_idle(self.p.idle, self._wait_for_commands)
         interval = part.wal.policy == POLICY_INTERVAL
-        clock = time.time_ns
+        clock = self.clock
         hist = self.in_engine
         stats = self.stats
         decode = C.decode_command_block
@@ -536,10 +541,21 @@ class PartitionDaemon:
                     if n:
                         before = len(cmds)
                         stats["bad_records"] += decode(block, n, slot, cmds)
-                        for c in cmds[before:]:
+                        admin_at = -1
+                        for i, c in enumerate(cmds[before:], before):
                             origin[id(c)] = g
                             if type(c) in TRADING_ACTIONS:   # an admin request waits for its outcome
                                 self.admin_origin[id(c)] = g
+                                if admin_at < 0:
+                                    admin_at = i
+                        if admin_at >= 0 and engine.now_ns >= self.last_tick_ns and self.last_tick_ns != now:
+                            # The engine's clock to now, ahead of a halt, resume or close: a reopening
+                            # call lasts its configured time from the resume, with or without a
+                            # schedule; from here on its end is timed.
+                            cmds.insert(admin_at, ClockTick(now))
+                            self.last_tick_ns = now
+                            stats["ticks"] = stats.get("ticks", 0) + 1
+                            timed = self.timed = True
                         if len(cmds) >= max_batch:
                             break
                 if cmds:
@@ -638,8 +654,8 @@ class PartitionDaemon:
                 if not cmds:
                     break
                 self.stats["commands"] += len(cmds)
-                self._release(part.process_batch(cmds, time.time_ns()), None)
-            results = part.close(time.time_ns())
+                self._release(part.process_batch(cmds, self.clock()), None)
+            results = part.close(self.clock())
             if results:
                 self._release(results, None)
             self._maybe_checkpoint()   # the final snapshot's
@@ -648,14 +664,14 @@ class PartitionDaemon:
             part.abandon()
             return EXIT_DURABILITY_FAILURE
         log(name, f"final snapshot at seq {part.last_snapshot_seq}; WAL closed clean at seq {part.applied_seq}")
-        now = time.time_ns()
+        now = self.clock()
         eng = part.engine
         # The engine's scheduled close published Market Close (M) already: not twice.
         pub.end_session(now, market_close=not (eng.close_ns and eng.market_phase >= 3))
         deadline = time.monotonic() + pub.config.end_of_session_ns / 1e9 + 5
         while not pub.finished and time.monotonic() < deadline:
             time.sleep(0.02)
-            pub.poll(time.time_ns())
+            pub.poll(self.clock())
         log(name, f"feed: end of session sent: {json.dumps(pub.stats())}")
         self.write_stats()
         self.release()

@@ -112,6 +112,9 @@ class FeedConfig:
     end_of_session_ns: int = 3_000_000_000          # how long End of Session packets repeat
     tracking: int = 0                               # ITCH tracking number of every message
     source_port: int = 29999                        # source port written by the pcap transport
+    # Stock Directory (R) per stock locate: (Market Category, LULD Reference Price Tier); a locate
+    # not listed: b"Q" (NASDAQ Global Select) and b" " (no LULD tier).
+    directory: dict[int, tuple[bytes, bytes]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0 <= self.partition <= 99:
@@ -125,6 +128,9 @@ class FeedConfig:
             raise ValueError(f"feed: depth_levels {self.depth_levels} outside 1..1000")
         if not 0 <= self.ttl <= 255 or not 0 <= self.dscp <= 63:
             raise ValueError(f"feed: ttl {self.ttl} or dscp {self.dscp} out of range")
+        for loc, (category, luld) in self.directory.items():
+            if len(category) != 1 or len(luld) != 1:
+                raise ValueError(f"feed: stock locate {loc}: market category and LULD tier are one byte each")
         if not 0 <= self.tracking <= 0xFFFF:
             raise ValueError(f"feed: tracking number {self.tracking} outside u16")
 

@@ -42,7 +42,7 @@ import json
 import os
 from bisect import bisect_right
 from itertools import accumulate
-from typing import Any, Final, Iterable, NamedTuple, Sequence
+from typing import Any, Final, Iterable, Mapping, NamedTuple, Sequence
 
 from appliance.catalogue import (
     EV_ACCEPTED,
@@ -341,8 +341,12 @@ def session_opening(engine: Any) -> SessionOpening:
 
 
 def start_of_session(instruments: Iterable[Instrument], ts_since_midnight: int, tracking: int = 0,
-                     opening: SessionOpening | None = None) -> list[bytes]:
+                     opening: SessionOpening | None = None,
+                     directory: Mapping[int, tuple[bytes, bytes]] | None = None) -> list[bytes]:
     """Framed start-of-session messages: S 'O', R per instrument, S 'S', S 'Q', H 'T' per instrument.
+
+    Each R carries the instrument's Market Category and LULD Reference Price Tier from ``directory``
+    (FeedConfig.directory; a locate not in it: 'Q' and ' ').
 
     With an ``opening``: S 'S' and S 'Q' only if those hours have begun, each instrument's H with its
     state, then an A (F with an MPID) for every carried order, instrument by instrument, bids then
@@ -351,9 +355,11 @@ def start_of_session(instruments: Iterable[Instrument], ts_since_midnight: int, 
     ts6 = ts_since_midnight.to_bytes(6, "big")
     ins = sorted(instruments, key=lambda i: i.locate)
     out = [_fS(12, b"S", 0, tracking, ts6, b"O")]
+    known = directory or {}
     for i in ins:
-        out.append(_fR(39, b"R", i.locate, tracking, ts6, i.stock8, b"Q", b"N", i.round_lot, b"N", b"C",
-                       b"Z ", b"P", b"N", b" ", b" ", b"N", 0, b"N"))
+        category, luld = known.get(i.locate, (b"Q", b" "))
+        out.append(_fR(39, b"R", i.locate, tracking, ts6, i.stock8, category, b"N", i.round_lot, b"N", b"C",
+                       b"Z ", b"P", b"N", b" ", luld, b"N", 0, b"N"))
     if opening is None or opening.system_hours:
         out.append(_fS(12, b"S", 0, tracking, ts6, b"S"))
     if opening is None or opening.market_hours:
@@ -652,7 +658,8 @@ class Publisher:
                 self._write_state(name, state)
             start_ts = int(state["start_ts_ns"])
             since = start_ts - self.midnight_ns
-            msgs = start_of_session(self.instruments, since, self.tracking, opening if name == L3 else unbooked)
+            msgs = start_of_session(self.instruments, since, self.tracking, opening if name == L3 else unbooked,
+                                    self.config.directory)
             if touched:
                 ts6 = since.to_bytes(6, "big")
                 if name == L2 and self.l2_encoder is not None:

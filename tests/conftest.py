@@ -6,11 +6,39 @@ builds a fresh object per engine. The same shape is how a command appears in a n
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from appliance.catalogue import COMMANDS, EVENT_LAYOUTS, Command, Event, NewOrder
+
+# ../shared (the captures, PROTOCOLS.md, the shared flow generator): MATCHWIRE_SHARED overrides.
+SHARED = Path(os.environ.get("MATCHWIRE_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def needs_shared(path: Path) -> pytest.MarkDecorator:
+    """Mark a test that needs ``path`` under ../shared: skipped where it is missing, except in CI
+    (CI=true), where a missing ../shared fails the test instead of hiding it."""
+    if path.exists() or not IN_CI:
+        return pytest.mark.skipif(not path.exists(), reason=f"{path} is not here (set MATCHWIRE_SHARED)")
+    return pytest.mark.shared_missing(str(path))
+
+
+def require_shared(path: Path) -> None:
+    """The same inside a test or fixture: skip, or fail in CI."""
+    if not path.exists():
+        message = f"{path} is not here (set MATCHWIRE_SHARED)"
+        if IN_CI:
+            pytest.fail("CI needs ../shared: " + message, pytrace=False)
+        pytest.skip(message)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("shared_missing"):
+        pytest.fail(f"CI needs ../shared: {mark.args[0]} is not here (set MATCHWIRE_SHARED)", pytrace=False)
 
 Spec = tuple[str, tuple[Any, ...]]
 

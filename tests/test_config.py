@@ -92,6 +92,20 @@ def test_the_documented_full_example_loads_and_round_trips(tmp_path: Any) -> Non
     assert c.warnings == ()
 
 
+def test_the_stock_directory_carries_the_market_category_and_the_luld_tier() -> None:
+    """instruments[].tier is the Market Category; the LULD Reference Price Tier comes from the
+    instrument's [[trading.tiers]] (its luld_ref_price_tier), " " without one."""
+    from appliance.daemon import feed_config
+    c = C.loads(doc_example())
+    assert c.stock_directory("p0") == {1: (b"Q", b"1"), 9: (b"G", b" ")}
+    assert feed_config(c, c.partition("p0")).directory == {1: (b"Q", b"1"), 9: (b"G", b" ")}
+    assert C.default().stock_directory("p0") == {1: (b"Q", b" "), 2: (b"Q", b" "), 3: (b"G", b" ")}
+    tiers = C.loads(doc_example().replace('luld_ref_price_tier = "2"', 'luld_ref_price_tier = "1"'))
+    assert tiers.trading is not None and tiers.trading.tier("2").luld_ref_price_tier == "1"
+    with pytest.raises(C.ConfigError, match=r"trading.tiers\[1\].luld_ref_price_tier"):
+        C.loads(doc_example().replace('luld_ref_price_tier = "2"', 'luld_ref_price_tier = "3"'))
+
+
 def test_every_key_is_in_the_reference() -> None:
     C.loads(doc_example())
     C.default()

@@ -2,6 +2,7 @@
 this process driven through its real rings (commands in, event records out, clean shutdown)."""
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import random
@@ -136,32 +137,43 @@ def test_doorbells_ring_only_for_a_side_that_sleeps(tmp_path) -> None:
     re_.close()
 
 
-def _hms(ts: float) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(ts))
+class ManualClock:
+    """An injected wall clock (epoch ns) that moves only when the test moves it."""
+
+    def __init__(self, now_ns: int) -> None:
+        self.now_ns = now_ns
+
+    def __call__(self) -> int:
+        return self.now_ns
 
 
-def trading_config(root: str, open_in: float = 2.0, **kw: object):
-    """The loopback config with a [trading] section (UTC): pre-open since midnight, the opening
-    auction and the open ``open_in`` seconds from now (whole seconds), closing at 23:59."""
+SEC = 10**9
+MONDAY = calendar.timegm((2026, 1, 5, 0, 0, 0)) * SEC      # a trading day, midnight UTC
+SCHEDULE = ("04:00:00", "09:25:00", "09:30:00", "15:50:00", "16:00:00")
+
+
+def trading_config(root: str, **kw: object):
+    """The loopback config with a [trading] section (UTC) and a fixed schedule: pre-open 04:00, the
+    opening auction 09:25, the open 09:30, closing auction 15:50, close 16:00."""
     import dataclasses
 
     from appliance.config import TradingConfig
 
     cfg = loopback_config(root, durability="none")
-    at = int(time.time() + open_in + 0.999)
-    if time.gmtime(at).tm_mday != time.gmtime().tm_mday or _hms(at) >= "23:59:00":
-        at = int(time.time())   # too close to midnight for a day's schedule: open at once
-    sched = ("00:00:00", _hms(at - 1 if at - 1 > time.time() else at), _hms(at), "23:59:00", "23:59:30")
-    return dataclasses.replace(cfg, trading=TradingConfig(time_zone="UTC", schedule=sched, **kw))  # type: ignore[arg-type]
+    return dataclasses.replace(cfg, trading=TradingConfig(time_zone="UTC", schedule=SCHEDULE, **kw))  # type: ignore[arg-type]
 
 
 def test_partition_daemon_runs_the_trading_day_from_its_schedule(tmp_path) -> None:
+    """The daemon on an injected clock: orders in pre-open are collected; the clock moves past the
+    open and the partition's own tick uncrosses them, whatever the host's time of day."""
     from appliance.catalogue import EV_CROSS_EXECUTED, ClockTick, SetSchedule
-    from appliance.recovery import recover_state
     from appliance.daemon import engine_spec
+    from appliance.model import TS_CONTINUOUS, TS_PRE_OPEN
+    from appliance.recovery import recover_state
 
-    cfg = trading_config(str(tmp_path), open_in=1.5)
-    d = PartitionDaemon(cfg, "p0", str(tmp_path / "state"), realtime=False)
+    cfg = trading_config(str(tmp_path))
+    clock = ManualClock(MONDAY + 9 * 3600 * SEC)                 # 09:00: pre-open
+    d = PartitionDaemon(cfg, "p0", str(tmp_path / "state"), realtime=False, clock=clock)
     mask = os.sched_getaffinity(0)
     try:
         d.start()
@@ -175,29 +187,58 @@ def test_partition_daemon_runs_the_trading_day_from_its_schedule(tmp_path) -> No
     t.start()
     groups: list = []
     dec = C.EventDecoder([1, 2, 3])
+
+    def until(pred, what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not pred():
+            assert time.monotonic() < deadline, f"no {what}"
+            groups.extend(dec.feed(cons.poll()))
+            time.sleep(0.01)
+
+    def kinds() -> list:
+        return [ev[0] for g in groups if g[1] for ev in g[2]]
+
     try:
         prod.try_publish(C.encode_command(NewOrder(1 << 32 | 1, 1, 0, 100, 1_500_000, firm=1, session=1)))
         prod.try_publish(C.encode_command(NewOrder(2 << 32 | 1, 1, 1, 100, 1_500_000, firm=2, session=2)))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            groups += dec.feed(cons.poll())
-            if any(ev[0] == EV_CROSS_EXECUTED for g in groups for ev in g[2]):
-                break
-            time.sleep(0.01)
+        until(lambda: kinds().count(EV_ACCEPTED) == 2, "acceptance")
+        assert d.partition.engine.book(1).state == TS_PRE_OPEN
+        time.sleep(0.3)                                          # the clock stands still: nothing happens
+        groups.extend(dec.feed(cons.poll()))
+        assert EV_EXECUTED not in kinds() and EV_CROSS_EXECUTED not in kinds()   # collected, not matched
+        clock.now_ns = MONDAY + (9 * 3600 + 30 * 60 + 1) * SEC   # 09:30:01: past the open
+        until(lambda: EV_CROSS_EXECUTED in kinds(), "opening cross")
     finally:
         d.stopping = True
         t.join(30)
-    kinds = [ev[0] for g in groups if g[1] for ev in g[2]]
-    assert EV_EXECUTED not in kinds                     # pre-open: collected, not matched
-    assert kinds.count(EV_ACCEPTED) == 2 and kinds.count(EV_CROSS_EXECUTED) == 1
-    assert d.stats["ticks"] >= 1
+    assert EV_EXECUTED not in kinds() and kinds().count(EV_CROSS_EXECUTED) == 1
+    assert d.partition.engine.book(1).state == TS_CONTINUOUS
+    assert d.stats["ticks"] >= 2
     cmds: list = []
     rec = recover_state(cfg.partition("p0").wal_dir, engine_spec(cfg, cfg.partition("p0")),
-                        use_snapshots=False, on_command=lambda s, ts, c, e: cmds.append(c) or False)
-    assert type(cmds[0]) is SetSchedule and any(type(c) is ClockTick for c in cmds)
+                        use_snapshots=False, on_command=lambda s, ts, c, e: cmds.append((ts, c)) or False)
+    assert type(cmds[0][1]) is SetSchedule and cmds[0][1].open_ns == MONDAY + (9 * 3600 + 30 * 60) * SEC
+    ticks = [c.now_ns for _, c in cmds if type(c) is ClockTick]
+    assert ticks[0] == MONDAY + 9 * 3600 * SEC and ticks[-1] == MONDAY + (9 * 3600 + 30 * 60 + 1) * SEC
+    assert all(ts >= MONDAY + 9 * 3600 * SEC for ts, _ in cmds)       # stamped by the injected clock
     assert rec.engine.state_hash() == d.partition.engine.state_hash()
     rc.close()
     re_.close()
+
+
+def test_the_wall_clock_takes_an_offset(monkeypatch) -> None:
+    from appliance import clock as K
+    assert K.wall_clock() is time.time_ns or os.environ.get(K.OFFSET_ENV)
+    monkeypatch.setenv(K.OFFSET_ENV, str(K.offset_to(MONDAY)))
+    c = K.wall_clock()
+    assert abs(c() - MONDAY) < 60 * SEC
+    monkeypatch.setenv(K.OFFSET_ENV, "soon")
+    try:
+        K.wall_clock()
+    except ValueError as e:
+        assert K.OFFSET_ENV in str(e)
+    else:
+        raise AssertionError("a bad offset was taken")
 
 
 def test_bench_restart_resumes_from_the_feed_checkpoint_and_matches_the_full_replay(tmp_path) -> None:

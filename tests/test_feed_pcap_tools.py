@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -27,14 +26,13 @@ from feeds.publisher import Publisher
 from feeds.subscriber import FeedSubscriber
 from feeds.transport import A, B, PcapTransport, UdpTransport
 from tools import cli
+from tools.flowgen import write_flow
 from tools.flows import FLOW_FIRM_STP, flow_instrument_count, flow_instruments, read_flow
 
 from test_feed_e2e import random_groups
 from test_publisher import MIDNIGHT, T0
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MATCHWIRE_SHARED", REPO.parent / "shared"))
-FLOWGEN = SHARED / "bench" / "flowgen.py"
 TSHARK = shutil.which("tshark")
 needs_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed (apt-get install tshark)")
 GROUPS = {ch: ChannelGroups((f"239.192.1.{31 + i}", 30011 + i), (f"239.193.1.{31 + i}", 30011 + i))
@@ -62,12 +60,9 @@ def extras(first_id: int) -> list[Command]:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The standard flow (flowgen's f1 settings, fewer events) published into a pcap."""
-    if not FLOWGEN.exists():
-        pytest.skip(f"no {FLOWGEN} (set MATCHWIRE_SHARED)")
     tmp = tmp_path_factory.mktemp("feedpcap")
     flow = tmp / "std"
-    subprocess.run([sys.executable, str(FLOWGEN), str(flow), "--events", str(EVENTS), "--seed", "42",
-                    "--target", "5000"], check=True, capture_output=True, timeout=120)
+    write_flow(str(flow), EVENTS, seed=42, target=5000)
     cmds, meta = read_flow(flow.with_suffix(".bin"))
     ins = flow_instruments(flow_instrument_count(cmds, meta))
     cmds += extras(max(c.order_id for c in cmds if isinstance(c, NewOrder)) + 1)

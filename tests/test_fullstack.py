@@ -38,8 +38,9 @@ P150 = 1_500_000  # $150.00
 class Stack:
     """`matchwire run` in its own process group; start, stop (SIGTERM), kill (SIGKILL the group)."""
 
-    def __init__(self, root: str, config: Config) -> None:
+    def __init__(self, root: str, config: Config, env: dict[str, str] | None = None) -> None:
         self.root = root
+        self.env = None if env is None else {**os.environ, **env}   # e.g. an injected clock
         self.config = config
         self.path = write_config(config, os.path.join(root, "config.toml"))
         self.state = os.path.join(root, "state")
@@ -54,7 +55,7 @@ class Stack:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tools.cli", "run", self.path, "--state-dir", self.state, "--no-realtime"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root)
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root, env=self.env)
         deadline = time.monotonic() + timeout
         while not os.path.exists(ready):
             if self.proc.poll() is not None or time.monotonic() > deadline:

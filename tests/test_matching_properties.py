@@ -7,15 +7,12 @@ prices in a narrow band around the touch, order ids from a small pool (so cancel
 live, filled and cancelled orders, and new orders sometimes reuse a live id), and now and then a
 field outside its valid range.
 
-The last test replays a standard benchmark flow (shared/bench/flowgen.py) through both engines and
+The last test replays a standard benchmark flow (`matchwire flow generate`) through both engines and
 checks the totals that the flow generator computed with its own book.
 """
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +52,7 @@ from appliance.model import (
     STP_NONE,
     Instrument,
 )
+from tools.flowgen import write_flow
 from tools.flows import FLOW_FIRM_STP, flow_instrument_count, flow_instruments, read_flow
 
 Spec = tuple[str, tuple[Any, ...]]
@@ -376,19 +374,10 @@ def test_engines_agree_when_a_level_is_mostly_cancelled(kit: Any) -> None:
 FLOW_EVENTS = 20_000
 
 
-def _shared() -> Path:
-    env = os.environ.get("MATCHWIRE_SHARED")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared"
-
-
 @pytest.fixture(scope="module")
 def flow_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    flowgen = _shared() / "bench" / "flowgen.py"
-    if not flowgen.exists():
-        pytest.skip(f"{flowgen} not found (set MATCHWIRE_SHARED)")
     out = tmp_path_factory.mktemp("flow") / "f"
-    subprocess.run([sys.executable, str(flowgen), str(out), "--events", str(FLOW_EVENTS), "--seed", "7",
-                    "--target", "300"], check=True, capture_output=True, timeout=120)
+    write_flow(str(out), FLOW_EVENTS, seed=7, target=300)
     return out.with_suffix(".bin")
 
 

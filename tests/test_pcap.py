@@ -15,13 +15,15 @@ from hypothesis import strategies as st
 from feeds import pcap
 from feeds.pcap import Packet, PcapReader, PcapWriter, TcpStreamWriter
 
+from conftest import needs_shared
+
 SHARED = Path(os.environ.get("MATCHWIRE_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 CAPTURES = SHARED / "data" / "captures"
 ORIGINAL = CAPTURES / "Nasdaq.Equities.TotalView.Itch.v5.0"
 DATED = CAPTURES / "Nasdaq.Equities.TotalView.Itch.v5.0.20230822"
 OUCH = CAPTURES / "Nasdaq.Nsm.Ouch.v5.0"
 
-needs_captures = pytest.mark.skipif(not CAPTURES.is_dir(), reason=f"no captures under {CAPTURES}")
+needs_captures = needs_shared(CAPTURES)   # a skip, except in CI (CI=true): there a failure
 TSHARK = shutil.which("tshark")
 needs_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed (apt-get install tshark)")
 

@@ -432,6 +432,18 @@ def test_start_of_session_then_end_of_session_with_end_of_session_packets() -> N
     assert not [d for d in transport.of(L3) if parse_packet(d).is_heartbeat]
 
 
+def test_stock_directory_carries_the_configured_category_and_luld_tier() -> None:
+    transport = MemoryTransport()
+    config = FeedConfig(directory={1: (b"G", b"1"), 2: (b"S", b"2")})
+    Publisher(config, instruments(), MIDNIGHT, transport).start(T0)
+    for ch in CHANNELS:
+        dirs = [m for m in map(itch.decode, messages_of(transport, ch)) if isinstance(m, itch.StockDirectory)]
+        assert [(d.stock_locate, d.market_category, d.luld_ref_price_tier) for d in dirs] == [
+            (1, b"G", b"1"), (2, b"S", b"2"), (7, b"Q", b" ")]
+    with pytest.raises(ValueError, match="one byte"):
+        FeedConfig(directory={1: (b"GG", b"1")})
+
+
 def test_heartbeat_after_one_second_idle_with_the_next_sequence() -> None:
     ins = instruments()
     transport = MemoryTransport()

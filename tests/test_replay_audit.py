@@ -128,6 +128,21 @@ def test_matchwire_replay_until_time(live_run) -> None:
     assert doc["state_hash"] == recover_state(d, until_seq=last).engine.state_hash()
 
 
+def test_matchwire_replay_until_seq_past_the_end_says_so(live_run, capsys) -> None:
+    d, frames, _state = live_run
+    last = max(frames)
+    assert _run_cli("replay", d, "--until-seq", str(last))[0] == 0
+    capsys.readouterr()
+    for extra in ((), ("--no-snapshot",), ("--json",)):
+        rc, out = _run_cli("replay", d, "--until-seq", str(last + 1), *extra)
+        err = capsys.readouterr().err
+        assert rc == 2 and out == ""
+        assert err.splitlines() == [f"matchwire replay: --until-seq {last + 1} is past the end of {d}: "
+                                    f"its last command is seq {last}"]
+    assert _run_cli("replay", d, "--until-seq", "-1")[0] == 2
+    assert "0 or more" in capsys.readouterr().err
+
+
 def test_matchwire_replay_unknown_book_or_directory(live_run, tmp_path, capsys) -> None:
     d, _frames, _state = live_run
     assert _run_cli("replay", d, "--book", "NOPE")[0] == 2

@@ -28,10 +28,10 @@ from feeds.channels import FeedConfig
 from feeds.publisher import Publisher
 from feeds.transport import UdpTransport
 from test_feed_e2e import random_groups
+from tools.flowgen import write_flow
 from tools.flows import FLOW_FIRM_STP, decode_records, flow_instrument_count, flow_instruments, read_flow_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
-FLOWGEN = Path(os.environ.get("MATCHWIRE_SHARED", ROOT.parent / "shared")) / "bench" / "flowgen.py"
 FLOW_EVENTS = 20_000
 DAY_NS = 86_400 * 10**9
 MIDNIGHT = 1_700_000_000 * 10**9 - (1_700_000_000 * 10**9) % DAY_NS
@@ -40,13 +40,11 @@ USERNAME, PASSWORD = "mdata", "md-pw"
 
 
 def standard_flow(directory: Path, events: int = FLOW_EVENTS) -> bytes:
-    """FLOW.bin of the standard flow (flowgen.py --seed 42 --target 300); made once per directory."""
+    """FLOW.bin of the standard flow (`matchwire flow generate --seed 42 --target 300`); made once per
+    directory."""
     out = directory / f"flow{events}"
     if not out.with_suffix(".bin").exists():
-        if not FLOWGEN.exists():
-            pytest.skip(f"{FLOWGEN} is not here: the standard flow cannot be made")
-        subprocess.run([sys.executable, str(FLOWGEN), str(out), "--events", str(events), "--seed", "42",
-                        "--target", "300"], check=True, capture_output=True, timeout=120)
+        write_flow(str(out), events, seed=42, target=300)
     data, _meta = read_flow_bytes(out.with_suffix(".bin"))
     return data
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import subprocess
+import sys
 import time
 import tomllib
 from typing import Any
@@ -19,6 +21,7 @@ from appliance.matching.rules import SECOND_NS, InstrumentRules
 from appliance.model import TS_CLOSED, TS_CONTINUOUS
 
 UTC = datetime.timezone.utc
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _epoch_ns(*args: int) -> int:
@@ -58,7 +61,7 @@ def test_schedules_follow_the_exchange_time_zone_and_daylight_saving() -> None:
     assert C.local_time_ns("Europe/Berlin", datetime.date(2026, 1, 5), "09:00:30") == _epoch_ns(2026, 1, 5, 8, 0, 30)
     plain = C.default()
     assert plain.trading is None and plain.trading_rules("p0") is None and plain.schedule_for(datetime.date.today()) is None
-    assert plain.midnight_ns(datetime.date(2026, 1, 5)) == _epoch_ns(2026, 1, 5)
+    assert plain.midnight_ns(datetime.date(2026, 1, 5)) == _epoch_ns(2026, 1, 5, 5, 0)   # appliance.time_zone
 
 
 def test_the_midnight_timestamps_count_from_is_the_exchanges_for_feed_and_order_entry_alike() -> None:
@@ -68,11 +71,39 @@ def test_the_midnight_timestamps_count_from_is_the_exchanges_for_feed_and_order_
     assert c.trading_day(late) == datetime.date(2026, 1, 5)
     assert c.midnight_of(late) == _epoch_ns(2026, 1, 5, 5, 0)
     assert c.midnight_of(_epoch_ns(2026, 7, 6, 12, 0)) == _epoch_ns(2026, 7, 6, 4, 0)     # EDT
-    # Without [trading]: the host's local midnight (the host's time zone is the exchange's).
+    # Without [trading]: still the exchange's midnight (appliance.time_zone, America/New_York by
+    # default), never the host's.
     plain = C.default()
-    t = time.localtime(late // SECOND_NS)
-    assert plain.midnight_of(late) == int(time.mktime((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0, 0, 0, -1))) * SECOND_NS
-    assert plain.trading_day(late) == datetime.date(2026, 1, 6)
+    assert plain.trading is None and plain.appliance.time_zone == "America/New_York"
+    assert plain.trading_day(late) == datetime.date(2026, 1, 5)
+    assert plain.midnight_of(late) == _epoch_ns(2026, 1, 5, 5, 0)
+    tokyo = C.loads(C.dumps(plain).replace('time_zone = "America/New_York"', 'time_zone = "Asia/Tokyo"'))
+    assert tokyo.trading_day(late) == datetime.date(2026, 1, 6)
+    assert tokyo.midnight_of(late) == _epoch_ns(2026, 1, 5, 15, 0)
+
+
+def test_the_host_time_zone_does_not_move_the_exchanges_midnight() -> None:
+    late = _epoch_ns(2026, 1, 6, 2, 30)
+    code = f"from appliance import config as C; c = C.default(); print(c.midnight_of({late}), c.trading_day({late}))"
+    outs = set()
+    for tz in ("UTC", "Asia/Tokyo", "America/Los_Angeles"):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, TZ=tz), cwd=REPO)
+        assert r.returncode == 0, r.stderr
+        outs.add(r.stdout)
+    assert outs == {f"{_epoch_ns(2026, 1, 5, 5, 0)} 2026-01-05\n"}
+
+
+def test_the_trading_time_zone_agrees_with_the_appliances() -> None:
+    text = C.dumps(C.default())
+    older = text.replace('time_zone = "America/New_York"\n', "")       # a config from before the key
+    assert C.loads(older + '\n[trading]\ntime_zone = "Europe/Berlin"\n').time_zone == "Europe/Berlin"
+    both = text.replace('time_zone = "America/New_York"', 'time_zone = "Europe/Berlin"')
+    assert C.loads(both + '\n[trading]\ntime_zone = "Europe/Berlin"\n').time_zone == "Europe/Berlin"
+    with pytest.raises(C.ConfigError, match="trading.time_zone"):
+        C.loads(both + '\n[trading]\ntime_zone = "UTC"\n')
+    with pytest.raises(C.ConfigError, match="appliance.time_zone"):
+        C.loads(text.replace('time_zone = "America/New_York"', 'time_zone = "Mars/Olympus"'))
 
 
 def test_a_gateway_counts_ouch_timestamps_from_the_exchanges_midnight(tmp_path: Any) -> None:

@@ -508,3 +508,35 @@ def test_next_deadline_says_when_a_tick_is_due() -> None:
     assert engine.next_deadline_ns() == T + 45 * SEC
     engine.apply(ClockTick(T + 60 * SEC), [])
     assert engine.next_deadline_ns() is None and engine.book(1).state == TS_CLOSED
+
+
+@pytest.mark.parametrize("rules", [None, TradingRules.of({}, start_state=TS_CONTINUOUS, **TIMERS)],
+                         ids=["no trading rules", "rules without a schedule"])
+def test_a_halt_without_a_schedule_reopens_and_trades_again(rules: Any, kit: Any) -> None:
+    """No SetSchedule at all: `admin halt` then `admin resume` (the sequencer's tick ahead of each)
+    starts a reopening call of the configured length from the resume; the tick at its end uncrosses
+    and trading is continuous again; orders then match on entry."""
+    call = (rules or TradingRules.of({})).reopen_call_ns
+    outs = []
+    for cls in ENGINES:
+        engine = cls(INSTRUMENTS, FIRM_STP, STP_CN, rules)
+        ev: list[Any] = []
+        for spec in (B(1, 100, 10000), TICK(5), HALT(1), S(2, 60, 10000, firm=2), TICK(100), RESUME(1)):
+            ev += kit.step(engine, spec)
+        assert [brief(e) for e in ev if e[0] == "TradingStateChanged"] == [
+            st(1, TS_HALTED, CAUSE_ADMIN), st(1, TS_REOPENING_AUCTION, CAUSE_ADMIN)]
+        assert not [e for e in ev if e[0] in ("OrderExecuted", "AuctionUncrossed")]   # halted: collected
+        if cls is Engine:
+            assert engine.next_deadline_ns() is not None            # a timer: the partition ticks
+        early = kit.step(engine, _spec(ClockTick(T + 100 * SEC + call - 1)))
+        assert not [e for e in early if e[0] in ("TradingStateChanged", "AuctionUncrossed")]
+        end = kit.step(engine, _spec(ClockTick(T + 100 * SEC + call)))
+        assert ("AuctionUncrossed", 1, CROSS_REOPEN, 10000, 60, 2) in [brief(e) for e in end]
+        assert [brief(e) for e in end if e[0] == "TradingStateChanged"] == [st(1, TS_CONTINUOUS, CAUSE_ADMIN)]
+        if cls is Engine:
+            assert engine.next_deadline_ns() is None
+        after = kit.step(engine, S(3, 40, 10000, firm=2))          # continuous: matches on entry
+        assert [e[0] for e in after if e[0] == "OrderExecuted"] == ["OrderExecuted"]
+        engine.check_invariants()
+        outs.append(ev + early + end + after)
+    assert outs[0] == outs[1]

@@ -287,10 +287,10 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # `matchwire audit export ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except (WalError, OSError) as e:
-        print(f"matchwire audit: {e}", file=sys.stderr)
+        print(f"matchwire audit export: {e}", file=sys.stderr)
         return 2
     for p in problems:
-        print(f"matchwire audit: {p}", file=sys.stderr)
+        print(f"matchwire audit export: {p}", file=sys.stderr)
     return 0
 
 

@@ -187,7 +187,7 @@ def cmd_subscriber(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("feed", help="engine -> ITCH encoder -> MoldUDP64 packetizer -> transport")
-    p.add_argument("flow", help="FLOW.bin made by shared/bench/flowgen.py")
+    p.add_argument("flow", help="FLOW.bin made by `matchwire flow generate`")
     p.add_argument("--pcap", metavar="OUT", help="also write L3, L2 and L1 to this pcap (A and B)")
     p.add_argument("--limit", type=int, help="only the first N commands of the flow")
     p.set_defaults(func=cmd_feed)

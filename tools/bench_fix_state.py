@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import sys
 import shutil
 import statistics
 import time
@@ -159,6 +160,10 @@ def _state_bytes(build: Any) -> tuple[Any, int]:
 
 
 def cmd_fix_state(args: Any) -> int:
+    for name in ("small", "large", "flushes", "old_large", "old_runs"):
+        if getattr(args, name) <= 0:
+            sys.stderr.write(f"matchwire bench fix-state: --{name.replace('_', '-')} must be positive\n")
+            return 2
     work = os.path.abspath(args.dir or os.path.join("var", "bench-fix-state"))
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)

@@ -330,7 +330,7 @@ def _plot(runs: list[dict[str, Any]], path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("matchwire: --plot needs matplotlib (pip install 'matchwire[bench]')")
+        raise SystemExit("matchwire bench latency: --plot needs matplotlib (pip install 'matchwire[bench]')")
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for r in runs:
         pts = [(p, v) for p, v in r["_hist"].percentile_table() if p < 100.0]
@@ -357,13 +357,13 @@ def _label(r: dict[str, Any]) -> str:
 def _latency(args: argparse.Namespace) -> int:
     rates = args.rate or [10_000, 50_000]
     if any(r <= 0 for r in rates) or args.seconds <= 0:
-        sys.stderr.write("matchwire: bench latency: --rate and --seconds must be positive\n")
+        sys.stderr.write("matchwire bench latency: --rate and --seconds must be positive\n")
         return 2
     wals = args.wal or (["none"] if args.durability in (None, "none") else ["tmpfs"])
     if args.durability == "none":
         wals = ["none"]
     if "disk" in wals and not os.path.isdir(args.disk_dir):
-        sys.stderr.write(f"matchwire: bench latency: --disk-dir {args.disk_dir}: not a directory\n")
+        sys.stderr.write(f"matchwire bench latency: --disk-dir {args.disk_dir}: not a directory\n")
         return 2
     from appliance.build import build_kind
     out: dict[str, Any] = {"benchmark": "latency", "seconds": args.seconds, "runs": [], "cpus": os.cpu_count(),

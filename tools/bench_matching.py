@@ -93,13 +93,17 @@ def _median_of_runs(argv: list[str], runs: int) -> list[dict[str, Any]]:
     results = []
     for _ in range(runs):
         proc = subprocess.run([sys.executable, "-m", "tools.bench_matching", *argv, "--runs", "1"],
-                              check=True, capture_output=True, text=True)
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ValueError(f"a run in a fresh process failed (exit {proc.returncode}): {last}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return results
 
 
 def cmd_matching(args: argparse.Namespace) -> int:
     if args.runs > 1:
+        read_flow_bytes(args.flow)   # a missing or wrong file: one line here, not in each child
         results = _median_of_runs(["matching", args.flow, "--limit", str(args.limit)], args.runs)
         for r in results:
             print(json.dumps(r))
@@ -195,8 +199,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("matching", help="run a flowgen flow through the matching engine")
-    p.add_argument("flow", help="FLOW.bin made by shared/bench/flowgen.py (FLOW.json beside it)")
+    p = sub.add_parser("matching", help="run a standard flow through the matching engine")
+    p.add_argument("flow", help="FLOW.bin made by `matchwire flow generate` (FLOW.json beside it)")
     p.add_argument("--runs", type=int, default=1, help="repeat in fresh processes; report the median")
     p.add_argument("--limit", type=int, default=0, help="only the first N commands of the flow (default: all)")
     p.set_defaults(func=cmd_matching)

@@ -34,10 +34,9 @@ from appliance.model import BUY, GTC, LIMIT, SELL
 from appliance.recovery import recover_state, write_manifest
 from appliance.snapshot import EngineSpec, SnapshotStore, capture
 from appliance.wal import POLICY_NONE, WalReader, WalWriter, encode_body
-from tools.flows import FLOW_FIRM_STP, flow_instrument_count, flow_instruments, read_flow
+from tools.flows import FLOW_FIRM_STP, flow_instrument_count, flow_instruments, read_flow, read_flow_bytes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_FLOWGEN = os.path.join(os.path.dirname(REPO), "shared", "bench", "flowgen.py")   # ../shared, as the Makefile
 
 
 def _pct(xs: list[float], p: float) -> float:
@@ -160,12 +159,14 @@ def _find_or_make_flow(args: argparse.Namespace) -> str:
                     and os.path.exists(os.path.join(flows, name[:-5] + ".bin"))):
                 return os.path.join(flows, name[:-5] + ".bin")
     out = os.path.join(flows, "recovery-%d" % args.events)
-    flowgen = args.flowgen or os.environ.get("MATCHWIRE_FLOWGEN", DEFAULT_FLOWGEN)
-    if not os.path.exists(flowgen):
-        raise SystemExit(f"no flow of {args.events} events in {flows} and no flowgen at {flowgen} (--flowgen)")
-    print(f"generating {out}.bin with {flowgen} ...", file=sys.stderr)
-    subprocess.run([sys.executable, flowgen, out, "--events", str(args.events), "--seed", "42", "--target", "5000"],
-                   check=True, stdout=subprocess.DEVNULL)
+    if args.flowgen:   # another generator of the same format, run as `FLOWGEN OUT --events ...`
+        print(f"generating {out}.bin with {args.flowgen} ...", file=sys.stderr)
+        subprocess.run([sys.executable, args.flowgen, out, "--events", str(args.events), "--seed", "42",
+                        "--target", "5000"], check=True, stdout=subprocess.DEVNULL)
+    else:
+        from tools.flowgen import write_flow
+        print(f"generating {out}.bin (matchwire flow generate) ...", file=sys.stderr)
+        write_flow(out, args.events, seed=42, target=5000)
     return out + ".bin"
 
 
@@ -238,6 +239,7 @@ def _run_child(waldir: str, mode: str) -> dict[str, Any]:
 
 def cmd_recovery(args: argparse.Namespace) -> int:
     flow = _find_or_make_flow(args)
+    read_flow_bytes(flow)    # a missing or malformed flow: one line (tools.cli), before any work directory
     root = _workdir(args, "bench-recovery")
     waldir = os.path.join(root, "wal")
     os.makedirs(waldir)
@@ -320,8 +322,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_wal)
     r = sub.add_parser("recovery", help="cold recovery time, without and with a recent snapshot")
     r.add_argument("--events", type=int, default=3_600_000)
-    r.add_argument("--flow", default=None, help="FLOW.bin (default: flows/ with these events, else flowgen)")
-    r.add_argument("--flowgen", default=None, help=f"flow generator (default {DEFAULT_FLOWGEN})")
+    r.add_argument("--flow", default=None, help="FLOW.bin (default: flows/ with these events, else generated)")
+    r.add_argument("--flowgen", default=None, help="another flow generator script (default: matchwire flow generate)")
     r.add_argument("--snapshot-age", type=int, default=300_000, help="events after the snapshot (5 min)")
     r.add_argument("--runs", type=int, default=1, help="timed recoveries (median)")
     r.add_argument("--dir", default=None, help="work directory (default ./var/bench-recovery)")

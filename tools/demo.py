@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from typing import Any, Final
 
@@ -331,6 +332,83 @@ def _subscriber_main(config_path: str, conn: Any, locate: int, stop_after_s: flo
 # The demo
 # ================================================================================================
 
+WIDTH: Final = 100      # every line the demo prints fits this many columns
+
+
+def fit(line: str, width: int = WIDTH) -> str:
+    """The line, cut to ``width`` columns (with an ellipsis) if it is longer."""
+    return line if len(line) <= width else line[:width - 3] + "..."
+
+
+def wrap(items: list[str], indent: str, width: int = WIDTH) -> list[str]:
+    """Comma-separated items on as few lines of ``width`` columns as they fit."""
+    lines: list[str] = []
+    cur = ""
+    for item in items:
+        add = item if not cur else cur + ", " + item
+        if cur and len(indent + add) > width:
+            lines.append(fit(indent + cur + ","))
+            cur = item
+        else:
+            cur = add
+    if cur:
+        lines.append(fit(indent + cur))
+    return lines
+
+
+def duration(us: float) -> str:
+    """Microseconds in the unit that reads best: "850 us", "85.5 ms", "1.25 s"."""
+    if us < 1000:
+        return f"{us:.0f} us" if us >= 10 else f"{us:.1f} us"
+    if us < 1_000_000:
+        return f"{us / 1000:.1f} ms"
+    return f"{us / 1_000_000:.2f} s"
+
+
+def latency_lines(ack: dict[str, Any], engine: dict[str, Any], counters: dict[str, Any], durability: str) -> list[str]:
+    """One line saying what the order-to-ack time is mostly made of."""
+    a, e = ack.get("p50_us") or 0.0, engine.get("p50_us") or 0.0
+    if not a:
+        return []
+    batches = counters.get("batches") or 0
+    mean = counters.get("commands", 0) / batches if batches else 0.0
+    share = min(100, round(100 * e / a))
+    if e >= a / 2:
+        what = ("the partition's batch: sequencing, the WAL write and its fsync"
+                + (" (durability batch: one fsync per batch)" if durability == "batch" else "") + " and matching")
+    else:
+        what = ("waiting: the load keeps up to 40 orders unanswered per session, so an order queues in the "
+                "gateway, the ring and behind the partition's batches")
+    text = f"mostly {what}; in the engine {share}% of the median (mean batch {mean:.1f} commands)"
+    return textwrap.wrap(text, WIDTH, initial_indent="  ", subsequent_indent="    ")
+
+
+def ouch_reject_key(reason: int) -> str:
+    from tools.order_cli import OUCH_REJECT_NAMES
+    return f"OUCH {OUCH_REJECT_NAMES.get(reason, 'reason')} (0x{reason:04X})"
+
+
+def fix_reject_key(m: FixMessage) -> str:
+    """FIX: Text (58) carries our reason code and its meaning ("2004 the order could breach ...")."""
+    text = m.get(58) or ""
+    return f"FIX {text}" if text else f"FIX OrdRejReason {m.get(103) or '?'}"
+
+
+def demo_header(cfg: Config, root: str, config_path: str) -> list[str]:
+    """The demo's first lines, kept at the top of the live view: where its state and ports are."""
+    gw = cfg.gateways[0]
+    p = cfg.partitions[0]
+    feeds = ", ".join(f"{ch} {f.a_group}:{f.a_port}" for ch, f in p.feeds.items())
+    return [
+        fit(f"matchwire demo: state in {root}"),
+        fit(f"  config {config_path} (matchwire admin|order --config it)"),
+        fit(f"  OUCH 127.0.0.1:{gw.ouch_port}, FIX 127.0.0.1:{gw.fix_port}, admin 127.0.0.1:{cfg.admin.port}, "
+            f"replay {cfg.retransmit.replay_port}, snapshot {cfg.retransmit.snapshot_port}"),
+        "  feeds on 127.0.0.1, TTL 0 (the B group: the A group's last octet xor 1):",
+        fit(f"    {feeds}"),
+    ]
+
+
 def _bar(done: int, total: int, width: int = 30) -> str:
     filled = width * done // max(total, 1)
     return "[" + "#" * filled + "." * (width - filled) + "]"
@@ -372,8 +450,8 @@ def demo(orders: int = 3000, live_view: bool = True, keep: str | None = None, as
     state = os.path.join(root, "state")
     gw = cfg.gateways[0]
     symbols = {i.symbol: i for i in cfg.instruments}
-    print(f"matchwire demo: state in {root}; OUCH {gw.ouch_port}, FIX {gw.fix_port}, feeds on 127.0.0.1 (TTL 0)",
-          file=out)
+    header = demo_header(cfg, root, path)
+    print("\n".join(header), file=out)
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     sub = ctx.Process(target=_subscriber_main, args=(path, child, symbols["ALPH"].locate, 120.0), daemon=True)
@@ -396,7 +474,7 @@ def demo(orders: int = 3000, live_view: bool = True, keep: str | None = None, as
             time.sleep(0.05)
         print(f"matchwire demo: appliance up in {time.monotonic() - t_start:.1f} s; sending {orders} orders "
               f"from {len(cfg.firms)} firms over OUCH and FIX", file=out)
-        load, clients_info, view = _drive(cfg, orders, rng, parent, tty, out)
+        load, clients_info, view = _drive(cfg, orders, rng, parent, tty, out, header)
         # Shutdown: SIGTERM, End of Session on the feed, final snapshot.
         t_stop = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -437,7 +515,8 @@ def demo(orders: int = 3000, live_view: bool = True, keep: str | None = None, as
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _drive(cfg: Config, orders: int, rng: random.Random, view_conn: Any, tty: bool, out: Any) -> tuple[_Load, dict[str, Any], Any]:
+def _drive(cfg: Config, orders: int, rng: random.Random, view_conn: Any, tty: bool, out: Any,
+           header: list[str]) -> tuple[_Load, dict[str, Any], Any]:
     """Send `orders` orders round-robin over an OUCH and a FIX session per firm; keep a window of
     at most 40 unanswered orders per session; print progress and the live view."""
     gw = cfg.gateways[0]
@@ -512,10 +591,10 @@ def _drive(cfg: Config, orders: int, rng: random.Random, view_conn: Any, tty: bo
                 latest_view = msg
         if now - last_view >= (0.25 if tty else 1.0):
             last_view = now
-            _show(load, orders, latest_view, tty, out)
+            _show(load, orders, latest_view, tty, out, header=header)
         if load.sent >= orders and not sum(inflight):
             break
-    _show(load, orders, latest_view, tty, out, final=True)
+    _show(load, orders, latest_view, tty, out, final=True, header=header)
     info = {}
     for kind, firm, c in clients:
         if kind == "ouch":
@@ -553,7 +632,8 @@ def _answers(load: _Load, kind: str, c: Any, j: int, seen: list[int], inflight: 
                     if m.order_state == b"L":
                         live[j].append(m.user_ref_num)
                 else:
-                    load.rejects[f"OUCH {m.reason}"] = load.rejects.get(f"OUCH {m.reason}", 0) + 1
+                    k = ouch_reject_key(m.reason)
+                    load.rejects[k] = load.rejects.get(k, 0) + 1
             elif t == "OrderExecuted":
                 load.fills += 1
         else:
@@ -570,14 +650,15 @@ def _answers(load: _Load, kind: str, c: Any, j: int, seen: list[int], inflight: 
                     load.acks += 1
                     live[j].append((cl, m.get(55), m.get(54), int(m.get(38) or 0)))
                 else:
-                    r = (m.get(58) or "?")[:4]
-                    load.rejects[f"FIX {r}"] = load.rejects.get(f"FIX {r}", 0) + 1
+                    k = fix_reject_key(m)
+                    load.rejects[k] = load.rejects.get(k, 0) + 1
             elif et == "F":
                 load.fills += 1
     seen[j] = len(msgs)
 
 
-def _show(load: _Load, total: int, view: Any, tty: bool, out: Any, final: bool = False) -> None:
+def _show(load: _Load, total: int, view: Any, tty: bool, out: Any, final: bool = False,
+          header: list[str] | None = None) -> None:
     line = (f"{_bar(load.sent, total)} {load.sent}/{total} orders  acks {load.acks}  fills {load.fills}  "
             f"rejects {sum(load.rejects.values())}  cancels {load.cancels}")
     if not tty:
@@ -587,7 +668,7 @@ def _show(load: _Load, total: int, view: Any, tty: bool, out: Any, final: bool =
             print("\n".join(_ladder(view[1], view[2], "ALPH")), file=out)
         out.flush()
         return
-    lines = ["\x1b[H\x1b[J" + "matchwire demo", "", line, ""]
+    lines = ["\x1b[H\x1b[J" + (header or ["matchwire demo"])[0], *(header or [])[1:], "", line, ""]
     if view is not None:
         _, bids, asks, tape, counts, feed_seq = view
         lines += _ladder(bids, asks, "ALPH")
@@ -602,27 +683,39 @@ def _summary(cfg: Config, load: _Load, clients: dict[str, Any], stats: dict[str,
              stop_s: float, match: bool) -> dict[str, Any]:
     lat = load.hist.summary_us()
     feed = stats["feed"]
+    eng = stats["in_engine"]
     lines = [
         "",
         "=" * 72,
         "matchwire demo: summary",
         f"  orders sent {load.sent}, acknowledged {load.acks}, rejected {sum(load.rejects.values())}, "
         f"cancels sent {load.cancels}, fill reports {load.fills}",
-        "  rejects: " + (", ".join(f"{k}: {v}" for k, v in sorted(load.rejects.items())) or "none"),
+    ]
+    if load.rejects:
+        lines.append("  rejects, by reason:")
+        lines += [fit(f"    {n:>6}  {k}") for k, n in sorted(load.rejects.items(), key=lambda kv: (-kv[1], kv[0]))]
+    else:
+        lines.append("  rejects: none")
+    lines += [
         f"  partition {stats['partition']}: {stats['last_seq']} commands sequenced, {stats['resting']} orders resting,"
         f" final snapshot at seq {stats['snapshot_seq']}",
-        f"  order to ack (client, loopback): p50 {lat['p50_us']} us, p99 {lat['p99_us']} us, "
-        f"max {lat['max_us']} us over {lat['count']}",
-        f"  in the engine (ring in to ring out, per batch): p50 {stats['in_engine']['p50_us']} us, "
-        f"p99 {stats['in_engine']['p99_us']} us",
-        "  feed: " + ", ".join(f"{ch} session {d['session']} next seq {d['next_seq']} ({d['messages_sent']} msgs, "
-                               f"{d['packets']} packets)" for ch, d in feed.items()),
-        "  sessions: " + ", ".join(f"{k} {v}" for k, v in clients.items()),
+        f"  order to ack (client, loopback): p50 {duration(lat['p50_us'])}, p99 {duration(lat['p99_us'])}, "
+        f"max {duration(lat['max_us'])} over {lat['count']}",
+        f"  in the engine (ring in to ring out, per batch): p50 {duration(eng['p50_us'])}, "
+        f"p99 {duration(eng['p99_us'])}",
+        *latency_lines(lat, eng, stats.get("stats", {}), cfg.partitions[0].durability),
+        "  feed:",
+        *(fit(f"    {ch} session {d['session']}: next seq {d['next_seq']}, {d['messages_sent']} messages in "
+              f"{d['packets']} packets") for ch, d in feed.items()),
+        "  sessions:",
+        *wrap([f"{k} {v}" for k, v in clients.items()], "    "),
     ]
     if final is not None and final[0] == "final":
         _, h, n, counts, last_seq, gaps, session, ended = final
-        lines.append(f"  subscriber: {counts['messages']} L3 messages to seq {last_seq} of {session}, {gaps} gaps, "
-                     f"{n} orders on its book, End of Session {'seen' if ended else 'NOT seen'}")
+        lines += textwrap.wrap(f"subscriber: {counts['messages']} L3 messages to seq {last_seq} of {session}, "
+                               f"{gaps} gaps, {n} orders on its book, End of Session "
+                               f"{'seen' if ended else 'NOT seen'}", WIDTH, initial_indent="  ",
+                               subsequent_indent="    ")
     lines.append(f"  subscriber's L3 book {'EQUALS' if match else 'DIFFERS FROM'} the partition's "
                  f"({stats['l3_hash'][:16]})")
     lines.append(f"  clean shutdown in {stop_s:.1f} s (exit {rc_run})")

@@ -1,4 +1,4 @@
-"""The standard benchmark flows made by shared/bench/flowgen.py: reading them into commands.
+"""The standard benchmark flows (`matchwire flow generate`, tools/flowgen.py): reading them into commands.
 
 FLOW.bin holds 16-byte little-endian records '<BBHIii': kind (0 new GTC limit, 1 cancel,
 2 marketable IOC limit), side (0 buy, 1 sell), instrument (0..K-1), order id, price (ticks), qty.

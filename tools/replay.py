@@ -103,10 +103,16 @@ def _replay(args: argparse.Namespace) -> int:
         until_ts = None
         if args.until_time is not None:
             until_seq, until_ts = seq_at_time(args.waldir, parse_time_of_day(args.until_time))
+        if args.until_seq is not None and args.until_seq < 0:
+            raise ValueError(f"--until-seq {args.until_seq}: a sequence number is 0 or more")
         rec: Recovered = recover_state(args.waldir, spec, use_snapshots=not args.no_snapshot,
                                        until_seq=until_seq)
     except (WalError, ValueError) as e:
         print(f"matchwire replay: {e}", file=sys.stderr)
+        return 2
+    if args.until_seq is not None and rec.last_seq < args.until_seq:
+        print(f"matchwire replay: --until-seq {args.until_seq} is past the end of {args.waldir}: "
+              f"its last command is seq {rec.last_seq}", file=sys.stderr)
         return 2
     locates = sorted(symbols)
     if args.book:

@@ -101,7 +101,11 @@ def cmd_retransmit_serve(args: argparse.Namespace) -> int:
     except (ConfigError, KeyError, OSError) as exc:
         print(f"matchwire retransmit serve: {exc}", file=sys.stderr)
         return 2
-    for d in stores:
+    for d in args.store or []:   # named stores must exist: a typo is not a new, empty store
+        if not os.path.isdir(d):
+            print(f"matchwire retransmit serve: --store {d}: no such feed store directory", file=sys.stderr)
+            return 2
+    for d in stores:             # a partition's store under --state-dir: it may not have started yet
         os.makedirs(d, exist_ok=True)
     settings = RetransmitSettings(
         stores=tuple(stores), bind=args.bind or r.bind,

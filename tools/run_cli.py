@@ -42,7 +42,7 @@ def register(sub: Any) -> None:
     k = asub.add_parser("kill-switch", help="turn a firm's kill switch on (mass cancel) or off")
     k.add_argument("firm")
     k.add_argument("state", choices=("on", "off"))
-    k.add_argument("--config", default=None, help="config (admin bind, port, token); default: the demo's")
+    k.add_argument("--config", default=None, help="config (admin bind, port, token); default: the built-in default config")
     k.set_defaults(func=_admin)
     for action, text in (("halt", "halt trading (orders are collected for the reopening auction)"),
                          ("resume", "end a halt or pause: reopening auction, or the schedule's phase"),
@@ -72,16 +72,28 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def admin_request(config_path: str | None, method: str, path: str) -> dict[str, Any]:
+    """One request to the admin interface of the appliance that `config_path` (default: the built-in
+    default config, appliance.config.DEFAULT) describes; an appliance that does not answer is a UsageError naming the address."""
     from appliance.config import default, load
+    from tools.cli import UsageError
     cfg = load(config_path) if config_path else default()
     a = cfg.admin
-    req = urllib.request.Request(f"http://{a.bind}:{a.port}{path}", method=method,
-                                 headers={"Authorization": f"Bearer {a.token}"})
+    url = f"http://{a.bind}:{a.port}"
+    req = urllib.request.Request(url + path, method=method, headers={"Authorization": f"Bearer {a.token}"})
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return dict(json.loads(r.read()))
     except urllib.error.HTTPError as e:
-        return dict(json.loads(e.read() or b"{}"), http_status=e.code)
+        try:
+            return dict(json.loads(e.read() or b"{}"), http_status=e.code)
+        except ValueError:
+            raise UsageError(f"{url} answered HTTP {e.code} without a matchwire answer "
+                             f"(is it the admin port of a matchwire appliance?)") from None
+    except (urllib.error.URLError, OSError) as e:
+        why = getattr(e, "reason", e)
+        which = f"the admin port of {config_path}" if config_path else \
+            "the default config's admin port; give --config CONFIG, e.g. the one `matchwire demo` prints"
+        raise UsageError(f"no appliance answers at {url}: {getattr(why, 'strerror', None) or why} ({which})") from None
 
 
 def _admin(args: argparse.Namespace) -> int:

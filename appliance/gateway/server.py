@@ -81,6 +81,7 @@ from appliance.catalogue import (
     ReplaceOrder,
     Resume,
 )
+from appliance.clock import wall_clock
 from appliance.config import Config, FirmConfig, load
 from appliance.gateway import ouch_layout as L
 from appliance.gateway.fix import FixSession, FixSessionConfig, FixSessionState, logon_comp_ids
@@ -114,6 +115,8 @@ from appliance.ring import SHM_DIR, Ring, RingError, bell_name
 from appliance.risk import RiskChecker
 from appliance.wal import MalformedCommand
 from feeds import soupbintcp as soup
+
+_clock = wall_clock()   # the wall clock (appliance.clock): shifted as MATCHWIRE_CLOCK_OFFSET_NS says
 
 FIX_SESSION_BIT: Final = 1 << 30   # order ids (session << 32 | n) stay below 2^63 (the state hash's i64)
 __all__ = ["GatewayServer", "J_MARK", "JournalState", "journal_record", "mark_record", "read_journal",
@@ -352,14 +355,14 @@ class _Conn(asyncio.Protocol):
             self.buf = bytearray()
             self.slot = slot
             slot.conn = self
-            now = time.time_ns()
+            now = _clock()
             slot.session.connection_made(now)
             server.count(f"{self.kind}_connections")
         slot = self.slot
         st = server.stages
         if st is not None:
             st.start()
-        slot.session.receive_data(data, time.time_ns())
+        slot.session.receive_data(data, _clock())
         if st is not None:
             st.lap(G_PARSE)
         server.after_input(slot)
@@ -474,7 +477,7 @@ class GatewayServer:
         self.stopping = False
         self.conns: set[_Conn] = set()
         self.counters: dict[str, int] = {}
-        self.midnight_ns = config.midnight_of(time.time_ns())   # as the partitions' feed
+        self.midnight_ns = config.midnight_of(_clock())   # as the partitions' feed
         # per partition: admin commands sent and not yet answered, oldest first (KIND, locate, future)
         self.admin_waiting: list[deque[tuple[int, int, asyncio.Future[dict[str, Any]]]]] = [
             deque() for _ in self.partitions]
@@ -497,7 +500,7 @@ class GatewayServer:
             sid = ouch_session_id(f)
             name = f.name if f.name.isalnum() and len(f.name) <= 10 else str(sid)
             s = OuchSession(sid, {f.ouch.username: (f.ouch.password, f.id)}, self.instruments, session_name=name,
-                            midnight_ns=self.midnight_ns)
+                            midnight_ns=self.midnight_ns, cancel_on_disconnect=f.ouch.cancel_on_disconnect)
             store = self._open_store(sid, f"ouch-{name}", js.ouch.get(sid, 0))
             s.stream = store  # type: ignore[assignment]
             if len(store):
@@ -604,7 +607,7 @@ class GatewayServer:
     def after_input(self, slot: Slot) -> None:
         cmds = slot.session.take_commands()
         if cmds:
-            now = time.time_ns()
+            now = _clock()
             for cmd in cmds:
                 self.submit(slot, cmd, now)
         self.flush()
@@ -613,7 +616,7 @@ class GatewayServer:
         self.poll_rings()
 
     def disconnected(self, slot: Slot) -> None:
-        now = time.time_ns()
+        now = _clock()
         if slot.kind == "ouch":
             cmds = slot.session.on_disconnect()
             for cmd in cmds:
@@ -793,7 +796,7 @@ class GatewayServer:
         pid = self.partitions[p].id
         risk = self.risk
         by_sid = self.by_sid
-        now = time.time_ns()
+        now = _clock()
         for seq, ts, events in groups:
             k = events[0][0]
             if k >= C.CTL_POSITION:
@@ -887,7 +890,7 @@ class GatewayServer:
 
     # -- timers and admin ------------------------------------------------------------------------------
     def tick(self) -> None:
-        now = time.time_ns()
+        now = _clock()
         for slot in self.slots:
             slot.session.poll(now)
         self.flush()
@@ -898,7 +901,7 @@ class GatewayServer:
             return {"ok": False, "error": f"firm {firm_name!r} is not on gateway {self.name}"}
         mc = self.risk.set_kill_switch(f.id, on)
         if mc is not None:
-            self.submit(None, mc, time.time_ns())
+            self.submit(None, mc, _clock())
             self.flush()
         log(self.name, f"kill switch {'ON' if on else 'off'} for {firm_name}"
                        + (": mass cancel sent" if mc is not None else ""))
@@ -1041,7 +1044,7 @@ class GatewayServer:
             elif time.monotonic() - quiet_since > QUIET_S and not self.cmd_pending:
                 break
             await asyncio.sleep(0.005)
-        now = time.time_ns()
+        now = _clock()
         for slot in self.slots:
             if slot.kind == "ouch":
                 slot.session.end_of_session(now)

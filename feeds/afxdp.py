@@ -361,7 +361,7 @@ class XdpChannel:
         frame_b = self.flow_b.frame
         psum = UdpFrameBuilder.payload_sum
         ident = xsk.ident
-        frames = []
+        frames: list[bytes] = []
         add = frames.append
         for p in payloads:
             s = psum(p)

@@ -3,7 +3,7 @@
 The C library's ``sendmmsg`` is called through ctypes on the socket's descriptor, so it goes
 through the dynamic libc like every other socket call (what Onload's LD_PRELOAD intercepts and
 accelerates). Each datagram is one ``struct mmsghdr`` with one ``iovec`` pointing at the bytes
-object itself (no copy)::
+object itself (no copy on CPython)::
 
     struct mmsghdr (64 bytes on LP64)                 struct iovec (16 bytes)
     +------------------------------------+-----+      +-----------+-----------+
@@ -24,6 +24,7 @@ import ctypes
 import errno
 import socket
 import struct
+import sys
 from typing import Any
 
 __all__ = ["BatchSender", "sendmmsg_available", "MAX_BATCH"]
@@ -35,7 +36,7 @@ SOFT_ERRORS = (errno.ENOBUFS, errno.EAGAIN, errno.ECONNREFUSED, errno.ENOMEM)
 
 
 class _Iovec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_char_p), ("len", ctypes.c_size_t)]
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
 
 class _Msghdr(ctypes.Structure):
@@ -52,6 +53,31 @@ class _Mmsghdr(ctypes.Structure):
 _SOCKADDR_IN = struct.Struct("=H2s4s8x")   # family (host order), port (network order), address
 
 _libc: Any = None
+
+
+def _bytes_data_offset() -> int:
+    """Where a bytes object's data starts, from its address (``id``) on CPython; 0 where that does
+    not hold (another implementation): then datagrams are joined into one buffer instead."""
+    probe = b"matchwire sendmmsg probe"
+    offset = bytes.__basicsize__ - 1
+    try:
+        if ctypes.string_at(id(probe) + offset, len(probe)) == probe:
+            return offset
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+_DATA_OFFSET = _bytes_data_offset() if sys.implementation.name == "cpython" else 0
+_IOV_LAYOUTS: dict[int, struct.Struct] = {}
+
+
+def _iov_layout(n: int) -> struct.Struct:
+    """``n`` iovecs as (base, len) pairs of native u64."""
+    s = _IOV_LAYOUTS.get(n)
+    if s is None:
+        s = _IOV_LAYOUTS[n] = struct.Struct(f"={2 * n}Q")
+    return s
 
 
 def _sendmmsg() -> Any:
@@ -101,13 +127,29 @@ class BatchSender:
         self.errors = 0           # datagrams the kernel refused (counted, not raised)
         self.last_error = 0
 
-    def _load(self, payloads: list[bytes], start: int, n: int) -> None:
-        iov = self._iov
-        for i in range(n):
-            p = payloads[start + i]
-            v = iov[i]
-            v.base = p
-            v.len = len(p)
+    def _load(self, payloads: list[bytes], start: int, n: int) -> object:
+        """Point the first ``n`` iovecs at ``payloads[start:start + n]``; return what must stay
+        alive until the call is made. On CPython the bytes objects' own buffers (no copy);
+        elsewhere one joined copy."""
+        chunk = payloads[start:start + n] if start or n != len(payloads) else payloads
+        flat: list[int] = []
+        add = flat.append
+        keep: object = chunk
+        if _DATA_OFFSET:
+            for p in chunk:
+                add(id(p) + _DATA_OFFSET)
+                add(len(p))
+        else:
+            joined = b"".join(chunk)
+            keep = joined
+            at = ctypes.cast(ctypes.c_char_p(joined), ctypes.c_void_p).value or 0
+            for p in chunk:
+                size = len(p)
+                add(at)
+                add(size)
+                at += size
+        _iov_layout(n).pack_into(self._iov, 0, *flat)
+        return keep
 
     def _flush(self, fd: int, n: int) -> int:
         """sendmmsg the first ``n`` loaded datagrams; on an error skip (and count) the datagram the
@@ -144,11 +186,12 @@ class BatchSender:
         total = len(payloads)
         for start in range(0, total, cap):
             n = min(cap, total - start)
-            self._load(payloads, start, n)
+            keep = self._load(payloads, start, n)
             for k, s in enumerate(sockets):
                 sent = self._flush(s.fileno(), n)
                 if not k:
                     first += sent
+            del keep
         return first
 
     def send_to(self, sock: socket.socket, payloads: list[bytes], addr: tuple[str, int]) -> int:
@@ -162,6 +205,7 @@ class BatchSender:
         total = len(payloads)
         for start in range(0, total, cap):
             n = min(cap, total - start)
-            self._load(payloads, start, n)
+            keep = self._load(payloads, start, n)
             sent += self._flush(sock.fileno(), n)
+            del keep
         return sent

@@ -62,9 +62,10 @@ def cmd_send(args: argparse.Namespace) -> int:
     engine = Engine(instruments, FLOW_FIRM_STP)
     batches: list[list[Any]] = []
     seq = 1
-    for start in range(0, len(cmds), BATCH):
+    batch = args.batch
+    for start in range(0, len(cmds), batch):
         res = []
-        for cmd in cmds[start:start + BATCH]:
+        for cmd in cmds[start:start + batch]:
             out: list[Event] = []
             engine.apply(cmd, out)
             res.append((seq, T0_NS + start * 1000, cmd, out))
@@ -230,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("flow")
     s.add_argument("--limit", type=int)
     s.add_argument("--bench", action="store_true")
+    s.add_argument("--batch", type=int, default=BATCH, help="commands per publisher batch")
     s.set_defaults(func=cmd_send)
     r = sub.choices["receive"]
     r.add_argument("--books", action="store_true")

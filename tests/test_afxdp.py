@@ -5,9 +5,12 @@ books; tcpdump there sees valid frames (IPv4 and UDP checksums, multicast MAC); 
 and afxdp put byte-identical datagrams on the wire."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +24,7 @@ from feeds.afxdp import AF_XDP, XdpUnavailable
 from feeds.channels import CHANNELS, ChannelGroups, FeedConfig
 from feeds.pcap import PcapReader, internet_checksum, multicast_mac
 from feeds.transport import UdpTransport, transport_for
+from tools.demo import loopback_config, write_config
 from tools.netns import VethPair, in_netns, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,11 +45,13 @@ def afxdp_refusal() -> str | None:
 REFUSAL = afxdp_refusal()
 if REFUSAL is not None:
     print(f"test_afxdp: skipped: {REFUSAL}", file=sys.stderr)
-pytestmark = pytest.mark.skipif(REFUSAL is not None, reason=REFUSAL or "")
+needs_afxdp = pytest.mark.skipif(REFUSAL is not None, reason=REFUSAL or "")
 
 
 @pytest.fixture(scope="module")
 def veth() -> Iterator[VethPair]:
+    if REFUSAL is not None:
+        pytest.skip(REFUSAL)
     with VethPair() as v:
         yield v
 
@@ -138,6 +144,7 @@ def check_frames(pcap: Path, udp_checksums: bool = True) -> dict[tuple[str, int]
     return by_dst
 
 
+@needs_afxdp
 def test_afxdp_feed_reaches_a_kernel_subscriber_that_builds_the_engines_books(veth: VethPair, flow: str,
                                                                               tmp_path: Path) -> None:
     pcap = tmp_path / "afxdp.pcap"
@@ -156,6 +163,7 @@ def test_afxdp_feed_reaches_a_kernel_subscriber_that_builds_the_engines_books(ve
         assert len(frames[g.a]) >= sent["datagrams"][ch]
 
 
+@needs_afxdp
 def test_udp_sendmmsg_and_afxdp_put_byte_identical_datagrams_on_the_wire(veth: VethPair, flow: str,
                                                                          tmp_path: Path) -> None:
     captured: dict[str, dict[tuple[str, int], list[bytes]]] = {}
@@ -191,3 +199,65 @@ def test_a_host_without_afxdp_says_so_in_one_line_and_falls_back_or_refuses() ->
             t.channel("l3", groups["l3"])
     finally:
         t.close()
+
+
+@needs_afxdp
+def test_the_transport_benchmark_runs_over_a_veth_pair_and_ends_with_one_json_object(flow: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "feed", flow, "--limit", "4000",
+                        "--transport", "udp,sendmmsg,afxdp"], capture_output=True, text=True, cwd=ROOT,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["benchmark"] == "feed_transport" and set(out["transports"]) == {"udp", "sendmmsg", "afxdp"}
+    for kind, run in out["transports"].items():
+        assert run["sent_datagrams_per_group"] > 50 and run["send_errors"] == 0, (kind, run)
+        assert run["received_datagrams"] + run["lost_datagrams"] == 2 * run["sent_datagrams_per_group"]
+        assert run["sent_datagrams_per_sec"] > 0 and run["send_cpu_ns_per_datagram"] > 0
+    assert out["transports"]["afxdp"]["afxdp"]["mode"] in ("copy", "zero-copy")
+    assert set(out["speedup_vs_udp"]) == {"udp", "sendmmsg", "afxdp"}
+
+
+def daemon_config(tmp_path: Path, required: bool) -> str:
+    c = loopback_config(str(tmp_path), rng=random.Random())
+    c = dataclasses.replace(c, market_data=dataclasses.replace(c.market_data, transport="afxdp",
+                                                               afxdp_required=required))
+    return write_config(c, str(tmp_path / "config.toml"))
+
+
+def test_a_partition_says_in_one_line_that_afxdp_is_unavailable_and_runs_on_kernel_udp(tmp_path: Path) -> None:
+    path = daemon_config(tmp_path, required=False)
+    proc = subprocess.Popen([sys.executable, "-m", "appliance.daemon", "--config", path, "--partition", "p0",
+                             "--state-dir", str(tmp_path / "state"), "--no-realtime"],
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "ready:" in line:
+                break
+        assert any("ready:" in x for x in lines), "".join(lines)
+        afxdp = [x for x in lines if "afxdp" in x]
+        assert len(afxdp) == 1, lines
+        assert "feed: afxdp unavailable (ttl 0" in afxdp[0] and "channel l3, l2, l1 falls back to kernel udp" in afxdp[0]
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_partition_that_requires_afxdp_refuses_to_start_where_it_is_unavailable(tmp_path: Path) -> None:
+    path = daemon_config(tmp_path, required=True)
+    r = subprocess.run([sys.executable, "-m", "appliance.daemon", "--config", path, "--partition", "p0",
+                        "--state-dir", str(tmp_path / "state"), "--no-realtime"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 78, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "AF_XDP required for channel l3 but unavailable: ttl 0" in last and "Traceback" not in r.stderr

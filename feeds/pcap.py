@@ -163,6 +163,8 @@ class UdpFrameBuilder:
 
     ``frame(payload, ident, payload_sum)``: ``payload_sum`` is ``payload_sum(payload)``, which two
     flows carrying the same datagram (the A and B groups) can share; -1 computes it.
+    ``partial=True`` leaves the UDP checksum to be finished by whoever sends the frame (checksum
+    offload: the field holds the pseudo-header sum, as Linux's CHECKSUM_PARTIAL).
     Owned by the thread that builds frames (no state changes after construction).
     """
 
@@ -191,12 +193,14 @@ class UdpFrameBuilder:
         return int.from_bytes(payload, "big") % 0xFFFF
 
     def frame(self, payload: bytes, ident: int = 0, payload_sum: int = -1, *,
-              udp_checksum: bool = True) -> bytes:
+              udp_checksum: bool = True, partial: bool = False) -> bytes:
         length = 8 + len(payload)
         if length > 0xFFFF - 20:
             raise ValueError(f"UDP: payload of {len(payload)} bytes is too large")
         checksum = 0
-        if udp_checksum:
+        if partial:
+            checksum = (self.pseudo + length) % 0xFFFF or 0xFFFF
+        elif udp_checksum:
             if payload_sum < 0:
                 payload_sum = self.payload_sum(payload)
             # One's-complement sum of pseudo-header + header + payload, modulo 0xFFFF (see

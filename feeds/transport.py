@@ -207,7 +207,8 @@ class UdpTransport:
 
     def __init__(self, interface: str = "127.0.0.1", ttl: int = 0, dscp: int = 0, *,
                  batched: bool = False, kinds: dict[str, str] | None = None, source_port: int = 29999,
-                 afxdp_mode: str = "auto", afxdp_required: bool = False, afxdp_queue: int = 0) -> None:
+                 afxdp_mode: str = "auto", afxdp_required: bool = False, afxdp_queue: int = 0,
+                 afxdp_checksum_offload: bool = True) -> None:
         self.interface = interface
         self.ttl = ttl
         self.dscp = dscp
@@ -217,6 +218,7 @@ class UdpTransport:
         self.afxdp_mode = afxdp_mode
         self.afxdp_required = afxdp_required
         self.afxdp_queue = afxdp_queue
+        self.afxdp_checksum_offload = afxdp_checksum_offload   # False: Python computes UDP checksums
         self.channels: dict[str, Any] = {}
         self.xsk: Any = None                     # the AF_XDP socket, opened with the first channel
         self.xdp_interface: Any = None
@@ -238,7 +240,8 @@ class UdpTransport:
                                      "on the host")
             info = interface_info(self.interface)
             try:
-                self.xsk = XdpSocket(info.index, self.afxdp_queue, self.afxdp_mode)
+                self.xsk = XdpSocket(info.index, self.afxdp_queue, self.afxdp_mode,
+                                     checksum_offload=self.afxdp_checksum_offload)
             except XdpUnavailable as e:
                 raise XdpUnavailable(f"{info.name} queue {self.afxdp_queue}: {e}") from None
             self.xdp_interface = info
@@ -285,7 +288,9 @@ class UdpTransport:
         if self.xsk is not None:
             xdp = [n for n, c in self.channels.items() if self.kind_of(n) == "afxdp" and n not in self.fallbacks]
             zc = f" (zero-copy refused: {self.xsk.zerocopy_refusal})" if self.xsk.zerocopy_refusal else ""
-            out.append(f"afxdp on {self.xdp_interface.name} queue {self.afxdp_queue}, {self.xsk.mode} mode{zc}: "
+            csum = "kernel" if self.xsk.checksum_offload else "python"
+            out.append(f"afxdp on {self.xdp_interface.name} queue {self.afxdp_queue}, {self.xsk.mode} mode{zc}, "
+                       f"UDP checksums by {csum}: "
                        f"channel {', '.join(xdp)}")
         return out
 

@@ -22,7 +22,7 @@ import pytest
 
 from feeds.afxdp import AF_XDP, XdpUnavailable
 from feeds.channels import CHANNELS, ChannelGroups, FeedConfig
-from feeds.pcap import PcapReader, internet_checksum, multicast_mac
+from feeds.pcap import PcapReader, UdpFrameBuilder, internet_checksum, multicast_mac
 from feeds.transport import UdpTransport, transport_for
 from tools.demo import loopback_config, write_config
 from tools.netns import VethPair, in_netns, unavailable
@@ -73,7 +73,8 @@ def peer(*args: str) -> list[str]:
     return [sys.executable, "-m", "tools.feed_peer", *args, "--groups", GROUPS_JSON]
 
 
-def run_pair(veth: VethPair, flow: str, transport: str, pcap: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_pair(veth: VethPair, flow: str, transport: str, pcap: Path | None,
+             *extra: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """A receiver (books) in b, optionally tcpdump in b, the sender in a; both JSON results."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     dump = None
@@ -91,7 +92,7 @@ def run_pair(veth: VethPair, flow: str, transport: str, pcap: Path | None) -> tu
         assert recv.stdout is not None
         assert recv.stdout.readline().strip() == "ready"
         send = subprocess.run(in_netns(veth.a, peer("send", flow, "--interface", veth.addr_a, "--transport",
-                                                    transport)),
+                                                    transport, *extra)),
                               capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
         assert send.returncode == 0, send.stderr
         out, err = recv.communicate(timeout=180)
@@ -152,6 +153,8 @@ def test_afxdp_feed_reaches_a_kernel_subscriber_that_builds_the_engines_books(ve
     assert sent["afxdp"]["mode"] == "copy" or sent["afxdp"]["mode"] == "zero-copy"
     assert sent["afxdp"]["dropped"] == 0 and sent["afxdp"]["tx_invalid_descs"] == 0
     assert any(n.startswith("afxdp on " + veth.if_a) for n in sent["notes"]), sent["notes"]
+    by = "kernel" if sent["afxdp"]["checksum_offload"] else "python"
+    assert any(f"UDP checksums by {by}" in n for n in sent["notes"]), sent["notes"]
     assert all(got["ended"].values()) and not any(got["gaps"].values()), got
     assert got["messages"] == sent["messages"]
     assert sum(sent["messages"].values()) > 10_000
@@ -167,13 +170,16 @@ def test_afxdp_feed_reaches_a_kernel_subscriber_that_builds_the_engines_books(ve
 def test_udp_sendmmsg_and_afxdp_put_byte_identical_datagrams_on_the_wire(veth: VethPair, flow: str,
                                                                          tmp_path: Path) -> None:
     captured: dict[str, dict[tuple[str, int], list[bytes]]] = {}
-    for kind in ("udp", "sendmmsg", "afxdp"):
-        pcap = tmp_path / f"{kind}.pcap"
-        sent, got = run_pair(veth, flow, kind, pcap)
-        assert all(got["ended"].values()) and not any(got["gaps"].values()), (kind, got)
-        captured[kind] = check_frames(pcap, udp_checksums=kind == "afxdp")
-        assert sorted(captured[kind]) == sorted(GROUPS[ch][leg] for ch in CHANNELS for leg in (0, 1))
-    assert captured["udp"] == captured["sendmmsg"] == captured["afxdp"]
+    for name, kind, extra in (("udp", "udp", ()), ("sendmmsg", "sendmmsg", ()), ("afxdp", "afxdp", ()),
+                              ("afxdp-python-checksums", "afxdp", ("--python-checksums",))):
+        pcap = tmp_path / f"{name}.pcap"
+        sent, got = run_pair(veth, flow, kind, pcap, *extra)
+        assert all(got["ended"].values()) and not any(got["gaps"].values()), (name, got)
+        if extra:
+            assert sent["afxdp"]["checksum_offload"] is False
+        captured[name] = check_frames(pcap, udp_checksums=kind == "afxdp")
+        assert sorted(captured[name]) == sorted(GROUPS[ch][leg] for ch in CHANNELS for leg in (0, 1))
+    assert captured["udp"] == captured["sendmmsg"] == captured["afxdp"] == captured["afxdp-python-checksums"]
 
 
 def test_a_host_without_afxdp_says_so_in_one_line_and_falls_back_or_refuses() -> None:
@@ -261,3 +267,17 @@ def test_a_partition_that_requires_afxdp_refuses_to_start_where_it_is_unavailabl
     assert r.returncode == 78, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert "AF_XDP required for channel l3 but unavailable: ttl 0" in last and "Traceback" not in r.stderr
+
+
+def test_a_partial_frame_finished_as_the_kernel_does_is_the_full_frame() -> None:
+    """CHECKSUM_PARTIAL: the field holds the pseudo-header sum; summing the UDP segment from
+    csum_start and storing the complement (0 sent as 0xFFFF) gives the software checksum."""
+    rnd = random.Random(3)
+    flow = UdpFrameBuilder("10.1.2.1", 29999, "239.77.0.1", 31000, ttl=1, src_mac=b"\x02\x00\x00\x00\x00\x07")
+    for n in list(range(0, 40)) + [rnd.randrange(40, 1473) for _ in range(300)]:
+        payload = rnd.randbytes(n) if n % 5 else b"\xff" * n
+        full, partial = flow.frame(payload, n), flow.frame(payload, n, partial=True)
+        assert full[:40] == partial[:40] and full[42:] == partial[42:]
+        folded = internet_checksum(partial[34:]) ^ 0xFFFF          # the one's-complement sum
+        finished = (0xFFFF - folded) or 0xFFFF
+        assert finished == int.from_bytes(full[40:42], "big"), n

@@ -73,6 +73,8 @@ def cmd_send(args: argparse.Namespace) -> int:
         batches.append(res)
     config = _config(args, _groups(args.groups))
     transport = transport_for(config, "udp")
+    if args.python_checksums:
+        transport.afxdp_checksum_offload = False      # type: ignore[attr-defined]
     result: dict[str, Any] = {"transport": args.transport, "commands": len(cmds)}
     try:
         if not args.bench:
@@ -124,7 +126,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         result["notes"] = list(getattr(transport, "notes", []))
         xsk = getattr(transport, "xsk", None)
         if xsk is not None:
-            result["afxdp"] = {"mode": xsk.mode, "kicks": xsk.kicks, "frames": xsk.frames_sent,
+            result["afxdp"] = {"mode": xsk.mode, "checksum_offload": xsk.checksum_offload, "kicks": xsk.kicks, "frames": xsk.frames_sent,
                                "dropped": xsk.dropped, **xsk.statistics()}
     finally:
         transport.close()
@@ -232,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--limit", type=int)
     s.add_argument("--bench", action="store_true")
     s.add_argument("--batch", type=int, default=BATCH, help="commands per publisher batch")
+    s.add_argument("--python-checksums", action="store_true",
+                   help="afxdp: compute UDP checksums in Python even where the kernel can")
     s.set_defaults(func=cmd_send)
     r = sub.choices["receive"]
     r.add_argument("--books", action="store_true")

@@ -96,7 +96,7 @@ UDP_CSUM_START = 14 + 20  # the UDP header in an Ethernet/IPv4 frame without opt
 UDP_CSUM_OFFSET = 6       # the checksum field in the UDP header
 FRAMES = 4096            # chunks in the UMEM (8 MiB)
 TX_RING = 2048           # descriptors in the TX ring; the completion ring is as large
-KICK_LIMIT = 100_000     # kicks without progress before a batch is given up (counted, not raised)
+KICK_LIMIT = 1000        # kicks in a row without progress before a batch is given up (counted)
 
 
 class XdpUnavailable(OSError):

@@ -7,22 +7,18 @@ tests and `bench feed --transport`. Needs root and iproute2; multicast sent into
     | <tag>a  10.R.S.1/24  -----+---- veth ---+----- <tag>b  10.R.S.2/24  |
     +---------------------------+             +---------------------------+
 
-``VethPair`` makes them on entry and deletes both namespaces (and with them the veth) on exit.
-``enter(ns)`` moves the calling process (single-threaded) into a namespace; ``run_in(ns, argv)``
-starts a command in one.
+``VethPair`` makes them on entry and deletes both namespaces (and with them the veth) on exit;
+``in_netns(ns, argv)`` is a command line that runs ``argv`` inside one.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import random
 import shutil
 import subprocess
 from types import TracebackType
 
-__all__ = ["VethPair", "unavailable", "enter", "in_netns"]
-
-CLONE_NEWNET = 0x40000000
+__all__ = ["VethPair", "unavailable", "in_netns"]
 
 
 def unavailable() -> str | None:
@@ -43,18 +39,6 @@ def _ip(*args: str) -> None:
 def in_netns(ns: str, argv: list[str]) -> list[str]:
     """``argv`` run inside namespace ``ns``."""
     return ["ip", "netns", "exec", ns, *argv]
-
-
-def enter(ns: str) -> None:
-    """Move this (single-threaded) process into namespace ``ns``."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, f"setns({ns}): {os.strerror(e)}")
-    finally:
-        os.close(fd)
 
 
 class VethPair:

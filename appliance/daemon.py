@@ -57,10 +57,10 @@ from appliance.wal import (
     WalConfig,
     WalReader,
 )
+from feeds.afxdp import XdpUnavailable
 from feeds.books import engine_l1_summary, engine_l2_summary, engine_l3_summary, summary_hash
 from feeds.channels import CHANNELS, ChannelGroups, FeedConfig
 from feeds.publisher import Publisher, read_checkpoint, session_opening, write_checkpoint
-from feeds.afxdp import XdpUnavailable
 from feeds.transport import transport_for
 
 MAX_BATCH: Final = 1024

@@ -17,7 +17,7 @@ Python wrapper knows no AF_XDP address). No XDP program is needed to transmit.
       completion ring  desc = u64 addr                           the kernel produces, we consume
       fill ring        desc = u64 addr  (required by bind; nothing is received, it stays empty)
 
-Sending a batch: take free chunks, copy each frame in, write its descriptor, publish the TX
+Sending a batch: take free chunks, write each frame into one, write its descriptor, publish the TX
 producer once, then kick with ``send(b"", MSG_DONTWAIT)`` until the kernel's TX consumer has
 caught up (in copy mode each kick moves at most 32 frames and says EAGAIN while more wait),
 reaping the completion ring in between so chunks come back. x86's store order makes "write the
@@ -319,41 +319,55 @@ class XdpSocket:
             else:
                 stalled = 0
 
-    def send(self, frames: list[bytes]) -> int:
-        """Queue every frame (in order) and kick until the kernel has taken them; return how many.
-        With ``checksum_offload`` each frame's UDP checksum field holds the pseudo-header sum."""
+    def send(self, flows: tuple[UdpFrameBuilder, ...], payloads: list[bytes]) -> int:
+        """Write a frame of each datagram for each flow (datagram by datagram, the flows in order)
+        straight into free UMEM chunks, queue them and kick until the kernel has taken them;
+        return how many datagrams went out on every flow. With ``checksum_offload`` the frames
+        carry the pseudo-header sum and the kernel finishes the UDP checksums; without, Python
+        sums each datagram once for all flows."""
         umem = self.umem
         tx = self.tx
         txm, base, mask = tx.map, tx.desc, tx.mask
         free = self.free
         pack_desc = _TX_DESC.pack_into
         options = self.options
-        total = len(frames)
+        partial = self.checksum_offload
+        psum = UdpFrameBuilder.payload_sum
+        width = len(flows)
+        writers = [f.write_into for f in flows]
+        total = len(payloads)
         done = 0
         while done < total:
             self.reap()
-            room = min(len(free), tx.size - self.in_flight, total - done)
+            room = min(len(free), tx.size - self.in_flight, (total - done) * width) // width
             if room <= 0:
                 self._kick()
-                if not free:
+                if len(free) < width:
                     self.reap()
-                    if not free:
-                        self.dropped += total - done
+                    if len(free) < width:
+                        self.dropped += (total - done) * width
                         return done
                 continue
             prod = self.tx_prod
+            ident = self.ident
+            slot = prod
             for i in range(room):
-                f = frames[done + i]
-                addr = free.pop()
-                n = len(f)
-                umem[addr:addr + n] = f       # type: ignore[index]
-                pack_desc(txm, base + ((prod + i) & mask) * 16, addr, n, options)
-            self.tx_prod = prod = (prod + room) & 0xFFFFFFFF
-            self.in_flight += room
+                p = payloads[done + i]
+                s = 0 if partial else psum(p)
+                for write in writers:
+                    addr = free.pop()
+                    n = write(umem, addr, p, ident, s, partial=partial)
+                    pack_desc(txm, base + (slot & mask) * 16, addr, n, options)
+                    slot += 1
+                    ident += 1
+            self.ident = ident & 0xFFFF
+            queued = room * width
+            self.tx_prod = prod = (prod + queued) & 0xFFFFFFFF
+            self.in_flight += queued
             _U32.pack_into(txm, tx.producer, prod)
             self._kick()
             done += room
-        self.frames_sent += done
+        self.frames_sent += done * width
         return done
 
     def statistics(self) -> dict[str, int]:
@@ -374,47 +388,28 @@ class XdpChannel:
     """One channel's A and B flows on a shared ``XdpSocket``; owned by the publishing thread.
 
     Each datagram becomes an A frame then a B frame (the order the udp transport sends them in);
-    a batch is one ``XdpSocket.send``."""
+    a batch is one ``XdpSocket.send``; counts are of datagrams (each on both groups)."""
 
-    __slots__ = ("name", "xsk", "flow_a", "flow_b", "packets", "errors", "last_error")
+    __slots__ = ("name", "xsk", "flows", "packets", "errors", "last_error")
 
     def __init__(self, name: str, groups: ChannelGroups, xsk: XdpSocket, info: InterfaceInfo,
                  src_port: int, ttl: int, dscp: int) -> None:
         self.name = name
         self.xsk = xsk
         (ga, pa), (gb, pb) = groups
-        self.flow_a = UdpFrameBuilder(info.address, src_port, ga, pa, ttl=ttl, tos=dscp << 2, src_mac=info.mac)
-        self.flow_b = UdpFrameBuilder(info.address, src_port, gb, pb, ttl=ttl, tos=dscp << 2, src_mac=info.mac)
+        self.flows = (UdpFrameBuilder(info.address, src_port, ga, pa, ttl=ttl, tos=dscp << 2, src_mac=info.mac),
+                      UdpFrameBuilder(info.address, src_port, gb, pb, ttl=ttl, tos=dscp << 2, src_mac=info.mac))
         self.packets = 0
         self.errors = 0
         self.last_error = 0
 
     def send_packets(self, payloads: list[bytes], ts_ns: int) -> int:
         xsk = self.xsk
-        frame_a = self.flow_a.frame
-        frame_b = self.flow_b.frame
-        ident = xsk.ident
-        frames: list[bytes] = []
-        add = frames.append
-        if xsk.checksum_offload:
-            for p in payloads:
-                add(frame_a(p, ident, 0, partial=True))
-                add(frame_b(p, ident + 1, 0, partial=True))
-                ident += 2
-        else:
-            psum = UdpFrameBuilder.payload_sum
-            for p in payloads:
-                s = psum(p)
-                add(frame_a(p, ident, s))
-                add(frame_b(p, ident + 1, s))
-                ident += 2
-        xsk.ident = ident & 0xFFFF
         dropped = xsk.dropped
-        sent = xsk.send(frames)
+        n = xsk.send(self.flows, payloads)
         if xsk.dropped != dropped:
             self.errors += xsk.dropped - dropped
             self.last_error = errno.ENOBUFS
-        n = sent // 2
         self.packets += n
         return n
 

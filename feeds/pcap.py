@@ -35,7 +35,7 @@ import socket
 import struct
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Iterator, NamedTuple
+from typing import Any, BinaryIO, Iterator, NamedTuple
 
 __all__ = [
     "LINKTYPE_ETHERNET", "LINKTYPE_RAW", "LINKTYPE_LINUX_SLL", "LINKTYPE_LINUX_SLL2",
@@ -69,6 +69,8 @@ _IPV4 = struct.Struct(">BBHHHBBH4s4s")
 _UDP = struct.Struct(">HHHH")
 _TCP = struct.Struct(">HHIIBBHHH")
 _PSEUDO = struct.Struct(">4s4sBBH")
+_FRAME_HEADER = struct.Struct(">6s6sHBBHHHBBH4s4sHHHH")   # Ethernet + IPv4 (no options) + UDP
+FRAME_HEADER_SIZE = _FRAME_HEADER.size                    # 42
 
 
 class Packet(NamedTuple):
@@ -158,17 +160,25 @@ def _ethernet(src_ip: str, dst_ip: str, src_mac: bytes | None, dst_mac: bytes | 
 
 class UdpFrameBuilder:
     """Ethernet/IPv4/UDP frames of one flow (source address and port -> destination), with the
-    addresses, MACs and the constant part of the UDP checksum worked out once. Used by the pcap
-    writer and by transports that put frames on the wire themselves (feeds/afxdp.py).
+    addresses, MACs and the constant parts of both checksums worked out once. Used by the pcap
+    writer and by transports that put frames on the wire themselves (feeds/afxdp.py)::
 
-    ``frame(payload, ident, payload_sum)``: ``payload_sum`` is ``payload_sum(payload)``, which two
-    flows carrying the same datagram (the A and B groups) can share; -1 computes it.
+        +---------+---------+------+---------------------------------+-------------------+--//--+
+        | dst MAC | src MAC | 0800 | IPv4: 45 tos total ident flags  | UDP: sport dport  |payload|
+        |         |         |      |  ttl 17 checksum src dst (20)   |  length checksum  |       |
+        +---------+---------+------+---------------------------------+-------------------+--//--+
+         0         6         12     14                                34                  42
+
+    ``frame(payload, ident, payload_sum)`` returns the frame; ``write_into(buf, at, ...)`` writes it
+    into a buffer (a UMEM) and returns its length. ``payload_sum`` is ``payload_sum(payload)``,
+    which two flows carrying the same datagram (the A and B groups) can share; -1 computes it.
     ``partial=True`` leaves the UDP checksum to be finished by whoever sends the frame (checksum
     offload: the field holds the pseudo-header sum, as Linux's CHECKSUM_PARTIAL).
     Owned by the thread that builds frames (no state changes after construction).
     """
 
-    __slots__ = ("src", "dst", "src_port", "dst_port", "ttl", "tos", "flags", "eth", "pseudo", "ports")
+    __slots__ = ("src", "dst", "src_port", "dst_port", "ttl", "tos", "flags", "eth", "pseudo", "ports",
+                 "dst_mac", "src_mac", "ip_sum")
 
     def __init__(self, src_ip: str, src_port: int, dst_ip: str, dst_port: int, *, ttl: int = 64,
                  tos: int = 0, src_mac: bytes | None = None, dst_mac: bytes | None = None,
@@ -182,8 +192,12 @@ class UdpFrameBuilder:
         self.ttl, self.tos = ttl, tos
         self.flags = 0x4000 if dont_fragment else 0
         self.eth = _ethernet(src_ip, dst_ip, src_mac, dst_mac)
+        self.dst_mac, self.src_mac = self.eth[:6], self.eth[6:12]
         self.pseudo = _pseudo_sum(self.src, self.dst, IPPROTO_UDP, 0)   # + the UDP length
         self.ports = (src_port << 48) | (dst_port << 32)                 # the UDP header as an integer
+        # the IPv4 header's 16-bit words but total length and identification (added per frame)
+        self.ip_sum = ((0x45 << 8) | tos) + self.flags + ((ttl << 8) | IPPROTO_UDP) + \
+            sum(int.from_bytes(a[i:i + 2], "big") for a in (self.src, self.dst) for i in (0, 2))
 
     @staticmethod
     def payload_sum(payload: bytes) -> int:
@@ -192,8 +206,8 @@ class UdpFrameBuilder:
             payload += b"\x00"
         return int.from_bytes(payload, "big") % 0xFFFF
 
-    def frame(self, payload: bytes, ident: int = 0, payload_sum: int = -1, *,
-              udp_checksum: bool = True, partial: bool = False) -> bytes:
+    def _fields(self, payload: bytes, ident: int, payload_sum: int, udp_checksum: bool,
+                partial: bool) -> tuple[object, ...]:
         length = 8 + len(payload)
         if length > 0xFFFF - 20:
             raise ValueError(f"UDP: payload of {len(payload)} bytes is too large")
@@ -209,10 +223,25 @@ class UdpFrameBuilder:
             checksum = 0xFFFF - (total or 0xFFFF)
             if checksum == 0:
                 checksum = 0xFFFF
-        header = _IPV4.pack(0x45, self.tos, 20 + length, ident & 0xFFFF, self.flags, self.ttl,
-                            IPPROTO_UDP, 0, self.src, self.dst)
-        ip = header[:10] + internet_checksum(header).to_bytes(2, "big") + header[12:]
-        return self.eth + ip + _UDP.pack(self.src_port, self.dst_port, length, checksum) + payload
+        ident &= 0xFFFF
+        ip = self.ip_sum + 20 + length + ident
+        ip = (ip & 0xFFFF) + (ip >> 16)
+        ip = (ip & 0xFFFF) + (ip >> 16)
+        return (self.dst_mac, self.src_mac, _ETHERTYPE_IPV4, 0x45, self.tos, 20 + length, ident, self.flags,
+                self.ttl, IPPROTO_UDP, ip ^ 0xFFFF, self.src, self.dst, self.src_port, self.dst_port, length,
+                checksum)
+
+    def frame(self, payload: bytes, ident: int = 0, payload_sum: int = -1, *,
+              udp_checksum: bool = True, partial: bool = False) -> bytes:
+        return _FRAME_HEADER.pack(*self._fields(payload, ident, payload_sum, udp_checksum, partial)) + payload
+
+    def write_into(self, buf: Any, at: int, payload: bytes, ident: int = 0, payload_sum: int = -1, *,
+                   partial: bool = False) -> int:
+        """Write the frame at ``buf[at:]`` (a writable buffer); return its length."""
+        _FRAME_HEADER.pack_into(buf, at, *self._fields(payload, ident, payload_sum, True, partial))
+        end = at + FRAME_HEADER_SIZE + len(payload)
+        buf[at + FRAME_HEADER_SIZE:end] = payload
+        return end - at
 
 
 def udp_frame(src_ip: str, src_port: int, dst_ip: str, dst_port: int, payload: bytes, *,

@@ -18,7 +18,6 @@ import argparse
 import gc
 import json
 import resource
-import socket
 import sys
 import time
 from typing import Any

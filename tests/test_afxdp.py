@@ -281,3 +281,55 @@ def test_a_partial_frame_finished_as_the_kernel_does_is_the_full_frame() -> None
         folded = internet_checksum(partial[34:]) ^ 0xFFFF          # the one's-complement sum
         finished = (0xFFFF - folded) or 0xFFFF
         assert finished == int.from_bytes(full[40:42], "big"), n
+
+
+@needs_afxdp
+def test_a_partition_in_a_namespace_publishes_through_afxdp_to_a_subscriber_in_the_other(
+        veth: VethPair, tmp_path: Path) -> None:
+    c = loopback_config(str(tmp_path), rng=random.Random())
+    c = dataclasses.replace(c, market_data=dataclasses.replace(
+        c.market_data, interface=veth.addr_a, ttl=1, transport="afxdp", afxdp_required=True))
+    path = write_config(c, str(tmp_path / "config.toml"))
+    feeds = c.partitions[0].feeds
+    groups = json.dumps({ch: [[f.a_group, f.a_port], [f.b_group, f.b_port]] for ch, f in feeds.items()})
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    recv = subprocess.Popen(in_netns(veth.b, [sys.executable, "-m", "tools.feed_peer", "receive", "--books",
+                                              "--groups", groups, "--interface", veth.addr_b, "--timeout", "20",
+                                              "--limit-s", "120"]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    state = tmp_path / "state"
+    daemon = subprocess.Popen(in_netns(veth.a, [sys.executable, "-m", "appliance.daemon", "--config", path,
+                                                "--partition", "p0", "--state-dir", str(state), "--no-realtime"]),
+                              stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    lines: list[str] = []
+    try:
+        assert recv.stdout is not None and recv.stdout.readline().strip() == "ready"
+        assert daemon.stderr is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = daemon.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "ready:" in line:
+                break
+        assert any("ready:" in x for x in lines), "".join(lines)
+        afxdp = [x for x in lines if "afxdp" in x]
+        assert len(afxdp) == 1 and f"feed: afxdp on {veth.if_a} queue 0" in afxdp[0], lines
+        assert "channel l3, l2, l1" in afxdp[0]
+        daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=60)
+        assert daemon.returncode == 0
+        out, err = recv.communicate(timeout=90)
+        assert recv.returncode == 0, err
+    finally:
+        for p in (daemon, recv):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    got = json.loads(out.strip().splitlines()[-1])
+    stats = json.loads((state / "run" / "p0.stats.json").read_text())
+    assert all(got["ended"].values()) and not any(got["gaps"].values()), got
+    assert got["messages"]["l3"] > 3                  # start of session, the directory, end of session
+    for h in ("l3_hash", "l2_hash", "l1_hash"):
+        assert got[h] == stats[h], h

@@ -47,6 +47,8 @@ from appliance.risk import FirmLimits, RiskLimits
 
 DURABILITY: Final = ("batch", "interval", "none")          # appliance.wal.POLICIES
 CHANNELS: Final = ("l3", "l2", "l1")                       # feeds.channels.CHANNELS
+NETWORK_TRANSPORTS: Final = ("udp", "sendmmsg", "afxdp")   # feeds.channels.NETWORK_TRANSPORTS
+AFXDP_MODES: Final = ("auto", "copy", "zerocopy")           # feeds.channels.AFXDP_MODES
 STP_BY_NAME: Final = {"none": STP_NONE, "CN": STP_CN, "CO": STP_CO, "DC": STP_DC}
 STP_NAME: Final = {v: k for k, v in STP_BY_NAME.items()}
 # ITCH 5.0 Stock Directory market category.
@@ -126,6 +128,7 @@ class FeedChannelConfig:
     a_port: int
     b_group: str
     b_port: int
+    transport: str | None = None        # udp | sendmmsg | afxdp; None: market_data.transport
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +168,11 @@ class MarketDataConfig:
     dscp: int = 0                       # IP_TOS = dscp << 2 (46: EF)
     max_payload: int = 1472             # MoldUDP64 datagram payload limit
     l2_depth: int = 10                  # L2 price levels per side
+    transport: str = "udp"              # every channel's unless it names its own: udp | sendmmsg | afxdp
+    source_port: int = 29999            # UDP source port of AF_XDP frames (and of pcaps)
+    afxdp_mode: str = "auto"            # auto (zero-copy, else copy) | copy | zerocopy
+    afxdp_required: bool = False        # no AF_XDP: refuse to start instead of falling back to udp
+    afxdp_queue: int = 0                # interface queue of the AF_XDP socket
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +192,7 @@ class RetransmitConfig:
     send_buffer_bytes: int = 4 << 20    # per client; full for slow_client_ms: dropped
     slow_client_ms: int = 5000
     snapshot_wait_ms: int = 5000        # a snapshot login waits this long for a fresh book
+    rerequest_transport: str = "udp"    # re-request answers: udp (sendto each) | sendmmsg (one call each)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,6 +422,12 @@ class _Table:
         if max_len is not None and not 1 <= len(v) <= max_len:
             raise ConfigError(f"{self.key(key)}: {v!r} must be 1 to {max_len} characters")
         return v
+
+    def opt_text(self, key: str, choices: Iterable[str] | None = None) -> str | None:
+        if self._get(key, False) is None:
+            return None
+        self.read.pop()
+        return self.text(key, "", choices)
 
     def boolean(self, key: str, default: bool) -> bool:
         v = self._get(key, False)
@@ -756,6 +771,7 @@ def _channel(t: _Table) -> FeedChannelConfig:
         a_port=t.port("a_port"),
         b_group=t.address("b_group", multicast=True),
         b_port=t.port("b_port"),
+        transport=t.opt_text("transport", choices=NETWORK_TRANSPORTS),
     )
     t.done()
     if (c.a_group, c.a_port) == (c.b_group, c.b_port):
@@ -773,6 +789,11 @@ def _market_data(t: _Table | None, warnings: list[str]) -> MarketDataConfig:
         dscp=t.integer("dscp", d.dscp, 0, 63),
         max_payload=t.integer("max_payload", d.max_payload, 64, 65507),
         l2_depth=t.integer("l2_depth", d.l2_depth, 1, 1000),
+        transport=t.text("transport", d.transport, choices=NETWORK_TRANSPORTS),
+        source_port=t.port("source_port", d.source_port),
+        afxdp_mode=t.text("afxdp_mode", d.afxdp_mode, choices=AFXDP_MODES),
+        afxdp_required=t.boolean("afxdp_required", d.afxdp_required),
+        afxdp_queue=t.integer("afxdp_queue", d.afxdp_queue, 0, 4095),
     )
     t.done()
     if c.ttl > 0:
@@ -802,6 +823,7 @@ def _retransmit(t: _Table | None, warnings: list[str]) -> RetransmitConfig:
         send_buffer_bytes=t.integer("send_buffer_bytes", d.send_buffer_bytes, 65536, 1 << 30),
         slow_client_ms=t.integer("slow_client_ms", d.slow_client_ms, 100, 600_000),
         snapshot_wait_ms=t.integer("snapshot_wait_ms", d.snapshot_wait_ms, 0, 600_000),
+        rerequest_transport=t.text("rerequest_transport", d.rerequest_transport, choices=("udp", "sendmmsg")),
     )
     t.done()
     if not _is_loopback(c.bind):
@@ -941,6 +963,8 @@ def dumps(c: Config) -> str:
             w(f"a_port = {f.a_port}")
             w(f"b_group = {_q(f.b_group)}")
             w(f"b_port = {f.b_port}")
+            if f.transport is not None:
+                w(f"transport = {_q(f.transport)}")
     for g in c.gateways:
         w("")
         w("[[gateways]]")
@@ -958,6 +982,11 @@ def dumps(c: Config) -> str:
     w(f"dscp = {m.dscp}")
     w(f"max_payload = {m.max_payload}")
     w(f"l2_depth = {m.l2_depth}")
+    w(f"transport = {_q(m.transport)}")
+    w(f"source_port = {m.source_port}")
+    w(f"afxdp_mode = {_q(m.afxdp_mode)}")
+    w(f"afxdp_required = {'true' if m.afxdp_required else 'false'}")
+    w(f"afxdp_queue = {m.afxdp_queue}")
     r = c.retransmit
     w("")
     w("[retransmit]")
@@ -970,6 +999,7 @@ def dumps(c: Config) -> str:
     for key in ("max_request_messages", "quota_per_second", "quota_per_minute", "quota_per_day", "retain_messages",
                 "max_sessions", "send_buffer_bytes", "slow_client_ms", "snapshot_wait_ms"):
         w(f"{key} = {getattr(r, key)}")
+    w(f"rerequest_transport = {_q(r.rerequest_transport)}")
     for fm in c.firms:
         w("")
         w("[[firms]]")

@@ -61,6 +61,7 @@ from appliance.wal import (
     WalConfig,
     WalReader,
 )
+from feeds.afxdp import XdpUnavailable
 from feeds.books import engine_l1_summary, engine_l2_summary, engine_l3_summary, summary_hash
 from feeds.channels import CHANNELS, ChannelGroups, FeedConfig
 from feeds.publisher import Publisher, read_checkpoint, session_opening, write_checkpoint
@@ -157,7 +158,9 @@ def feed_config(config: Config, p: PartitionConfig) -> FeedConfig:
     groups = {ch: ChannelGroups((f.a_group, f.a_port), (f.b_group, f.b_port)) for ch, f in p.feeds.items()}
     return FeedConfig(partition=p.id, channels=tuple(ch for ch in CHANNELS if ch in p.feeds), groups=groups,
                       interface=md.interface, ttl=md.ttl, dscp=md.dscp, depth_levels=md.l2_depth,
-                      max_payload=md.max_payload, directory=config.stock_directory(p.name))
+                      max_payload=md.max_payload, directory=config.stock_directory(p.name), source_port=md.source_port,
+                      transports={ch: f.transport or md.transport for ch, f in p.feeds.items()},
+                      afxdp_mode=md.afxdp_mode, afxdp_required=md.afxdp_required, afxdp_queue=md.afxdp_queue)
 
 
 def wal_config(p: PartitionConfig) -> WalConfig:
@@ -253,6 +256,8 @@ class PartitionDaemon:
         store = feed_store_dir(self.state_dir, name)
         os.makedirs(store, exist_ok=True)
         pub = self.publisher = Publisher(fcfg, instruments, self.midnight_ns, self.transport, store)
+        for n in getattr(self.transport, "notes", ()):
+            log(name, "feed: " + n)
         for n in pub.notes:
             log(name, "feed: " + n)
         from appliance.gateway.server import resume_points  # the gateways' journals
@@ -739,6 +744,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DurabilityError as e:
         log(args.partition, f"DURABILITY FAILURE at start-up: {e}")
         return EXIT_DURABILITY_FAILURE
+    except XdpUnavailable as e:          # market_data.afxdp_required and the host refuses AF_XDP
+        log(args.partition, str(e))
+        return EXIT_CONFIG
     run = os.path.join(args.state_dir, "run")
     os.makedirs(run, exist_ok=True)
     atomic_json(os.path.join(run, f"{args.partition}.ready.json"), d.ready_info)

@@ -63,7 +63,7 @@ from feeds import itch
 from feeds.layout import U16, U32, U48, U64, Buffer, Char, Msg
 
 __all__ = [
-    "L3", "L2", "L1", "CHANNELS", "CHANNEL_DIGIT", "Endpoint", "ChannelGroups", "FeedConfig",
+    "L3", "L2", "L1", "CHANNELS", "CHANNEL_DIGIT", "NETWORK_TRANSPORTS", "AFXDP_MODES", "Endpoint", "ChannelGroups", "FeedConfig",
     "session_for", "channel_of_session", "day_of_midnight",
     "PriceLevelUpdate", "BestBidOffer", "LastTrade", "PRICE_LEVEL_UPDATE", "BEST_BID_OFFER",
     "LAST_TRADE", "OWN_LAYOUTS", "ALL_LAYOUTS", "decode_any", "DepthTracker", "L2Encoder",
@@ -75,6 +75,10 @@ L2: Final = "l2"
 L1: Final = "l1"
 CHANNELS: Final = (L3, L2, L1)
 CHANNEL_DIGIT: Final = {L3: "3", L2: "2", L1: "1"}
+#: How a channel's datagrams reach the network (feeds/transport.py, feeds/afxdp.py): one send per
+#: datagram per group, one sendmmsg per batch per group, or frames through an AF_XDP socket.
+NETWORK_TRANSPORTS: Final = ("udp", "sendmmsg", "afxdp")
+AFXDP_MODES: Final = ("auto", "copy", "zerocopy")
 _GENERATIONS: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 Endpoint = tuple[str, int]  # (IPv4 multicast group, UDP port)
@@ -111,7 +115,11 @@ class FeedConfig:
     heartbeat_ns: int = 1_000_000_000               # idle time before a heartbeat
     end_of_session_ns: int = 3_000_000_000          # how long End of Session packets repeat
     tracking: int = 0                               # ITCH tracking number of every message
-    source_port: int = 29999                        # source port written by the pcap transport
+    source_port: int = 29999                        # UDP source port of frames built here (pcap, afxdp)
+    transports: dict[str, str] | None = None        # channel -> NETWORK_TRANSPORTS (None: all "udp")
+    afxdp_mode: str = "auto"                        # AFXDP_MODES: zero-copy tried first with "auto"
+    afxdp_required: bool = False                    # True: no AF_XDP is an error, not a fallback to udp
+    afxdp_queue: int = 0                            # the interface queue the AF_XDP socket binds
     # Stock Directory (R) per stock locate: (Market Category, LULD Reference Price Tier); a locate
     # not listed: b"Q" (NASDAQ Global Select) and b" " (no LULD tier).
     directory: dict[int, tuple[bytes, bytes]] = dataclasses.field(default_factory=dict)
@@ -133,6 +141,15 @@ class FeedConfig:
                 raise ValueError(f"feed: stock locate {loc}: market category and LULD tier are one byte each")
         if not 0 <= self.tracking <= 0xFFFF:
             raise ValueError(f"feed: tracking number {self.tracking} outside u16")
+        for ch, kind in (self.transports or {}).items():
+            if ch not in CHANNELS or kind not in NETWORK_TRANSPORTS:
+                raise ValueError(f"feed: transport {kind!r} of channel {ch!r} (expected one of {NETWORK_TRANSPORTS})")
+        if self.afxdp_mode not in AFXDP_MODES:
+            raise ValueError(f"feed: afxdp_mode {self.afxdp_mode!r} (expected one of {AFXDP_MODES})")
+
+    def transport_of(self, channel: str) -> str:
+        """The network transport of a channel ("udp" unless configured)."""
+        return (self.transports or {}).get(channel, "udp")
 
     def groups_of(self, channel: str) -> ChannelGroups:
         assert self.groups is not None

@@ -35,13 +35,13 @@ import socket
 import struct
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Iterator, NamedTuple
+from typing import Any, BinaryIO, Iterator, NamedTuple
 
 __all__ = [
     "LINKTYPE_ETHERNET", "LINKTYPE_RAW", "LINKTYPE_LINUX_SLL", "LINKTYPE_LINUX_SLL2",
     "IPPROTO_TCP", "IPPROTO_UDP", "TCP_FIN", "TCP_SYN", "TCP_RST", "TCP_PSH", "TCP_ACK",
     "MAGIC_MICRO", "MAGIC_NANO", "Packet", "internet_checksum", "multicast_mac", "mac_for",
-    "ipv4_header", "udp_frame", "tcp_frame", "PcapWriter", "TcpStreamWriter", "PcapReader",
+    "ipv4_header", "UdpFrameBuilder", "udp_frame", "tcp_frame", "PcapWriter", "TcpStreamWriter", "PcapReader",
     "parse_frame", "read_pcap",
 ]
 
@@ -69,6 +69,8 @@ _IPV4 = struct.Struct(">BBHHHBBH4s4s")
 _UDP = struct.Struct(">HHHH")
 _TCP = struct.Struct(">HHIIBBHHH")
 _PSEUDO = struct.Struct(">4s4sBBH")
+_FRAME_HEADER = struct.Struct(">6s6sHBBHHHBBH4s4sHHHH")   # Ethernet + IPv4 (no options) + UDP
+FRAME_HEADER_SIZE = _FRAME_HEADER.size                    # 42
 
 
 class Packet(NamedTuple):
@@ -156,23 +158,98 @@ def _ethernet(src_ip: str, dst_ip: str, src_mac: bytes | None, dst_mac: bytes | 
     return dmac + smac + b"\x08\x00"
 
 
+class UdpFrameBuilder:
+    """Ethernet/IPv4/UDP frames of one flow (source address and port -> destination), with the
+    addresses, MACs and the constant parts of both checksums worked out once. Used by the pcap
+    writer and by transports that put frames on the wire themselves (feeds/afxdp.py)::
+
+        +---------+---------+------+---------------------------------+-------------------+--//--+
+        | dst MAC | src MAC | 0800 | IPv4: 45 tos total ident flags  | UDP: sport dport  |payload|
+        |         |         |      |  ttl 17 checksum src dst (20)   |  length checksum  |       |
+        +---------+---------+------+---------------------------------+-------------------+--//--+
+         0         6         12     14                                34                  42
+
+    ``frame(payload, ident, payload_sum)`` returns the frame; ``write_into(buf, at, ...)`` writes it
+    into a buffer (a UMEM) and returns its length. ``payload_sum`` is ``payload_sum(payload)``,
+    which two flows carrying the same datagram (the A and B groups) can share; -1 computes it.
+    ``partial=True`` leaves the UDP checksum to be finished by whoever sends the frame (checksum
+    offload: the field holds the pseudo-header sum, as Linux's CHECKSUM_PARTIAL).
+    Owned by the thread that builds frames (no state changes after construction).
+    """
+
+    __slots__ = ("src", "dst", "src_port", "dst_port", "ttl", "tos", "flags", "eth", "pseudo", "ports",
+                 "dst_mac", "src_mac", "ip_sum")
+
+    def __init__(self, src_ip: str, src_port: int, dst_ip: str, dst_port: int, *, ttl: int = 64,
+                 tos: int = 0, src_mac: bytes | None = None, dst_mac: bytes | None = None,
+                 dont_fragment: bool = True) -> None:
+        self.src, self.dst = _ip_bytes(src_ip), _ip_bytes(dst_ip)
+        if not (0 <= src_port <= 0xFFFF and 0 <= dst_port <= 0xFFFF):
+            raise ValueError(f"UDP: port {src_port} or {dst_port} outside 0..65535")
+        if not (0 <= ttl <= 255 and 0 <= tos <= 255):
+            raise ValueError(f"IPv4: ttl {ttl} or tos {tos} outside 0..255")
+        self.src_port, self.dst_port = src_port, dst_port
+        self.ttl, self.tos = ttl, tos
+        self.flags = 0x4000 if dont_fragment else 0
+        self.eth = _ethernet(src_ip, dst_ip, src_mac, dst_mac)
+        self.dst_mac, self.src_mac = self.eth[:6], self.eth[6:12]
+        self.pseudo = _pseudo_sum(self.src, self.dst, IPPROTO_UDP, 0)   # + the UDP length
+        self.ports = (src_port << 48) | (dst_port << 32)                 # the UDP header as an integer
+        # the IPv4 header's 16-bit words but total length and identification (added per frame)
+        self.ip_sum = ((0x45 << 8) | tos) + self.flags + ((ttl << 8) | IPPROTO_UDP) + \
+            sum(int.from_bytes(a[i:i + 2], "big") for a in (self.src, self.dst) for i in (0, 2))
+
+    @staticmethod
+    def payload_sum(payload: bytes) -> int:
+        """The payload's share of the UDP checksum (odd lengths padded with a zero byte)."""
+        if len(payload) & 1:
+            payload += b"\x00"
+        return int.from_bytes(payload, "big") % 0xFFFF
+
+    def _fields(self, payload: bytes, ident: int, payload_sum: int, udp_checksum: bool,
+                partial: bool) -> tuple[object, ...]:
+        length = 8 + len(payload)
+        if length > 0xFFFF - 20:
+            raise ValueError(f"UDP: payload of {len(payload)} bytes is too large")
+        checksum = 0
+        if partial:
+            checksum = (self.pseudo + length) % 0xFFFF or 0xFFFF
+        elif udp_checksum:
+            if payload_sum < 0:
+                payload_sum = self.payload_sum(payload)
+            # One's-complement sum of pseudo-header + header + payload, modulo 0xFFFF (see
+            # internet_checksum): the header and an even-padded payload add as integers.
+            total = (self.pseudo + length + self.ports + (length << 16) + payload_sum) % 0xFFFF
+            checksum = 0xFFFF - (total or 0xFFFF)
+            if checksum == 0:
+                checksum = 0xFFFF
+        ident &= 0xFFFF
+        ip = self.ip_sum + 20 + length + ident
+        ip = (ip & 0xFFFF) + (ip >> 16)
+        ip = (ip & 0xFFFF) + (ip >> 16)
+        return (self.dst_mac, self.src_mac, _ETHERTYPE_IPV4, 0x45, self.tos, 20 + length, ident, self.flags,
+                self.ttl, IPPROTO_UDP, ip ^ 0xFFFF, self.src, self.dst, self.src_port, self.dst_port, length,
+                checksum)
+
+    def frame(self, payload: bytes, ident: int = 0, payload_sum: int = -1, *,
+              udp_checksum: bool = True, partial: bool = False) -> bytes:
+        return _FRAME_HEADER.pack(*self._fields(payload, ident, payload_sum, udp_checksum, partial)) + payload
+
+    def write_into(self, buf: Any, at: int, payload: bytes, ident: int = 0, payload_sum: int = -1, *,
+                   partial: bool = False) -> int:
+        """Write the frame at ``buf[at:]`` (a writable buffer); return its length."""
+        _FRAME_HEADER.pack_into(buf, at, *self._fields(payload, ident, payload_sum, True, partial))
+        end = at + FRAME_HEADER_SIZE + len(payload)
+        buf[at + FRAME_HEADER_SIZE:end] = payload
+        return end - at
+
+
 def udp_frame(src_ip: str, src_port: int, dst_ip: str, dst_port: int, payload: bytes, *,
               ident: int = 0, ttl: int = 64, src_mac: bytes | None = None,
-              dst_mac: bytes | None = None, udp_checksum: bool = True) -> bytes:
+              dst_mac: bytes | None = None, udp_checksum: bool = True, tos: int = 0) -> bytes:
     """An Ethernet/IPv4/UDP frame carrying ``payload`` (UDP checksum computed unless disabled)."""
-    length = 8 + len(payload)
-    if length > 0xFFFF - 20:
-        raise ValueError(f"UDP: payload of {len(payload)} bytes is too large")
-    checksum = 0
-    if udp_checksum:
-        header = _UDP.pack(src_port, dst_port, length, 0)
-        initial = _pseudo_sum(_ip_bytes(src_ip), _ip_bytes(dst_ip), IPPROTO_UDP, length)
-        checksum = internet_checksum(header + payload, initial)
-        if checksum == 0:
-            checksum = 0xFFFF
-    udp = _UDP.pack(src_port, dst_port, length, checksum)
-    ip = ipv4_header(src_ip, dst_ip, IPPROTO_UDP, length, ident=ident, ttl=ttl)
-    return _ethernet(src_ip, dst_ip, src_mac, dst_mac) + ip + udp + payload
+    return UdpFrameBuilder(src_ip, src_port, dst_ip, dst_port, ttl=ttl, tos=tos, src_mac=src_mac,
+                           dst_mac=dst_mac).frame(payload, ident, udp_checksum=udp_checksum)
 
 
 def tcp_frame(src_ip: str, src_port: int, dst_ip: str, dst_port: int, seq: int, ack: int,

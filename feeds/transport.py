@@ -1,4 +1,5 @@
-"""Where published datagrams go: kernel UDP multicast (the default), a pcap file, or memory.
+"""Where published datagrams go: the network (kernel UDP, one sendmmsg per batch, or AF_XDP
+frames; chosen per channel), a pcap file, or memory.
 
 One small interface. A transport opens one ``ChannelSender`` per channel; the publisher hands it
 the datagrams of a batch, which it sends to the channel's A group and to its B group::
@@ -14,7 +15,10 @@ UdpTransport uses plain BSD sockets through the C library only (socket, setsocko
 send), created in the process that uses them: that is what OpenOnload's ``onload`` launcher
 accelerates unchanged (``onload --profile=latency matchwire ...``; docs/feeds.md). Every sender
 sets IP_MULTICAST_IF to the configured interface address (127.0.0.1 by default) and the
-configured TTL (0 by default: the kernel never sends TTL-0 multicast off the host).
+configured TTL (0 by default: the kernel never sends TTL-0 multicast off the host). The
+sendmmsg channel uses the same sockets and calls libc's ``sendmmsg`` (feeds/batchsend.py), which
+Onload accelerates too. The afxdp channel (feeds/afxdp.py) writes whole frames: every transport
+puts the same UDP payloads on the wire, in the same order (A then B per datagram).
 """
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ import errno
 import socket
 import struct
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
+from feeds.batchsend import BatchSender, sendmmsg_available
 from feeds.channels import ChannelGroups, Endpoint, FeedConfig
 from feeds.pcap import PcapWriter
 
@@ -167,24 +172,135 @@ class _UdpChannel:
         self.sock_b.close()
 
 
-class UdpTransport:
-    """Kernel UDP multicast: the default transport (see the module docstring for Onload)."""
+class _MmsgChannel(_UdpChannel):
+    """The two connected sockets of ``_UdpChannel``, sent to with one ``sendmmsg`` call per batch per
+    group (feeds/batchsend.py) instead of one ``send`` per datagram per group."""
 
-    def __init__(self, interface: str = "127.0.0.1", ttl: int = 0, dscp: int = 0) -> None:
+    __slots__ = ("batch", "pair")
+
+    def __init__(self, name: str, groups: ChannelGroups, interface: str, ttl: int, dscp: int) -> None:
+        super().__init__(name, groups, interface, ttl, dscp)
+        self.batch = BatchSender()
+        self.pair = (self.sock_a, self.sock_b)
+
+    def send_packets(self, payloads: list[bytes], ts_ns: int) -> int:
+        batch = self.batch
+        before = batch.errors
+        n = batch.send(self.pair, payloads)
+        if batch.errors != before:
+            self.errors += batch.errors - before
+            self.last_error = batch.last_error
+        self.packets += n
+        return n
+
+
+class UdpTransport:
+    """The network transports, chosen per channel (``kinds``: channel -> "udp", "sendmmsg" or
+    "afxdp"; channels not named use ``batched``: sendmmsg if true, else udp).
+
+    udp: one ``send`` per datagram per group on connected kernel sockets (see the module docstring
+    for Onload). sendmmsg: the same sockets, one ``sendmmsg`` per batch per group. afxdp: Ethernet
+    frames through one AF_XDP socket on the interface (feeds/afxdp.py), shared by its channels.
+    Where the host refuses AF_XDP, its channels send through kernel udp and ``notes`` says so in
+    one line, or with ``afxdp_required`` opening the channel raises ``XdpUnavailable``.
+    """
+
+    def __init__(self, interface: str = "127.0.0.1", ttl: int = 0, dscp: int = 0, *,
+                 batched: bool = False, kinds: dict[str, str] | None = None, source_port: int = 29999,
+                 afxdp_mode: str = "auto", afxdp_required: bool = False, afxdp_queue: int = 0,
+                 afxdp_checksum_offload: bool = True) -> None:
         self.interface = interface
         self.ttl = ttl
         self.dscp = dscp
-        self.channels: dict[str, _UdpChannel] = {}
+        self.batched = batched
+        self.kinds = dict(kinds or {})
+        self.source_port = source_port
+        self.afxdp_mode = afxdp_mode
+        self.afxdp_required = afxdp_required
+        self.afxdp_queue = afxdp_queue
+        self.afxdp_checksum_offload = afxdp_checksum_offload   # False: Python computes UDP checksums
+        self.channels: dict[str, Any] = {}
+        self.xsk: Any = None                     # the AF_XDP socket, opened with the first channel
+        self.xdp_interface: Any = None
+        self.fallbacks: dict[str, str] = {}      # channel -> why it sends through kernel udp
+        self._xdp_refusal: str | None = None
 
-    def channel(self, name: str, groups: ChannelGroups) -> _UdpChannel:
-        ch = _UdpChannel(name, groups, self.interface, self.ttl, self.dscp)
+    def kind_of(self, name: str) -> str:
+        """The transport a channel was asked for."""
+        return self.kinds.get(name, "sendmmsg" if self.batched else "udp")
+
+    def _open_xdp(self) -> str | None:
+        """Open the AF_XDP socket once; the reason it cannot be opened, or None."""
+        if self.xsk is not None or self._xdp_refusal is not None:
+            return self._xdp_refusal
+        from feeds.afxdp import XdpSocket, XdpUnavailable, interface_info
+        try:
+            if self.ttl == 0:
+                raise XdpUnavailable("ttl 0: AF_XDP frames bypass the IP stack, TTL 0 would not keep them "
+                                     "on the host")
+            info = interface_info(self.interface)
+            try:
+                self.xsk = XdpSocket(info.index, self.afxdp_queue, self.afxdp_mode,
+                                     checksum_offload=self.afxdp_checksum_offload)
+            except XdpUnavailable as e:
+                raise XdpUnavailable(f"{info.name} queue {self.afxdp_queue}: {e}") from None
+            self.xdp_interface = info
+        except XdpUnavailable as e:
+            self._xdp_refusal = str(e)
+        except OSError as e:
+            self._xdp_refusal = f"{self.interface}: {e.strerror or e}"
+        return self._xdp_refusal
+
+    def channel(self, name: str, groups: ChannelGroups) -> Any:
+        kind = self.kind_of(name)
+        ch: Any
+        if kind == "afxdp":
+            refusal = self._open_xdp()
+            if refusal is None:
+                from feeds.afxdp import XdpChannel
+                ch = XdpChannel(name, groups, self.xsk, self.xdp_interface, self.source_port, self.ttl,
+                                self.dscp)
+                self.channels[name] = ch
+                return ch
+            if self.afxdp_required:
+                from feeds.afxdp import XdpUnavailable
+                raise XdpUnavailable(f"feed: AF_XDP required for channel {name} but unavailable: {refusal}")
+            self.fallbacks[name] = "afxdp unavailable (" + refusal + ")"
+            kind = "udp"
+        if kind == "sendmmsg" and not sendmmsg_available():
+            self.fallbacks[name] = "the C library has no sendmmsg"
+            kind = "udp"
+        maker = _MmsgChannel if kind == "sendmmsg" else _UdpChannel
+        ch = maker(name, groups, self.interface, self.ttl, self.dscp)
         self.channels[name] = ch
         return ch
+
+    @property
+    def notes(self) -> list[str]:
+        """One line per distinct reason a channel does not use the transport it asked for, and the
+        AF_XDP mode in use."""
+        out: list[str] = []
+        reasons: dict[str, list[str]] = {}
+        for ch, why in self.fallbacks.items():
+            reasons.setdefault(why, []).append(ch)
+        for why, chs in reasons.items():
+            out.append(f"{why}: channel {', '.join(chs)} falls back to kernel udp")
+        if self.xsk is not None:
+            xdp = [n for n, c in self.channels.items() if self.kind_of(n) == "afxdp" and n not in self.fallbacks]
+            zc = f" (zero-copy refused: {self.xsk.zerocopy_refusal})" if self.xsk.zerocopy_refusal else ""
+            csum = "kernel" if self.xsk.checksum_offload else "python"
+            out.append(f"afxdp on {self.xdp_interface.name} queue {self.afxdp_queue}, {self.xsk.mode} mode{zc}, "
+                       f"UDP checksums by {csum}: "
+                       f"channel {', '.join(xdp)}")
+        return out
 
     def close(self) -> None:
         for ch in self.channels.values():
             ch.close()
         self.channels.clear()
+        if self.xsk is not None:
+            self.xsk.close()
+            self.xsk = None
 
 
 # ================================================================================================
@@ -317,10 +433,16 @@ class NullTransport:
 
 
 def transport_for(config: FeedConfig, kind: str = "udp", pcap_path: str | Path | None = None) -> Transport:
-    """The transport a configuration asks for: "udp" (interface, TTL and DSCP from the config),
-    "pcap" (to ``pcap_path``), "memory" or "null"."""
-    if kind == "udp":
-        return UdpTransport(config.interface, config.ttl, config.dscp)
+    """The transport a configuration asks for: "udp", the network (interface, TTL, DSCP and each
+    channel's transport, udp, sendmmsg or afxdp, from the config); "sendmmsg" or "afxdp" (every
+    channel so); "pcap" (to ``pcap_path``), "memory" or "null"."""
+    if kind in ("udp", "sendmmsg", "afxdp"):
+        kinds = dict(config.transports or {})
+        if kind != "udp":
+            kinds = dict.fromkeys(config.channels, kind)
+        return UdpTransport(config.interface, config.ttl, config.dscp, kinds=kinds,
+                            source_port=config.source_port, afxdp_mode=config.afxdp_mode,
+                            afxdp_required=config.afxdp_required, afxdp_queue=config.afxdp_queue)
     if kind == "pcap":
         if pcap_path is None:
             raise ValueError("feed: the pcap transport needs a file")
@@ -329,4 +451,4 @@ def transport_for(config: FeedConfig, kind: str = "udp", pcap_path: str | Path |
         return MemoryTransport()
     if kind == "null":
         return NullTransport()
-    raise ValueError(f"feed: unknown transport {kind!r} (udp, pcap, memory, null)")
+    raise ValueError(f"feed: unknown transport {kind!r} (udp, sendmmsg, afxdp, pcap, memory, null)")

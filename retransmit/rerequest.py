@@ -34,6 +34,7 @@ import struct
 import time
 from typing import Any, Callable
 
+from feeds.batchsend import BatchSender
 from feeds.moldudp64 import DEFAULT_MAX_PAYLOAD, END_OF_SESSION_COUNT, HEADER, HEADER_SIZE, REREQUEST_SIZE
 from retransmit.quota import ClientQuotas
 from retransmit.stores import StoreSet
@@ -143,13 +144,15 @@ class RerequestServer:
 
     Each wake-up reads at most ``max_per_wakeup`` requests, so a flood cannot starve the loop's
     other work. A send the kernel refuses (EAGAIN, ENOBUFS) is counted and the rest of that answer
-    dropped: the client asks again.
+    dropped: the client asks again. ``batched``: each answer goes out in one ``sendmmsg`` call
+    (feeds/batchsend.py; the same datagrams), where a refused datagram is counted and the rest sent.
     """
 
     def __init__(self, core: RerequestCore, bind: str = "127.0.0.1", port: int = 0, *,
                  clock: Callable[[], int] = time.time_ns, max_per_wakeup: int = 256,
-                 sndbuf: int = 4 << 20) -> None:
+                 sndbuf: int = 4 << 20, batched: bool = False) -> None:
         self.core = core
+        self.batch = BatchSender(to_address=True) if batched else None
         self.clock = clock
         self.max_per_wakeup = max_per_wakeup
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -169,7 +172,7 @@ class RerequestServer:
 
     def on_readable(self) -> int:
         """Read and answer the queued requests (at most ``max_per_wakeup``); return how many."""
-        sock, handle, clock = self.sock, self.core.handle, self.clock
+        sock, handle, clock, batch = self.sock, self.core.handle, self.clock, self.batch
         counters = self.core.counters
         n = 0
         while n < self.max_per_wakeup:
@@ -181,7 +184,18 @@ class RerequestServer:
                 n += 1
                 continue
             n += 1
-            for d in handle(data, client, clock()):
+            answer = handle(data, client, clock())
+            if not answer:
+                continue
+            if batch is not None:
+                before = batch.errors
+                try:
+                    batch.send_to(sock, answer, client)
+                except OSError:
+                    counters["send_errors"] += 1
+                counters["send_errors"] += batch.errors - before
+                continue
+            for d in answer:
                 try:
                     sock.sendto(d, client)
                 except OSError:

@@ -35,6 +35,7 @@ class RetransmitSettings:
     max_count: int = DEFAULT_MAX_COUNT
     max_payload: int = DEFAULT_MAX_PAYLOAD
     retain_messages: int = 0
+    rerequest_transport: str = "udp"       # answers: udp (one sendto each) | sendmmsg (one call each)
 
 
 class RetransmitServer:
@@ -52,7 +53,8 @@ class RetransmitServer:
 
     async def start(self) -> dict[str, tuple[str, int]]:
         s = self.settings
-        self.udp = RerequestServer(self.core, s.bind, s.rerequest_port)
+        self.udp = RerequestServer(self.core, s.bind, s.rerequest_port,
+                                   batched=s.rerequest_transport == "sendmmsg")
         self.udp.attach(asyncio.get_running_loop())
         tcp = await self.tcp.start(s.bind, s.replay_port)
         return {"rerequest": self.udp.address, "replay": tcp}

@@ -26,7 +26,8 @@ def register(sub: Any) -> None:
     p.add_argument("--no-realtime", action="store_true",
                    help="do not ask for SCHED_FIFO and mlockall (laptops, tests, CI)")
     p.add_argument("--transport", default="udp", choices=("udp", "pcap", "null"),
-                   help="market data transport (default udp multicast)")
+                   help="market data: udp (default) the network, each channel by its configured transport "
+                        "(udp, sendmmsg or afxdp: market_data.transport); pcap a file; null nowhere")
     p.set_defaults(func=_run)
 
     d = sub.add_parser("demo", help="the appliance on loopback, a load generator, a live book from the feed")

@@ -21,7 +21,8 @@ from typing import NoReturn, Sequence
 # (module, subcommand names it registers) — the single list of subcommands.
 COMMAND_MODULES: tuple[str, ...] = (
     "tools.bench",
-    "tools.replay",  # replay WALDIR, audit export WALDIR
+    "tools.replay",  # replay WALDIR
+    "tools.audit",  # audit export WALDIR
     "tools.feed_dump",  # feed dump
     "tools.retransmit_cli",  # retransmit serve, snapshot serve
     "tools.run_cli",  # run CONFIG, demo, admin

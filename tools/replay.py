@@ -159,6 +159,3 @@ def register(sub: Any) -> None:
     p.add_argument("--no-snapshot", action="store_true", help="replay the whole WAL, ignoring snapshots")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.set_defaults(func=cmd_replay)
-    from tools import audit
-
-    audit.register(sub)

@@ -194,7 +194,8 @@ def test_tcp_frames_parse_back_with_verifying_checksums(payload: bytes, seq: int
     frame = pcap.tcp_frame("10.0.0.1", 9000, "10.0.0.2", 50000, seq, ack,
                            pcap.TCP_PSH | pcap.TCP_ACK, payload)
     packet = pcap.parse_frame(0, frame)
-    assert packet == Packet(0, "10.0.0.1", 9000, "10.0.0.2", 50000, pcap.IPPROTO_TCP, payload)
+    assert packet == Packet(0, "10.0.0.1", 9000, "10.0.0.2", 50000, pcap.IPPROTO_TCP, payload, seq,
+                            pcap.TCP_PSH | pcap.TCP_ACK)
     assert struct.unpack_from(">II", frame, 38) == (seq, ack)
     pseudo = frame[26:34] + b"\0\x06" + (20 + len(payload)).to_bytes(2, "big")
     assert pcap.internet_checksum(pseudo + frame[34:]) == 0

@@ -334,7 +334,8 @@ class GapChecker:
                 t = ls.tracker
                 entry: dict[str, Any] = {
                     "line": names[line], "group": f"{line[0]}:{line[1]}", "packets": ls.packets,
-                    "bytes": ls.bytes, "messages": t.messages, "gaps": t.gap_report(),
+                    "bytes": ls.bytes, "messages": t.messages + ls.unsequenced_messages,
+                    "gaps": t.gap_report(),
                     "duplicates": t.duplicates, "out_of_order": t.out_of_order,
                     "heartbeats": ls.heartbeats, "end_of_session": ls.end_of_session}
                 if ls.unsequenced:
@@ -345,7 +346,8 @@ class GapChecker:
             unseq = sum(ls.unsequenced for ls in s.lines.values())
             out: dict[str, Any] = {
                 "channel": channel_of_session(s.session), "session": session_text(s.session),
-                "first_seq": m.first or None, "next_seq": m.high or None, "messages": m.messages,
+                "first_seq": m.first or None, "next_seq": m.high or None,
+                "messages": m.messages + sum(ls.unsequenced_messages for ls in s.lines.values()),
                 "gaps": m.gap_report(), "late": m.out_of_order,
                 "heartbeats": sum(ls.heartbeats for ls in s.lines.values()),
                 "end_of_session": s.end_of_session, "lines": lines,
@@ -455,7 +457,7 @@ class CaptureStats:
         g.packets += 1
         g.bytes += len(payload)
         g.messages += n
-        if d.kind == OTHER:
+        if d.kind == OTHER or d.kind == REREQUEST:
             self.other += 1
         else:
             self.sessions_of.setdefault(line, set()).add(d.session)

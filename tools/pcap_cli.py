@@ -90,11 +90,11 @@ def _gaps_text(g: dict[str, Any]) -> str:
     return f"{g['count']} gaps, {g['missing']} missing, first {g['first']} last {g['last']}"
 
 
-def print_gap_check(report: dict[str, Any], out: Any = sys.stdout) -> None:
-    w = out.write
+def print_gap_check(report: dict[str, Any], out: Any = None) -> None:
+    w = (out or sys.stdout).write
     for s in report["sessions"]:
         w(f"session {s['session']} channel {s['channel'] or '-'}: messages {s['messages']} "
-          f"seq {s['first_seq']}..{(s['next_seq'] or 1) - 1}, {_gaps_text(s['gaps'])}, late {s['late']}, "
+          f"seq {s['first_seq'] or '-'}..{(s['next_seq'] or 1) - 1 if s['next_seq'] else '-'}, {_gaps_text(s['gaps'])}, late {s['late']}, "
           f"heartbeats {s['heartbeats']}, end of session {s['end_of_session']}\n")
         if s.get("note"):
             w(f"  {s['note']} ({s['unsequenced_packets']} packets)\n")
@@ -154,8 +154,8 @@ def stats(path: str) -> dict[str, Any]:
     return report
 
 
-def print_stats(r: dict[str, Any], out: Any = sys.stdout) -> None:
-    w = out.write
+def print_stats(r: dict[str, Any], out: Any = None) -> None:
+    w = (out or sys.stdout).write
     w(f"duration {r['duration_ns']} ns, messages {r['messages']} ({r['messages_per_s']}/s), "
       f"other udp {r['other_udp']}, tcp segments {r['tcp_segments']}\n")
     for session, types in r["types"].items():

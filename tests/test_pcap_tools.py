@@ -1,0 +1,445 @@
+"""`matchwire pcap gap-check / stats` and `feed dump` on the real NASDAQ captures and on captures of
+our own feeds with loss, duplication, reordering and A/B skew injected here; the same traffic as
+pcapng, microsecond pcap, 802.1Q-tagged Ethernet and Linux cooked (SLL, SLL2) gives the same reports."""
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from feeds import pcap
+from feeds.channels import CHANNELS, L1, L2, L3, ChannelGroups, FeedConfig, decode_any
+from feeds.moldudp64 import parse_packet
+from feeds.pcap import PcapWriter, udp_frame
+from feeds.pcap_analysis import SeqTracker, max_in_window, percentiles
+from feeds.transport import A, B
+from tools import cli
+
+from test_publisher import T0, publish_all, random_specs
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MATCHWIRE_SHARED", REPO.parent / "shared"))
+CAPTURES = SHARED / "data" / "captures"
+ITCH_ORIGINAL = CAPTURES / "Nasdaq.Equities.TotalView.Itch.v5.0"
+ITCH_DATED = CAPTURES / "Nasdaq.Equities.TotalView.Itch.v5.0.20230822"
+OUCH = CAPTURES / "Nasdaq.Nsm.Ouch.v5.0"
+needs_captures = pytest.mark.skipif(not CAPTURES.is_dir(), reason=f"no captures under {CAPTURES}")
+EDITCAP = shutil.which("editcap")
+TSHARK = shutil.which("tshark")
+needs_wireshark = pytest.mark.skipif(EDITCAP is None or TSHARK is None,
+                                     reason="tshark/editcap are not installed (apt-get install tshark)")
+
+GROUPS = {ch: ChannelGroups((f"239.192.1.{31 + i}", 30011 + i), (f"239.193.1.{31 + i}", 30011 + i))
+          for i, ch in enumerate(CHANNELS)}
+SRC = ("10.9.0.1", 29999)
+US = 1000                      # every injected time is a whole microsecond: the us pcap keeps them
+SKEWS = (3 * US, 7 * US, -2 * US, 5 * US, 11 * US)   # t(B) - t(A) of L3 datagram k: SKEWS[k % 5]
+DROP_A, DROP_BOTH, DUP_A, SWAP_B, LATE = 10, 20, 30, 40, 50
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    old = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    try:
+        rc = cli.main(list(argv))
+    finally:
+        sys.stdout, sys.stderr = old
+    return rc, out.getvalue(), err.getvalue()
+
+
+def header(d: bytes) -> tuple[int, int]:
+    p = parse_packet(d)
+    return p.sequence, p.message_count
+
+
+# --------------------------------------------------------------------------------------------
+# A capture of our feeds, with faults injected
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def feed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every datagram of a run's three channels, each written on A and B with known times and
+    faults on L3; plus a re-request, a stray datagram, a TCP segment and an ARP frame."""
+    config = FeedConfig(groups=GROUPS, max_payload=300)
+    _, transport, pub = publish_all(random_specs(7, 500), batch=10, config=config)
+    pub.poll(T0 + 20 * 10**9)              # a heartbeat per channel
+    pub.end_session(T0 + 25 * 10**9)       # System Events, then End of Session
+    sent = {ch: transport.of(ch, A) for ch in CHANNELS}
+    assert all(transport.of(ch, B) == sent[ch] for ch in CHANNELS)
+    data = {ch: [d for d in sent[ch] if header(d)[1] not in (0, 0xFFFF)] for ch in CHANNELS}
+    assert len(data[L3]) > LATE + 5
+    base = T0 + 30 * 10**9
+    events: list[tuple[int, int, str, int, bytes]] = []     # (ts, order, channel, leg, payload)
+    times: dict[tuple[int, int], int] = {}                  # L3 (k, leg) -> ts of its first copy
+    for c, ch in enumerate(CHANNELS):
+        k = 0
+        for i, d in enumerate(sent[ch]):
+            t = base + (i * 3 + c) * 10 * US
+            tb = t + (SKEWS[k % 5] if ch == L3 else 2 * US)
+            is_data = header(d)[1] not in (0, 0xFFFF)
+            if ch == L3 and is_data:
+                if k == LATE:                   # both copies come after datagram LATE + 1
+                    t += 35 * US
+                    tb += 35 * US
+                if k == SWAP_B:                 # B carries SWAP_B, SWAP_B + 1 swapped
+                    tb = base + ((i + 1) * 3 + c) * 10 * US + SKEWS[(k + 1) % 5]
+                elif k == SWAP_B + 1:
+                    tb = base + ((i - 1) * 3 + c) * 10 * US + SKEWS[(k - 1) % 5]
+                if k not in (DROP_A, DROP_BOTH):
+                    events.append((t, len(events), ch, A, d))
+                    times[(k, A)] = t
+                if k == DUP_A:
+                    events.append((t + US, len(events), ch, A, d))
+                if k != DROP_BOTH:
+                    events.append((tb, len(events), ch, B, d))
+                    times[(k, B)] = tb
+                k += 1
+            else:
+                events.append((t, len(events), ch, A, d))
+                events.append((tb, len(events), ch, B, d))
+    events.sort()
+    end = events[-1][0]
+    stray = [(end + US, udp_frame(SRC[0], 40000, "10.1.1.1", 40001, header_bytes(data[L3][0], 5))),
+             (end + 2 * US, udp_frame(SRC[0], 5353, "10.1.1.1", 53, b"hello, not a feed")),
+             (end + 3 * US, pcap.tcp_frame(SRC[0], 40000, "10.1.1.1", 9000, 1, 1, pcap.TCP_ACK, b"x")),
+             (end + 4 * US, b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + b"\0" * 28)]   # ARP
+    frames = []
+    for t, _, ch, leg, d in events:
+        group = GROUPS[ch][leg]
+        frames.append((t, udp_frame(SRC[0], SRC[1], group[0], group[1], d)))
+    frames += stray
+    tmp = tmp_path_factory.mktemp("pcaptools")
+    path = tmp / "feed.pcap"
+    with PcapWriter.open(path) as w:
+        for t, frame in frames:
+            w.write_frame(t, frame)
+    return {"path": path, "tmp": tmp, "sent": sent, "data": data, "times": times, "frames": frames,
+            "events": events}
+
+
+def header_bytes(d: bytes, count: int) -> bytes:
+    """A re-request for ``count`` messages from the first of datagram ``d``."""
+    return d[:18] + count.to_bytes(2, "big")
+
+
+def _session(report: dict[str, Any], channel: str) -> dict[str, Any]:
+    [s] = [s for s in report["sessions"] if s["channel"] == channel]
+    return s
+
+
+def test_gap_check_reports_exactly_the_injected_faults(feed: dict[str, Any]) -> None:
+    rc, out, err = run("pcap", "gap-check", "--json", str(feed["path"]))
+    assert rc == 1 and not err                         # one gap no line could fill
+    report = json.loads(out)
+    data, sent, times = feed["data"], feed["sent"], feed["times"]
+    d20 = header(data[L3][DROP_BOTH])
+    d10 = header(data[L3][DROP_A])
+    last_seq = {ch: header(data[ch][-1])[0] + header(data[ch][-1])[1] for ch in CHANNELS}
+    s3 = _session(report, L3)
+    assert s3["gaps"] == {"count": 1, "missing": d20[1], "first": d20[0], "last": d20[0] + d20[1] - 1,
+                          "ranges": [[d20[0], d20[0] + d20[1] - 1]]}
+    assert s3["late"] == 1 and s3["first_seq"] == 1 and s3["next_seq"] == last_seq[L3]
+    assert s3["messages"] == last_seq[L3] - 1 - d20[1]
+    assert s3["heartbeats"] == 2 and s3["end_of_session"] == last_seq[L3]
+    la, lb = s3["lines"]
+    assert (la["line"], la["group"], lb["line"], lb["group"]) == ("A", "239.192.1.31:30011", "B", "239.193.1.31:30011")
+    assert la["packets"] == len(sent[L3]) - 2 + 1 and lb["packets"] == len(sent[L3]) - 1
+    assert la["gaps"] == {"count": 2, "missing": d10[1] + d20[1], "first": d10[0], "last": d20[0] + d20[1] - 1,
+                          "ranges": [[d10[0], d10[0] + d10[1] - 1], [d20[0], d20[0] + d20[1] - 1]]}
+    assert (la["duplicates"], la["out_of_order"], la["heartbeats"], la["end_of_session"]) == (1, 1, 1, last_seq[L3])
+    assert lb["gaps"]["count"] == 1 and lb["gaps"]["missing"] == d20[1]
+    assert (lb["duplicates"], lb["out_of_order"], lb["heartbeats"]) == (0, 2, 1)
+    skews = [times[(k, B)] - times[(k, A)] for k in range(len(data[L3])) if (k, A) in times and (k, B) in times]
+    assert len(skews) == len(data[L3]) - 2
+    arb = s3["arbitration"]
+    assert arb["pairs"] == len(skews) and arb["ties"] == 0 and arb["one_line_only"] == {"B": 1}
+    assert arb["first"] == {"A": sum(1 for x in skews if x > 0), "B": sum(1 for x in skews if x < 0)}
+    ordered = sorted(skews)
+    n = len(ordered)
+    assert arb["skew_b_minus_a_ns"] == {"min": ordered[0], "p50": ordered[(n + 1) // 2 - 1],
+                                        "p90": ordered[-(-90 * n // 100) - 1], "p99": ordered[-(-99 * n // 100) - 1],
+                                        "p999": ordered[-(-999 * n // 1000) - 1], "max": ordered[-1]}
+    for ch in (L2, L1):
+        s = _session(report, ch)
+        assert s["gaps"] == {"count": 0, "missing": 0} and s["late"] == 0
+        assert s["messages"] == last_seq[ch] - 1 and s["end_of_session"] == last_seq[ch]
+        assert [ln["packets"] for ln in s["lines"]] == [len(sent[ch])] * 2
+        assert all(ln["gaps"]["count"] == 0 and ln["duplicates"] == 0 and ln["out_of_order"] == 0 for ln in s["lines"])
+        assert s["arbitration"]["skew_b_minus_a_ns"]["max"] == 2 * US == s["arbitration"]["skew_b_minus_a_ns"]["min"]
+        assert s["arbitration"]["first"] == {"A": len(data[ch])}
+    assert report["other"] == {"udp": 1, "rerequests": 1, "tcp_segments": 1, "not_ipv4_udp_tcp": 1,
+                               "by_destination": {"10.1.1.1:40001": 1, "10.1.1.1:53": 1}}
+    rc, text, _ = run("pcap", "gap-check", str(feed["path"]))
+    assert rc == 1 and f"1 gaps, {d20[1]} missing, first {d20[0]}" in text
+
+
+def test_gap_check_exit_status_follows_the_session_or_any_line(feed: dict[str, Any], tmp_path: Path) -> None:
+    """Without the doubly lost datagram only line A has gaps: exit 0, and 1 with --any-line."""
+    d20 = feed["data"][L3][DROP_BOTH]
+    path = tmp_path / "lineloss.pcap"
+    with PcapWriter.open(path) as w:
+        for t, frame in feed["frames"]:
+            w.write_frame(t, frame)
+        w.write_udp(feed["frames"][-1][0] + US, SRC[0], SRC[1], *GROUPS[L3].b, d20)
+    assert run("pcap", "gap-check", str(path))[0] == 0
+    assert run("pcap", "gap-check", "--any-line", str(path))[0] == 1
+    report = json.loads(run("pcap", "gap-check", "--json", str(path))[1])
+    assert _session(report, L3)["late"] == 2
+
+
+def expected_types(feed: dict[str, Any]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for ch in CHANNELS:
+        counts: collections.Counter[str] = collections.Counter()
+        for k, d in enumerate(feed["data"][ch]):
+            if ch == L3 and k == DROP_BOTH:
+                continue
+            for m in parse_packet(d).messages:
+                decode_any(m)
+                counts[chr(m[0])] += 1
+        out[parse_packet(feed["data"][ch][0]).session.decode()] = dict(sorted(counts.items()))
+    return out
+
+
+def naive_peak(ts: list[int], w: list[int], width: int) -> int:
+    return max(sum(x for t2, x in zip(ts, w) if t <= t2 < t + width) for t in ts)
+
+
+def test_stats_counts_types_groups_peaks_and_sizes(feed: dict[str, Any]) -> None:
+    rc, out, err = run("pcap", "stats", "--json", str(feed["path"]))
+    assert rc == 0 and not err
+    r = json.loads(out)
+    assert r["types"] == expected_types(feed)
+    assert r["messages"] == sum(sum(t.values()) for t in r["types"].values())
+    assert r["other_udp"] == 2 and r["tcp_segments"] == 1 and r["not_ipv4_udp_tcp"] == 1
+    by_group: dict[str, list[tuple[int, bytes]]] = collections.defaultdict(list)
+    for t, _, ch, leg, d in feed["events"]:
+        g = GROUPS[ch][leg]
+        by_group[f"{g[0]}:{g[1]}"].append((t, d))
+    groups = {g["group"]: g for g in r["groups"]}
+    assert set(by_group) <= set(groups) and len(groups) == len(by_group) + 2
+    for name, items in by_group.items():
+        g = groups[name]
+        sizes = [len(d) for _, d in items]
+        msgs = [header(d)[1] if header(d)[1] != 0xFFFF else 0 for _, d in items]
+        assert (g["packets"], g["bytes"], g["messages"]) == (len(items), sum(sizes), sum(msgs))
+        assert g["size"]["min"] == min(sizes) and g["size"]["max"] == max(sizes)
+        assert sum(g["size"]["histogram"].values()) == len(items)
+        ts = [t for t, _ in items]
+        for window, width in (("1ms", 1_000_000), ("100us", 100_000)):
+            assert g["peaks"][window]["messages"] == naive_peak(ts, msgs, width)
+            assert g["peaks"][window]["packets"] == naive_peak(ts, [1] * len(ts), width)
+            assert g["peaks"][window]["bytes"] == naive_peak(ts, sizes, width)
+    rc, text, _ = run("pcap", "stats", str(feed["path"]))
+    assert rc == 0 and "peak in 100us" in text
+
+
+# --------------------------------------------------------------------------------------------
+# The same traffic in other containers and link types
+# --------------------------------------------------------------------------------------------
+
+def sll(frame: bytes) -> bytes:
+    """Linux cooked v1 header for an Ethernet frame: packet type, ARPHRD_ETHER, the source MAC."""
+    return (b"\x00\x00" + b"\x00\x01" + b"\x00\x06" + frame[6:12] + b"\0\0" + frame[12:14]) + frame[14:]
+
+
+def sll2(frame: bytes) -> bytes:
+    """Linux cooked v2: protocol, reserved, interface index, ARPHRD_ETHER, packet type, address."""
+    return (frame[12:14] + b"\0\0" + (2).to_bytes(4, "big") + b"\x00\x01" + b"\x00" + b"\x06"
+            + frame[6:12] + b"\0\0") + frame[14:]
+
+
+def vlan(frame: bytes) -> bytes:
+    return frame[:12] + b"\x81\x00\x00\x64" + frame[12:]
+
+
+def write_linktype(path: Path, frames: list[tuple[int, bytes]], linktype: int, convert: Any) -> None:
+    with open(path, "wb") as f:
+        w = PcapWriter(f, linktype=linktype)
+        for t, frame in frames:
+            w.write_frame(t, convert(frame))
+
+
+def tshark_udp(path: Path) -> list[str]:
+    proc = subprocess.run([TSHARK or "tshark", "-r", str(path), "-T", "fields", "-e", "frame.time_epoch",
+                           "-e", "ip.dst", "-e", "udp.dstport", "-e", "udp.length", "-Y", "udp"],
+                          capture_output=True, text=True, timeout=120, check=True)
+    return proc.stdout.splitlines()
+
+
+@needs_wireshark
+def test_pcapng_microsecond_vlan_and_cooked_captures_give_the_same_reports(feed: dict[str, Any]) -> None:
+    tmp: Path = feed["tmp"]
+    frames = [(t, f) for t, f in feed["frames"]]
+    variants = {}
+    write_linktype(tmp / "vlan.pcap", frames, pcap.LINKTYPE_ETHERNET, vlan)
+    write_linktype(tmp / "sll.pcap", frames, pcap.LINKTYPE_LINUX_SLL, sll)
+    write_linktype(tmp / "sll2.pcap", frames, pcap.LINKTYPE_LINUX_SLL2, sll2)
+    variants["vlan"] = tmp / "vlan.pcap"
+    variants["sll"] = tmp / "sll.pcap"
+    variants["sll2"] = tmp / "sll2.pcap"
+    for name, fmt, src in (("pcapng", "pcapng", feed["path"]), ("us", "pcap", feed["path"]),
+                           ("sll.pcapng", "pcapng", tmp / "sll.pcap"), ("sll2.pcapng", "pcapng", tmp / "sll2.pcap")):
+        out = tmp / f"conv-{name}"
+        subprocess.run([EDITCAP or "editcap", "-F", fmt, str(src), str(out)], check=True, timeout=120,
+                       capture_output=True)
+        variants[name] = out
+    with open(variants["pcapng"], "rb") as f:
+        assert f.read(4) == b"\x0a\x0d\x0d\x0a"
+    with open(variants["us"], "rb") as f:
+        assert int.from_bytes(f.read(4), "little") == pcap.MAGIC_MICRO
+    # tshark sees the same UDP datagrams at the same times in each (the cooked headers are valid)
+    reference = tshark_udp(feed["path"])
+    assert len(reference) == len(feed["frames"]) - 2
+    for name in ("vlan", "sll", "sll2", "sll.pcapng", "us"):
+        assert tshark_udp(variants[name]) == reference, name
+    gap = run("pcap", "gap-check", "--json", str(feed["path"]))
+    stats = run("pcap", "stats", "--json", str(feed["path"]))
+    dump = run("feed", "dump", "--pcap", str(feed["path"]), "--format", "jsonl")
+    for name, path in variants.items():
+        assert run("pcap", "gap-check", "--json", str(path)) == gap, name
+        assert run("pcap", "stats", "--json", str(path)) == stats, name
+        assert run("feed", "dump", "--pcap", str(path), "--format", "jsonl") == dump, name
+
+
+# --------------------------------------------------------------------------------------------
+# The real NASDAQ captures
+# --------------------------------------------------------------------------------------------
+
+DATED_TYPES = {"AddOrderNoMPID": "A", "AddOrderWithMPID": "F", "CrossTrade": "Q", "LULDAuctionCollar": "J",
+               "MarketParticipantPosition": "L", "NetOrderImbalanceIndicator": "I", "NonCrossTrade": "P",
+               "OrderCancel": "X", "OrderDelete": "D", "OrderExecuted": "E", "OrderExecutedWithPrice": "C",
+               "OrderReplace": "U", "RegSHORestriction": "Y", "StockTradingAction": "H", "SystemEvent": "S"}
+ORIGINAL = {"AddOrderNoMpidAttributionMessage": (14757721, "A"), "MarketParticipantPositionMessage": (17861990, "L"),
+            "NetOrderImbalanceIndicatorMessage": (14757919, "I"), "OrderDeleteMessage": (14757722, "D"),
+            "OrderExecutedMessage": (14757745, "E"), "OrderReplaceMessage": (14757701, "U"),
+            "StockTradingActionMessage": (34147961, "H")}
+
+
+@needs_captures
+@pytest.mark.parametrize("name", sorted(DATED_TYPES))
+def test_zero_sequence_captures(name: str) -> None:
+    path = str(ITCH_DATED / f"{name}.pcap")
+    packets = 1 if name == "SystemEvent" else 5
+    rc, out, _ = run("pcap", "gap-check", "--json", path)
+    [s] = json.loads(out)["sessions"]
+    assert rc == 0 and s["session"] == "hex:00000000000000000000" and s["unsequenced_packets"] == packets
+    assert s["messages"] == packets and s["gaps"]["count"] == 0 and s["first_seq"] is None
+    rc, out, _ = run("pcap", "stats", "--json", path)
+    assert json.loads(out)["types"] == {"hex:00000000000000000000": {DATED_TYPES[name]: packets}}
+    rc, out, err = run("feed", "dump", "--pcap", path, "--format", "jsonl")
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert rc == 0 and len(lines) == packets
+    assert {(x["seq"], x["type"], x["session"]) for x in lines} == {(0, DATED_TYPES[name], "hex:00000000000000000000")}
+    assert json.loads(err)["unsequenced_packets"] == packets
+
+
+@needs_captures
+def test_original_captures() -> None:
+    for name, (seq, mtype) in ORIGINAL.items():
+        rc, out, _ = run("pcap", "gap-check", "--json", str(ITCH_ORIGINAL / f"{name}.pcap"))
+        [s] = json.loads(out)["sessions"]
+        assert rc == 0 and (s["session"], s["first_seq"], s["next_seq"], s["messages"]) == ("000010059B", seq, seq + 1, 1)
+        assert s["lines"][0]["group"] == "233.54.12.111:26477" and s["arbitration"] == {}
+        rc, out, _ = run("feed", "dump", "--pcap", str(ITCH_ORIGINAL / f"{name}.pcap"))
+        assert rc == 0 and out.split()[1:4] == ["000010059B", str(seq), mtype]
+    rc, out, _ = run("pcap", "gap-check", "--json", str(ITCH_ORIGINAL / "Multiple.Packets.pcap"))
+    [s] = json.loads(out)["sessions"]     # two unrelated samples of one session: the hole between is a gap
+    assert rc == 1 and s["gaps"] == {"count": 1, "missing": 4244620, "first": 14764497, "last": 19009116,
+                                     "ranges": [[14764497, 19009116]]}
+    rc, out, _ = run("pcap", "stats", "--json", str(ITCH_ORIGINAL / "Multiple.Packets.pcap"))
+    r = json.loads(out)
+    assert r["types"] == {"000010059B": {"A": 36, "D": 1, "F": 2}}
+    assert [g["size"]["max"] for g in r["groups"]] == [1472] and r["groups"][0]["peaks"]["100us"]["messages"] == 38
+
+
+@needs_captures
+def test_ouch_captures_are_dumped_as_soupbintcp_and_ouch() -> None:
+    expect = {"EnterOrderMessage": ("unsequenced_data", "O", "symbol=CVLT price=630200"),
+              "OrderAcceptedMessage": ("sequenced_data", "A", "order_ref=257340661"),
+              "CancelOrderMessage": ("unsequenced_data", "X", "user_ref_num=7679601 quantity=0"),
+              "CanceledMessage": ("sequenced_data", "C", "reason=U"),
+              "ClientHeartbeatPacket": ("client_heartbeat", None, ""),
+              "ServerHeartbeatPacket": ("server_heartbeat", None, "")}
+    for name, (soup, mtype, text) in expect.items():
+        rc, out, err = run("feed", "dump", "--pcap", str(OUCH / f"{name}.pcap"))
+        [line] = out.splitlines()
+        words = line.split()
+        assert rc == 0 and words[2] == soup and text in line, line
+        if mtype:
+            assert words[3] == mtype
+        assert json.loads(err)["soupbintcp"] == {"packets": 1, "segments": 1, "missing_bytes": 0, "framing_errors": 0}
+        rc, out, _ = run("pcap", "gap-check", "--json", str(OUCH / f"{name}.pcap"))
+        assert rc == 0 and json.loads(out)["other"]["tcp_segments"] == 1
+    rc, out, _ = run("feed", "dump", "--pcap", str(OUCH / "EnterOrderMessage.pcap"), "--human")
+    assert "price=63.0200" in out and out.startswith("2023-05-11T13:30:00.011074000Z ")
+
+
+@needs_captures
+def test_human_readable_prices_and_times() -> None:
+    rc, out, _ = run("feed", "dump", "--pcap", str(ITCH_DATED / "AddOrderNoMPID.pcap"), "--human")
+    first = out.splitlines()[0]
+    assert first.startswith("2023-08-22T13:30:00.000059094Z hex:00000000000000000000 0 A ")
+    assert "timestamp=09:29:59.999894278" in first and "price=87.3900" in first and "stock=IVOO" in first
+
+
+def test_raw_dump_shows_both_lines_without_arbitration(feed: dict[str, Any]) -> None:
+    rc, out, _ = run("feed", "dump", "--pcap", str(feed["path"]), "--raw", "--channel", "l2", "--format", "jsonl")
+    lines = [json.loads(x) for x in out.splitlines()]
+    per_group = collections.Counter(x["group"] for x in lines)
+    n = sum(header(d)[1] for d in feed["data"][L2])
+    assert rc == 0 and per_group == {"239.192.1.32:30012": n, "239.193.1.32:30012": n}
+    rc, out, _ = run("feed", "dump", "--pcap", str(feed["path"]), "--channel", "l2", "--format", "jsonl")
+    assert [json.loads(x)["seq"] for x in out.splitlines()] == list(range(1, n + 1))
+
+
+# --------------------------------------------------------------------------------------------
+# Bad files
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", [("feed", "dump", "--pcap"), ("pcap", "gap-check"), ("pcap", "stats")])
+def test_every_bad_file_is_one_line_and_exit_2(command: tuple[str, ...], tmp_path: Path, feed: dict[str, Any]) -> None:
+    good = Path(feed["path"]).read_bytes()
+    cases = {"missing": None, "empty": b"", "text": b"hello, this is not a capture\n", "short": good[:10],
+             "cut": good[:len(good) - 7], "ng-cut": b"\x0a\x0d\x0d\x0a\x1c\0\0\0\x4d\x3c\x2b\x1a" + b"\0" * 8,
+             "directory": "dir"}
+    for name, content in cases.items():
+        path = tmp_path / name
+        if content == "dir":
+            path.mkdir()
+        elif content is not None:
+            path.write_bytes(content)   # type: ignore[arg-type]
+        rc, _, err = run(*command, str(path))
+        assert rc == 2 and err.count("\n") == 1 and str(path) in err, (name, err)
+        assert "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------------
+# The parts
+# --------------------------------------------------------------------------------------------
+
+def test_seq_tracker_holes() -> None:
+    t = SeqTracker()
+    for seq, count in ((5, 2), (7, 1), (12, 3), (9, 1), (7, 1), (3, 1), (10, 2), (20, 0)):
+        t.add(seq, count)
+    # heard: 3 and 5-14 but 8; the heartbeat names 20 as next: 15-19 never came
+    assert (t.first, t.high) == (3, 20)
+    assert t.holes == [[4, 5], [8, 9], [15, 20]]
+    assert (t.duplicates, t.out_of_order, t.messages) == (1, 3, 10)
+    assert t.gap_report()["missing"] == 7
+
+
+def test_percentiles_and_windows() -> None:
+    assert percentiles(list(range(1, 101))) == {"min": 1, "p50": 50, "p90": 90, "p99": 99, "p999": 100, "max": 100}
+    assert percentiles([]) == {}
+    assert max_in_window([0, 5, 10, 100], [1, 2, 3, 4], 11) == (6, 0)
+    assert max_in_window([0, 5, 10, 100], [1, 2, 3, 4], 10) == (5, 5)

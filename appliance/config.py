@@ -162,6 +162,8 @@ class MarketDataConfig:
     dscp: int = 0                       # IP_TOS = dscp << 2 (46: EF)
     max_payload: int = 1472             # MoldUDP64 datagram payload limit
     l2_depth: int = 10                  # L2 price levels per side
+    source_port_a: int = 0              # UDP source port of every A sender (0: ephemeral)
+    source_port_b: int = 0              # UDP source port of every B sender (0: ephemeral)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -732,8 +734,13 @@ def _market_data(t: _Table | None, warnings: list[str]) -> MarketDataConfig:
         dscp=t.integer("dscp", d.dscp, 0, 63),
         max_payload=t.integer("max_payload", d.max_payload, 64, 65507),
         l2_depth=t.integer("l2_depth", d.l2_depth, 1, 1000),
+        source_port_a=t.integer("source_port_a", d.source_port_a, 0, 65535),
+        source_port_b=t.integer("source_port_b", d.source_port_b, 0, 65535),
     )
     t.done()
+    if c.source_port_a and c.source_port_a == c.source_port_b:
+        raise ConfigError(f"{t.key('source_port_b')}: the A and B senders need different source ports "
+                          f"(both {c.source_port_a}), so that a filter tells them apart")
     if c.ttl > 0:
         warnings.append(f"{t.key('ttl')} = {c.ttl}: market data multicast can leave this host")
     if not _is_loopback(c.interface):
@@ -915,6 +922,8 @@ def dumps(c: Config) -> str:
     w(f"dscp = {m.dscp}")
     w(f"max_payload = {m.max_payload}")
     w(f"l2_depth = {m.l2_depth}")
+    w(f"source_port_a = {m.source_port_a}")
+    w(f"source_port_b = {m.source_port_b}")
     r = c.retransmit
     w("")
     w("[retransmit]")
@@ -1045,6 +1054,8 @@ ttl = 0
 dscp = 0
 max_payload = 1472
 l2_depth = 10
+source_port_a = 0             # UDP source port of the A senders (0: the kernel picks one)
+source_port_b = 0
 
 [retransmit]
 bind = "127.0.0.1"

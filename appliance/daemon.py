@@ -230,7 +230,8 @@ def feed_config(config: Config, p: PartitionConfig) -> FeedConfig:
     groups = {ch: ChannelGroups((f.a_group, f.a_port), (f.b_group, f.b_port)) for ch, f in p.feeds.items()}
     return FeedConfig(partition=p.id, channels=tuple(ch for ch in CHANNELS if ch in p.feeds), groups=groups,
                       interface=md.interface, ttl=md.ttl, dscp=md.dscp, depth_levels=md.l2_depth,
-                      max_payload=md.max_payload)
+                      max_payload=md.max_payload, source_port_a=md.source_port_a,
+                      source_port_b=md.source_port_b)
 
 
 def wal_config(p: PartitionConfig) -> WalConfig:

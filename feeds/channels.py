@@ -112,6 +112,8 @@ class FeedConfig:
     end_of_session_ns: int = 3_000_000_000          # how long End of Session packets repeat
     tracking: int = 0                               # ITCH tracking number of every message
     source_port: int = 29999                        # source port written by the pcap transport
+    source_port_a: int = 0                          # UDP source port of every A sender (0: ephemeral)
+    source_port_b: int = 0                          # and of every B sender
 
     def __post_init__(self) -> None:
         if not 0 <= self.partition <= 99:
@@ -125,6 +127,8 @@ class FeedConfig:
             raise ValueError(f"feed: depth_levels {self.depth_levels} outside 1..1000")
         if not 0 <= self.ttl <= 255 or not 0 <= self.dscp <= 63:
             raise ValueError(f"feed: ttl {self.ttl} or dscp {self.dscp} out of range")
+        if not (0 <= self.source_port_a <= 0xFFFF and 0 <= self.source_port_b <= 0xFFFF):
+            raise ValueError(f"feed: source ports {self.source_port_a}, {self.source_port_b} outside 0..65535")
         if not 0 <= self.tracking <= 0xFFFF:
             raise ValueError(f"feed: tracking number {self.tracking} outside u16")
 

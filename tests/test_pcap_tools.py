@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,9 +21,10 @@ from feeds.channels import CHANNELS, L1, L2, L3, ChannelGroups, FeedConfig, deco
 from feeds.moldudp64 import parse_packet
 from feeds.pcap import PcapWriter, udp_frame
 from feeds.pcap_analysis import SeqTracker, max_in_window, percentiles
-from feeds.transport import A, B
+from feeds.transport import A, B, multicast_receiver, transport_for
 from tools import cli
 
+from test_feed_e2e import random_groups
 from test_publisher import T0, publish_all, random_specs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -443,3 +445,56 @@ def test_percentiles_and_windows() -> None:
     assert percentiles([]) == {}
     assert max_in_window([0, 5, 10, 100], [1, 2, 3, 4], 11) == (6, 0)
     assert max_in_window([0, 5, 10, 100], [1, 2, 3, 4], 10) == (5, 5)
+
+
+# --------------------------------------------------------------------------------------------
+# Fixed source ports of the A and B senders
+# --------------------------------------------------------------------------------------------
+
+def free_udp_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    s.close()
+    return port
+
+
+def test_a_and_b_senders_use_the_configured_source_ports_across_restarts() -> None:
+    groups = random_groups()
+    ports = (free_udp_port(), free_udp_port())
+    assert ports[0] != ports[1]
+    receivers = {(ch, leg): multicast_receiver(groups[ch][leg], "127.0.0.1", blocking=True)
+                 for ch in (L3, L2) for leg in (A, B)}
+    try:
+        for _ in range(2):                     # a restart binds the same ports again
+            config = FeedConfig(channels=(L3, L2), groups=groups, source_port_a=ports[0], source_port_b=ports[1])
+            transport = transport_for(config)
+            try:
+                for ch in (L3, L2):
+                    transport.channel(ch, groups[ch]).send_packets([b"datagram of " + ch.encode()], 0)
+                for (ch, leg), sock in receivers.items():
+                    sock.settimeout(10)
+                    data, (src_ip, src_port) = sock.recvfrom(2048)
+                    assert data == b"datagram of " + ch.encode() and (src_ip, src_port) == ("127.0.0.1", ports[leg])
+            finally:
+                transport.close()
+    finally:
+        for sock in receivers.values():
+            sock.close()
+
+
+def test_source_ports_in_the_config_reach_the_feed() -> None:
+    from appliance import config as C
+    from appliance.daemon import feed_config
+    c = C.default()
+    assert (c.market_data.source_port_a, c.market_data.source_port_b) == (0, 0)
+    doc = (REPO / "docs" / "config.md").read_text()
+    example = doc.split("## A full example", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    c = C.loads(example)
+    assert (c.market_data.source_port_a, c.market_data.source_port_b) == (29101, 29102)
+    fc = feed_config(c, c.partitions[0])
+    assert (fc.source_port_a, fc.source_port_b) == (29101, 29102)
+    with pytest.raises(C.ConfigError, match="source_port_b"):
+        C.loads(example.replace("source_port_b = 29102", "source_port_b = 29101"))
+    with pytest.raises(C.ConfigError, match="source_port_a"):
+        C.loads(example.replace("source_port_a = 29101", "source_port_a = 70000"))

@@ -35,7 +35,9 @@ import struct
 from bisect import bisect_left
 from typing import Any, Callable, Iterable, NamedTuple
 
-from feeds.channels import channel_of_session
+from appliance.gateway import ouch_layout
+from feeds import itch
+from feeds.channels import ALL_LAYOUTS, channel_of_session
 from feeds.moldudp64 import END_OF_SESSION_COUNT, HEADER_SIZE
 from feeds.pcap import IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST, TCP_SYN, Packet
 from feeds.soupbintcp import FrameParser, SoupPacket
@@ -44,7 +46,7 @@ from feeds.subscriber import ChannelReceiver, _check_blocks
 __all__ = [
     "MOLD", "HEARTBEAT", "END_OF_SESSION", "REREQUEST", "OTHER", "Datagram", "classify",
     "session_text", "percentiles", "SeqTracker", "GapChecker", "CaptureStats", "line_names",
-    "max_in_window", "SIZE_BUCKETS", "SessionDemux", "SoupStreams", "Flow",
+    "max_in_window", "SIZE_BUCKETS", "SessionDemux", "SoupStreams", "Flow", "Latency", "infer_midnight",
 ]
 
 MOLD = "mold"
@@ -634,3 +636,134 @@ class SoupStreams:
             st.broken = True
             return []
         return [(flow, sp) for sp in out]
+
+
+# ================================================================================================
+# Latency
+# ================================================================================================
+
+_QUARTER_HOUR_NS = 900 * 1_000_000_000
+_U64 = struct.Struct(">Q").unpack_from
+
+
+def infer_midnight(capture_ns: int, stamp_ns: int) -> int:
+    """The epoch ns of the midnight an ITCH timestamp counts from, given the capture time of its
+    message: capture - stamp rounded to the nearest quarter hour (every UTC offset is a whole
+    number of quarter hours; the wire latency is far below 7.5 minutes)."""
+    offset = capture_ns - stamp_ns
+    return (offset + _QUARTER_HOUR_NS // 2) // _QUARTER_HOUR_NS * _QUARTER_HOUR_NS
+
+
+def _offsets(name: str) -> dict[int, int]:
+    """Type byte -> byte offset of field ``name``, for the ITCH layouts that have it."""
+    return {t[0]: f.offset for t, m in itch.LAYOUTS.items() for f in m.fields if f.name == name}
+
+
+_ORDER_REF_AT = _offsets("order_ref")
+_ORDER_REF_AT[ord("U")] = next(f.offset for f in itch.ORDER_REPLACE.fields if f.name == "original_order_ref")
+_MATCH_AT = _offsets("match_number")
+_STAMPED = frozenset(t[0] for t, m in ALL_LAYOUTS.items() if m.fields and m.fields[2].name == "timestamp")
+_TS_AT = 5
+
+
+class Latency:
+    """Capture time against the message timestamps, per line; inter-arrival times per line; and
+    order entry (OUCH Enter Order seen on the wire) to the first ITCH message about the order
+    (by the order reference of its Order Accepted, or the match number of its executions).
+
+    ``midnight_ns``: the epoch ns the timestamps count from; None: inferred per session from its
+    first message (``infer_midnight``). Times are integers in ns."""
+
+    def __init__(self, midnight_ns: int | None = None) -> None:
+        self.midnight_ns = midnight_ns
+        self.midnights: dict[bytes, int] = {}
+        self.wire: dict[Line, list[int]] = {}          # capture - (midnight + timestamp), per message
+        self.series: dict[Line, list[tuple[int, int]]] = {}   # (capture ns, latency ns) for the plot
+        self.gaps: dict[Line, list[int]] = {}          # inter-arrival of datagrams
+        self.last: dict[Line, int] = {}
+        self.ref_seen: dict[int, int] = {}             # ITCH order ref -> first capture ns
+        self.match_seen: dict[int, int] = {}           # ITCH match number -> first capture ns
+        self.entered: dict[tuple[Flow, int], int] = {}     # (client flow, user ref) -> capture ns
+        self.accepted: dict[tuple[Flow, int], int] = {}    # -> order ref
+        self.executed: dict[tuple[Flow, int], int] = {}    # -> first match number
+
+    def add_datagram(self, ts_ns: int, line: Line, payload: bytes, d: Datagram) -> None:
+        if d.kind == OTHER or d.kind == REREQUEST:
+            return
+        last = self.last.get(line)
+        if last is not None:
+            self.gaps.setdefault(line, []).append(ts_ns - last)
+        self.last[line] = ts_ns
+        if d.kind != MOLD:
+            return
+        wire = self.wire.setdefault(line, [])
+        series = self.series.setdefault(line, [])
+        midnight = self.midnight_ns if self.midnight_ns is not None else self.midnights.get(d.session)
+        ref_seen, match_seen = self.ref_seen, self.match_seen
+        pos = HEADER_SIZE
+        for _ in range(d.count):
+            n = (payload[pos] << 8) | payload[pos + 1]
+            m = pos + 2
+            t = payload[m] if n else 0
+            if t in _STAMPED and n >= 11:
+                stamp = int.from_bytes(payload[m + _TS_AT:m + 11], "big")
+                if midnight is None:
+                    midnight = self.midnights[d.session] = infer_midnight(ts_ns, stamp)
+                lat = ts_ns - midnight - stamp
+                wire.append(lat)
+                series.append((ts_ns, lat))
+            at = _ORDER_REF_AT.get(t)
+            if at is not None and n >= at + 8:
+                ref_seen.setdefault(_U64(payload, m + at)[0], ts_ns)
+            at = _MATCH_AT.get(t)
+            if at is not None and n >= at + 8:
+                match_seen.setdefault(_U64(payload, m + at)[0], ts_ns)
+            pos = m + n
+
+    def add_soup(self, ts_ns: int, flow: Flow, packet: SoupPacket) -> None:
+        """A SoupBinTCP packet of ``flow`` (OUCH inside 'U' from the client, 'S' from the server)."""
+        body = packet.payload
+        if not body:
+            return
+        try:
+            if packet.type == b"U" and body[:1] == b"O":
+                msg, _ = ouch_layout.decode(body, ouch_layout.INBOUND)
+                self.entered.setdefault((flow, msg.user_ref_num), ts_ns)
+            elif packet.type == b"S" and body[:1] in (b"A", b"E"):
+                msg, _ = ouch_layout.decode(body, ouch_layout.OUTBOUND)
+                client = (flow[2], flow[3], flow[0], flow[1])
+                if body[:1] == b"A":
+                    self.accepted.setdefault((client, msg.user_ref_num), msg.order_ref)
+                else:
+                    self.executed.setdefault((client, msg.user_ref_num), msg.match_number)
+        except ValueError:
+            return
+
+    def order_to_market_data(self) -> list[int]:
+        """Per entered order that the market data shows: first ITCH capture time - Enter Order's."""
+        out = []
+        for key, t0 in self.entered.items():
+            seen = []
+            ref = self.accepted.get(key)
+            if ref is not None and ref in self.ref_seen:
+                seen.append(self.ref_seen[ref])
+            match = self.executed.get(key)
+            if match is not None and match in self.match_seen:
+                seen.append(self.match_seen[match])
+            if seen:
+                out.append(min(seen) - t0)
+        return out
+
+    def report(self) -> dict[str, Any]:
+        def name(line: Line) -> str:
+            return f"{line[0]}:{line[1]}"
+        o2m = self.order_to_market_data()
+        return {
+            "midnight_ns": self.midnight_ns if self.midnight_ns is not None else
+            {session_text(s): m for s, m in sorted(self.midnights.items())},
+            "wire_minus_timestamp_ns": {name(ln): {"messages": len(v), **percentiles(v)}
+                                        for ln, v in sorted(self.wire.items())},
+            "inter_arrival_ns": {name(ln): {"gaps": len(v), **percentiles(v)} for ln, v in sorted(self.gaps.items())},
+            "order_entry_to_market_data_ns": {"orders_entered": len(self.entered), "matched": len(o2m),
+                                              **percentiles(o2m)},
+        }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import io
+import itertools
 import json
 import os
 import shutil
@@ -20,12 +21,18 @@ from feeds import pcap
 from feeds.channels import CHANNELS, L1, L2, L3, ChannelGroups, FeedConfig, decode_any
 from feeds.moldudp64 import parse_packet
 from feeds.pcap import PcapWriter, udp_frame
+from appliance.gateway import ouch_layout
+from feeds import itch, soupbintcp
+from feeds.books import L2Book, L3Book, engine_l2_summary, engine_l3_summary, summary_hash
+from feeds.moldudp64 import PacketBuilder, Session
+from feeds.pcap import TcpStreamWriter
 from feeds.pcap_analysis import SeqTracker, max_in_window, percentiles
+from tools.pcap_cli import book
 from feeds.transport import A, B, multicast_receiver, transport_for
 from tools import cli
 
 from test_feed_e2e import random_groups
-from test_publisher import T0, publish_all, random_specs
+from test_publisher import MIDNIGHT, T0, publish_all, random_specs
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MATCHWIRE_SHARED", REPO.parent / "shared"))
@@ -72,7 +79,7 @@ def feed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Every datagram of a run's three channels, each written on A and B with known times and
     faults on L3; plus a re-request, a stray datagram, a TCP segment and an ARP frame."""
     config = FeedConfig(groups=GROUPS, max_payload=300)
-    _, transport, pub = publish_all(random_specs(7, 500), batch=10, config=config)
+    engine, transport, pub = publish_all(random_specs(7, 500), batch=10, config=config)
     pub.poll(T0 + 20 * 10**9)              # a heartbeat per channel
     pub.end_session(T0 + 25 * 10**9)       # System Events, then End of Session
     sent = {ch: transport.of(ch, A) for ch in CHANNELS}
@@ -124,8 +131,13 @@ def feed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     with PcapWriter.open(path) as w:
         for t, frame in frames:
             w.write_frame(t, frame)
+    clean = tmp / "clean.pcap"
+    with PcapWriter.open(clean) as w:
+        for i, d in enumerate(d for ch in CHANNELS for d in sent[ch]):
+            ch = next(c for c in CHANNELS if d in sent[c])
+            w.write_udp(base + i * US, SRC[0], SRC[1], *GROUPS[ch].a, d)
     return {"path": path, "tmp": tmp, "sent": sent, "data": data, "times": times, "frames": frames,
-            "events": events}
+            "events": events, "engine": engine, "clean": clean}
 
 
 def header_bytes(d: bytes, count: int) -> bytes:
@@ -498,3 +510,97 @@ def test_source_ports_in_the_config_reach_the_feed() -> None:
         C.loads(example.replace("source_port_b = 29102", "source_port_b = 29101"))
     with pytest.raises(C.ConfigError, match="source_port_a"):
         C.loads(example.replace("source_port_a = 29101", "source_port_a = 70000"))
+
+
+# --------------------------------------------------------------------------------------------
+# latency and book
+# --------------------------------------------------------------------------------------------
+
+def test_latency_per_line_from_the_capture_and_message_times(feed: dict[str, Any], tmp_path: Path) -> None:
+    png = tmp_path / "latency.png"
+    rc, out, err = run("pcap", "latency", "--json", "--plot", str(png), str(feed["path"]))
+    assert rc == 0 and not err
+    r = json.loads(out)
+    wire: dict[str, list[int]] = collections.defaultdict(list)
+    arrivals: dict[str, list[int]] = collections.defaultdict(list)
+    for t, _, ch, leg, d in feed["events"]:
+        g = GROUPS[ch][leg]
+        arrivals[f"{g[0]}:{g[1]}"].append(t)
+        for m in parse_packet(d).messages:
+            wire[f"{g[0]}:{g[1]}"].append(t - MIDNIGHT - int.from_bytes(m[5:11], "big"))
+    assert set(r["midnight_ns"].values()) == {MIDNIGHT}
+    assert r["wire_minus_timestamp_ns"] == {g: {"messages": len(v), **percentiles(v)} for g, v in sorted(wire.items())}
+    gaps = {g: [b - a for a, b in zip(v, v[1:])] for g, v in arrivals.items()}
+    assert r["inter_arrival_ns"] == {g: {"gaps": len(v), **percentiles(v)} for g, v in sorted(gaps.items())}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert r["order_entry_to_market_data_ns"] == {"orders_entered": 0, "matched": 0}
+
+
+def test_order_entry_to_first_market_data_message(tmp_path: Path) -> None:
+    """Two orders entered over OUCH: one rests (its Add Order carries the accepted order ref), one
+    executes at once (its Order Executed and the ITCH execution share the match number)."""
+    path = tmp_path / "ouch_itch.pcap"
+    ms = 1_000_000
+    t0 = MIDNIGHT + 10 * 3600 * 10**9
+    enter = ouch_layout.EnterOrder(0, b"B", 100, b"ALPH", 1_500_000, b"0", b"Y", b"A", b"N", b"N", b"C1", 0)
+    accepted = ouch_layout.OrderAccepted(0, 0, b"B", 100, b"ALPH", 1_500_000, b"0", b"Y", 0, b"A", b"N", b"N",
+                                         b"L", b"C1", 0)
+    executed = ouch_layout.OrderExecuted(0, 2, 100, 1_500_000, b"R", 777, 0)
+    builder = PacketBuilder(Session(b"SESSION001"))
+    with PcapWriter.open(path) as w:
+        tcp = TcpStreamWriter(w, ("10.0.0.2", 50000), ("10.0.0.1", 15001))
+        tcp.handshake(t0)
+        for urn, at in ((1, t0 + ms), (2, t0 + 2 * ms)):
+            tcp.send(at, True, soupbintcp.encode_unsequenced_data(
+                ouch_layout.encode(ouch_layout.ENTER_ORDER, enter._replace(user_ref_num=urn))))
+        add = itch.encode_add_order(1, 0, 10 * 3600 * 10**9 + ms + 30_000, 4242, b"B", 100, b"ALPH    ", 1_500_000)
+        execd = itch.encode_order_executed(1, 0, 10 * 3600 * 10**9 + 2 * ms + 50_000, 9, 100, 777)
+        for at, msg in ((t0 + ms + 40_000, add), (t0 + 2 * ms + 90_000, execd)):
+            builder.add(msg)
+            for d in builder.flush():
+                w.write_udp(at, "10.0.0.1", 29101, "239.192.1.31", 30011, d)
+        tcp.send(t0 + ms + 60_000, False, soupbintcp.encode_sequenced_data(
+            ouch_layout.encode(ouch_layout.ORDER_ACCEPTED, accepted._replace(user_ref_num=1, order_ref=4242))))
+        tcp.send(t0 + 2 * ms + 70_000, False, soupbintcp.encode_sequenced_data(
+            ouch_layout.encode(ouch_layout.ORDER_EXECUTED, executed)))
+    rc, out, _ = run("pcap", "latency", "--json", str(path))
+    r = json.loads(out)
+    assert rc == 0 and r["order_entry_to_market_data_ns"] == {"orders_entered": 2, "matched": 2,
+                                                              **percentiles([40_000, 90_000])}
+    assert r["wire_minus_timestamp_ns"]["239.192.1.31:30011"] == {"messages": 2, **percentiles([10_000, 40_000])}
+    rc, out, _ = run("feed", "dump", "--pcap", str(path))
+    assert rc == 0 and sum(" O user_ref_num=" in x for x in out.splitlines()) == 2
+
+
+def test_book_at_the_end_equals_the_engine(feed: dict[str, Any]) -> None:
+    books = book(str(feed["clean"]))
+    by_kind = {type(b): b for b in books.values()}
+    assert summary_hash(by_kind[L3Book].summary()) == summary_hash(engine_l3_summary(feed["engine"]))
+    assert summary_hash(by_kind[L2Book].summary()) == summary_hash(engine_l2_summary(feed["engine"], 10))
+    rc, out, _ = run("pcap", "book", "--json", "--levels", "3", str(feed["clean"]))
+    r = json.loads(out)
+    l3 = next(v for v in r.values() if v["kind"] == "L3")
+    first = l3["instruments"][0]
+    assert first["bids"] == [list(x) for x in by_kind[L3Book].depth(first["locate"], 0, 3)]
+    assert all(len(i["bids"]) <= 3 and len(i["asks"]) <= 3 for i in l3["instruments"])
+    rc, text, _ = run("pcap", "book", "--levels", "3", str(feed["clean"]))
+    assert rc == 0 and "L3 book, session" in text and "L2 book, session" in text and " | " in text
+
+
+def test_book_at_a_sequence_number_is_the_first_n_messages(feed: dict[str, Any]) -> None:
+    messages = [m for d in feed["sent"][L3] for m in parse_packet(d).messages if parse_packet(d).message_count != 0xFFFF]
+    n = len(messages) // 2
+    reference = L3Book()
+    for m in messages[:n]:
+        reference.apply(m)
+    books = book(str(feed["clean"]), seq=n)
+    l3 = next(b for b in books.values() if isinstance(b, L3Book))
+    assert l3.messages == n and summary_hash(l3.summary()) == summary_hash(reference.summary())
+    stamp = int.from_bytes(messages[n - 1][5:11], "big")
+    l2 = next(b for b in books.values() if isinstance(b, L2Book))
+    l2_msgs = [m for d in feed["sent"][L2] for m in parse_packet(d).messages
+               if parse_packet(d).message_count != 0xFFFF]
+    assert l2.messages == sum(1 for _ in itertools.takewhile(lambda m: int.from_bytes(m[5:11], "big") <= stamp,
+                                                             l2_msgs))
+    rc, _, err = run("pcap", "book", "--seq", str(10**9), str(feed["clean"]))
+    assert rc == 2 and "no L3 message with sequence number" in err

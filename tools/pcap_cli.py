@@ -12,8 +12,9 @@ the feeds in it.
     matchwire pcap latency FILE [--json] [--plot PNG]
         capture time minus ITCH timestamp per message, inter-arrival times per line, and for
         orders entered over OUCH in the same capture: Enter Order to the first ITCH message.
-    matchwire pcap book FILE [--seq N | --time HH:MM:SS[.f] | --at-ns NS] [--stock S] [--levels N]
-        the L3 (order by order) and L2 books at that point, as a ladder.
+    matchwire pcap book FILE [--seq N | --time HH:MM:SS[.f]] [--stock S] [--levels N] [--json]
+        the L3 (order by order, feeds.books.L3Book) and L2 (feeds.books.L2Book) books after L3
+        message N (the L2 books up to its ITCH timestamp) or up to an ITCH timestamp, as a ladder.
 
 The analysis is feeds.pcap_analysis (sans-IO); this module reads the file and prints.
 """
@@ -24,11 +25,15 @@ import json
 import sys
 from typing import Any, Iterator
 
-from feeds.pcap import IPPROTO_UDP, Packet, capture_reader
+from feeds.books import L2Book, L3Book
+from feeds.channels import L1, L2, channel_of_session
+from feeds.pcap import IPPROTO_TCP, IPPROTO_UDP, Packet, capture_reader
 from feeds.pcap_analysis import (
     CaptureStats,
     GapChecker,
+    Latency,
     SessionDemux,
+    SoupStreams,
     classify,
     session_text,
 )
@@ -182,6 +187,220 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# latency
+# ------------------------------------------------------------------------------------------------
+
+def latency(path: str, midnight_ns: int | None = None) -> tuple[dict[str, Any], Latency]:
+    lat = Latency(midnight_ns)
+    soup = SoupStreams()
+    for p in packets(path):
+        if p.proto == IPPROTO_UDP:
+            lat.add_datagram(p.ts_ns, (p.dst_ip, p.dst_port), p.payload, classify(p.payload))
+        elif p.proto == IPPROTO_TCP:
+            for flow, sp in soup.add(p):
+                lat.add_soup(p.ts_ns, flow, sp)
+    return lat.report(), lat
+
+
+def plot_latency(lat: Latency, out: str) -> None:
+    """Capture time minus message timestamp over the capture, one series per line, and the
+    inter-arrival histogram, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7))
+    t0 = min((s[0][0] for s in lat.series.values() if s), default=0)
+    for line, series in sorted(lat.series.items()):
+        if series:
+            top.plot([(t - t0) / 1e9 for t, _ in series], [v / 1e3 for _, v in series], ".", markersize=2,
+                     label=f"{line[0]}:{line[1]}")
+    top.set_xlabel("capture time (s from the first message)")
+    top.set_ylabel("capture - ITCH timestamp (us)")
+    top.legend(fontsize="small")
+    for line, gaps in sorted(lat.gaps.items()):
+        if gaps:
+            bottom.hist([g / 1e3 for g in gaps], bins=100, histtype="step", label=f"{line[0]}:{line[1]}")
+    bottom.set_xlabel("inter-arrival (us)")
+    bottom.set_ylabel("datagrams")
+    bottom.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(out, format="png")
+    plt.close(fig)
+
+
+def print_latency(r: dict[str, Any]) -> None:
+    w = sys.stdout.write
+
+    def pct(d: dict[str, Any]) -> str:
+        return " ".join(f"{k} {v}" for k, v in d.items())
+    for line, d in r["wire_minus_timestamp_ns"].items():
+        w(f"capture - timestamp {line}: {pct(d)}\n")
+    for line, d in r["inter_arrival_ns"].items():
+        w(f"inter-arrival {line}: {pct(d)}\n")
+    w(f"order entry to market data: {pct(r['order_entry_to_market_data_ns'])}\n")
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    try:
+        report, lat = latency(args.file, args.midnight_ns)
+    except CaptureError as e:
+        return _fail("pcap latency", e)
+    if args.plot:
+        try:
+            plot_latency(lat, args.plot)
+        except ImportError:
+            print("matchwire pcap latency: --plot needs matplotlib (pip install 'matchwire[plot]')", file=sys.stderr)
+            return 2
+        except OSError as e:
+            print(f"matchwire pcap latency: {args.plot}: {e.strerror or e}", file=sys.stderr)
+            return 2
+    if args.json:
+        _dump_json(report)
+    else:
+        print_latency(report)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# book
+# ------------------------------------------------------------------------------------------------
+
+class _Until:
+    """A sink that passes messages to ``inner`` while ``keep(seq, message)`` holds, then none."""
+
+    def __init__(self, inner: Any, keep: Any) -> None:
+        self.inner = inner
+        self.keep = keep
+        self.stopped = False
+
+    def apply_blocks(self, buf: Any, pos: int, count: int, first_seq: int) -> int:
+        for i in range(count):
+            n = (buf[pos] << 8) | buf[pos + 1]
+            if not self.stopped:
+                message = bytes(buf[pos + 2:pos + 2 + n])
+                if self.keep(first_seq + i if first_seq else 0, message):
+                    self.inner.apply_blocks(buf, pos, 1, first_seq + i if first_seq else 0)
+                else:
+                    self.stopped = True
+            pos += 2 + n
+        return pos
+
+    def on_gap(self, first_seq: int, count: int) -> None:
+        self.inner.on_gap(first_seq, count)
+
+    def on_filled(self) -> None:
+        self.inner.on_filled()
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+
+def _stamp(message: bytes) -> int:
+    return int.from_bytes(message[5:11], "big") if len(message) >= 11 else 0
+
+
+def parse_clock(text: str) -> int:
+    """HH:MM:SS[.fraction] after midnight -> ns."""
+    hms, _, frac = text.partition(".")
+    parts = hms.split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts) or (frac and not frac.isdigit()) or len(frac) > 9:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HH:MM:SS[.fraction]")
+    h, m, sec = (int(p) for p in parts)
+    return ((h * 60 + m) * 60 + sec) * 1_000_000_000 + int(frac.ljust(9, "0") or 0)
+
+
+def book(path: str, seq: int | None = None, stamp: int | None = None) -> dict[bytes, Any]:
+    """The books of every L3 (and foreign ITCH) and L2 session of a capture, up to L3 message
+    ``seq`` (the L2 books to the same ITCH timestamp), or up to ITCH timestamp ``stamp``."""
+    if seq is not None:
+        # the timestamp of L3 message ``seq``: where the L2 books stop
+        found: list[int] = []
+
+        def find(session: bytes) -> list[Any] | None:
+            if channel_of_session(session) in (L2, L1):
+                return None
+            return [MessageTap(lambda q, m: found.append(_stamp(m)) if q == seq and not found else None)]
+        demux = SessionDemux(find)
+        for p in packets(path):
+            if p.proto == IPPROTO_UDP:
+                d = classify(p.payload)
+                demux.add(p.ts_ns, (p.dst_ip, p.dst_port), p.payload, d)
+        demux.finish()
+        if not found:
+            raise CaptureError(f"{path}: no L3 message with sequence number {seq}")
+        stamp = found[0]
+    books: dict[bytes, Any] = {}
+
+    def sinks(session: bytes) -> list[Any] | None:
+        ch = channel_of_session(session)
+        if ch == L1:
+            return None
+        b = books[session] = L2Book() if ch == L2 else L3Book()
+        if seq is not None and ch != L2:
+            keep = (lambda q, m: q <= seq)
+        elif stamp is not None:
+            keep = (lambda q, m: _stamp(m) <= stamp)
+        else:
+            keep = (lambda q, m: True)
+        return [_Until(b, keep)]
+    demux = SessionDemux(sinks)
+    for p in packets(path):
+        if p.proto == IPPROTO_UDP:
+            demux.add(p.ts_ns, (p.dst_ip, p.dst_port), p.payload, classify(p.payload))
+    demux.finish()
+    return books
+
+
+def ladder(b: Any, levels: int, stock: str | None = None) -> list[dict[str, Any]]:
+    """Per instrument: symbol, bids and asks (price, shares, orders), best first, ``levels`` deep."""
+    out = []
+    locates = b.locates() if isinstance(b, L3Book) else sorted(b.levels)
+    for loc in locates:
+        symbol = b.directory.symbols.get(loc, str(loc))
+        if stock is not None and symbol != stock:
+            continue
+        if isinstance(b, L3Book):
+            bids, asks = b.depth(loc, 0, levels), b.depth(loc, 1, levels)
+        else:
+            bids, asks = b.depth(loc, 0)[:levels], b.depth(loc, 1)[:levels]
+        if bids or asks:
+            out.append({"locate": loc, "stock": symbol, "bids": [list(x) for x in bids],
+                        "asks": [list(x) for x in asks]})
+    return out
+
+
+def print_ladder(session: str, kind: str, rows: list[dict[str, Any]]) -> None:
+    from tools.feed_dump import decimal
+    w = sys.stdout.write
+    w(f"{kind} book, session {session}\n")
+    for r in rows:
+        w(f"  {r['stock']} (locate {r['locate']})\n")
+        w(f"    {'orders':>7} {'shares':>10} {'bid':>12} | {'ask':<12} {'shares':>10} {'orders':>7}\n")
+        for i in range(max(len(r["bids"]), len(r["asks"]))):
+            bid = r["bids"][i] if i < len(r["bids"]) else None
+            ask = r["asks"][i] if i < len(r["asks"]) else None
+            left = f"{bid[2]:>7} {bid[1]:>10} {decimal(bid[0], 4):>12}" if bid else " " * 31
+            right = f"{decimal(ask[0], 4):<12} {ask[1]:>10} {ask[2]:>7}" if ask else ""
+            w(f"    {left} | {right}\n")
+
+
+def cmd_book(args: argparse.Namespace) -> int:
+    try:
+        books = book(args.file, args.seq, args.time)
+    except CaptureError as e:
+        return _fail("pcap book", e)
+    report = {session_text(s): {"kind": "L3" if isinstance(b, L3Book) else "L2",
+                                "instruments": ladder(b, args.levels, args.stock)}
+              for s, b in sorted(books.items())}
+    if args.json:
+        _dump_json(report)
+    else:
+        for session, r in report.items():
+            print_ladder(session, r["kind"], r["instruments"])
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
 
 def register(sub: Any) -> None:
     p = sub.add_parser("pcap", help="analyse a capture (pcap/pcapng) of the feeds and order entry")
@@ -198,3 +417,19 @@ def register(sub: Any) -> None:
     s.add_argument("file", metavar="FILE")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_stats)
+    lt = psub.add_parser("latency", help="capture time vs ITCH timestamps, inter-arrival, OUCH to ITCH")
+    lt.add_argument("file", metavar="FILE")
+    lt.add_argument("--midnight-ns", type=int, help="epoch ns of the midnight the timestamps count from "
+                    "(default: inferred to the quarter hour)")
+    lt.add_argument("--plot", metavar="PNG", help="write a plot (needs matplotlib)")
+    lt.add_argument("--json", action="store_true")
+    lt.set_defaults(func=cmd_latency)
+    b = psub.add_parser("book", help="the L3 and L2 books at a sequence number or a time, as a ladder")
+    b.add_argument("file", metavar="FILE")
+    at = b.add_mutually_exclusive_group()
+    at.add_argument("--seq", type=int, help="after L3 message N (L2: up to its ITCH timestamp)")
+    at.add_argument("--time", type=parse_clock, metavar="HH:MM:SS[.f]", help="up to this ITCH timestamp")
+    b.add_argument("--stock", help="only this symbol")
+    b.add_argument("--levels", type=int, default=10, help="price levels per side (default 10)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_book)

@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tools.replay",  # replay WALDIR, audit export WALDIR
     "tools.feed_dump",  # feed dump
     "tools.pcap_cli",  # pcap gap-check, stats, latency, book
+    "tools.wireshark_cli",  # wireshark path, install
     "tools.retransmit_cli",  # retransmit serve, snapshot serve
     "tools.run_cli",  # run CONFIG, demo, admin
 )

@@ -4,6 +4,7 @@ pcapng, microsecond pcap, 802.1Q-tagged Ethernet and Linux cooked (SLL, SLL2) gi
 from __future__ import annotations
 
 import collections
+import importlib.util
 import io
 import itertools
 import json
@@ -604,3 +605,20 @@ def test_book_at_a_sequence_number_is_the_first_n_messages(feed: dict[str, Any])
                                                              l2_msgs))
     rc, _, err = run("pcap", "book", "--seq", str(10**9), str(feed["clean"]))
     assert rc == 2 and "no L3 message with sequence number" in err
+
+
+def test_bench_pcap_runs_and_ends_with_json(feed: dict[str, Any]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "tools", "bench", "pcap", str(feed["path"]), "--scapy-limit", "50"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    copies = sum(header(d)[1] for _, _, _, _, d in feed["events"] if header(d)[1] != 0xFFFF)
+    assert r["messages"] == copies and r["packets"] == len(feed["frames"]) - 1     # not the ARP frame
+    assert r["gap_check"]["gap"] is True and r["stats"]["unique_messages"] == sum(
+        sum(t.values()) for t in expected_types(feed).values())
+    for name in ("read", "gap_check", "stats"):
+        assert r[name]["messages_per_s"] > 0
+    if importlib.util.find_spec("scapy") is not None:
+        assert r["scapy"]["packets"] == 50
+    if TSHARK:
+        assert r["tshark_mold"]["messages_per_s"] > 0 and r["tshark_lua"]["messages_per_s"] > 0

@@ -1,0 +1,148 @@
+"""`matchwire bench pcap FILE`: how fast the pcap tools read a capture, beside tshark on the same file.
+
+Timed in this process, one after the other, the cyclic GC off (as in the other benchmarks):
+
+    read        feeds.pcap: every frame parsed to a UDP/TCP packet (the reader under every tool)
+    gap_check   `matchwire pcap gap-check` (tools.pcap_cli.gap_check)
+    stats       `matchwire pcap stats` (tools.pcap_cli.stats: per-session receivers, per-type counts)
+    scapy       scapy's PcapReader and our scapy layers on the first --scapy-limit packets (scaled)
+
+then, as subprocesses on the same file (wall time, output to /dev/null):
+
+    tshark_mold     tshark with its stock MoldUDP64 dissector on every feed port (-d udp.port==P,moldudp64),
+                    printing sequence and count of every datagram (-T fields)
+    tshark_lua      tshark with our generated dissector (feeds/matchwire.lua), printing the type of
+                    every message (-T fields -e mw_itch.type)
+
+Rates are messages per second, counting every message copy in the file (A and B lines alike), so
+that each tool is measured on the same work. The last line is one JSON object, with the load
+average (os.getloadavg) at the start and the end.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+from feeds.pcap import IPPROTO_UDP
+from feeds.pcap_analysis import MOLD, classify
+from tools.pcap_cli import CaptureError, gap_check, packets, stats
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        result = fn()
+        return time.perf_counter() - t0, result
+    finally:
+        gc.enable()
+
+
+def _census(path: str) -> tuple[int, int, set[int]]:
+    """(packets, MoldUDP64 messages, UDP destination ports of the feed datagrams) of a capture."""
+    n = messages = 0
+    ports: set[int] = set()
+    for p in packets(path):
+        n += 1
+        if p.proto == IPPROTO_UDP:
+            d = classify(p.payload)
+            if d.kind == MOLD:
+                messages += d.count
+                ports.add(p.dst_port)
+    return n, messages, ports
+
+
+def _read(path: str) -> int:
+    n = 0
+    for _ in packets(path):
+        n += 1
+    return n
+
+
+def _scapy(path: str, limit: int) -> tuple[int, int]:
+    """Packets and messages scapy decodes with our layers in the first ``limit`` packets."""
+    from scapy.utils import PcapReader as ScapyReader
+
+    from feeds import scapy_layers
+    n = messages = 0
+    with ScapyReader(path) as reader:
+        for pkt in reader:
+            n += 1
+            if pkt.haslayer(scapy_layers.MoldUDP64):
+                messages += len(pkt[scapy_layers.MoldUDP64].blocks)
+            if n >= limit:
+                break
+    return n, messages
+
+
+def _tshark(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=3600)
+    return time.perf_counter() - t0
+
+
+def cmd_pcap(args: argparse.Namespace) -> int:
+    load_start = os.getloadavg()
+    try:
+        n_packets, n_messages, ports = _census(args.file)
+    except CaptureError as e:
+        print(f"matchwire bench pcap: {e}", file=sys.stderr)
+        return 2
+    result: dict[str, Any] = {"bench": "pcap", "file": os.path.basename(args.file),
+                              "bytes": os.path.getsize(args.file), "packets": n_packets, "messages": n_messages,
+                              "python": platform.python_version(), "load_start": [round(x, 2) for x in load_start]}
+
+    def rate(seconds: float, messages: int = n_messages) -> dict[str, Any]:
+        return {"seconds": round(seconds, 3), "messages_per_s": int(messages / seconds) if seconds else None}
+
+    seconds, _ = _timed(lambda: _read(args.file))
+    result["read"] = rate(seconds)
+    seconds, report = _timed(lambda: gap_check(args.file))
+    result["gap_check"] = rate(seconds)
+    result["gap_check"]["gap"] = report["gap"]
+    seconds, st = _timed(lambda: stats(args.file))
+    result["stats"] = rate(seconds)
+    result["stats"]["unique_messages"] = st["messages"]
+    if args.scapy_limit:
+        try:
+            seconds, (n, m) = _timed(lambda: _scapy(args.file, args.scapy_limit))
+        except ImportError:
+            result["scapy"] = "not installed"
+        else:
+            result["scapy"] = {"packets": n, "messages": m, "seconds": round(seconds, 3),
+                               "messages_per_s": int(m / seconds) if seconds else None}
+    tshark = shutil.which("tshark")
+    if tshark and not args.no_tshark:
+        decode = [a for port in sorted(ports) for a in ("-d", f"udp.port=={port},moldudp64")]
+        result["tshark_mold"] = rate(_tshark([tshark, "-r", args.file, *decode, "-T", "fields",
+                                              "-e", "moldudp64.sequence", "-e", "moldudp64.count"]))
+        from feeds.wireshark import LUA_PATH
+        result["tshark_lua"] = rate(_tshark([tshark, "-X", f"lua_script:{LUA_PATH}", "-r", args.file,
+                                             "-T", "fields", "-e", "mw_itch.type"]))
+    else:
+        result["tshark"] = "not run" if tshark else "not installed"
+    result["load_end"] = [round(x, 2) for x in os.getloadavg()]
+    for name in ("read", "gap_check", "stats", "scapy", "tshark_mold", "tshark_lua"):
+        r = result.get(name)
+        if isinstance(r, dict):
+            print(f"{name:12} {r['seconds']:>9} s  {r['messages_per_s']:>12,} messages/s")
+    print(json.dumps(result))
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("pcap", help="pcap gap-check and stats speed on a capture, beside tshark")
+    p.add_argument("file", metavar="FILE", help="a capture, e.g. written by `matchwire bench feed FLOW --pcap FILE`")
+    p.add_argument("--scapy-limit", type=int, default=20_000,
+                   help="packets scapy decodes (it is slow; 0: skip; default 20000)")
+    p.add_argument("--no-tshark", action="store_true", help="do not run tshark")
+    p.set_defaults(func=cmd_pcap)

@@ -45,8 +45,8 @@ from feeds.subscriber import ChannelReceiver, _check_blocks
 
 __all__ = [
     "MOLD", "HEARTBEAT", "END_OF_SESSION", "REREQUEST", "OTHER", "Datagram", "classify",
-    "session_text", "percentiles", "SeqTracker", "GapChecker", "CaptureStats", "line_names",
-    "max_in_window", "SIZE_BUCKETS", "SessionDemux", "SoupStreams", "Flow", "Latency", "infer_midnight",
+    "session_text", "percentiles", "Classifier", "SeqTracker", "GapChecker", "CaptureStats", "line_names",
+    "max_in_window", "SIZE_BUCKETS", "SessionDemux", "TypeCounter", "SoupStreams", "Flow", "Latency", "infer_midnight",
 ]
 
 MOLD = "mold"
@@ -72,9 +72,11 @@ class Datagram(NamedTuple):
 _OTHER = Datagram(OTHER, b"", 0, 0)
 
 
-def classify(payload: bytes) -> Datagram:
+def classify(payload: bytes, trusted: bool = False) -> Datagram:
     """What a UDP payload is: a MoldUDP64 downstream datagram (whose blocks fill it exactly), a
-    heartbeat or End of Session (20 bytes), a re-request (20 bytes, a count of messages), or other."""
+    heartbeat or End of Session (20 bytes), a re-request (20 bytes, a count of messages), or other.
+    ``trusted`` (a line already known to carry this session): a data datagram is judged by its
+    header and size alone, without walking its blocks (the receivers walk them anyway)."""
     size = len(payload)
     if size < HEADER_SIZE:
         return _OTHER
@@ -85,9 +87,33 @@ def classify(payload: bytes) -> Datagram:
         if count == END_OF_SESSION_COUNT:
             return Datagram(END_OF_SESSION, session, seq, 0)
         return Datagram(REREQUEST, session, seq, count)
-    if count == 0 or count == END_OF_SESSION_COUNT or _check_blocks(payload, HEADER_SIZE, count) != size:
+    if count == 0 or count == END_OF_SESSION_COUNT:
+        return _OTHER
+    if trusted:
+        if size < HEADER_SIZE + 2 * count:
+            return _OTHER
+    elif _check_blocks(payload, HEADER_SIZE, count) != size:
         return _OTHER
     return Datagram(MOLD, session, seq, count)
+
+
+class Classifier:
+    """``classify`` with memory: the blocks of the first data datagram of each session on each
+    line are walked; later ones of the same session and line are judged by their header."""
+
+    __slots__ = ("known",)
+
+    def __init__(self) -> None:
+        self.known: set[tuple[Line, bytes]] = set()
+
+    def __call__(self, line: Line, payload: bytes) -> Datagram:
+        key = (line, payload[:10])
+        if key in self.known:
+            return classify(payload, True)
+        d = classify(payload)
+        if d.kind == MOLD:
+            self.known.add(key)
+        return d
 
 
 def session_text(session: bytes) -> str:
@@ -267,6 +293,7 @@ class GapChecker:
         self.a_groups = a_groups
         self.max_pending = max_pending
         self.sessions: dict[bytes, _SessionState] = {}
+        self.classify = Classifier()
         self.rerequests = 0
         self.other_udp = 0
         self.tcp = 0
@@ -280,7 +307,7 @@ class GapChecker:
         self.add_datagram(packet.ts_ns, (packet.dst_ip, packet.dst_port), packet.payload)
 
     def add_datagram(self, ts_ns: int, line: Line, payload: bytes) -> None:
-        d = classify(payload)
+        d = self.classify(line, payload)
         kind = d.kind
         if kind == OTHER or kind == REREQUEST:
             if kind == OTHER:
@@ -432,6 +459,36 @@ class _GroupStats:
         self.messages = 0
 
 
+class TypeCounter:
+    """A receiver sink (``apply_blocks``) counting messages by their type byte."""
+
+    __slots__ = ("by_type",)
+
+    def __init__(self) -> None:
+        self.by_type = [0] * 256
+
+    def apply_blocks(self, buf: Any, pos: int, count: int, first_seq: int = 0) -> int:
+        by_type = self.by_type
+        for _ in range(count):
+            n = (buf[pos] << 8) | buf[pos + 1]
+            if n:
+                by_type[buf[pos + 2]] += 1
+            pos += 2 + n
+        return pos
+
+    def on_gap(self, first_seq: int, count: int) -> None:
+        pass
+
+    def on_filled(self) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+    def counts(self) -> dict[str, int]:
+        return {chr(t): n for t, n in enumerate(self.by_type) if n}
+
+
 class CaptureStats:
     """Messages per type (each message once, the first copy of the A/B lines: ``on_message`` is
     the hook a ``MessageTap`` calls), packets, bytes and messages per line, rate peaks, sizes."""
@@ -439,7 +496,7 @@ class CaptureStats:
     def __init__(self) -> None:
         self.groups: dict[Line, _GroupStats] = {}
         self.sessions_of: dict[Line, set[bytes]] = {}
-        self.types: dict[bytes, dict[str, int]] = {}
+        self.counters: dict[bytes, TypeCounter] = {}
         self.other = 0
         self.first_ts = 0
         self.last_ts = 0
@@ -464,14 +521,12 @@ class CaptureStats:
         else:
             self.sessions_of.setdefault(line, set()).add(d.session)
 
-    def message_counter(self, session: bytes) -> Callable[[int, bytes], None]:
-        """A ``MessageTap`` callback counting the session's messages by type."""
-        counts = self.types.setdefault(session, {})
-
-        def count(seq: int, message: bytes) -> None:
-            t = chr(message[0]) if message else "?"
-            counts[t] = counts.get(t, 0) + 1
-        return count
+    def type_counter(self, session: bytes) -> TypeCounter:
+        """A receiver sink counting the session's messages by type."""
+        sink = self.counters.get(session)
+        if sink is None:
+            sink = self.counters[session] = TypeCounter()
+        return sink
 
     @staticmethod
     def _peaks(ts: list[int], msgs: list[int], sizes: list[int]) -> dict[str, Any]:
@@ -512,8 +567,8 @@ class CaptureStats:
             all_ts += g.ts
             all_msgs += g.msgs
             all_sizes += g.sizes
-        types = {session_text(s): dict(sorted(c.items())) for s, c in sorted(self.types.items())}
-        total = sum(sum(c.values()) for c in self.types.values())
+        types = {session_text(s): c.counts() for s, c in sorted(self.counters.items())}
+        total = sum(sum(c.values()) for c in types.values())
         return {"duration_ns": duration, "first_ns": self.first_ts, "last_ns": self.last_ts,
                 "messages": total, "types": types,
                 "messages_per_s": total * 1_000_000_000 // duration if duration else None,

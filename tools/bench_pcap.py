@@ -14,8 +14,11 @@ then, as subprocesses on the same file (wall time, output to /dev/null):
     tshark_lua      tshark with our generated dissector (feeds/matchwire.lua), printing the type of
                     every message (-T fields -e mw_itch.type)
 
-Rates are messages per second, counting every message copy in the file (A and B lines alike), so
-that each tool is measured on the same work. The last line is one JSON object, with the load
+Rates are messages per second of wall time and of CPU time (this process; tshark: its user +
+system time), counting every message copy in the file (A and B lines alike), so that each tool is
+measured on the same work; CPU time is the fairer figure on a busy machine. gap-check walks the
+blocks of the first datagram of each session on each line and judges the rest by their headers
+(feeds.pcap_analysis.Classifier); stats walks every block (per-type counts, receivers). The last line is one JSON object, with the load
 average (os.getloadavg) at the start and the end.
 """
 from __future__ import annotations
@@ -25,6 +28,7 @@ import gc
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -36,13 +40,15 @@ from feeds.pcap_analysis import MOLD, classify
 from tools.pcap_cli import CaptureError, gap_check, packets, stats
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+def _timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    """(wall seconds, CPU seconds of this process, result)."""
     gc.collect()
     gc.disable()
     try:
         t0 = time.perf_counter()
+        c0 = time.process_time()
         result = fn()
-        return time.perf_counter() - t0, result
+        return time.perf_counter() - t0, time.process_time() - c0, result
     finally:
         gc.enable()
 
@@ -84,10 +90,14 @@ def _scapy(path: str, limit: int) -> tuple[int, int]:
     return n, messages
 
 
-def _tshark(cmd: list[str]) -> float:
+def _tshark(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system of the child)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=3600)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def cmd_pcap(args: argparse.Namespace) -> int:
@@ -101,40 +111,42 @@ def cmd_pcap(args: argparse.Namespace) -> int:
                               "bytes": os.path.getsize(args.file), "packets": n_packets, "messages": n_messages,
                               "python": platform.python_version(), "load_start": [round(x, 2) for x in load_start]}
 
-    def rate(seconds: float, messages: int = n_messages) -> dict[str, Any]:
-        return {"seconds": round(seconds, 3), "messages_per_s": int(messages / seconds) if seconds else None}
+    def rate(wall: float, cpu: float, messages: int = n_messages) -> dict[str, Any]:
+        return {"seconds": round(wall, 3), "cpu_seconds": round(cpu, 3),
+                "messages_per_s": int(messages / wall) if wall else None,
+                "messages_per_cpu_s": int(messages / cpu) if cpu else None}
 
-    seconds, _ = _timed(lambda: _read(args.file))
-    result["read"] = rate(seconds)
-    seconds, report = _timed(lambda: gap_check(args.file))
-    result["gap_check"] = rate(seconds)
+    wall, cpu, _ = _timed(lambda: _read(args.file))
+    result["read"] = rate(wall, cpu)
+    wall, cpu, report = _timed(lambda: gap_check(args.file))
+    result["gap_check"] = rate(wall, cpu)
     result["gap_check"]["gap"] = report["gap"]
-    seconds, st = _timed(lambda: stats(args.file))
-    result["stats"] = rate(seconds)
+    wall, cpu, st = _timed(lambda: stats(args.file))
+    result["stats"] = rate(wall, cpu)
     result["stats"]["unique_messages"] = st["messages"]
     if args.scapy_limit:
         try:
-            seconds, (n, m) = _timed(lambda: _scapy(args.file, args.scapy_limit))
+            wall, cpu, (n, m) = _timed(lambda: _scapy(args.file, args.scapy_limit))
         except ImportError:
             result["scapy"] = "not installed"
         else:
-            result["scapy"] = {"packets": n, "messages": m, "seconds": round(seconds, 3),
-                               "messages_per_s": int(m / seconds) if seconds else None}
+            result["scapy"] = {"packets": n, **rate(wall, cpu, m)}
     tshark = shutil.which("tshark")
     if tshark and not args.no_tshark:
         decode = [a for port in sorted(ports) for a in ("-d", f"udp.port=={port},moldudp64")]
-        result["tshark_mold"] = rate(_tshark([tshark, "-r", args.file, *decode, "-T", "fields",
-                                              "-e", "moldudp64.sequence", "-e", "moldudp64.count"]))
+        result["tshark_mold"] = rate(*_tshark([tshark, "-r", args.file, *decode, "-T", "fields",
+                                               "-e", "moldudp64.sequence", "-e", "moldudp64.count"]))
         from feeds.wireshark import LUA_PATH
-        result["tshark_lua"] = rate(_tshark([tshark, "-X", f"lua_script:{LUA_PATH}", "-r", args.file,
-                                             "-T", "fields", "-e", "mw_itch.type"]))
+        result["tshark_lua"] = rate(*_tshark([tshark, "-X", f"lua_script:{LUA_PATH}", "-r", args.file,
+                                              "-T", "fields", "-e", "mw_itch.type"]))
     else:
         result["tshark"] = "not run" if tshark else "not installed"
     result["load_end"] = [round(x, 2) for x in os.getloadavg()]
     for name in ("read", "gap_check", "stats", "scapy", "tshark_mold", "tshark_lua"):
         r = result.get(name)
         if isinstance(r, dict):
-            print(f"{name:12} {r['seconds']:>9} s  {r['messages_per_s']:>12,} messages/s")
+            print(f"{name:12} {r['seconds']:>9} s {r['cpu_seconds']:>9} cpu s  {r['messages_per_s'] or 0:>12,} "
+                  f"messages/s  {r['messages_per_cpu_s'] or 0:>12,} messages/cpu s")
     print(json.dumps(result))
     return 0
 

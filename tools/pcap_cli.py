@@ -27,9 +27,10 @@ from typing import Any, Iterator
 
 from feeds.books import L2Book, L3Book
 from feeds.channels import L1, L2, channel_of_session
-from feeds.pcap import IPPROTO_TCP, IPPROTO_UDP, Packet, capture_reader
+from feeds.pcap import IPPROTO_TCP, IPPROTO_UDP, Packet, capture_reader, udp_datagrams
 from feeds.pcap_analysis import (
     CaptureStats,
+    Classifier,
     GapChecker,
     Latency,
     SessionDemux,
@@ -79,13 +80,31 @@ def _dump_json(obj: Any) -> None:
 # gap-check
 # ------------------------------------------------------------------------------------------------
 
+def datagrams(path: str, counts: dict[str, int]) -> Iterator[tuple[int, tuple[str, int], bytes]]:
+    """The fast path: ``(ts_ns, (group, port), payload)`` of every UDP datagram of a capture
+    (feeds.pcap.udp_datagrams); CaptureError as ``packets``. ``counts``: tcp, not_ip."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise CaptureError(f"{path}: {e.strerror or e}") from None
+    with f:
+        try:
+            yield from udp_datagrams(capture_reader(f), counts)
+        except ValueError as e:
+            raise CaptureError(f"{path}: {e}") from None
+        except OSError as e:
+            raise CaptureError(f"{path}: {e.strerror or e}") from None
+
+
 def gap_check(path: str, a_groups: frozenset[str] = frozenset()) -> dict[str, Any]:
-    counters: dict[str, int] = {}
+    counts: dict[str, int] = {}
     checker = GapChecker(a_groups)
-    for p in packets(path, counters):
-        checker.add(p)
+    add = checker.add_datagram
+    for ts_ns, line, payload in datagrams(path, counts):
+        add(ts_ns, line, payload)
+    checker.tcp = counts.get("tcp", 0)
     report = checker.report()
-    report["other"]["not_ipv4_udp_tcp"] = counters.get("not_ip", 0)
+    report["other"]["not_ipv4_udp_tcp"] = counts.get("not_ip", 0)
     return report
 
 
@@ -141,21 +160,17 @@ def cmd_gap_check(args: argparse.Namespace) -> int:
 
 def stats(path: str) -> dict[str, Any]:
     st = CaptureStats()
-    demux = SessionDemux(lambda session: [MessageTap(st.message_counter(session))])
-    tcp = 0
-    counters: dict[str, int] = {}
-    for p in packets(path, counters):
-        if p.proto != IPPROTO_UDP:
-            tcp += 1
-            continue
-        line = (p.dst_ip, p.dst_port)
-        d = classify(p.payload)
-        st.add_datagram(p.ts_ns, line, p.payload, d)
-        demux.add(p.ts_ns, line, p.payload, d)
+    demux = SessionDemux(lambda session: [st.type_counter(session)])
+    classify_line = Classifier()
+    counts: dict[str, int] = {}
+    for ts_ns, line, payload in datagrams(path, counts):
+        d = classify_line(line, payload)
+        st.add_datagram(ts_ns, line, payload, d)
+        demux.add(ts_ns, line, payload, d)
     demux.finish()
     report = st.report()
-    report["tcp_segments"] = tcp
-    report["not_ipv4_udp_tcp"] = counters.get("not_ip", 0)
+    report["tcp_segments"] = counts.get("tcp", 0)
+    report["not_ipv4_udp_tcp"] = counts.get("not_ip", 0)
     return report
 
 

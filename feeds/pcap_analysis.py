@@ -66,7 +66,7 @@ class Datagram(NamedTuple):
     kind: str
     session: bytes
     seq: int
-    count: int
+    messages: int     # the header's message count (a re-request's: how many it asks for)
 
 
 _OTHER = Datagram(OTHER, b"", 0, 0)
@@ -338,11 +338,11 @@ class GapChecker:
             return
         if seq == 0:
             ls.unsequenced += 1
-            ls.unsequenced_messages += d.count
+            ls.unsequenced_messages += d.messages
             return
-        ls.tracker.add(seq, d.count)
-        s.merged.add(seq, d.count)
-        key = (seq, d.count)
+        ls.tracker.add(seq, d.messages)
+        s.merged.add(seq, d.messages)
+        key = (seq, d.messages)
         first = s.pending.pop(key, None)
         if first is None:
             s.pending[key] = (line, ts_ns)
@@ -509,7 +509,7 @@ class CaptureStats:
         g = self.groups.get(line)
         if g is None:
             g = self.groups[line] = _GroupStats()
-        n = d.count if d.kind == MOLD else 0
+        n = d.messages if d.kind == MOLD else 0
         g.ts.append(ts_ns)
         g.msgs.append(n)
         g.sizes.append(len(payload))
@@ -600,21 +600,20 @@ class SessionDemux:
         if d.kind == OTHER or d.kind == REREQUEST:
             return 0
         session = d.session
-        r = self.receivers.get(session, False)
-        if r is False:
+        if session not in self.receivers:
             sinks = self.sinks_for(session)
-            r = None if sinks is None else ChannelReceiver(session_text(session), sinks,
-                                                           hold_after_gap=self.hold_after_gap)
-            self.receivers[session] = r
+            self.receivers[session] = None if sinks is None else ChannelReceiver(
+                session_text(session), sinks, hold_after_gap=self.hold_after_gap)
             if sinks is not None:
                 self.sinks[session] = sinks
+        r = self.receivers[session]
         if r is None:
             return 0
         if d.kind == MOLD and d.seq == 0:
             self.unsequenced += 1
             for sink in self.sinks[session]:
-                sink.apply_blocks(payload, HEADER_SIZE, d.count, 0)
-            return d.count
+                sink.apply_blocks(payload, HEADER_SIZE, d.messages, 0)
+            return d.messages
         legs = self.legs.setdefault(session, {})
         leg = legs.setdefault(line, min(len(legs), 1))
         return r.receive(ts_ns, payload, leg)
@@ -756,7 +755,7 @@ class Latency:
         midnight = self.midnight_ns if self.midnight_ns is not None else self.midnights.get(d.session)
         ref_seen, match_seen = self.ref_seen, self.match_seen
         pos = HEADER_SIZE
-        for _ in range(d.count):
+        for _ in range(d.messages):
             n = (payload[pos] << 8) | payload[pos + 1]
             m = pos + 2
             t = payload[m] if n else 0

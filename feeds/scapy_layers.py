@@ -103,8 +103,10 @@ def layer_for(layout: Msg[Any], appendage: bool = False, prefix: str = "") -> ty
             fields.append(_field(f.name, f.code))
     if appendage:
         last = layout.fields[-1].name
-        fields.append(PacketListField("options", [], OuchOption,
-                                      length_from=lambda pkt, last=last: getattr(pkt, last)))
+
+        def options_length(pkt: Packet) -> int:
+            return int(pkt.getfieldval(last))
+        fields.append(PacketListField("options", [], OuchOption, length_from=options_length))
 
     def extract_padding(self: Packet, s: bytes) -> tuple[bytes, bytes]:
         return b"", s
@@ -151,7 +153,8 @@ class MoldBlock(Packet):
     name = "MoldUDP64 Message Block"
     fields_desc = [
         FieldLenField("length", None, length_of="message", fmt="H"),
-        PacketLenField("message", None, itch_message, length_from=lambda pkt: pkt.length),
+        PacketLenField("message", None, itch_message,  # type: ignore[arg-type]
+                       length_from=lambda pkt: pkt.length),
     ]
 
     def extract_padding(self, s: bytes) -> tuple[bytes, bytes]:

@@ -62,7 +62,7 @@ def _census(path: str) -> tuple[int, int, set[int]]:
         if p.proto == IPPROTO_UDP:
             d = classify(p.payload)
             if d.kind == MOLD:
-                messages += d.count
+                messages += d.messages
                 ports.add(p.dst_port)
     return n, messages, ports
 

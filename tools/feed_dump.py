@@ -161,7 +161,7 @@ class Dumper:
         if self.raw or (d.kind == MOLD and d.seq == 0):
             if d.kind == MOLD:      # raw: heartbeats and End of Session are in gap-check's report
                 self.unsequenced += not self.raw
-                self._tap(session).apply_blocks(payload, HEADER_SIZE, d.count, d.seq)
+                self._tap(session).apply_blocks(payload, HEADER_SIZE, d.messages, d.seq)
             return
         legs = self.legs.setdefault(session, {})
         leg = legs.setdefault(dst, min(len(legs), 1))

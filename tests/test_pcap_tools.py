@@ -10,9 +10,11 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -622,3 +624,118 @@ def test_bench_pcap_runs_and_ends_with_json(feed: dict[str, Any]) -> None:
         assert r["scapy"]["packets"] == 50
     if TSHARK:
         assert r["tshark_mold"]["messages_per_s"] > 0 and r["tshark_lua"]["messages_per_s"] > 0
+
+
+# --------------------------------------------------------------------------------------------
+# A live capture of the appliance's senders, as an engineer takes it (dumpcap -i any)
+# --------------------------------------------------------------------------------------------
+
+DUMPCAP = shutil.which("dumpcap")
+
+
+def start_dumpcap(args: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([DUMPCAP or "dumpcap", "-q", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def captured(path: Path) -> list[pcap.Packet]:
+    """The packets a running capture has written so far (a record still being written is left)."""
+    out: list[pcap.Packet] = []
+    try:
+        with open(path, "rb") as f:
+            for p in pcap.capture_reader(f):
+                out.append(p)
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def probe_until_seen(paths: list[Path], group: tuple[str, int], payload: bytes, timeout_s: float = 30) -> None:
+    """Send ``payload`` to ``group`` every 100 ms until every capture holds it (bounded)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            s.sendto(payload, group)
+            time.sleep(0.1)
+            if all(any(p.payload == payload for p in captured(path)) for path in paths):
+                return
+        raise AssertionError(f"the captures never saw {payload!r}")
+    finally:
+        s.close()
+
+
+@pytest.mark.skipif(DUMPCAP is None or os.geteuid() != 0, reason="needs dumpcap and root")
+def test_live_capture_on_any_as_sll_and_sll2_gives_the_senders_exact_report(tmp_path: Path) -> None:
+    """The three channels sent for real on loopback from fixed source ports, captured at once by
+    two dumpcaps on the 'any' device: Linux cooked v2 in pcapng and v1 in pcap. Both give every
+    datagram on its A and B line from its port, no gap, the same messages. Probe datagrams to a
+    fourth port mark when both captures run and when they have everything."""
+    from appliance.matching.engine import Engine
+    from feeds.publisher import Publisher
+    from test_publisher import FIRM_STP, MIDNIGHT as MID, instruments, iter_batches
+    groups = random_groups()
+    src = (free_udp_port(), free_udp_port())
+    probe = (groups[L1].a[0], groups[L1].a[1] + 1)
+    config = FeedConfig(groups=groups, source_port_a=src[0], source_port_b=src[1], max_payload=400)
+    ins = instruments()
+    _, memory, _ = publish_all(random_specs(11, 300), batch=10, config=config, ins=ins)   # what will be sent
+    expected = {ch: memory.of(ch, A) for ch in CHANNELS}
+    total = 2 * sum(len(v) for v in expected.values())
+    ports = " or ".join(f"dst port {port}" for port in (*(groups[ch].a[1] for ch in CHANNELS), probe[1]))
+    sll2, sll = tmp_path / "any.pcapng", tmp_path / "any.pcap"
+    caps = [start_dumpcap(["-i", "any", "-y", "LINUX_SLL2", "-f", f"udp and ({ports})", "-w", str(sll2)]),
+            start_dumpcap(["-i", "any", "-y", "LINUX_SLL", "-P", "-f", f"udp and ({ports})", "-w", str(sll)])]
+    try:
+        probe_until_seen([sll2, sll], probe, b"capture started")
+        transport = transport_for(config)
+        pub = Publisher(config, ins, MID, transport)
+        try:
+            pub.start(T0 - 10**9)
+            for res in iter_batches(Engine(ins, FIRM_STP), random_specs(11, 300), 10):
+                pub.publish(res)
+        finally:
+            pub.close()
+            transport.close()
+        probe_until_seen([sll2, sll], probe, b"capture complete")
+    finally:
+        for proc in caps:
+            proc.send_signal(signal.SIGINT)
+        for proc in caps:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    with open(sll2, "rb") as f:
+        assert f.read(4) == b"\x0a\x0d\x0d\x0a"
+        f.seek(0)
+        assert {lt for _, lt, _ in pcap.capture_reader(f).frames()} == {pcap.LINKTYPE_LINUX_SLL2}
+    with open(sll, "rb") as f:
+        assert {lt for _, lt, _ in pcap.capture_reader(f).frames()} == {pcap.LINKTYPE_LINUX_SLL}
+    reports = []
+    for path in (sll2, sll):
+        got = [p for p in pcap.read_pcap(path) if p.dst_port != probe[1]]
+        assert len(got) == total
+        assert {(p.src_port, p.dst_ip) for p in got} == {(src[leg], groups[ch][leg][0]) for ch in CHANNELS
+                                                          for leg in (A, B)}
+        report = json.loads(run("pcap", "gap-check", "--json", str(path))[1])
+        for ch in CHANNELS:
+            s = _session(report, ch)
+            last = expected[ch][-1]
+            assert s["gaps"]["count"] == 0 and s["late"] == 0
+            assert s["next_seq"] == header(last)[0] + header(last)[1]
+            assert [(ln["line"], ln["group"], ln["packets"], ln["gaps"]["count"], ln["duplicates"])
+                    for ln in s["lines"]] == [("A", f"{groups[ch].a[0]}:{groups[ch].a[1]}", len(expected[ch]), 0, 0),
+                                              ("B", f"{groups[ch].b[0]}:{groups[ch].b[1]}", len(expected[ch]), 0, 0)]
+            assert s["arbitration"]["pairs"] == len(expected[ch])
+            s.pop("arbitration")          # capture times differ between the two captures
+        assert report["other"]["udp"] >= 2        # the probes
+        report.pop("other")
+        reports.append(report)
+        dump = run("feed", "dump", "--pcap", str(path), "--format", "jsonl")[1].splitlines()
+        messages = [m for ch in CHANNELS for d in expected[ch] for m in parse_packet(d).messages]
+        assert len(dump) == len(messages)
+    assert reports[0] == reports[1]

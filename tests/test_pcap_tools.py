@@ -610,7 +610,8 @@ def test_book_at_a_sequence_number_is_the_first_n_messages(feed: dict[str, Any])
 
 
 def test_bench_pcap_runs_and_ends_with_json(feed: dict[str, Any]) -> None:
-    proc = subprocess.run([sys.executable, "-m", "tools", "bench", "pcap", str(feed["path"]), "--scapy-limit", "50"],
+    proc = subprocess.run([sys.executable, "-m", "tools", "bench", "pcap", str(feed["path"]), "--scapy-limit", "50",
+                           "--with-lua"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -11,8 +11,8 @@ then, as subprocesses on the same file (wall time, output to /dev/null):
 
     tshark_mold     tshark with its stock MoldUDP64 dissector on every feed port (-d udp.port==P,moldudp64),
                     printing sequence and count of every datagram (-T fields)
-    tshark_lua      tshark with our generated dissector (feeds/matchwire.lua), printing the type of
-                    every message (-T fields -e mw_itch.type)
+    tshark_lua      with --with-lua: tshark with our generated dissector (feeds/matchwire.lua),
+                    printing the type of every message (-T fields -e mw_itch.type)
 
 Rates are messages per second of wall time and of CPU time (this process; tshark: its user +
 system time), counting every message copy in the file (A and B lines alike), so that each tool is
@@ -136,9 +136,10 @@ def cmd_pcap(args: argparse.Namespace) -> int:
         decode = [a for port in sorted(ports) for a in ("-d", f"udp.port=={port},moldudp64")]
         result["tshark_mold"] = rate(*_tshark([tshark, "-r", args.file, *decode, "-T", "fields",
                                                "-e", "moldudp64.sequence", "-e", "moldudp64.count"]))
-        from feeds.wireshark import LUA_PATH
-        result["tshark_lua"] = rate(*_tshark([tshark, "-X", f"lua_script:{LUA_PATH}", "-r", args.file,
-                                              "-T", "fields", "-e", "mw_itch.type"]))
+        if args.with_lua:
+            from feeds.wireshark import LUA_PATH
+            result["tshark_lua"] = rate(*_tshark([tshark, "-X", f"lua_script:{LUA_PATH}", "-r", args.file,
+                                                  "-T", "fields", "-e", "mw_itch.type"]))
     else:
         result["tshark"] = "not run" if tshark else "not installed"
     result["load_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -157,4 +158,6 @@ def register(sub: Any) -> None:
     p.add_argument("--scapy-limit", type=int, default=20_000,
                    help="packets scapy decodes (it is slow; 0: skip; default 20000)")
     p.add_argument("--no-tshark", action="store_true", help="do not run tshark")
+    p.add_argument("--with-lua", action="store_true",
+                   help="also tshark with our Lua dissector (decodes every field in Lua: slow)")
     p.set_defaults(func=cmd_pcap)

@@ -622,7 +622,7 @@ def test_bench_pcap_runs_and_ends_with_json(feed: dict[str, Any]) -> None:
     for name in ("read", "gap_check", "stats"):
         assert r[name]["messages_per_s"] > 0
     if importlib.util.find_spec("scapy") is not None:
-        assert r["scapy"]["packets"] == 50
+        assert r["scapy"]["packets"] == 50 and r["scapy"]["messages_per_s"] > 0
     if TSHARK:
         assert r["tshark_mold"]["messages_per_s"] > 0 and r["tshark_lua"]["messages_per_s"] > 0
 

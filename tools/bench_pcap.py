@@ -74,11 +74,13 @@ def _read(path: str) -> int:
     return n
 
 
-def _scapy(path: str, limit: int) -> tuple[int, int]:
-    """Packets and messages scapy decodes with our layers in the first ``limit`` packets."""
+def _scapy(path: str, limit: int, ports: set[int]) -> tuple[int, int]:
+    """Packets and messages scapy decodes with our layers in the first ``limit`` packets (the
+    feed ports bound to MoldUDP64)."""
     from scapy.utils import PcapReader as ScapyReader
 
     from feeds import scapy_layers
+    scapy_layers.bind_ports(udp=tuple(sorted(ports)))
     n = messages = 0
     with ScapyReader(path) as reader:
         for pkt in reader:
@@ -126,7 +128,7 @@ def cmd_pcap(args: argparse.Namespace) -> int:
     result["stats"]["unique_messages"] = st["messages"]
     if args.scapy_limit:
         try:
-            wall, cpu, (n, m) = _timed(lambda: _scapy(args.file, args.scapy_limit))
+            wall, cpu, (n, m) = _timed(lambda: _scapy(args.file, args.scapy_limit, ports))
         except ImportError:
             result["scapy"] = "not installed"
         else:

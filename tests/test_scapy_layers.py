@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import socket
+import time
 from typing import Any
 
 import pytest
@@ -15,11 +18,12 @@ from scapy.all import Raw, UDP, ls, rdpcap  # noqa: E402
 
 from appliance.gateway import ouch_layout  # noqa: E402
 from feeds import scapy_layers as S  # noqa: E402
-from feeds import soupbintcp  # noqa: E402
-from feeds.channels import ALL_LAYOUTS, decode_any  # noqa: E402
+from feeds import itch, soupbintcp  # noqa: E402
+from feeds.channels import ALL_LAYOUTS, L3, decode_any  # noqa: E402
 from feeds.moldudp64 import PacketBuilder, Session  # noqa: E402
 from feeds.pcap import IPPROTO_TCP, IPPROTO_UDP, read_pcap  # noqa: E402
 
+from test_feed_e2e import random_groups  # noqa: E402
 from test_pcap_tools import CAPTURES, feed  # noqa: E402,F401  (the fixture)
 from test_wireshark import sample  # noqa: E402
 
@@ -136,3 +140,35 @@ def test_rdpcap_show_and_ls(feed: dict[str, Any]) -> None:
         assert p[S.MoldUDP64].message_count == 38 and p[S.MoldUDP64].blocks[0].message.stock == b"META    "
         p = rdpcap(str(CAPTURES / "Nasdaq.Nsm.Ouch.v5.0" / "EnterOrderMessage.pcap"))[0]
         assert p[S.SoupBinTCP].payload.symbol == b"CVLT    " and p[S.SoupBinTCP].payload.price == 630200
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sniffing needs root")
+def test_sniff_decodes_live_datagrams_on_loopback() -> None:
+    """A live MoldUDP64 datagram sent to a multicast group on loopback (TTL 0) is sniffed and
+    decoded down to the ITCH fields, on a port bound with bind_ports."""
+    from scapy.all import AsyncSniffer
+    group = random_groups()[L3].a
+    S.bind_ports(udp=(group[1],))
+    builder = PacketBuilder(Session(b"2311140131"))
+    builder.add(itch.encode_system_event(0, 7, 34_200_000_000_000, b"Q"))
+    [datagram] = builder.flush()
+    sniffer = AsyncSniffer(iface="lo", filter=f"udp and dst port {group[1]}", count=1)
+    sniffer.start()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and sniffer.running and not sniffer.results:
+            s.sendto(datagram, group)           # until the sniffer, started asynchronously, has one
+            time.sleep(0.1)
+        sniffer.join(timeout=10)
+    finally:
+        s.close()
+        if sniffer.running:
+            sniffer.stop()
+    [p] = sniffer.results
+    m = p[S.MoldUDP64]
+    assert (m.session, m.sequence, m.message_count) == (b"2311140131", 1, 1)
+    msg = m.blocks[0].message
+    assert (type(msg).__name__, msg.tracking, msg.timestamp, msg.event_code) == ("SystemEvent", 7, 34_200_000_000_000, b"Q")

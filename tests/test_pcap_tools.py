@@ -423,7 +423,8 @@ def test_raw_dump_shows_both_lines_without_arbitration(feed: dict[str, Any]) -> 
 # Bad files
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("command", [("feed", "dump", "--pcap"), ("pcap", "gap-check"), ("pcap", "stats")])
+@pytest.mark.parametrize("command", [("feed", "dump", "--pcap"), ("pcap", "gap-check"), ("pcap", "stats"),
+                                     ("pcap", "latency"), ("pcap", "book"), ("bench", "pcap")])
 def test_every_bad_file_is_one_line_and_exit_2(command: tuple[str, ...], tmp_path: Path, feed: dict[str, Any]) -> None:
     good = Path(feed["path"]).read_bytes()
     cases = {"missing": None, "empty": b"", "text": b"hello, this is not a capture\n", "short": good[:10],

@@ -587,8 +587,12 @@ def test_book_at_the_end_equals_the_engine(feed: dict[str, Any]) -> None:
     first = l3["instruments"][0]
     assert first["bids"] == [list(x) for x in by_kind[L3Book].depth(first["locate"], 0, 3)]
     assert all(len(i["bids"]) <= 3 and len(i["asks"]) <= 3 for i in l3["instruments"])
+    assert not any(i["stale"] for v in r.values() for i in v["instruments"])
     rc, text, _ = run("pcap", "book", "--levels", "3", str(feed["clean"]))
     assert rc == 0 and "L3 book, session" in text and "L2 book, session" in text and " | " in text
+    rc, out, _ = run("pcap", "book", "--json", str(feed["path"]))     # datagram DROP_BOTH lost on A and B
+    l3 = next(v for v in json.loads(out).values() if v["kind"] == "L3")
+    assert rc == 0 and l3["instruments"] and all(i["stale"] for i in l3["instruments"])
 
 
 def test_book_at_a_sequence_number_is_the_first_n_messages(feed: dict[str, Any]) -> None:

@@ -379,7 +379,8 @@ def ladder(b: Any, levels: int, stock: str | None = None) -> list[dict[str, Any]
         else:
             bids, asks = b.depth(loc, 0)[:levels], b.depth(loc, 1)[:levels]
         if bids or asks:
-            out.append({"locate": loc, "stock": symbol, "bids": [list(x) for x in bids],
+            stale = b.stale if isinstance(b, L3Book) else b.is_stale(loc)
+            out.append({"locate": loc, "stock": symbol, "stale": bool(stale), "bids": [list(x) for x in bids],
                         "asks": [list(x) for x in asks]})
     return out
 
@@ -389,7 +390,8 @@ def print_ladder(session: str, kind: str, rows: list[dict[str, Any]]) -> None:
     w = sys.stdout.write
     w(f"{kind} book, session {session}\n")
     for r in rows:
-        w(f"  {r['stock']} (locate {r['locate']})\n")
+        note = "  STALE: messages before this point are missing from the capture" if r["stale"] else ""
+        w(f"  {r['stock']} (locate {r['locate']}){note}\n")
         w(f"    {'orders':>7} {'shares':>10} {'bid':>12} | {'ask':<12} {'shares':>10} {'orders':>7}\n")
         for i in range(max(len(r["bids"]), len(r["asks"]))):
             bid = r["bids"][i] if i < len(r["bids"]) else None

@@ -1,4 +1,6 @@
-"""pcap files: a writer of Ethernet/IPv4/UDP and TCP frames, and a reader of UDP and TCP payloads.
+"""pcap and pcapng files: a writer of Ethernet/IPv4/UDP and TCP frames (pcap), and readers of UDP
+and TCP payloads (``capture_reader`` picks ``PcapReader`` or ``PcapngReader`` by the first bytes;
+``udp_datagrams`` is the fast path of the analysis tools).
 
 File layout (libpcap; the writer emits nanosecond little-endian files, as tcpdump
 ``--time-stamp-precision=nano`` does on x86)::

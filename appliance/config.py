@@ -173,6 +173,8 @@ class MarketDataConfig:
     afxdp_mode: str = "auto"            # auto (zero-copy, else copy) | copy | zerocopy
     afxdp_required: bool = False        # no AF_XDP: refuse to start instead of falling back to udp
     afxdp_queue: int = 0                # interface queue of the AF_XDP socket
+    source_port_a: int = 0              # UDP source port of every A sender (0: ephemeral)
+    source_port_b: int = 0              # UDP source port of every B sender (0: ephemeral)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -794,8 +796,13 @@ def _market_data(t: _Table | None, warnings: list[str]) -> MarketDataConfig:
         afxdp_mode=t.text("afxdp_mode", d.afxdp_mode, choices=AFXDP_MODES),
         afxdp_required=t.boolean("afxdp_required", d.afxdp_required),
         afxdp_queue=t.integer("afxdp_queue", d.afxdp_queue, 0, 4095),
+        source_port_a=t.integer("source_port_a", d.source_port_a, 0, 65535),
+        source_port_b=t.integer("source_port_b", d.source_port_b, 0, 65535),
     )
     t.done()
+    if c.source_port_a and c.source_port_a == c.source_port_b:
+        raise ConfigError(f"{t.key('source_port_b')}: the A and B senders need different source ports "
+                          f"(both {c.source_port_a}), so that a filter tells them apart")
     if c.ttl > 0:
         warnings.append(f"{t.key('ttl')} = {c.ttl}: market data multicast can leave this host")
     if not _is_loopback(c.interface):
@@ -987,6 +994,8 @@ def dumps(c: Config) -> str:
     w(f"afxdp_mode = {_q(m.afxdp_mode)}")
     w(f"afxdp_required = {'true' if m.afxdp_required else 'false'}")
     w(f"afxdp_queue = {m.afxdp_queue}")
+    w(f"source_port_a = {m.source_port_a}")
+    w(f"source_port_b = {m.source_port_b}")
     r = c.retransmit
     w("")
     w("[retransmit]")
@@ -1119,6 +1128,8 @@ ttl = 0
 dscp = 0
 max_payload = 1472
 l2_depth = 10
+source_port_a = 0             # UDP source port of the A senders (0: the kernel picks one)
+source_port_b = 0
 
 [retransmit]
 bind = "127.0.0.1"

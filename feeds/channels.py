@@ -123,6 +123,8 @@ class FeedConfig:
     # Stock Directory (R) per stock locate: (Market Category, LULD Reference Price Tier); a locate
     # not listed: b"Q" (NASDAQ Global Select) and b" " (no LULD tier).
     directory: dict[int, tuple[bytes, bytes]] = dataclasses.field(default_factory=dict)
+    source_port_a: int = 0                          # UDP source port of every A sender (0: ephemeral)
+    source_port_b: int = 0                          # and of every B sender
 
     def __post_init__(self) -> None:
         if not 0 <= self.partition <= 99:
@@ -139,6 +141,8 @@ class FeedConfig:
         for loc, (category, luld) in self.directory.items():
             if len(category) != 1 or len(luld) != 1:
                 raise ValueError(f"feed: stock locate {loc}: market category and LULD tier are one byte each")
+        if not (0 <= self.source_port_a <= 0xFFFF and 0 <= self.source_port_b <= 0xFFFF):
+            raise ValueError(f"feed: source ports {self.source_port_a}, {self.source_port_b} outside 0..65535")
         if not 0 <= self.tracking <= 0xFFFF:
             raise ValueError(f"feed: tracking number {self.tracking} outside u16")
         for ch, kind in (self.transports or {}).items():

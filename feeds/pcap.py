@@ -1,4 +1,6 @@
-"""pcap files: a writer of Ethernet/IPv4/UDP and TCP frames, and a reader of UDP and TCP payloads.
+"""pcap and pcapng files: a writer of Ethernet/IPv4/UDP and TCP frames (pcap), and readers of UDP
+and TCP payloads (``capture_reader`` picks ``PcapReader`` or ``PcapngReader`` by the first bytes;
+``udp_datagrams`` is the fast path of the analysis tools).
 
 File layout (libpcap; the writer emits nanosecond little-endian files, as tcpdump
 ``--time-stamp-precision=nano`` does on x86)::
@@ -31,6 +33,8 @@ and skips (and counts) everything that is not a complete unfragmented IPv4 UDP o
 """
 from __future__ import annotations
 
+import io
+import mmap
 import socket
 import struct
 from pathlib import Path
@@ -42,7 +46,8 @@ __all__ = [
     "IPPROTO_TCP", "IPPROTO_UDP", "TCP_FIN", "TCP_SYN", "TCP_RST", "TCP_PSH", "TCP_ACK",
     "MAGIC_MICRO", "MAGIC_NANO", "Packet", "internet_checksum", "multicast_mac", "mac_for",
     "ipv4_header", "UdpFrameBuilder", "udp_frame", "tcp_frame", "PcapWriter", "TcpStreamWriter", "PcapReader",
-    "parse_frame", "read_pcap",
+    "parse_frame", "read_pcap", "PcapngReader", "CaptureReader", "capture_reader", "PCAPNG_SHB",
+    "udp_datagrams",
 ]
 
 MAGIC_MICRO = 0xA1B2C3D4
@@ -71,6 +76,7 @@ _TCP = struct.Struct(">HHIIBBHHH")
 _PSEUDO = struct.Struct(">4s4sBBH")
 _FRAME_HEADER = struct.Struct(">6s6sHBBHHHBBH4s4sHHHH")   # Ethernet + IPv4 (no options) + UDP
 FRAME_HEADER_SIZE = _FRAME_HEADER.size                    # 42
+_TCP_HEAD = struct.Struct(">HHI")
 
 
 class Packet(NamedTuple):
@@ -83,6 +89,8 @@ class Packet(NamedTuple):
     dst_port: int
     proto: int
     payload: bytes
+    tcp_seq: int = 0          # TCP: the sequence number of the segment's first byte
+    tcp_flags: int = 0        # TCP: FIN SYN RST PSH ACK ... bits
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,11 +436,12 @@ def _ipv4_packet(ts_ns: int, data: bytes, pos: int) -> Packet | None:
     elif proto == IPPROTO_TCP:
         if stop - l4 < 20:
             return None
-        sport, dport = _UDP.unpack_from(data, l4)[:2]
+        sport, dport, tseq = _TCP_HEAD.unpack_from(data, l4)
         doff = (data[l4 + 12] >> 4) * 4
         if doff < 20 or l4 + doff > stop:
             return None
-        payload = data[l4 + doff:stop]
+        return Packet(ts_ns, socket.inet_ntoa(src), sport, socket.inet_ntoa(dst), dport, proto,
+                      data[l4 + doff:stop], tseq, data[l4 + 13])
     else:
         return None
     return Packet(ts_ns, socket.inet_ntoa(src), sport, socket.inet_ntoa(dst), dport, proto,
@@ -513,6 +522,12 @@ class PcapReader:
                 raise ValueError(f"pcap: record of {incl} bytes cut short at {len(frame)}")
             yield sec * 1_000_000_000 + frac * scale, frame, orig
 
+    def frames(self) -> Iterator[tuple[int, int, bytes]]:
+        """Yield ``(ts_ns, linktype, frame)`` for every record (the pcapng reader's interface)."""
+        linktype = self.linktype
+        for ts_ns, frame, _ in self.records():
+            yield ts_ns, linktype, frame
+
     def __iter__(self) -> Iterator[Packet]:
         linktype = self.linktype
         for ts_ns, frame, _ in self.records():
@@ -523,7 +538,267 @@ class PcapReader:
                 yield packet
 
 
+# --------------------------------------------------------------------------------------------
+# pcapng
+# --------------------------------------------------------------------------------------------
+
+PCAPNG_SHB = 0x0A0D0D0A
+_PCAPNG_BOM = 0x1A2B3C4D
+_PCAPNG_IDB = 1
+_PCAPNG_PB = 2           # obsolete Packet Block
+_PCAPNG_SPB = 3
+_PCAPNG_EPB = 6
+_OPT_IF_TSRESOL = 9
+_OPT_IF_TSOFFSET = 14
+_PCAPNG_MAX_BLOCK = 64 << 20
+
+
+class _Interface(NamedTuple):
+    linktype: int
+    snaplen: int
+    units_per_s: int      # timestamp units per second (if_tsresol; 10**6 by default)
+    offset_ns: int        # if_tsoffset, in ns
+
+
+class PcapngReader:
+    """Reads a pcapng file (what dumpcap and Wireshark write by default), same interface as
+    ``PcapReader``: ``frames()`` yields ``(ts_ns, linktype, frame)``, iteration yields ``Packet``s.
+
+    Block layout (every block; the byte order is the Section Header Block's)::
+
+        +-----------+-------------+------------------//--+-------------+
+        |   type    | total length|  body, padded to 4   | total length|
+        |    u32    |     u32     |                      |     u32     |
+        +-----------+-------------+------------------//--+-------------+
+         0x0A0D0D0A Section Header (byte-order magic 0x1A2B3C4D first in its body)
+         1 Interface Description: linktype u16, reserved u16, snaplen u32, options
+           (if_tsresol 9: 10**-n s, or 2**-n s with the top bit set; if_tsoffset 14: seconds)
+         6 Enhanced Packet: interface u32, ts high u32, ts low u32, caplen u32, origlen u32, data
+         3 Simple Packet: origlen u32, data (no timestamp: 0)
+         2 Packet (obsolete): interface u16, drops u16, ts high, ts low, caplen, origlen, data
+
+    Other blocks (statistics, name resolution, custom) are skipped. Several sections and
+    interfaces of different link types in one file are read. ValueError on a malformed or
+    truncated block (after yielding every complete one before it).
+    """
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._in = source
+        head = source.read(12)
+        if len(head) < 12 or int.from_bytes(head[:4], "little") != PCAPNG_SHB:
+            raise ValueError("pcapng: no Section Header Block at the start of the file")
+        self._pending = head
+        self.interfaces: list[_Interface] = []
+        self.order = "<"
+        self._section(head)
+        self.skipped = 0
+        self.big_endian = self.order == ">"
+
+    def _section(self, head: bytes) -> None:
+        bom_le = int.from_bytes(head[8:12], "little")
+        if bom_le == _PCAPNG_BOM:
+            self.order = "<"
+        elif int.from_bytes(head[8:12], "big") == _PCAPNG_BOM:
+            self.order = ">"
+        else:
+            raise ValueError(f"pcapng: bad byte-order magic {head[8:12].hex()}")
+        self.interfaces = []
+
+    @property
+    def linktype(self) -> int:
+        """The link type of the first interface (0 before any)."""
+        return self.interfaces[0].linktype if self.interfaces else 0
+
+    def _options(self, body: bytes, pos: int) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        o = self.order
+        while pos + 4 <= len(body):
+            code, length = struct.unpack_from(o + "HH", body, pos)
+            pos += 4
+            if code == 0:
+                break
+            out.setdefault(code, body[pos:pos + length])
+            pos += (length + 3) & ~3
+        return out
+
+    def _interface(self, body: bytes) -> None:
+        o = self.order
+        if len(body) < 8:
+            raise ValueError("pcapng: Interface Description Block too short")
+        linktype, _, snaplen = struct.unpack_from(o + "HHI", body, 0)
+        opts = self._options(body, 8)
+        units = 10 ** 6
+        res = opts.get(_OPT_IF_TSRESOL)
+        if res:
+            r = res[0]
+            units = 2 ** (r & 0x7F) if r & 0x80 else 10 ** r
+        offset_ns = 0
+        off = opts.get(_OPT_IF_TSOFFSET)
+        if off is not None and len(off) == 8:
+            offset_ns = struct.unpack(o + "q", off)[0] * 1_000_000_000
+        self.interfaces.append(_Interface(linktype, snaplen, units, offset_ns))
+
+    def _ts_ns(self, iface: _Interface, high: int, low: int) -> int:
+        ts = (high << 32) | low
+        units = iface.units_per_s
+        if units == 1_000_000:
+            return ts * 1000 + iface.offset_ns
+        if units == 1_000_000_000:
+            return ts + iface.offset_ns
+        return ts * 1_000_000_000 // units + iface.offset_ns
+
+    def _blocks(self) -> Iterator[tuple[int, bytes]]:
+        read = self._in.read
+        head = self._pending
+        self._pending = b""
+        while True:
+            if not head:
+                head = read(8)
+                if not head:
+                    return
+            if len(head) < 8:
+                raise ValueError(f"pcapng: block header cut short ({len(head)} of 8 bytes)")
+            btype = int.from_bytes(head[:4], "little")
+            if btype == PCAPNG_SHB:
+                if len(head) < 12:
+                    head += read(12 - len(head))
+                    if len(head) < 12:
+                        raise ValueError("pcapng: Section Header Block cut short")
+                self._section(head)
+            o = self.order
+            btype, total = struct.unpack_from(o + "II", head, 0)
+            if total < 12 or total % 4 or total > _PCAPNG_MAX_BLOCK:
+                raise ValueError(f"pcapng: block of type {btype} with a bad length {total}")
+            rest = read(total - len(head))
+            if len(rest) < total - len(head):
+                raise ValueError(f"pcapng: block of {total} bytes cut short at {len(head) + len(rest)}")
+            block = head + rest
+            if int.from_bytes(block[-4:], "big" if o == ">" else "little") != total:
+                raise ValueError(f"pcapng: block of type {btype}: trailing length differs from {total}")
+            head = b""
+            yield btype, block[8:-4]
+
+    def frames(self) -> Iterator[tuple[int, int, bytes]]:
+        """Yield ``(ts_ns, linktype, frame)`` for every packet block."""
+        unpack_from = struct.unpack_from
+        for btype, body in self._blocks():
+            o = self.order
+            if btype == _PCAPNG_EPB:
+                if len(body) < 20:
+                    raise ValueError("pcapng: Enhanced Packet Block too short")
+                iface_id, high, low, caplen, _ = unpack_from(o + "IIIII", body, 0)
+                if iface_id >= len(self.interfaces) or 20 + caplen > len(body):
+                    raise ValueError(f"pcapng: Enhanced Packet Block of interface {iface_id} "
+                                     f"with {caplen} bytes does not fit")
+                iface = self.interfaces[iface_id]
+                yield self._ts_ns(iface, high, low), iface.linktype, body[20:20 + caplen]
+            elif btype == _PCAPNG_IDB:
+                self._interface(body)
+            elif btype == _PCAPNG_SPB:
+                if not self.interfaces or len(body) < 4:
+                    raise ValueError("pcapng: Simple Packet Block without an interface")
+                iface = self.interfaces[0]
+                orig = unpack_from(o + "I", body, 0)[0]
+                caplen = min(orig, len(body) - 4, iface.snaplen or orig)
+                yield 0, iface.linktype, body[4:4 + caplen]
+            elif btype == _PCAPNG_PB:
+                if len(body) < 20:
+                    raise ValueError("pcapng: Packet Block too short")
+                iface_id, _, high, low, caplen, _ = unpack_from(o + "HHIIII", body, 0)
+                if iface_id >= len(self.interfaces) or 20 + caplen > len(body):
+                    raise ValueError("pcapng: Packet Block does not fit")
+                iface = self.interfaces[iface_id]
+                yield self._ts_ns(iface, high, low), iface.linktype, body[20:20 + caplen]
+
+    def __iter__(self) -> Iterator[Packet]:
+        for ts_ns, linktype, frame in self.frames():
+            packet = parse_frame(ts_ns, frame, linktype)
+            if packet is None:
+                self.skipped += 1
+            else:
+                yield packet
+
+
+CaptureReader = PcapReader | PcapngReader
+
+
+def capture_reader(source: BinaryIO) -> CaptureReader:
+    """A reader for a pcap or a pcapng file, chosen by its first four bytes (the stream must be
+    seekable); ValueError naming what the file is not."""
+    head = source.read(4)
+    source.seek(0)
+    if len(head) < 4:
+        raise ValueError(f"not a capture: file of {len(head)} bytes (pcap needs a 24-byte header)")
+    if int.from_bytes(head, "little") == PCAPNG_SHB:
+        return PcapngReader(source)
+    magics = (MAGIC_MICRO, MAGIC_NANO)
+    if int.from_bytes(head, "little") in magics or int.from_bytes(head, "big") in magics:
+        return PcapReader(source)
+    raise ValueError(f"not a pcap or pcapng file (starts with {head.hex()})")
+
+
+def _pcap_frames_mapped(reader: PcapReader) -> Iterator[tuple[int, int, bytes]]:
+    """``reader.frames()`` over a memory map of the file (no read call per record); the plain
+    ``frames()`` when the source is not a mappable file."""
+    try:
+        fileno = reader._in.fileno()
+        mm = mmap.mmap(fileno, 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        yield from reader.frames()
+        return
+    with mm:
+        unpack_from = reader._record.unpack_from
+        scale = 1 if reader.nanosecond else 1000
+        linktype = reader.linktype
+        pos = 24
+        size = len(mm)
+        while pos < size:
+            if size - pos < 16:
+                raise ValueError(f"pcap: record header cut short ({size - pos} of 16 bytes)")
+            sec, frac, incl, _ = unpack_from(mm, pos)
+            pos += 16
+            end = pos + incl
+            if end > size:
+                raise ValueError(f"pcap: record of {incl} bytes cut short at {size - pos}")
+            yield sec * 1_000_000_000 + frac * scale, linktype, mm[pos:end]
+            pos = end
+
+
+def udp_datagrams(reader: CaptureReader, counts: dict[str, int]) -> Iterator[tuple[int, tuple[str, int], bytes]]:
+    """The fast path of the analysis tools: ``(ts_ns, (destination address, port), payload)`` of
+    every UDP datagram, without building a ``Packet``. Untagged Ethernet/IPv4/UDP frames of 20-byte
+    IP headers (what feeds are) are sliced in place; every other frame goes through
+    ``parse_frame``. ``counts`` gets ``tcp`` (segments) and ``not_ip`` (frames that are not IPv4
+    UDP/TCP)."""
+    frames = _pcap_frames_mapped(reader) if isinstance(reader, PcapReader) else reader.frames()
+    lines: dict[bytes, tuple[str, int]] = {}
+    tcp = not_ip = 0
+    try:
+        for ts_ns, linktype, frame in frames:
+            if (linktype == LINKTYPE_ETHERNET and frame[12:14] == b"\x08\x00" and frame[14] == 0x45
+                    and frame[23] == IPPROTO_UDP and not (frame[20] & 0x3F or frame[21])):
+                total = (frame[16] << 8) | frame[17]
+                ulen = (frame[38] << 8) | frame[39]
+                if 28 <= total and 14 + total <= len(frame) and 8 <= ulen <= total - 20:
+                    key = frame[30:34] + frame[36:38]
+                    line = lines.get(key)
+                    if line is None:
+                        line = lines[key] = (socket.inet_ntoa(key[:4]), (key[4] << 8) | key[5])
+                    yield ts_ns, line, frame[42:34 + ulen]
+                    continue
+            packet = parse_frame(ts_ns, frame, linktype)
+            if packet is None:
+                not_ip += 1
+            elif packet.proto == IPPROTO_UDP:
+                yield ts_ns, (packet.dst_ip, packet.dst_port), packet.payload
+            else:
+                tcp += 1
+    finally:
+        counts["tcp"] = counts.get("tcp", 0) + tcp
+        counts["not_ip"] = counts.get("not_ip", 0) + not_ip
+
+
 def read_pcap(path: str | Path) -> list[Packet]:
-    """Every UDP datagram and TCP segment of the IPv4 packets in a pcap file."""
+    """Every UDP datagram and TCP segment of the IPv4 packets in a pcap or pcapng file."""
     with open(path, "rb") as f:
-        return list(PcapReader(f))
+        return list(capture_reader(f))

@@ -83,11 +83,16 @@ def membership(group: str, interface: str) -> bytes:
 
 
 def multicast_sender(group: Endpoint, interface: str = "127.0.0.1", ttl: int = 0, dscp: int = 0,
-                     sndbuf: int = 0) -> socket.socket:
+                     sndbuf: int = 0, source_port: int = 0) -> socket.socket:
     """A UDP socket connected to ``group``, sending through ``interface`` (address or name) with
-    ``ttl`` and DSCP."""
+    ``ttl`` and DSCP. ``source_port`` (0: the kernel picks one) is bound with SO_REUSEADDR, so
+    the senders of several channels (and a restarted sender) share one fixed port that ACLs and
+    capture filters can name; the bound address is the interface's (any, for a named one)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
+        if source_port:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((interface if _is_address(interface) else "0.0.0.0", source_port))
         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, interface_option(interface))
         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
         if dscp:
@@ -126,11 +131,12 @@ class _UdpChannel:
 
     __slots__ = ("name", "sock_a", "sock_b", "errors", "packets", "last_error")
 
-    def __init__(self, name: str, groups: ChannelGroups, interface: str, ttl: int, dscp: int) -> None:
+    def __init__(self, name: str, groups: ChannelGroups, interface: str, ttl: int, dscp: int,
+                 source_ports: tuple[int, int] = (0, 0)) -> None:
         self.name = name
-        self.sock_a = multicast_sender(groups.a, interface, ttl, dscp)
+        self.sock_a = multicast_sender(groups.a, interface, ttl, dscp, source_port=source_ports[0])
         try:
-            self.sock_b = multicast_sender(groups.b, interface, ttl, dscp)
+            self.sock_b = multicast_sender(groups.b, interface, ttl, dscp, source_port=source_ports[1])
         except BaseException:
             self.sock_a.close()
             raise
@@ -178,8 +184,9 @@ class _MmsgChannel(_UdpChannel):
 
     __slots__ = ("batch", "pair")
 
-    def __init__(self, name: str, groups: ChannelGroups, interface: str, ttl: int, dscp: int) -> None:
-        super().__init__(name, groups, interface, ttl, dscp)
+    def __init__(self, name: str, groups: ChannelGroups, interface: str, ttl: int, dscp: int,
+                 source_ports: tuple[int, int] = (0, 0)) -> None:
+        super().__init__(name, groups, interface, ttl, dscp, source_ports)
         self.batch = BatchSender()
         self.pair = (self.sock_a, self.sock_b)
 
@@ -203,13 +210,15 @@ class UdpTransport:
     frames through one AF_XDP socket on the interface (feeds/afxdp.py), shared by its channels.
     Where the host refuses AF_XDP, its channels send through kernel udp and ``notes`` says so in
     one line, or with ``afxdp_required`` opening the channel raises ``XdpUnavailable``.
+    ``source_ports``: the fixed source ports of every kernel A and B sender (0: ephemeral).
     """
 
     def __init__(self, interface: str = "127.0.0.1", ttl: int = 0, dscp: int = 0, *,
                  batched: bool = False, kinds: dict[str, str] | None = None, source_port: int = 29999,
                  afxdp_mode: str = "auto", afxdp_required: bool = False, afxdp_queue: int = 0,
-                 afxdp_checksum_offload: bool = True) -> None:
+                 afxdp_checksum_offload: bool = True, source_ports: tuple[int, int] = (0, 0)) -> None:
         self.interface = interface
+        self.source_ports = source_ports
         self.ttl = ttl
         self.dscp = dscp
         self.batched = batched
@@ -271,7 +280,7 @@ class UdpTransport:
             self.fallbacks[name] = "the C library has no sendmmsg"
             kind = "udp"
         maker = _MmsgChannel if kind == "sendmmsg" else _UdpChannel
-        ch = maker(name, groups, self.interface, self.ttl, self.dscp)
+        ch = maker(name, groups, self.interface, self.ttl, self.dscp, self.source_ports)
         self.channels[name] = ch
         return ch
 
@@ -308,12 +317,14 @@ class UdpTransport:
 # ================================================================================================
 
 class _PcapChannel:
-    __slots__ = ("writer", "src_ip", "src_port", "groups", "ttl", "packets")
+    __slots__ = ("writer", "src_ip", "src_port", "src_port_b", "groups", "ttl", "packets")
 
-    def __init__(self, writer: PcapWriter, src_ip: str, src_port: int, groups: ChannelGroups, ttl: int) -> None:
+    def __init__(self, writer: PcapWriter, src_ip: str, src_port: int, groups: ChannelGroups, ttl: int,
+                 src_port_b: int) -> None:
         self.writer = writer
         self.src_ip = src_ip
         self.src_port = src_port
+        self.src_port_b = src_port_b
         self.groups = groups
         self.ttl = ttl
         self.packets = 0
@@ -323,7 +334,7 @@ class _PcapChannel:
         (ga, pa), (gb, pb) = self.groups
         for p in payloads:
             w(ts_ns, self.src_ip, self.src_port, ga, pa, p, ttl=self.ttl)
-            w(ts_ns, self.src_ip, self.src_port, gb, pb, p, ttl=self.ttl)
+            w(ts_ns, self.src_ip, self.src_port_b, gb, pb, p, ttl=self.ttl)
         self.packets += len(payloads)
         return len(payloads)
 
@@ -333,21 +344,23 @@ class _PcapChannel:
 
 class PcapTransport:
     """Writes every datagram, A then B, as an Ethernet/IPv4/UDP frame of a nanosecond pcap, as
-    tcpdump would capture it on the sending host (source ``src_ip:src_port``, destination the group)."""
+    tcpdump would capture it on the sending host (source ``src_ip:src_port``, ``src_port_b`` for
+    the B groups when given, destination the group)."""
 
     def __init__(self, out: str | Path | BinaryIO, src_ip: str = "127.0.0.1", src_port: int = 29999,
-                 ttl: int = 0) -> None:
+                 ttl: int = 0, src_port_b: int | None = None) -> None:
         if isinstance(out, (str, Path)):
             self.writer = PcapWriter.open(out)
         else:
             self.writer = PcapWriter(out)
         self.src_ip = src_ip
         self.src_port = src_port
+        self.src_port_b = src_port if src_port_b is None else src_port_b
         self.ttl = ttl
         self.channels: dict[str, _PcapChannel] = {}
 
     def channel(self, name: str, groups: ChannelGroups) -> _PcapChannel:
-        ch = _PcapChannel(self.writer, self.src_ip, self.src_port, groups, self.ttl)
+        ch = _PcapChannel(self.writer, self.src_ip, self.src_port, groups, self.ttl, self.src_port_b)
         self.channels[name] = ch
         return ch
 
@@ -442,11 +455,13 @@ def transport_for(config: FeedConfig, kind: str = "udp", pcap_path: str | Path |
             kinds = dict.fromkeys(config.channels, kind)
         return UdpTransport(config.interface, config.ttl, config.dscp, kinds=kinds,
                             source_port=config.source_port, afxdp_mode=config.afxdp_mode,
-                            afxdp_required=config.afxdp_required, afxdp_queue=config.afxdp_queue)
+                            afxdp_required=config.afxdp_required, afxdp_queue=config.afxdp_queue,
+                            source_ports=(config.source_port_a, config.source_port_b))
     if kind == "pcap":
         if pcap_path is None:
             raise ValueError("feed: the pcap transport needs a file")
-        return PcapTransport(pcap_path, ttl=config.ttl, src_port=config.source_port)
+        return PcapTransport(pcap_path, ttl=config.ttl, src_port=config.source_port_a or config.source_port,
+                             src_port_b=config.source_port_b or config.source_port)
     if kind == "memory":
         return MemoryTransport()
     if kind == "null":

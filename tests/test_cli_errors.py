@@ -21,7 +21,8 @@ from tools.demo import loopback_config, write_config
 
 pytestmark = pytest.mark.timeout(600)
 
-COVERED_ELSEWHERE = ("matchwire feed dump", "matchwire pcap")
+COVERED_ELSEWHERE = ("matchwire feed dump", "matchwire pcap",
+                     "matchwire wireshark path")   # takes no input: nothing to get wrong
 
 Files = dict[str, str]
 # (subcommand, arguments built from the fixture's files)
@@ -49,6 +50,9 @@ CASES: list[tuple[str, Callable[[Files], list[str]]]] = [
     ("bench latency", lambda f: ["--rate", "x"]),
     ("bench latency", lambda f: ["--rate", "0"]),
     ("bench fix-state", lambda f: ["--small", "0"]),
+    ("bench pcap", lambda f: [f["missing"]]),
+    ("bench pcap", lambda f: [f["text"]]),
+    ("wireshark install", lambda f: ["--dir", f["text"]]),   # a file where the folder should be
     ("bench day", lambda f: ["--date", "2026-13-45"]),
     ("replay", lambda f: [f["missing"]]),
     ("replay", lambda f: [f["text"]]),

@@ -196,7 +196,8 @@ def test_tcp_frames_parse_back_with_verifying_checksums(payload: bytes, seq: int
     frame = pcap.tcp_frame("10.0.0.1", 9000, "10.0.0.2", 50000, seq, ack,
                            pcap.TCP_PSH | pcap.TCP_ACK, payload)
     packet = pcap.parse_frame(0, frame)
-    assert packet == Packet(0, "10.0.0.1", 9000, "10.0.0.2", 50000, pcap.IPPROTO_TCP, payload)
+    assert packet == Packet(0, "10.0.0.1", 9000, "10.0.0.2", 50000, pcap.IPPROTO_TCP, payload, seq,
+                            pcap.TCP_PSH | pcap.TCP_ACK)
     assert struct.unpack_from(">II", frame, 38) == (seq, ack)
     pseudo = frame[26:34] + b"\0\x06" + (20 + len(payload)).to_bytes(2, "big")
     assert pcap.internet_checksum(pseudo + frame[34:]) == 0
@@ -358,3 +359,92 @@ def test_tshark_reads_our_files_with_valid_checksums(tmp_path: Path, nanosecond:
         assert statuses == ["1", "1"], line          # 1 = Good (0 Bad, 2 Unverified)
     first_time = fields[0].split("\t")[3]
     assert first_time == ("1700000000.123456789" if nanosecond else "1700000000.123456000")
+
+
+# --------------------------------------------------------------------------------------------
+# pcapng
+# --------------------------------------------------------------------------------------------
+
+def ng_block(order: str, btype: int, body: bytes) -> bytes:
+    body += b"\0" * (-len(body) % 4)
+    total = 12 + len(body)
+    return struct.pack(order + "II", btype, total) + body + struct.pack(order + "I", total)
+
+
+def ng_option(order: str, code: int, value: bytes) -> bytes:
+    return struct.pack(order + "HH", code, len(value)) + value + b"\0" * (-len(value) % 4)
+
+
+def ng_file(order: str) -> tuple[bytes, list[tuple[int, int, bytes]]]:
+    """Two interfaces (Ethernet in ns, SLL in 2**-10 s with an offset), EPBs on both, a Simple
+    Packet Block, a statistics block and a custom block to skip, then a second section."""
+    eth = pcap.udp_frame("10.0.0.1", 1, "239.1.1.1", 2, b"eth payload")
+    sll = b"\0\0\0\x01\0\x06" + b"\x02" * 6 + b"\0\0\x08\x00" + eth[14:]
+    shb = ng_block(order, pcap.PCAPNG_SHB, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+    idb0 = ng_block(order, 1, struct.pack(order + "HHI", 1, 0, 0) + ng_option(order, 9, b"\x09")
+                    + ng_option(order, 0, b""))
+    idb1 = ng_block(order, 1, struct.pack(order + "HHI", 113, 0, 0) + ng_option(order, 9, b"\x8a")
+                    + ng_option(order, 14, struct.pack(order + "q", 100)) + ng_option(order, 0, b""))
+
+    def epb(iface: int, ts: int, frame: bytes) -> bytes:
+        return ng_block(order, 6, struct.pack(order + "IIIII", iface, ts >> 32, ts & 0xFFFFFFFF, len(frame),
+                                              len(frame)) + frame)
+    spb = ng_block(order, 3, struct.pack(order + "I", len(eth)) + eth)
+    isb = ng_block(order, 5, struct.pack(order + "III", 0, 0, 0))
+    custom = ng_block(order, 0x40000BAD, b"vendor things")
+    data = shb + idb0 + idb1 + epb(0, T0, eth) + epb(1, 3 * 1024 + 512, sll) + isb + custom + spb
+    data += shb + idb0 + epb(0, T0 + 5, eth)
+    expect = [(T0, pcap.LINKTYPE_ETHERNET, eth), ((100 + 3) * 10**9 + 500_000_000, pcap.LINKTYPE_LINUX_SLL, sll),
+              (0, pcap.LINKTYPE_ETHERNET, eth), (T0 + 5, pcap.LINKTYPE_ETHERNET, eth)]
+    return data, expect
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_pcapng_interfaces_resolutions_offsets_and_sections(order: str) -> None:
+    data, expect = ng_file(order)
+    reader = pcap.capture_reader(io.BytesIO(data))
+    assert isinstance(reader, pcap.PcapngReader)
+    assert list(reader.frames()) == expect
+    packets = list(pcap.capture_reader(io.BytesIO(data)))
+    assert [p.payload for p in packets] == [b"eth payload"] * 4
+    assert packets[1].ts_ns == (100 + 3) * 10**9 + 500_000_000
+
+
+def test_pcapng_errors_after_the_complete_blocks() -> None:
+    data, _ = ng_file("<")
+    for cut in (len(data) - 1, len(data) - 30):
+        got = []
+        with pytest.raises(ValueError, match="pcapng"):
+            for _, _, frame in pcap.capture_reader(io.BytesIO(data[:cut])).frames():
+                got.append(frame)
+        assert len(got) == 3
+    bad = bytearray(data)
+    bad[-4] ^= 0xFF                                   # the trailing length of the last block
+    with pytest.raises(ValueError, match="trailing length"):
+        list(pcap.capture_reader(io.BytesIO(bytes(bad))))
+    with pytest.raises(ValueError):
+        pcap.capture_reader(io.BytesIO(b"\x0a\x0d\x0d\x0a\x1c\0\0\0\x01\x02\x03\x04"))   # byte-order magic
+    with pytest.raises(ValueError, match="not a pcap"):
+        pcap.capture_reader(io.BytesIO(b"GET / HTTP/1.1\r\n"))
+
+
+def test_fast_path_gives_what_the_packet_reader_gives(tmp_path: Path) -> None:
+    """udp_datagrams (memory-mapped, frames sliced in place) against Packet parsing, on a file with
+    tagged and untagged frames, padding, a fragment, TCP and ARP."""
+    path = tmp_path / "mixed.pcap"
+    frames = [pcap.udp_frame("10.0.0.1", 1, "239.1.1.1", 2, b"plain"),
+              pcap.udp_frame("10.0.0.1", 1, "239.1.1.2", 3, b"padded") + b"\0" * 20,
+              (lambda f: f[:12] + b"\x81\x00\x00\x05" + f[12:])(pcap.udp_frame("10.0.0.1", 1, "239.1.1.3", 4, b"vlan")),
+              (lambda f: f[:20] + b"\x20\x00" + f[22:])(pcap.udp_frame("10.0.0.1", 1, "239.1.1.4", 5, b"fragment")),
+              pcap.tcp_frame("10.0.0.1", 1, "10.0.0.2", 2, 1, 1, pcap.TCP_ACK, b"tcp"),
+              b"\xff" * 12 + b"\x08\x06" + b"\0" * 28]
+    with PcapWriter.open(path) as w:
+        for i, frame in enumerate(frames):
+            w.write_frame(T0 + i, frame)
+    counts: dict[str, int] = {}
+    with open(path, "rb") as f:
+        fast = list(pcap.udp_datagrams(pcap.capture_reader(f), counts))
+    slow = [(p.ts_ns, (p.dst_ip, p.dst_port), p.payload) for p in pcap.read_pcap(path) if p.proto == pcap.IPPROTO_UDP]
+    assert fast == slow == [(T0, ("239.1.1.1", 2), b"plain"), (T0 + 1, ("239.1.1.2", 3), b"padded"),
+                            (T0 + 2, ("239.1.1.3", 4), b"vlan")]
+    assert counts == {"tcp": 1, "not_ip": 2}

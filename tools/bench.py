@@ -12,6 +12,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "tools.bench_matching",
     "tools.bench_wal",  # wal, recovery, crash
     "tools.bench_feed",  # feed, subscriber
+    "tools.bench_pcap",  # pcap (gap-check and stats beside tshark)
     "tools.bench_ring",
     "tools.bench_retransmit",  # retransmit
     "tools.bench_pipeline",  # pipeline, restart

@@ -330,7 +330,7 @@ def _plot(runs: list[dict[str, Any]], path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("matchwire bench latency: --plot needs matplotlib (pip install 'matchwire[bench]')")
+        raise SystemExit("matchwire bench latency: --plot needs matplotlib (pip install 'matchwire[plot]')")
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for r in runs:
         pts = [(p, v) for p, v in r["_hist"].percentile_table() if p < 100.0]

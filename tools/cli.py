@@ -24,6 +24,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tools.replay",  # replay WALDIR
     "tools.audit",  # audit export WALDIR
     "tools.feed_dump",  # feed dump
+    "tools.pcap_cli",  # pcap gap-check, stats, latency, book
+    "tools.wireshark_cli",  # wireshark path, install
     "tools.retransmit_cli",  # retransmit serve, snapshot serve
     "tools.run_cli",  # run CONFIG, demo, admin
     "tools.order_cli",  # order enter|cancel|replace|status

@@ -229,18 +229,24 @@ def resume_points(state_dir: str, gateway: str) -> dict[int, int]:
 _TIF_LETTER: Final = {DAY: b"0", IOC: b"3"}
 
 
-def restore_ouch_session(s: OuchSession, stream: Sequence[bytes]) -> None:
+def restore_ouch_session(s: OuchSession, stream: Sequence[bytes]) -> bool:
     """Rebuild an OuchSession's sequence numbers, orders and UserRefNums from its sequenced stream.
 
     Every change of an order the session knows of is in the stream ('A' accepted with every
     attribute, 'U' replaced, 'E' executed, 'C' cancelled, 'M' modified, 'J' rejected), so replaying
     it gives the orders as they were when the last message was written.
+
+    A System Event 'E' in the stream was written by a gateway that stopped (an orderly stop, or the
+    supervisor stopping everything after a child died): it ended that run of the session, not the
+    trading day. The restored session takes orders again; returns True when the stream's last
+    System Event is such an 'E' (the caller announces the reopening with a System Event 'S').
     """
     s.stream = list(stream)
     by_urn: dict[int, int] = {}
     orders = s.orders
     sid = s.session_id
     last = 0
+    stopped = False
     o: _Order | None
     for msg in s.stream:
         t = msg[:1]
@@ -303,10 +309,12 @@ def restore_ouch_session(s: OuchSession, stream: Sequence[bytes]) -> None:
                 _retire(o, orders, by_urn)
         elif t == b"Q":
             last = max(last, m.next_user_ref_num - 1)
-        elif t == b"S" and m.event_code == b"E":
-            s.ended = True
+        elif t == b"S":
+            stopped = m.event_code == b"E"
     s._by_urn = by_urn
     s.last_user_ref_num = max(s.last_user_ref_num, last)
+    s.ended = False
+    return stopped
 
 
 def _retire(o: _Order, orders: dict[int, _Order], by_urn: dict[int, int]) -> None:
@@ -546,10 +554,11 @@ class GatewayServer:
             s = OuchSession(sid, {f.ouch.username: (f.ouch.password, f.id)}, self.instruments, session_name=name,
                             midnight_ns=self.midnight_ns)
             stream = js.ouch.get(sid, [])
-            if stream:
-                restore_ouch_session(s, stream)
+            reopened = restore_ouch_session(s, stream) if stream else False
             slot = Slot("ouch", s, sid, f, f"OUCH {f.name}")
             slot.journaled = len(s.stream)
+            if reopened:   # journalled by the first flush
+                s.start_of_day(time.time_ns())
             slot.applied = dict(js.marks)
             self._add(slot)
             self.ouch_by_user[f.ouch.username] = slot

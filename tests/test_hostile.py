@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import pytest
 
 from appliance.gateway import ouch
+from feeds import soupbintcp as soup
 from tests.test_fullstack import P150, Fix, Stack
 from tools.demo import loopback_config
 
@@ -83,3 +84,64 @@ def test_ouch_order_entry_works_after_a_restart(stack: Stack, how: str) -> None:
 
 
 soupbin_end_of_session = b"Z"
+
+
+# ------------------------------------------------------------------------------------------------
+# Defect 3: unauthenticated Logons change nothing of the firm's session
+# ------------------------------------------------------------------------------------------------
+
+def _closed_without_answer(sock: socket.socket) -> bytes:
+    """Everything the gateway sends until it closes the connection (bounded wait)."""
+    sock.settimeout(10)
+    got = b""
+    try:
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                return got
+            got += data
+    except socket.timeout:
+        pytest.fail(f"the gateway kept a failed login open (got {got!r})")
+    except ConnectionResetError:
+        return got
+    finally:
+        sock.close()
+
+
+def test_wrong_password_logons_change_nothing_of_the_firms_sessions(stack: Stack) -> None:
+    f = Fix(stack.gw.fix_port, "BRVO")
+    assert f.logon("brvo-pw").get(35) == b"A"
+    f.order("W1", "1", 10, "140.00")
+    f.wait(lambda m: m.get(35) == b"8")
+    f.send("5")
+    f.wait(lambda m: m.get(35) == b"5")
+    f.close()
+    next_in = f.seq
+    last_out = max(int(m.get(34)) for m in f.msgs)
+    sess = lambda: next(s for s in stack.admin("GET", "/status")["gateways"]["gw0"]["sessions"]  # noqa: E731
+                        if s["name"] == "FIX BRVO")
+    before = sess()
+    jpath = os.path.join(stack.state, "gateways", "gw0", "journal.bin")
+    journal_before = os.path.getsize(jpath)
+    for i in range(30):
+        x = Fix(stack.gw.fix_port, "BRVO", next_out=next_in + i)
+        x.send("A", (98, 0), (108, 30), (554, f"guess{i}"))
+        assert _closed_without_answer(x.sock) == b""
+    for i in range(10):   # OUCH: a wrong password is refused 'A' and touches nothing either
+        s = socket.create_connection(("127.0.0.1", stack.gw.ouch_port), timeout=10)
+        s.sendall(soup.encode_login_request("brvo", f"guess{i}", "", 1))
+        assert _closed_without_answer(s) == soup.encode_login_rejected(soup.REJECT_NOT_AUTHORIZED)
+    after = sess()
+    assert (after["next_in"], after["next_out"]) == (before["next_in"], before["next_out"])
+    assert os.path.getsize(jpath) == journal_before
+    # The real firm logs on again: its next message number is the one after its last, no gap.
+    g = Fix(stack.gw.fix_port, "BRVO", next_out=next_in)
+    logon = g.logon("brvo-pw")
+    assert logon.get(35) == b"A" and int(logon.get(34)) == last_out + 1
+    g.order("W2", "1", 10, "140.00")
+    rep = g.wait(lambda m: m.get(35) == b"8")
+    assert int(rep.get(34)) == last_out + 2
+    assert not [m for m in g.msgs if m.get(35) in (b"2", b"5")]
+    counters = stack.admin("GET", "/status")["gateways"]["gw0"]["counters"]
+    assert counters.get("login_rejected", 0) >= 40
+    g.close()

@@ -29,7 +29,9 @@ Session layer (FIX 4.4 rules):
     Logon A         first message; CompIDs, Password/Username, EncryptMethod 0, HeartBtInt > 0;
                     ResetSeqNumFlag (141=Y, with MsgSeqNum 1) resets both sides to 1. Answered with
                     Logon (same HeartBtInt); a MsgSeqNum above the expected one is then answered with
-                    ResendRequest. Anything else first, or a failed check: Logout, close.
+                    ResendRequest. Anything else first: close. A Logon without the counterparty's
+                    Password/Username: close without answering, the session untouched (no
+                    MsgSeqNum used, nothing stored). A failed check after that: Logout, close.
     MsgSeqNum       equal: processed. Higher: ResendRequest(7=expected, 16=0) once, and the message
                     is dropped (it comes again in the resend). Lower without PossDupFlag: Logout
                     "MsgSeqNum too low", close; lower with PossDupFlag=Y: ignored.
@@ -109,7 +111,7 @@ from appliance.model import (
 )
 
 __all__ = [
-    "FixSession", "FixSessionConfig", "FixSessionState", "FixOrder", "FIX_REJECT", "logon_comp_ids",
+    "FixSession", "FixSessionConfig", "FixSessionState", "FixOrder", "FIX_REJECT", "logon_comp_ids", "logon_identity",
     "utc_timestamp", "avg_px_text", "STP_TAG",
 ]
 
@@ -189,13 +191,21 @@ def avg_px_text(notional: int, qty: int) -> str:
 def logon_comp_ids(data: bytes) -> tuple[str, str] | None:
     """(SenderCompID, TargetCompID) of the first message in ``data`` if it is a complete Logon, None
     if more bytes are needed. FixFramingError if the bytes are not FIX or the message is no Logon."""
+    ident = logon_identity(data)
+    return None if ident is None else (ident[0], ident[1])
+
+
+def logon_identity(data: bytes) -> tuple[str, str, str | None, str | None] | None:
+    """(SenderCompID, TargetCompID, Username 553, Password 554) of the first message in ``data`` if
+    it is a complete Logon (absent fields None), None if more bytes are needed. FixFramingError if
+    the bytes are not FIX or the message is no Logon."""
     items = FixParser().feed(data)
     if not items:
         return None
     first = items[0]
     if isinstance(first, Garbled) or first.msg_type != "A" or first.get(49) is None or first.get(56) is None:
         raise FixFramingError("the first message is not a well-formed Logon")
-    return first.get(49) or "", first.get(56) or ""
+    return first.get(49) or "", first.get(56) or "", first.get(553), first.get(554)
 
 
 @dataclass(frozen=True)
@@ -356,6 +366,11 @@ class FixSession(SessionOutbox):
     @property
     def logged_on(self) -> bool:
         return self._conn == _ACTIVE
+
+    def authenticates(self, username: str | None, password: str | None) -> bool:
+        """Whether a Logon with these Username (553) and Password (554) is the counterparty's."""
+        cfg = self.config
+        return not ((cfg.password and password != cfg.password) or (cfg.username and username != cfg.username))
 
     def connection_made(self, now_ns: int) -> None:
         if self._conn in (_AWAIT_LOGON, _ACTIVE, _LOGOUT_SENT):
@@ -544,6 +559,11 @@ class FixSession(SessionOutbox):
         if msg.msg_type != "A":
             self._close(E.PROTOCOL_ERROR, f"first message is {msg.msg_type!r}, not a Logon")
             return
+        if not self.authenticates(msg.get(553), msg.get(554)):
+            # Not the counterparty: nothing of the session changes (no sequence number used, nothing
+            # stored or journalled) and nothing is said to the peer; the connection is closed.
+            self._close(E.LOGIN_REJECTED, "not authorized")
+            return
         problem = (
             "malformed Logon: " + msg.error[2] if msg.error is not None
             else "MsgSeqNum (34) missing" if seq is None
@@ -551,8 +571,6 @@ class FixSession(SessionOutbox):
             else "EncryptMethod (98) must be 0" if msg.get(98) != "0"
             else "HeartBtInt (108) must be a positive number" if not (msg.get(108) or "").isdigit()
             or int(msg.get(108) or "0") <= 0
-            else "not authorized" if (cfg.password and msg.get(554) != cfg.password)
-            or (cfg.username and msg.get(553) != cfg.username)
             else ""
         )
         if problem:

@@ -16,9 +16,10 @@ Owned by one asyncio thread (everything here runs on the event loop). What it do
 Connections are routed to their session by the login itself: the SoupBinTCP Login Request's
 username names the firm's OUCH session, the FIX Logon's SenderCompID the firm's FIX session (one
 of each per firm; session id = firm id for OUCH, firm id + 2^30 for FIX). A connection whose first
-bytes are not a login is closed without touching any session; an unknown user gets Login Rejected
-'A' (OUCH) or nothing (FIX); a second connection to a busy session gets Login Rejected 'S' (OUCH)
-or nothing (FIX).
+bytes are not a login is closed without touching any session; an unknown user or a wrong password
+gets Login Rejected 'A' (OUCH) or nothing (FIX), and the firm's session never sees the connection
+(no sequence number moves, nothing is journalled); a second connection to a busy session gets Login
+Rejected 'S' (OUCH) or nothing (FIX).
 
 Back-pressure: a full command ring keeps the commands in order in the gateway and every connection
 stops being read until the ring takes them again (nothing is dropped, nothing grows without bound:
@@ -82,7 +83,7 @@ from appliance.catalogue import (
 )
 from appliance.config import Config, FirmConfig, load
 from appliance.gateway import ouch_layout as L
-from appliance.gateway.fix import FixSession, FixSessionConfig, FixSessionState, logon_comp_ids
+from appliance.gateway.fix import FixSession, FixSessionConfig, FixSessionState, logon_identity
 from appliance.gateway.fixcodec import FixFramingError
 from appliance.gateway.ouch import OuchSession, _Order
 from appliance.model import BUY, DAY, IOC, SELL, Instrument
@@ -453,10 +454,10 @@ class OuchConn(_Conn):
             self.server.garbage(self, f"bad login: {e}")
             return None
         slot = self.server.ouch_by_user.get(req.username)
-        if slot is None:
+        if slot is None or slot.session.credentials.get(req.username, ("",))[0] != req.password:
+            # Unknown user or wrong password: the firm's session never sees the connection.
             self.write(soup.encode_login_rejected(soup.REJECT_NOT_AUTHORIZED))
-            self.server.count("login_rejected")
-            self.close()
+            self.server.refused(self, f"OUCH login as {req.username!r}: not authorized")
             return None
         if slot.conn is not None or not self.server.accepting:
             self.write(soup.encode_login_rejected(soup.REJECT_SESSION_NOT_AVAILABLE))
@@ -471,7 +472,7 @@ class FixConn(_Conn):
 
     def route(self) -> Slot | None:
         try:
-            ids = logon_comp_ids(bytes(self.buf))
+            ids = logon_identity(bytes(self.buf))
         except FixFramingError as e:
             self.server.garbage(self, f"not a FIX Logon: {e}")
             return None
@@ -480,6 +481,10 @@ class FixConn(_Conn):
                 self.server.garbage(self, "no complete Logon in the first 4 KiB")
             return None
         slot = self.server.fix_by_comp.get(ids[0])
+        if slot is not None and not slot.session.authenticates(ids[2], ids[3]):
+            # Not the counterparty: the firm's session never sees it (no sequence number moves).
+            self.server.refused(self, f"FIX Logon as {ids[0]!r}: not authorized")
+            return None
         if slot is None or slot.conn is not None or not self.server.accepting:
             self.server.count("login_rejected")
             self.close()
@@ -624,6 +629,18 @@ class GatewayServer:
         self.count(f"{conn.kind}_garbage")
         log(self.name, f"{conn.kind} connection {conn.peer}: {why}: closed")
         conn.close()
+
+    def refused(self, conn: _Conn, why: str) -> None:
+        """A login that is not a firm's: counted, logged (at most once a second), closed."""
+        self.count("login_rejected")
+        now = time.monotonic()
+        if now - self._refused_logged_at >= 1.0:
+            self._refused_logged_at = now
+            log(self.name, f"{conn.kind} connection {conn.peer}: {why}: closed "
+                           f"({self.counters['login_rejected']} logins refused so far)")
+        conn.close()
+
+    _refused_logged_at = 0.0
 
     def after_input(self, slot: Slot) -> None:
         cmds = slot.session.take_commands()

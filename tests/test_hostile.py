@@ -145,3 +145,32 @@ def test_wrong_password_logons_change_nothing_of_the_firms_sessions(stack: Stack
     counters = stack.admin("GET", "/status")["gateways"]["gw0"]["counters"]
     assert counters.get("login_rejected", 0) >= 40
     g.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Defect 4: Account Query after the last UserRefNum
+# ------------------------------------------------------------------------------------------------
+
+ACCOUNT_QUERY = soup.encode_unsequenced_data(ouch.L.encode(ouch.L.ACCOUNT_QUERY, ouch.L.AccountQuery()))
+
+
+def test_account_query_after_the_last_user_ref_num_is_answered(stack: Stack) -> None:
+    a = stack.ouch("alfa", "alfa-pw")
+    a.send(ACCOUNT_QUERY)
+    q = a.wait_for(lambda m: isinstance(m, ouch.L.AccountQueryResponse))
+    assert q.next_user_ref_num == 1
+    a.enter(0xFFFF_FFFF, b"B", 100, "ALPH", 1_400_000)
+    a.wait_for(lambda m: isinstance(m, ouch.L.OrderAccepted) and m.user_ref_num == 0xFFFF_FFFF)
+    a.send(ACCOUNT_QUERY)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not a.closed and not any(k == soup.DEBUG for k, _ in a.other):
+        a.pump(0.2)
+    assert not a.closed, stack.output()
+    text = next(p for k, p in a.other if k == soup.DEBUG)
+    assert b"UserRefNum" in text, text
+    # The connection and the gateway go on: the order is still cancellable on the same connection.
+    a.cancel(0xFFFF_FFFF)
+    c = a.wait_for(lambda m: isinstance(m, ouch.L.OrderCanceled))
+    assert c.user_ref_num == 0xFFFF_FFFF
+    assert "Traceback" not in stack.output() and "struct.error" not in stack.output()
+    a.close()

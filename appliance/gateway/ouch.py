@@ -63,7 +63,8 @@ unique among live orders and never reused in a day):
     Modify Order M   Side among S/T/E of a sell (B stays B; the engine side never changes) and/or a
                      quantity reduction (intended order size as for Cancel) -> ReplaceOrder, answered
                      'M'. A side-only change is answered at once. Increases and B<->S: ignored.
-    Account Query Q  'Q' with the next UserRefNum.
+    Account Query Q  'Q' with the next UserRefNum; after UserRefNum 0xFFFFFFFF (there is no next
+                     one) a Debug '+' saying so instead, the connection kept.
 
 Engine events -> sequenced OUCH messages: see ``on_events``; reason mappings: REJECT_REASON and
 CANCEL_REASON below (one table each).
@@ -214,6 +215,7 @@ _STRUCT_I = L.CANCEL_REJECT.struct.pack
 _STRUCT_M = L.ORDER_MODIFIED.struct.pack
 _STRUCT_Q = L.ACCOUNT_QUERY_RESPONSE.struct.pack
 _STRUCT_S = L.SYSTEM_EVENT.struct.pack
+_MAX_USER_REF_NUM: Final = 0xFFFF_FFFF
 
 
 def order_id_for(session_id: int, user_ref_num: int) -> int:
@@ -514,6 +516,12 @@ class OuchSession(SessionOutbox):
         elif cls is L.ModifyOrder:
             self._modify(msg, now_ns)
         else:  # Account Query
+            if self.last_user_ref_num >= _MAX_USER_REF_NUM:
+                # No next UserRefNum exists (u32): no Account Query Response can say one. The
+                # client is told in a Debug packet; the connection stays up (cancels still work).
+                self._malformed(f"Account Query: every UserRefNum of the day is used (the last was "
+                                f"{_MAX_USER_REF_NUM}); no order can be entered on this session today")
+                return
             self._emit(_STRUCT_Q(b"Q", self._ts(now_ns), self.last_user_ref_num + 1), now_ns)
 
     def _reject_now(self, urn: int, reason: int, cl_ord_id: bytes, now_ns: int) -> None:

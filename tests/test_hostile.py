@@ -174,3 +174,58 @@ def test_account_query_after_the_last_user_ref_num_is_answered(stack: Stack) -> 
     assert c.user_ref_num == 0xFFFF_FFFF
     assert "Traceback" not in stack.output() and "struct.error" not in stack.output()
     a.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Defect 6: a Logon and a malformed message in one TCP write
+# ------------------------------------------------------------------------------------------------
+
+def _fix_raw(comp: str, seq: int, msg_type: str, *pairs: tuple[int, Any]) -> bytes:
+    import simplefix
+    m = simplefix.FixMessage()
+    m.append_pair(8, "FIX.4.4", header=True)
+    m.append_pair(35, msg_type, header=True)
+    m.append_pair(49, comp, header=True)
+    m.append_pair(56, "MATCHWIRE", header=True)
+    m.append_pair(34, seq, header=True)
+    m.append_utc_timestamp(52, header=True)
+    for tag, v in pairs:
+        m.append_pair(tag, v)
+    return bytes(m.encode())
+
+
+@pytest.mark.parametrize("second, answer", [
+    # a NewOrderSingle without Symbol (55): a session Reject naming the tag
+    ("missing-tag", b"3"),
+    # a message whose field has no tag number: a session Reject (373=0)
+    ("bad-field", b"3"),
+    # bytes that are not FIX framing at all: Logout with the reason, then close
+    ("framing", b"5"),
+])
+def test_a_logon_and_a_malformed_message_in_one_write_are_both_answered(stack: Stack, second: str,
+                                                                       answer: bytes) -> None:
+    logon = _fix_raw("BRVO", 1, "A", (98, 0), (108, 30), (554, "brvo-pw"))
+    if second == "missing-tag":
+        bad = _fix_raw("BRVO", 2, "D", (11, "M1"), (54, "1"), (60, "20240131-14:05:09.123"), (38, 10), (40, "2"),
+                       (44, "140.00"), (59, "0"))
+    elif second == "bad-field":
+        bad = _fix_raw("BRVO", 2, "0").replace(b"\x0152=", b"\x01x52=")
+        body = bad[bad.index(b"\x0135=") + 1:bad.index(b"10=")]
+        head = b"8=FIX.4.4\x019=%d\x01" % len(body)
+        bad = head + body + b"10=%03d\x01" % (sum(head + body) % 256)
+    else:
+        bad = b"8=FIX.4.4\x019=12\x01this is not FIX at all\x01"
+    f = Fix(stack.gw.fix_port, "BRVO")
+    f.sock.sendall(logon + bad)
+    first = f.wait(lambda m: True)
+    assert first.get(35) == b"A", first
+    nxt = f.wait(lambda m: m.get(35) != b"A")
+    assert nxt.get(35) == answer, nxt
+    if answer == b"3":
+        assert nxt.get(45) == b"2"
+        f.seq = 3
+        f.order("M2", "1", 10, "140.00")     # the session goes on
+        assert f.wait(lambda m: m.get(35) == b"8").get(150) == b"0"
+    else:
+        assert b"framing" in (nxt.get(58) or b"")
+    f.close()

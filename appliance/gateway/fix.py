@@ -198,8 +198,9 @@ def logon_comp_ids(data: bytes) -> tuple[str, str] | None:
 def logon_identity(data: bytes) -> tuple[str, str, str | None, str | None] | None:
     """(SenderCompID, TargetCompID, Username 553, Password 554) of the first message in ``data`` if
     it is a complete Logon (absent fields None), None if more bytes are needed. FixFramingError if
-    the bytes are not FIX or the message is no Logon."""
-    items = FixParser().feed(data)
+    the bytes are not FIX or the message is no Logon. Only the first message is looked at: what
+    follows it is the session's to answer once the Logon is."""
+    items = FixParser().feed(data, limit=1)
     if not items:
         return None
     first = items[0]
@@ -435,6 +436,13 @@ class FixSession(SessionOutbox):
                 continue
             self._test_req = None
             self._on_message(item, now_ns)
+        lost = self._parser.error
+        if lost is not None and self._conn in (_AWAIT_LOGON, _ACTIVE, _LOGOUT_SENT):
+            # The messages before the break were answered (a Logon included); then the framing.
+            if self._conn == _AWAIT_LOGON:
+                self._close(E.PROTOCOL_ERROR, lost)
+            else:
+                self._logout_close(now_ns, lost, E.PROTOCOL_ERROR)
 
     # ============================================================================================
     # sending

@@ -701,9 +701,15 @@ class PartitionDaemon:
         """Close the feed and its transport; close and unlink the rings and their doorbells."""
         self.publisher.close()
         self.transport.close()
-        for fd in self.bells:
+        self.release_rings()
+
+    def release_rings(self) -> None:
+        """Close and unlink the rings and their doorbells (also after a failed start-up)."""
+        for fd in getattr(self, "bells", []):
             os.close(fd)
-        for (rc, re_) in self.rings:
+        self.bells = []
+        rings, self.rings = getattr(self, "rings", []), []
+        for (rc, re_) in rings:
             for r in (rc, re_):
                 r.close()
                 r.unlink()
@@ -754,12 +760,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         d.start()
-    except DurabilityError as e:
-        log(args.partition, f"DURABILITY FAILURE at start-up: {e}")
+        run = os.path.join(args.state_dir, "run")
+        os.makedirs(run, exist_ok=True)
+        atomic_json(os.path.join(run, f"{args.partition}.ready.json"), d.ready_info)
+    except (DurabilityError, OSError) as e:
+        # A full disk, a read-only or failing file system: the state cannot be written, so nothing
+        # may be acknowledged. One line; the operator makes room and starts again (recovery).
+        log(args.partition, f"DURABILITY FAILURE at start-up: {e}; exiting {EXIT_DURABILITY_FAILURE}")
+        d.release_rings()
         return EXIT_DURABILITY_FAILURE
-    run = os.path.join(args.state_dir, "run")
-    os.makedirs(run, exist_ok=True)
-    atomic_json(os.path.join(run, f"{args.partition}.ready.json"), d.ready_info)
     log(args.partition, f"ready: seq {d.ready_info['last_seq']}, rings for {', '.join(d.gateways)}")
     signal.signal(signal.SIGUSR1, lambda s, f: setattr(d, "stats_requested", True))
     return d.run()

@@ -110,6 +110,7 @@ class Supervisor:
         self.others: list[Child] = []
         self.exit_code = 0
         self.failed: str | None = None
+        self.failed_rc = 0
         self.early: list[int] = []        # signals received during start-up
         self.admin_sock: socket.socket | None = None
 
@@ -128,7 +129,7 @@ class Supervisor:
                     return dict(json.load(f))
             rc = child.poll()
             if rc is not None:
-                raise RuntimeError(f"{child.role} {child.name} exited with {rc} during start-up")
+                raise ChildFailed(f"{child.role} {child.name} exited with {rc} during start-up", rc)
             time.sleep(0.02)
         raise RuntimeError(f"{child.role} {child.name} not ready after {timeout:.0f} s")
 
@@ -196,6 +197,7 @@ class Supervisor:
                 rc = c.poll()
                 if rc is not None:
                     self.failed = f"{c.role} {c.name} (pid {c.pid}) exited with {rc}"
+                    self.failed_rc = rc
                     stop.set()
             for c in list(self.others):
                 rc = c.poll()
@@ -209,7 +211,7 @@ class Supervisor:
                 pass
         if self.failed:
             log(f"{self.failed}: stopping everything (start `matchwire run` again: start-up is recovery)")
-            self.exit_code = 1
+            self.exit_code = exit_status_of(self.failed_rc)
         if admin is not None:
             admin.close()
         self.stop()
@@ -340,6 +342,22 @@ class Supervisor:
         return 404, {"ok": False, "error": f"no such admin request: {method} {target}"}
 
 
+class ChildFailed(RuntimeError):
+    """A child exited during start-up; ``rc`` is its exit status."""
+
+    def __init__(self, text: str, rc: int) -> None:
+        super().__init__(text)
+        self.rc = rc
+
+
+def exit_status_of(rc: int) -> int:
+    """The supervisor's exit status for a child that failed with ``rc``: a durability failure (74,
+    EX_IOERR: a full disk, a failing file system) is passed on, so that the operator or systemd sees
+    it is the disk, not the appliance; anything else is 1."""
+    from appliance.wal import EXIT_DURABILITY_FAILURE
+    return EXIT_DURABILITY_FAILURE if rc == EXIT_DURABILITY_FAILURE else 1
+
+
 class StopRequested(Exception):
     """SIGTERM or SIGINT arrived while the supervisor was still starting its children."""
 
@@ -353,6 +371,10 @@ def run(config_path: str, state_dir: str, *, realtime: bool = True, transport: s
         sup.start()
     except StopRequested:
         pass  # a SIGTERM while starting is an ordinary stop: shut down what started, exit 0
+    except ChildFailed as e:
+        log(f"start-up failed: {e}")
+        sup.stop()
+        return exit_status_of(e.rc)
     except Exception as e:
         log(f"start-up failed: {e}")
         sup.stop()

@@ -229,3 +229,61 @@ def test_a_logon_and_a_malformed_message_in_one_write_are_both_answered(stack: S
     else:
         assert b"framing" in (nxt.get(58) or b"")
     f.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Defect 5: a restart while the disk is still full
+# ------------------------------------------------------------------------------------------------
+
+def _can_mount_tmpfs() -> bool:
+    from tests.test_recovery import _can_mount_tmpfs as can
+    return can()
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs root and tmpfs mounts")
+def test_a_restart_on_a_full_disk_exits_74_with_one_line(tmp_path: Any) -> None:
+    from appliance.wal import EXIT_DURABILITY_FAILURE
+    mnt = str(tmp_path / "mnt")
+    os.makedirs(mnt)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt], check=True)
+    st: Stack | None = None
+    try:
+        cfg = loopback_config(mnt, rng=random.Random())
+        st = Stack(str(tmp_path), cfg)           # config and log outside, WAL and state on the tmpfs
+        st.state = os.path.join(mnt, "state")
+        st.start()
+        a = st.ouch("alfa", "alfa-pw")
+        a.enter(1, b"B", 100, "ALPH", 1_400_000)
+        a.wait_for(lambda m: isinstance(m, ouch.L.OrderAccepted))
+        a.close()
+        assert st.stop() == 0
+        filler = os.path.join(mnt, "filler")
+        with open(filler, "wb") as f:            # the disk fills up while the appliance is down
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        with pytest.raises(AssertionError):
+            st.start(timeout=60)
+        assert st.proc is not None
+        rc = st.proc.wait(60)
+        st.log.close()
+        out = st.output()
+        assert rc == EXIT_DURABILITY_FAILURE, out
+        assert "Traceback" not in out, out
+        assert [ln for ln in out.splitlines() if "DURABILITY FAILURE" in ln and "No space left" in ln], out
+        # Room again: the next start recovers and takes orders.
+        os.unlink(filler)
+        st.start()
+        b = st.ouch("alfa", "alfa-pw")
+        b.enter(2, b"B", 100, "ALPH", 1_400_000)
+        assert isinstance(b.wait_for(lambda m: getattr(m, "user_ref_num", 0) == 2), ouch.L.OrderAccepted)
+        b.close()
+        assert st.stop() == 0
+    finally:
+        if st is not None and st.proc is not None and st.proc.poll() is None:
+            os.killpg(st.proc.pid, signal.SIGKILL)
+            st.proc.wait(10)
+        subprocess.run(["umount", "-l", mnt], check=True)

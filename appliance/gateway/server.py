@@ -1127,7 +1127,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(args.gateway, f"affinity: CPUs {args.cpus}")
         except OSError as e:
             log(args.gateway, f"affinity: refused: {e}")
-    server = GatewayServer(config, args.gateway, args.state_dir)
     ready = os.path.join(args.state_dir, "run", f"{args.gateway}.ready.json")
     try:
         import uvloop  # type: ignore[import-not-found]
@@ -1135,7 +1134,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(args.gateway, "event loop: uvloop")
     except ImportError:
         pass
-    return asyncio.run(server.serve(ready))
+    try:
+        server = GatewayServer(config, args.gateway, args.state_dir)
+        return asyncio.run(server.serve(ready))
+    except OSError as e:
+        # The journal, the FIX state files or the ready file cannot be written (a full disk, a
+        # failing file system): one line, EX_IOERR, as the partitions do.
+        from appliance.wal import EXIT_DURABILITY_FAILURE
+        log(args.gateway, f"DURABILITY FAILURE: {e}; exiting {EXIT_DURABILITY_FAILURE}")
+        return EXIT_DURABILITY_FAILURE
 
 
 if __name__ == "__main__":

@@ -287,3 +287,63 @@ def test_a_restart_on_a_full_disk_exits_74_with_one_line(tmp_path: Any) -> None:
             os.killpg(st.proc.pid, signal.SIGKILL)
             st.proc.wait(10)
         subprocess.run(["umount", "-l", mnt], check=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Defect 8: `matchwire run ... | tee log`, then Ctrl-C
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("piped", ["stdout", "stdout-and-stderr"])
+def test_ctrl_c_on_run_piped_into_tee_stops_cleanly(tmp_path: Any, piped: str) -> None:
+    import sys
+
+    from tests.test_fullstack import subscriber
+    cfg = loopback_config(str(tmp_path), rng=random.Random())
+    st = Stack(str(tmp_path), cfg)
+    err_path = os.path.join(str(tmp_path), "stderr.log")
+    tee_log = os.path.join(str(tmp_path), "tee.log")
+    with open(err_path, "wb") as err:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "tools.cli", "run", st.path, "--state-dir", st.state, "--no-realtime"],
+            stdout=subprocess.PIPE, stderr=err if piped == "stdout" else subprocess.STDOUT,
+            process_group=0, cwd=st.root)
+        assert run.stdout is not None
+        # tee in the same process group, as a shell pipeline in the foreground puts it
+        tee = subprocess.Popen(["tee", tee_log], stdin=run.stdout, stdout=subprocess.DEVNULL,
+                               process_group=run.pid)
+        run.stdout.close()
+        try:
+            ready = os.path.join(st.state, "run", "gw0.ready.json")
+            deadline = time.monotonic() + 60
+            while not os.path.exists(ready):
+                assert run.poll() is None and time.monotonic() < deadline, open(err_path).read()
+                time.sleep(0.05)
+            # the servers are up and printing to the pipe
+            deadline = time.monotonic() + 30
+            while open(tee_log).read().count('"listening"') < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            sub = subscriber(cfg)
+            a = st.ouch("alfa", "alfa-pw")
+            a.enter(1, b"B", 100, "ALPH", 1_400_000)
+            a.wait_for(lambda m: isinstance(m, ouch.L.OrderAccepted))
+            # Ctrl-C: the whole foreground group gets SIGINT; tee dies of it first here, so that the
+            # children's next writes surely find a broken pipe.
+            os.kill(tee.pid, signal.SIGINT)
+            assert tee.wait(10) != 0
+            os.killpg(run.pid, signal.SIGINT)
+            rc = run.wait(60)
+            deadline = time.monotonic() + 20
+            l3 = sub.receivers["l3"]
+            while not l3.ended and time.monotonic() < deadline:
+                sub.poll(0.05)
+            sub.close()
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+                run.wait(10)
+    out = open(err_path if piped == "stdout" else tee_log).read()
+    assert rc == 0, out
+    assert "Traceback" not in out and "BrokenPipeError" not in out, out
+    assert l3.ended, "no End of Session on the feed"
+    assert os.path.exists(os.path.join(st.state, "run", "p0.stats.json")), out
+    assert not [p for p in os.listdir("/dev/shm") if p.startswith(cfg.appliance.name)]

@@ -61,6 +61,8 @@ def _announce(state_dir: str | None, name: str, info: dict[str, Any]) -> None:
 
 
 async def _serve(server: Any, start: Any, name: str, state_dir: str | None, seconds: float | None) -> int:
+    from appliance.stdio import survive_lost_output
+    survive_lost_output()   # a reader of stdout that went away (`| tee`, Ctrl-C) does not stop the stop
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

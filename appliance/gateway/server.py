@@ -1120,6 +1120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--state-dir", required=True)
     ap.add_argument("--cpus", default="", help="comma-separated CPUs to run on (default: all)")
     args = ap.parse_args(argv)
+    from appliance.stdio import survive_lost_output
+    survive_lost_output()
     config = load(args.config)
     if args.cpus:
         try:

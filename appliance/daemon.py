@@ -744,8 +744,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-realtime", action="store_true", help="no SCHED_FIFO, no mlockall (tests, laptops)")
     ap.add_argument("--transport", default="udp", choices=("udp", "pcap", "null"))
     args = ap.parse_args(argv)
-    from appliance.stdio import survive_lost_output
-    survive_lost_output()
+    from appliance.process import setup_process
+    setup_process()
     try:
         config = load(args.config)
         config.partition(args.partition)

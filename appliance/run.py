@@ -363,8 +363,8 @@ class StopRequested(Exception):
 
 
 def run(config_path: str, state_dir: str, *, realtime: bool = True, transport: str = "udp") -> int:
-    from appliance.stdio import survive_lost_output
-    survive_lost_output()   # `matchwire run | tee log`, Ctrl-C: the stop goes on without tee
+    from appliance.process import setup_process
+    setup_process()   # private state files (children inherit the umask); output that may lose its reader
     sup = Supervisor(config_path, state_dir, realtime=realtime, transport=transport)
     early = sup.early
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -347,3 +347,46 @@ def test_ctrl_c_on_run_piped_into_tee_stops_cleanly(tmp_path: Any, piped: str) -
     assert l3.ended, "no End of Session on the feed"
     assert os.path.exists(os.path.join(st.state, "run", "p0.stats.json")), out
     assert not [p for p in os.listdir("/dev/shm") if p.startswith(cfg.appliance.name)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Defect 9: state files private to the service's user
+# ------------------------------------------------------------------------------------------------
+
+def test_state_files_and_the_control_socket_are_private(stack: Stack) -> None:
+    import stat
+    a = stack.ouch("alfa", "alfa-pw")
+    a.enter(1, b"B", 100, "ALPH", 1_400_000)
+    a.wait_for(lambda m: isinstance(m, ouch.L.OrderAccepted))
+    a.enter(2, b"B", 99_999, "ALPH", 1_400_000)     # refused by risk: a row in rejects.jsonl
+    a.wait_for(lambda m: isinstance(m, ouch.L.OrderRejected))
+    f = Fix(stack.gw.fix_port, "BRVO")
+    f.logon("brvo-pw")
+    f.order("P1", "2", 10, "140.00")
+    f.wait(lambda m: m.get(35) == b"8")
+    deadline = time.monotonic() + 10
+    gwdir = os.path.join(stack.state, "gateways", "gw0")
+    while not os.path.exists(os.path.join(gwdir, "fix-BRVO.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    roots = [stack.state, stack.config.partitions[0].wal_dir]
+    files: dict[str, int] = {}
+    dirs: dict[str, int] = {}
+    for root in roots:
+        for d, dnames, fnames in os.walk(root):
+            dirs[d] = stat.S_IMODE(os.stat(d).st_mode)
+            for n in fnames:
+                p = os.path.join(d, n)
+                files[p] = os.lstat(p).st_mode
+    names = {os.path.basename(p) for p in files}
+    assert {"journal.bin", "fix-BRVO.json", "rejects.jsonl", "EPOCH", "gw0.ctl"} <= names, names
+    assert any(n.endswith(".wal") or n.startswith("wal") or "seg" in n for n in names), names
+    loose = {p: oct(stat.S_IMODE(m)) for p, m in files.items() if stat.S_IMODE(m) & 0o077}
+    assert not loose, loose
+    sock = next(p for p in files if p.endswith("gw0.ctl"))
+    assert stat.S_ISSOCK(files[sock]) and stat.S_IMODE(files[sock]) == 0o600
+    assert not {d: oct(m) for d, m in dirs.items() if m & 0o077 and d.startswith(stack.state + os.sep)}
+    shm = [p for p in os.listdir("/dev/shm") if p.startswith(stack.config.appliance.name)]
+    assert shm and not {p: oct(stat.S_IMODE(os.stat(os.path.join("/dev/shm", p)).st_mode)) for p in shm
+                        if stat.S_IMODE(os.stat(os.path.join("/dev/shm", p)).st_mode) & 0o077}
+    a.close()
+    f.close()

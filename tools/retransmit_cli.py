@@ -30,6 +30,7 @@ import sys
 from typing import Any
 
 from appliance.config import Config, ConfigError, PartitionConfig, load
+from appliance.process import setup_process
 
 
 def _partitions(config: Config, names: list[str] | None) -> list[PartitionConfig]:
@@ -61,8 +62,6 @@ def _announce(state_dir: str | None, name: str, info: dict[str, Any]) -> None:
 
 
 async def _serve(server: Any, start: Any, name: str, state_dir: str | None, seconds: float | None) -> int:
-    from appliance.stdio import survive_lost_output
-    survive_lost_output()   # a reader of stdout that went away (`| tee`, Ctrl-C) does not stop the stop
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -89,6 +88,7 @@ def cmd_retransmit_serve(args: argparse.Namespace) -> int:
     from appliance.config import RetransmitConfig
     from retransmit.quota import QuotaLimits
     from retransmit.server import RetransmitServer, RetransmitSettings
+    setup_process()
 
     try:
         config = load(args.config) if args.config else None
@@ -125,6 +125,7 @@ def cmd_snapshot_serve(args: argparse.Namespace) -> int:
     from appliance.daemon import feed_config
     from retransmit.recovery import REPLAY, RERQUEST, RecoveryConfig
     from retransmit.snapshot_server import SnapshotServer
+    setup_process()
 
     try:
         config = load(args.config)

@@ -1045,6 +1045,7 @@ class GatewayServer:
         except FileNotFoundError:
             pass
         ctl = await asyncio.start_unix_server(self.control, ctl_path)
+        os.chmod(ctl_path, 0o600)   # the admin interface: the service's user only
         ouch = await self.loop.create_server(lambda: OuchConn(self), self.gw.bind, self.gw.ouch_port,
                                              reuse_address=True)
         fix = await self.loop.create_server(lambda: FixConn(self), self.gw.bind, self.gw.fix_port,
@@ -1120,8 +1121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--state-dir", required=True)
     ap.add_argument("--cpus", default="", help="comma-separated CPUs to run on (default: all)")
     args = ap.parse_args(argv)
-    from appliance.stdio import survive_lost_output
-    survive_lost_output()
+    from appliance.process import setup_process
+    setup_process()
     config = load(args.config)
     if args.cpus:
         try:

@@ -1,5 +1,14 @@
-"""Standard output and error that outlive their reader: ``survive_lost_output()``.
+"""What every long-running process of the appliance (supervisor, partitions, gateways, servers) sets
+up first: ``setup_process()`` = private files (``private_files``) + output that outlives its reader
+(``survive_lost_output``).
 
+Private files: the WAL, snapshots, the gateways' journals and FIX state files, rejects, the feed
+stores, run files and the admin control sockets hold every firm's orders and credentials' effects;
+they are created readable by the service's user only (umask 077: files 0600, directories 0700;
+the rings in /dev/shm too). A group of readers (an audit job) is given access by the operator,
+with a group-owned, setgid state directory and ACLs: docs/operations.md.
+
+Lost output: 
 A process of the appliance is often started as ``matchwire run CONFIG | tee log``. Ctrl-C sends
 SIGINT to the whole pipeline: ``tee`` dies at once, and every later write to the pipe (a log line
 of the orderly stop, a server's final counters) fails with EPIPE. Those lines are worth less than
@@ -14,8 +23,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
+STATE_UMASK: Final = 0o077
 _LOST = (BrokenPipeError, ConnectionResetError)
 
 
@@ -64,3 +74,13 @@ def survive_lost_output() -> None:
         stream = getattr(sys, name)
         if stream is not None and not isinstance(stream, _Survivor):
             setattr(sys, name, _Survivor(stream))
+
+
+def private_files() -> None:
+    """Every file and directory this process (and its children) creates: the user's only."""
+    os.umask(STATE_UMASK)
+
+
+def setup_process() -> None:
+    private_files()
+    survive_lost_output()

@@ -308,11 +308,11 @@ def test_ctrl_c_on_run_piped_into_tee_stops_cleanly(tmp_path: Any, piped: str) -
             stdout=subprocess.PIPE, stderr=err if piped == "stdout" else subprocess.STDOUT,
             process_group=0, cwd=st.root)
         assert run.stdout is not None
-        # tee in the same process group, as a shell pipeline in the foreground puts it
-        tee = subprocess.Popen(["tee", tee_log], stdin=run.stdout, stdout=subprocess.DEVNULL,
-                               process_group=run.pid)
-        run.stdout.close()
         try:
+            # tee in the same process group, as a shell pipeline in the foreground puts it
+            tee = subprocess.Popen(["tee", tee_log], stdin=run.stdout, stdout=subprocess.DEVNULL,
+                                   process_group=run.pid)
+            run.stdout.close()
             ready = os.path.join(st.state, "run", "gw0.ready.json")
             deadline = time.monotonic() + 60
             while not os.path.exists(ready):
@@ -390,3 +390,74 @@ def test_state_files_and_the_control_socket_are_private(stack: Stack) -> None:
                         if stat.S_IMODE(os.stat(os.path.join("/dev/shm", p)).st_mode) & 0o077}
     a.close()
     f.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Defect 10: the retransmission and snapshot servers are required parts
+# ------------------------------------------------------------------------------------------------
+
+def _ready_pid(stack: Stack, name: str) -> int:
+    try:
+        return int(_read_json(os.path.join(stack.state, "run", f"{name}.ready.json"))["pid"])
+    except (FileNotFoundError, ValueError, KeyError):
+        return 0
+
+
+def test_a_crashed_server_is_restarted_and_reported(stack: Stack) -> None:
+    for name in ("retransmit-server", "snapshot-server"):
+        deadline = time.monotonic() + 30
+        while not _ready_pid(stack, name) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pid = _ready_pid(stack, name)
+        assert pid, name
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while _ready_pid(stack, name) in (0, pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        new = _ready_pid(stack, name)
+        assert new not in (0, pid), stack.output()
+        status = stack.admin("GET", "/status")
+        s = status["servers"][name]
+        assert s["restarts"] == 1 and s["running"] and s["pid"] == new and s["last_exit"] == -signal.SIGKILL
+    assert status["ok"]
+    # The restarted retransmission server answers on its port.
+    r = stack.config.retransmit
+    c = socket.create_connection((r.bind if r.bind not in ("", "0.0.0.0") else "127.0.0.1", r.replay_port),
+                                 timeout=10)
+    c.sendall(soup.encode_login_request(r.username, r.password, "", 1))
+    c.settimeout(10)
+    assert c.recv(64)[2:3] in (soup.LOGIN_ACCEPTED, soup.LOGIN_REJECTED)
+    c.close()
+    assert stack.stop() == 0
+
+
+def test_a_server_that_does_not_import_is_a_start_up_failure_in_one_line(tmp_path: Any) -> None:
+    import sys
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Broken:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'retransmit.snapshot_server':\n"
+        "            raise ImportError('a broken build')\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, _Broken())\n")
+    cfg = loopback_config(str(tmp_path), rng=random.Random())
+    st = Stack(str(tmp_path), cfg)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(shim), os.getcwd()]))
+    p = subprocess.Popen([sys.executable, "-m", "tools.cli", "run", st.path, "--state-dir", st.state,
+                          "--no-realtime"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                         cwd=os.getcwd(), process_group=0)
+    try:
+        _, err_bytes = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:   # it ran on without the server: stop it the ordinary way
+            os.killpg(p.pid, signal.SIGTERM)
+            p.communicate(timeout=60)
+    err = err_bytes.decode()
+    assert p.returncode == 1, err
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if "retransmit.snapshot_server" in ln]
+    assert len(lines) == 1 and "start-up failed" in lines[0] and "a broken build" in lines[0], err
+    assert not [x for x in os.listdir("/dev/shm") if x.startswith(cfg.appliance.name)]

@@ -213,6 +213,20 @@ class AdminConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SessionLimits:
+    """What one client may make a gateway hold or do (docs/operations.md, "Session budgets")."""
+
+    max_queued_bytes: int = 4 << 20        # outbound bytes waiting for a connection; beyond: disconnect
+    messages_per_second: int = 2000        # every inbound message, of every kind: a token bucket ...
+    burst: int = 4000                      # ... this deep (default 2 x the rate); beyond: throttled
+    throttled_before_disconnect: int = 200  # throttled messages in one second; beyond: disconnect
+    login_timeout_ms: int = 10_000         # a connection must log in within this
+    connections_per_second: int = 20       # new connections per source address: a token bucket ...
+    connection_burst: int = 40             # ... this deep (default 2 x the rate); beyond: closed at once
+    listen_backlog: int = 128              # the order-entry listeners' accept queue
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     appliance: ApplianceConfig
     instruments: tuple[InstrumentConfig, ...]
@@ -224,6 +238,7 @@ class Config:
     admin: AdminConfig
     warnings: tuple[str, ...] = ()      # loud: printed before anything else by whoever loads it
     trading: TradingConfig | None = None  # None: continuous trading all day, no safeguard
+    session_limits: SessionLimits = SessionLimits()
 
     # -- derived views ------------------------------------------------------------------------------
     def instrument(self, symbol: str) -> InstrumentConfig:
@@ -573,6 +588,7 @@ def from_dict(doc: dict[str, Any]) -> Config:
             raise ConfigError(f"firms[{i}].name: firm {f.name!r} is on no gateway's firms")
 
     admin = _admin(top.table("admin"), warnings)
+    session_limits = _session_limits(top.table("session_limits"))
     trading = _trading(top.table("trading"))
     for i, ins in enumerate(instruments):
         if ins.luld_tier is not None and (trading is None or ins.luld_tier not in {t.name for t in trading.tiers}):
@@ -586,7 +602,7 @@ def from_dict(doc: dict[str, Any]) -> Config:
             ("admin.port", admin.port)]
     _unique(tcp, "TCP port")
     return Config(appliance, instruments, partitions, gateways, market_data, retransmit, firms, admin,
-                  tuple(warnings), trading)
+                  tuple(warnings), trading, session_limits)
 
 
 def _appliance(t: _Table | None) -> ApplianceConfig:
@@ -829,6 +845,27 @@ def _gateway(t: _Table, firm_names: tuple[str, ...], n_gateways: int, warnings: 
     return GatewayConfig(name, bind, ouch_port, fix_port, comp, firms)
 
 
+def _session_limits(t: _Table | None) -> SessionLimits:
+    d = SessionLimits()
+    if t is None:
+        return d
+    rate = t.integer("messages_per_second", d.messages_per_second, 1, 10_000_000)
+    conns = t.integer("connections_per_second", d.connections_per_second, 1, 100_000)
+    c = SessionLimits(
+        max_queued_bytes=t.integer("max_queued_bytes", d.max_queued_bytes, 65536, 1 << 30),
+        messages_per_second=rate,
+        burst=t.integer("burst", 2 * rate, 1, 100_000_000),
+        throttled_before_disconnect=t.integer("throttled_before_disconnect", d.throttled_before_disconnect,
+                                              1, 10_000_000),
+        login_timeout_ms=t.integer("login_timeout_ms", d.login_timeout_ms, 100, 600_000),
+        connections_per_second=conns,
+        connection_burst=t.integer("connection_burst", 2 * conns, 1, 1_000_000),
+        listen_backlog=t.integer("listen_backlog", d.listen_backlog, 1, 65535),
+    )
+    t.done()
+    return c
+
+
 def _admin(t: _Table | None, warnings: list[str]) -> AdminConfig:
     d = AdminConfig()
     if t is None:
@@ -952,6 +989,11 @@ def dumps(c: Config) -> str:
     w(f"bind = {_q(ad.bind)}")
     w(f"port = {ad.port}")
     w(f"token = {_q(ad.token)}")
+    sl = c.session_limits
+    w("")
+    w("[session_limits]")
+    for f in dataclasses.fields(sl):
+        w(f"{f.name} = {getattr(sl, f.name)}")
     tr = c.trading
     if tr is not None:
         w("")

@@ -461,3 +461,139 @@ def test_a_server_that_does_not_import_is_a_start_up_failure_in_one_line(tmp_pat
     lines = [ln for ln in err.splitlines() if "retransmit.snapshot_server" in ln]
     assert len(lines) == 1 and "start-up failed" in lines[0] and "a broken build" in lines[0], err
     assert not [x for x in os.listdir("/dev/shm") if x.startswith(cfg.appliance.name)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Defect 2 and the session budget: floods and clients that never read
+# ------------------------------------------------------------------------------------------------
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+class _Flood:
+    """A client that writes ``make_chunk(i)`` for i = 0, 1, ... and never reads, until the gateway
+    drops it or ``seconds`` pass (bounded); the gateway's peak RSS is sampled meanwhile."""
+
+    def __init__(self, sock: socket.socket, make_chunk: Any, seconds: float, gw_pid: int) -> None:
+        import threading
+        self.sock = sock
+        self.make_chunk = make_chunk
+        self.seconds = seconds
+        self.gw_pid = gw_pid
+        self.dropped = False
+        self.sent = 0
+        self.peak_rss_kb = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        self.sock.settimeout(1.0)
+        i = 0
+        chunk = self.make_chunk(0)
+        while time.monotonic() < deadline:
+            try:
+                self.sock.sendall(chunk)
+                self.sent += len(chunk)
+                i += 1
+                chunk = self.make_chunk(i)
+            except socket.timeout:
+                pass
+            except OSError:          # reset or broken pipe: the gateway dropped the connection
+                self.dropped = True
+                break
+            self.peak_rss_kb = max(self.peak_rss_kb, _rss_kb(self.gw_pid))
+        self.sock.close()
+
+
+def _fix_block(comp: str, first_seq: int, n: int, msg_type: str, *pairs: tuple[int, Any]) -> bytes:
+    from appliance.gateway.fixcodec import encode
+    return b"".join(encode(msg_type, [(49, comp), (56, "MATCHWIRE"), (34, first_seq + i),
+                                      (52, "20240131-14:05:09.123"), *pairs]) for i in range(n))
+
+
+@pytest.mark.parametrize("kind", ["ouch-account-query", "ouch-heartbeat", "fix-test-request"])
+def test_a_flooding_client_is_throttled_then_dropped_and_memory_stays_bounded(stack: Stack, kind: str) -> None:
+    gw_pid = _read_json(os.path.join(stack.state, "run", "gw0.ready.json"))["pid"]
+    legit = stack.ouch("brvo", "brvo-pw")
+    legit.enter(1, b"B", 100, "ALPH", 1_400_000)
+    legit.wait_for(lambda m: isinstance(m, ouch.L.OrderAccepted))
+    rss_before = _rss_kb(gw_pid)
+    if kind.startswith("ouch"):
+        flooder = stack.ouch("alfa", "alfa-pw")
+        one = ACCOUNT_QUERY if kind == "ouch-account-query" else soup.encode_client_heartbeat()
+        block = one * (65536 // len(one))
+        flood = _Flood(flooder.sock, lambda i: block, 30.0, gw_pid)
+    else:
+        f = Fix(stack.gw.fix_port, "CHRL")
+        assert f.logon("chrl-pw").get(35) == b"A"
+        seq0 = f.seq
+        n = 1000
+        flood = _Flood(f.sock, lambda i: _fix_block("CHRL", seq0 + i * n, n, "1", (112, "T")), 30.0, gw_pid)
+    flood.thread.start()
+    # A legitimate session trades meanwhile and gets its acks.
+    for urn in range(2, 12):
+        legit.enter(urn, b"B", 100, "ALPH", 1_400_000)
+        acc = legit.wait_for(lambda m, u=urn: getattr(m, "user_ref_num", 0) == u, timeout=30)
+        assert isinstance(acc, ouch.L.OrderAccepted)
+    flood.thread.join(40)
+    assert flood.dropped, f"the flooding client was not dropped ({flood.sent} bytes sent)"
+    grown_mb = (max(flood.peak_rss_kb, _rss_kb(gw_pid)) - rss_before) / 1024
+    print(f"{kind}: {flood.sent} bytes sent; gateway RSS grew {grown_mb:.1f} MB")
+    assert grown_mb < 48, f"gateway RSS grew {grown_mb:.0f} MB"
+    # the gateway says why
+    counters = stack.admin("GET", "/status")["gateways"]["gw0"]["counters"]
+    assert counters.get("throttled", 0) > 0 and counters.get("throttle_disconnects", 0) == 1, counters
+    legit.enter(20, b"B", 100, "ALPH", 1_400_000)
+    assert isinstance(legit.wait_for(lambda m: getattr(m, "user_ref_num", 0) == 20), ouch.L.OrderAccepted)
+    legit.close()
+
+
+def test_a_client_that_never_reads_is_dropped_at_the_outbound_bound(tmp_path: Any) -> None:
+    import dataclasses
+
+    from appliance.config import SessionLimits
+    cfg = loopback_config(str(tmp_path), rng=random.Random(),
+                          session_limits=SessionLimits(max_queued_bytes=65536))
+    st = Stack(str(tmp_path), cfg)
+    st.start()
+    try:
+        gw_pid = _read_json(os.path.join(st.state, "run", "gw0.ready.json"))["pid"]
+        legit = st.ouch("alfa", "alfa-pw")
+        # BRVO's FIX session stores some reports, then asks for all of them again and again
+        # (well under its message rate) on a connection it never reads.
+        f = Fix(st.gw.fix_port, "BRVO")
+        f.logon("brvo-pw")
+        for i in range(60):
+            f.order(f"R{i}", "1", 10, "140.00")
+        f.wait(lambda m: m.get(11) == b"R59")
+        f.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        rss_before = _rss_kb(gw_pid)
+        seq0 = f.seq
+        flood = _Flood(f.sock, lambda i: (time.sleep(0.02), _fix_block("BRVO", seq0 + i, 1, "2", (7, 1), (16, 0)))[1],
+                       60.0, gw_pid)
+        flood.thread.start()
+        for urn in range(1, 6):
+            legit.enter(urn, b"B", 100, "ALPH", 1_400_000)
+            assert isinstance(legit.wait_for(lambda m, u=urn: getattr(m, "user_ref_num", 0) == u, timeout=30),
+                              ouch.L.OrderAccepted)
+        flood.thread.join(70)
+        assert flood.dropped, f"a client that never reads was not dropped ({flood.sent} bytes sent)"
+        grown_mb = (max(flood.peak_rss_kb, _rss_kb(gw_pid)) - rss_before) / 1024
+        print(f"never reads: {flood.sent} bytes sent; gateway RSS grew {grown_mb:.1f} MB")
+        assert grown_mb < 48, f"gateway RSS grew {grown_mb:.0f} MB"
+        status = st.admin("GET", "/status")["gateways"]["gw0"]
+        assert status["counters"].get("slow_consumer_disconnects") == 1, status["counters"]
+        assert "does not read): disconnected" in st.output()
+        legit.enter(10, b"B", 100, "ALPH", 1_400_000)
+        assert isinstance(legit.wait_for(lambda m: getattr(m, "user_ref_num", 0) == 10), ouch.L.OrderAccepted)
+        legit.close()
+        assert st.stop() == 0
+    finally:
+        if st.proc is not None and st.proc.poll() is None:
+            os.killpg(st.proc.pid, signal.SIGKILL)
+            st.proc.wait(10)

@@ -42,6 +42,9 @@ Session layer (FIX 4.4 rules):
     SequenceReset 4 GapFill: MsgSeqNum checked, expected := NewSeqNo. Reset: expected := NewSeqNo
                     whatever MsgSeqNum. A NewSeqNo below the expected one: Reject (373=5).
     Reject 3        counted (event), nothing else. Logout 5: answered with Logout, close.
+    over budget     (shell-set ``budget``, every message but Logout and SequenceReset) answered, not
+                    processed: application BusinessMessageReject 380=0, session Reject 373=99;
+                    too many in a second: Logout with the reason, close.
     malformed       Reject 3 with SessionRejectReason 373 (0 invalid tag, 1 required tag missing,
                     4 no value, 5 value out of range, 6 bad format, 9 CompID, 11 invalid MsgType,
                     14 out of order) and RefSeqNum/RefTagID/RefMsgType; the sequence number is used.
@@ -92,6 +95,7 @@ from appliance.catalogue import (
     ReplaceOrder,
 )
 from appliance.gateway import events as E
+from appliance.gateway.budget import DISCONNECT, MessageBudget
 from appliance.gateway.events import SessionEvent, SessionOutbox
 from appliance.gateway.fixcodec import FixFramingError, FixMessage, FixParser, Garbled, encode
 from appliance.model import (
@@ -356,6 +360,8 @@ class FixSession(SessionOutbox):
         self._resend_until = 0                # we asked for a resend up to this MsgSeqNum
         # pending mass cancels: [ClOrdID, 530, 55, answers still due, orders cancelled so far]
         self._mass: deque[list[Any]] = deque()
+        # Inbound messages of every kind (set by the shell; None: no limit): see ``_throttled``.
+        self.budget: MessageBudget | None = None
 
     # ============================================================================================
     # shell interface
@@ -435,6 +441,11 @@ class FixSession(SessionOutbox):
                 self._events.append(SessionEvent(E.GARBLED, item.reason))
                 continue
             self._test_req = None
+            budget = self.budget
+            if budget is not None and self._conn == _ACTIVE and item.msg_type not in ("4", "5"):
+                verdict = budget.admit(now_ns)
+                if verdict and self._throttled(item, verdict == DISCONNECT, now_ns):
+                    continue
             self._on_message(item, now_ns)
         lost = self._parser.error
         if lost is not None and self._conn in (_AWAIT_LOGON, _ACTIVE, _LOGOUT_SENT):
@@ -608,6 +619,33 @@ class FixSession(SessionOutbox):
         else:
             st.next_in = seq + 1
             st.dirty = True
+
+    def _throttled(self, msg: FixMessage, disconnect: bool, now_ns: int) -> bool:
+        """A message over the session's message budget (Logout and SequenceReset never are). In
+        sequence and well-formed: its MsgSeqNum is used and it is answered, not processed: an
+        application message with BusinessMessageReject (380=0, 58 the reason), a session message
+        (Heartbeat, TestRequest, ResendRequest, Reject) with Reject (373=99). Too many in one second:
+        Logout with the reason, close. Returns False when the ordinary rules must answer it (a gap,
+        a low MsgSeqNum, a malformed message)."""
+        assert self.budget is not None
+        if disconnect:
+            self._logout_close(now_ns, "disconnected: " + self.budget.why(), E.OVER_BUDGET)
+            return True
+        st = self.state
+        seq_text = msg.get(34)
+        if (msg.error is not None or seq_text is None or not seq_text.isdigit() or int(seq_text) != st.next_in
+                or msg.get(49) != self.config.target_comp_id or msg.get(56) != self.config.sender_comp_id):
+            return False
+        st.next_in += 1
+        st.dirty = True
+        mt = msg.msg_type or ""
+        text = f"throttled: over {self.budget.rate_per_s} messages/s"
+        if mt in _ADMIN_TYPES or mt == "3":
+            self._send("3", [(45, seq_text), (372, mt), (373, 99), (58, text)], now_ns)
+        else:
+            self._send("j", [(45, seq_text), (372, mt), (380, 0), (58, text)], now_ns)
+        self._events.append(SessionEvent(E.THROTTLED))
+        return True
 
     def _sequence_reset(self, msg: FixMessage, now_ns: int) -> None:
         st = self.state

@@ -34,6 +34,8 @@ Client packets and their answers (SoupBinTCP)::
     logged in      R                          nothing (the client is alive)
     logged in      O                          close (logged out)
     logged in      L or unknown type          close (protocol error)
+    logged in      over the message budget    Enter/Replace: 'J' 0x29; others: Debug '+';
+                   (shell-set ``budget``)     too many in a second: Debug with the reason, close
     any            broken framing             close (protocol error)
     any            silent for 15 s            close (timed out); poll() sends 'H' after 1 s idle
 
@@ -96,6 +98,7 @@ from appliance.catalogue import (
     ReplaceOrder,
 )
 from appliance.gateway import events as E
+from appliance.gateway.budget import DISCONNECT, MessageBudget
 from appliance.gateway import ouch_layout as L
 from appliance.gateway.events import SessionEvent, SessionOutbox
 from appliance.model import BUY, CROSS_CLOSE, CROSS_OPEN, CROSS_REOPEN, DAY, IOC, LIMIT, SELL, Instrument
@@ -338,6 +341,8 @@ class OuchSession(SessionOutbox):
         SessionOutbox.__init__(self)
         self._last_rx_ns = 0
         self._last_tx_ns = 0
+        # Inbound messages of every kind (set by the shell; None: no limit): see ``_throttled``.
+        self.budget: MessageBudget | None = None
 
     # ============================================================================================
     # shell interface
@@ -420,8 +425,14 @@ class OuchSession(SessionOutbox):
         except ValueError as exc:
             self._close(E.PROTOCOL_ERROR, str(exc))
             return
+        budget = self.budget
         for kind, payload in packets:
             if self._state == _ACTIVE:
+                if budget is not None and kind != soup.LOGOUT_REQUEST:
+                    verdict = budget.admit(now_ns)
+                    if verdict:
+                        self._throttled(kind, payload, verdict == DISCONNECT, now_ns)
+                        continue
                 if kind == soup.UNSEQUENCED_DATA:
                     self._ouch(payload, now_ns)
                 elif kind == soup.CLIENT_HEARTBEAT or kind == soup.DEBUG:
@@ -475,6 +486,29 @@ class OuchSession(SessionOutbox):
         if self.ended:
             out += soup.encode_end_of_session()
             self._close(E.END_OF_SESSION, "the session has ended")
+
+    def _throttled(self, kind: bytes, payload: bytes, disconnect: bool, now_ns: int) -> None:
+        """A packet over the session's message budget: not processed. An Enter or Replace Order is
+        answered Order Rejected 0x29 (port message rate; its UserRefNum is consumed, as a reject's
+        is), anything else (queries, cancels, heartbeats) with a Debug packet. Too many in one second:
+        a Debug with the reason, and the connection is closed."""
+        assert self.budget is not None
+        if disconnect:
+            why = self.budget.why()
+            self._out += soup.encode_debug(f"disconnected: {why}".encode("ascii")[:200])
+            self._close(E.OVER_BUDGET, why)
+            return
+        self._events.append(SessionEvent(E.THROTTLED))
+        if kind == soup.UNSEQUENCED_DATA and payload[:1] in (b"O", b"U"):
+            try:
+                msg, _ = L.decode(payload, L.INBOUND)
+            except ValueError:
+                msg = None
+            if msg is not None and msg.user_ref_num > self.last_user_ref_num and msg.cl_ord_id.isascii():
+                self.last_user_ref_num = msg.user_ref_num
+                self._reject_now(msg.user_ref_num, PORT_MESSAGE_RATE, msg.cl_ord_id, now_ns)
+                return
+        self._out += soup.encode_debug(b"throttled: over %d messages/s" % self.budget.rate_per_s)
 
     def _emit(self, msg: bytes, now_ns: int) -> None:
         """Append a sequenced message to the stream; send it if the client is logged in."""

@@ -82,7 +82,9 @@ from appliance.catalogue import (
     Resume,
 )
 from appliance.config import Config, FirmConfig, load
+from appliance.gateway import events as E
 from appliance.gateway import ouch_layout as L
+from appliance.gateway.budget import ConnectionBudget, MessageBudget
 from appliance.gateway.fix import FixSession, FixSessionConfig, FixSessionState, logon_identity
 from appliance.gateway.fixcodec import FixFramingError
 from appliance.gateway.ouch import OuchSession, _Order
@@ -104,6 +106,7 @@ MAX_LOGIN_BYTES: Final = 4096
 TICK_S: Final = 0.2                        # session timers
 FALLBACK_POLL_S: Final = 0.005             # ring poll when no doorbell rang (a lost wake-up costs this)
 QUIET_S: Final = 0.3                       # at shutdown: events quiet this long -> end the sessions
+CLOSE_LINGER_S: Final = 5.0                # a closed connection's unsent bytes are dropped after this
 
 
 def log(name: str, text: str) -> None:
@@ -380,11 +383,21 @@ class _Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.peer = str(transport.get_extra_info("peername"))
-        self.server.conns.add(self)
-        if self.server.paused:
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer)
+        server = self.server
+        server.conns.add(self)
+        if not server.conn_budget.admit(peer[0] if isinstance(peer, tuple) else self.peer, time.monotonic_ns()):
+            # More new connections from this address than [session_limits] allows: closed before
+            # anything is read (no login is parsed, nothing of any session is touched).
+            server.count("connections_refused_rate")
+            server.log_limited("connection_rate", f"{self.kind} connections from {self.peer}: over "
+                               f"{server.limits.connections_per_second}/s: closed")
+            self.abort()
+            return
+        if server.paused:
             self.transport.pause_reading()  # type: ignore[union-attr]
-        self.server.loop.call_later(10.0, self._login_timeout)
+        server.loop.call_later(server.limits.login_timeout_ms / 1000, self._login_timeout)
 
     def _login_timeout(self) -> None:
         if self.slot is None and not self.closed:
@@ -392,14 +405,32 @@ class _Conn(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
+        """Close after what is queued is sent; dropped after CLOSE_LINGER_S if the peer does not read."""
         if not self.closed:
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
+                self.server.loop.call_later(CLOSE_LINGER_S, self._drop)
+
+    def _drop(self) -> None:
+        if self in self.server.conns:   # not lost yet: the peer is not reading what is queued
+            self.abort()
+
+    def abort(self) -> None:
+        """Close now, discarding what is queued."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def queued(self) -> int:
+        """Outbound bytes waiting in the transport (not yet taken by the kernel)."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
     def write(self, data: bytes) -> None:
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
+            if self.transport.get_write_buffer_size() > self.server.limits.max_queued_bytes:
+                self.server.slow_consumer(self)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -537,7 +568,15 @@ class GatewayServer:
         self.admin_waiting: list[deque[tuple[int, int, asyncio.Future[dict[str, Any]]]]] = [
             deque() for _ in self.partitions]
         self.rejects = open(os.path.join(self.dir, "rejects.jsonl"), "a")
+        self.limits = config.session_limits
+        self.conn_budget = ConnectionBudget(self.limits.connections_per_second, self.limits.connection_burst)
+        self._logged_at: dict[str, float] = {}
         self._build_sessions()
+        now = time.monotonic_ns()
+        lim = self.limits
+        for slot in self.slots:
+            slot.session.budget = MessageBudget(lim.messages_per_second, lim.burst,
+                                                lim.throttled_before_disconnect, now)
 
     # -- sessions ----------------------------------------------------------------------------------
     def _build_sessions(self) -> None:
@@ -633,14 +672,37 @@ class GatewayServer:
     def refused(self, conn: _Conn, why: str) -> None:
         """A login that is not a firm's: counted, logged (at most once a second), closed."""
         self.count("login_rejected")
-        now = time.monotonic()
-        if now - self._refused_logged_at >= 1.0:
-            self._refused_logged_at = now
-            log(self.name, f"{conn.kind} connection {conn.peer}: {why}: closed "
-                           f"({self.counters['login_rejected']} logins refused so far)")
+        self.log_limited("refused", f"{conn.kind} connection {conn.peer}: {why}: closed "
+                                    f"({self.counters['login_rejected']} logins refused so far)")
         conn.close()
 
-    _refused_logged_at = 0.0
+    def log_limited(self, key: str, text: str) -> None:
+        """A log line of a kind a client can cause at will: at most one a second per kind."""
+        now = time.monotonic()
+        if now - self._logged_at.get(key, 0.0) >= 1.0:
+            self._logged_at[key] = now
+            log(self.name, text)
+
+    def slow_consumer(self, conn: _Conn) -> None:
+        """A connection whose unsent output passed [session_limits] max_queued_bytes (the client
+        does not read): dropped at once, its queue discarded; the session sees a disconnect."""
+        self.count("slow_consumer_disconnects")
+        slot = conn.slot
+        log(self.name, f"{slot.name if slot is not None else conn.kind} connection {conn.peer}: "
+                       f"{conn.queued()} bytes unsent, over {self.limits.max_queued_bytes} (the client "
+                       f"does not read): disconnected")
+        conn.abort()
+
+    def session_events(self, slot: Slot) -> None:
+        """Count what the session reports; say why a connection is being closed by a budget."""
+        for ev in slot.session.take_events():
+            if ev.kind == E.THROTTLED:
+                self.count("throttled")
+            elif ev.kind == E.OVER_BUDGET:
+                self.count("throttle_disconnects")
+                log(self.name, f"{slot.name}: {ev.text}: disconnected")
+            else:
+                self.count(f"session_{ev.kind}")
 
     def after_input(self, slot: Slot) -> None:
         cmds = slot.session.take_commands()
@@ -763,6 +825,7 @@ class GatewayServer:
             else:
                 self._publish(box)
         for slot in self.slots:
+            self.session_events(slot)
             conn = slot.conn
             if conn is None:
                 continue
@@ -1046,10 +1109,11 @@ class GatewayServer:
             pass
         ctl = await asyncio.start_unix_server(self.control, ctl_path)
         os.chmod(ctl_path, 0o600)   # the admin interface: the service's user only
+        backlog = self.limits.listen_backlog
         ouch = await self.loop.create_server(lambda: OuchConn(self), self.gw.bind, self.gw.ouch_port,
-                                             reuse_address=True)
+                                             reuse_address=True, backlog=backlog)
         fix = await self.loop.create_server(lambda: FixConn(self), self.gw.bind, self.gw.fix_port,
-                                            reuse_address=True)
+                                            reuse_address=True, backlog=backlog)
         self.accepting = True
         log(self.name, f"listening: OUCH {self.gw.bind}:{self.gw.ouch_port}, FIX {self.gw.bind}:{self.gw.fix_port}; "
                        f"firms {', '.join(f.name for f in self.firms)}; admin socket {ctl_path}")

@@ -597,3 +597,37 @@ def test_a_client_that_never_reads_is_dropped_at_the_outbound_bound(tmp_path: An
         if st.proc is not None and st.proc.poll() is None:
             os.killpg(st.proc.pid, signal.SIGKILL)
             st.proc.wait(10)
+
+
+# ------------------------------------------------------------------------------------------------
+# Unauthenticated traffic: connection rate per source address, login timeout
+# ------------------------------------------------------------------------------------------------
+
+def test_connections_beyond_the_address_rate_are_closed_and_silent_ones_time_out(tmp_path: Any) -> None:
+    from appliance.config import SessionLimits
+    cfg = loopback_config(str(tmp_path), rng=random.Random(), session_limits=SessionLimits(
+        connections_per_second=1, connection_burst=3, login_timeout_ms=500))
+    st = Stack(str(tmp_path), cfg)
+    st.start()
+    try:
+        socks = []
+        for i in range(10):
+            port = st.gw.ouch_port if i % 2 else st.gw.fix_port
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        for s in socks:               # every one is closed: 3 by the login timeout, 7 at once
+            assert _closed_without_answer(s) == b""
+        counters = st.admin("GET", "/status")["gateways"]["gw0"]["counters"]
+        # 3 from the bucket (a loaded machine may add one a second of refill), the rest refused
+        refused, timed_out = counters.get("connections_refused_rate", 0), counters.get("login_timeouts", 0)
+        assert refused + timed_out == 10 and refused >= 5 and timed_out >= 3, counters
+        assert "connections from" in st.output()
+        time.sleep(1.5)               # the address's bucket refills: a firm logs in as usual
+        a = st.ouch("alfa", "alfa-pw")
+        a.enter(1, b"B", 100, "ALPH", 1_400_000)
+        assert isinstance(a.wait_for(lambda m: getattr(m, "user_ref_num", 0) == 1), ouch.L.OrderAccepted)
+        a.close()
+        assert st.stop() == 0
+    finally:
+        if st.proc is not None and st.proc.poll() is None:
+            os.killpg(st.proc.pid, signal.SIGKILL)
+            st.proc.wait(10)

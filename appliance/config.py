@@ -173,6 +173,7 @@ class RetransmitConfig:
     username: str = "mdata"             # SoupBinTCP login of the replay and snapshot servers
     password: str = "mdata"
     max_request_messages: int = 4096    # re-request: larger counts are clipped to this
+    max_request_bytes: int = 16384      # re-request: message bytes answered per request, at most
     quota_per_second: int = 100_000     # re-request: messages answered per client (0: no limit)
     quota_per_minute: int = 2_000_000
     quota_per_day: int = 100_000_000
@@ -769,6 +770,7 @@ def _retransmit(t: _Table | None, warnings: list[str]) -> RetransmitConfig:
         username=_soup_text(t, "username", 6, d.username),
         password=_soup_text(t, "password", 10, d.password),
         max_request_messages=t.integer("max_request_messages", d.max_request_messages, 1, 65534),
+        max_request_bytes=t.integer("max_request_bytes", d.max_request_bytes, 1024, 1 << 24),
         quota_per_second=t.integer("quota_per_second", d.quota_per_second, 0),
         quota_per_minute=t.integer("quota_per_minute", d.quota_per_minute, 0),
         quota_per_day=t.integer("quota_per_day", d.quota_per_day, 0),
@@ -961,7 +963,7 @@ def dumps(c: Config) -> str:
     w(f"snapshot_port = {r.snapshot_port}")
     w(f"username = {_q(r.username)}")
     w(f"password = {_q(r.password)}")
-    for key in ("max_request_messages", "quota_per_second", "quota_per_minute", "quota_per_day", "retain_messages",
+    for key in ("max_request_messages", "max_request_bytes", "quota_per_second", "quota_per_minute", "quota_per_day", "retain_messages",
                 "max_sessions", "send_buffer_bytes", "slow_client_ms", "snapshot_wait_ms"):
         w(f"{key} = {getattr(r, key)}")
     for fm in c.firms:

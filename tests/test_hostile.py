@@ -631,3 +631,48 @@ def test_connections_beyond_the_address_rate_are_closed_and_silent_ones_time_out
         if st.proc is not None and st.proc.poll() is None:
             os.killpg(st.proc.pid, signal.SIGKILL)
             st.proc.wait(10)
+
+
+# ------------------------------------------------------------------------------------------------
+# Re-request answers bounded in bytes
+# ------------------------------------------------------------------------------------------------
+
+def test_one_rerequest_draws_a_bounded_answer(stack: Stack) -> None:
+    from feeds.moldudp64 import encode_rerequest, parse_packet
+    from tests.test_fullstack import subscriber
+    sub = subscriber(stack.config)
+    a = stack.ouch("alfa", "alfa-pw")
+    n = 480                                      # ~480 Add Orders (36 bytes each) on the L3 feed
+    a.send(b"".join(a.enter_packet(u, b"B", 100, "ALPH", 1_300_000 + u * 100) for u in range(1, n + 1)))
+    a.wait_for(lambda m: getattr(m, "user_ref_num", 0) == n, timeout=60)
+    deadline = time.monotonic() + 10
+    l3 = sub.receivers["l3"]
+    while (not l3.session or l3.expected < n) and time.monotonic() < deadline:
+        sub.poll(0.05)
+    session = l3.session if isinstance(l3.session, bytes) else str(l3.session).encode()
+    sub.close()
+    r = stack.config.retransmit
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    request = encode_rerequest(session, 1, 4096)
+    got: list[bytes] = []
+    for _ in range(5):               # UDP: ask again if nothing came back
+        u.sendto(request, ("127.0.0.1", r.rerequest_port))
+        u.settimeout(5.0)
+        try:
+            while True:
+                got.append(u.recv(65536))
+                u.settimeout(1.0)
+        except socket.timeout:
+            pass
+        if got:
+            break
+    u.close()
+    assert got, f"no answer to {request!r}"
+    total = sum(len(d) for d in got)
+    msgs = [m for d in got for m in parse_packet(d).messages]
+    assert parse_packet(got[0]).sequence == 1 and len(msgs) >= 100
+    assert sum(2 + len(m) for m in msgs) <= r.max_request_bytes
+    assert total <= r.max_request_bytes + 20 * len(got), total
+    print(f"re-request of {len(request)} bytes: {total} bytes in {len(got)} datagrams "
+          f"({total / len(request):.0f}x)")
+    a.close()

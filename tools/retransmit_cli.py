@@ -110,7 +110,7 @@ def cmd_retransmit_serve(args: argparse.Namespace) -> int:
         rerequest_port=r.rerequest_port if args.rerequest_port is None else args.rerequest_port,
         replay_port=r.replay_port if args.replay_port is None else args.replay_port,
         tcp=_soup_settings(r), quotas=QuotaLimits(r.quota_per_second, r.quota_per_minute, r.quota_per_day),
-        max_count=r.max_request_messages, retain_messages=r.retain_messages,
+        max_count=r.max_request_messages, max_bytes=r.max_request_bytes, retain_messages=r.retain_messages,
         max_payload=config.market_data.max_payload if config is not None else 1472)
     server = RetransmitServer(settings)
 

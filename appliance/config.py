@@ -994,8 +994,8 @@ def dumps(c: Config) -> str:
     sl = c.session_limits
     w("")
     w("[session_limits]")
-    for f in dataclasses.fields(sl):
-        w(f"{f.name} = {getattr(sl, f.name)}")
+    for fld in dataclasses.fields(sl):
+        w(f"{fld.name} = {getattr(sl, fld.name)}")
     tr = c.trading
     if tr is not None:
         w("")

@@ -16,7 +16,7 @@ import pytest
 
 from appliance.gateway import ouch
 from feeds import soupbintcp as soup
-from tests.test_fullstack import P150, Fix, Stack
+from tests.test_fullstack import Fix, Stack
 from tools.demo import loopback_config
 
 pytestmark = pytest.mark.timeout(180)
@@ -554,8 +554,6 @@ def test_a_flooding_client_is_throttled_then_dropped_and_memory_stays_bounded(st
 
 
 def test_a_client_that_never_reads_is_dropped_at_the_outbound_bound(tmp_path: Any) -> None:
-    import dataclasses
-
     from appliance.config import SessionLimits
     cfg = loopback_config(str(tmp_path), rng=random.Random(),
                           session_limits=SessionLimits(max_queued_bytes=65536))

@@ -324,9 +324,12 @@ def _client(port: int, rate: int, seconds: float, conn: Any) -> None:
 
 def _latency_config(root: str, durability: str) -> Config:
     from tools.demo import loopback_config
+    from appliance.config import SessionLimits
     c = loopback_config(root, durability=durability)
     firms = tuple(dataclasses.replace(f, limits=FirmLimits(max_qty=1_000_000)) for f in c.firms)
-    return dataclasses.replace(c, firms=firms)
+    # The one client offers up to the benchmark's rate: no session budget may throttle it.
+    limits = SessionLimits(max_queued_bytes=1 << 28, messages_per_second=10_000_000, burst=20_000_000)
+    return dataclasses.replace(c, firms=firms, session_limits=limits)
 
 
 def _latency(args: argparse.Namespace) -> int:

@@ -427,10 +427,14 @@ class _Conn(asyncio.Protocol):
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
     def write(self, data: bytes) -> None:
+        """Queue ``data``; a connection that still has more than max_queued_bytes unsent when more
+        output comes is a client that does not read: dropped (one write, a login's replay say, may
+        take the queue past the bound: it is the next one that finds it still there)."""
         if data and self.transport is not None and not self.closed:
-            self.transport.write(data)
             if self.transport.get_write_buffer_size() > self.server.limits.max_queued_bytes:
                 self.server.slow_consumer(self)
+                return
+            self.transport.write(data)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:

@@ -108,7 +108,27 @@ def _closed_without_answer(sock: socket.socket) -> bytes:
         sock.close()
 
 
-def test_wrong_password_logons_change_nothing_of_the_firms_sessions(stack: Stack) -> None:
+@pytest.fixture
+def roomy_stack(tmp_path: Any) -> Iterator[Stack]:
+    """A stack whose per-address connection budget admits every connection a test makes from
+    127.0.0.1 (the legitimate clients share the address with the hostile ones)."""
+    from appliance.config import SessionLimits
+    cfg = loopback_config(str(tmp_path), rng=random.Random(),
+                          session_limits=SessionLimits(connections_per_second=1000, connection_burst=2000))
+    s = Stack(str(tmp_path), cfg)
+    s.start()
+    try:
+        yield s
+    finally:
+        if s.proc is not None and s.proc.poll() is None:
+            try:
+                s.stop(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(s.proc.pid, signal.SIGKILL)
+
+
+def test_wrong_password_logons_change_nothing_of_the_firms_sessions(roomy_stack: Stack) -> None:
+    stack = roomy_stack
     f = Fix(stack.gw.fix_port, "BRVO")
     assert f.logon("brvo-pw").get(35) == b"A"
     f.order("W1", "1", 10, "140.00")

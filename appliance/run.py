@@ -250,7 +250,10 @@ class Supervisor:
         return {c.name: {"pid": c.pid, "running": c.poll() is None and not c.restart_at,
                          "restarts": c.restarts, "last_exit": c.last_exit} for c in self.others}
 
-    def _terminate(self, children: Sequence[Child], timeout: float) -> None:
+    def _terminate(self, children: Sequence[Child], timeout: float, stateful: bool = True) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``. A stateful child (partition, gateway) that does
+        not stop cleanly makes the exit status non-zero; a server's is only logged (it holds no
+        state: the day is not the worse for it)."""
         for c in children:
             if c.poll() is None and c.proc is not None:
                 c.proc.send_signal(signal.SIGTERM)
@@ -266,13 +269,13 @@ class Supervisor:
                 rc = c.proc.wait()
             if rc not in (0, -signal.SIGTERM) and not c.restart_at:
                 log(f"{c.role} {c.name} exited with {rc}")
-                if not self.exit_code:
+                if stateful and not self.exit_code:
                     self.exit_code = rc if rc > 0 else 1
 
     def stop(self) -> None:
         self._terminate(self.gateways, GATEWAY_STOP_S)
         self._terminate(self.partitions, PARTITION_STOP_S)
-        self._terminate(self.others, 10.0)
+        self._terminate(self.others, 10.0, stateful=False)
         log("stopped" + (f" (exit {self.exit_code})" if self.exit_code else ": clean shutdown"))
 
     # -- admin HTTP -----------------------------------------------------------------------------------

@@ -186,6 +186,7 @@ class RetransmitConfig:
     username: str = "mdata"             # SoupBinTCP login of the replay and snapshot servers
     password: str = "mdata"
     max_request_messages: int = 4096    # re-request: larger counts are clipped to this
+    max_request_bytes: int = 16384      # re-request: message bytes answered per request, at most
     quota_per_second: int = 100_000     # re-request: messages answered per client (0: no limit)
     quota_per_minute: int = 2_000_000
     quota_per_day: int = 100_000_000
@@ -228,6 +229,20 @@ class AdminConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SessionLimits:
+    """What one client may make a gateway hold or do (docs/operations.md, "Session budgets")."""
+
+    max_queued_bytes: int = 4 << 20        # outbound bytes waiting for a connection; beyond: disconnect
+    messages_per_second: int = 2000        # every inbound message, of every kind: a token bucket ...
+    burst: int = 4000                      # ... this deep (default 2 x the rate); beyond: throttled
+    throttled_before_disconnect: int = 200  # throttled messages in one second; beyond: disconnect
+    login_timeout_ms: int = 10_000         # a connection must log in within this
+    connections_per_second: int = 20       # new connections per source address: a token bucket ...
+    connection_burst: int = 40             # ... this deep (default 2 x the rate); beyond: closed at once
+    listen_backlog: int = 128              # the order-entry listeners' accept queue
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     appliance: ApplianceConfig
     instruments: tuple[InstrumentConfig, ...]
@@ -239,6 +254,7 @@ class Config:
     admin: AdminConfig
     warnings: tuple[str, ...] = ()      # loud: printed before anything else by whoever loads it
     trading: TradingConfig | None = None  # None: continuous trading all day, no safeguard
+    session_limits: SessionLimits = SessionLimits()
 
     # -- derived views ------------------------------------------------------------------------------
     def instrument(self, symbol: str) -> InstrumentConfig:
@@ -617,6 +633,7 @@ def from_dict(doc: dict[str, Any]) -> Config:
             raise ConfigError(f"firms[{i}].name: firm {f.name!r} is on no gateway's firms")
 
     admin = _admin(top.table("admin"), warnings)
+    session_limits = _session_limits(top.table("session_limits"))
     trading = _trading(top.table("trading"), appliance, "time_zone" in (top.data.get("appliance") or {}))
     for i, ins in enumerate(instruments):
         if ins.luld_tier is not None and (trading is None or ins.luld_tier not in {t.name for t in trading.tiers}):
@@ -630,7 +647,7 @@ def from_dict(doc: dict[str, Any]) -> Config:
             ("admin.port", admin.port)]
     _unique(tcp, "TCP port")
     return Config(appliance, instruments, partitions, gateways, market_data, retransmit, firms, admin,
-                  tuple(warnings), trading)
+                  tuple(warnings), trading, session_limits)
 
 
 def _appliance(t: _Table | None) -> ApplianceConfig:
@@ -822,6 +839,7 @@ def _retransmit(t: _Table | None, warnings: list[str]) -> RetransmitConfig:
         username=_soup_text(t, "username", 6, d.username),
         password=_soup_text(t, "password", 10, d.password),
         max_request_messages=t.integer("max_request_messages", d.max_request_messages, 1, 65534),
+        max_request_bytes=t.integer("max_request_bytes", d.max_request_bytes, 1024, 1 << 24),
         quota_per_second=t.integer("quota_per_second", d.quota_per_second, 0),
         quota_per_minute=t.integer("quota_per_minute", d.quota_per_minute, 0),
         quota_per_day=t.integer("quota_per_day", d.quota_per_day, 0),
@@ -898,6 +916,27 @@ def _gateway(t: _Table, firm_names: tuple[str, ...], n_gateways: int, warnings: 
     if not _is_loopback(bind):
         warnings.append(f"{t.key('bind')} = {bind!r}: order entry listens beyond loopback")
     return GatewayConfig(name, bind, ouch_port, fix_port, comp, firms)
+
+
+def _session_limits(t: _Table | None) -> SessionLimits:
+    d = SessionLimits()
+    if t is None:
+        return d
+    rate = t.integer("messages_per_second", d.messages_per_second, 1, 10_000_000)
+    conns = t.integer("connections_per_second", d.connections_per_second, 1, 100_000)
+    c = SessionLimits(
+        max_queued_bytes=t.integer("max_queued_bytes", d.max_queued_bytes, 65536, 1 << 30),
+        messages_per_second=rate,
+        burst=t.integer("burst", 2 * rate, 1, 100_000_000),
+        throttled_before_disconnect=t.integer("throttled_before_disconnect", d.throttled_before_disconnect,
+                                              1, 10_000_000),
+        login_timeout_ms=t.integer("login_timeout_ms", d.login_timeout_ms, 100, 600_000),
+        connections_per_second=conns,
+        connection_burst=t.integer("connection_burst", 2 * conns, 1, 1_000_000),
+        listen_backlog=t.integer("listen_backlog", d.listen_backlog, 1, 65535),
+    )
+    t.done()
+    return c
 
 
 def _admin(t: _Table | None, warnings: list[str]) -> AdminConfig:
@@ -1005,7 +1044,7 @@ def dumps(c: Config) -> str:
     w(f"snapshot_port = {r.snapshot_port}")
     w(f"username = {_q(r.username)}")
     w(f"password = {_q(r.password)}")
-    for key in ("max_request_messages", "quota_per_second", "quota_per_minute", "quota_per_day", "retain_messages",
+    for key in ("max_request_messages", "max_request_bytes", "quota_per_second", "quota_per_minute", "quota_per_day", "retain_messages",
                 "max_sessions", "send_buffer_bytes", "slow_client_ms", "snapshot_wait_ms"):
         w(f"{key} = {getattr(r, key)}")
     w(f"rerequest_transport = {_q(r.rerequest_transport)}")
@@ -1035,6 +1074,11 @@ def dumps(c: Config) -> str:
     w(f"bind = {_q(ad.bind)}")
     w(f"port = {ad.port}")
     w(f"token = {_q(ad.token)}")
+    sl = c.session_limits
+    w("")
+    w("[session_limits]")
+    for fld in dataclasses.fields(sl):
+        w(f"{fld.name} = {getattr(sl, fld.name)}")
     tr = c.trading
     if tr is not None:
         w("")

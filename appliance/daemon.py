@@ -687,9 +687,16 @@ class PartitionDaemon:
         """Close the feed and its transport; close and unlink the rings and their doorbells."""
         self.publisher.close()
         self.transport.close()
-        for fd in self.bells + self.wake_fds:
+        self.release_rings()
+
+    def release_rings(self) -> None:
+        """Close and unlink the rings and their doorbells (also after a failed start-up)."""
+        for fd in getattr(self, "bells", []) + getattr(self, "wake_fds", []):
             os.close(fd)
-        for (rc, re_) in self.rings:
+        self.bells = []
+        self.wake_fds = []
+        rings, self.rings = getattr(self, "rings", []), []
+        for (rc, re_) in rings:
             for r in (rc, re_):
                 r.close()
                 r.unlink()
@@ -726,6 +733,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-realtime", action="store_true", help="no SCHED_FIFO, no mlockall (tests, laptops)")
     ap.add_argument("--transport", default="udp", choices=("udp", "pcap", "null"))
     args = ap.parse_args(argv)
+    from appliance.process import setup_process
+    setup_process()
     try:
         config = load(args.config)
         config.partition(args.partition)
@@ -742,15 +751,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         d.start()
-    except DurabilityError as e:
-        log(args.partition, f"DURABILITY FAILURE at start-up: {e}")
-        return EXIT_DURABILITY_FAILURE
+        run = os.path.join(args.state_dir, "run")
+        os.makedirs(run, exist_ok=True)
+        atomic_json(os.path.join(run, f"{args.partition}.ready.json"), d.ready_info)
     except XdpUnavailable as e:          # market_data.afxdp_required and the host refuses AF_XDP
         log(args.partition, str(e))
+        d.release_rings()
         return EXIT_CONFIG
-    run = os.path.join(args.state_dir, "run")
-    os.makedirs(run, exist_ok=True)
-    atomic_json(os.path.join(run, f"{args.partition}.ready.json"), d.ready_info)
+    except (DurabilityError, OSError) as e:
+        # A full disk, a read-only or failing file system: the state cannot be written, so nothing
+        # may be acknowledged. One line; the operator makes room and starts again (recovery).
+        log(args.partition, f"DURABILITY FAILURE at start-up: {e}; exiting {EXIT_DURABILITY_FAILURE}")
+        d.release_rings()
+        return EXIT_DURABILITY_FAILURE
     log(args.partition, f"ready: seq {d.ready_info['last_seq']}, rings for {', '.join(d.gateways)}")
     signal.signal(signal.SIGUSR1, lambda s, f: setattr(d, "stats_requested", True))
     return d.run()

@@ -5,8 +5,7 @@ previous one to say it is ready (``{state_dir}/run/<name>.ready.json``):
 
     1. one matching process per partition    python -m appliance.daemon      (recovery first)
     2. one process per gateway               python -m appliance.gateway.server
-    3. retransmission and snapshot servers   matchwire retransmit serve / matchwire snapshot serve,
-                                             when the installed matchwire has those commands
+    3. retransmission and snapshot servers   python -m tools.cli retransmit serve / snapshot serve
     4. the admin HTTP interface              [admin] bind:port, when a token is configured
 
 Placement on the host: each partition pins itself (config ``cpu``); the supervisor, gateways and
@@ -17,6 +16,13 @@ of what is in flight, end their sessions), then partitions (drain, commit, final
 Session on the feeds), then the servers. A process that does not stop in time is killed. If a
 partition or gateway dies on its own, the supervisor stops everything and exits non-zero: start-up
 is recovery, so the operator (or systemd) simply starts ``matchwire run`` again.
+
+The retransmission and snapshot servers are part of the appliance too: their modules are imported
+before anything starts (a broken import is a start-up failure, one line), start-up waits for them,
+and one that dies while the appliance runs is started again (after 0.5 s, doubling up to 10 s while
+it keeps dying within a minute of its start). They hold no state of their own (the feed stores are
+the partitions'), so a restart loses nothing; ``admin status`` reports their pid, whether they run,
+their restarts and last exit status.
 """
 from __future__ import annotations
 
@@ -42,14 +48,24 @@ def log(text: str) -> None:
     sys.stderr.flush()
 
 
+SERVER_MODULES: Final = {"retransmit": ("tools.retransmit_cli", "retransmit.server", "retransmit.soupserver"),
+                          "snapshot": ("tools.retransmit_cli", "retransmit.snapshot_server", "retransmit.recovery")}
+RESTART_FIRST_S: Final = 0.5      # a dead server is started again after this ...
+RESTART_MAX_S: Final = 10.0       # ... doubling while it keeps dying young, up to this
+RESTART_YOUNG_S: Final = 60.0     # a server that ran longer than this starts over at RESTART_FIRST_S
+
+
 class Child:
-    def __init__(self, name: str, role: str, argv: list[str], optional: bool = False) -> None:
+    def __init__(self, name: str, role: str, argv: list[str]) -> None:
         self.name = name
         self.role = role
         self.argv = argv
-        self.optional = optional
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
+        self.restarts = 0
+        self.last_exit: int | None = None
+        self.restart_at = 0.0          # monotonic time of the next start (0: not waiting)
+        self.backoff = RESTART_FIRST_S
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
@@ -72,25 +88,17 @@ def _die_with_parent() -> None:
         pass
 
 
-def server_argv(command: str, config_path: str, state_dir: str) -> list[str] | None:
-    """The `matchwire COMMAND serve` arguments the installed build accepts, or None if it has no such
-    command (optional servers start only when present): with --state-dir if it takes one."""
-    try:
-        from tools.cli import build_parser
-        parser = build_parser()
-    except Exception:  # a broken optional module must not stop the appliance
-        return None
-    for argv in ([command, "serve", "--config", config_path, "--state-dir", state_dir],
-                 [command, "serve", "--config", config_path]):
+def server_argv(command: str, config_path: str, state_dir: str) -> list[str]:
+    """The `matchwire COMMAND serve` arguments of a server, after importing what it runs: a module
+    that does not import is a start-up failure (ServerBroken, one line), not a server left out."""
+    import importlib
+    for module in SERVER_MODULES[command]:
         try:
-            import contextlib
-            import io
-            with contextlib.redirect_stderr(io.StringIO()):
-                parser.parse_args(argv)
-            return argv
-        except SystemExit:
-            continue
-    return None
+            importlib.import_module(module)
+        except Exception as e:   # any error raised by an import: say which module, stop the start
+            raise ServerBroken(f"{command} server: module {module} does not import: "
+                               f"{type(e).__name__}: {e}") from None
+    return [command, "serve", "--config", config_path, "--state-dir", state_dir]
 
 
 class Supervisor:
@@ -110,6 +118,7 @@ class Supervisor:
         self.others: list[Child] = []
         self.exit_code = 0
         self.failed: str | None = None
+        self.failed_rc = 0
         self.early: list[int] = []        # signals received during start-up
         self.admin_sock: socket.socket | None = None
 
@@ -128,7 +137,7 @@ class Supervisor:
                     return dict(json.load(f))
             rc = child.poll()
             if rc is not None:
-                raise RuntimeError(f"{child.role} {child.name} exited with {rc} during start-up")
+                raise ChildFailed(f"{child.role} {child.name} exited with {rc} during start-up", rc)
             time.sleep(0.02)
         raise RuntimeError(f"{child.role} {child.name} not ready after {timeout:.0f} s")
 
@@ -136,6 +145,9 @@ class Supervisor:
         cfg = self.config
         for w in cfg.warnings:
             log("WARNING: " + w)
+        # The servers' modules import before anything starts: a broken build fails here, in one line.
+        server_argvs = {cmd: server_argv(cmd, self.config_path, self.state_dir)
+                        for cmd in ("retransmit", "snapshot")} if self.servers else {}
         os.makedirs(self.run_dir, exist_ok=True)
         # The admin port listens before any child starts: a request made as soon as a gateway is
         # ready waits in the backlog until the event loop serves it, instead of being refused.
@@ -176,16 +188,14 @@ class Supervisor:
         for c in self.gateways:
             self._wait_ready(c)
             log(f"gateway {c.name} ready (pid {c.pid})")
-        if self.servers:
-            for cmd in ("retransmit", "snapshot"):
-                sargv = server_argv(cmd, self.config_path, self.state_dir)
-                if sargv is not None:
-                    c = Child(f"{cmd}-server", cmd, [py, "-m", "tools.cli", *sargv], optional=True)
-                    c.start()
-                    self.others.append(c)
-                    log(f"{cmd} server started (pid {c.pid})")
-                else:
-                    log(f"{cmd} server: not installed in this build (no `matchwire {cmd}` command): not started")
+        if server_argvs:
+            for cmd, sargv in server_argvs.items():
+                c = Child(f"{cmd}-server", cmd, [py, "-m", "tools.cli", *sargv])
+                c.start()
+                self.others.append(c)
+            for c in self.others:
+                self._wait_ready(c)
+                log(f"{c.role} server ready (pid {c.pid})")
 
     # -- watch --------------------------------------------------------------------------------------------
     async def watch(self) -> int:
@@ -203,26 +213,54 @@ class Supervisor:
                 rc = c.poll()
                 if rc is not None:
                     self.failed = f"{c.role} {c.name} (pid {c.pid}) exited with {rc}"
+                    self.failed_rc = rc
                     stop.set()
-            for c in list(self.others):
-                rc = c.poll()
-                if rc is not None:
-                    log(f"{c.role} server exited with {rc}" + (" at start-up: going on without it"
-                                                              if time.monotonic() - c.started < 5 else ""))
-                    self.others.remove(c)
+            for c in self.others:
+                self._keep_running(c)
             try:
                 await asyncio.wait_for(stop.wait(), 0.2)
             except asyncio.TimeoutError:
                 pass
         if self.failed:
             log(f"{self.failed}: stopping everything (start `matchwire run` again: start-up is recovery)")
-            self.exit_code = 1
+            self.exit_code = exit_status_of(self.failed_rc)
         if admin is not None:
             admin.close()
         self.stop()
         return self.exit_code
 
-    def _terminate(self, children: Sequence[Child], timeout: float) -> None:
+    def _keep_running(self, c: Child) -> None:
+        """A server that died is started again, after a delay that grows while it keeps dying young."""
+        now = time.monotonic()
+        if c.restart_at:
+            if now >= c.restart_at:
+                c.restart_at = 0.0
+                c.restarts += 1
+                try:
+                    os.unlink(self._ready_path(c.name))
+                except FileNotFoundError:
+                    pass
+                c.start()
+                log(f"{c.role} server started again (pid {c.pid}, restart {c.restarts})")
+            return
+        rc = c.poll()
+        if rc is None:
+            return
+        c.last_exit = rc
+        c.backoff = RESTART_FIRST_S if now - c.started > RESTART_YOUNG_S else min(c.backoff * 2, RESTART_MAX_S)
+        delay = RESTART_FIRST_S if c.restarts == 0 else c.backoff
+        c.restart_at = now + delay
+        log(f"{c.role} server (pid {c.pid}) exited with {rc}: starting it again in {delay:.1f} s")
+
+    def servers_status(self) -> dict[str, Any]:
+        """Per server: pid, running, restarts, last exit status (admin status)."""
+        return {c.name: {"pid": c.pid, "running": c.poll() is None and not c.restart_at,
+                         "restarts": c.restarts, "last_exit": c.last_exit} for c in self.others}
+
+    def _terminate(self, children: Sequence[Child], timeout: float, stateful: bool = True) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``. A stateful child (partition, gateway) that does
+        not stop cleanly makes the exit status non-zero; a server's is only logged (it holds no
+        state: the day is not the worse for it)."""
         for c in children:
             if c.poll() is None and c.proc is not None:
                 c.proc.send_signal(signal.SIGTERM)
@@ -236,15 +274,15 @@ class Supervisor:
                 log(f"{c.role} {c.name} did not stop in {timeout:.0f} s: killed")
                 c.proc.kill()
                 rc = c.proc.wait()
-            if rc not in (0, -signal.SIGTERM) and not c.optional:
+            if rc not in (0, -signal.SIGTERM) and not c.restart_at:
                 log(f"{c.role} {c.name} exited with {rc}")
-                if not self.exit_code:
+                if stateful and not self.exit_code:
                     self.exit_code = rc if rc > 0 else 1
 
     def stop(self) -> None:
         self._terminate(self.gateways, GATEWAY_STOP_S)
         self._terminate(self.partitions, PARTITION_STOP_S)
-        self._terminate(self.others, 10.0)
+        self._terminate(self.others, 10.0, stateful=False)
         log("stopped" + (f" (exit {self.exit_code})" if self.exit_code else ": clean shutdown"))
 
     # -- admin HTTP -----------------------------------------------------------------------------------
@@ -321,7 +359,9 @@ class Supervisor:
     async def _admin_route(self, method: str, target: str) -> tuple[int, dict[str, Any]]:
         parts = [p for p in target.split("?")[0].split("/") if p]
         if method == "GET" and parts == ["status"]:
-            out: dict[str, Any] = {"ok": True, "gateways": {}}
+            servers = self.servers_status()
+            out: dict[str, Any] = {"ok": all(s["running"] for s in servers.values()), "gateways": {},
+                                   "servers": servers}
             for g in self.config.gateways:
                 out["gateways"][g.name] = await self._gateway_call(g.name, {"op": "status"})
             return 200, out
@@ -347,11 +387,33 @@ class Supervisor:
         return 404, {"ok": False, "error": f"no such admin request: {method} {target}"}
 
 
+class ServerBroken(RuntimeError):
+    """A server's modules do not import: the appliance cannot start complete."""
+
+
+class ChildFailed(RuntimeError):
+    """A child exited during start-up; ``rc`` is its exit status."""
+
+    def __init__(self, text: str, rc: int) -> None:
+        super().__init__(text)
+        self.rc = rc
+
+
+def exit_status_of(rc: int) -> int:
+    """The supervisor's exit status for a child that failed with ``rc``: a durability failure (74,
+    EX_IOERR: a full disk, a failing file system) is passed on, so that the operator or systemd sees
+    it is the disk, not the appliance; anything else is 1."""
+    from appliance.wal import EXIT_DURABILITY_FAILURE
+    return EXIT_DURABILITY_FAILURE if rc == EXIT_DURABILITY_FAILURE else 1
+
+
 class StopRequested(Exception):
     """SIGTERM or SIGINT arrived while the supervisor was still starting its children."""
 
 
 def run(config_path: str, state_dir: str, *, realtime: bool = True, transport: str = "udp") -> int:
+    from appliance.process import setup_process
+    setup_process()   # private state files (children inherit the umask); output that may lose its reader
     sup = Supervisor(config_path, state_dir, realtime=realtime, transport=transport)
     early = sup.early
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -360,6 +422,10 @@ def run(config_path: str, state_dir: str, *, realtime: bool = True, transport: s
         sup.start()
     except StopRequested:
         pass  # a SIGTERM while starting is an ordinary stop: shut down what started, exit 0
+    except ChildFailed as e:
+        log(f"start-up failed: {e}")
+        sup.stop()
+        return exit_status_of(e.rc)
     except Exception as e:
         log(f"start-up failed: {e}")
         sup.stop()

@@ -80,6 +80,16 @@ class ClientQuotas:
         w[5] += grant
         return grant
 
+    def give_back(self, client: Hashable, n: int, now_ns: int) -> None:
+        """Return ``n`` messages granted at ``now_ns`` and not sent after all (to the windows they
+        were charged to, if those are still current)."""
+        w = self._clients.get(client)
+        if w is None or n <= 0:
+            return
+        for i, period in ((0, SECOND_NS), (2, MINUTE_NS), (4, DAY_NS)):
+            if w[i] == now_ns // period:
+                w[i + 1] = max(0, w[i + 1] - n)
+
     def _purge(self, day: int) -> None:
         stale = [c for c, w in self._clients.items() if w[4] != day]
         for c in stale:

@@ -21,6 +21,8 @@ counted in ``RerequestCore.counters`` (docs/retransmit.md has the table):
     answered           what is left after clipping by these rules (each counted too):
       partial            the range runs past the last stored message     what exists
       clipped            count > max_count                                the first max_count
+      clipped_bytes      the messages take more than max_bytes            the first that fit (one at
+                         (length prefixes included)                       least)
       over_quota         more than the client's quota allows now          what the quota allows
                          (also counted when that is nothing: quota_refused)
 
@@ -39,14 +41,18 @@ from feeds.moldudp64 import DEFAULT_MAX_PAYLOAD, END_OF_SESSION_COUNT, HEADER, H
 from retransmit.quota import ClientQuotas
 from retransmit.stores import StoreSet
 
-__all__ = ["RerequestCore", "RerequestServer", "pack_datagrams", "DEFAULT_MAX_COUNT", "OUTCOMES"]
+__all__ = ["RerequestCore", "RerequestServer", "pack_datagrams", "DEFAULT_MAX_COUNT", "DEFAULT_MAX_BYTES",
+           "OUTCOMES", "clip_blocks"]
 
 #: The largest count answered per request (a larger one is clipped to it).
 DEFAULT_MAX_COUNT = 4096
+#: The most message bytes (each with its u16 length) answered per request: a 20-byte request
+#: makes at most about this much traffic (plus a 20-byte header per datagram), whatever it asks.
+DEFAULT_MAX_BYTES = 16384
 
 #: Every counter of the core, in the order of docs/retransmit.md.
 OUTCOMES = ("requests", "malformed", "unknown_session", "purged", "not_yet_published", "quota_refused",
-            "answered", "partial", "clipped", "over_quota", "quota_refused_messages", "messages", "datagrams",
+            "answered", "partial", "clipped", "clipped_bytes", "over_quota", "quota_refused_messages", "messages", "datagrams",
             "send_errors")
 
 _pack_header = HEADER.struct.pack
@@ -74,17 +80,34 @@ def pack_datagrams(session: bytes, first: int, raw: bytes, max_payload: int = DE
     return out
 
 
+def clip_blocks(raw: bytes, max_bytes: int) -> tuple[bytes, int]:
+    """The longest prefix of whole ``u16 length + message`` blocks of ``raw`` within ``max_bytes``
+    (at least one block), and how many blocks it holds."""
+    pos, end, n = 0, len(raw), 0
+    while pos < end:
+        size = 2 + ((raw[pos] << 8) | raw[pos + 1])
+        if n and pos + size > max_bytes:
+            break
+        pos += size
+        n += 1
+    return raw[:pos], n
+
+
 class RerequestCore:
     """Owned by the server's event-loop thread: answers MoldUDP64 re-requests (sans-IO)."""
 
     def __init__(self, stores: StoreSet, quotas: ClientQuotas, *, max_count: int = DEFAULT_MAX_COUNT,
-                 max_payload: int = DEFAULT_MAX_PAYLOAD, retain_messages: int = 0) -> None:
+                 max_payload: int = DEFAULT_MAX_PAYLOAD, retain_messages: int = 0,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         if not 1 <= max_count < END_OF_SESSION_COUNT:
             raise ValueError(f"re-request: max_count {max_count} outside 1..65534")
         if not HEADER_SIZE + 3 <= max_payload <= 65507:
             raise ValueError(f"re-request: max_payload {max_payload} outside 23..65507")
+        if max_bytes < 1:
+            raise ValueError(f"re-request: max_bytes {max_bytes} must be positive")
         self.stores = stores
         self.quotas = quotas
+        self.max_bytes = max_bytes
         self.max_count = max_count
         self.max_payload = max_payload
         self.retain_messages = retain_messages     # 0: every stored message is served
@@ -129,6 +152,11 @@ class RerequestCore:
                 c["quota_refused"] += 1
                 return []
         raw = store.read_raw(first, n)
+        if len(raw) > self.max_bytes:
+            raw, k = clip_blocks(raw, self.max_bytes)
+            c["clipped_bytes"] += 1
+            self.quotas.give_back(client, n - k, now_ns)
+            n = k
         out = pack_datagrams(session, first, raw, self.max_payload)
         c["answered"] += 1
         c["messages"] += n

@@ -13,7 +13,7 @@ from typing import Any
 from feeds.moldudp64 import DEFAULT_MAX_PAYLOAD
 from retransmit.quota import ClientQuotas, QuotaLimits
 from retransmit.replay import ReplaySource
-from retransmit.rerequest import DEFAULT_MAX_COUNT, RerequestCore, RerequestServer
+from retransmit.rerequest import DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, RerequestCore, RerequestServer
 from retransmit.soupserver import SoupServerSettings
 from retransmit.stores import StoreSet
 from retransmit.tcpserver import SoupTcpServer
@@ -33,6 +33,7 @@ class RetransmitSettings:
     quotas: QuotaLimits = QuotaLimits()
     max_clients: int = 10_000
     max_count: int = DEFAULT_MAX_COUNT
+    max_bytes: int = DEFAULT_MAX_BYTES
     max_payload: int = DEFAULT_MAX_PAYLOAD
     retain_messages: int = 0
     rerequest_transport: str = "udp"       # answers: udp (one sendto each) | sendmmsg (one call each)
@@ -45,7 +46,8 @@ class RetransmitServer:
         self.settings = settings
         self.stores = StoreSet(list(settings.stores))
         self.core = RerequestCore(self.stores, ClientQuotas(settings.quotas, settings.max_clients),
-                                  max_count=settings.max_count, max_payload=settings.max_payload,
+                                  max_count=settings.max_count, max_bytes=settings.max_bytes,
+                                  max_payload=settings.max_payload,
                                   retain_messages=settings.retain_messages)
         self.replay = ReplaySource(self.stores, retain_messages=settings.retain_messages)
         self.tcp = SoupTcpServer(settings.tcp, self.replay)

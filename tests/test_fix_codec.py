@@ -105,3 +105,17 @@ def test_random_bytes_never_escape_as_other_errors() -> None:
                 parser.feed(bytes(blob[i:i + 13]))
         except FixFramingError:
             pass
+
+
+def test_messages_before_lost_framing_are_returned_then_the_parser_stays_failed() -> None:
+    good = encode("A", [(49, "C"), (56, "V"), (34, 1), (98, 0), (108, 30)])
+    p = FixParser()
+    items = p.feed(good + b"8=FIX.4.4\x019=12\x01this is not FIX at all\x01")
+    assert len(items) == 1 and isinstance(items[0], FixMessage) and items[0].msg_type == "A"
+    assert p.error is not None and "framing lost" in p.error
+    with pytest.raises(FixFramingError):
+        p.feed(b"")
+    with pytest.raises(FixFramingError):
+        FixParser().feed(b"garbage garbage")
+    # limit: the first message only, the rest unexamined
+    assert len(FixParser().feed(good + b"junk junk junk", limit=1)) == 1

@@ -158,7 +158,6 @@ def types(msgs: list[simplefix.FixMessage]) -> list[tuple[str | None, ...]]:
 # --- logon ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kw, text", [
-    (dict(password="nope"), "not authorized"),
     (dict(hb=0), "HeartBtInt"),
 ])
 def test_logon_refused(venue: Venue, client: Client, kw: dict[str, Any], text: str) -> None:
@@ -166,6 +165,15 @@ def test_logon_refused(venue: Venue, client: Client, kw: dict[str, Any], text: s
     (out,) = venue.connect(s, client, **kw)
     assert g(out, 35) == "5" and text in (g(out, 58) or "")
     assert s.should_close and s.take_events()[-1].kind == E.LOGIN_REJECTED
+
+
+def test_logon_with_a_wrong_password_changes_nothing_and_gets_no_answer(venue: Venue, client: Client) -> None:
+    s = venue.session()
+    before = s.state.to_json_obj()
+    assert venue.connect(s, client, password="nope") == []
+    assert s.should_close and s.take_events()[-1].kind == E.LOGIN_REJECTED
+    assert s.state.to_json_obj() == before and not s.state.dirty
+    assert fix.logon_identity(client.logon(password="nope"))[3] == "nope"
 
 
 def test_logon_wrong_comp_id(venue: Venue) -> None:

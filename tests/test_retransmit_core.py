@@ -467,3 +467,18 @@ def test_the_client_reads_any_slicing_of_the_stream_as_blocks() -> None:
         pos += k
     assert first == 7 and split_blocks(blocks) == msgs and c.ended and c.heartbeats == 1
     assert c.debug == [b"note"] and c.next_seq == 2007
+
+
+def test_an_answer_is_bounded_in_bytes_too_and_the_quota_is_charged_what_was_sent(
+        stored: tuple[Path, list[bytes]]) -> None:
+    path, msgs = stored
+    core = rerequest_core(path, max_bytes=1000, quotas=QuotaLimits(per_second=500, per_minute=0, per_day=0))
+    got = answer(core, 1, 4000)
+    size = sum(2 + len(m) for m in got)
+    assert got == msgs[:len(got)] and 0 < size <= 1000 and size + 2 + len(msgs[len(got)]) > 1000
+    assert core.counters["clipped_bytes"] == 1
+    # the quota (500 a second) was charged only what was sent: the same second still answers
+    again = answer(core, 2000, 4000)
+    assert again and again == msgs[1999:1999 + len(again)]
+    big = rerequest_core(path, max_bytes=1)              # one message at least, whatever its size
+    assert answer(big, 7, 100) == msgs[6:7]

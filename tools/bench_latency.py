@@ -45,7 +45,7 @@ import tempfile
 import time
 from typing import Any
 
-from appliance.config import Config
+from appliance.config import Config, SessionLimits
 from appliance.metrics import DUTY_STAGES, GATEWAY_STAGES, Histogram, format_stages
 from appliance.risk import FirmLimits
 
@@ -264,7 +264,9 @@ def _config(root: str, wal: str, idle: str, durability: str, disk_dir: str) -> t
     limits = FirmLimits(max_qty=1_000_000, max_notional=None, position_limit=None, rate_per_second=None,
                         burst=None, collar_bps=None)
     firms = tuple(dataclasses.replace(f, limits=limits) for f in c.firms)
-    return dataclasses.replace(c, firms=firms), cleanup
+    # The one client offers up to the benchmark's rate: no session budget may throttle it.
+    budget = SessionLimits(max_queued_bytes=1 << 28, messages_per_second=10_000_000, burst=20_000_000)
+    return dataclasses.replace(c, firms=firms, session_limits=budget), cleanup
 
 
 def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace) -> dict[str, Any]:

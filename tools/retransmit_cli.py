@@ -30,6 +30,7 @@ import sys
 from typing import Any
 
 from appliance.config import Config, ConfigError, PartitionConfig, load
+from appliance.process import setup_process
 
 
 def _partitions(config: Config, names: list[str] | None) -> list[PartitionConfig]:
@@ -87,6 +88,7 @@ def cmd_retransmit_serve(args: argparse.Namespace) -> int:
     from appliance.config import RetransmitConfig
     from retransmit.quota import QuotaLimits
     from retransmit.server import RetransmitServer, RetransmitSettings
+    setup_process()
 
     try:
         config = load(args.config) if args.config else None
@@ -112,7 +114,7 @@ def cmd_retransmit_serve(args: argparse.Namespace) -> int:
         rerequest_port=r.rerequest_port if args.rerequest_port is None else args.rerequest_port,
         replay_port=r.replay_port if args.replay_port is None else args.replay_port,
         tcp=_soup_settings(r), quotas=QuotaLimits(r.quota_per_second, r.quota_per_minute, r.quota_per_day),
-        max_count=r.max_request_messages, retain_messages=r.retain_messages,
+        max_count=r.max_request_messages, max_bytes=r.max_request_bytes, retain_messages=r.retain_messages,
         rerequest_transport=r.rerequest_transport,
         max_payload=config.market_data.max_payload if config is not None else 1472)
     server = RetransmitServer(settings)
@@ -128,6 +130,7 @@ def cmd_snapshot_serve(args: argparse.Namespace) -> int:
     from appliance.daemon import feed_config
     from retransmit.recovery import REPLAY, RERQUEST, RecoveryConfig
     from retransmit.snapshot_server import SnapshotServer
+    setup_process()
 
     try:
         config = load(args.config)

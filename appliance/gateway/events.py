@@ -19,6 +19,8 @@ MALFORMED: Final = "malformed"            # one message refused (answered, not p
 IGNORED: Final = "ignored"                # one message ignored as the protocol says (e.g. stale id)
 GARBLED: Final = "garbled"                # FIX: bad checksum; dropped without a sequence number
 END_OF_SESSION: Final = "end_of_session"  # the server ended the session (OUCH 'Z')
+THROTTLED: Final = "throttled"            # one message over the session's rate: answered, not processed
+OVER_BUDGET: Final = "over_budget"        # too many throttled in a second; the connection will close
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,9 @@ Session layer (FIX 4.4 rules):
     Logon A         first message; CompIDs, Password/Username, EncryptMethod 0, HeartBtInt > 0;
                     ResetSeqNumFlag (141=Y, with MsgSeqNum 1) resets both sides to 1. Answered with
                     Logon (same HeartBtInt); a MsgSeqNum above the expected one is then answered with
-                    ResendRequest. Anything else first, or a failed check: Logout, close.
+                    ResendRequest. Anything else first: close. A Logon without the counterparty's
+                    Password/Username: close without answering, the session untouched (no
+                    MsgSeqNum used, nothing stored). A failed check after that: Logout, close.
     MsgSeqNum       equal: processed. Higher: ResendRequest(7=expected, 16=0) once, and the message
                     is dropped (it comes again in the resend). Lower without PossDupFlag: Logout
                     "MsgSeqNum too low", close; lower with PossDupFlag=Y: ignored.
@@ -41,6 +43,9 @@ Session layer (FIX 4.4 rules):
     SequenceReset 4 GapFill: MsgSeqNum checked, expected := NewSeqNo. Reset: expected := NewSeqNo
                     whatever MsgSeqNum. A NewSeqNo below the expected one: Reject (373=5).
     Reject 3        counted (event), nothing else. Logout 5: answered with Logout, close.
+    over budget     (shell-set ``budget``, every message but Logout and SequenceReset) answered, not
+                    processed: application BusinessMessageReject 380=0, session Reject 373=99;
+                    too many in a second: Logout with the reason, close.
     malformed       Reject 3 with SessionRejectReason 373 (0 invalid tag, 1 required tag missing,
                     4 no value, 5 value out of range, 6 bad format, 9 CompID, 11 invalid MsgType,
                     14 out of order) and RefSeqNum/RefTagID/RefMsgType; the sequence number is used.
@@ -91,6 +96,7 @@ from appliance.catalogue import (
     ReplaceOrder,
 )
 from appliance.gateway import events as E
+from appliance.gateway.budget import DISCONNECT, MessageBudget
 from appliance.gateway.events import SessionEvent, SessionOutbox
 from appliance.gateway.fixcodec import FixFramingError, FixMessage, FixParser, Garbled, encode
 from appliance.model import (
@@ -110,7 +116,7 @@ from appliance.model import (
 )
 
 __all__ = [
-    "FixSession", "FixSessionConfig", "FixSessionState", "FixOrder", "FIX_REJECT", "logon_comp_ids",
+    "FixSession", "FixSessionConfig", "FixSessionState", "FixOrder", "FIX_REJECT", "logon_comp_ids", "logon_identity",
     "utc_timestamp", "avg_px_text", "STP_TAG",
 ]
 
@@ -197,13 +203,22 @@ def avg_px_text(notional: int, qty: int) -> str:
 def logon_comp_ids(data: bytes) -> tuple[str, str] | None:
     """(SenderCompID, TargetCompID) of the first message in ``data`` if it is a complete Logon, None
     if more bytes are needed. FixFramingError if the bytes are not FIX or the message is no Logon."""
-    items = FixParser().feed(data)
+    ident = logon_identity(data)
+    return None if ident is None else (ident[0], ident[1])
+
+
+def logon_identity(data: bytes) -> tuple[str, str, str | None, str | None] | None:
+    """(SenderCompID, TargetCompID, Username 553, Password 554) of the first message in ``data`` if
+    it is a complete Logon (absent fields None), None if more bytes are needed. FixFramingError if
+    the bytes are not FIX or the message is no Logon. Only the first message is looked at: what
+    follows it is the session's to answer once the Logon is."""
+    items = FixParser().feed(data, limit=1)
     if not items:
         return None
     first = items[0]
     if isinstance(first, Garbled) or first.msg_type != "A" or first.get(49) is None or first.get(56) is None:
         raise FixFramingError("the first message is not a well-formed Logon")
-    return first.get(49) or "", first.get(56) or ""
+    return first.get(49) or "", first.get(56) or "", first.get(553), first.get(554)
 
 
 @dataclass(frozen=True)
@@ -431,6 +446,8 @@ class FixSession(SessionOutbox):
         self._held_from = 0                   # messages from this MsgSeqNum on wait for the resend
         # pending mass cancels: [ClOrdID, 530, 55, answers still due, orders cancelled so far]
         self._mass: deque[list[Any]] = deque()
+        # Inbound messages of every kind (set by the shell; None: no limit): see ``_throttled``.
+        self.budget: MessageBudget | None = None
 
     # ============================================================================================
     # shell interface
@@ -442,6 +459,11 @@ class FixSession(SessionOutbox):
     @property
     def logged_on(self) -> bool:
         return self._conn == _ACTIVE
+
+    def authenticates(self, username: str | None, password: str | None) -> bool:
+        """Whether a Logon with these Username (553) and Password (554) is the counterparty's."""
+        cfg = self.config
+        return not ((cfg.password and password != cfg.password) or (cfg.username and username != cfg.username))
 
     def connection_made(self, now_ns: int) -> None:
         if self._conn in (_AWAIT_LOGON, _ACTIVE, _LOGOUT_SENT):
@@ -520,7 +542,19 @@ class FixSession(SessionOutbox):
                 self._events.append(SessionEvent(E.GARBLED, item.reason))
                 continue
             self._test_req = None
+            budget = self.budget
+            if budget is not None and self._conn == _ACTIVE and item.msg_type not in ("4", "5"):
+                verdict = budget.admit(now_ns)
+                if verdict and self._throttled(item, verdict == DISCONNECT, now_ns):
+                    continue
             self._on_message(item, now_ns)
+        lost = self._parser.error
+        if lost is not None and self._conn in (_AWAIT_LOGON, _ACTIVE, _LOGOUT_SENT):
+            # The messages before the break were answered (a Logon included); then the framing.
+            if self._conn == _AWAIT_LOGON:
+                self._close(E.PROTOCOL_ERROR, lost)
+            else:
+                self._logout_close(now_ns, lost, E.PROTOCOL_ERROR)
 
     # ============================================================================================
     # sending
@@ -650,6 +684,11 @@ class FixSession(SessionOutbox):
         if msg.msg_type != "A":
             self._close(E.PROTOCOL_ERROR, f"first message is {msg.msg_type!r}, not a Logon")
             return
+        if not self.authenticates(msg.get(553), msg.get(554)):
+            # Not the counterparty: nothing of the session changes (no sequence number used, nothing
+            # stored or journalled) and nothing is said to the peer; the connection is closed.
+            self._close(E.LOGIN_REJECTED, "not authorized")
+            return
         problem = (
             "malformed Logon: " + msg.error[2] if msg.error is not None
             else "MsgSeqNum (34) missing" if seq is None
@@ -657,8 +696,6 @@ class FixSession(SessionOutbox):
             else "EncryptMethod (98) must be 0" if msg.get(98) != "0"
             else "HeartBtInt (108) must be a positive number" if not (msg.get(108) or "").isdigit()
             or int(msg.get(108) or "0") <= 0
-            else "not authorized" if (cfg.password and msg.get(554) != cfg.password)
-            or (cfg.username and msg.get(553) != cfg.username)
             else ""
         )
         if problem:
@@ -688,6 +725,33 @@ class FixSession(SessionOutbox):
         else:
             st.next_in = seq + 1
             st.dirty = True
+
+    def _throttled(self, msg: FixMessage, disconnect: bool, now_ns: int) -> bool:
+        """A message over the session's message budget (Logout and SequenceReset never are). In
+        sequence and well-formed: its MsgSeqNum is used and it is answered, not processed: an
+        application message with BusinessMessageReject (380=0, 58 the reason), a session message
+        (Heartbeat, TestRequest, ResendRequest, Reject) with Reject (373=99). Too many in one second:
+        Logout with the reason, close. Returns False when the ordinary rules must answer it (a gap,
+        a low MsgSeqNum, a malformed message)."""
+        assert self.budget is not None
+        if disconnect:
+            self._logout_close(now_ns, "disconnected: " + self.budget.why(), E.OVER_BUDGET)
+            return True
+        st = self.state
+        seq_text = msg.get(34)
+        if (msg.error is not None or seq_text is None or not seq_text.isdigit() or int(seq_text) != st.next_in
+                or msg.get(49) != self.config.target_comp_id or msg.get(56) != self.config.sender_comp_id):
+            return False
+        st.next_in += 1
+        st.dirty = True
+        mt = msg.msg_type or ""
+        text = f"throttled: over {self.budget.rate_per_s} messages/s"
+        if mt in _ADMIN_TYPES or mt == "3":
+            self._send("3", [(45, seq_text), (372, mt), (373, 99), (58, text)], now_ns)
+        else:
+            self._send("j", [(45, seq_text), (372, mt), (380, 0), (58, text)], now_ns)
+        self._events.append(SessionEvent(E.THROTTLED))
+        return True
 
     def _sequence_reset(self, msg: FixMessage, now_ns: int) -> None:
         st = self.state

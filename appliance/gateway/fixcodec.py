@@ -149,16 +149,33 @@ class FixParser:
         self._error = f"FIX framing lost at stream offset {self._offset}: {text}"
         return FixFramingError(self._error)
 
-    def feed(self, data: bytes) -> list[FixMessage | Garbled]:
-        """Add bytes; return the messages (and garbled frames) now complete, in order."""
+    def feed(self, data: bytes, limit: int = 0) -> list[FixMessage | Garbled]:
+        """Add bytes; return the messages (and garbled frames) now complete, in order: at most
+        ``limit`` of them when it is not 0 (the bytes after them stay buffered, unexamined).
+
+        Framing lost after some complete messages: those are returned and ``error`` says what was
+        lost (the next call raises); lost before any: FixFramingError at once."""
         if self._error is not None:
             raise FixFramingError(self._error)
+        out: list[FixMessage | Garbled] = []
+        try:
+            self._split(data, limit, out)
+        except FixFramingError:
+            if not out:
+                raise
+        return out
+
+    @property
+    def error(self) -> str | None:
+        """Why the framing was lost (the parser is failed), or None."""
+        return self._error
+
+    def _split(self, data: bytes, limit: int, out: list[FixMessage | Garbled]) -> None:
         buf = self._buf
         buf += data
-        out: list[FixMessage | Garbled] = []
         prefix = self._prefix
         plen = len(prefix)
-        while buf:
+        while buf and not (limit and len(out) >= limit):
             n = min(len(buf), plen)
             if buf[:n] != prefix[:n]:
                 raise self._fail(f"expected {prefix.decode()!r}, got {bytes(buf[:n])!r}")
@@ -192,4 +209,3 @@ class FixParser:
                 out.append(Garbled("the body does not end with SOH", raw))
             else:
                 out.append(_parse_body(raw, body_start, body_end))
-        return out

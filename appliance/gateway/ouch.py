@@ -34,6 +34,8 @@ Client packets and their answers (SoupBinTCP)::
     logged in      R                          nothing (the client is alive)
     logged in      O                          close (logged out)
     logged in      L or unknown type          close (protocol error)
+    logged in      over the message budget    Enter/Replace: 'J' 0x29; others: Debug '+';
+                   (shell-set ``budget``)     too many in a second: Debug with the reason, close
     any            broken framing             close (protocol error)
     any            silent for 15 s            close (timed out); poll() sends 'H' after 1 s idle
 
@@ -63,7 +65,8 @@ unique among live orders and never reused in a day):
     Modify Order M   Side among S/T/E of a sell (B stays B; the engine side never changes) and/or a
                      quantity reduction (intended order size as for Cancel) -> ReplaceOrder, answered
                      'M'. A side-only change is answered at once. Increases and B<->S: ignored.
-    Account Query Q  'Q' with the next UserRefNum.
+    Account Query Q  'Q' with the next UserRefNum; after UserRefNum 0xFFFFFFFF (there is no next
+                     one) a Debug '+' saying so instead, the connection kept.
 
 Engine events -> sequenced OUCH messages: see ``on_events``; reason mappings: REJECT_REASON and
 CANCEL_REASON below (one table each).
@@ -97,6 +100,7 @@ from appliance.catalogue import (
     ReplaceOrder,
 )
 from appliance.gateway import events as E
+from appliance.gateway.budget import DISCONNECT, MessageBudget
 from appliance.gateway import ouch_layout as L
 from appliance.gateway.events import SessionEvent, SessionOutbox
 from appliance.model import BUY, CROSS_CLOSE, CROSS_OPEN, CROSS_REOPEN, DAY, IOC, LIMIT, SELL, Instrument
@@ -219,6 +223,7 @@ _STRUCT_I = L.CANCEL_REJECT.struct.pack
 _STRUCT_M = L.ORDER_MODIFIED.struct.pack
 _STRUCT_Q = L.ACCOUNT_QUERY_RESPONSE.struct.pack
 _STRUCT_S = L.SYSTEM_EVENT.struct.pack
+_MAX_USER_REF_NUM: Final = 0xFFFF_FFFF
 
 
 def order_id_for(session_id: int, user_ref_num: int) -> int:
@@ -342,6 +347,8 @@ class OuchSession(SessionOutbox):
         SessionOutbox.__init__(self)
         self._last_rx_ns = 0
         self._last_tx_ns = 0
+        # Inbound messages of every kind (set by the shell; None: no limit): see ``_throttled``.
+        self.budget: MessageBudget | None = None
 
     # ============================================================================================
     # shell interface
@@ -426,8 +433,14 @@ class OuchSession(SessionOutbox):
         except ValueError as exc:
             self._close(E.PROTOCOL_ERROR, str(exc))
             return
+        budget = self.budget
         for kind, payload in packets:
             if self._state == _ACTIVE:
+                if budget is not None and kind != soup.LOGOUT_REQUEST:
+                    verdict = budget.admit(now_ns)
+                    if verdict:
+                        self._throttled(kind, payload, verdict == DISCONNECT, now_ns)
+                        continue
                 if kind == soup.UNSEQUENCED_DATA:
                     self._ouch(payload, now_ns)
                 elif kind == soup.CLIENT_HEARTBEAT or kind == soup.DEBUG:
@@ -510,6 +523,29 @@ class OuchSession(SessionOutbox):
             self._replay()
         return SessionOutbox.data_to_send(self)
 
+    def _throttled(self, kind: bytes, payload: bytes, disconnect: bool, now_ns: int) -> None:
+        """A packet over the session's message budget: not processed. An Enter or Replace Order is
+        answered Order Rejected 0x29 (port message rate; its UserRefNum is consumed, as a reject's
+        is), anything else (queries, cancels, heartbeats) with a Debug packet. Too many in one second:
+        a Debug with the reason, and the connection is closed."""
+        assert self.budget is not None
+        if disconnect:
+            why = self.budget.why()
+            self._out += soup.encode_debug(f"disconnected: {why}".encode("ascii")[:200])
+            self._close(E.OVER_BUDGET, why)
+            return
+        self._events.append(SessionEvent(E.THROTTLED))
+        if kind == soup.UNSEQUENCED_DATA and payload[:1] in (b"O", b"U"):
+            try:
+                msg, _ = L.decode(payload, L.INBOUND)
+            except ValueError:
+                msg = None
+            if msg is not None and msg.user_ref_num > self.last_user_ref_num and msg.cl_ord_id.isascii():
+                self.last_user_ref_num = msg.user_ref_num
+                self._reject_now(msg.user_ref_num, PORT_MESSAGE_RATE, msg.cl_ord_id, now_ns)
+                return
+        self._out += soup.encode_debug(b"throttled: over %d messages/s" % self.budget.rate_per_s)
+
     def _emit(self, msg: bytes, now_ns: int) -> None:
         """Append a sequenced message to the stream; send it if the client is logged in."""
         self.stream.append(msg)
@@ -550,6 +586,12 @@ class OuchSession(SessionOutbox):
         elif cls is L.ModifyOrder:
             self._modify(msg, now_ns)
         else:  # Account Query
+            if self.last_user_ref_num >= _MAX_USER_REF_NUM:
+                # No next UserRefNum exists (u32): no Account Query Response can say one. The
+                # client is told in a Debug packet; the connection stays up (cancels still work).
+                self._malformed(f"Account Query: every UserRefNum of the day is used (the last was "
+                                f"{_MAX_USER_REF_NUM}); no order can be entered on this session today")
+                return
             self._emit(_STRUCT_Q(b"Q", self._ts(now_ns), self.last_user_ref_num + 1), now_ns)
 
     def _reject_now(self, urn: int, reason: int, cl_ord_id: bytes, now_ns: int) -> None:

@@ -16,9 +16,10 @@ Owned by one asyncio thread (everything here runs on the event loop). What it do
 Connections are routed to their session by the login itself: the SoupBinTCP Login Request's
 username names the firm's OUCH session, the FIX Logon's SenderCompID the firm's FIX session (one
 of each per firm; session id = firm id for OUCH, firm id + 2^30 for FIX). A connection whose first
-bytes are not a login is closed without touching any session; an unknown user gets Login Rejected
-'A' (OUCH) or nothing (FIX); a second connection to a busy session gets Login Rejected 'S' (OUCH)
-or nothing (FIX).
+bytes are not a login is closed without touching any session; an unknown user or a wrong password
+gets Login Rejected 'A' (OUCH) or nothing (FIX), and the firm's session never sees the connection
+(no sequence number moves, nothing is journalled); a second connection to a busy session gets Login
+Rejected 'S' (OUCH) or nothing (FIX).
 
 Back-pressure: a full command ring keeps the commands in order in the gateway and every connection
 stops being read until the ring takes them again (nothing is dropped, nothing grows without bound:
@@ -83,8 +84,10 @@ from appliance.catalogue import (
 )
 from appliance.clock import wall_clock
 from appliance.config import Config, FirmConfig, load
+from appliance.gateway import events as E
 from appliance.gateway import ouch_layout as L
-from appliance.gateway.fix import FixSession, FixSessionConfig, FixSessionState, logon_comp_ids
+from appliance.gateway.budget import ConnectionBudget, MessageBudget
+from appliance.gateway.fix import FixSession, FixSessionConfig, FixSessionState, logon_identity
 from appliance.gateway.fixcodec import FixFramingError
 from appliance.gateway.journal import (
     COMPACT_BYTES,
@@ -125,6 +128,7 @@ MAX_LOGIN_BYTES: Final = 4096
 TICK_S: Final = 0.2                        # session timers
 FALLBACK_POLL_S: Final = 0.005             # ring poll when no doorbell rang (a lost wake-up costs this)
 QUIET_S: Final = 0.3                       # at shutdown: events quiet this long -> end the sessions
+CLOSE_LINGER_S: Final = 5.0                # a closed connection's unsent bytes are dropped after this
 
 
 def log(name: str, text: str) -> None:
@@ -169,12 +173,17 @@ def resume_points(state_dir: str, gateway: str) -> dict[int, int]:
 _TIF_LETTER: Final = {DAY: b"0", IOC: b"3"}
 
 
-def restore_ouch_session(s: OuchSession, stream: Iterable[bytes]) -> None:
+def restore_ouch_session(s: OuchSession, stream: Iterable[bytes]) -> bool:
     """Rebuild an OuchSession's sequence numbers, orders and UserRefNums from its sequenced stream.
 
     Every change of an order the session knows of is in the stream ('A' accepted with every
     attribute, 'U' replaced, 'E' executed, 'C' cancelled, 'M' modified, 'J' rejected), so replaying
     it gives the orders as they were when the last message was written.
+
+    A System Event 'E' in the stream was written by a gateway that stopped (an orderly stop, or the
+    supervisor stopping everything after a child died): it ended that run of the session, not the
+    trading day. The restored session takes orders again; returns True when the stream's last
+    System Event is such an 'E' (the caller announces the reopening with a System Event 'S').
     """
     if stream is not s.stream:
         s.stream = list(stream)
@@ -182,6 +191,7 @@ def restore_ouch_session(s: OuchSession, stream: Iterable[bytes]) -> None:
     orders = s.orders
     sid = s.session_id
     last = 0
+    stopped = False
     o: _Order | None
     for msg in s.stream:
         t = msg[:1]
@@ -244,10 +254,12 @@ def restore_ouch_session(s: OuchSession, stream: Iterable[bytes]) -> None:
                 _retire(o, orders, by_urn)
         elif t == b"Q":
             last = max(last, m.next_user_ref_num - 1)
-        elif t == b"S" and m.event_code == b"E":
-            s.ended = True
+        elif t == b"S":
+            stopped = m.event_code == b"E"
     s._by_urn = by_urn
     s.last_user_ref_num = max(s.last_user_ref_num, last)
+    s.ended = False
+    return stopped
 
 
 def _retire(o: _Order, orders: dict[int, _Order], by_urn: dict[int, int]) -> None:
@@ -311,11 +323,21 @@ class _Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.peer = str(transport.get_extra_info("peername"))
-        self.server.conns.add(self)
-        if self.server.paused:
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer)
+        server = self.server
+        server.conns.add(self)
+        if not server.conn_budget.admit(peer[0] if isinstance(peer, tuple) else self.peer, time.monotonic_ns()):
+            # More new connections from this address than [session_limits] allows: closed before
+            # anything is read (no login is parsed, nothing of any session is touched).
+            server.count("connections_refused_rate")
+            server.log_limited("connection_rate", f"{self.kind} connections from {self.peer}: over "
+                               f"{server.limits.connections_per_second}/s: closed")
+            self.abort()
+            return
+        if server.paused:
             self.transport.pause_reading()  # type: ignore[union-attr]
-        self.server.loop.call_later(10.0, self._login_timeout)
+        server.loop.call_later(server.limits.login_timeout_ms / 1000, self._login_timeout)
 
     def _login_timeout(self) -> None:
         if self.slot is None and not self.closed:
@@ -323,13 +345,35 @@ class _Conn(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
+        """Close after what is queued is sent; dropped after CLOSE_LINGER_S if the peer does not read."""
         if not self.closed:
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
+                self.server.loop.call_later(CLOSE_LINGER_S, self._drop)
+
+    def _drop(self) -> None:
+        if self in self.server.conns:   # not lost yet: the peer is not reading what is queued
+            self.abort()
+
+    def abort(self) -> None:
+        """Close now, discarding what is queued."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def queued(self) -> int:
+        """Outbound bytes waiting in the transport (not yet taken by the kernel)."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
     def write(self, data: bytes) -> None:
+        """Queue ``data``; a connection that still has more than max_queued_bytes unsent when more
+        output comes is a client that does not read: dropped (one write, a login's replay say, may
+        take the queue past the bound: it is the next one that finds it still there)."""
         if data and self.transport is not None and not self.closed:
+            if self.transport.get_write_buffer_size() > self.server.limits.max_queued_bytes:
+                self.server.slow_consumer(self)
+                return
             self.transport.write(data)
 
     write_paused = False
@@ -400,10 +444,10 @@ class OuchConn(_Conn):
             self.server.garbage(self, f"bad login: {e}")
             return None
         slot = self.server.ouch_by_user.get(req.username)
-        if slot is None:
+        if slot is None or slot.session.credentials.get(req.username, ("",))[0] != req.password:
+            # Unknown user or wrong password: the firm's session never sees the connection.
             self.write(soup.encode_login_rejected(soup.REJECT_NOT_AUTHORIZED))
-            self.server.count("login_rejected")
-            self.close()
+            self.server.refused(self, f"OUCH login as {req.username!r}: not authorized")
             return None
         if slot.conn is not None or not self.server.accepting:
             self.write(soup.encode_login_rejected(soup.REJECT_SESSION_NOT_AVAILABLE))
@@ -418,7 +462,7 @@ class FixConn(_Conn):
 
     def route(self) -> Slot | None:
         try:
-            ids = logon_comp_ids(bytes(self.buf))
+            ids = logon_identity(bytes(self.buf))
         except FixFramingError as e:
             self.server.garbage(self, f"not a FIX Logon: {e}")
             return None
@@ -427,6 +471,10 @@ class FixConn(_Conn):
                 self.server.garbage(self, "no complete Logon in the first 4 KiB")
             return None
         slot = self.server.fix_by_comp.get(ids[0])
+        if slot is not None and not slot.session.authenticates(ids[2], ids[3]):
+            # Not the counterparty: the firm's session never sees it (no sequence number moves).
+            self.server.refused(self, f"FIX Logon as {ids[0]!r}: not authorized")
+            return None
         if slot is None or slot.conn is not None or not self.server.accepting:
             self.server.count("login_rejected")
             self.close()
@@ -482,7 +530,15 @@ class GatewayServer:
         self.admin_waiting: list[deque[tuple[int, int, asyncio.Future[dict[str, Any]]]]] = [
             deque() for _ in self.partitions]
         self.rejects = open(os.path.join(self.dir, "rejects.jsonl"), "a")
+        self.limits = config.session_limits
+        self.conn_budget = ConnectionBudget(self.limits.connections_per_second, self.limits.connection_burst)
+        self._logged_at: dict[str, float] = {}
         self._build_sessions()
+        now = time.monotonic_ns()
+        lim = self.limits
+        for slot in self.slots:
+            slot.session.budget = MessageBudget(lim.messages_per_second, lim.burst,
+                                                lim.throttled_before_disconnect, now)
 
     # -- sessions ----------------------------------------------------------------------------------
     def _build_sessions(self) -> None:
@@ -503,11 +559,12 @@ class GatewayServer:
                             midnight_ns=self.midnight_ns, cancel_on_disconnect=f.ouch.cancel_on_disconnect)
             store = self._open_store(sid, f"ouch-{name}", js.ouch.get(sid, 0))
             s.stream = store  # type: ignore[assignment]
-            if len(store):
-                restore_ouch_session(s, store)
+            reopened = restore_ouch_session(s, store) if len(store) else False
             slot = Slot("ouch", s, sid, f, f"OUCH {f.name}")
             slot.store = store
             slot.journaled = len(store)
+            if reopened:   # journalled by the first flush
+                s.start_of_day(_clock())
             slot.applied = dict(js.marks)
             self._add(slot)
             self.ouch_by_user[f.ouch.username] = slot
@@ -603,6 +660,41 @@ class GatewayServer:
         self.count(f"{conn.kind}_garbage")
         log(self.name, f"{conn.kind} connection {conn.peer}: {why}: closed")
         conn.close()
+
+    def refused(self, conn: _Conn, why: str) -> None:
+        """A login that is not a firm's: counted, logged (at most once a second), closed."""
+        self.count("login_rejected")
+        self.log_limited("refused", f"{conn.kind} connection {conn.peer}: {why}: closed "
+                                    f"({self.counters['login_rejected']} logins refused so far)")
+        conn.close()
+
+    def log_limited(self, key: str, text: str) -> None:
+        """A log line of a kind a client can cause at will: at most one a second per kind."""
+        now = time.monotonic()
+        if now - self._logged_at.get(key, 0.0) >= 1.0:
+            self._logged_at[key] = now
+            log(self.name, text)
+
+    def slow_consumer(self, conn: _Conn) -> None:
+        """A connection whose unsent output passed [session_limits] max_queued_bytes (the client
+        does not read): dropped at once, its queue discarded; the session sees a disconnect."""
+        self.count("slow_consumer_disconnects")
+        slot = conn.slot
+        log(self.name, f"{slot.name if slot is not None else conn.kind} connection {conn.peer}: "
+                       f"{conn.queued()} bytes unsent, over {self.limits.max_queued_bytes} (the client "
+                       f"does not read): disconnected")
+        conn.abort()
+
+    def session_events(self, slot: Slot) -> None:
+        """Count what the session reports; say why a connection is being closed by a budget."""
+        for ev in slot.session.take_events():
+            if ev.kind == E.THROTTLED:
+                self.count("throttled")
+            elif ev.kind == E.OVER_BUDGET:
+                self.count("throttle_disconnects")
+                log(self.name, f"{slot.name}: {ev.text}: disconnected")
+            else:
+                self.count(f"session_{ev.kind}")
 
     def after_input(self, slot: Slot) -> None:
         cmds = slot.session.take_commands()
@@ -712,6 +804,7 @@ class GatewayServer:
             else:
                 self._publish(box)
         for slot in self.slots:
+            self.session_events(slot)
             conn = slot.conn
             if conn is None:
                 continue
@@ -1015,10 +1108,12 @@ class GatewayServer:
         except FileNotFoundError:
             pass
         ctl = await asyncio.start_unix_server(self.control, ctl_path)
+        os.chmod(ctl_path, 0o600)   # the admin interface: the service's user only
+        backlog = self.limits.listen_backlog
         ouch = await self.loop.create_server(lambda: OuchConn(self), self.gw.bind, self.gw.ouch_port,
-                                             reuse_address=True)
+                                             reuse_address=True, backlog=backlog)
         fix = await self.loop.create_server(lambda: FixConn(self), self.gw.bind, self.gw.fix_port,
-                                            reuse_address=True)
+                                            reuse_address=True, backlog=backlog)
         self.accepting = True
         log(self.name, f"listening: OUCH {self.gw.bind}:{self.gw.ouch_port}, FIX {self.gw.bind}:{self.gw.fix_port}; "
                        f"firms {', '.join(f.name for f in self.firms)}; admin socket {ctl_path}")
@@ -1109,6 +1204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--state-dir", required=True)
     ap.add_argument("--cpus", default="", help="comma-separated CPUs to run on (default: all)")
     args = ap.parse_args(argv)
+    from appliance.process import setup_process
+    setup_process()
     config = load(args.config)
     if args.cpus:
         try:
@@ -1116,7 +1213,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(args.gateway, f"affinity: CPUs {args.cpus}")
         except OSError as e:
             log(args.gateway, f"affinity: refused: {e}")
-    server = GatewayServer(config, args.gateway, args.state_dir)
     ready = os.path.join(args.state_dir, "run", f"{args.gateway}.ready.json")
     try:
         import uvloop  # type: ignore[import-not-found]
@@ -1124,7 +1220,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(args.gateway, "event loop: uvloop")
     except ImportError:
         pass
-    return asyncio.run(server.serve(ready))
+    try:
+        server = GatewayServer(config, args.gateway, args.state_dir)
+        return asyncio.run(server.serve(ready))
+    except OSError as e:
+        # The journal, the FIX state files or the ready file cannot be written (a full disk, a
+        # failing file system): one line, EX_IOERR, as the partitions do.
+        from appliance.wal import EXIT_DURABILITY_FAILURE
+        log(args.gateway, f"DURABILITY FAILURE: {e}; exiting {EXIT_DURABILITY_FAILURE}")
+        return EXIT_DURABILITY_FAILURE
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tools.feed_dump",  # feed dump
     "tools.retransmit_cli",  # retransmit serve, snapshot serve
     "tools.run_cli",  # run CONFIG, demo, admin
+    "tools.doctor",  # doctor
 )
 
 

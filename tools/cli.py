@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tools.retransmit_cli",  # retransmit serve, snapshot serve
     "tools.run_cli",  # run CONFIG, demo, admin
     "tools.doctor",  # doctor
+    "tools.config_cli",  # config check
 )
 
 

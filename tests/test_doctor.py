@@ -252,3 +252,20 @@ def test_doctor_bad_config_is_one_line(tmp_path: Path) -> None:
     bad.write_text("[appliance]\nnmae = 1\n")
     r = matchwire("doctor", "--config", str(bad))
     assert r.returncode == D.EXIT_CONFIG and "nmae" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# -- matchwire config check (what deployment runs before installing a rendered config) ---------------
+def test_config_check(tmp_path: Path) -> None:
+    from appliance.config import DEFAULT
+    good = tmp_path / "good.toml"
+    good.write_text(DEFAULT.replace("ttl = 0", "ttl = 4", 1))
+    r = matchwire("config", "check", str(good))
+    assert r.returncode == 0 and r.stderr == ""
+    lines = r.stdout.splitlines()
+    assert lines[-1] == "ok: 3 instruments, 1 partitions, 1 gateways, 3 firms"
+    assert any(ln.startswith("warning: ") and "ttl" in ln for ln in lines[:-1])
+    bad = tmp_path / "bad.toml"
+    bad.write_text(DEFAULT.replace('wal_dir = "var/p0/wal"', 'wal_dir = 7', 1))
+    r = matchwire("config", "check", str(bad))
+    assert r.returncode == 78 and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1 and "partitions[0].wal_dir" in r.stderr

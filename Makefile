@@ -52,9 +52,11 @@ pure:
 	[ ! -x $(BIN)/python ] || rm -f "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/matchwire-compiled.pth"
 	@echo "build: cpython (the compiled extensions removed)"
 
-# The whole suite against the compiled build, then back to the pure-Python reference.
+# The suite against the compiled build, then back to the pure-Python reference (the deployment
+# test builds its own wheels from the source and does not depend on the build here).
 test-compiled: compiled
-	MATCHWIRE_EXPECT_BUILD=mypyc $(BIN)/python -m pytest -q; rc=$$?; $(MAKE) --no-print-directory pure; exit $$rc
+	MATCHWIRE_EXPECT_BUILD=mypyc $(BIN)/python -m pytest -q --ignore=tests/test_ansible.py; rc=$$?; \
+	    $(MAKE) --no-print-directory pure; exit $$rc
 
 bench-mypyc: compiled flows
 	$(BIN)/matchwire bench matching flows/f1.bin --runs 5

@@ -30,6 +30,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tools.run_cli",  # run CONFIG, demo, admin
     "tools.order_cli",  # order enter|cancel|replace|status
     "tools.flowgen",  # flow generate
+    "tools.doctor",  # doctor
+    "tools.config_cli",  # config check
 )
 
 EXIT_USAGE = 2          # bad argument, file or address (argparse's own code for a usage error)

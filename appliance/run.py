@@ -68,7 +68,8 @@ class Child:
         self.backoff = RESTART_FIRST_S
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        prep = _background if self.role in BACKGROUND_ROLES else _die_with_parent
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, preexec_fn=prep)
         self.started = time.monotonic()
 
     @property
@@ -77,6 +78,23 @@ class Child:
 
     def poll(self) -> int | None:
         return self.proc.poll() if self.proc else None
+
+
+# The retransmission and snapshot servers wake on every datagram the partitions send; on the CPUs
+# they share with the gateways they must not delay an order. They run SCHED_BATCH at nice 10: no
+# wake-up preemption of a gateway, and the smaller share of a busy CPU (docs/operations.md).
+BACKGROUND_ROLES: Final = frozenset({"retransmit", "snapshot"})
+BACKGROUND_NICE: Final = 10
+
+
+def _background() -> None:
+    """In a server child, before exec: die with the supervisor, then step back behind the gateways."""
+    _die_with_parent()
+    try:
+        os.nice(BACKGROUND_NICE)
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (OSError, AttributeError):
+        pass   # a host that refuses: the server runs at the gateways' priority, nothing else changes
 
 
 def _die_with_parent() -> None:

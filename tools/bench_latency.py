@@ -17,8 +17,10 @@ scheduled time) is reported beside it.
 
 Histograms are HdrHistogram's (appliance/metrics.py). Reported per run: p50, p90, p99, p99.9,
 p99.99, max, the achieved rate (answers per second over the run), the in-engine part (the
-partition's clock: command ring drained -> event records on the gateway's ring, per batch, weighted
-by its commands), the mean batch, and with --stages the partition's time per duty-cycle stage.
+partition's clock: command ring drained -> event records on the gateway's ring, one value per
+batch), the mean batch, and with --stages the partition's and the gateway's time per stage. The
+orders are DAY limit orders around one price; the client's logout cancels what still rests (the
+OUCH port cancels on disconnect), which the partition's figures include.
 --wal: none (durability policy none, WAL in a temporary directory), tmpfs (policy batch, WAL in
 /dev/shm), disk (policy batch, WAL on the file system of --disk-dir, default the current directory).
 

@@ -18,6 +18,8 @@ import pytest
 
 from appliance import reasons as R
 from appliance.catalogue import (
+    EV_CANCELLED,
+    EV_REJECTED,
     EVENT_LAYOUTS,
     MASS_ANY_INSTRUMENT,
     MASS_ANY_SIDE,
@@ -571,12 +573,13 @@ SCENARIOS = [
         (B(3, 100, 10000, firm=2), acc((3, 3), 100), fill((1, 1), (3, 3), 100, 10000, 1, 0, 100, 0, 100)),
         (CXL(2), cxl((2, 2), 100, 0, 0, USER, True)),
         (CXL(99), rej(R.UNKNOWN_ORDER)),
-        (CXL(1), rej(R.UNKNOWN_ORDER)),
-        (CXL(2), rej(R.UNKNOWN_ORDER)),
-        (CXL(3, firm=2), rej(R.UNKNOWN_ORDER)),
+        (CXL(1), rej(R.TOO_LATE_FILLED)),
+        (CXL(2), rej(R.TOO_LATE_CANCELLED)),
+        (CXL(3, firm=2), rej(R.TOO_LATE_FILLED)),
+        (CXL(1, firm=2), rej(R.UNKNOWN_ORDER)),      # another firm's ended order: nothing to tell
         (RPL(99, 100, 10000), rej(R.UNKNOWN_ORDER)),
-        (RPL(1, 100, 10000), rej(R.UNKNOWN_ORDER)),
-        (RPL(2, 100, 10100), rej(R.UNKNOWN_ORDER)),
+        (RPL(1, 100, 10000), rej(R.TOO_LATE_FILLED)),
+        (RPL(2, 100, 10100), rej(R.TOO_LATE_CANCELLED)),
         (S(4, 100, 10200), acc((4, 4), 100), add((4, 4), 100)),
         (BSTOP(5, 10, 10500), acc((5, 5), 10)),
         (CXL(4, firm=2), rej(R.UNKNOWN_ORDER)),
@@ -858,3 +861,55 @@ def test_unknown_command_is_rejected(engine_cls: type) -> None:
     assert out == [(2, cmd, R.ADMIN_UNKNOWN_COMMAND)]
     assert engine.state_hash() == before
 
+
+
+@pytest.mark.parametrize("engine_cls", ENGINES, ids=lambda c: c.__name__)
+def test_too_late_after_self_trade_decrement_to_nothing(engine_cls: type) -> None:
+    """An order that self-trade prevention (DC) decremented to nothing was cancelled, not filled,
+    although its filled quantity now equals its (decremented) order quantity."""
+    engine = _make(engine_cls)
+    out: list[Any] = []
+    engine.apply(NewOrder(1, 1, SELL, 100, 10000, firm=FIRM_DC), out)
+    engine.apply(NewOrder(2, 1, BUY, 40, 10000, firm=2), out)              # 1 fills 40
+    engine.apply(NewOrder(3, 1, BUY, 60, 10000, firm=FIRM_DC), out)        # DC: 1 and 3 end
+    assert [(e[0], e[3]) for e in out[-2:]] == [(EV_CANCELLED, 0), (EV_CANCELLED, 0)]
+    for oid in (1, 3):
+        out.clear()
+        engine.apply(CancelOrder(oid, FIRM_DC), out)
+        assert [(e[0], e[2]) for e in out] == [(EV_REJECTED, R.TOO_LATE_CANCELLED)], oid
+
+
+def test_too_late_is_remembered_for_the_latest_references_only(monkeypatch: Any, kit: Any) -> None:
+    """Both engines recall ended orders whose last reference is among the latest RECALL_REFS; the
+    fast one's two generations rotate without changing any answer."""
+    import appliance.matching.engine as fast_mod
+    import appliance.matching.reference as ref_mod
+    monkeypatch.setattr(fast_mod, "RECALL_REFS", 8)
+    monkeypatch.setattr(ref_mod, "RECALL_REFS", 8)
+    fast, ref = _make(Engine), _make(ReferenceEngine)
+    answers = []
+    for engine in (fast, ref):
+        got = []
+        for n in range(1, 41):
+            out: list[Any] = []
+            engine.apply(NewOrder(n, 1, SELL, 10, 10000 + 100 * (n % 3)), out)
+            if n % 2:
+                engine.apply(CancelOrder(n, 0), out)
+            for back in (1, 2, 7, 8, 9, 12):
+                out.clear()
+                engine.apply(CancelOrder(n - back, 0) if n % 3 else ReplaceOrder(n - back, 5, 10000), out)
+                got.append(out[0][2] if out[0][0] == EV_REJECTED else -out[0][0])
+        answers.append(got)
+        assert len(getattr(engine, "_seen", {})) + len(getattr(engine, "_seen_old", {})) <= 2 * 8 + 1
+    assert answers[0] == answers[1]
+    assert R.TOO_LATE_CANCELLED in answers[0] and R.UNKNOWN_ORDER in answers[0]
+    for engine_cls in ENGINES:   # orders 1..9 get references 1..9: the latest 8 are 2..9
+        engine = _make(engine_cls)
+        out = []
+        for n in range(1, 10):
+            engine.apply(NewOrder(n, 1, SELL, 10, 10000), out)
+            engine.apply(CancelOrder(n, 0), out)
+        out.clear()
+        engine.apply(CancelOrder(1, 0), out)
+        engine.apply(CancelOrder(2, 0), out)
+        assert [e[2] for e in out] == [R.UNKNOWN_ORDER, R.TOO_LATE_CANCELLED], engine_cls.__name__

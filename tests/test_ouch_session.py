@@ -536,3 +536,25 @@ def test_reason_tables_cover_every_reason() -> None:
 
 def test_order_id_composition() -> None:
     assert ouch.order_id_for(3, 17) == (3 << 32) | 17
+
+
+def test_too_late_cancel_and_replace(venue: Venue, alice: ouch.OuchSession, bob: ouch.OuchSession) -> None:
+    """A Cancel overtaken by the fill that ended the order gets Cancel Reject 'I' (OUCH's answer to
+    a cancel that cannot be done: it has no reason field); the engine's reason is TOO_LATE_FILLED,
+    not UNKNOWN_ORDER. A Replace overtaken so is dropped and its UserRefNum not consumed."""
+    venue.send(alice, enter(1, side=b"S", qty=100, price=1_500_000))
+    venue.send(alice, enter(2, side=b"S", qty=100, price=1_510_000))
+    alice.receive_data(cancel(1), T0)
+    alice.receive_data(replace(2, 3, 100, 1_520_000), T0)
+    late = alice.take_commands()
+    venue.send(bob, enter(1, side=b"B", qty=200, price=1_510_000))     # fills both
+    alice.data_to_send()
+    out: list[Any] = []
+    for cmd in late:
+        venue.engine.apply(cmd, out)
+    assert [ev[2] for ev in out] == [R.TOO_LATE_FILLED, R.TOO_LATE_FILLED]
+    alice.on_events(venue.ts, out)
+    (rej,) = ouch_msgs(alice.data_to_send())
+    assert isinstance(rej, L.CancelReject) and rej.user_ref_num == 1
+    assert alice.take_events()[-1].kind == E.IGNORED
+    assert [m.user_ref_num for m in venue.send(alice, enter(3))] == [3]   # 3 was not consumed

@@ -199,6 +199,11 @@ SCENARIOS = [
          st(1, TS_CLOSED), cxl((8, 8), 20, 0, 80, EXP, True),
          uncr(2, CROSS_CLOSE, 0, 0, 0), st(2, TS_CLOSED), mkt(MARKET_CLOSE)),
         (B(11, 100, 10000), rej(R.INSTRUMENT_CLOSED)),
+        # too late: the expired order and the one the closing cross filled; an id never used
+        (CXL(8), rej(R.TOO_LATE_EXPIRED)),
+        (RPL(8, 100, 10800), rej(R.TOO_LATE_EXPIRED)),
+        (CXL(10), rej(R.TOO_LATE_FILLED)),
+        (CXL(11), rej(R.UNKNOWN_ORDER)),
         (TICK(2000)),
     ], book={1: ([(9000, 10, 1)], []), 2: ([], [(700, 10, 1)])}, states={1: TS_CLOSED, 2: TS_CLOSED}),
     Scenario("the next day: GTC orders carried, the band around the previous close", [

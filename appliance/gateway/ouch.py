@@ -152,6 +152,9 @@ REJECT_REASON: Final[dict[int, int]] = {
     R.INVALID_PRICE: INVALID_PRICE,
     R.DUPLICATE_ORDER_ID: PROCESSING_ERROR,
     R.UNKNOWN_ORDER: REJECT_OTHER,
+    R.TOO_LATE_FILLED: REJECT_OTHER,        # a cancel is answered Cancel Reject 'I' (no reason field)
+    R.TOO_LATE_CANCELLED: REJECT_OTHER,
+    R.TOO_LATE_EXPIRED: REJECT_OTHER,
     R.REPLACE_BELOW_FILLED: INVALID_QUANTITY,
     R.INVALID_ORDER_TYPE: REJECT_OTHER,
     R.INVALID_STOP_PRICE: REJECT_OTHER,
@@ -191,6 +194,10 @@ _HARMLESS_OPTIONS: Final = frozenset((2, 4, 16, 17, 18, 24, 25, 26))
 _NEUTRAL_OPTIONS: Final[dict[int, bytes]] = {3: bytes(4), 5: bytes(4), 6: b"L", 12: b"N"}
 _OPTION_REJECT: Final[dict[int, int]] = {3: INVALID_MIN_QUANTITY, 5: INVALID_MAX_FLOOR,
                                          6: INVALID_PEG_TYPE, 7: INVALID_PEG_TYPE}
+
+# Engine answers that say the order is no longer live: a Replace of it is dropped, as for a
+# Replace whose original UserRefNum is not live when it arrives.
+_NOT_LIVE: Final = frozenset((R.UNKNOWN_ORDER, R.TOO_LATE_FILLED, R.TOO_LATE_CANCELLED, R.TOO_LATE_EXPIRED))
 
 # Connection states.
 _IDLE: Final = 0          # no connection
@@ -817,7 +824,7 @@ class OuchSession(SessionOutbox):
                 self.last_user_ref_num = req.prev_last_urn
             self._submit_cancel(o)
         elif req is None or req.kind == _REPLACE:
-            if req is not None and reason == R.UNKNOWN_ORDER:
+            if req is not None and reason in _NOT_LIVE:
                 if self.last_user_ref_num == req.new_urn:  # not consumed
                     self.last_user_ref_num = req.prev_last_urn
                 self._ignored(f"Replace Order: UserRefNum {o.urn} died before the replace")

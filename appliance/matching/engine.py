@@ -59,7 +59,7 @@ from appliance.catalogue import (
     SetSchedule,
 )
 from appliance.matching.book import CLOSED_WINDOW, Book
-from appliance.matching.rules import BPS, TradingRules, band_of
+from appliance.matching.rules import BPS, RECALL_REFS, TradingRules, band_of
 from appliance.matching.statehash import StateView, state_hash
 from appliance.model import (
     AUCTION_STATES,
@@ -163,6 +163,14 @@ class Engine:
         self.next_match = 1
         self.traded_qty = 0  # shares traded so far (a counter read out of band)
         self._stop_queue: list[tuple[NewOrder, int]] = []
+        # Accepted orders by id, kept after they end so that a late cancel or replace can be told
+        # "too late" (see _too_late). Two generations: when the young one holds more than
+        # RECALL_REFS entries (checked once per batch) it becomes the old one and the oldest is
+        # dropped, so memory stays under 2 * RECALL_REFS + one batch. A value is the order object
+        # (ended: filled if filled == qty, else cancelled) or (TOO_LATE_* reason, order) where the
+        # object alone cannot say (expired; self-trade decremented to nothing).
+        self._seen: dict[int, Any] = {}
+        self._seen_old: dict[int, Any] = {}
         # Trading states (docs/matching.md, "Time" and "Trading states"): the clock is the latest
         # ClockTick; the schedule is the latest SetSchedule (all 0: none); market_phase counts the
         # market-wide events of the schedule's day published so far (1 S, 2 Q, 3 M).
@@ -203,6 +211,7 @@ class Engine:
         """
         books = self.books
         orders = self.orders
+        seen = self._seen
         for cmd in cmds:
             cls = type(cmd)
             if cls is NewOrder:
@@ -232,6 +241,7 @@ class Engine:
                     ref = self.next_ref
                     o.ref = ref
                     self.next_ref = ref + 1
+                    seen[o.order_id] = o
                     o.leaves = qty
                     o.filled = 0
                     out.append((EV_ACCEPTED, o, qty))
@@ -290,6 +300,9 @@ class Engine:
                 self._admin(cmd, out)
             if ends is not None:
                 ends.append(len(out))
+        if len(seen) > RECALL_REFS:
+            self._seen_old = seen
+            self._seen = {}
 
     def _rest(self, book: Book, o: NewOrder, qty: int, out: list[Event]) -> None:
         """Put o at the back of its price level with `qty` shown; index it; say OrderAdded."""
@@ -361,6 +374,7 @@ class Engine:
         t = o.ord_type
         o.ref = self.next_ref
         self.next_ref += 1
+        self._seen[o.order_id] = o
         o.leaves = o.qty
         o.filled = 0
         out.append((EV_ACCEPTED, o, o.qty))
@@ -490,6 +504,9 @@ class Engine:
                             q.popleft()
                             count -= 1
                             del orders[m.order_id]
+                            self._seen[m.order_id] = (R.TOO_LATE_CANCELLED, m)
+                        if not qty:
+                            self._seen[o.order_id] = (R.TOO_LATE_CANCELLED, o)
                         append((EV_CANCELLED, m, d, ml, m.filled, R.CANCEL_STP, True))
                         append((EV_CANCELLED, o, d, qty, filled, R.CANCEL_STP, False))
                     continue
@@ -603,7 +620,7 @@ class Engine:
     def _cancel(self, c: CancelOrder, out: list[Event]) -> None:
         o = self.orders.get(c.order_id)
         if o is None or o.firm != c.firm:
-            out.append((EV_REJECTED, c, R.UNKNOWN_ORDER))
+            out.append((EV_REJECTED, c, self._too_late(c.order_id, c.firm)))
             return
         leaves = o.leaves
         on_book = self._unlink(o)
@@ -611,6 +628,49 @@ class Engine:
         book = self.books[o.locate]
         if book.watch:  # type: ignore[union-attr]
             self._settle(book, out)  # type: ignore[arg-type]
+
+    def _too_late(self, order_id: int, firm: int) -> int:
+        """Why a cancel or replace of an order that is not live (or not this firm's) is refused:
+        TOO_LATE_FILLED / _CANCELLED / _EXPIRED for an order of this firm that ended and whose last
+        reference is among the latest RECALL_REFS, else UNKNOWN_ORDER (docs/matching.md, Cancel)."""
+        v = self._seen.get(order_id)
+        if v is None:
+            v = self._seen_old.get(order_id)
+            if v is None:
+                return R.UNKNOWN_ORDER
+        if type(v) is tuple:
+            reason, o = v
+        else:
+            o = v
+            reason = R.TOO_LATE_FILLED if o.filled >= o.qty else R.TOO_LATE_CANCELLED
+        if o.firm != firm or o.leaves or o.ref < self.next_ref - RECALL_REFS:
+            return R.UNKNOWN_ORDER
+        return reason
+
+    def ended_orders(self) -> list[tuple[int, int, int, int]]:
+        """The ended orders a late cancel would be told "too late" about, as (order id, TOO_LATE_*
+        reason, last reference, firm) by reference: what a snapshot keeps of that memory."""
+        floor = self.next_ref - RECALL_REFS
+        found: dict[int, tuple[int, int, int, int]] = {}
+        for gen in (self._seen_old, self._seen):
+            for oid, v in gen.items():
+                if type(v) is tuple:
+                    reason, o = v
+                else:
+                    o = v
+                    reason = R.TOO_LATE_FILLED if o.filled >= o.qty else R.TOO_LATE_CANCELLED
+                if o.leaves or o.ref < floor or self.orders.get(oid) is o:
+                    found.pop(oid, None)
+                else:
+                    found[oid] = (oid, reason, o.ref, o.firm)
+        return sorted(found.values(), key=lambda e: e[2])
+
+    def recall_ended(self, entries: Iterable[tuple[int, int, int, int]]) -> None:
+        """Restore what ``ended_orders`` returned (after the live orders are in place)."""
+        for oid, reason, ref, firm in entries:
+            o = NewOrder.__new__(NewOrder)
+            o.order_id, o.firm, o.ref, o.leaves = oid, firm, ref, 0
+            self._seen[oid] = (reason, o)
 
     def _unlink(self, o: NewOrder) -> bool:
         """Take a live order out of the index and the book (or the pending stops).
@@ -644,7 +704,7 @@ class Engine:
     def _replace(self, r: ReplaceOrder, out: list[Event]) -> None:
         o = self.orders.get(r.order_id)
         if o is None or o.firm != r.firm:
-            out.append((EV_REJECTED, r, R.UNKNOWN_ORDER))
+            out.append((EV_REJECTED, r, self._too_late(r.order_id, r.firm)))
             return
         book = self.books[o.locate]
         assert book is not None
@@ -705,6 +765,7 @@ class Engine:
         )
         n.ref = self.next_ref
         self.next_ref += 1
+        self._seen[n.order_id] = n
         n.leaves = new_leaves
         n.filled = o.filled
         if pending:
@@ -780,9 +841,13 @@ class Engine:
             book.watch = 0
 
     def rederive(self) -> None:
-        """Recompute every book's derived trading fields (after a snapshot restored the others)."""
+        """Recompute every book's derived trading fields (after a snapshot restored the others).
+
+        Live orders join the memory of accepted orders; a snapshot restores the ended ones with
+        ``recall_ended``."""
         for book in self.book_list:
             self._refresh(book)
+        self._seen.update(self.orders)
 
     def _settle(self, book: Book, out: list[Event]) -> None:
         """The safeguards' checks after a command in continuous trading (book.watch): the first trade
@@ -918,6 +983,7 @@ class Engine:
             leaves = o.leaves
             on_book = self._unlink(o)
             out.append((EV_CANCELLED, o, leaves, 0, o.filled, R.CANCEL_EXPIRED, on_book))
+            self._seen[o.order_id] = (R.TOO_LATE_EXPIRED, o)
         book.day_done = 1
 
     def _cancel_collected_market(self, book: Book, out: list[Event]) -> None:

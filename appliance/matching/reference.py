@@ -56,7 +56,7 @@ from appliance.catalogue import (
     NewOrder,
     ReplaceOrder,
 )
-from appliance.matching.rules import TradingRules
+from appliance.matching.rules import RECALL_REFS, TradingRules
 from appliance.matching.statehash import StateView, state_hash
 from appliance.model import (
     CAUSE_ADMIN,
@@ -208,11 +208,40 @@ class ReferenceEngine:
         self.now = 0
         self.schedule = (0, 0, 0, 0, 0)  # pre-open, opening auction, open, closing auction, close
         self.market_phase = 0
+        self.ended: dict[int, tuple[int, int, int]] = {}  # order id -> (TOO_LATE_*, ref, firm)
 
     # ============================================================================================
     # apply
     # ============================================================================================
     def apply(self, cmd: Command, out: list[Event]) -> None:
+        start = len(out)
+        self._apply(cmd, out)
+        # How orders ended, from the events themselves: a cancel or replace that comes later is
+        # "too late" rather than "unknown" (docs/matching.md, Cancel).
+        # Only the latest order accepted with an id counts.
+        for ev in out[start:]:
+            kind = ev[0]
+            if kind == EV_ACCEPTED:
+                self.ended.pop(ev[1].order_id, None)
+            elif kind == EV_CANCELLED and ev[3] == 0:
+                reason = R.TOO_LATE_EXPIRED if ev[5] == R.CANCEL_EXPIRED else R.TOO_LATE_CANCELLED
+                self.ended[ev[1].order_id] = (reason, ev[1].ref, ev[1].firm)
+            elif kind == EV_EXECUTED or kind == EV_CROSS_EXECUTED:
+                for order, leaves in ((ev[1], ev[6]), (ev[2], ev[8])):
+                    if leaves == 0:
+                        self.ended[order.order_id] = (R.TOO_LATE_FILLED, order.ref, order.firm)
+
+    def _too_late(self, order_id: int, firm: int) -> int:
+        """The reject reason of a cancel or replace whose order is not live (or not this firm's)."""
+        ended = self.ended.get(order_id)
+        if ended is None:
+            return R.UNKNOWN_ORDER
+        reason, ref, ended_firm = ended
+        if ended_firm != firm or ref < self.next_ref - RECALL_REFS:
+            return R.UNKNOWN_ORDER
+        return reason
+
+    def _apply(self, cmd: Command, out: list[Event]) -> None:
         if isinstance(cmd, NewOrder):
             self._new_order(cmd, out)
         elif isinstance(cmd, CancelOrder):
@@ -468,7 +497,7 @@ class ReferenceEngine:
     def _cancel(self, c: CancelOrder, out: list[Event]) -> None:
         o = self._find(c.order_id)
         if o is None or o.firm != c.firm:
-            out.append((EV_REJECTED, c, R.UNKNOWN_ORDER))
+            out.append((EV_REJECTED, c, self._too_late(c.order_id, c.firm)))
             return
         leaves = o.leaves
         on_book = self._remove(o)
@@ -478,7 +507,7 @@ class ReferenceEngine:
     # -- replace ----------------------------------------------------------------------------------
     def _check_replace(self, r: ReplaceOrder, o: NewOrder | None) -> int:
         if o is None or o.firm != r.firm:
-            return R.UNKNOWN_ORDER
+            return self._too_late(r.order_id, r.firm)
         ins = self.instruments[o.locate]
         if ins.state == TS_CLOSED:
             return R.INSTRUMENT_CLOSED

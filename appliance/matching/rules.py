@@ -18,6 +18,10 @@ from appliance.model import TRADING_STATES, TS_CONTINUOUS
 
 SECOND_NS = 1_000_000_000
 BPS = 10_000
+#: How far back a cancel or replace of an ended order is told "too late" (TOO_LATE_*) rather than
+#: "unknown" (UNKNOWN_ORDER): the order's last reference is among the latest RECALL_REFS references
+#: the engine assigned (docs/matching.md, Cancel). Both engines follow it.
+RECALL_REFS = 1 << 16
 
 
 @dataclasses.dataclass(frozen=True)

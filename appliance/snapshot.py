@@ -154,7 +154,8 @@ def _int_counters(obj: Any, names: Iterable[str], skip: frozenset[str]) -> dict[
     return out
 
 
-_ENGINE_SKIP: Final = frozenset({"default_stp"})
+# default_stp is in the spec; the recall ring's size and its lazy index are rebuilt on restore.
+_ENGINE_SKIP: Final = frozenset({"default_stp", "_recall", "_indexed_to"})
 _BOOK_SKIP: Final = frozenset({"locate", "tick"})
 
 

@@ -20,6 +20,8 @@ one event tuple per event, no exceptions for control flow, no per-event calls in
 """
 from __future__ import annotations
 
+from collections import deque
+from itertools import islice
 from typing import Any, Iterable, Mapping
 
 from appliance import reasons as R
@@ -163,14 +165,19 @@ class Engine:
         self.next_match = 1
         self.traded_qty = 0  # shares traded so far (a counter read out of band)
         self._stop_queue: list[tuple[NewOrder, int]] = []
-        # Accepted orders by id, kept after they end so that a late cancel or replace can be told
-        # "too late" (see _too_late). Two generations: when the young one holds more than
-        # RECALL_REFS entries (checked once per batch) it becomes the old one and the oldest is
-        # dropped, so memory stays under 2 * RECALL_REFS + one batch. A value is the order object
-        # (ended: filled if filled == qty, else cancelled) or (TOO_LATE_* reason, order) where the
-        # object alone cannot say (expired; self-trade decremented to nothing).
-        self._seen: dict[int, Any] = {}
-        self._seen_old: dict[int, Any] = {}
+        # The orders of the latest RECALL_REFS references, kept after they end so that a late
+        # cancel or replace can be told "too late" (see _too_late). Every reference assigned is
+        # appended, in reference order, so the ring's last item has reference next_ref - 1 (one
+        # C call per reference on the hot path: no hashing, no int arithmetic). An item is the
+        # order, or (TOO_LATE_* reason, order) where the object alone cannot say how it ended
+        # (expired; self-trade decremented to nothing; otherwise: filled if filled == qty, else
+        # cancelled). The id -> latest reference index is built only when a cancel or replace
+        # misses the live orders, from the references assigned since the last such miss.
+        self._recall = RECALL_REFS
+        self._ring: deque[Any] = deque(maxlen=RECALL_REFS)
+        self._ring_append = self._ring.append
+        self._index: dict[int, int] = {}
+        self._indexed_to = 1      # references below this one are in _index (or out of the window)
         # Trading states (docs/matching.md, "Time" and "Trading states"): the clock is the latest
         # ClockTick; the schedule is the latest SetSchedule (all 0: none); market_phase counts the
         # market-wide events of the schedule's day published so far (1 S, 2 Q, 3 M).
@@ -211,7 +218,7 @@ class Engine:
         """
         books = self.books
         orders = self.orders
-        seen = self._seen
+        ring_append = self._ring_append
         for cmd in cmds:
             cls = type(cmd)
             if cls is NewOrder:
@@ -241,7 +248,7 @@ class Engine:
                     ref = self.next_ref
                     o.ref = ref
                     self.next_ref = ref + 1
-                    seen[o.order_id] = o
+                    ring_append(o)
                     o.leaves = qty
                     o.filled = 0
                     out.append((EV_ACCEPTED, o, qty))
@@ -300,9 +307,6 @@ class Engine:
                 self._admin(cmd, out)
             if ends is not None:
                 ends.append(len(out))
-        if len(seen) > RECALL_REFS:
-            self._seen_old = seen
-            self._seen = {}
 
     def _rest(self, book: Book, o: NewOrder, qty: int, out: list[Event]) -> None:
         """Put o at the back of its price level with `qty` shown; index it; say OrderAdded."""
@@ -374,7 +378,7 @@ class Engine:
         t = o.ord_type
         o.ref = self.next_ref
         self.next_ref += 1
-        self._seen[o.order_id] = o
+        self._ring_append(o)
         o.leaves = o.qty
         o.filled = 0
         out.append((EV_ACCEPTED, o, o.qty))
@@ -504,9 +508,9 @@ class Engine:
                             q.popleft()
                             count -= 1
                             del orders[m.order_id]
-                            self._seen[m.order_id] = (R.TOO_LATE_CANCELLED, m)
+                            self._ended_as(m, R.TOO_LATE_CANCELLED)
                         if not qty:
-                            self._seen[o.order_id] = (R.TOO_LATE_CANCELLED, o)
+                            self._ended_as(o, R.TOO_LATE_CANCELLED)
                         append((EV_CANCELLED, m, d, ml, m.filled, R.CANCEL_STP, True))
                         append((EV_CANCELLED, o, d, qty, filled, R.CANCEL_STP, False))
                     continue
@@ -629,48 +633,85 @@ class Engine:
         if book.watch:  # type: ignore[union-attr]
             self._settle(book, out)  # type: ignore[arg-type]
 
+    def _ring_put(self, ref: int, v: Any) -> bool:
+        """Set the ring item of reference ``ref``; False if it is out of the window."""
+        i = ref - self.next_ref + len(self._ring)
+        if 0 <= i < len(self._ring):
+            self._ring[i] = v
+            return True
+        return False
+
+    def _ended_as(self, o: NewOrder, reason: int) -> None:
+        """Say how o ended where the object cannot (see __init__)."""
+        ring = self._ring
+        i = o.ref - self.next_ref + len(ring)
+        if 0 <= i < len(ring) and ring[i] is o:
+            ring[i] = (reason, o)
+
+    def _recalled(self, order_id: int) -> tuple[int, NewOrder] | None:
+        """(TOO_LATE_* or 0 if live, order) of the latest order accepted with this id whose
+        reference is among the latest RECALL_REFS; None if there is none."""
+        ring = self._ring
+        end = self.next_ref
+        first = end - len(ring)               # the reference of ring[0]
+        index = self._index
+        ref = self._indexed_to
+        if len(index) > 2 * self._recall:     # stale entries pile up: start again from the window
+            index.clear()
+            ref = first
+        if ref < first:
+            ref = first
+        if ref < end:
+            for v in islice(ring, ref - first, None):
+                if v is not None:
+                    index[(v[1] if type(v) is tuple else v).order_id] = ref
+                ref += 1
+            self._indexed_to = end
+        ref = index.get(order_id)
+        if ref is None or ref < first:
+            return None
+        return self._how_ended(ring[ref - first], ref)
+
+    @staticmethod
+    def _how_ended(v: Any, ref: int) -> tuple[int, NewOrder] | None:
+        """(TOO_LATE_* or 0 if live, order) of ring item ``v`` of reference ``ref``."""
+        if type(v) is tuple:
+            return v
+        if v is None or v.ref != ref:
+            return None
+        if v.leaves:
+            return 0, v
+        return (R.TOO_LATE_FILLED if v.filled >= v.qty else R.TOO_LATE_CANCELLED), v
+
     def _too_late(self, order_id: int, firm: int) -> int:
         """Why a cancel or replace of an order that is not live (or not this firm's) is refused:
         TOO_LATE_FILLED / _CANCELLED / _EXPIRED for an order of this firm that ended and whose last
         reference is among the latest RECALL_REFS, else UNKNOWN_ORDER (docs/matching.md, Cancel)."""
-        v = self._seen.get(order_id)
-        if v is None:
-            v = self._seen_old.get(order_id)
-            if v is None:
-                return R.UNKNOWN_ORDER
-        if type(v) is tuple:
-            reason, o = v
-        else:
-            o = v
-            reason = R.TOO_LATE_FILLED if o.filled >= o.qty else R.TOO_LATE_CANCELLED
-        if o.firm != firm or o.leaves or o.ref < self.next_ref - RECALL_REFS:
+        found = self._recalled(order_id)
+        if found is None or not found[0] or found[1].firm != firm:
             return R.UNKNOWN_ORDER
-        return reason
+        return found[0]
 
     def ended_orders(self) -> list[tuple[int, int, int, int]]:
         """The ended orders a late cancel would be told "too late" about, as (order id, TOO_LATE_*
         reason, last reference, firm) by reference: what a snapshot keeps of that memory."""
-        floor = self.next_ref - RECALL_REFS
-        found: dict[int, tuple[int, int, int, int]] = {}
-        for gen in (self._seen_old, self._seen):
-            for oid, v in gen.items():
-                if type(v) is tuple:
-                    reason, o = v
-                else:
-                    o = v
-                    reason = R.TOO_LATE_FILLED if o.filled >= o.qty else R.TOO_LATE_CANCELLED
-                if o.leaves or o.ref < floor or self.orders.get(oid) is o:
-                    found.pop(oid, None)
-                else:
-                    found[oid] = (oid, reason, o.ref, o.firm)
-        return sorted(found.values(), key=lambda e: e[2])
+        self._recalled(0)   # brings the index up to date
+        items = list(self._ring)
+        first = self.next_ref - len(items)
+        found = []
+        for oid, ref in self._index.items():
+            if ref >= first:
+                r = self._how_ended(items[ref - first], ref)
+                if r is not None and r[0]:
+                    found.append((oid, r[0], ref, r[1].firm))
+        return sorted(found, key=lambda e: e[2])
 
     def recall_ended(self, entries: Iterable[tuple[int, int, int, int]]) -> None:
         """Restore what ``ended_orders`` returned (after the live orders are in place)."""
         for oid, reason, ref, firm in entries:
             o = NewOrder.__new__(NewOrder)
             o.order_id, o.firm, o.ref, o.leaves = oid, firm, ref, 0
-            self._seen[oid] = (reason, o)
+            self._ring_put(ref, (reason, o))
 
     def _unlink(self, o: NewOrder) -> bool:
         """Take a live order out of the index and the book (or the pending stops).
@@ -765,7 +806,7 @@ class Engine:
         )
         n.ref = self.next_ref
         self.next_ref += 1
-        self._seen[n.order_id] = n
+        self._ring_append(n)
         n.leaves = new_leaves
         n.filled = o.filled
         if pending:
@@ -847,7 +888,12 @@ class Engine:
         ``recall_ended``."""
         for book in self.book_list:
             self._refresh(book)
-        self._seen.update(self.orders)
+        self._ring.clear()
+        self._ring.extend([None] * min(self._recall, self.next_ref - 1))
+        self._index.clear()
+        self._indexed_to = 1
+        for o in self.orders.values():
+            self._ring_put(o.ref, o)
 
     def _settle(self, book: Book, out: list[Event]) -> None:
         """The safeguards' checks after a command in continuous trading (book.watch): the first trade
@@ -983,7 +1029,7 @@ class Engine:
             leaves = o.leaves
             on_book = self._unlink(o)
             out.append((EV_CANCELLED, o, leaves, 0, o.filled, R.CANCEL_EXPIRED, on_book))
-            self._seen[o.order_id] = (R.TOO_LATE_EXPIRED, o)
+            self._ended_as(o, R.TOO_LATE_EXPIRED)
         book.day_done = 1
 
     def _cancel_collected_market(self, book: Book, out: list[Event]) -> None:
@@ -1300,6 +1346,8 @@ class Engine:
         def fail(msg: str) -> None:
             raise EngineInvariantError(msg)
 
+        if len(self._ring) != min(self._recall, self.next_ref - 1):
+            fail(f"recall ring holds {len(self._ring)} items for {self.next_ref - 1} references")
         seen: set[int] = set()
         for book in self.book_list:
             for side in (BUY, SELL):

@@ -45,6 +45,7 @@ TIF_NOT_ALLOWED_IN_STATE: Final = 3016
 TOO_LATE_FILLED: Final = 3017
 TOO_LATE_CANCELLED: Final = 3018
 TOO_LATE_EXPIRED: Final = 3019
+POST_ONLY_WOULD_TAKE: Final = 3020
 
 # 4xxx: admin
 ADMIN_UNKNOWN_COMMAND: Final = 4001
@@ -83,6 +84,7 @@ REJECT_REASONS: Final[dict[int, str]] = {
     TOO_LATE_FILLED: "too late: the order has filled",
     TOO_LATE_CANCELLED: "too late: the order was cancelled",
     TOO_LATE_EXPIRED: "too late: the order expired",
+    POST_ONLY_WOULD_TAKE: "post-only order would take liquidity (its price crosses the other side)",
     ADMIN_UNKNOWN_COMMAND: "unknown admin command",
     ADMIN_CLOCK_BACKWARDS: "clock tick earlier than the engine's clock",
     ADMIN_INVALID_TRANSITION: "the instrument's trading state does not allow this admin command",

@@ -738,3 +738,21 @@ def test_a_mass_cancel_sent_to_several_partitions_reports_once_with_the_sum(clie
     msgs = route(s.take_commands(), fanout=True)
     assert types(msgs) == [("8", "4", "4"), ("8", "4", "4"), ("8", "4", "4"), ("r", None, None)]
     assert (g(msgs[3], 11), g(msgs[3], 531), g(msgs[3], 533)) == ("MC7", "7", "3")
+
+
+def test_post_only_exec_inst(venue: Venue, client: Client, session: fix.FixSession) -> None:
+    """ExecInst 6 (participate don't initiate): a post-only order; one that would take is rejected
+    (150=8, 103=99) and a post-only IOC is refused by the engine (103=11)."""
+    other = venue.session(2, "OTHER", 8)
+    oc = Client("OTHER")
+    venue.connect(other, oc)
+    venue.send(other, oc.order("S", side="2", qty=100, price="150.00"))
+    (rej,) = venue.send(session, client.order("P1", qty=10, price="150.00", t18="6"))
+    assert (g(rej, 150), g(rej, 39), g(rej, 103)) == ("8", "8", "99") and "post-only" in g(rej, 58)
+    (acc,) = venue.send(session, client.order("P2", qty=10, price="149.00", t18="1 6"))
+    assert (g(acc, 150), g(acc, 44)) == ("0", "149.0000")
+    assert venue.engine.orders[(1 << 32) | 2].post_only == 1
+    (rej,) = venue.send(session, client.order("P3", qty=10, price="140.00", tif="3", t18="6"))
+    assert (g(rej, 150), g(rej, 103)) == ("8", "11")
+    msgs = venue.send(session, client.order("P4", qty=10, price="150.00", t18="1"))   # not post-only
+    assert types(msgs) == [("8", "0", "0"), ("8", "F", "2")]

@@ -70,8 +70,8 @@ def _spec(cmd: Command) -> Spec:
 
 # -- commands ------------------------------------------------------------------------------------
 def N(oid: int, side: int, qty: int, price: int = 0, type: int = LIMIT, tif: int = DAY, stop: int = 0,
-      firm: int = 1, stp: int = STP_DEFAULT, locate: int = 1) -> Spec:
-    return _spec(NewOrder(oid, locate, side, qty, price, type, tif, stop, firm, stp=stp))
+      firm: int = 1, stp: int = STP_DEFAULT, locate: int = 1, post: int = 0) -> Spec:
+    return _spec(NewOrder(oid, locate, side, qty, price, type, tif, stop, firm, stp=stp, post_only=post))
 
 
 def B(oid: int, qty: int, price: int, **kw: Any) -> Spec:
@@ -588,6 +588,25 @@ SCENARIOS = [
         (RPL(5, 5, 0, firm=2), rej(R.UNKNOWN_ORDER)),
         (MASS(2), mass(0)),
     ], book={1: ([], [(10200, 100, 1)])}, stops={1: ([(5, 10500)], [])}, last={1: 10000}),
+    # -- post-only (no rules: an order that would take is rejected) --------------------------------
+    Scenario("post-only: rejected if it would take on entry or by a replace; rests and trades as maker", [
+        (S(1, 100, 10000), acc((1, 1), 100), add((1, 1), 100)),
+        (B(2, 50, 10000, post=1), rej(R.POST_ONLY_WOULD_TAKE)),           # locks the ask
+        (B(3, 50, 10100, post=1), rej(R.POST_ONLY_WOULD_TAKE)),           # crosses it
+        (B(4, 50, 9900, post=1), acc((4, 2), 50), add((4, 2), 50)),
+        (RPL(4, 50, 10000), rej(R.POST_ONLY_WOULD_TAKE)),                 # the replace would take
+        (RPL(4, 60, 9800), rpl((4, 2), (4, 3), 50, 60, 0, REPOST)),
+        (S(5, 10, 9800, post=1, firm=2), rej(R.POST_ONLY_WOULD_TAKE)),    # whoever's the bid
+        (B(6, 10, 9900, post=1, firm=2), acc((6, 4), 10), add((6, 4), 10)),
+        (S(7, 10, 9950, locate=2, post=1), acc((7, 5), 10), add((7, 5), 10)),   # other book: free
+        (MB(8, 10, post=1), rej(R.INVALID_ORDER_TYPE)),
+        (BSTOP(8, 10, 10500, post=1), rej(R.INVALID_ORDER_TYPE)),
+        (B(8, 10, 9000, tif=IOC, post=1), rej(R.INVALID_TIME_IN_FORCE)),
+        (B(8, 10, 9000, tif=FOK, post=1), rej(R.INVALID_TIME_IN_FORCE)),
+        (B(8, 10, 9000, post=2), rej(R.INVALID_ORDER_TYPE)),
+        (S(9, 70, 9800, firm=3), acc((9, 6), 70),
+         fill((6, 4), (9, 6), 10, 9900, 1, 0, 10, 60, 10), fill((4, 3), (9, 6), 60, 9800, 2, 0, 60, 0, 70)),
+    ], book={1: ([], [(10000, 100, 1)]), 2: ([], [(9950, 10, 1)])}, last={1: 9800}),
     # -- self-trade prevention ---------------------------------------------------------------------
     Scenario("STP CN: the incoming order's remainder is cancelled; earlier fills stand", [
         (S(1, 100, 10000, firm=2), acc((1, 1), 100), add((1, 1), 100)),

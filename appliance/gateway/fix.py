@@ -57,6 +57,7 @@ included (103=6); malformed messages are session Rejects. A cancel or replace of
 OrderCancelReject 102=0 with its OrderID and OrdStatus; of an unknown one: 37=NONE 102=1
 (docs/order-entry.md). Custom tag 7928 SelfTradePreventionMode:
 N none, CN cancel newest, CO cancel oldest, DC decrement and cancel; absent: the firm's mode.
+ExecInst (18) containing 6 (participate don't initiate): a post-only order (docs/matching.md).
 
 Not supported: data fields with SOH, repeating groups in orders (parties are ignored), MinQty 110
 and MaxFloor 111 (rejected), TIFs other than 0/1/3/4 (rejected), OrdTypes other than 1-4, pending
@@ -154,6 +155,7 @@ FIX_REJECT: Final[dict[int, tuple[int, int]]] = {
     R.TOO_LATE_FILLED: (99, 0),                 # too late to cancel (OrdStatus 2)
     R.TOO_LATE_CANCELLED: (99, 0),              # too late to cancel (OrdStatus 4)
     R.TOO_LATE_EXPIRED: (99, 0),                # too late to cancel (OrdStatus C)
+    R.POST_ONLY_WOULD_TAKE: (99, 99),           # ExecInst 6 and the price would take; Text says so
     R.REPLACE_BELOW_FILLED: (99, 0),
     R.INVALID_ORDER_TYPE: (11, 99),             # unsupported order characteristic
     R.INVALID_STOP_PRICE: (11, 99),
@@ -739,6 +741,9 @@ class FixSession(SessionOutbox):
             stp = self.config.default_stp if stp_t is None else _STP_VALUES.get(stp_t, -1)
             if stp < 0:
                 raise _Refused(R.INVALID_STP_MODE, f"SelfTradePreventionMode {stp_t} is not N, CN, CO or DC")
+            # ExecInst (18, space-separated values): 6 participate don't initiate = post-only;
+            # the other values are not acted on.
+            post_only = 1 if "6" in (msg.get(18) or "").split() else 0
             for tag, name in ((110, "MinQty"), (111, "MaxFloor")):
                 v = msg.get(tag)
                 if v is not None and v.strip("0.") != "":
@@ -753,7 +758,7 @@ class FixSession(SessionOutbox):
                                        stop, qty, account)
         self._commands.append(NewOrder(order_id, ins.locate, side, qty, price, int(ord_type), int(tif_t),
                                        stop, self.config.firm, self.config.session_id, account, cl, "",
-                                       stp))
+                                       stp, post_only))
 
     def _reject_new(self, msg: FixMessage, cl: str, exc: _Refused, now_ns: int) -> None:
         ord_rej = exc.ord_rej if exc.ord_rej is not None else FIX_REJECT.get(exc.reason, (99, 99))[0]
@@ -940,6 +945,7 @@ class FixSession(SessionOutbox):
             if kind == EV_ACCEPTED:
                 o.ref = order.ref
                 o.qty = o.leaves = ev[2]
+                o.price = order.price      # a re-priced post-only order: its new price
                 o.status = "0"
                 self._report(o, "0", ts_ns, now, [])
             elif kind == EV_CANCELLED:

@@ -240,6 +240,7 @@ class Engine:
                     and o.stp in _STPS
                     and side in _SIDES
                     and not o.stop_price
+                    and not o.post_only
                     and o.order_id not in orders
                     and (book := books[locate]) is not None
                     and book.flo < price < book.fhi
@@ -350,6 +351,11 @@ class Engine:
                 return R.INVALID_STOP_PRICE
         elif o.stop_price != 0:
             return R.INVALID_STOP_PRICE
+        if o.post_only:
+            if o.post_only != 1 or t != LIMIT:
+                return R.INVALID_ORDER_TYPE
+            if o.tif != DAY and o.tif != GTC:
+                return R.INVALID_TIME_IN_FORCE
         if o.order_id in self.orders:
             return R.DUPLICATE_ORDER_ID
         state = book.state
@@ -375,6 +381,12 @@ class Engine:
             return
         book = self.books[o.locate]
         assert book is not None
+        if o.post_only and book.state == TS_CONTINUOUS:
+            price = self._post_only_price(book, o.side, o.price)
+            if not price:
+                out.append((EV_REJECTED, o, R.POST_ONLY_WOULD_TAKE))
+                return
+            o.price = price
         t = o.ord_type
         o.ref = self.next_ref
         self.next_ref += 1
@@ -402,6 +414,21 @@ class Engine:
         self._execute(book, o, out)
         if book.watch:
             self._settle(book, out)
+
+    @staticmethod
+    def _post_only_price(book: Book, side: int, price: int) -> int:
+        """The price a post-only order of ``side`` at ``price`` may rest at now: ``price`` if it
+        does not cross the other side's best price; if it does, with the instrument's
+        post_only_reprice, one tick away from that best price; else (or no such price) 0."""
+        okeys = book.keys[1 - side]
+        if not okeys or okeys[-1] < (price if side else -price):
+            return price
+        if not book.rules.post_only_reprice:
+            return 0
+        if side == BUY:
+            price = -okeys[-1] - book.tick
+            return price if price > 0 else 0
+        return okeys[-1] + book.tick
 
     def _add_stop(self, book: Book, o: NewOrder) -> None:
         """o waits among the pending stops."""
@@ -784,6 +811,11 @@ class Engine:
         ):
             out.append((EV_REJECTED, r, R.INVALID_STOP_PRICE))
             return
+        if o.post_only and book.state == TS_CONTINUOUS:
+            price = self._post_only_price(book, o.side, price)
+            if not price:
+                out.append((EV_REJECTED, r, R.POST_ONLY_WOULD_TAKE))
+                return
         old_leaves = o.leaves
         new_leaves = qty - o.filled
         if price == o.price and stop_price == o.stop_price and qty <= o.qty:
@@ -802,7 +834,7 @@ class Engine:
         self._unlink(o)
         n = NewOrder(
             o.order_id, o.locate, o.side, qty, price, t, o.tif, stop_price, o.firm, o.session,
-            o.account, r.cl_ord_id or o.cl_ord_id, o.mpid, o.stp,
+            o.account, r.cl_ord_id or o.cl_ord_id, o.mpid, o.stp, o.post_only,
         )
         n.ref = self.next_ref
         self.next_ref += 1

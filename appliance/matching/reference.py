@@ -321,6 +321,10 @@ class ReferenceEngine:
             return R.INVALID_STOP_PRICE
         if o.ord_type in (MARKET, LIMIT) and o.stop_price != 0:
             return R.INVALID_STOP_PRICE
+        if o.post_only != 0 and (o.post_only != 1 or o.ord_type != LIMIT):
+            return R.INVALID_ORDER_TYPE
+        if o.post_only and o.tif not in (DAY, GTC):
+            return R.INVALID_TIME_IN_FORCE
         if self._find(o.order_id) is not None:
             return R.DUPLICATE_ORDER_ID
         if ins.state == TS_CLOSED:
@@ -338,6 +342,12 @@ class ReferenceEngine:
             out.append((EV_REJECTED, o, reason))
             return
         ins = self.instruments[o.locate]
+        if o.post_only and ins.state == TS_CONTINUOUS:
+            price = self._post_only_price(ins, o.side, o.price)
+            if not price:
+                out.append((EV_REJECTED, o, R.POST_ONLY_WOULD_TAKE))
+                return
+            o.price = price
         o.ref = self._take_ref()
         o.leaves = o.qty
         o.filled = 0
@@ -359,6 +369,23 @@ class ReferenceEngine:
                 ins.stops.append(o)
                 return
         self._aggress_then_stops(ins, o, out)
+
+    @staticmethod
+    def _post_only_price(ins: _Instrument, side: int, price: int) -> int:
+        """docs/matching.md, "Post-only": the price a post-only order may rest at, 0 if none."""
+        others = [m.price for m in ins.resting if m.side != side]
+        if not others:
+            return price
+        best = min(others) if side == BUY else max(others)
+        crosses = price >= best if side == BUY else price <= best
+        if not crosses:
+            return price
+        if not ins.rules.post_only_reprice:
+            return 0
+        tick = ins.instrument.tick
+        if side == BUY:
+            return best - tick if best - tick > 0 else 0
+        return best + tick
 
     def _take_ref(self) -> int:
         ref = self.next_ref
@@ -543,11 +570,17 @@ class ReferenceEngine:
             return
         assert o is not None
         ins = self.instruments[o.locate]
+        price = r.price
+        if o.post_only and ins.state == TS_CONTINUOUS:
+            price = self._post_only_price(ins, o.side, price)
+            if not price:
+                out.append((EV_REJECTED, r, R.POST_ONLY_WOULD_TAKE))
+                return
         pending = self._is_pending_stop(o)
         new_stop = r.stop_price if r.stop_price != 0 else o.stop_price
         old_leaves = o.leaves
         new_leaves = r.qty - o.filled
-        if r.price == o.price and new_stop == o.stop_price and r.qty <= o.qty:
+        if price == o.price and new_stop == o.stop_price and r.qty <= o.qty:
             o.qty = r.qty
             o.leaves = new_leaves
             if r.cl_ord_id:
@@ -562,7 +595,7 @@ class ReferenceEngine:
             locate=o.locate,
             side=o.side,
             qty=r.qty,
-            price=r.price,
+            price=price,
             ord_type=o.ord_type,
             tif=o.tif,
             stop_price=new_stop,
@@ -572,6 +605,7 @@ class ReferenceEngine:
             cl_ord_id=r.cl_ord_id if r.cl_ord_id else o.cl_ord_id,
             mpid=o.mpid,
             stp=o.stp,
+            post_only=o.post_only,
         )
         n.ref = self._take_ref()
         n.filled = o.filled

@@ -603,9 +603,10 @@ SCENARIOS = [
         (BSTOP(8, 10, 10500, post=1), rej(R.INVALID_ORDER_TYPE)),
         (B(8, 10, 9000, tif=IOC, post=1), rej(R.INVALID_TIME_IN_FORCE)),
         (B(8, 10, 9000, tif=FOK, post=1), rej(R.INVALID_TIME_IN_FORCE)),
-        (B(8, 10, 9000, post=2), rej(R.INVALID_ORDER_TYPE)),
-        (S(9, 70, 9800, firm=3), acc((9, 6), 70),
-         fill((6, 4), (9, 6), 10, 9900, 1, 0, 10, 60, 10), fill((4, 3), (9, 6), 60, 9800, 2, 0, 60, 0, 70)),
+        (B(8, 10, 9000, post=2), acc((8, 6), 10), add((8, 6), 10)),          # any non-zero: post-only
+        (CXL(8), cxl((8, 6), 10, 0, 0, USER, True)),
+        (S(9, 70, 9800, firm=3), acc((9, 7), 70),
+         fill((6, 4), (9, 7), 10, 9900, 1, 0, 10, 60, 10), fill((4, 3), (9, 7), 60, 9800, 2, 0, 60, 0, 70)),
     ], book={1: ([], [(10000, 100, 1)]), 2: ([], [(9950, 10, 1)])}, last={1: 9800}),
     # -- self-trade prevention ---------------------------------------------------------------------
     Scenario("STP CN: the incoming order's remainder is cancelled; earlier fills stand", [

@@ -240,22 +240,22 @@ class Engine:
                     and o.stp in _STPS
                     and side in _SIDES
                     and not o.stop_price
-                    and not o.post_only
                     and o.order_id not in orders
                     and (book := books[locate]) is not None
                     and book.flo < price < book.fhi
                     and not price % book.tick
                 ):
-                    ref = self.next_ref
-                    o.ref = ref
-                    self.next_ref = ref + 1
-                    ring_append(o)
-                    o.leaves = qty
-                    o.filled = 0
-                    out.append((EV_ACCEPTED, o, qty))
                     okeys = book.keys[1 - side]
                     if tif <= GTC and (not okeys or okeys[-1] < (price if side else -price)):
-                        # Rest without crossing: the commonest command of a day.
+                        # Rest without crossing: the commonest command of a day (a post-only order
+                        # too: it takes nothing).
+                        ref = self.next_ref
+                        o.ref = ref
+                        self.next_ref = ref + 1
+                        ring_append(o)
+                        o.leaves = qty
+                        o.filled = 0
+                        out.append((EV_ACCEPTED, o, qty))
                         lvl = book.levels[side].get(price)
                         if lvl is None:
                             self._rest(book, o, qty, out)
@@ -266,7 +266,16 @@ class Engine:
                             lvl.count += 1
                             orders[o.order_id] = o
                             out.append((EV_ADDED, o, qty))
+                    elif o.post_only:
+                        self._new_order(o, out)   # it would take (or is IOC/FOK): the rules decide
                     else:
+                        ref = self.next_ref
+                        o.ref = ref
+                        self.next_ref = ref + 1
+                        ring_append(o)
+                        o.leaves = qty
+                        o.filled = 0
+                        out.append((EV_ACCEPTED, o, qty))
                         self._aggress(book, o, out)
                         if self._stop_queue:
                             self._run_stops(book, out)
@@ -352,7 +361,7 @@ class Engine:
         elif o.stop_price != 0:
             return R.INVALID_STOP_PRICE
         if o.post_only:
-            if o.post_only != 1 or t != LIMIT:
+            if t != LIMIT:
                 return R.INVALID_ORDER_TYPE
             if o.tif != DAY and o.tif != GTC:
                 return R.INVALID_TIME_IN_FORCE
@@ -694,10 +703,10 @@ class Engine:
                     index[(v[1] if type(v) is tuple else v).order_id] = ref
                 ref += 1
             self._indexed_to = end
-        ref = index.get(order_id)
-        if ref is None or ref < first:
+        latest = index.get(order_id)
+        if latest is None or latest < first:
             return None
-        return self._how_ended(ring[ref - first], ref)
+        return self._how_ended(ring[latest - first], latest)
 
     @staticmethod
     def _how_ended(v: Any, ref: int) -> tuple[int, NewOrder] | None:

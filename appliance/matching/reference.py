@@ -321,7 +321,7 @@ class ReferenceEngine:
             return R.INVALID_STOP_PRICE
         if o.ord_type in (MARKET, LIMIT) and o.stop_price != 0:
             return R.INVALID_STOP_PRICE
-        if o.post_only != 0 and (o.post_only != 1 or o.ord_type != LIMIT):
+        if o.post_only and o.ord_type != LIMIT:
             return R.INVALID_ORDER_TYPE
         if o.post_only and o.tif not in (DAY, GTC):
             return R.INVALID_TIME_IN_FORCE

@@ -61,12 +61,13 @@ class NewOrder:
         ("account", "16s"),
         ("cl_ord_id", "20s"),  # client order id (FIX ClOrdID / OUCH ClOrdID)
         ("mpid", "4s"),        # attribution: when set, the feed shows ITCH 'F' with this MPID
+        ("post_only", "B"),    # 1: may not take liquidity on entry (NASDAQ post-only, FIX 18=6)
     )
     # Slots in the order matching touches them, so that the hot ones share the object's first
     # cache line; FIELDS, not this order, is the persistent layout.
     __slots__ = (
         "leaves", "price", "side", "firm", "ord_type", "locate", "order_id", "filled", "qty", "tif",
-        "stp", "ref", "stop_price", "session", "account", "cl_ord_id", "mpid",
+        "stp", "ref", "stop_price", "session", "account", "cl_ord_id", "mpid", "post_only",
     )
 
     def __init__(
@@ -85,6 +86,7 @@ class NewOrder:
         cl_ord_id: str = "",
         mpid: str = "",
         stp: int = STP_DEFAULT,
+        post_only: int = 0,
     ) -> None:
         self.order_id = order_id
         self.locate = locate
@@ -100,6 +102,7 @@ class NewOrder:
         self.account = account
         self.cl_ord_id = cl_ord_id
         self.mpid = mpid
+        self.post_only = post_only
         # Engine state; meaningful only after acceptance.
         self.ref = 0
         self.leaves = 0

@@ -7,7 +7,7 @@ Command record (gateway -> partition, ring ``cmd``)::
     0      1
     +------+-------------------------------------------------------------+
     | kind |  the command's WAL body: appliance.wal.LAYOUTS[kind].body     |
-    |  u8  |  (catalogue FIELDS in order; 86 bytes for a NewOrder)         |
+    |  u8  |  (catalogue FIELDS in order; 87 bytes for a NewOrder)         |
     +------+-------------------------------------------------------------+
 
 Routing needs no field of its own: the ring names the gateway, the body's ``session`` the session.

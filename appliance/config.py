@@ -83,6 +83,7 @@ class InstrumentConfig:
     reference_price: int | None         # Price(4) units; None: no reference until the first trade
     tier: str                           # ITCH market category
     luld_tier: str | None = None        # [[trading.tiers]] name: price band, collar, breaker; None: none
+    post_only: str = "reject"           # a post-only order that would take: "reject" or "reprice"
 
     def instrument(self) -> Instrument:
         return Instrument(self.symbol, self.locate, self.tick, self.round_lot)
@@ -302,17 +303,22 @@ class Config:
 
     def trading_rules(self, partition: str) -> TradingRules | None:
         """The matching engine's trading rules for one partition (Engine(rules=...)); None without
-        [trading]. Instruments start closed when there is a schedule, else trading continuously."""
+        [trading] and without an instrument that re-prices post-only orders. Instruments start
+        closed when there is a schedule, else trading continuously."""
         t = self.trading
-        if t is None:
-            return None
         rules: dict[int, InstrumentRules] = {}
         for symbol in self.partition(partition).instruments:
             ins = self.instrument(symbol)
-            if ins.luld_tier is not None:
+            reprice = 1 if ins.post_only == "reprice" else 0
+            if t is not None and ins.luld_tier is not None:
                 tier = t.tier(ins.luld_tier)
                 rules[ins.locate] = InstrumentRules(ins.reference_price or 0, tier.band_bps,
-                                                    tier.market_collar_bps, tier.circuit_breaker_bps)
+                                                    tier.market_collar_bps, tier.circuit_breaker_bps,
+                                                    reprice)
+            elif reprice:
+                rules[ins.locate] = InstrumentRules(post_only_reprice=1)
+        if t is None:
+            return TradingRules.of(rules) if rules else None
         return TradingRules.of(
             rules,
             start_state=TS_CLOSED if t.schedule else TS_CONTINUOUS,
@@ -676,12 +682,13 @@ def _instrument(t: _Table) -> InstrumentConfig:
     ref = t.money("reference_price", tick)
     tier = t.text("tier", "Q", choices=TIERS)
     luld_tier = t.text("luld_tier", "") or None
+    post_only = t.text("post_only", "reject", choices=("reject", "reprice"))
     t.done()
     try:
         Instrument(symbol, locate, tick, round_lot)
     except ValueError as exc:
         raise ConfigError(f"{t.key('symbol')}: {exc}") from None
-    return InstrumentConfig(symbol, locate, tick, round_lot, ref, tier, luld_tier)
+    return InstrumentConfig(symbol, locate, tick, round_lot, ref, tier, luld_tier, post_only)
 
 
 def _time_zone(t: _Table, default: str) -> str:
@@ -987,6 +994,8 @@ def dumps(c: Config) -> str:
         w(f"tier = {_q(ins.tier)}")
         if ins.luld_tier is not None:
             w(f"luld_tier = {_q(ins.luld_tier)}")
+        if ins.post_only != "reject":
+            w(f"post_only = {_q(ins.post_only)}")
     for p in c.partitions:
         w("")
         w("[[partitions]]")

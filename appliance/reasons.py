@@ -41,6 +41,11 @@ REPLACE_NOT_ALLOWED: Final = 3013
 INSTRUMENT_CLOSED: Final = 3014
 PRICE_OUTSIDE_BAND: Final = 3015
 TIF_NOT_ALLOWED_IN_STATE: Final = 3016
+# "Too late": the order existed and has ended (FIX CxlRejReason 0), unlike UNKNOWN_ORDER (1).
+TOO_LATE_FILLED: Final = 3017
+TOO_LATE_CANCELLED: Final = 3018
+TOO_LATE_EXPIRED: Final = 3019
+POST_ONLY_WOULD_TAKE: Final = 3020
 
 # 4xxx: admin
 ADMIN_UNKNOWN_COMMAND: Final = 4001
@@ -65,7 +70,7 @@ REJECT_REASONS: Final[dict[int, str]] = {
     INVALID_QUANTITY: "quantity must be a positive integer that fits in 32 bits",
     INVALID_PRICE: "limit price must be positive and fit Price(4) u32",
     DUPLICATE_ORDER_ID: "an order with this order id is live",
-    UNKNOWN_ORDER: "no live order with this id for this firm (unknown, filled or cancelled)",
+    UNKNOWN_ORDER: "no order with this id for this firm (never entered, or ended too long ago to recall)",
     REPLACE_BELOW_FILLED: "replace quantity at or below the quantity already filled",
     INVALID_ORDER_TYPE: "unknown order type, or fields that do not fit the order type",
     INVALID_STOP_PRICE: "stop price must be positive, on tick, and given only for stop orders",
@@ -76,6 +81,10 @@ REJECT_REASONS: Final[dict[int, str]] = {
     INSTRUMENT_CLOSED: "the instrument is closed: no new orders or replaces until it reopens",
     PRICE_OUTSIDE_BAND: "limit price through the price band (a buy above the upper, a sell below the lower)",
     TIF_NOT_ALLOWED_IN_STATE: "IOC and FOK orders are accepted only in continuous trading",
+    TOO_LATE_FILLED: "too late: the order has filled",
+    TOO_LATE_CANCELLED: "too late: the order was cancelled",
+    TOO_LATE_EXPIRED: "too late: the order expired",
+    POST_ONLY_WOULD_TAKE: "post-only order would take liquidity (its price crosses the other side)",
     ADMIN_UNKNOWN_COMMAND: "unknown admin command",
     ADMIN_CLOCK_BACKWARDS: "clock tick earlier than the engine's clock",
     ADMIN_INVALID_TRANSITION: "the instrument's trading state does not allow this admin command",

@@ -20,7 +20,9 @@ File ``snap-<seq, 20 digits>.snap``, integers little-endian::
              ORDER records: NewOrder.FIELDS as in the WAL, then ref u64, leaves i64, filled i64;
              then the engine's triggered-stop queue: count u32, (ORDER, trigger price i64) each;
              version 2: then the market orders collected in call phases: count u32, ORDER each
-             (per book ascending locate, buys then sells, in arrival order)
+             (per book ascending locate, buys then sells, in arrival order);
+             version 3: then the ended orders the engine recalls (Engine.ended_orders): count u32,
+             ENDED (order id u64, TOO_LATE_* reason u16, last reference u64, firm u32) each
 
 The integer counters in the meta JSON are every int attribute of the engine (clock, schedule, ...) and
 every int slot of each book (trading state, reference prices, timers, ...); the fields derived from
@@ -51,8 +53,8 @@ from appliance.model import BUY, SELL, STP_CN, Instrument
 from appliance.wal import LAYOUTS, fsync_dir
 
 SNAP_MAGIC: Final = b"MWSNAP01"
-SNAP_VERSION: Final = 2
-READABLE_VERSIONS: Final = (1, 2)
+SNAP_VERSION: Final = 3
+READABLE_VERSIONS: Final = (1, 2, 3)
 SNAP_HEADER_FIELDS: Final = (
     ("magic", "8s"),
     ("version", "H"),
@@ -74,6 +76,8 @@ _NATIVE_ORDERS: Final = hasattr(NewOrder, "__mypyc_attrs__")   # the compiled bu
 ORDER_FIELDS: Final = tuple(NewOrder.FIELDS) + (("ref", "Q"), ("leaves", "q"), ("filled", "q"))
 _ORDER: Final = struct.Struct("<" + "".join(code for _, code in ORDER_FIELDS))
 _ORDER_STATE: Final = struct.Struct("<Qqq")
+ENDED_FIELDS: Final = (("order_id", "Q"), ("reason", "H"), ("ref", "Q"), ("firm", "I"))
+_ENDED: Final = struct.Struct("<" + "".join(code for _, code in ENDED_FIELDS))
 
 
 class SnapshotError(Exception):
@@ -151,7 +155,8 @@ def _int_counters(obj: Any, names: Iterable[str], skip: frozenset[str]) -> dict[
     return out
 
 
-_ENGINE_SKIP: Final = frozenset({"default_stp"})
+# default_stp is in the spec; the recall ring's size and its lazy index are rebuilt on restore.
+_ENGINE_SKIP: Final = frozenset({"default_stp", "_recall", "_indexed_to"})
 _BOOK_SKIP: Final = frozenset({"locate", "tick"})
 
 
@@ -223,6 +228,9 @@ def capture(engine: Engine, seq: int, ts_ns: int, epoch: int) -> bytes:
     for o in collected:
         parts.append(encode(o))
         parts.append(state(o.ref, o.leaves, o.filled))
+    ended = engine.ended_orders()
+    parts.append(struct.pack("<I", len(ended)))
+    parts.extend(_ENDED.pack(*e) for e in ended)
     payload = b"".join(parts)
     digest = bytes.fromhex(engine.state_hash())
     head = SNAP_HEADER.pack(SNAP_MAGIC, SNAP_VERSION, SNAP_HEADER_SIZE, epoch, seq, ts_ns, len(payload),
@@ -335,6 +343,11 @@ def _restore_payload(payload: memoryview, spec: EngineSpec | None, path: str, ve
             book.mkt[o.side].append(o)
             orders[o.order_id] = o
     engine.rederive()
+    if version >= 3:
+        (ne,) = struct.unpack_from("<I", payload, off)
+        off += 4
+        engine.recall_ended(_ENDED.iter_unpack(payload[off:off + ne * _ENDED.size]))
+        off += ne * _ENDED.size
     if off != len(payload):
         raise SnapshotError(f"{path}: {len(payload) - off} bytes left after the last book")
     return engine

@@ -19,7 +19,7 @@ Record (one command; 32-byte header, then the command's FIELDS in catalogue orde
     +-------+-------+---------------+---------------+-------+---+---+---------------------------+
     |<------------- crc = zlib.crc32 (IEEE 802.3) of bytes 8 .. length ------------------------>|
 
-    length  u32  the whole record, header included (fixed per kind: 118 NewOrder, 68 CancelOrder,
+    length  u32  the whole record, header included (fixed per kind: 119 NewOrder, 68 CancelOrder,
                  92 ReplaceOrder, 63 MassCancel, 40 ClockTick, 72 SetSchedule, 34 Halt, Resume and
                  Close, 48 seal)
     kind    u8   catalogue.CMD_* (1..9); 0 = seal
@@ -63,7 +63,7 @@ _fdatasync = getattr(os, "fdatasync", os.fsync)  # module attribute: tests repla
 # ================================================================================================
 
 SEGMENT_MAGIC: Final = b"MWWALSEG"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2   # 2: NewOrder carries post_only
 
 SEGMENT_HEADER_FIELDS: Final = (
     ("magic", "8s"),

@@ -11,7 +11,7 @@ import pytest
 import simplefix
 
 from appliance import reasons as R
-from appliance.catalogue import Command, NewOrder, ReplaceOrder
+from appliance.catalogue import Close, Command, NewOrder, ReplaceOrder
 from appliance.gateway import events as E
 from appliance.gateway import fix
 from appliance.gateway.fixcodec import FixFramingError, encode
@@ -281,7 +281,10 @@ def test_stop_triggers(venue: Venue, client: Client, session: fix.FixSession) ->
     session.data_to_send()
     venue.send(third, tc.order("B1", side="1", qty=10, price="150.00"))    # trades at 150: triggers
     msgs = verify(session.data_to_send())
-    assert types(msgs) == [("8", "L", "0"), ("8", "F", "2")]
+    # FIX 4.4 has no ExecType L (triggered): the trigger is a restatement by the market (378=8)
+    assert types(msgs) == [("8", "D", "0"), ("8", "F", "2")]
+    assert (g(msgs[0], 378), g(msgs[0], 58), g(msgs[0], 38), g(msgs[0], 151)) == (
+        "8", "stop triggered at 150.0000", "50", "50")
     assert (g(msgs[1], 32), g(msgs[1], 99), g(msgs[1], 40)) == ("50", "150.0000", "3")
 
 
@@ -348,7 +351,8 @@ def test_cancel(venue: Venue, client: Client, session: fix.FixSession) -> None:
     (er,) = venue.send(session, client.msg("F", (41, "O1"), (11, "C1"), (55, "AAPL"), (54, "1")))
     assert (g(er, 150), g(er, 39), g(er, 11), g(er, 41), g(er, 151), g(er, 14)) == ("4", "4", "C1", "O1", "0", "0")
     (ocr,) = venue.send(session, client.msg("F", (41, "O1"), (11, "C2"), (55, "AAPL"), (54, "1")))
-    assert (g(ocr, 35), g(ocr, 102), g(ocr, 434), g(ocr, 39)) == ("9", "0", "1", "8")   # too late
+    assert (g(ocr, 35), g(ocr, 102), g(ocr, 434), g(ocr, 39), g(ocr, 37)) == (
+        "9", "0", "1", "4", g(er, 37))                                                 # too late
     (ocr,) = venue.send(session, client.msg("F", (41, "NOPE"), (11, "C3"), (55, "AAPL"), (54, "1")))
     assert (g(ocr, 35), g(ocr, 102), g(ocr, 37)) == ("9", "1", "NONE")                # unknown order
     (ocr,) = venue.send(session, client.msg("F", (41, "O1"), (11, "C3"), (55, "AAPL"), (54, "1")))
@@ -366,8 +370,65 @@ def test_cancel_overtaken_by_fill(venue: Venue, client: Client, session: fix.Fix
     venue.apply(cancel)
     msgs = verify(session.data_to_send())
     assert types(msgs) == [("8", "F", "2"), ("9", None, "2")]
-    assert (g(msgs[1], 102), g(msgs[1], 11), g(msgs[1], 41)) == ("0", "C1", "O1")
+    assert (g(msgs[1], 102), g(msgs[1], 11), g(msgs[1], 41), g(msgs[1], 37)) == ("0", "C1", "O1", g(msgs[0], 37))
+    assert "filled" in g(msgs[1], 58)
     assert not session.state.orders
+
+
+def test_too_late_is_not_unknown(venue: Venue, client: Client, session: fix.FixSession) -> None:
+    """A cancel or replace of a filled, cancelled or expired order: OrderCancelReject with the real
+    OrderID, the order's OrdStatus and CxlRejReason 0; an id never used: 37=NONE, 102=1."""
+    other = venue.session(2, "OTHER", 8)
+    oc = Client("OTHER")
+    venue.connect(other, oc)
+    (acc,) = venue.send(session, client.order("F1", side="2", qty=100, price="150.00"))
+    venue.send(other, oc.order("B", qty=100, price="150.00"))
+    session.data_to_send()
+    (acc2,) = venue.send(session, client.order("C1", qty=100, price="100.00"))
+    venue.send(session, client.msg("F", (41, "C1"), (11, "X1"), (55, "AAPL"), (54, "1")))
+    (acc3,) = venue.send(session, client.order("E1", qty=100, price="100.00", symbol="MSFT"))
+    venue.apply([Close(2)])
+    (exp,) = verify(session.data_to_send())
+    assert (g(exp, 150), g(exp, 39), g(exp, 38), g(exp, 151)) == ("C", "C", "100", "0")
+    for n, (orig, status, ref) in enumerate((("F1", "2", g(acc, 37)), ("C1", "4", g(acc2, 37)),
+                                             ("X1", "4", g(acc2, 37)), ("E1", "C", g(acc3, 37)))):
+        (ocr,) = venue.send(session, client.msg("F", (41, orig), (11, f"K{n}"), (55, "AAPL"), (54, "1")))
+        assert (g(ocr, 35), g(ocr, 37), g(ocr, 39), g(ocr, 102), g(ocr, 434)) == ("9", ref, status, "0", "1"), orig
+        (ocr,) = venue.send(session, client.msg("G", (41, orig), (11, f"R{n}"), (55, "AAPL"), (54, "1"), (38, 50),
+                                                (40, "2"), (44, "100.00")))
+        assert (g(ocr, 35), g(ocr, 37), g(ocr, 39), g(ocr, 102), g(ocr, 434)) == ("9", ref, status, "0", "2"), orig
+        assert g(ocr, 58).startswith("too late")
+    (ocr,) = venue.send(session, client.msg("F", (41, "NEVER"), (11, "K9"), (55, "AAPL"), (54, "1")))
+    assert (g(ocr, 37), g(ocr, 39), g(ocr, 102)) == ("NONE", "8", "1")
+
+
+def test_engine_too_late_reasons_map_to_the_order_status(venue: Venue, client: Client,
+                                                        session: fix.FixSession) -> None:
+    """The engine's TOO_LATE_* answer gives OrdStatus even when the session's view lagged."""
+    venue.send(session, client.order("O1", qty=100, price="100.00"))
+    session.receive_data(client.msg("F", (41, "O1"), (11, "C1"), (55, "AAPL"), (54, "1")), venue.ts)
+    first = session.take_commands()
+    session.receive_data(client.msg("G", (41, "O1"), (11, "O2"), (55, "AAPL"), (54, "1"), (38, 50), (40, "2"),
+                                    (44, "100.00")), venue.ts)
+    second = session.take_commands()
+    venue.apply(first + second)
+    msgs = verify(session.data_to_send())
+    assert [(g(m, 35), g(m, 39), g(m, 102)) for m in msgs] == [("8", "4", None), ("9", "4", "0")]
+    assert g(msgs[1], 58).startswith(f"{R.TOO_LATE_CANCELLED} too late")
+
+
+def test_cancel_keeps_order_qty(venue: Venue, client: Client, session: fix.FixSession) -> None:
+    other = venue.session(2, "OTHER", 8)
+    oc = Client("OTHER")
+    venue.connect(other, oc)
+    venue.send(session, client.order("O1", side="2", qty=300, price="150.00"))
+    venue.send(session, client.order("O2", side="2", qty=200, price="151.00"))
+    venue.send(other, oc.order("B", qty=100, price="150.00"))
+    session.data_to_send()
+    (er,) = venue.send(session, client.msg("F", (41, "O1"), (11, "C1"), (55, "AAPL"), (54, "2")))
+    assert (g(er, 150), g(er, 39), g(er, 38), g(er, 151), g(er, 14)) == ("4", "4", "300", "0", "100")
+    msgs = venue.send(session, client.msg("q", (11, "MC"), (530, "7")))
+    assert [(g(m, 150), g(m, 38), g(m, 151), g(m, 14)) for m in msgs[:1]] == [("4", "200", "0", "0")]
 
 
 def test_replace(venue: Venue, client: Client, session: fix.FixSession) -> None:
@@ -428,7 +489,7 @@ def test_self_trade_decrement_is_restated(venue: Venue, client: Client) -> None:
     venue.send(s, client.order("S", side="2", qty=100, price="150.00"))
     msgs = venue.send(s, client.order("B", side="1", qty=40, price="150.00", t7928="DC"))
     assert [(g(m, 11), g(m, 150), g(m, 39), g(m, 38), g(m, 151)) for m in msgs] == [
-        ("B", "0", "0", "40", "40"), ("S", "D", "0", "60", "60"), ("B", "4", "4", "0", "0")]
+        ("B", "0", "0", "40", "40"), ("S", "D", "0", "60", "60"), ("B", "4", "4", "40", "0")]
 
 
 # --- session layer -------------------------------------------------------------------------------
@@ -685,3 +746,21 @@ def test_a_mass_cancel_sent_to_several_partitions_reports_once_with_the_sum(clie
     msgs = route(s.take_commands(), fanout=True)
     assert types(msgs) == [("8", "4", "4"), ("8", "4", "4"), ("8", "4", "4"), ("r", None, None)]
     assert (g(msgs[3], 11), g(msgs[3], 531), g(msgs[3], 533)) == ("MC7", "7", "3")
+
+
+def test_post_only_exec_inst(venue: Venue, client: Client, session: fix.FixSession) -> None:
+    """ExecInst 6 (participate don't initiate): a post-only order; one that would take is rejected
+    (150=8, 103=99) and a post-only IOC is refused by the engine (103=11)."""
+    other = venue.session(2, "OTHER", 8)
+    oc = Client("OTHER")
+    venue.connect(other, oc)
+    venue.send(other, oc.order("S", side="2", qty=100, price="150.00"))
+    (rej,) = venue.send(session, client.order("P1", qty=10, price="150.00", t18="6"))
+    assert (g(rej, 150), g(rej, 39), g(rej, 103)) == ("8", "8", "99") and "post-only" in g(rej, 58)
+    (acc,) = venue.send(session, client.order("P2", qty=10, price="149.00", t18="1 6"))
+    assert (g(acc, 150), g(acc, 44)) == ("0", "149.0000")
+    assert venue.engine.orders[(1 << 32) | 2].post_only == 1
+    (rej,) = venue.send(session, client.order("P3", qty=10, price="140.00", tif="3", t18="6"))
+    assert (g(rej, 150), g(rej, 103)) == ("8", "11")
+    msgs = venue.send(session, client.order("P4", qty=10, price="150.00", t18="1"))   # not post-only
+    assert types(msgs) == [("8", "0", "0"), ("8", "F", "2")]

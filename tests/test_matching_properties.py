@@ -112,7 +112,9 @@ def _new_order(draw: st.DrawFn, locates: tuple[int, ...]) -> Spec:
     qty = _pick(draw, st.integers(1, 8).map(lambda n: 10 * n), st.sampled_from((0, -10, 1, MAX_QTY, MAX_QTY + 1)), 40)
     firm = _firm(draw, oid)
     cl = draw(st.sampled_from(("", "", "a", "b")))
-    return _spec(NewOrder(oid, locate, side, qty, price, ord_type, tif, stop_price, firm, 0, "", cl, "", stp))
+    post_only = _pick(draw, st.sampled_from((0, 0, 0, 1)), st.sampled_from((2, 255)), 80)
+    return _spec(NewOrder(oid, locate, side, qty, price, ord_type, tif, stop_price, firm, 0, "", cl, "", stp,
+                          post_only))
 
 
 def _target(draw: st.DrawFn) -> tuple[int, int]:
@@ -273,7 +275,9 @@ def edge_commands(draw: st.DrawFn) -> Spec:
     side = field((BUY, SELL), (-1, 2, 255))
     tif = field((DAY, GTC, IOC, FOK), (-1, 2, 5, 255))
     stp = field((STP_DEFAULT, STP_NONE, STP_CN, STP_CO, STP_DC), (-1, 5, 255))
-    return _spec(NewOrder(oid, locate, side, qty, price, ord_type, tif, stop_price, firm, stp=stp))
+    post_only = field((0, 1), (2, 255))
+    return _spec(NewOrder(oid, locate, side, qty, price, ord_type, tif, stop_price, firm, stp=stp,
+                          post_only=post_only))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -18,6 +18,8 @@ import pytest
 
 from appliance import reasons as R
 from appliance.catalogue import (
+    EV_CANCELLED,
+    EV_REJECTED,
     EVENT_LAYOUTS,
     MASS_ANY_INSTRUMENT,
     MASS_ANY_SIDE,
@@ -69,8 +71,8 @@ def _spec(cmd: Command) -> Spec:
 
 # -- commands ------------------------------------------------------------------------------------
 def N(oid: int, side: int, qty: int, price: int = 0, type: int = LIMIT, tif: int = DAY, stop: int = 0,
-      firm: int = 1, stp: int = STP_DEFAULT, locate: int = 1) -> Spec:
-    return _spec(NewOrder(oid, locate, side, qty, price, type, tif, stop, firm, stp=stp))
+      firm: int = 1, stp: int = STP_DEFAULT, locate: int = 1, post: int = 0) -> Spec:
+    return _spec(NewOrder(oid, locate, side, qty, price, type, tif, stop, firm, stp=stp, post_only=post))
 
 
 def B(oid: int, qty: int, price: int, **kw: Any) -> Spec:
@@ -572,12 +574,13 @@ SCENARIOS = [
         (B(3, 100, 10000, firm=2), acc((3, 3), 100), fill((1, 1), (3, 3), 100, 10000, 1, 0, 100, 0, 100)),
         (CXL(2), cxl((2, 2), 100, 0, 0, USER, True)),
         (CXL(99), rej(R.UNKNOWN_ORDER)),
-        (CXL(1), rej(R.UNKNOWN_ORDER)),
-        (CXL(2), rej(R.UNKNOWN_ORDER)),
-        (CXL(3, firm=2), rej(R.UNKNOWN_ORDER)),
+        (CXL(1), rej(R.TOO_LATE_FILLED)),
+        (CXL(2), rej(R.TOO_LATE_CANCELLED)),
+        (CXL(3, firm=2), rej(R.TOO_LATE_FILLED)),
+        (CXL(1, firm=2), rej(R.UNKNOWN_ORDER)),      # another firm's ended order: nothing to tell
         (RPL(99, 100, 10000), rej(R.UNKNOWN_ORDER)),
-        (RPL(1, 100, 10000), rej(R.UNKNOWN_ORDER)),
-        (RPL(2, 100, 10100), rej(R.UNKNOWN_ORDER)),
+        (RPL(1, 100, 10000), rej(R.TOO_LATE_FILLED)),
+        (RPL(2, 100, 10100), rej(R.TOO_LATE_CANCELLED)),
         (S(4, 100, 10200), acc((4, 4), 100), add((4, 4), 100)),
         (BSTOP(5, 10, 10500), acc((5, 5), 10)),
         (CXL(4, firm=2), rej(R.UNKNOWN_ORDER)),
@@ -586,6 +589,26 @@ SCENARIOS = [
         (RPL(5, 5, 0, firm=2), rej(R.UNKNOWN_ORDER)),
         (MASS(2), mass(0)),
     ], book={1: ([], [(10200, 100, 1)])}, stops={1: ([(5, 10500)], [])}, last={1: 10000}),
+    # -- post-only (no rules: an order that would take is rejected) --------------------------------
+    Scenario("post-only: rejected if it would take on entry or by a replace; rests and trades as maker", [
+        (S(1, 100, 10000), acc((1, 1), 100), add((1, 1), 100)),
+        (B(2, 50, 10000, post=1), rej(R.POST_ONLY_WOULD_TAKE)),           # locks the ask
+        (B(3, 50, 10100, post=1), rej(R.POST_ONLY_WOULD_TAKE)),           # crosses it
+        (B(4, 50, 9900, post=1), acc((4, 2), 50), add((4, 2), 50)),
+        (RPL(4, 50, 10000), rej(R.POST_ONLY_WOULD_TAKE)),                 # the replace would take
+        (RPL(4, 60, 9800), rpl((4, 2), (4, 3), 50, 60, 0, REPOST)),
+        (S(5, 10, 9800, post=1, firm=2), rej(R.POST_ONLY_WOULD_TAKE)),    # whoever's the bid
+        (B(6, 10, 9900, post=1, firm=2), acc((6, 4), 10), add((6, 4), 10)),
+        (S(7, 10, 9950, locate=2, post=1), acc((7, 5), 10), add((7, 5), 10)),   # other book: free
+        (MB(8, 10, post=1), rej(R.INVALID_ORDER_TYPE)),
+        (BSTOP(8, 10, 10500, post=1), rej(R.INVALID_ORDER_TYPE)),
+        (B(8, 10, 9000, tif=IOC, post=1), rej(R.INVALID_TIME_IN_FORCE)),
+        (B(8, 10, 9000, tif=FOK, post=1), rej(R.INVALID_TIME_IN_FORCE)),
+        (B(8, 10, 9000, post=2), acc((8, 6), 10), add((8, 6), 10)),          # any non-zero: post-only
+        (CXL(8), cxl((8, 6), 10, 0, 0, USER, True)),
+        (S(9, 70, 9800, firm=3), acc((9, 7), 70),
+         fill((6, 4), (9, 7), 10, 9900, 1, 0, 10, 60, 10), fill((4, 3), (9, 7), 60, 9800, 2, 0, 60, 0, 70)),
+    ], book={1: ([], [(10000, 100, 1)]), 2: ([], [(9950, 10, 1)])}, last={1: 9800}),
     # -- self-trade prevention ---------------------------------------------------------------------
     Scenario("STP CN: the incoming order's remainder is cancelled; earlier fills stand", [
         (S(1, 100, 10000, firm=2), acc((1, 1), 100), add((1, 1), 100)),
@@ -865,3 +888,56 @@ def test_unknown_command_is_rejected(engine_cls: type) -> None:
     assert out == [(2, cmd, R.ADMIN_UNKNOWN_COMMAND)]
     assert engine.state_hash() == before
 
+
+
+@pytest.mark.parametrize("engine_cls", ENGINES, ids=lambda c: c.__name__)
+def test_too_late_after_self_trade_decrement_to_nothing(engine_cls: type) -> None:
+    """An order that self-trade prevention (DC) decremented to nothing was cancelled, not filled,
+    although its filled quantity now equals its (decremented) order quantity."""
+    engine = _make(engine_cls)
+    out: list[Any] = []
+    engine.apply(NewOrder(1, 1, SELL, 100, 10000, firm=FIRM_DC), out)
+    engine.apply(NewOrder(2, 1, BUY, 40, 10000, firm=2), out)              # 1 fills 40
+    engine.apply(NewOrder(3, 1, BUY, 60, 10000, firm=FIRM_DC), out)        # DC: 1 and 3 end
+    assert [(e[0], e[3]) for e in out[-2:]] == [(EV_CANCELLED, 0), (EV_CANCELLED, 0)]
+    for oid in (1, 3):
+        out.clear()
+        engine.apply(CancelOrder(oid, FIRM_DC), out)
+        assert [(e[0], e[2]) for e in out] == [(EV_REJECTED, R.TOO_LATE_CANCELLED)], oid
+
+
+def test_too_late_is_remembered_for_the_latest_references_only(monkeypatch: Any, kit: Any) -> None:
+    """Both engines recall ended orders whose last reference is among the latest RECALL_REFS; the
+    fast one's ring is overwritten and its lazy index pruned without changing any answer."""
+    import appliance.matching.engine as fast_mod
+    import appliance.matching.reference as ref_mod
+    monkeypatch.setattr(fast_mod, "RECALL_REFS", 8)
+    monkeypatch.setattr(ref_mod, "RECALL_REFS", 8)
+    fast, ref = _make(Engine), _make(ReferenceEngine)
+    answers = []
+    for engine in (fast, ref):
+        got = []
+        for n in range(1, 41):
+            out: list[Any] = []
+            engine.apply(NewOrder(n, 1, SELL, 10, 10000 + 100 * (n % 3)), out)
+            if n % 2:
+                engine.apply(CancelOrder(n, 0), out)
+            for back in (1, 2, 7, 8, 9, 12):
+                out.clear()
+                engine.apply(CancelOrder(n - back, 0) if n % 3 else ReplaceOrder(n - back, 5, 10000), out)
+                got.append(out[0][2] if out[0][0] == EV_REJECTED else -out[0][0])
+        answers.append(got)
+        if isinstance(engine, Engine):
+            assert len(engine._ring) == 8 and len(engine._index) <= 2 * 8 + 8 + 1
+    assert answers[0] == answers[1]
+    assert R.TOO_LATE_CANCELLED in answers[0] and R.UNKNOWN_ORDER in answers[0]
+    for engine_cls in ENGINES:   # orders 1..9 get references 1..9: the latest 8 are 2..9
+        engine = _make(engine_cls)
+        out = []
+        for n in range(1, 10):
+            engine.apply(NewOrder(n, 1, SELL, 10, 10000), out)
+            engine.apply(CancelOrder(n, 0), out)
+        out.clear()
+        engine.apply(CancelOrder(1, 0), out)
+        engine.apply(CancelOrder(2, 0), out)
+        assert [e[2] for e in out] == [R.UNKNOWN_ORDER, R.TOO_LATE_CANCELLED], engine_cls.__name__

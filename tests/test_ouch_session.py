@@ -202,7 +202,8 @@ def test_stale_user_ref_num_rejected_when_asked(venue: Venue) -> None:
     (dict(cross=b"O"), ouch.INVALID_CROSS_ORDER),
     (dict(options=((3, (100).to_bytes(4, "big")),)), ouch.INVALID_MIN_QUANTITY),
     (dict(options=((5, (100).to_bytes(4, "big")),)), ouch.INVALID_MAX_FLOOR),
-    (dict(options=((12, b"P"),)), ouch.REJECT_OTHER),
+    (dict(options=((12, b"X"),)), ouch.REJECT_OTHER),         # PostOnly neither P nor N
+    (dict(tif=b"3", options=((12, b"P"),)), ouch.REJECT_OTHER),   # a post-only IOC: the engine says no
 ])
 def test_enter_rejects(venue: Venue, alice: ouch.OuchSession, kw: dict[str, Any], reason: int) -> None:
     (msg,) = venue.send(alice, enter(1, cl=b"REJ", **kw))
@@ -536,3 +537,51 @@ def test_reason_tables_cover_every_reason() -> None:
 
 def test_order_id_composition() -> None:
     assert ouch.order_id_for(3, 17) == (3 << 32) | 17
+
+
+def test_too_late_cancel_and_replace(venue: Venue, alice: ouch.OuchSession, bob: ouch.OuchSession) -> None:
+    """A Cancel overtaken by the fill that ended the order gets Cancel Reject 'I' (OUCH's answer to
+    a cancel that cannot be done: it has no reason field); the engine's reason is TOO_LATE_FILLED,
+    not UNKNOWN_ORDER. A Replace overtaken so is dropped and its UserRefNum not consumed."""
+    venue.send(alice, enter(1, side=b"S", qty=100, price=1_500_000))
+    venue.send(alice, enter(2, side=b"S", qty=100, price=1_510_000))
+    alice.receive_data(cancel(1), T0)
+    alice.receive_data(replace(2, 3, 100, 1_520_000), T0)
+    late = alice.take_commands()
+    venue.send(bob, enter(1, side=b"B", qty=200, price=1_510_000))     # fills both
+    alice.data_to_send()
+    out: list[Any] = []
+    for cmd in late:
+        venue.engine.apply(cmd, out)
+    assert [ev[2] for ev in out] == [R.TOO_LATE_FILLED, R.TOO_LATE_FILLED]
+    alice.on_events(venue.ts, out)
+    (rej,) = ouch_msgs(alice.data_to_send())
+    assert isinstance(rej, L.CancelReject) and rej.user_ref_num == 1
+    assert alice.take_events()[-1].kind == E.IGNORED
+    assert [m.user_ref_num for m in venue.send(alice, enter(3))] == [3]   # 3 was not consumed
+
+
+def test_post_only_option(venue: Venue, alice: ouch.OuchSession, bob: ouch.OuchSession) -> None:
+    """OUCH 5.0 PostOnly appendage option (tag 12) 'P': rejected when it would take (no rules:
+    the instrument rejects), rests when it does not; 'N' is a plain order."""
+    venue.send(bob, enter(1, side=b"S", qty=100, price=1_500_000))
+    (rej,) = venue.send(alice, enter(1, qty=10, price=1_500_000, options=((12, b"P"),)))
+    assert isinstance(rej, L.OrderRejected) and rej.reason == ouch.REJECT_OTHER
+    (acc,) = venue.send(alice, enter(2, qty=10, price=1_490_000, options=((12, b"P"),)))
+    assert isinstance(acc, L.OrderAccepted) and acc.price == 1_490_000
+    assert venue.engine.orders[(1 << 32) | 2].post_only == 1
+    msgs = venue.send(alice, enter(3, qty=10, price=1_500_000, options=((12, b"N"),)))
+    assert [type(m) for m in msgs] == [L.OrderAccepted, L.OrderExecuted]
+
+
+def test_post_only_repriced_reports_the_new_price() -> None:
+    from appliance.matching.rules import InstrumentRules, TradingRules
+    venue = Venue()
+    venue.engine = Engine(INSTRUMENTS, rules=TradingRules.of({1: InstrumentRules(post_only_reprice=1)}))
+    a = venue.session(1, CREDS_A)
+    venue.login(a, "alice", "secretA")
+    b = venue.session(2, CREDS_B)
+    venue.login(b, "bob", "secretB")
+    venue.send(b, enter(1, side=b"S", qty=100, price=1_500_000))
+    (acc,) = venue.send(a, enter(1, qty=10, price=1_510_000, options=((12, b"P"),)))
+    assert isinstance(acc, L.OrderAccepted) and acc.price == 1_499_900 and acc.order_state == b"L"   # ask - tick

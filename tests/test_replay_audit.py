@@ -213,3 +213,19 @@ def test_gateway_reject_rows_are_converted_and_bad_lines_reported(tmp_path) -> N
     assert (r["instrument"], r["side"], r["price"], r["qty"], r["account"], r["cl_ord_id"]) == (
         "ALPH", "S", "150.1000", 20_000, "ACC", "C7")
     assert rows[0]["instrument"] == "" and rows[0]["side"] == "" and rows[0]["price"] == ""
+
+
+def test_audit_rows_tell_too_late_from_unknown() -> None:
+    from appliance.catalogue import CancelOrder, NewOrder
+    from appliance.matching.engine import Engine
+    from appliance.model import BUY, SELL, Instrument
+    from tools.audit import AuditRows
+    eng = Engine([Instrument("AAA", 1, tick=1)])
+    rows = AuditRows({1: "AAA"})
+    outcomes = []
+    for seq, cmd in enumerate([NewOrder(1, 1, SELL, 10, 100, firm=1), NewOrder(2, 1, BUY, 10, 100, firm=2),
+                               CancelOrder(1, 1), CancelOrder(5, 1)], 1):
+        out: list[Event] = []
+        eng.apply(cmd, out)
+        outcomes += [r["outcome"] for r in rows.rows(seq, seq, cmd, out) if r["outcome"].startswith("rejected")]
+    assert outcomes == ["rejected 3017 TOO_LATE_FILLED", "rejected 3006 UNKNOWN_ORDER"]

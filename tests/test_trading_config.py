@@ -165,3 +165,20 @@ def test_a_tier_without_the_trading_table_is_an_error() -> None:
     del doc["trading"]
     with pytest.raises(C.ConfigError, match=r"^instruments\[0\].luld_tier: unknown tier '1'"):
         C.from_dict(doc)
+
+
+def test_post_only_reprice_is_a_per_instrument_key() -> None:
+    import re
+    plain = C.default()
+    sym = plain.instruments[0].symbol
+    raw = C.dumps(plain)
+    raw = re.sub(r'(symbol = "%s"\n)' % sym, r'\1post_only = "reprice"\n', raw, count=1)
+    c = C.loads(raw)
+    assert c.instrument(sym).post_only == "reprice" and C.loads(C.dumps(c)) == c
+    part = next(p.name for p in c.partitions if sym in p.instruments)
+    rules = c.trading_rules(part)
+    assert rules is not None and rules.start_state == TS_CONTINUOUS
+    assert dict(rules.instruments)[c.instrument(sym).locate] == InstrumentRules(post_only_reprice=1)
+    assert plain.trading_rules(part) is None                      # default: rejected, no rules needed
+    with pytest.raises(C.ConfigError, match="post_only"):
+        C.loads(raw.replace('post_only = "reprice"', 'post_only = "maybe"'))

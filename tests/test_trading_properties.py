@@ -62,7 +62,7 @@ TIMERS = dict(limit_state_ns=15 * SEC, pause_ns=20 * SEC, reopen_call_ns=5 * SEC
               circuit_breaker_halt_ns=10 * SEC, noii_interval_ns=SEC)
 # AAA's band (97.00-103.00) and BBB's (9997-10003) are the edges of the random prices; BBB's breaker
 # range (9998-10002) lies inside its band; the collars are narrower than the bands.
-SAFEGUARDS = {1: InstrumentRules(10000, band_bps=300, collar_bps=200),
+SAFEGUARDS = {1: InstrumentRules(10000, band_bps=300, collar_bps=200, post_only_reprice=1),
               2: InstrumentRules(10000, band_bps=3, collar_bps=2, circuit_breaker_bps=2)}
 DELTAS = (0, SEC // 2, SEC, SEC, 3 * SEC, 6 * SEC, 16 * SEC, 25 * SEC, 100 * SEC)
 

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import pytest
 from conftest import build
 from test_matching_scenarios import MASS, B, MB, MS, N, S, SSTOP, acc, add, cxl, fill, rej, rpl, trig
-from test_matching_scenarios import CXL, RPL, Spec, _spec
+from test_matching_scenarios import CXL, IN_PLACE, RPL, Spec, _spec
 
 from appliance import reasons as R
 from appliance.catalogue import EVENT_LAYOUTS, ClockTick, Close, Halt, NewOrder, Resume, SetSchedule
@@ -199,6 +199,11 @@ SCENARIOS = [
          st(1, TS_CLOSED), cxl((8, 8), 20, 0, 80, EXP, True),
          uncr(2, CROSS_CLOSE, 0, 0, 0), st(2, TS_CLOSED), mkt(MARKET_CLOSE)),
         (B(11, 100, 10000), rej(R.INSTRUMENT_CLOSED)),
+        # too late: the expired order and the one the closing cross filled; an id never used
+        (CXL(8), rej(R.TOO_LATE_EXPIRED)),
+        (RPL(8, 100, 10800), rej(R.TOO_LATE_EXPIRED)),
+        (CXL(10), rej(R.TOO_LATE_FILLED)),
+        (CXL(11), rej(R.UNKNOWN_ORDER)),
         (TICK(2000)),
     ], book={1: ([(9000, 10, 1)], []), 2: ([], [(700, 10, 1)])}, states={1: TS_CLOSED, 2: TS_CLOSED}),
     Scenario("the next day: GTC orders carried, the band around the previous close", [
@@ -279,6 +284,17 @@ SCENARIOS = [
         (TICK(100)),
     ], states={1: TS_CONTINUOUS, 2: TS_CONTINUOUS},
         rules=TradingRules.of({1: InstrumentRules(10000, band_bps=1000)}, **TIMERS)),
+    Scenario("post-only re-priced one tick away from the other side where the instrument says so", [
+        (TICK(0)),
+        (S(1, 100, 10000), acc((1, 1), 100), add((1, 1), 100)),
+        (B(2, 50, 10100, post=1), acc((2, 2), 50), add((2, 2), 50)),                # rests at 9900
+        (S(3, 10, 9900, post=1, firm=2), acc((3, 3), 10), add((3, 3), 10)),         # rests at 10000
+        (RPL(2, 50, 10000), rpl((2, 2), (2, 2), 50, 50, 0, IN_PLACE)),              # 9900 again: in place
+        (B(4, 10, 100, locate=2, post=1), acc((4, 4), 10), add((4, 4), 10)),
+        (S(5, 10, 100, locate=2, post=1, firm=2), rej(R.POST_ONLY_WOULD_TAKE)),      # BBB: rejected
+    ], book={1: ([(9900, 50, 1)], [(10000, 110, 2)]), 2: ([(100, 10, 1)], [])},
+        states={1: TS_CONTINUOUS, 2: TS_CONTINUOUS},
+        rules=TradingRules.of({1: InstrumentRules(10000, post_only_reprice=1)}, **TIMERS)),
     Scenario("the limit state ends when the order at the band goes; a market order sweeps to its collar", [
         (TICK(0)),
         (S(1, 50, 9000), acc((1, 1), 50), add((1, 1), 50), lim(1, True, 9000, 11000)),

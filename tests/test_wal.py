@@ -102,7 +102,7 @@ def test_every_catalogue_command_has_a_record_layout_derived_from_its_fields() -
         assert layout.names == tuple(n for n, _ in cls.FIELDS)
         assert layout.size == wal.RECORD_HEADER_SIZE + struct.calcsize("<" + "".join(c for _, c in cls.FIELDS))
     assert wal.RECORD_HEADER_SIZE == 32 and SEGMENT_HEADER_SIZE == 32 and SEAL_SIZE == 48
-    assert {k: lay.size for k, lay in wal.LAYOUTS.items()} == {1: 118, 2: 68, 3: 92, 4: 63, 5: 40, 6: 72, 7: 34,
+    assert {k: lay.size for k, lay in wal.LAYOUTS.items()} == {1: 119, 2: 68, 3: 92, 4: 63, 5: 40, 6: 72, 7: 34,
                                                                 8: 34, 9: 34}
 
 
@@ -110,7 +110,7 @@ def test_record_bytes_follow_the_documented_layout() -> None:
     o = NewOrder(7, 3, 1, 500, 1_501_000, firm=9, session=4, account="ACC", cl_ord_id="c-1", mpid="MPX")
     rec = encode_record(42, 1_700_000_000_123_456_789, 5, o)
     length, crc, seq, ts, epoch, kind = struct.unpack_from("<IIQQIB", rec)
-    assert (length, seq, ts, epoch, kind) == (118, 42, 1_700_000_000_123_456_789, 5, 1)
+    assert (length, seq, ts, epoch, kind) == (119, 42, 1_700_000_000_123_456_789, 5, 1)
     assert rec[29:32] == b"\0\0\0"
     import zlib
 

@@ -59,8 +59,11 @@ OrderCancelReplaceRequest G, OrderMassCancelRequest q (530=1 by symbol, 7 all; 5
 ExecutionReport 8, OrderCancelReject 9, OrderMassCancelReport r, BusinessMessageReject j out.
 Engine order ids: ``(session_id << 32) | n``, n counting the session's orders from 1 (in the state).
 Business rejects of an order are ExecutionReports (150=8, 39=8, 103, 58), duplicate ClOrdID
-included (103=6); malformed messages are session Rejects. Custom tag 7928 SelfTradePreventionMode:
+included (103=6); malformed messages are session Rejects. A cancel or replace of an ended order:
+OrderCancelReject 102=0 with its OrderID and OrdStatus; of an unknown one: 37=NONE 102=1
+(docs/order-entry.md). Custom tag 7928 SelfTradePreventionMode:
 N none, CN cancel newest, CO cancel oldest, DC decrement and cancel; absent: the firm's mode.
+ExecInst (18) containing 6 (participate don't initiate): a post-only order (docs/matching.md).
 
 Not supported: data fields with SOH, repeating groups in orders (parties are ignored), MinQty 110
 and MaxFloor 111 (rejected), TIFs other than 0/1/3/4 (rejected), OrdTypes other than 1-4, pending
@@ -137,6 +140,11 @@ RESEND_CHUNK: Final = 512
 #: the most recent CL_ORD_ID_WINDOW of them (FixSessionConfig.cl_ord_id_window). A live order's
 #: ClOrdIDs are always remembered.
 CL_ORD_ID_WINDOW: Final = 10_000
+#: OrdStatus of an order the engine says has ended, by its "too late" reason.
+_TOO_LATE_STATUS: Final = {R.TOO_LATE_FILLED: "2", R.TOO_LATE_CANCELLED: "4", R.TOO_LATE_EXPIRED: "C"}
+#: How many ended orders a session recalls (OrderID and OrdStatus) to answer a late cancel or
+#: replace with OrderCancelReject 102=0 and the real 37/39; the oldest is forgotten first.
+ENDED_RECALL: Final = 1 << 16
 
 #: Our reject reasons -> (OrdRejReason 103, CxlRejReason 102). The one table; Text (58) is
 #: appliance.reasons.describe(reason).
@@ -157,7 +165,11 @@ FIX_REJECT: Final[dict[int, tuple[int, int]]] = {
     R.INVALID_QUANTITY: (13, 99),               # incorrect quantity
     R.INVALID_PRICE: (99, 99),
     R.DUPLICATE_ORDER_ID: (6, 6),
-    R.UNKNOWN_ORDER: (5, 0),                    # unknown order / too late to cancel
+    R.UNKNOWN_ORDER: (5, 1),                    # unknown order
+    R.TOO_LATE_FILLED: (99, 0),                 # too late to cancel (OrdStatus 2)
+    R.TOO_LATE_CANCELLED: (99, 0),              # too late to cancel (OrdStatus 4)
+    R.TOO_LATE_EXPIRED: (99, 0),                # too late to cancel (OrdStatus C)
+    R.POST_ONLY_WOULD_TAKE: (99, 99),           # ExecInst 6 and the price would take; Text says so
     R.REPLACE_BELOW_FILLED: (99, 0),
     R.INVALID_ORDER_TYPE: (11, 99),             # unsupported order characteristic
     R.INVALID_STOP_PRICE: (11, 99),
@@ -448,6 +460,8 @@ class FixSession(SessionOutbox):
         self._mass: deque[list[Any]] = deque()
         # Inbound messages of every kind (set by the shell; None: no limit): see ``_throttled``.
         self.budget: MessageBudget | None = None
+        # ended orders: order id -> (OrderID 37, OrdStatus 39), at most ENDED_RECALL, oldest first
+        self._ended: dict[int, tuple[str, str]] = {}
 
     # ============================================================================================
     # shell interface
@@ -927,6 +941,9 @@ class FixSession(SessionOutbox):
             stp = self.config.default_stp if stp_t is None else _STP_VALUES.get(stp_t, -1)
             if stp < 0:
                 raise _Refused(R.INVALID_STP_MODE, f"SelfTradePreventionMode {stp_t} is not N, CN, CO or DC")
+            # ExecInst (18, space-separated values): 6 participate don't initiate = post-only;
+            # the other values are not acted on.
+            post_only = 1 if "6" in (msg.get(18) or "").split() else 0
             for tag, name in ((110, "MinQty"), (111, "MaxFloor")):
                 v = msg.get(tag)
                 if v is not None and v.strip("0.") != "":
@@ -942,7 +959,7 @@ class FixSession(SessionOutbox):
         st.touch(order_id)
         self._commands.append(NewOrder(order_id, ins.locate, side, qty, price, int(ord_type), int(tif_t),
                                        stop, self.config.firm, self.config.session_id, account, cl, "",
-                                       stp))
+                                       stp, post_only))
 
     def _reject_new(self, msg: FixMessage, cl: str, exc: _Refused, now_ns: int) -> None:
         ord_rej = exc.ord_rej if exc.ord_rej is not None else FIX_REJECT.get(exc.reason, (99, 99))[0]
@@ -968,21 +985,28 @@ class FixSession(SessionOutbox):
             return None
         st.remember_cl_ord_id(cl, oid)
         if o is None and oid:
-            self._cancel_reject(cl, orig, None, response_to, 0, "the order is done", now_ns)
+            ended = self._ended.get(oid)
+            if ended is None:   # ended too long ago (or before a restart) to recall its 37 and 39
+                self._cancel_reject(cl, orig, None, response_to, 0, "too late: the order has ended", now_ns)
+            else:
+                self._send("9", [(37, ended[0]), (11, cl), (41, orig), (39, ended[1]), (434, response_to),
+                                 (102, 0), (58, _ENDED_TEXT.get(ended[1], "too late: the order has ended"))],
+                           now_ns)
             return None
         if o is None:
             self._cancel_reject(cl, orig, None, response_to, 1, f"unknown order {orig}", now_ns)
             return None
         if o.done:
-            self._cancel_reject(cl, orig, o, response_to, 0, "the order is done", now_ns)
+            self._cancel_reject(cl, orig, o, response_to, 0,
+                                _ENDED_TEXT.get(o.status, "too late: the order has ended"), now_ns)
             return None
         return cl, orig, o
 
     def _cancel_reject(self, cl: str, orig: str, o: FixOrder | None, response_to: str, reason: int,
-                       text: str, now_ns: int) -> None:
+                       text: str, now_ns: int, status: str | None = None) -> None:
         self._send("9", [
             (37, str(o.ref) if o is not None and o.ref else "NONE"), (11, cl), (41, orig),
-            (39, o.status if o is not None and o.status != "A" else "8" if o is None else "A"),
+            (39, status or (o.status if o is not None and o.status != "A" else "8" if o is None else "A")),
             (434, response_to), (102, reason), (58, text[:200])], now_ns)
 
     def _cancel(self, msg: FixMessage, now_ns: int) -> None:
@@ -1081,7 +1105,8 @@ class FixSession(SessionOutbox):
     def on_events(self, ts_ns: int, events: Sequence[Event], now_ns: int | None = None) -> None:
         """Engine events of one batch (stamped ``ts_ns``); events of other sessions are skipped.
 
-          OrderAccepted   -> 150=0 39=0            StopTriggered -> 150=L (stop orders)
+          OrderAccepted   -> 150=0 39=0            StopTriggered -> 150=D 378=8 (restated: the
+                                                   stop is now working; 58 says at which price)
           OrderExecuted   -> 150=F 39=1/2 31 32    (maker and/or taker, ExecID T<match><B|S>)
           OrderCancelled  -> 150=4 39=4 (expired: 150=C 39=C; a partial self-trade decrement:
                              150=D restated, OrderQty lowered)
@@ -1121,6 +1146,7 @@ class FixSession(SessionOutbox):
             if kind == EV_ACCEPTED:
                 o.ref = order.ref
                 o.qty = o.leaves = ev[2]
+                o.price = order.price      # a re-priced post-only order: its new price
                 o.status = "0"
                 self._report(o, "0", ts_ns, now, [])
             elif kind == EV_CANCELLED:
@@ -1128,7 +1154,7 @@ class FixSession(SessionOutbox):
             elif kind == EV_REPLACED:
                 self._replaced(o, order, ev, ts_ns, now)
             elif kind == EV_STOP_TRIGGERED:
-                self._report(o, "L", ts_ns, now, [])
+                self._report(o, "D", ts_ns, now, [(378, 8), (58, "stop triggered at " + price_to_text(ev[2]))])
             self.state.dirty = True
 
     def _executed(self, o: FixOrder, ev: Event, leaves_at: int, ts_ns: int, now: int) -> None:
@@ -1144,11 +1170,11 @@ class FixSession(SessionOutbox):
             self._done(o)
 
     def _cancelled(self, o: FixOrder, ev: Event, ts_ns: int, now: int) -> None:
-        qty, leaves, reason = ev[2], ev[3], ev[5]
+        leaves, reason = ev[3], ev[5]
         o.leaves = leaves
-        o.qty = o.cum + leaves
         text = R.CANCEL_REASONS.get(reason, "cancelled")
         if leaves:                                          # a self-trade decrement: restated
+            o.qty = o.cum + leaves                          # with OrderQty lowered
             o.status = "1" if o.cum else "0"
             self._report(o, "D", ts_ns, now, [(378, 99), (58, text)])
             return
@@ -1222,7 +1248,8 @@ class FixSession(SessionOutbox):
         cl = req[1] if req is not None else cmd.cl_ord_id
         orig = req[2] if req is not None else o.cl_ord_id
         cxl = FIX_REJECT.get(reason, (99, 99))[1]
-        self._cancel_reject(cl, orig, o, "1" if kind == "F" else "2", cxl, text, now)
+        self._cancel_reject(cl, orig, o, "1" if kind == "F" else "2", cxl, text, now,
+                            _TOO_LATE_STATUS.get(reason))
         self._done(o, retire_only=True)
 
     def _mass_report(self, cmd: Any, count: int, now: int) -> None:
@@ -1246,8 +1273,17 @@ class FixSession(SessionOutbox):
         if not retire_only:
             o.done = True
         if o.done and not o.pending:
-            self.state.orders.pop(o.order_id, None)
+            if self.state.orders.pop(o.order_id, None) is not None:
+                ended = self._ended
+                ended.pop(o.order_id, None)
+                ended[o.order_id] = (str(o.ref) if o.ref else "NONE", o.status)
+                if len(ended) > ENDED_RECALL:
+                    del ended[next(iter(ended))]
         self.state.touch(o.order_id)
+
+
+_ENDED_TEXT: Final = {"2": "too late: the order has filled", "4": "too late: the order was cancelled",
+                      "C": "too late: the order expired", "8": "too late: the order was rejected"}
 
 
 def _pop(o: FixOrder, kind: str) -> tuple[str, str, str] | None:

@@ -50,8 +50,11 @@ unique among live orders and never reused in a day):
                      '3' IOC, '5' GTX -> DAY (one trading session: it ends with the day), '6' GTT
                      and 'E' after hours rejected. Display 'Y' (or 'A' with the port's MPID);
                      ISO 'N'; Cross Type 'N'. Options: Firm, CustomerType, TradeNow, HandleInst,
-                     BBO weight, GroupID, SharesLocated, LocateBroker accepted and not used; MinQty,
-                     MaxFloor, PriceType other than limit, PostOnly and the rest rejected.
+                     BBO weight, GroupID, SharesLocated, LocateBroker accepted and not used;
+                     PostOnly (12) 'P': a post-only order (NewOrder.post_only; one that would take is
+                     rejected or re-priced, as the instrument says, and 'A' carries its price);
+                     MinQty, MaxFloor, PriceType other than limit and the rest rejected. On a
+                     Replace, PostOnly is accepted and changes nothing (the order keeps its own).
     Replace Order U  ReplaceOrder. Quantity is the total liable for the order chain, previous
                      executions and self-match decrements included (spec), so the engine total is
                      Quantity - decremented; at or below the executed shares the order is cancelled
@@ -71,7 +74,7 @@ unique among live orders and never reused in a day):
 Engine events -> sequenced OUCH messages: see ``on_events``; reason mappings: REJECT_REASON and
 CANCEL_REASON below (one table each).
 
-Not supported: OUCH stop, peg, discretion, reserve (MaxFloor), MinQty, post-only, routing, GTT/
+Not supported: OUCH stop, peg, discretion, reserve (MaxFloor), MinQty, routing, GTT/
 ExpireTime, after-hours TIF, cross orders, UserRefIdx, Mass Cancel / Disable Order Entry requests;
 the short-sale marking (T/E) lives in the session only (the engine and WAL know BUY/SELL). The
 sequenced stream is a list here (it survives reconnects); the gateway gives the session a
@@ -161,6 +164,10 @@ REJECT_REASON: Final[dict[int, int]] = {
     R.INVALID_PRICE: INVALID_PRICE,
     R.DUPLICATE_ORDER_ID: PROCESSING_ERROR,
     R.UNKNOWN_ORDER: REJECT_OTHER,
+    R.TOO_LATE_FILLED: REJECT_OTHER,        # a cancel is answered Cancel Reject 'I' (no reason field)
+    R.TOO_LATE_CANCELLED: REJECT_OTHER,
+    R.TOO_LATE_EXPIRED: REJECT_OTHER,
+    R.POST_ONLY_WOULD_TAKE: REJECT_OTHER,   # OUCH 5.0 has no "would remove liquidity" reason
     R.REPLACE_BELOW_FILLED: INVALID_QUANTITY,
     R.INVALID_ORDER_TYPE: REJECT_OTHER,
     R.INVALID_STOP_PRICE: REJECT_OTHER,
@@ -198,8 +205,15 @@ _SELLS: Final = frozenset((b"S", b"T", b"E"))
 # Appendage options accepted and not acted on; and options accepted only at their neutral value.
 _HARMLESS_OPTIONS: Final = frozenset((2, 4, 16, 17, 18, 24, 25, 26))
 _NEUTRAL_OPTIONS: Final[dict[int, bytes]] = {3: bytes(4), 5: bytes(4), 6: b"L", 12: b"N"}
+# PostOnly (option 12): 'P' makes the order post-only (NewOrder.post_only); 'N' is the default.
+POST_ONLY_TAG: Final = 12
+_POST_ONLY: Final = b"P"
 _OPTION_REJECT: Final[dict[int, int]] = {3: INVALID_MIN_QUANTITY, 5: INVALID_MAX_FLOOR,
                                          6: INVALID_PEG_TYPE, 7: INVALID_PEG_TYPE}
+
+# Engine answers that say the order is no longer live: a Replace of it is dropped, as for a
+# Replace whose original UserRefNum is not live when it arrives.
+_NOT_LIVE: Final = frozenset((R.UNKNOWN_ORDER, R.TOO_LATE_FILLED, R.TOO_LATE_CANCELLED, R.TOO_LATE_EXPIRED))
 
 # Connection states.
 _IDLE: Final = 0          # no connection
@@ -603,6 +617,8 @@ class OuchSession(SessionOutbox):
         for tag, value in options:
             if tag in _HARMLESS_OPTIONS or _NEUTRAL_OPTIONS.get(tag) == value:
                 continue
+            if tag == POST_ONLY_TAG and value == _POST_ONLY:
+                continue
             return _OPTION_REJECT.get(tag, REJECT_OTHER)
         return 0
 
@@ -647,9 +663,10 @@ class OuchSession(SessionOutbox):
             order_id, urn, ins.locate, ins.stock8, m.side, m.quantity, m.price, m.time_in_force,
             m.display, m.capacity, m.iso, m.cross_type, m.cl_ord_id)
         self._by_urn[urn] = order_id
+        post_only = 1 if (POST_ONLY_TAG, _POST_ONLY) in options else 0
         self._commands.append(NewOrder(
             order_id, ins.locate, side, m.quantity, m.price, LIMIT, tif, 0, self.firm,
-            self.session_id, "", m.cl_ord_id.decode("ascii").strip(), mpid))
+            self.session_id, "", m.cl_ord_id.decode("ascii").strip(), mpid, post_only=post_only))
 
     def _live(self, urn: int, what: str) -> _Order | None:
         oid = self._by_urn.get(urn)
@@ -796,6 +813,7 @@ class OuchSession(SessionOutbox):
                     alive = _alive_after(events)
                 o.ref = order.ref
                 o.qty = o.leaves = ev[2]
+                o.price = order.price          # a re-priced post-only order says its new price
                 state = b"L" if alive.get(o.order_id, True) else b"D"
                 self._emit(_STRUCT_A(
                     b"A", ts, o.urn, o.side, ev[2], o.symbol, o.price, o.tif, o.display, o.ref,
@@ -895,7 +913,7 @@ class OuchSession(SessionOutbox):
                 self.last_user_ref_num = req.prev_last_urn
             self._submit_cancel(o)
         elif req is None or req.kind == _REPLACE:
-            if req is not None and reason == R.UNKNOWN_ORDER:
+            if req is not None and reason in _NOT_LIVE:
                 if self.last_user_ref_num == req.new_urn:  # not consumed
                     self.last_user_ref_num = req.prev_last_urn
                 self._ignored(f"Replace Order: UserRefNum {o.urn} died before the replace")

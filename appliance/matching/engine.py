@@ -20,6 +20,8 @@ one event tuple per event, no exceptions for control flow, no per-event calls in
 """
 from __future__ import annotations
 
+from collections import deque
+from itertools import islice
 from typing import Any, Iterable, Mapping
 
 from appliance import reasons as R
@@ -59,7 +61,7 @@ from appliance.catalogue import (
     SetSchedule,
 )
 from appliance.matching.book import CLOSED_WINDOW, Book
-from appliance.matching.rules import BPS, TradingRules, band_of
+from appliance.matching.rules import BPS, RECALL_REFS, TradingRules, band_of
 from appliance.matching.statehash import StateView, state_hash
 from appliance.model import (
     AUCTION_STATES,
@@ -163,6 +165,19 @@ class Engine:
         self.next_match = 1
         self.traded_qty = 0  # shares traded so far (a counter read out of band)
         self._stop_queue: list[tuple[NewOrder, int]] = []
+        # The orders of the latest RECALL_REFS references, kept after they end so that a late
+        # cancel or replace can be told "too late" (see _too_late). Every reference assigned is
+        # appended, in reference order, so the ring's last item has reference next_ref - 1 (one
+        # C call per reference on the hot path: no hashing, no int arithmetic). An item is the
+        # order, or (TOO_LATE_* reason, order) where the object alone cannot say how it ended
+        # (expired; self-trade decremented to nothing; otherwise: filled if filled == qty, else
+        # cancelled). The id -> latest reference index is built only when a cancel or replace
+        # misses the live orders, from the references assigned since the last such miss.
+        self._recall = RECALL_REFS
+        self._ring: deque[Any] = deque(maxlen=RECALL_REFS)
+        self._ring_append = self._ring.append
+        self._index: dict[int, int] = {}
+        self._indexed_to = 1      # references below this one are in _index (or out of the window)
         # Trading states (docs/matching.md, "Time" and "Trading states"): the clock is the latest
         # ClockTick; the schedule is the latest SetSchedule (all 0: none); market_phase counts the
         # market-wide events of the schedule's day published so far (1 S, 2 Q, 3 M).
@@ -203,6 +218,7 @@ class Engine:
         """
         books = self.books
         orders = self.orders
+        ring_append = self._ring_append
         for cmd in cmds:
             cls = type(cmd)
             if cls is NewOrder:
@@ -229,15 +245,17 @@ class Engine:
                     and book.flo < price < book.fhi
                     and not price % book.tick
                 ):
-                    ref = self.next_ref
-                    o.ref = ref
-                    self.next_ref = ref + 1
-                    o.leaves = qty
-                    o.filled = 0
-                    out.append((EV_ACCEPTED, o, qty))
                     okeys = book.keys[1 - side]
                     if tif <= GTC and (not okeys or okeys[-1] < (price if side else -price)):
-                        # Rest without crossing: the commonest command of a day.
+                        # Rest without crossing: the commonest command of a day (a post-only order
+                        # too: it takes nothing).
+                        ref = self.next_ref
+                        o.ref = ref
+                        self.next_ref = ref + 1
+                        ring_append(o)
+                        o.leaves = qty
+                        o.filled = 0
+                        out.append((EV_ACCEPTED, o, qty))
                         lvl = book.levels[side].get(price)
                         if lvl is None:
                             self._rest(book, o, qty, out)
@@ -248,7 +266,16 @@ class Engine:
                             lvl.count += 1
                             orders[o.order_id] = o
                             out.append((EV_ADDED, o, qty))
+                    elif o.post_only:
+                        self._new_order(o, out)   # it would take (or is IOC/FOK): the rules decide
                     else:
+                        ref = self.next_ref
+                        o.ref = ref
+                        self.next_ref = ref + 1
+                        ring_append(o)
+                        o.leaves = qty
+                        o.filled = 0
+                        out.append((EV_ACCEPTED, o, qty))
                         self._aggress(book, o, out)
                         if self._stop_queue:
                             self._run_stops(book, out)
@@ -334,6 +361,11 @@ class Engine:
                 return R.INVALID_STOP_PRICE
         elif o.stop_price != 0:
             return R.INVALID_STOP_PRICE
+        if o.post_only:
+            if t != LIMIT:
+                return R.INVALID_ORDER_TYPE
+            if o.tif != DAY and o.tif != GTC:
+                return R.INVALID_TIME_IN_FORCE
         if o.order_id in self.orders:
             return R.DUPLICATE_ORDER_ID
         state = book.state
@@ -359,9 +391,16 @@ class Engine:
             return
         book = self.books[o.locate]
         assert book is not None
+        if o.post_only and book.state == TS_CONTINUOUS:
+            price = self._post_only_price(book, o.side, o.price)
+            if not price:
+                out.append((EV_REJECTED, o, R.POST_ONLY_WOULD_TAKE))
+                return
+            o.price = price
         t = o.ord_type
         o.ref = self.next_ref
         self.next_ref += 1
+        self._ring_append(o)
         o.leaves = o.qty
         o.filled = 0
         out.append((EV_ACCEPTED, o, o.qty))
@@ -385,6 +424,21 @@ class Engine:
         self._execute(book, o, out)
         if book.watch:
             self._settle(book, out)
+
+    @staticmethod
+    def _post_only_price(book: Book, side: int, price: int) -> int:
+        """The price a post-only order of ``side`` at ``price`` may rest at now: ``price`` if it
+        does not cross the other side's best price; if it does, with the instrument's
+        post_only_reprice, one tick away from that best price; else (or no such price) 0."""
+        okeys = book.keys[1 - side]
+        if not okeys or okeys[-1] < (price if side else -price):
+            return price
+        if not book.rules.post_only_reprice:
+            return 0
+        if side == BUY:
+            price = -okeys[-1] - book.tick
+            return price if price > 0 else 0
+        return okeys[-1] + book.tick
 
     def _add_stop(self, book: Book, o: NewOrder) -> None:
         """o waits among the pending stops."""
@@ -491,6 +545,9 @@ class Engine:
                             q.popleft()
                             count -= 1
                             del orders[m.order_id]
+                            self._ended_as(m, R.TOO_LATE_CANCELLED)
+                        if not qty:
+                            self._ended_as(o, R.TOO_LATE_CANCELLED)
                         append((EV_CANCELLED, m, d, ml, m.filled, R.CANCEL_STP, True))
                         append((EV_CANCELLED, o, d, qty, filled, R.CANCEL_STP, False))
                     continue
@@ -604,7 +661,7 @@ class Engine:
     def _cancel(self, c: CancelOrder, out: list[Event]) -> None:
         o = self.orders.get(c.order_id)
         if o is None or o.firm != c.firm:
-            out.append((EV_REJECTED, c, R.UNKNOWN_ORDER))
+            out.append((EV_REJECTED, c, self._too_late(c.order_id, c.firm)))
             return
         leaves = o.leaves
         on_book = self._unlink(o)
@@ -612,6 +669,86 @@ class Engine:
         book = self.books[o.locate]
         if book.watch:  # type: ignore[union-attr]
             self._settle(book, out)  # type: ignore[arg-type]
+
+    def _ring_put(self, ref: int, v: Any) -> bool:
+        """Set the ring item of reference ``ref``; False if it is out of the window."""
+        i = ref - self.next_ref + len(self._ring)
+        if 0 <= i < len(self._ring):
+            self._ring[i] = v
+            return True
+        return False
+
+    def _ended_as(self, o: NewOrder, reason: int) -> None:
+        """Say how o ended where the object cannot (see __init__)."""
+        ring = self._ring
+        i = o.ref - self.next_ref + len(ring)
+        if 0 <= i < len(ring) and ring[i] is o:
+            ring[i] = (reason, o)
+
+    def _recalled(self, order_id: int) -> tuple[int, NewOrder] | None:
+        """(TOO_LATE_* or 0 if live, order) of the latest order accepted with this id whose
+        reference is among the latest RECALL_REFS; None if there is none."""
+        ring = self._ring
+        end = self.next_ref
+        first = end - len(ring)               # the reference of ring[0]
+        index = self._index
+        ref = self._indexed_to
+        if len(index) > 2 * self._recall:     # stale entries pile up: start again from the window
+            index.clear()
+            ref = first
+        if ref < first:
+            ref = first
+        if ref < end:
+            for v in islice(ring, ref - first, None):
+                if v is not None:
+                    index[(v[1] if type(v) is tuple else v).order_id] = ref
+                ref += 1
+            self._indexed_to = end
+        latest = index.get(order_id)
+        if latest is None or latest < first:
+            return None
+        return self._how_ended(ring[latest - first], latest)
+
+    @staticmethod
+    def _how_ended(v: Any, ref: int) -> tuple[int, NewOrder] | None:
+        """(TOO_LATE_* or 0 if live, order) of ring item ``v`` of reference ``ref``."""
+        if type(v) is tuple:
+            return v
+        if v is None or v.ref != ref:
+            return None
+        if v.leaves:
+            return 0, v
+        return (R.TOO_LATE_FILLED if v.filled >= v.qty else R.TOO_LATE_CANCELLED), v
+
+    def _too_late(self, order_id: int, firm: int) -> int:
+        """Why a cancel or replace of an order that is not live (or not this firm's) is refused:
+        TOO_LATE_FILLED / _CANCELLED / _EXPIRED for an order of this firm that ended and whose last
+        reference is among the latest RECALL_REFS, else UNKNOWN_ORDER (docs/matching.md, Cancel)."""
+        found = self._recalled(order_id)
+        if found is None or not found[0] or found[1].firm != firm:
+            return R.UNKNOWN_ORDER
+        return found[0]
+
+    def ended_orders(self) -> list[tuple[int, int, int, int]]:
+        """The ended orders a late cancel would be told "too late" about, as (order id, TOO_LATE_*
+        reason, last reference, firm) by reference: what a snapshot keeps of that memory."""
+        self._recalled(0)   # brings the index up to date
+        items = list(self._ring)
+        first = self.next_ref - len(items)
+        found = []
+        for oid, ref in self._index.items():
+            if ref >= first:
+                r = self._how_ended(items[ref - first], ref)
+                if r is not None and r[0]:
+                    found.append((oid, r[0], ref, r[1].firm))
+        return sorted(found, key=lambda e: e[2])
+
+    def recall_ended(self, entries: Iterable[tuple[int, int, int, int]]) -> None:
+        """Restore what ``ended_orders`` returned (after the live orders are in place)."""
+        for oid, reason, ref, firm in entries:
+            o = NewOrder.__new__(NewOrder)
+            o.order_id, o.firm, o.ref, o.leaves = oid, firm, ref, 0
+            self._ring_put(ref, (reason, o))
 
     def _unlink(self, o: NewOrder) -> bool:
         """Take a live order out of the index and the book (or the pending stops).
@@ -645,7 +782,7 @@ class Engine:
     def _replace(self, r: ReplaceOrder, out: list[Event]) -> None:
         o = self.orders.get(r.order_id)
         if o is None or o.firm != r.firm:
-            out.append((EV_REJECTED, r, R.UNKNOWN_ORDER))
+            out.append((EV_REJECTED, r, self._too_late(r.order_id, r.firm)))
             return
         book = self.books[o.locate]
         assert book is not None
@@ -684,6 +821,11 @@ class Engine:
         ):
             out.append((EV_REJECTED, r, R.INVALID_STOP_PRICE))
             return
+        if o.post_only and book.state == TS_CONTINUOUS:
+            price = self._post_only_price(book, o.side, price)
+            if not price:
+                out.append((EV_REJECTED, r, R.POST_ONLY_WOULD_TAKE))
+                return
         old_leaves = o.leaves
         new_leaves = qty - o.filled
         if price == o.price and stop_price == o.stop_price and qty <= o.qty:
@@ -702,10 +844,11 @@ class Engine:
         self._unlink(o)
         n = NewOrder(
             o.order_id, o.locate, o.side, qty, price, t, o.tif, stop_price, o.firm, o.session,
-            o.account, r.cl_ord_id or o.cl_ord_id, o.mpid, o.stp,
+            o.account, r.cl_ord_id or o.cl_ord_id, o.mpid, o.stp, o.post_only,
         )
         n.ref = self.next_ref
         self.next_ref += 1
+        self._ring_append(n)
         n.leaves = new_leaves
         n.filled = o.filled
         if pending:
@@ -781,9 +924,18 @@ class Engine:
             book.watch = 0
 
     def rederive(self) -> None:
-        """Recompute every book's derived trading fields (after a snapshot restored the others)."""
+        """Recompute every book's derived trading fields (after a snapshot restored the others).
+
+        Live orders join the memory of accepted orders; a snapshot restores the ended ones with
+        ``recall_ended``."""
         for book in self.book_list:
             self._refresh(book)
+        self._ring.clear()
+        self._ring.extend([None] * min(self._recall, self.next_ref - 1))
+        self._index.clear()
+        self._indexed_to = 1
+        for o in self.orders.values():
+            self._ring_put(o.ref, o)
 
     def _settle(self, book: Book, out: list[Event]) -> None:
         """The safeguards' checks after a command in continuous trading (book.watch): the first trade
@@ -919,6 +1071,7 @@ class Engine:
             leaves = o.leaves
             on_book = self._unlink(o)
             out.append((EV_CANCELLED, o, leaves, 0, o.filled, R.CANCEL_EXPIRED, on_book))
+            self._ended_as(o, R.TOO_LATE_EXPIRED)
         book.day_done = 1
 
     def _cancel_collected_market(self, book: Book, out: list[Event]) -> None:
@@ -1235,6 +1388,8 @@ class Engine:
         def fail(msg: str) -> None:
             raise EngineInvariantError(msg)
 
+        if len(self._ring) != min(self._recall, self.next_ref - 1):
+            fail(f"recall ring holds {len(self._ring)} items for {self.next_ref - 1} references")
         seen: set[int] = set()
         for book in self.book_list:
             for side in (BUY, SELL):

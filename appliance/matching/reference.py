@@ -56,7 +56,7 @@ from appliance.catalogue import (
     NewOrder,
     ReplaceOrder,
 )
-from appliance.matching.rules import TradingRules
+from appliance.matching.rules import RECALL_REFS, TradingRules
 from appliance.matching.statehash import StateView, state_hash
 from appliance.model import (
     CAUSE_ADMIN,
@@ -208,11 +208,40 @@ class ReferenceEngine:
         self.now = 0
         self.schedule = (0, 0, 0, 0, 0)  # pre-open, opening auction, open, closing auction, close
         self.market_phase = 0
+        self.ended: dict[int, tuple[int, int, int]] = {}  # order id -> (TOO_LATE_*, ref, firm)
 
     # ============================================================================================
     # apply
     # ============================================================================================
     def apply(self, cmd: Command, out: list[Event]) -> None:
+        start = len(out)
+        self._apply(cmd, out)
+        # How orders ended, from the events themselves: a cancel or replace that comes later is
+        # "too late" rather than "unknown" (docs/matching.md, Cancel).
+        # Only the latest order accepted with an id counts.
+        for ev in out[start:]:
+            kind = ev[0]
+            if kind == EV_ACCEPTED:
+                self.ended.pop(ev[1].order_id, None)
+            elif kind == EV_CANCELLED and ev[3] == 0:
+                reason = R.TOO_LATE_EXPIRED if ev[5] == R.CANCEL_EXPIRED else R.TOO_LATE_CANCELLED
+                self.ended[ev[1].order_id] = (reason, ev[1].ref, ev[1].firm)
+            elif kind == EV_EXECUTED or kind == EV_CROSS_EXECUTED:
+                for order, leaves in ((ev[1], ev[6]), (ev[2], ev[8])):
+                    if leaves == 0:
+                        self.ended[order.order_id] = (R.TOO_LATE_FILLED, order.ref, order.firm)
+
+    def _too_late(self, order_id: int, firm: int) -> int:
+        """The reject reason of a cancel or replace whose order is not live (or not this firm's)."""
+        ended = self.ended.get(order_id)
+        if ended is None:
+            return R.UNKNOWN_ORDER
+        reason, ref, ended_firm = ended
+        if ended_firm != firm or ref < self.next_ref - RECALL_REFS:
+            return R.UNKNOWN_ORDER
+        return reason
+
+    def _apply(self, cmd: Command, out: list[Event]) -> None:
         if isinstance(cmd, NewOrder):
             self._new_order(cmd, out)
         elif isinstance(cmd, CancelOrder):
@@ -292,6 +321,10 @@ class ReferenceEngine:
             return R.INVALID_STOP_PRICE
         if o.ord_type in (MARKET, LIMIT) and o.stop_price != 0:
             return R.INVALID_STOP_PRICE
+        if o.post_only and o.ord_type != LIMIT:
+            return R.INVALID_ORDER_TYPE
+        if o.post_only and o.tif not in (DAY, GTC):
+            return R.INVALID_TIME_IN_FORCE
         if self._find(o.order_id) is not None:
             return R.DUPLICATE_ORDER_ID
         if ins.state == TS_CLOSED:
@@ -309,6 +342,12 @@ class ReferenceEngine:
             out.append((EV_REJECTED, o, reason))
             return
         ins = self.instruments[o.locate]
+        if o.post_only and ins.state == TS_CONTINUOUS:
+            price = self._post_only_price(ins, o.side, o.price)
+            if not price:
+                out.append((EV_REJECTED, o, R.POST_ONLY_WOULD_TAKE))
+                return
+            o.price = price
         o.ref = self._take_ref()
         o.leaves = o.qty
         o.filled = 0
@@ -330,6 +369,23 @@ class ReferenceEngine:
                 ins.stops.append(o)
                 return
         self._aggress_then_stops(ins, o, out)
+
+    @staticmethod
+    def _post_only_price(ins: _Instrument, side: int, price: int) -> int:
+        """docs/matching.md, "Post-only": the price a post-only order may rest at, 0 if none."""
+        others = [m.price for m in ins.resting if m.side != side]
+        if not others:
+            return price
+        best = min(others) if side == BUY else max(others)
+        crosses = price >= best if side == BUY else price <= best
+        if not crosses:
+            return price
+        if not ins.rules.post_only_reprice:
+            return 0
+        tick = ins.instrument.tick
+        if side == BUY:
+            return best - tick if best - tick > 0 else 0
+        return best + tick
 
     def _take_ref(self) -> int:
         ref = self.next_ref
@@ -468,7 +524,7 @@ class ReferenceEngine:
     def _cancel(self, c: CancelOrder, out: list[Event]) -> None:
         o = self._find(c.order_id)
         if o is None or o.firm != c.firm:
-            out.append((EV_REJECTED, c, R.UNKNOWN_ORDER))
+            out.append((EV_REJECTED, c, self._too_late(c.order_id, c.firm)))
             return
         leaves = o.leaves
         on_book = self._remove(o)
@@ -478,7 +534,7 @@ class ReferenceEngine:
     # -- replace ----------------------------------------------------------------------------------
     def _check_replace(self, r: ReplaceOrder, o: NewOrder | None) -> int:
         if o is None or o.firm != r.firm:
-            return R.UNKNOWN_ORDER
+            return self._too_late(r.order_id, r.firm)
         ins = self.instruments[o.locate]
         if ins.state == TS_CLOSED:
             return R.INSTRUMENT_CLOSED
@@ -514,11 +570,17 @@ class ReferenceEngine:
             return
         assert o is not None
         ins = self.instruments[o.locate]
+        price = r.price
+        if o.post_only and ins.state == TS_CONTINUOUS:
+            price = self._post_only_price(ins, o.side, price)
+            if not price:
+                out.append((EV_REJECTED, r, R.POST_ONLY_WOULD_TAKE))
+                return
         pending = self._is_pending_stop(o)
         new_stop = r.stop_price if r.stop_price != 0 else o.stop_price
         old_leaves = o.leaves
         new_leaves = r.qty - o.filled
-        if r.price == o.price and new_stop == o.stop_price and r.qty <= o.qty:
+        if price == o.price and new_stop == o.stop_price and r.qty <= o.qty:
             o.qty = r.qty
             o.leaves = new_leaves
             if r.cl_ord_id:
@@ -533,7 +595,7 @@ class ReferenceEngine:
             locate=o.locate,
             side=o.side,
             qty=r.qty,
-            price=r.price,
+            price=price,
             ord_type=o.ord_type,
             tif=o.tif,
             stop_price=new_stop,
@@ -543,6 +605,7 @@ class ReferenceEngine:
             cl_ord_id=r.cl_ord_id if r.cl_ord_id else o.cl_ord_id,
             mpid=o.mpid,
             stp=o.stp,
+            post_only=o.post_only,
         )
         n.ref = self._take_ref()
         n.filled = o.filled

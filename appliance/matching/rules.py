@@ -18,6 +18,10 @@ from appliance.model import TRADING_STATES, TS_CONTINUOUS
 
 SECOND_NS = 1_000_000_000
 BPS = 10_000
+#: How far back a cancel or replace of an ended order is told "too late" (TOO_LATE_*) rather than
+#: "unknown" (UNKNOWN_ORDER): the order's last reference is among the latest RECALL_REFS references
+#: the engine assigned (docs/matching.md, Cancel). Both engines follow it.
+RECALL_REFS = 1 << 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +32,12 @@ class InstrumentRules:
     band_bps: int = 0               # LULD-style price band: reference +- band_bps
     collar_bps: int = 0             # market orders trade as limits at reference +- collar_bps
     circuit_breaker_bps: int = 0    # a trade beyond static reference +- this halts the instrument
+    post_only_reprice: int = 0      # a post-only order that would take: 0 rejected, 1 re-priced
+                                    # one tick away from the other side's best price
 
     def __post_init__(self) -> None:
+        if self.post_only_reprice not in (0, 1):
+            raise ValueError(f"instrument rules: post_only_reprice {self.post_only_reprice!r} must be 0 or 1")
         for name in ("reference_price", "band_bps", "collar_bps", "circuit_breaker_bps"):
             v = getattr(self, name)
             if type(v) is not int or v < 0:

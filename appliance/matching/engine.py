@@ -746,8 +746,8 @@ class Engine:
     def recall_ended(self, entries: Iterable[tuple[int, int, int, int]]) -> None:
         """Restore what ``ended_orders`` returned (after the live orders are in place)."""
         for oid, reason, ref, firm in entries:
-            o = NewOrder.__new__(NewOrder)
-            o.order_id, o.firm, o.ref, o.leaves = oid, firm, ref, 0
+            o = NewOrder(oid, 0, 0, 0, firm=firm)   # the constructor: a compiled class has no bare __new__
+            o.ref, o.leaves = ref, 0
             self._ring_put(ref, (reason, o))
 
     def _unlink(self, o: NewOrder) -> bool:

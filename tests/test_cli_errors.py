@@ -51,6 +51,10 @@ CASES: list[tuple[str, Callable[[Files], list[str]]]] = [
     ("bench latency", lambda f: ["--rate", "0"]),
     ("bench fix-state", lambda f: ["--small", "0"]),
     ("bench pcap", lambda f: [f["missing"]]),
+    ("doctor", lambda f: ["--config", f["missing"]]),
+    ("doctor", lambda f: ["--config", f["text"]]),
+    ("config check", lambda f: [f["missing"]]),
+    ("config check", lambda f: [f["text"]]),
     ("bench pcap", lambda f: [f["text"]]),
     ("wireshark install", lambda f: ["--dir", f["text"]]),   # a file where the folder should be
     ("bench day", lambda f: ["--date", "2026-13-45"]),

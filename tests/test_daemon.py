@@ -19,6 +19,18 @@ from appliance.ring import Ring
 from tools.demo import loopback_config
 
 
+def started(cfg: object, state: str, **kw: object) -> PartitionDaemon:
+    """A PartitionDaemon for partition p0, started in this process (which keeps its CPU mask: the
+    daemon pins the thread that starts it)."""
+    d = PartitionDaemon(cfg, "p0", state, realtime=False, **kw)  # type: ignore[arg-type]
+    mask = os.sched_getaffinity(0)
+    try:
+        d.start()
+    finally:
+        os.sched_setaffinity(0, mask)
+    return d
+
+
 def test_histogram_percentiles_within_resolution() -> None:
     h = Histogram()
     rng = random.Random(1)
@@ -41,12 +53,7 @@ def test_tuning_says_what_it_did() -> None:
 
 def test_partition_daemon_through_its_rings(tmp_path) -> None:
     cfg = loopback_config(str(tmp_path), durability="none")
-    d = PartitionDaemon(cfg, "p0", str(tmp_path / "state"), realtime=False)
-    mask = os.sched_getaffinity(0)
-    try:
-        d.start()
-    finally:
-        os.sched_setaffinity(0, mask)
+    d = started(cfg, str(tmp_path / "state"))
     names = cfg.ring_names("p0", "gw0")
     rc, re_ = Ring.attach(names["cmd"]), Ring.attach(names["evt"])
     prod, cons = rc.producer(), re_.consumer()
@@ -80,12 +87,7 @@ def test_doorbells_ring_only_for_a_side_that_sleeps(tmp_path) -> None:
     from appliance.ring import SHM_DIR, bell_name
 
     cfg = loopback_config(str(tmp_path), durability="none", idle="backoff")
-    d = PartitionDaemon(cfg, "p0", str(tmp_path / "state"), realtime=False)
-    mask = os.sched_getaffinity(0)
-    try:
-        d.start()
-    finally:
-        os.sched_setaffinity(0, mask)
+    d = started(cfg, str(tmp_path / "state"))
     names = cfg.ring_names("p0", "gw0")
     rc, re_ = Ring.attach(names["cmd"]), Ring.attach(names["evt"])
     prod, cons = rc.producer(), re_.consumer()
@@ -173,12 +175,7 @@ def test_partition_daemon_runs_the_trading_day_from_its_schedule(tmp_path) -> No
 
     cfg = trading_config(str(tmp_path))
     clock = ManualClock(MONDAY + 9 * 3600 * SEC)                 # 09:00: pre-open
-    d = PartitionDaemon(cfg, "p0", str(tmp_path / "state"), realtime=False, clock=clock)
-    mask = os.sched_getaffinity(0)
-    try:
-        d.start()
-    finally:
-        os.sched_setaffinity(0, mask)
+    d = started(cfg, str(tmp_path / "state"), clock=clock)
     assert d.partition.engine.rules is not None and d.startup_cmds
     names = cfg.ring_names("p0", "gw0")
     rc, re_ = Ring.attach(names["cmd"]), Ring.attach(names["evt"])

@@ -13,9 +13,6 @@ ALFA) provides the other side of the trades. Every wait is bounded.
 from __future__ import annotations
 
 import os
-import random
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -23,9 +20,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import quickfix as qf
-from test_fullstack import Stack
+from test_fullstack import Stack, running_stack
 
-from tools.demo import loopback_config
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -160,16 +156,8 @@ def settings_text(root: str, port: int) -> str:
 
 @pytest.fixture
 def stack(tmp_path: Any) -> Iterator[Stack]:
-    s = Stack(str(tmp_path), loopback_config(str(tmp_path), rng=random.Random()))
-    s.start()
-    try:
+    with running_stack(str(tmp_path)) as s:
         yield s
-    finally:
-        if s.proc is not None and s.proc.poll() is None:
-            try:
-                s.stop(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(s.proc.pid, signal.SIGKILL)
 
 
 def _wait_logons(c: Client, n: int, timeout: float = 30) -> None:

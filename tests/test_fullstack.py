@@ -4,6 +4,7 @@ config (temp dirs, free ports, random multicast groups, idle=backoff, no realtim
 subscriber (feeds.subscriber) checking the fills. Every wait is bounded."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -165,10 +166,10 @@ def poll_until(sub: FeedSubscriber, pred: Any, timeout: float = 10) -> None:
         sub.poll(0.05)
 
 
-@pytest.fixture
-def stack(tmp_path: Any) -> Iterator[Stack]:
-    cfg = loopback_config(str(tmp_path), rng=random.Random())
-    s = Stack(str(tmp_path), cfg)
+@contextlib.contextmanager
+def running_stack(root: str, config: Config | None = None) -> Iterator[Stack]:
+    """A started Stack (the loopback config unless given), stopped (or killed) on the way out."""
+    s = Stack(root, config or loopback_config(root, rng=random.Random()))
     s.start()
     try:
         yield s
@@ -178,6 +179,36 @@ def stack(tmp_path: Any) -> Iterator[Stack]:
                 s.stop(30)
             except subprocess.TimeoutExpired:
                 os.killpg(s.proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def stack(tmp_path: Any) -> Iterator[Stack]:
+    with running_stack(str(tmp_path)) as s:
+        yield s
+
+
+def test_placement_keeps_the_matchers_cpu_and_the_servers_behind_the_gateways(stack: Stack) -> None:
+    """The running processes as the host sees them: the partition pinned to its CPU, nothing else of
+    the appliance on it (when there is another), the retransmission and snapshot servers SCHED_BATCH
+    at nice 10, the gateway at the normal policy."""
+    import psutil
+
+    kids = {p.pid: " ".join(p.cmdline()) for p in psutil.Process(stack.proc.pid).children()}
+    part = next(pid for pid, cmd in kids.items() if "appliance.daemon" in cmd)
+    gw = next(pid for pid, cmd in kids.items() if "appliance.gateway.server" in cmd)
+    servers = stack.admin("GET", "/status")["servers"]
+    assert len(servers) == 2 and all(v["running"] for v in servers.values()), servers
+    matcher_cpus = os.sched_getaffinity(part)
+    assert len(matcher_cpus) == 1
+    others = [stack.proc.pid, gw] + [v["pid"] for v in servers.values()]
+    if (os.cpu_count() or 1) > 1:
+        for pid in others:
+            assert not os.sched_getaffinity(pid) & matcher_cpus, (pid, kids.get(pid))
+    base = os.getpriority(os.PRIO_PROCESS, stack.proc.pid)      # nice is relative to the supervisor's
+    for v in servers.values():
+        assert os.sched_getscheduler(v["pid"]) == os.SCHED_BATCH
+        assert os.getpriority(os.PRIO_PROCESS, v["pid"]) == min(19, base + 10)
+    assert os.sched_getscheduler(gw) == os.SCHED_OTHER and os.getpriority(os.PRIO_PROCESS, gw) == base
 
 
 def test_ouch_and_fix_trade_and_the_feed_shows_the_fills(stack: Stack) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from appliance.gateway import ouch
 from feeds import soupbintcp as soup
-from tests.test_fullstack import Fix, Stack
+from tests.test_fullstack import Fix, Stack, running_stack
 from tools.demo import loopback_config
 
 pytestmark = pytest.mark.timeout(180)
@@ -24,17 +24,8 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture
 def stack(tmp_path: Any) -> Iterator[Stack]:
-    cfg = loopback_config(str(tmp_path), rng=random.Random())
-    s = Stack(str(tmp_path), cfg)
-    s.start()
-    try:
+    with running_stack(str(tmp_path)) as s:
         yield s
-    finally:
-        if s.proc is not None and s.proc.poll() is None:
-            try:
-                s.stop(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(s.proc.pid, signal.SIGKILL)
 
 
 def _read_json(path: str) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def run_flow(path: str, limit: int = 0) -> dict[str, Any]:
         "benchmark": "matching",
         "flow": os.path.basename(path),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "compiled": _compiled(),
+        "compiled": build_kind() != "cpython",
         "build": build_kind(),
         "events": n,
         "seconds": round(apply_s, 4),
@@ -81,12 +81,6 @@ def run_flow(path: str, limit: int = 0) -> dict[str, Any]:
 
 def _max_instrument(data: bytes) -> int:
     return max((r[2] for r in FLOW_RECORD.iter_unpack(data)), default=0)
-
-
-def _compiled() -> bool:
-    import appliance.matching.engine as eng
-
-    return not str(eng.__file__).endswith(".py")
 
 
 def _median_of_runs(argv: list[str], runs: int) -> list[dict[str, Any]]:

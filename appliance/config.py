@@ -147,6 +147,8 @@ class PartitionConfig:
     idle: str                           # busy_spin | yield | backoff
     default_stp: int                    # model.STP_*: for firms without their own mode
     feeds: dict[str, FeedChannelConfig]  # channel (l3, l2, l1) -> groups; l3 always present
+    feed_stage: str = "inline"          # inline | process: publishing in the matcher or its own process
+    feed_cpu: int = -1                  # the feed stage's CPU; -1: the first allowed one not the matcher's
 
     def __hash__(self) -> int:
         return hash((self.name, self.id))
@@ -772,6 +774,8 @@ def _partition(t: _Table, symbols: set[str], warnings: list[str]) -> PartitionCo
     every_events = t.integer("snapshot_every_events", 1_000_000, 0)
     every_seconds = t.integer("snapshot_every_seconds", 300, 0)
     idle = t.text("idle", BACKOFF, choices=IDLE_STRATEGIES)
+    feed_stage = t.text("feed_stage", "inline", choices=("inline", "process"))
+    feed_cpu = t.integer("feed_cpu", -1, -1, 1023)
     stp = STP_BY_NAME[t.text("default_stp", "CN", choices=STP_BY_NAME)]
     ft = t.table("feeds", required=True)
     assert ft is not None
@@ -788,7 +792,7 @@ def _partition(t: _Table, symbols: set[str], warnings: list[str]) -> PartitionCo
             "and trades can be lost in a crash. Development only."
         )
     return PartitionConfig(name, pid, instruments, cpu, wal_dir, snapshot_dir, durability, interval_ms,
-                           every_events, every_seconds, idle, stp, feeds)
+                           every_events, every_seconds, idle, stp, feeds, feed_stage, feed_cpu)
 
 
 def _channel(t: _Table) -> FeedChannelConfig:
@@ -1010,6 +1014,10 @@ def dumps(c: Config) -> str:
         w(f"snapshot_every_events = {p.snapshot_every_events}")
         w(f"snapshot_every_seconds = {p.snapshot_every_seconds}")
         w(f"idle = {_q(p.idle)}")
+        if p.feed_stage != "inline":
+            w(f"feed_stage = {_q(p.feed_stage)}")
+        if p.feed_cpu != -1:
+            w(f"feed_cpu = {p.feed_cpu}")
         w(f"default_stp = {_q(STP_NAME[p.default_stp])}")
         for ch, f in p.feeds.items():
             w("")

@@ -40,6 +40,7 @@ import select
 import signal
 import sys
 import time
+from collections import deque
 from typing import Any, Final, Sequence
 
 from appliance import codec_ring as C
@@ -47,6 +48,7 @@ from appliance.build import build_kind
 from appliance.catalogue import EV_REJECTED, EV_TRADING_STATE, ClockTick, Close, Command, Event, Halt, Resume
 from appliance.clock import Clock, wall_clock
 from appliance.config import Config, PartitionConfig, load
+from appliance import feedstage
 from appliance.idle import make_idle
 from appliance.matching.engine import Engine
 from appliance.metrics import DUTY_STAGES, S_DECODE, S_OTHER, S_RECORDS, STAGE_TIMING_ENV, Histogram, StageClock
@@ -223,6 +225,7 @@ class PartitionDaemon:
         self.last_batch_ns = 0
         self.stats_requested = False
         self.admin_origin: dict[int, int] = {}   # id(Halt/Resume/Close command) -> the gateway that sent it
+        self.feed: feedstage.FeedStage | None = None   # the feed stage's handle (feed_stage = "process")
 
     # -- start-up -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -235,6 +238,7 @@ class PartitionDaemon:
         if slot_size < C.MIN_SLOT_SIZE:
             raise ValueError(f"appliance.ring_slot_size {slot_size}: the event records need at least "
                              f"{C.MIN_SLOT_SIZE} bytes per slot")
+        self.allowed_cpus = sorted(os.sched_getaffinity(0))   # before pinning: the feed stage's choice
         self.tuning = apply_tuning(name, p.cpu, self.realtime)
         log(name, f"build: {build_kind()} (hot path {'compiled by mypyc' if build_kind() == 'mypyc' else 'pure Python'}); "
                   f"idle strategy {p.idle}" + ("; stage timing on" if self.stages is not None else ""))
@@ -394,6 +398,31 @@ class PartitionDaemon:
             "feed": pub.stats(), "tuning": self.tuning, "notes": self.notes,
             "state_hash": part.engine.state_hash(),
         }
+        if p.feed_stage == feedstage.PROCESS:
+            self._start_feed_stage(fcfg)
+            if self.feed is not None:
+                self.ready_info["feed_stage_pid"] = self.feed.pid
+
+    def _start_feed_stage(self, fcfg: FeedConfig) -> None:
+        """Fork the feed stage (appliance.feedstage): from here on this process hands it the WAL
+        records of every released batch instead of publishing them itself."""
+        kinds = {self.transport_kind, *(fcfg.transports or {}).values()}
+        if not kinds <= set(feedstage.TRANSPORTS_FORKABLE):
+            log(self.name, f"feed stage: transport {', '.join(sorted(kinds))} stays in the matching process "
+                           f"(a feed stage takes {', '.join(feedstage.TRANSPORTS_FORKABLE)})")
+            return
+        mine = sorted(os.sched_getaffinity(0))
+        cpu = feedstage.feed_cpu(self.p.feed_cpu, mine[0] if len(mine) == 1 else -1, self.allowed_cpus)
+        tap: deque[tuple[int, int, list[bytes]]] = deque()
+        run = os.path.join(self.state_dir, "run")
+        os.makedirs(run, exist_ok=True)
+        self.feed = feedstage.start(
+            self.name, feedstage.journal_ring_name(self.config.appliance.name, self.name), self.publisher,
+            self.partition.engine, self.p.idle, cpu, self.clock, os.path.join(run, f"{self.name}.feed.json"),
+            self.feed_store, self.stages is not None, tap)
+        self.partition.wal.tap = tap
+        log(self.name, f"feed stage: pid {self.feed.pid}" + (f" on CPU {cpu}" if cpu is not None else
+                                                             " on the matcher's CPU (the only one allowed)"))
 
     def _feed_checkpoint(self, spec: EngineSpec, resume: list[int]) -> tuple[Engine, SnapshotInfo] | None:
         """Resume the publisher from the feed checkpoint of the newest snapshot that has a usable one
@@ -441,6 +470,10 @@ class PartitionDaemon:
             self.checkpoint_seq = s
             positions = [[f, loc, q] for (f, loc), q in sorted(self.encoder.positions.items()) if q]
             routed = {gw: self.encoder.routed.get(g, 0) for g, gw in enumerate(self.gateways)}
+            if self.feed is not None:   # the feed stage writes it once it has published through s
+                self.feed.control(b"K" + json.dumps({"seq": s, "extra": {"positions": positions,
+                                                                          "routed": routed}}).encode())
+                return
             try:
                 write_checkpoint(self.feed_store, self.publisher.checkpoint(
                     s, {"positions": positions, "routed": routed}))
@@ -480,7 +513,10 @@ class PartitionDaemon:
         self.records_out_ns = self.clock()   # ring in -> ring out ends here (the in-engine histogram)
         if self.stages is not None:
             self.stages.lap(S_RECORDS)
-        self.publisher.publish(results)
+        if self.feed is not None:
+            self.feed.hand(self.partition.applied_seq)    # the feed stage publishes them
+        else:
+            self.publisher.publish(results)
         self.published_seq = results[-1][0]
         if self.partition.last_snapshot_seq != self.checkpoint_seq:
             self._maybe_checkpoint()
@@ -514,6 +550,9 @@ class PartitionDaemon:
         engine = part.engine
         timed = self.timed
         st = self.stages
+        feed = self.feed
+        inline_feed = feed is None
+        next_check = 0.0
         gc.disable()
         try:
             while not self.stopping:
@@ -523,6 +562,14 @@ class PartitionDaemon:
                 for g in range(G):
                     if pending[g]:
                         self._flush(g)
+                if feed is not None and feed.backlog:
+                    feed.flush()
+                    if feed.backlog:   # back-pressure from the feed stage: no new commands meanwhile
+                        self.stats["feed_full"] = self.stats.get("feed_full", 0) + 1
+                        if feed.check() is not None:
+                            return self._feed_stage_died()
+                        idle.idle(0)
+                        continue
                 cmds: list[Command] = []
                 origin: dict[int, int] = {}
                 if timed:
@@ -596,14 +643,21 @@ class PartitionDaemon:
                     part.poll(now)
                 if part.last_snapshot_seq != self.checkpoint_seq:
                     self._maybe_checkpoint()
-                pub.poll(now)
+                if inline_feed:
+                    pub.poll(now)
                 if self.stats_requested:
                     self.stats_requested = False
+                    if feed is not None:
+                        feed.control(b"S")
                     self.write_stats()
                 t = time.monotonic()
                 if t - self.last_gen0 >= 1.0:
                     gc.collect(0)
                     self.last_gen0 = t
+                if feed is not None and t >= next_check:   # about ten system calls a second, idle only
+                    next_check = t + 0.1
+                    if feed.check() is not None:
+                        return self._feed_stage_died()
                 idle.idle(0)
         except DurabilityError as e:
             log(self.name, f"DURABILITY FAILURE: {e}; nothing more is acknowledged; exiting "
@@ -613,6 +667,15 @@ class PartitionDaemon:
         finally:
             gc.enable()
         return self.shutdown() if shutdown else 0
+
+    def _feed_stage_died(self) -> int:
+        """The feed stage ended on its own: stop as a crash would (start-up regenerates the feed)."""
+        assert self.feed is not None
+        log(self.name, f"feed stage (pid {self.feed.pid}) exited with {self.feed.exit_status}: "
+                       f"nothing more is acknowledged; exiting {feedstage.EXIT_FEED_STAGE}")
+        self.partition.abandon()
+        self.feed.close()
+        return feedstage.EXIT_FEED_STAGE
 
     def _wait_for_commands(self, ns: int) -> None:
         """Back-off's park: sleep on our doorbells for at most ``ns``, so that a command wakes us at
@@ -673,18 +736,27 @@ class PartitionDaemon:
         now = self.clock()
         eng = part.engine
         # The engine's scheduled close published Market Close (M) already: not twice.
-        pub.end_session(now, market_close=not (eng.close_ns and eng.market_phase >= 3))
-        deadline = time.monotonic() + pub.config.end_of_session_ns / 1e9 + 5
-        while not pub.finished and time.monotonic() < deadline:
-            time.sleep(0.02)
-            pub.poll(self.clock())
-        log(name, f"feed: end of session sent: {json.dumps(pub.stats())}")
+        market_close = not (eng.close_ns and eng.market_phase >= 3)
+        if self.feed is not None:
+            rc = self.feed.finish(now, market_close, pub.config.end_of_session_ns / 1e9 + 10)
+            if rc != 0:
+                log(name, f"feed stage exited with {rc} at shutdown")
+        else:
+            pub.end_session(now, market_close=market_close)
+            deadline = time.monotonic() + pub.config.end_of_session_ns / 1e9 + 5
+            while not pub.finished and time.monotonic() < deadline:
+                time.sleep(0.02)
+                pub.poll(self.clock())
+        log(name, f"feed: end of session sent: {json.dumps(self.feed_stats())}")
         self.write_stats()
         self.release()
         return 0
 
     def release(self) -> None:
         """Close the feed and its transport; close and unlink the rings and their doorbells."""
+        if self.feed is not None:   # still running after a crash-like stop: it goes with us
+            self.feed.kill()
+            self.feed.close()
         self.publisher.close()
         self.transport.close()
         self.release_rings()
@@ -713,11 +785,21 @@ class PartitionDaemon:
             "l2_hash": summary_hash(engine_l2_summary(eng, self.config.market_data.l2_depth)),
             "l1_hash": summary_hash(engine_l1_summary(eng)),
             "resting": eng.resting_count(), "stats": self.stats, "in_engine": self.in_engine.summary_us(),
-            "in_engine_histogram": self.in_engine.to_json(), "feed": self.publisher.stats(),
+            "in_engine_histogram": self.in_engine.to_json(), "feed": self.feed_stats(),
             "tuning": self.tuning, "snapshot_seq": self.partition.last_snapshot_seq,
             "build": build_kind(), "idle": self.p.idle,
             "stages": self.stages.report(self.stats["commands"]) if self.stages is not None else None,
+            "feed_stage": self.feed.read_stats() if self.feed is not None else None,
         }
+
+    def feed_stats(self) -> dict[str, Any]:
+        """Per channel: session, next seq, messages, packets, heartbeats (the feed stage's last word
+        when publishing runs there)."""
+        if self.feed is not None:
+            got = self.feed.read_stats()
+            if got is not None:
+                return dict(got["feed"])
+        return self.publisher.stats()
 
     def write_stats(self) -> None:
         run = os.path.join(self.state_dir, "run")

@@ -49,6 +49,7 @@ import struct
 import sys
 import types
 import zlib
+from collections import deque
 from operator import attrgetter, itemgetter
 from typing import Any, Callable, Final, Iterator, NamedTuple
 
@@ -561,6 +562,8 @@ class WalWriter:
     """
 
     stages: StageClock | None = None    # the daemon's stage clock when stage timing is on
+    # (first seq, last seq, records) of every batch appended, when someone reads them (the feed stage)
+    tap: deque[tuple[int, int, list[bytes]]] | None = None
 
     def __init__(
         self,
@@ -620,8 +623,11 @@ class WalWriter:
             self._refuse(seq, epoch)
         self._next_seq = seq + 1
         rest = _HEAD.pack(seq, ts_ns, epoch, kind) + body
-        self._pending.append(_PREFIX.pack(len(rest) + 8, crc32(rest)) + rest)
+        rec = _PREFIX.pack(len(rest) + 8, crc32(rest)) + rest
+        self._pending.append(rec)
         self._pending_last_ts = ts_ns
+        if self.tap is not None:
+            self.tap.append((seq, seq, [rec]))
 
     def append_batch(self, first_seq: int, ts_ns: int, epoch: int, cmds: list[Any], bodies: list[bytes]) -> None:
         """Buffer a stamped batch: cmds[i] (its KIND) with bodies[i] as seq first_seq + i."""
@@ -631,11 +637,14 @@ class WalWriter:
         prefix = _PREFIX.pack
         pending = self._pending.append
         seq = first_seq
+        n0 = len(self._pending)
         for cmd, body in zip(cmds, bodies):
             rest = head(seq, ts_ns, epoch, cmd.KIND) + body
             pending(prefix(len(rest) + 8, crc32(rest)) + rest)
             seq += 1
         self._next_seq = seq
+        if self.tap is not None:
+            self.tap.append((first_seq, seq - 1, self._pending[n0:]))
         self._pending_last_ts = ts_ns
 
     def commit(self, now_ns: int) -> int:

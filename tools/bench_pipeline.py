@@ -58,6 +58,11 @@ def register(sub: Any) -> None:
     p.add_argument("--max-batch", type=int, default=1024)
     p.add_argument("--idle", default="yield", choices=("busy_spin", "yield", "backoff"))
     p.add_argument("--stages", action="store_true", help="time each duty-cycle stage")
+    p.add_argument("--feed-stage", action="append", choices=("inline", "process"),
+                   help="publish in the matcher (inline, the default) or in a feed stage process; repeat to "
+                        "run each in turn, side by side")
+    p.add_argument("--feed-cpu", type=int, default=-1,
+                   help="the feed stage's CPU (-1: one the matcher does not use; give the matcher's to share it)")
     p.set_defaults(func=_pipeline)
     r = sub.add_parser("restart", help="partition start-up after a crash: from a feed checkpoint vs the whole WAL")
     r.add_argument("flow")
@@ -71,7 +76,8 @@ def register(sub: Any) -> None:
 # pipeline
 # ================================================================================================
 
-def _flow_config(root: str, instruments: int, durability: str, idle: str, snapshot_every: int = 0) -> Config:
+def _flow_config(root: str, instruments: int, durability: str, idle: str, snapshot_every: int = 0,
+                 feed_stage: str = "inline", feed_cpu: int = -1) -> Config:
     base = default()
     rng = random.Random()
     ins = tuple(InstrumentConfig(f"F{i:04d}", i + 1, 1, 100, None, "Q") for i in range(instruments))
@@ -81,7 +87,7 @@ def _flow_config(root: str, instruments: int, durability: str, idle: str, snapsh
              for k, ch in enumerate(("l3", "l2", "l1"))}
     wal = os.path.join(root, "wal")
     part = PartitionConfig("p0", 0, tuple(i.symbol for i in ins), -1, wal, os.path.join(wal, "snapshots"),
-                           durability, 2, snapshot_every, 0, idle, STP_NONE, feeds)
+                           durability, 2, snapshot_every, 0, idle, STP_NONE, feeds, feed_stage, feed_cpu)
     firm = FirmConfig("FLOW", FLOW_FIRM, STP_NONE, OuchCredentials("flow", "flow"), FixCredentials("FLOW", "flow"),
                       FirmLimits(max_qty=1 << 31))
     gw = GatewayConfig("bench", "127.0.0.1", 1, 2, "MATCHWIRE", ("FLOW",))
@@ -148,39 +154,61 @@ def _pipeline(args: argparse.Namespace) -> int:
     cmds, meta = read_flow(args.flow)
     cmds = cmds[: args.limit]
     records = [C.encode_command(c) for c in cmds]
+    runs = [_pipeline_once(args, cmds, meta, records, mode) for mode in (args.feed_stage or ["inline"])]
+    alone = _engine_alone(args.flow, len(cmds))
+    for result in runs:
+        result["engine_alone_per_s"] = alone["events_per_sec"]
+        share = result["orders_per_s"] / alone["events_per_sec"] if alone["events_per_sec"] else 0
+        print(f"pipeline [{result['build']}, feed {result['feed_stage']}]: {result['commands']} commands in "
+              f"{result['seconds']} s = {result['orders_per_s']}/s (WAL {args.durability}, mean batch "
+              f"{result['mean_batch']}, multicast L3/L2/L1 on loopback); the engine alone on the same commands, "
+              f"same run: {alone['events_per_sec']}/s (the pipeline runs at {100 * share:.0f}% of it)")
+        if result["stages"]:
+            print("  matching process by stage:")
+            for line in format_stages(result["stages"], DUTY_STAGES):
+                print("  " + line)
+        if result.get("feed_stage_stages"):
+            print("  feed stage by stage:")
+            for line in format_stages(result["feed_stage_stages"], DUTY_STAGES):
+                print("  " + line)
+    for result in runs:
+        print(json.dumps(result))
+    return 0 if all(r["exit"] == 0 for r in runs) else 1
+
+
+def _pipeline_once(args: argparse.Namespace, cmds: list[Any], meta: dict[str, Any], records: list[bytes],
+                   mode: str) -> dict[str, Any]:
     root = tempfile.mkdtemp(prefix="mw-bench-pipeline-")
+    mask = os.sched_getaffinity(0)   # the daemon pins this process: each run starts from the same mask
     try:
-        cfg = _flow_config(root, flow_instrument_count(cmds, meta), args.durability, args.idle)
+        cfg = _flow_config(root, flow_instrument_count(cmds, meta), args.durability, args.idle,
+                           feed_stage=mode, feed_cpu=args.feed_cpu)
         d = PartitionDaemon(cfg, "p0", os.path.join(root, "state"), realtime=False, max_batch=args.max_batch,
                             stage_timing=args.stages)
         d.start()
         rc = _drive(d, cfg, root, records)
-        alone = _engine_alone(args.flow, len(cmds))
-        secs = (d.last_batch_ns - d.first_batch_ns) / 1e9
         st = d.stats
-        result = {
+        end_ns = d.last_batch_ns
+        fs = d.feed.read_stats() if d.feed is not None else None
+        if fs is not None:   # the pipeline ends when the feed stage has published the last command
+            end_ns = max(end_ns, int(fs["last_ns"]))
+        secs = (end_ns - d.first_batch_ns) / 1e9
+        return {
             "benchmark": "pipeline", "flow": os.path.basename(args.flow), "commands": st["commands"],
+            "feed_stage": mode if d.feed is not None else "inline",
             "seconds": round(secs, 3), "orders_per_s": round(st["commands"] / secs) if secs > 0 else 0,
+            "matcher_seconds": round((d.last_batch_ns - d.first_batch_ns) / 1e9, 3),
             "batches": st["batches"], "mean_batch": round(st["commands"] / max(st["batches"], 1), 1),
             "records_out": st["records_out"], "durability": args.durability, "idle": args.idle,
             "in_engine_per_batch": d.in_engine.summary_us(), "feed_messages": {
-                ch: v["messages_sent"] for ch, v in d.publisher.stats().items()},
+                ch: v["messages_sent"] for ch, v in d.feed_stats().items()},
+            "feed_published_commands": fs["commands"] if fs is not None else st["commands"],
             "exit": rc, "cpus": os.cpu_count(), "load_avg": os.getloadavg()[0], "build": build_kind(),
-            "engine_alone_per_s": alone["events_per_sec"],
             "stages": d.stages.report(st["commands"]) if d.stages is not None else None,
+            "feed_stage_stages": fs["stages"] if fs is not None else None,
         }
-        share = result["orders_per_s"] / alone["events_per_sec"] if alone["events_per_sec"] else 0
-        print(f"pipeline [{result['build']}]: {result['commands']} commands in {result['seconds']} s = "
-              f"{result['orders_per_s']}/s (WAL {args.durability}, mean batch {result['mean_batch']}, multicast "
-              f"L3/L2/L1 on loopback); the engine alone on the same commands, same run: "
-              f"{alone['events_per_sec']}/s (the pipeline runs at {100 * share:.0f}% of it)")
-        if result["stages"]:
-            print("partition duty cycle by stage:")
-            for line in format_stages(result["stages"], DUTY_STAGES):
-                print(line)
-        print(json.dumps(result))
-        return 0
     finally:
+        os.sched_setaffinity(0, mask)
         shutil.rmtree(root, ignore_errors=True)
 
 

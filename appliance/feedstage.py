@@ -1,0 +1,408 @@
+"""The feed stage: a partition's market-data publishing in a process of its own (``feed_stage = "process"``).
+
+The matching process sequences, logs, matches and writes the gateways' event records; publishing
+(ITCH 5.0 L3, L2 and L1 encoding, MoldUDP64 packing, A and B sends, the retransmission store, feed
+checkpoints, heartbeats, End of Session) runs here, on another core, as the consumer of one
+shared-memory ring, the *journal ring*::
+
+    matcher:  ... WAL commit -> apply -> event records -> journal ring (the batch's WAL records)
+    feed:     journal ring -> decode -> engine replica applies -> Publisher.publish -> A, B, store
+
+What crosses the ring is the sequenced commands, as the WAL records them (the very bytes the WAL
+writer wrote), and only those the matcher released: durable under the WAL policy. The feed stage
+is a fork of the matching process taken once recovery is done, so it starts with the same engine
+and the same publisher state; from there it applies the same commands in the same order, and the
+engine being deterministic, it sees the same events and publishes the bytes the matcher would have
+published inline. This is recovery's own path (replaying the WAL regenerates every published
+byte) run live: the sequence barrier is the matcher's release, so nothing about a command reaches
+the wire before the command is durable.
+
+Ring items (the first byte says what follows)::
+
+    W  records     WAL records (prefix, header, body), whole, in sequence, one or more per item
+    K  json        a feed checkpoint for the snapshot at seq S: {"seq": S, "extra": {...}}
+    S              write the stats file now
+    E  u64 u8      End of Session at ts_ns (market_close 0/1); then the stage finishes and exits
+
+Failure is crash-only, as for the matcher. The feed stage exits when its parent dies
+(PR_SET_PDEATHSIG); the matcher exits non-zero when its feed stage dies (``FeedStage.check``).
+Start-up regenerates from the WAL whatever the store lacks, so either death loses nothing.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import json
+import os
+import select
+import signal
+import struct
+import sys
+import time
+from collections import deque
+from typing import Any, Callable, Final
+
+from appliance.clock import Clock
+from appliance.idle import make_idle
+from appliance.matching.engine import Engine
+from appliance.metrics import DUTY_STAGES, S_DECODE, S_MATCH, S_OTHER, StageClock
+from appliance.ring import SHM_DIR, Ring, RingConsumer, RingProducer, bell_name
+from appliance.wal import KIND_OFFSET, decode_many
+from feeds.publisher import Publisher, write_checkpoint
+
+INLINE: Final = "inline"
+PROCESS: Final = "process"
+FEED_STAGES: Final = (INLINE, PROCESS)
+
+JOURNAL_SLOTS: Final = 1024
+JOURNAL_SLOT_SIZE: Final = 8192
+ITEM_RECORDS: Final = 0x57    # W
+ITEM_CHECKPOINT: Final = 0x4B  # K
+ITEM_STATS: Final = 0x53      # S
+ITEM_END: Final = 0x45        # E
+_END: Final = struct.Struct("<QB")
+_SEQ_TS: Final = struct.Struct("<QQ")    # seq, ts_ns of a WAL record, at offset 8 (after length, crc)
+_LENGTH: Final = struct.Struct("<I")
+EXIT_FEED_STAGE: Final = 70               # EX_SOFTWARE: the feed stage failed (its log line says why)
+PR_SET_PDEATHSIG: Final = 1
+TRANSPORTS_FORKABLE: Final = ("udp", "sendmmsg", "null")
+
+
+def journal_ring_name(prefix: str, partition: str) -> str:
+    return f"{prefix}.{partition}.journal"
+
+
+def feed_cpu(configured: int, matcher_cpu: int, allowed: list[int]) -> int | None:
+    """The feed stage's CPU: the configured one, else the first allowed CPU (of the process's mask
+    before pinning) that is not the matcher's (None: share the matcher's, the only one allowed)."""
+    if configured >= 0:
+        return configured
+    others = sorted(set(allowed) - {matcher_cpu})
+    return others[0] if others else None
+
+
+def _log(name: str, text: str) -> None:
+    sys.stderr.write(f"matchwire[{name} feed]: {text}\n")
+    sys.stderr.flush()
+
+
+# ================================================================================================
+# The matcher's side
+# ================================================================================================
+
+class FeedStage:
+    """The matching process's handle on its feed stage. Owned by the matching thread.
+
+    ``hand(applied_seq)`` moves the WAL records of every released batch (the WAL writer's tap) to
+    the journal ring; what the ring cannot take yet waits here (``backlog``: the matcher stops
+    draining command rings while it is not empty, so it stays one batch deep).
+    """
+
+    def __init__(self, name: str, ring: Ring, pid: int, bell: int, tap: deque[tuple[int, int, list[bytes]]],
+                 stats_path: str) -> None:
+        self.name = name
+        self.ring = ring
+        self.producer: RingProducer = ring.producer()
+        self.pid = pid
+        self.bell = bell
+        self.tap = tap
+        self.stats_path = stats_path
+        self.backlog: list[bytes] = []
+        self.exit_status: int | None = None
+        self.max_payload = ring.max_payload
+        self.handed_seq = 0
+
+    def hand(self, applied_seq: int) -> None:
+        tap = self.tap
+        if not tap or tap[0][1] > applied_seq:
+            return
+        limit = self.max_payload
+        items = self.backlog
+        buf: list[bytes] = [b"W"]
+        size = 1
+        while tap and tap[0][1] <= applied_seq:
+            _first, last, recs = tap.popleft()
+            for r in recs:
+                n = len(r)
+                if size + n > limit:
+                    items.append(b"".join(buf))
+                    buf = [b"W"]
+                    size = 1
+                buf.append(r)
+                size += n
+            self.handed_seq = last
+        if size > 1:
+            items.append(b"".join(buf))
+        self.flush()
+
+    def control(self, item: bytes) -> None:
+        self.backlog.append(item)
+        self.flush()
+
+    def flush(self) -> None:
+        items = self.backlog
+        if not items:
+            return
+        prod = self.producer
+        was_empty = prod.free() == prod._slots
+        k = prod.try_publish_many(items)
+        if k:
+            del items[:k]
+            if was_empty and prod.consumer_waiting():
+                try:
+                    os.write(self.bell, b"\x01")
+                except BlockingIOError:
+                    pass
+
+    def check(self) -> int | None:
+        """The feed stage's exit status once it has ended (None: it runs)."""
+        if self.exit_status is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self.pid, 0
+            if pid:
+                self.exit_status = os.waitstatus_to_exitcode(status)
+        return self.exit_status
+
+    def finish(self, ts_ns: int, market_close: bool, timeout_s: float) -> int | None:
+        """End of Session, then wait for the stage to publish everything and exit."""
+        self.control(b"E" + _END.pack(ts_ns, 1 if market_close else 0))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.flush()
+            if self.check() is not None:
+                return self.exit_status
+            time.sleep(0.005)
+        self.kill()
+        return self.exit_status
+
+    def kill(self) -> None:
+        if self.check() is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                _, status = os.waitpid(self.pid, 0)
+                self.exit_status = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:
+                self.exit_status = -signal.SIGKILL
+
+    def read_stats(self) -> dict[str, Any] | None:
+        try:
+            with open(self.stats_path, "rb") as f:
+                return dict(json.loads(f.read()))
+        except (OSError, ValueError):
+            return None
+
+    def close(self) -> None:
+        os.close(self.bell)
+        self.ring.close()
+        self.ring.unlink()
+        try:
+            os.unlink(os.path.join(SHM_DIR, bell_name(self.ring.name)))
+        except FileNotFoundError:
+            pass
+
+
+def start(name: str, ring_name: str, pub: Publisher, engine: Engine, idle: str, cpu: int | None,
+          clock: Clock, stats_path: str, store_dir: str, stage_timing: bool,
+          tap: deque[tuple[int, int, list[bytes]]], before_fork: Callable[[], None] | None = None) -> FeedStage:
+    """Create the journal ring and its doorbell, fork the feed stage; return the matcher's handle."""
+    ring = Ring.create(ring_name, JOURNAL_SLOTS, JOURNAL_SLOT_SIZE, replace=True)
+    bell_path = os.path.join(SHM_DIR, bell_name(ring_name))
+    try:
+        os.unlink(bell_path)
+    except FileNotFoundError:
+        pass
+    os.mkfifo(bell_path, 0o600)
+    bell = os.open(bell_path, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        os.unlink(stats_path)
+    except FileNotFoundError:
+        pass
+    if before_fork is not None:
+        before_fork()
+    sys.stderr.flush()
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:   # the feed stage
+        code = EXIT_FEED_STAGE
+        try:
+            code = _stage_main(name, ring, bell, pub, engine, idle, cpu, clock, stats_path, store_dir,
+                               stage_timing)
+        except BaseException as e:   # one line, never a traceback; the matcher sees the exit status
+            try:
+                _log(name, f"failed: {type(e).__name__}: {e}; exiting {EXIT_FEED_STAGE}")
+            finally:
+                os._exit(EXIT_FEED_STAGE)
+        os._exit(code)
+    return FeedStage(name, ring, pid, bell, tap, stats_path)
+
+
+# ================================================================================================
+# The feed stage's side
+# ================================================================================================
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def _stage_main(name: str, ring: Ring, bell: int, pub: Publisher, engine: Engine, idle_name: str,
+                cpu: int | None, clock: Clock, stats_path: str, store_dir: str, stage_timing: bool) -> int:
+    parent = os.getppid()
+    _die_with_parent()
+    if os.getppid() != parent:    # the parent died before the death signal was armed
+        return EXIT_FEED_STAGE
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)   # the matcher drives this stage's end (item E)
+    if cpu is not None:
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError as e:
+            _log(name, f"affinity to CPU {cpu} refused: {e}")
+    consumer = ring.consumer()
+    st = StageClock(DUTY_STAGES) if stage_timing else None
+    pub.stages = st
+    stage = _Stage(name, consumer, bell, pub, engine, clock, stats_path, store_dir, st)
+    _log(name, f"started (pid {os.getpid()}" + (f", CPU {cpu}" if cpu is not None else "") +
+         f", idle {idle_name})")
+    return stage.run(make_idle(idle_name, stage.wait))
+
+
+class _Stage:
+    """The feed stage's loop. Owned by the feed stage's only thread."""
+
+    def __init__(self, name: str, consumer: RingConsumer, bell: int, pub: Publisher, engine: Engine,
+                 clock: Clock, stats_path: str, store_dir: str, st: StageClock | None) -> None:
+        self.name = name
+        self.consumer = consumer
+        self.bell = bell
+        self.pub = pub
+        self.engine = engine
+        self.clock = clock
+        self.stats_path = stats_path
+        self.store_dir = store_dir
+        self.st = st
+        self.commands = 0
+        self.batches = 0
+        self.published_seq = 0
+        self.first_ns = 0
+        self.last_ns = 0
+
+    def run(self, idle: Any) -> int:
+        gc.disable()    # as in the matcher: a generation-0 collection at most once a second, when idle
+        last_gen0 = time.monotonic()
+        consumer = self.consumer
+        pub = self.pub
+        clock = self.clock
+        slot = consumer._size
+        st = self.st
+        while True:
+            block, n = consumer.poll_block(64)
+            if n:
+                if st is not None:
+                    st.start()
+                for k in range(n):
+                    base = k * slot
+                    length = block[base] | (block[base + 1] << 8)
+                    item = block[base + 2:base + 2 + length]
+                    tag = item[0]
+                    if tag == ITEM_RECORDS:
+                        self._records(item)
+                    elif tag == ITEM_CHECKPOINT:
+                        c = json.loads(bytes(item[1:]))
+                        write_checkpoint(self.store_dir, pub.checkpoint(int(c["seq"]), c["extra"]))
+                    elif tag == ITEM_STATS:
+                        self.write_stats()
+                    elif tag == ITEM_END:
+                        ts, close = _END.unpack_from(item, 1)
+                        return self._end(ts, bool(close))
+                    else:
+                        raise ValueError(f"journal ring: unknown item {tag:#x}")
+                if st is not None:
+                    st.lap(S_OTHER)
+                idle.idle(n)
+                continue
+            pub.poll(clock())
+            t = time.monotonic()
+            if t - last_gen0 >= 1.0:
+                gc.collect(0)
+                last_gen0 = t
+            idle.idle(0)
+
+    def _records(self, item: bytes) -> None:
+        st = self.st
+        offsets: list[int] = []
+        stamps: list[tuple[int, int]] = []
+        off = 1
+        end = len(item)
+        unpack_len = _LENGTH.unpack_from
+        unpack_st = _SEQ_TS.unpack_from
+        while off < end:
+            offsets.append(off)
+            stamps.append(unpack_st(item, off + 8))
+            off += unpack_len(item, off)[0]
+        cmds = decode_many(item, offsets)
+        if st is not None:
+            st.lap(S_DECODE)
+        out: list[Any] = []
+        ends: list[int] = []
+        self.engine.apply_batch(cmds, out, ends)
+        results = []
+        start = 0
+        for (seq, ts), cmd, e in zip(stamps, cmds, ends):
+            results.append((seq, ts, cmd, out[start:e]))
+            start = e
+        if st is not None:
+            st.lap(S_MATCH)
+        if not self.first_ns:
+            self.first_ns = self.clock()
+        self.pub.publish(results)
+        self.commands += len(cmds)
+        self.batches += 1
+        self.published_seq = stamps[-1][0]
+        self.last_ns = self.clock()
+
+    def _end(self, ts_ns: int, market_close: bool) -> int:
+        pub = self.pub
+        pub.end_session(ts_ns, market_close)
+        deadline = time.monotonic() + pub.config.end_of_session_ns / 1e9 + 5
+        while not pub.finished and time.monotonic() < deadline:
+            time.sleep(0.02)
+            pub.poll(self.clock())
+        self.write_stats()
+        pub.close()
+        return 0
+
+    def wait(self, ns: int) -> None:
+        """Back-off's park: sleep on the journal ring's doorbell for at most ``ns``."""
+        c = self.consumer
+        c.set_waiting(True)
+        try:
+            if c.pending():
+                return
+            ready, _, _ = select.select([self.bell], [], [], ns / 1e9)
+            if ready:
+                try:
+                    os.read(self.bell, 4096)
+                except BlockingIOError:
+                    pass
+        finally:
+            c.set_waiting(False)
+
+    def write_stats(self) -> None:
+        st = self.st
+        doc = {"pid": os.getpid(), "commands": self.commands, "batches": self.batches,
+               "published_seq": self.published_seq, "first_ns": self.first_ns, "last_ns": self.last_ns,
+               "feed": self.pub.stats(), "stages": st.report(self.commands) if st is not None else None}
+        tmp = self.stats_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+        os.replace(tmp, self.stats_path)

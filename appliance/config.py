@@ -148,7 +148,8 @@ class PartitionConfig:
     default_stp: int                    # model.STP_*: for firms without their own mode
     feeds: dict[str, FeedChannelConfig]  # channel (l3, l2, l1) -> groups; l3 always present
     feed_stage: str = "inline"          # inline | process: publishing in the matcher or its own process
-    feed_cpu: int = -1                  # the feed stage's CPU; -1: the first allowed one not the matcher's
+    wal_stage: str = "inline"           # inline | process: the WAL write + fsync in the matcher or its own
+    stage_cpu: int = -1                 # the stage processes' CPU; -1: the first allowed one not the matcher's
 
     def __hash__(self) -> int:
         return hash((self.name, self.id))
@@ -775,7 +776,11 @@ def _partition(t: _Table, symbols: set[str], warnings: list[str]) -> PartitionCo
     every_seconds = t.integer("snapshot_every_seconds", 300, 0)
     idle = t.text("idle", BACKOFF, choices=IDLE_STRATEGIES)
     feed_stage = t.text("feed_stage", "inline", choices=("inline", "process"))
-    feed_cpu = t.integer("feed_cpu", -1, -1, 1023)
+    wal_stage = t.text("wal_stage", "inline", choices=("inline", "process"))
+    if wal_stage == "process" and feed_stage != "process":
+        raise ConfigError(f"{t.key('wal_stage')}: 'process' needs feed_stage = 'process' too (matching runs "
+                          "ahead of durability, so publishing must replay the released commands itself)")
+    stage_cpu = t.integer("stage_cpu", -1, -1, 1023)
     stp = STP_BY_NAME[t.text("default_stp", "CN", choices=STP_BY_NAME)]
     ft = t.table("feeds", required=True)
     assert ft is not None
@@ -792,7 +797,7 @@ def _partition(t: _Table, symbols: set[str], warnings: list[str]) -> PartitionCo
             "and trades can be lost in a crash. Development only."
         )
     return PartitionConfig(name, pid, instruments, cpu, wal_dir, snapshot_dir, durability, interval_ms,
-                           every_events, every_seconds, idle, stp, feeds, feed_stage, feed_cpu)
+                           every_events, every_seconds, idle, stp, feeds, feed_stage, wal_stage, stage_cpu)
 
 
 def _channel(t: _Table) -> FeedChannelConfig:
@@ -1016,8 +1021,10 @@ def dumps(c: Config) -> str:
         w(f"idle = {_q(p.idle)}")
         if p.feed_stage != "inline":
             w(f"feed_stage = {_q(p.feed_stage)}")
-        if p.feed_cpu != -1:
-            w(f"feed_cpu = {p.feed_cpu}")
+        if p.wal_stage != "inline":
+            w(f"wal_stage = {_q(p.wal_stage)}")
+        if p.stage_cpu != -1:
+            w(f"stage_cpu = {p.stage_cpu}")
         w(f"default_stp = {_q(STP_NAME[p.default_stp])}")
         for ch, f in p.feeds.items():
             w("")

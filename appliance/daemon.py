@@ -49,6 +49,8 @@ from appliance.catalogue import EV_REJECTED, EV_TRADING_STATE, ClockTick, Close,
 from appliance.clock import Clock, wall_clock
 from appliance.config import Config, PartitionConfig, load
 from appliance import feedstage
+from appliance import walstage
+from appliance.stage import stage_cpu
 from appliance.idle import make_idle
 from appliance.matching.engine import Engine
 from appliance.metrics import DUTY_STAGES, S_DECODE, S_OTHER, S_RECORDS, STAGE_TIMING_ENV, Histogram, StageClock
@@ -62,6 +64,7 @@ from appliance.wal import (
     DurabilityError,
     WalConfig,
     WalReader,
+    WalWriter,
 )
 from feeds.afxdp import XdpUnavailable
 from feeds.books import engine_l1_summary, engine_l2_summary, engine_l3_summary, summary_hash
@@ -226,6 +229,9 @@ class PartitionDaemon:
         self.stats_requested = False
         self.admin_origin: dict[int, int] = {}   # id(Halt/Resume/Close command) -> the gateway that sent it
         self.feed: feedstage.FeedStage | None = None   # the feed stage's handle (feed_stage = "process")
+        self.wal_stage: walstage.RemoteWal | None = None   # the WAL stage's (wal_stage = "process")
+        # With the WAL stage: (the batch's last seq, its records per gateway) until durable
+        self.held: deque[tuple[int, list[list[bytes]]]] | None = None
 
     # -- start-up -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -398,31 +404,50 @@ class PartitionDaemon:
             "feed": pub.stats(), "tuning": self.tuning, "notes": self.notes,
             "state_hash": part.engine.state_hash(),
         }
-        if p.feed_stage == feedstage.PROCESS:
-            self._start_feed_stage(fcfg)
-            if self.feed is not None:
-                self.ready_info["feed_stage_pid"] = self.feed.pid
+        self._start_stages(fcfg)
 
-    def _start_feed_stage(self, fcfg: FeedConfig) -> None:
-        """Fork the feed stage (appliance.feedstage): from here on this process hands it the WAL
-        records of every released batch instead of publishing them itself."""
+    def _start_stages(self, fcfg: FeedConfig) -> None:
+        """Fork the stage processes the config asks for: the WAL stage (appliance.walstage), then
+        the feed stage (appliance.feedstage). From here on this process hands the feed stage the WAL
+        records of every released batch instead of publishing them itself, and with the WAL stage it
+        matches ahead of durability, holding what it releases until the durable seq covers it."""
+        p = self.p
+        if p.feed_stage != feedstage.PROCESS:
+            return
         kinds = {self.transport_kind, *(fcfg.transports or {}).values()}
         if not kinds <= set(feedstage.TRANSPORTS_FORKABLE):
             log(self.name, f"feed stage: transport {', '.join(sorted(kinds))} stays in the matching process "
-                           f"(a feed stage takes {', '.join(feedstage.TRANSPORTS_FORKABLE)})")
+                           f"(a feed stage takes {', '.join(feedstage.TRANSPORTS_FORKABLE)}); so does the WAL")
             return
         mine = sorted(os.sched_getaffinity(0))
-        cpu = feedstage.feed_cpu(self.p.feed_cpu, mine[0] if len(mine) == 1 else -1, self.allowed_cpus)
+        cpu = stage_cpu(p.stage_cpu, mine[0] if len(mine) == 1 else -1, self.allowed_cpus)
+        where = f" on CPU {cpu}" if cpu is not None else " on the matcher's CPU (the only one allowed)"
         tap: deque[tuple[int, int, list[bytes]]] = deque()
+        part = self.partition
+        prefix = self.config.appliance.name
+        writer = part.wal
+        if p.wal_stage == feedstage.PROCESS:
+            assert isinstance(writer, WalWriter)
+            remote = walstage.start(self.name, prefix, writer, p.idle, cpu, self.clock, tap)
+            remote.stages = self.stages
+            part.wal = remote
+            part.apply_ahead = True
+            self.wal_stage = remote
+            self.held = deque()
+            self.ready_info["wal_stage_pid"] = remote.link.pid
+            log(self.name, f"WAL stage: pid {remote.link.pid}{where}; matching runs ahead of durability, "
+                           f"releases follow the durable seq")
+        else:
+            assert isinstance(writer, WalWriter)
+            writer.tap = tap
         run = os.path.join(self.state_dir, "run")
         os.makedirs(run, exist_ok=True)
         self.feed = feedstage.start(
-            self.name, feedstage.journal_ring_name(self.config.appliance.name, self.name), self.publisher,
-            self.partition.engine, self.p.idle, cpu, self.clock, os.path.join(run, f"{self.name}.feed.json"),
+            self.name, feedstage.journal_ring_name(prefix, self.name), self.publisher,
+            part.engine, p.idle, cpu, self.clock, os.path.join(run, f"{self.name}.feed.json"),
             self.feed_store, self.stages is not None, tap)
-        self.partition.wal.tap = tap
-        log(self.name, f"feed stage: pid {self.feed.pid}" + (f" on CPU {cpu}" if cpu is not None else
-                                                             " on the matcher's CPU (the only one allowed)"))
+        self.ready_info["feed_stage_pid"] = self.feed.pid
+        log(self.name, f"feed stage: pid {self.feed.pid}{where}")
 
     def _feed_checkpoint(self, spec: EngineSpec, resume: list[int]) -> tuple[Engine, SnapshotInfo] | None:
         """Resume the publisher from the feed checkpoint of the newest snapshot that has a usable one
@@ -501,15 +526,13 @@ class PartitionDaemon:
         self.encoder.encode(results, out, origin)
         if self.admin_origin:
             self._admin_answers(results, out)
-        pending = self.pending
-        for g, recs in enumerate(out):
-            if recs:
-                self.stats["records_out"] += len(recs)
-                if pending[g]:
-                    pending[g].extend(recs)
-                else:
-                    pending[g] = recs
-                    self._flush(g)
+        if self.held is not None:   # ahead of durability: out waits for the durable seq
+            self.held.append((self.partition.applied_seq, out))
+            if self.stages is not None:
+                self.stages.lap(S_RECORDS)
+            self._release_durable()
+            return
+        self._to_gateways(out)
         self.records_out_ns = self.clock()   # ring in -> ring out ends here (the in-engine histogram)
         if self.stages is not None:
             self.stages.lap(S_RECORDS)
@@ -520,6 +543,40 @@ class PartitionDaemon:
         self.published_seq = results[-1][0]
         if self.partition.last_snapshot_seq != self.checkpoint_seq:
             self._maybe_checkpoint()
+
+    def _release_durable(self) -> None:
+        """The sequence barrier: what the durable seq covers leaves, in sequence (the WAL stage).
+        A snapshot's feed checkpoint is taken when the release passes exactly its seq."""
+        held = self.held
+        assert held is not None
+        durable = self.partition.wal.durable_seq
+        s = self.partition.last_snapshot_seq
+        if s != self.checkpoint_seq and s <= durable:
+            if self.published_seq < s:
+                self._release_through(s)
+            self._maybe_checkpoint()
+        if held and held[0][0] <= durable:
+            self._release_through(durable)
+
+    def _release_through(self, seq: int) -> None:
+        held = self.held
+        assert held is not None and self.feed is not None
+        while held and held[0][0] <= seq:
+            self._to_gateways(held.popleft()[1])
+        self.records_out_ns = self.clock()
+        self.feed.hand(seq)
+        self.published_seq = seq
+
+    def _to_gateways(self, out: list[list[bytes]]) -> None:
+        pending = self.pending
+        for g, recs in enumerate(out):
+            if recs:
+                self.stats["records_out"] += len(recs)
+                if pending[g]:
+                    pending[g].extend(recs)
+                else:
+                    pending[g] = recs
+                    self._flush(g)
 
     def _admin_answers(self, results: Sequence[Any], out: list[list[bytes]]) -> None:
         """CTL_ADMIN to the gateway that sent an admin Halt/Resume/Close the engine applied (one it
@@ -552,6 +609,9 @@ class PartitionDaemon:
         st = self.stages
         feed = self.feed
         inline_feed = feed is None
+        remote = self.wal_stage
+        held = self.held
+        spin = self.p.idle == "busy_spin"
         next_check = 0.0
         gc.disable()
         try:
@@ -562,6 +622,8 @@ class PartitionDaemon:
                 for g in range(G):
                     if pending[g]:
                         self._flush(g)
+                if held:
+                    self._release_durable()
                 if feed is not None and feed.backlog:
                     feed.flush()
                     if feed.backlog:   # back-pressure from the feed stage: no new commands meanwhile
@@ -569,6 +631,16 @@ class PartitionDaemon:
                         if feed.check() is not None:
                             return self._feed_stage_died()
                         idle.idle(0)
+                        continue
+                if remote is not None and (remote.backlog or part.snapshot_held):
+                    # back-pressure from the WAL stage, or a snapshot waiting for the durable seq
+                    remote.poll(now)
+                    part.poll(now)
+                    if remote.backlog or part.snapshot_held:
+                        self.stats["wal_full"] = self.stats.get("wal_full", 0) + 1
+                        remote.check_alive()
+                        if not spin:
+                            os.sched_yield()
                         continue
                 cmds: list[Command] = []
                 origin: dict[int, int] = {}
@@ -658,6 +730,12 @@ class PartitionDaemon:
                     next_check = t + 0.1
                     if feed.check() is not None:
                         return self._feed_stage_died()
+                    if remote is not None:
+                        remote.check_alive()
+                if held:   # waiting for the durable seq: poll it, no park
+                    if not spin:
+                        os.sched_yield()
+                    continue
                 idle.idle(0)
         except DurabilityError as e:
             log(self.name, f"DURABILITY FAILURE: {e}; nothing more is acknowledged; exiting "
@@ -666,6 +744,12 @@ class PartitionDaemon:
             return EXIT_DURABILITY_FAILURE
         finally:
             gc.enable()
+        if not shutdown and self.held:   # what the WAL stage makes durable still leaves (benchmarks)
+            deadline = time.monotonic() + 30
+            while self.held and time.monotonic() < deadline and self.wal_stage is not None \
+                    and self.wal_stage.link.check() is None:
+                self._release_durable()
+                time.sleep(0.0005)
         return self.shutdown() if shutdown else 0
 
     def _feed_stage_died(self) -> int:
@@ -727,6 +811,8 @@ class PartitionDaemon:
             results = part.close(self.clock())
             if results:
                 self._release(results, None)
+            if self.held:
+                self._release_durable()   # everything is durable now
             self._maybe_checkpoint()   # the final snapshot's
         except DurabilityError as e:
             log(name, f"DURABILITY FAILURE at shutdown: {e}")
@@ -757,6 +843,10 @@ class PartitionDaemon:
         if self.feed is not None:   # still running after a crash-like stop: it goes with us
             self.feed.kill()
             self.feed.close()
+        if self.wal_stage is not None:
+            self.wal_stage.link.kill()
+            self.wal_stage.link.close()
+            self.wal_stage.word.close(unlink=True)
         self.publisher.close()
         self.transport.close()
         self.release_rings()

@@ -30,30 +30,26 @@ Start-up regenerates from the WAL whatever the store lacks, so either death lose
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import json
 import os
-import select
-import signal
 import struct
-import sys
 import time
 from collections import deque
-from typing import Any, Callable, Final
+from typing import Any, Final
 
 from appliance.clock import Clock
 from appliance.idle import make_idle
 from appliance.matching.engine import Engine
 from appliance.metrics import DUTY_STAGES, S_DECODE, S_MATCH, S_OTHER, StageClock
-from appliance.ring import SHM_DIR, Ring, RingConsumer, RingProducer, bell_name
-from appliance.wal import KIND_OFFSET, decode_many
+from appliance.ring import RingConsumer
+from appliance.stage import StageLink, fork_stage, wait_on_bell
+from appliance.wal import decode_many
 from feeds.publisher import Publisher, write_checkpoint
 
 INLINE: Final = "inline"
 PROCESS: Final = "process"
-FEED_STAGES: Final = (INLINE, PROCESS)
+STAGE_MODES: Final = (INLINE, PROCESS)
 
 JOURNAL_SLOTS: Final = 1024
 JOURNAL_SLOT_SIZE: Final = 8192
@@ -65,7 +61,6 @@ _END: Final = struct.Struct("<QB")
 _SEQ_TS: Final = struct.Struct("<QQ")    # seq, ts_ns of a WAL record, at offset 8 (after length, crc)
 _LENGTH: Final = struct.Struct("<I")
 EXIT_FEED_STAGE: Final = 70               # EX_SOFTWARE: the feed stage failed (its log line says why)
-PR_SET_PDEATHSIG: Final = 1
 TRANSPORTS_FORKABLE: Final = ("udp", "sendmmsg", "null")
 
 
@@ -73,102 +68,61 @@ def journal_ring_name(prefix: str, partition: str) -> str:
     return f"{prefix}.{partition}.journal"
 
 
-def feed_cpu(configured: int, matcher_cpu: int, allowed: list[int]) -> int | None:
-    """The feed stage's CPU: the configured one, else the first allowed CPU (of the process's mask
-    before pinning) that is not the matcher's (None: share the matcher's, the only one allowed)."""
-    if configured >= 0:
-        return configured
-    others = sorted(set(allowed) - {matcher_cpu})
-    return others[0] if others else None
-
-
-def _log(name: str, text: str) -> None:
-    sys.stderr.write(f"matchwire[{name} feed]: {text}\n")
-    sys.stderr.flush()
+def frame_items(recs_batches: Any, limit: int, items: list[bytes]) -> None:
+    """Append W items (b"W" + whole WAL records, at most ``limit`` bytes each) for an iterable of
+    record lists."""
+    buf: list[bytes] = [b"W"]
+    size = 1
+    for recs in recs_batches:
+        for r in recs:
+            n = len(r)
+            if size + n > limit:
+                items.append(b"".join(buf))
+                buf = [b"W"]
+                size = 1
+            buf.append(r)
+            size += n
+    if size > 1:
+        items.append(b"".join(buf))
 
 
 # ================================================================================================
 # The matcher's side
 # ================================================================================================
 
-class FeedStage:
+class FeedStage(StageLink):
     """The matching process's handle on its feed stage. Owned by the matching thread.
 
-    ``hand(applied_seq)`` moves the WAL records of every released batch (the WAL writer's tap) to
-    the journal ring; what the ring cannot take yet waits here (``backlog``: the matcher stops
-    draining command rings while it is not empty, so it stays one batch deep).
+    ``hand(through)`` moves the WAL records of every released batch up to seq ``through`` (the WAL
+    writer's tap) to the journal ring; what the ring cannot take yet waits in ``backlog`` (the
+    matcher stops draining command rings while it is not empty, so it stays one batch deep).
     """
 
-    def __init__(self, name: str, ring: Ring, pid: int, bell: int, tap: deque[tuple[int, int, list[bytes]]],
+    def __init__(self, name: str, ring: Any, pid: int, bell: int, tap: deque[tuple[int, int, list[bytes]]],
                  stats_path: str) -> None:
-        self.name = name
-        self.ring = ring
-        self.producer: RingProducer = ring.producer()
-        self.pid = pid
-        self.bell = bell
+        super().__init__(name, ring, pid, bell)
         self.tap = tap
         self.stats_path = stats_path
-        self.backlog: list[bytes] = []
-        self.exit_status: int | None = None
-        self.max_payload = ring.max_payload
         self.handed_seq = 0
 
-    def hand(self, applied_seq: int) -> None:
+    def hand(self, through: int) -> None:
         tap = self.tap
-        if not tap or tap[0][1] > applied_seq:
+        if not tap or tap[0][1] > through:
             return
-        limit = self.max_payload
-        items = self.backlog
-        buf: list[bytes] = [b"W"]
-        size = 1
-        while tap and tap[0][1] <= applied_seq:
+        batches: list[list[bytes]] = []
+        while tap and tap[0][1] <= through:
             _first, last, recs = tap.popleft()
-            for r in recs:
-                n = len(r)
-                if size + n > limit:
-                    items.append(b"".join(buf))
-                    buf = [b"W"]
-                    size = 1
-                buf.append(r)
-                size += n
+            batches.append(recs)
             self.handed_seq = last
-        if size > 1:
-            items.append(b"".join(buf))
+        frame_items(batches, self.max_payload, self.backlog)
         self.flush()
 
     def control(self, item: bytes) -> None:
-        self.backlog.append(item)
-        self.flush()
-
-    def flush(self) -> None:
-        items = self.backlog
-        if not items:
-            return
-        prod = self.producer
-        was_empty = prod.free() == prod._slots
-        k = prod.try_publish_many(items)
-        if k:
-            del items[:k]
-            if was_empty and prod.consumer_waiting():
-                try:
-                    os.write(self.bell, b"\x01")
-                except BlockingIOError:
-                    pass
-
-    def check(self) -> int | None:
-        """The feed stage's exit status once it has ended (None: it runs)."""
-        if self.exit_status is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                pid, status = self.pid, 0
-            if pid:
-                self.exit_status = os.waitstatus_to_exitcode(status)
-        return self.exit_status
+        self.send(item)
 
     def finish(self, ts_ns: int, market_close: bool, timeout_s: float) -> int | None:
         """End of Session, then wait for the stage to publish everything and exit."""
-        self.control(b"E" + _END.pack(ts_ns, 1 if market_close else 0))
+        self.send(b"E" + _END.pack(ts_ns, 1 if market_close else 0))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.flush()
@@ -178,18 +132,6 @@ class FeedStage:
         self.kill()
         return self.exit_status
 
-    def kill(self) -> None:
-        if self.check() is None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            try:
-                _, status = os.waitpid(self.pid, 0)
-                self.exit_status = os.waitstatus_to_exitcode(status)
-            except ChildProcessError:
-                self.exit_status = -signal.SIGKILL
-
     def read_stats(self) -> dict[str, Any] | None:
         try:
             with open(self.stats_path, "rb") as f:
@@ -197,48 +139,24 @@ class FeedStage:
         except (OSError, ValueError):
             return None
 
-    def close(self) -> None:
-        os.close(self.bell)
-        self.ring.close()
-        self.ring.unlink()
-        try:
-            os.unlink(os.path.join(SHM_DIR, bell_name(self.ring.name)))
-        except FileNotFoundError:
-            pass
-
 
 def start(name: str, ring_name: str, pub: Publisher, engine: Engine, idle: str, cpu: int | None,
           clock: Clock, stats_path: str, store_dir: str, stage_timing: bool,
-          tap: deque[tuple[int, int, list[bytes]]], before_fork: Callable[[], None] | None = None) -> FeedStage:
-    """Create the journal ring and its doorbell, fork the feed stage; return the matcher's handle."""
-    ring = Ring.create(ring_name, JOURNAL_SLOTS, JOURNAL_SLOT_SIZE, replace=True)
-    bell_path = os.path.join(SHM_DIR, bell_name(ring_name))
-    try:
-        os.unlink(bell_path)
-    except FileNotFoundError:
-        pass
-    os.mkfifo(bell_path, 0o600)
-    bell = os.open(bell_path, os.O_RDWR | os.O_NONBLOCK)
+          tap: deque[tuple[int, int, list[bytes]]]) -> FeedStage:
+    """Create the journal ring, fork the feed stage; return the matcher's handle."""
     try:
         os.unlink(stats_path)
     except FileNotFoundError:
         pass
-    if before_fork is not None:
-        before_fork()
-    sys.stderr.flush()
-    sys.stdout.flush()
-    pid = os.fork()
-    if pid == 0:   # the feed stage
-        code = EXIT_FEED_STAGE
-        try:
-            code = _stage_main(name, ring, bell, pub, engine, idle, cpu, clock, stats_path, store_dir,
-                               stage_timing)
-        except BaseException as e:   # one line, never a traceback; the matcher sees the exit status
-            try:
-                _log(name, f"failed: {type(e).__name__}: {e}; exiting {EXIT_FEED_STAGE}")
-            finally:
-                os._exit(EXIT_FEED_STAGE)
-        os._exit(code)
+
+    def main(consumer: RingConsumer, bell: int) -> int:
+        st = StageClock(DUTY_STAGES) if stage_timing else None
+        pub.stages = st
+        stage = _Stage(consumer, bell, pub, engine, clock, stats_path, store_dir, st)
+        return stage.run(make_idle(idle, stage.wait))
+
+    ring, pid, bell = fork_stage(name, "feed", ring_name, JOURNAL_SLOTS, JOURNAL_SLOT_SIZE, cpu, main,
+                                 EXIT_FEED_STAGE)
     return FeedStage(name, ring, pid, bell, tap, stats_path)
 
 
@@ -246,42 +164,11 @@ def start(name: str, ring_name: str, pub: Publisher, engine: Engine, idle: str, 
 # The feed stage's side
 # ================================================================================================
 
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-
-
-def _stage_main(name: str, ring: Ring, bell: int, pub: Publisher, engine: Engine, idle_name: str,
-                cpu: int | None, clock: Clock, stats_path: str, store_dir: str, stage_timing: bool) -> int:
-    parent = os.getppid()
-    _die_with_parent()
-    if os.getppid() != parent:    # the parent died before the death signal was armed
-        return EXIT_FEED_STAGE
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_IGN)   # the matcher drives this stage's end (item E)
-    if cpu is not None:
-        try:
-            os.sched_setaffinity(0, {cpu})
-        except OSError as e:
-            _log(name, f"affinity to CPU {cpu} refused: {e}")
-    consumer = ring.consumer()
-    st = StageClock(DUTY_STAGES) if stage_timing else None
-    pub.stages = st
-    stage = _Stage(name, consumer, bell, pub, engine, clock, stats_path, store_dir, st)
-    _log(name, f"started (pid {os.getpid()}" + (f", CPU {cpu}" if cpu is not None else "") +
-         f", idle {idle_name})")
-    return stage.run(make_idle(idle_name, stage.wait))
-
-
 class _Stage:
     """The feed stage's loop. Owned by the feed stage's only thread."""
 
-    def __init__(self, name: str, consumer: RingConsumer, bell: int, pub: Publisher, engine: Engine,
+    def __init__(self, consumer: RingConsumer, bell: int, pub: Publisher, engine: Engine,
                  clock: Clock, stats_path: str, store_dir: str, st: StageClock | None) -> None:
-        self.name = name
         self.consumer = consumer
         self.bell = bell
         self.pub = pub
@@ -382,20 +269,8 @@ class _Stage:
         return 0
 
     def wait(self, ns: int) -> None:
-        """Back-off's park: sleep on the journal ring's doorbell for at most ``ns``."""
-        c = self.consumer
-        c.set_waiting(True)
-        try:
-            if c.pending():
-                return
-            ready, _, _ = select.select([self.bell], [], [], ns / 1e9)
-            if ready:
-                try:
-                    os.read(self.bell, 4096)
-                except BlockingIOError:
-                    pass
-        finally:
-            c.set_waiting(False)
+        """Back-off's park: on the journal ring's doorbell."""
+        wait_on_bell(self.consumer, self.bell, ns)
 
     def write_stats(self) -> None:
         st = self.st

@@ -37,8 +37,8 @@ from appliance.wal import (
     EpochFile,
     EpochState,
     LAYOUTS,
+    LogWriter,
     MalformedCommand,
-    WalWriter,
 )
 
 Result = tuple[int, int, Command, list[Event]]  # (seq, ts_ns, command, events); seq 0: not sequenced
@@ -48,12 +48,16 @@ class Partition:
     """Owned by the matching thread: the engine, its sequencer, its WAL writer and snapshots."""
 
     stages: StageClock | None = None    # the daemon's stage clock when stage timing is on
+    # With the WAL stage (appliance.walstage): apply every batch at once, ahead of its durability;
+    # the owner holds what the results make until the durable seq covers them.
+    apply_ahead = False
+    snapshot_held = False               # a snapshot is due and waits for the durable seq to catch up
 
     def __init__(
         self,
         engine: Engine,
         sequencer: Sequencer,
-        wal: WalWriter,
+        wal: LogWriter,
         snapshots: SnapshotStore | None = None,
         *,
         snapshot_every_events: int = 0,
@@ -110,7 +114,11 @@ class Partition:
         except DurabilityError as e:
             self._failed = e
             raise
-        if self._waiting and self._waiting[0][0] <= durable:
+        if self.apply_ahead:
+            if self._waiting:
+                self._release(self.sequencer.next_seq - 1, results)
+            self._maybe_snapshot(now_ns)
+        elif self._waiting and self._waiting[0][0] <= durable:
             self._release(durable, results)
             self._maybe_snapshot(now_ns)
         return results
@@ -175,6 +183,10 @@ class Partition:
         if (self.snapshot_every_events and self._since_snapshot >= self.snapshot_every_events) or (
             self.snapshot_every_ns and now_ns - self._last_snapshot_ns >= self.snapshot_every_ns
         ):
+            if self.apply_ahead and self.wal.policy != POLICY_NONE and self.wal.durable_seq < self.applied_seq:
+                self.snapshot_held = True   # the owner stops taking commands until durability catches up
+                return
+            self.snapshot_held = False
             self.snapshot(now_ns)
 
     def snapshot(self, now_ns: int, wait: bool = False) -> bool:

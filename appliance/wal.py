@@ -51,7 +51,7 @@ import types
 import zlib
 from collections import deque
 from operator import attrgetter, itemgetter
-from typing import Any, Callable, Final, Iterator, NamedTuple
+from typing import Any, Callable, Final, Iterator, NamedTuple, Protocol
 
 from appliance.catalogue import COMMANDS, Command
 from appliance.metrics import S_FSYNC, S_WAL_WRITE, StageClock
@@ -345,6 +345,20 @@ _SIZE_BY_KIND: Final[list[int]] = [RECORD_SIZES.get(k, 0) for k in range(256)]
 _DECODER_BY_KIND: Final[list[Any]] = [LAYOUTS[k].decode if k in LAYOUTS else None for k in range(256)]
 
 
+def frame_records(first_seq: int, ts_ns: int, epoch: int, cmds: list[Any], bodies: list[bytes],
+                  out: list[bytes]) -> None:
+    """Append the whole records (length, crc, header, body) of a stamped batch to ``out``: cmds[i]
+    (its KIND) with bodies[i] as seq first_seq + i."""
+    head = _HEAD.pack
+    prefix = _PREFIX.pack
+    append = out.append
+    seq = first_seq
+    for cmd, body in zip(cmds, bodies):
+        rest = head(seq, ts_ns, epoch, cmd.KIND) + body
+        append(prefix(len(rest) + 8, crc32(rest)) + rest)
+        seq += 1
+
+
 def encode_body(cmd: Command) -> tuple[int, bytes]:
     """(kind, body bytes) of a command; MalformedCommand if it cannot be written as declared."""
     try:
@@ -551,6 +565,27 @@ def atomic_write(path: str, data: bytes) -> None:
 # ================================================================================================
 
 
+class LogWriter(Protocol):
+    """What the partition calls on its log: WalWriter, or appliance.walstage.RemoteWal when the WAL
+    stage writes it."""
+
+    policy: str
+    epoch: int
+    stages: StageClock | None
+
+    @property
+    def next_seq(self) -> int: ...
+    @property
+    def durable_seq(self) -> int: ...
+    @property
+    def failed(self) -> DurabilityError | None: ...
+    def append_batch(self, first_seq: int, ts_ns: int, epoch: int, cmds: list[Any], bodies: list[bytes]) -> None: ...
+    def commit(self, now_ns: int) -> int: ...
+    def poll(self, now_ns: int) -> int: ...
+    def sync(self, now_ns: int = 0) -> int: ...
+    def close(self) -> None: ...
+
+
 class WalWriter:
     """Owned by the matching thread: appends records to the current segment; one commit per batch.
 
@@ -593,6 +628,7 @@ class WalWriter:
         self.written_seq = next_seq - 1    # the last seq handed to the kernel
         self.durable_seq = next_seq - 1    # the last seq made durable under the policy
         self._pending: list[bytes] = []
+        self._pending_count = 0            # records in _pending (an item may hold several: append_framed)
         self._pending_last_ts = 0
         self._last_sync_ns = -(1 << 62)
         self._unsynced = False
@@ -625,6 +661,7 @@ class WalWriter:
         rest = _HEAD.pack(seq, ts_ns, epoch, kind) + body
         rec = _PREFIX.pack(len(rest) + 8, crc32(rest)) + rest
         self._pending.append(rec)
+        self._pending_count += 1
         self._pending_last_ts = ts_ns
         if self.tap is not None:
             self.tap.append((seq, seq, [rec]))
@@ -633,19 +670,24 @@ class WalWriter:
         """Buffer a stamped batch: cmds[i] (its KIND) with bodies[i] as seq first_seq + i."""
         if epoch != self.epoch or first_seq != self._next_seq or self._failed:
             self._refuse(first_seq, epoch)
-        head = _HEAD.pack
-        prefix = _PREFIX.pack
-        pending = self._pending.append
-        seq = first_seq
         n0 = len(self._pending)
-        for cmd, body in zip(cmds, bodies):
-            rest = head(seq, ts_ns, epoch, cmd.KIND) + body
-            pending(prefix(len(rest) + 8, crc32(rest)) + rest)
-            seq += 1
+        frame_records(first_seq, ts_ns, epoch, cmds, bodies, self._pending)
+        seq = first_seq + len(bodies)
         self._next_seq = seq
+        self._pending_count += seq - first_seq
         if self.tap is not None:
             self.tap.append((first_seq, seq - 1, self._pending[n0:]))
         self._pending_last_ts = ts_ns
+
+    def append_framed(self, data: bytes, count: int, first_seq: int, last_seq: int, last_ts_ns: int) -> None:
+        """Buffer ``count`` records framed elsewhere (the WAL stage: the matcher's own bytes), seqs
+        first_seq..last_seq in order."""
+        if first_seq != self._next_seq or last_seq - first_seq + 1 != count or self._failed:
+            self._refuse(first_seq, self.epoch)
+        self._pending.append(data)
+        self._pending_count += count
+        self._next_seq = last_seq + 1
+        self._pending_last_ts = last_ts_ns
 
     def commit(self, now_ns: int) -> int:
         """Write what append() buffered (one write), fsync per policy; return the durable seq."""
@@ -653,9 +695,10 @@ class WalWriter:
             raise self._failed
         pending = self._pending
         if pending:
-            count = len(pending)
+            count = self._pending_count
             data = b"".join(pending)
             pending.clear()
+            self._pending_count = 0
             last = self._next_seq - 1
             self._chunk_crc = crc32(data, self._chunk_crc)
             self._chunk_count += count

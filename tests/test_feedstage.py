@@ -1,8 +1,10 @@
-"""The feed stage (appliance/feedstage.py): publishing in a process of its own, fed by the journal ring.
+"""The stage processes: the feed stage (appliance/feedstage.py: publishing, fed by the journal ring)
+and the WAL stage (appliance/walstage.py: write + fdatasync, the durable seq as the sequence barrier).
 
-What it publishes must be what the matcher would have published inline, i.e. what replaying the WAL
-regenerates, byte for byte, across a kill -9 of either process; its death stops the partition (exit
-70), the partition's takes it along.
+What the feed stage publishes must be what the matcher would have published inline, i.e. what
+replaying the WAL regenerates, byte for byte, across a kill -9 of any process; a stage's death stops
+the partition (exit 70 or 74), the matcher's takes its stages along; with the WAL stage stalled,
+nothing about a command past the durable seq leaves the box, and all of it leaves in order after.
 """
 from __future__ import annotations
 
@@ -105,13 +107,18 @@ def _flow(tmp_path: Path, n: int) -> tuple[list[bytes], int]:
     return [C.encode_command(c) for c in cmds[:n]], flow_instrument_count(cmds, meta)
 
 
-def test_the_feed_stage_publishes_what_replaying_the_wal_regenerates(tmp_path: Path) -> None:
+LAYOUTS = {"feed": {"feed_stage": "process"}, "feed+wal": {"feed_stage": "process", "wal_stage": "process"}}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_feed_stage_publishes_what_replaying_the_wal_regenerates(tmp_path: Path, layout: str) -> None:
     records, instruments = _flow(tmp_path, 4000)
     root = str(tmp_path / "run")
-    cfg = _flow_config(root, instruments, "batch", "backoff", feed_stage="process")
+    cfg = _flow_config(root, instruments, "batch", "backoff", **LAYOUTS[layout])
     state = os.path.join(root, "state")
     d = _started(cfg, state)
     assert d.feed is not None and d.ready_info["feed_stage_pid"] == d.feed.pid != os.getpid()
+    assert (d.wal_stage is not None) == (layout == "feed+wal")
     assert _run(d, cfg, root, records, shutdown=False) == 0
     st = _published_through(d, d.partition.applied_seq)
     assert st["commands"] == 4000
@@ -123,15 +130,16 @@ def test_the_feed_stage_publishes_what_replaying_the_wal_regenerates(tmp_path: P
     assert not os.path.exists(os.path.join("/dev/shm", feedstage.journal_ring_name(cfg.appliance.name, "p0")))
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_a_killed_feed_stage_loses_nothing_and_the_session_goes_on_from_the_checkpoint(tmp_path: Path,
-                                                                                       capfd: Any) -> None:
+                                                                                       capfd: Any, layout: str) -> None:
     """Snapshots every 1500 commands (each with a feed checkpoint the stage writes); the feed stage
     is killed mid-flight after 3000 commands; the restarted partition resumes the feed from the
     newest checkpoint and goes on with the next 1000. Every message of the one session is what the
     WAL regenerates."""
     records, instruments = _flow(tmp_path, 4000)
     root = str(tmp_path / "run")
-    cfg = _flow_config(root, instruments, "batch", "backoff", snapshot_every=1500, feed_stage="process")
+    cfg = _flow_config(root, instruments, "batch", "backoff", snapshot_every=1500, **LAYOUTS[layout])
     state = os.path.join(root, "state")
     d = _started(cfg, state)
     assert _run(d, cfg, root, records[:3000], shutdown=False) == 0
@@ -160,35 +168,47 @@ def test_a_killed_feed_stage_loses_nothing_and_the_session_goes_on_from_the_chec
         assert json.load(f)["generation"] == 0     # one session all day: no gap, no new session
 
 
-def test_killing_either_process_stops_the_partition_and_a_restart_loses_nothing(tmp_path: Path) -> None:
-    """Under `matchwire run`: kill -9 of the feed stage stops the partition (exit 70) and the
-    supervisor; kill -9 of the matcher takes the feed stage along. After each restart every acked
-    order is still there and the L3 session continues."""
-    root = str(tmp_path)
+def _pipelined(root: str) -> Config:
     base = loopback_config(root, rng=random.Random())
-    cfg = dataclasses.replace(base, partitions=tuple(dataclasses.replace(p, feed_stage="process")
-                                                     for p in base.partitions))
-    with running_stack(root, cfg) as stack:
+    return dataclasses.replace(base, partitions=tuple(
+        dataclasses.replace(p, feed_stage="process", wal_stage="process") for p in base.partitions))
+
+
+def test_killing_any_process_stops_the_partition_and_a_restart_loses_nothing(tmp_path: Path) -> None:
+    """Under `matchwire run`, orders in flight: kill -9 of the feed stage stops the partition
+    (exit 70), of the WAL stage too (exit 74), and the supervisor with it; kill -9 of the matcher
+    takes both stages along. After each restart every acked order is still there and the L3
+    session continues without a gap."""
+    root = str(tmp_path)
+    with running_stack(root, _pipelined(root)) as stack:
         ref = 0
-        for victim in ("feed stage", "matcher"):
+        acked: set[int] = set()
+        for victim in ("feed stage", "wal stage", "matcher"):
             ready = json.loads(Path(stack.state, "run", "p0.ready.json").read_text())
-            matcher, stage = ready["pid"], ready["feed_stage_pid"]
+            matcher, stage, wal = ready["pid"], ready["feed_stage_pid"], ready["wal_stage_pid"]
             a = stack.ouch("alfa", "alfa-pw", sequence=1) if ref else stack.ouch("alfa", "alfa-pw")
             for _ in range(20):
                 ref += 1
                 a.enter(ref, b"B", 100, "ALPH", 1_300_000 + 100 * ref)
             a.wait_for(lambda m: isinstance(m, ouch.L.OrderAccepted) and m.user_ref_num == ref)
-            os.kill(stage if victim == "feed stage" else matcher, signal.SIGKILL)
+            for _ in range(20):     # and more in flight as the victim dies
+                ref += 1
+                a.enter(ref, b"B", 100, "ALPH", 1_300_000 + 100 * ref)
+            os.kill({"feed stage": stage, "wal stage": wal, "matcher": matcher}[victim], signal.SIGKILL)
             assert stack.proc is not None
             assert stack.proc.wait(60) != 0
             stack.log.close()
             if victim == "feed stage":
                 assert "exiting 70" in stack.output()
+            elif victim == "wal stage":
+                assert "exiting 74" in stack.output()
             else:
                 deadline = time.monotonic() + 10
-                while _alive(stage) and time.monotonic() < deadline:
+                while (_alive(stage) or _alive(wal)) and time.monotonic() < deadline:
                     time.sleep(0.05)
-                assert not _alive(stage), "the feed stage outlived its matcher"
+                assert not _alive(stage) and not _alive(wal), "a stage outlived its matcher"
+            a.pump(0.5)
+            acked |= {m.user_ref_num for _, m in a.messages if isinstance(m, ouch.L.OrderAccepted)}
             a.sock.close()
             stack.start()
         b = stack.ouch("alfa", "alfa-pw", sequence=1)     # the day's messages again, from the first
@@ -197,13 +217,14 @@ def test_killing_either_process_stops_the_partition_and_a_restart_loses_nothing(
         while len(accepted) < ref and time.monotonic() < deadline and not b.closed:
             b.pump(0.2)
             accepted = {m.user_ref_num for _, m in b.messages if isinstance(m, ouch.L.OrderAccepted)}
-        assert accepted == set(range(1, ref + 1))
+        assert acked <= accepted, acked - accepted                  # nothing acked is lost
+        assert set(range(1, 21)) | set(range(41, 61)) | set(range(81, 101)) <= accepted
         b.close()
         store = os.path.join(stack.state, "feed", "p0")
         with open(os.path.join(store, "CHANNEL-l3.json")) as f:
             assert json.load(f)["generation"] == 0
         adds = [m for m in _messages(store)["l3"] if m[:1] == b"A"]
-        assert len(adds) == ref
+        assert len(adds) == len(accepted)           # every accepted order on the feed, once
 
 
 def _alive(pid: int) -> bool:
@@ -217,3 +238,52 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
 
+
+
+def test_a_stalled_wal_stage_holds_every_ack_and_datagram_then_all_leave_in_order(tmp_path: Path) -> None:
+    """The sequence barrier: with the WAL stage stopped (SIGSTOP) the matcher matches on, but no
+    acknowledgement and no market data about those commands leaves; on SIGCONT everything leaves,
+    acks in the order sent and the feed in sequence."""
+    from test_fullstack import subscriber
+    root = str(tmp_path)
+    with running_stack(root, _pipelined(root)) as stack:
+        ready = json.loads(Path(stack.state, "run", "p0.ready.json").read_text())
+        wal = ready["wal_stage_pid"]
+        sub = subscriber(stack.config)
+        a = stack.ouch("alfa", "alfa-pw")
+        a.enter(1, b"B", 100, "ALPH", 1_300_000)
+        a.wait_for(lambda m: isinstance(m, ouch.L.OrderAccepted) and m.user_ref_num == 1)
+        _pump_until(sub, lambda: _adds(sub) == 1)
+        gaps = sub.receivers["l3"].gaps     # joined late: the start of session is one
+        os.kill(wal, signal.SIGSTOP)
+        try:
+            for ref in range(2, 12):
+                a.enter(ref, b"B", 100, "ALPH", 1_300_000 + 100 * ref)
+            a.pump(1.5)
+            sub.poll(0.5)
+            assert not [m for _, m in a.messages if getattr(m, "user_ref_num", 1) != 1], "an ack left early"
+            assert _adds(sub) == 1, "market data left before durability"
+        finally:
+            os.kill(wal, signal.SIGCONT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(_refs(a)) < 11:
+            a.pump(0.2)
+        assert _refs(a) == list(range(1, 12))        # every ack, in the order sent
+        _pump_until(sub, lambda: _adds(sub) == 11)
+        assert sub.receivers["l3"].gaps == gaps      # and nothing lost since
+        a.close()
+
+
+def _refs(client: Any) -> list[int]:
+    return [m.user_ref_num for _, m in client.messages if isinstance(m, ouch.L.OrderAccepted)]
+
+
+def _adds(sub: Any) -> int:
+    return len(sub.l3.orders)     # buys at distinct prices: every order rests
+
+
+def _pump_until(sub: Any, pred: Any, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred() and time.monotonic() < deadline:
+        sub.poll(0.05)
+    assert pred()

@@ -50,6 +50,9 @@ from appliance.ring import Ring, RingError
 from tools.flows import FLOW_FIRM, flow_instrument_count, read_flow
 
 
+LAYOUTS = ("inline", "feed", "feed+wal")
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("pipeline", help="the flow through the ring into a running partition (orders/s)")
     p.add_argument("flow")
@@ -58,10 +61,10 @@ def register(sub: Any) -> None:
     p.add_argument("--max-batch", type=int, default=1024)
     p.add_argument("--idle", default="yield", choices=("busy_spin", "yield", "backoff"))
     p.add_argument("--stages", action="store_true", help="time each duty-cycle stage")
-    p.add_argument("--feed-stage", action="append", choices=("inline", "process"),
-                   help="publish in the matcher (inline, the default) or in a feed stage process; repeat to "
-                        "run each in turn, side by side")
-    p.add_argument("--feed-cpu", type=int, default=-1,
+    p.add_argument("--stages-as", action="append", choices=LAYOUTS, dest="layouts",
+                   help="inline: one process (the default); feed: publishing in a feed stage process; "
+                        "feed+wal: the WAL write and fsync in a WAL stage too; repeat to run each in turn")
+    p.add_argument("--stage-cpu", type=int, default=-1,
                    help="the feed stage's CPU (-1: one the matcher does not use; give the matcher's to share it)")
     p.set_defaults(func=_pipeline)
     r = sub.add_parser("restart", help="partition start-up after a crash: from a feed checkpoint vs the whole WAL")
@@ -77,7 +80,7 @@ def register(sub: Any) -> None:
 # ================================================================================================
 
 def _flow_config(root: str, instruments: int, durability: str, idle: str, snapshot_every: int = 0,
-                 feed_stage: str = "inline", feed_cpu: int = -1) -> Config:
+                 feed_stage: str = "inline", stage_cpu: int = -1, wal_stage: str = "inline") -> Config:
     base = default()
     rng = random.Random()
     ins = tuple(InstrumentConfig(f"F{i:04d}", i + 1, 1, 100, None, "Q") for i in range(instruments))
@@ -87,7 +90,7 @@ def _flow_config(root: str, instruments: int, durability: str, idle: str, snapsh
              for k, ch in enumerate(("l3", "l2", "l1"))}
     wal = os.path.join(root, "wal")
     part = PartitionConfig("p0", 0, tuple(i.symbol for i in ins), -1, wal, os.path.join(wal, "snapshots"),
-                           durability, 2, snapshot_every, 0, idle, STP_NONE, feeds, feed_stage, feed_cpu)
+                           durability, 2, snapshot_every, 0, idle, STP_NONE, feeds, feed_stage, wal_stage, stage_cpu)
     firm = FirmConfig("FLOW", FLOW_FIRM, STP_NONE, OuchCredentials("flow", "flow"), FixCredentials("FLOW", "flow"),
                       FirmLimits(max_qty=1 << 31))
     gw = GatewayConfig("bench", "127.0.0.1", 1, 2, "MATCHWIRE", ("FLOW",))
@@ -154,12 +157,12 @@ def _pipeline(args: argparse.Namespace) -> int:
     cmds, meta = read_flow(args.flow)
     cmds = cmds[: args.limit]
     records = [C.encode_command(c) for c in cmds]
-    runs = [_pipeline_once(args, cmds, meta, records, mode) for mode in (args.feed_stage or ["inline"])]
+    runs = [_pipeline_once(args, cmds, meta, records, mode) for mode in (args.layouts or ["inline"])]
     alone = _engine_alone(args.flow, len(cmds))
     for result in runs:
         result["engine_alone_per_s"] = alone["events_per_sec"]
         share = result["orders_per_s"] / alone["events_per_sec"] if alone["events_per_sec"] else 0
-        print(f"pipeline [{result['build']}, feed {result['feed_stage']}]: {result['commands']} commands in "
+        print(f"pipeline [{result['build']}, {result['layout']}]: {result['commands']} commands in "
               f"{result['seconds']} s = {result['orders_per_s']}/s (WAL {args.durability}, mean batch "
               f"{result['mean_batch']}, multicast L3/L2/L1 on loopback); the engine alone on the same commands, "
               f"same run: {alone['events_per_sec']}/s (the pipeline runs at {100 * share:.0f}% of it)")
@@ -182,7 +185,8 @@ def _pipeline_once(args: argparse.Namespace, cmds: list[Any], meta: dict[str, An
     mask = os.sched_getaffinity(0)   # the daemon pins this process: each run starts from the same mask
     try:
         cfg = _flow_config(root, flow_instrument_count(cmds, meta), args.durability, args.idle,
-                           feed_stage=mode, feed_cpu=args.feed_cpu)
+                           feed_stage="inline" if mode == "inline" else "process", stage_cpu=args.stage_cpu,
+                           wal_stage="process" if mode == "feed+wal" else "inline")
         d = PartitionDaemon(cfg, "p0", os.path.join(root, "state"), realtime=False, max_batch=args.max_batch,
                             stage_timing=args.stages)
         d.start()
@@ -195,7 +199,7 @@ def _pipeline_once(args: argparse.Namespace, cmds: list[Any], meta: dict[str, An
         secs = (end_ns - d.first_batch_ns) / 1e9
         return {
             "benchmark": "pipeline", "flow": os.path.basename(args.flow), "commands": st["commands"],
-            "feed_stage": mode if d.feed is not None else "inline",
+            "layout": mode, "feed_stage_ran": d.feed is not None, "wal_stage_ran": d.wal_stage is not None,
             "seconds": round(secs, 3), "orders_per_s": round(st["commands"] / secs) if secs > 0 else 0,
             "matcher_seconds": round((d.last_batch_ns - d.first_batch_ns) / 1e9, 3),
             "batches": st["batches"], "mean_batch": round(st["commands"] / max(st["batches"], 1), 1),

@@ -1,0 +1,171 @@
+"""A partition's stage processes (the feed stage, the WAL stage): forked from the matching process
+once recovery is done, each the consumer of one shared-memory ring the matcher produces into.
+
+    matcher ──ring──> stage        items: bytes whose first byte says what they are (the stage's module)
+
+``fork_stage`` creates the ring and its doorbell and forks; the child arms PR_SET_PDEATHSIG (it
+dies with the matcher), ignores the signals the matcher answers (the matcher drives its end with an
+item), pins itself and runs its loop; ``StageLink`` is the matcher's handle: publish items with
+back-pressure as a value (``backlog``), ring the doorbell only for a stage that sleeps, see whether
+the stage still runs (one ``waitpid`` per call: the matcher calls it when idle, about ten times a
+second), kill it, close and unlink the ring.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import select
+import signal
+import sys
+from typing import Callable, Final
+
+from appliance.ring import SHM_DIR, Ring, RingConsumer, RingProducer, bell_name
+
+PR_SET_PDEATHSIG: Final = 1
+
+
+def log(name: str, stage: str, text: str) -> None:
+    sys.stderr.write(f"matchwire[{name} {stage}]: {text}\n")
+    sys.stderr.flush()
+
+
+def stage_cpu(configured: int, matcher_cpu: int, allowed: list[int]) -> int | None:
+    """A stage's CPU: the configured one, else the first allowed CPU (of the process's mask before
+    pinning) that is not the matcher's (None: share the matcher's, the only one allowed)."""
+    if configured >= 0:
+        return configured
+    others = sorted(set(allowed) - {matcher_cpu})
+    return others[0] if others else None
+
+
+class StageLink:
+    """The matcher's handle on one stage process. Owned by the matching thread."""
+
+    def __init__(self, name: str, ring: Ring, pid: int, bell: int) -> None:
+        self.name = name
+        self.ring = ring
+        self.producer: RingProducer = ring.producer()
+        self.pid = pid
+        self.bell = bell
+        self.backlog: list[bytes] = []     # items the ring could not take yet, in order
+        self.exit_status: int | None = None
+        self.max_payload = ring.max_payload
+
+    def send(self, item: bytes) -> None:
+        self.backlog.append(item)
+        self.flush()
+
+    def flush(self) -> None:
+        items = self.backlog
+        if not items:
+            return
+        prod = self.producer
+        was_empty = prod.free() == prod._slots
+        k = prod.try_publish_many(items)
+        if k:
+            del items[:k]
+            if was_empty and prod.consumer_waiting():
+                try:
+                    os.write(self.bell, b"\x01")
+                except BlockingIOError:
+                    pass
+
+    def check(self) -> int | None:
+        """The stage's exit status once it has ended (None: it runs)."""
+        if self.exit_status is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self.pid, 0
+            if pid:
+                self.exit_status = os.waitstatus_to_exitcode(status)
+        return self.exit_status
+
+    def kill(self) -> None:
+        if self.check() is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                _, status = os.waitpid(self.pid, 0)
+                self.exit_status = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:
+                self.exit_status = -signal.SIGKILL
+
+    def close(self) -> None:
+        if self.bell >= 0:
+            os.close(self.bell)
+            self.bell = -1
+        self.ring.close()
+        self.ring.unlink()
+        try:
+            os.unlink(os.path.join(SHM_DIR, bell_name(self.ring.name)))
+        except FileNotFoundError:
+            pass
+
+
+def fork_stage(name: str, stage: str, ring_name: str, slots: int, slot_size: int, cpu: int | None,
+               main: Callable[[RingConsumer, int], int], exit_failed: int) -> tuple[Ring, int, int]:
+    """Create the ring and its doorbell, fork; in the child run ``main(consumer, bell)`` and exit with
+    its status (``exit_failed`` and one line on an exception). Returns (ring, pid, bell) to the matcher."""
+    ring = Ring.create(ring_name, slots, slot_size, replace=True)
+    bell_path = os.path.join(SHM_DIR, bell_name(ring_name))
+    try:
+        os.unlink(bell_path)
+    except FileNotFoundError:
+        pass
+    os.mkfifo(bell_path, 0o600)
+    bell = os.open(bell_path, os.O_RDWR | os.O_NONBLOCK)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = exit_failed
+        try:
+            _die_with_parent()
+            if os.getppid() != parent:    # the matcher died before the death signal was armed
+                os._exit(exit_failed)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+                signal.signal(sig, signal.SIG_IGN)   # the matcher drives the stage's end
+            if cpu is not None:
+                try:
+                    os.sched_setaffinity(0, {cpu})
+                except OSError as e:
+                    log(name, stage, f"affinity to CPU {cpu} refused: {e}")
+            log(name, stage, f"started (pid {os.getpid()}" + (f", CPU {cpu})" if cpu is not None else ")"))
+            code = main(ring.consumer(), bell)
+        except BaseException as e:   # one line, never a traceback; the matcher sees the exit status
+            try:
+                log(name, stage, f"failed: {type(e).__name__}: {e}; exiting {exit_failed}")
+            finally:
+                os._exit(exit_failed)
+        os._exit(code)
+    return ring, pid, bell
+
+
+def wait_on_bell(consumer: RingConsumer, bell: int, ns: int) -> None:
+    """A stage's back-off park: sleep on its ring's doorbell for at most ``ns`` (the matcher rings
+    it only while the stage says it waits)."""
+    consumer.set_waiting(True)
+    try:
+        if consumer.pending():
+            return
+        ready, _, _ = select.select([bell], [], [], ns / 1e9)
+        if ready:
+            try:
+                os.read(bell, 4096)
+            except BlockingIOError:
+                pass
+    finally:
+        consumer.set_waiting(False)
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass

@@ -149,6 +149,7 @@ class PartitionConfig:
     feeds: dict[str, FeedChannelConfig]  # channel (l3, l2, l1) -> groups; l3 always present
     feed_stage: str = "inline"          # inline | process: publishing in the matcher or its own process
     wal_stage: str = "inline"           # inline | process: the WAL write + fsync in the matcher or its own
+    stage_idle: str = "backoff"         # the stage processes' idle strategy (spin only on cores of their own)
     stage_cpu: int = -1                 # the stage processes' CPU; -1: the first allowed one not the matcher's
 
     def __hash__(self) -> int:
@@ -781,6 +782,7 @@ def _partition(t: _Table, symbols: set[str], warnings: list[str]) -> PartitionCo
         raise ConfigError(f"{t.key('wal_stage')}: 'process' needs feed_stage = 'process' too (matching runs "
                           "ahead of durability, so publishing must replay the released commands itself)")
     stage_cpu = t.integer("stage_cpu", -1, -1, 1023)
+    stage_idle = t.text("stage_idle", BACKOFF, choices=IDLE_STRATEGIES)
     stp = STP_BY_NAME[t.text("default_stp", "CN", choices=STP_BY_NAME)]
     ft = t.table("feeds", required=True)
     assert ft is not None
@@ -797,7 +799,7 @@ def _partition(t: _Table, symbols: set[str], warnings: list[str]) -> PartitionCo
             "and trades can be lost in a crash. Development only."
         )
     return PartitionConfig(name, pid, instruments, cpu, wal_dir, snapshot_dir, durability, interval_ms,
-                           every_events, every_seconds, idle, stp, feeds, feed_stage, wal_stage, stage_cpu)
+                           every_events, every_seconds, idle, stp, feeds, feed_stage, wal_stage, stage_idle, stage_cpu)
 
 
 def _channel(t: _Table) -> FeedChannelConfig:
@@ -1023,6 +1025,8 @@ def dumps(c: Config) -> str:
             w(f"feed_stage = {_q(p.feed_stage)}")
         if p.wal_stage != "inline":
             w(f"wal_stage = {_q(p.wal_stage)}")
+        if p.stage_idle != BACKOFF:
+            w(f"stage_idle = {_q(p.stage_idle)}")
         if p.stage_cpu != -1:
             w(f"stage_cpu = {p.stage_cpu}")
         w(f"default_stp = {_q(STP_NAME[p.default_stp])}")

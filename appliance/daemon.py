@@ -231,7 +231,8 @@ class PartitionDaemon:
         self.feed: feedstage.FeedStage | None = None   # the feed stage's handle (feed_stage = "process")
         self.wal_stage: walstage.RemoteWal | None = None   # the WAL stage's (wal_stage = "process")
         # With the WAL stage: (the batch's last seq, its records per gateway) until durable
-        self.held: deque[tuple[int, list[list[bytes]]]] | None = None
+        self.held: deque[tuple[int, list[list[bytes]], int]] | None = None
+        self.batch_ns = 0                # the clock when the current batch was drained
 
     # -- start-up -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -428,7 +429,7 @@ class PartitionDaemon:
         writer = part.wal
         if p.wal_stage == feedstage.PROCESS:
             assert isinstance(writer, WalWriter)
-            remote = walstage.start(self.name, prefix, writer, p.idle, cpu, self.clock, tap)
+            remote = walstage.start(self.name, prefix, writer, p.stage_idle, cpu, self.clock, tap)
             remote.stages = self.stages
             part.wal = remote
             part.apply_ahead = True
@@ -444,7 +445,7 @@ class PartitionDaemon:
         os.makedirs(run, exist_ok=True)
         self.feed = feedstage.start(
             self.name, feedstage.journal_ring_name(prefix, self.name), self.publisher,
-            part.engine, p.idle, cpu, self.clock, os.path.join(run, f"{self.name}.feed.json"),
+            part.engine, p.stage_idle, cpu, self.clock, os.path.join(run, f"{self.name}.feed.json"),
             self.feed_store, self.stages is not None, tap)
         self.ready_info["feed_stage_pid"] = self.feed.pid
         log(self.name, f"feed stage: pid {self.feed.pid}{where}")
@@ -527,7 +528,7 @@ class PartitionDaemon:
         if self.admin_origin:
             self._admin_answers(results, out)
         if self.held is not None:   # ahead of durability: out waits for the durable seq
-            self.held.append((self.partition.applied_seq, out))
+            self.held.append((self.partition.applied_seq, out, self.batch_ns))
             if self.stages is not None:
                 self.stages.lap(S_RECORDS)
             self._release_durable()
@@ -561,9 +562,14 @@ class PartitionDaemon:
     def _release_through(self, seq: int) -> None:
         held = self.held
         assert held is not None and self.feed is not None
+        t_in: list[int] = []
         while held and held[0][0] <= seq:
-            self._to_gateways(held.popleft()[1])
-        self.records_out_ns = self.clock()
+            _, out, t = held.popleft()
+            self._to_gateways(out)
+            t_in.append(t)
+        t_out = self.clock()
+        for t in t_in:    # in-engine: each batch from its drain to its records' release
+            self.in_engine.record(t_out - t)
         self.feed.hand(seq)
         self.published_seq = seq
 
@@ -686,6 +692,7 @@ class PartitionDaemon:
                 if cmds:
                     if st is not None:
                         st.lap(S_DECODE)
+                    self.batch_ns = now
                     results = part.process_batch(cmds, now)
                     if results:
                         self._release(results, origin)

@@ -69,6 +69,9 @@ def register(sub: Any) -> None:
     lat.add_argument("--idle", action="append", choices=("busy_spin", "yield", "backoff"),
                      help="the matcher's idle strategy (repeatable; default busy_spin)")
     lat.add_argument("--stages", action="store_true", help="time each duty-cycle stage in the partition")
+    lat.add_argument("--stages-as", action="append", choices=("inline", "feed", "feed+wal"), dest="layouts",
+                     help="inline: the partition in one process (default); feed: publishing in a feed stage; "
+                          "feed+wal: the WAL in a WAL stage too (repeatable)")
     lat.add_argument("--hdr-log", metavar="FILE", help="write every run's histogram (HdrHistogram log format)")
     lat.add_argument("--plot", metavar="FILE", help="draw the percentile plot of every run to a PNG (matplotlib)")
     lat.add_argument("--realtime", action="store_true", help="let the matcher take SCHED_FIFO and mlockall")
@@ -250,11 +253,16 @@ def _client(cfg: Config, protocol: str, rate: int, seconds: float, cpus: list[in
 # One run: a fresh appliance, one client
 # ================================================================================================
 
-def _config(root: str, wal: str, idle: str, durability: str, disk_dir: str) -> tuple[Config, list[str]]:
+def _config(root: str, wal: str, idle: str, durability: str, disk_dir: str,
+            layout: str = "inline") -> tuple[Config, list[str]]:
     from tools.demo import loopback_config
     cleanup: list[str] = []
     policy = "none" if wal == "none" else durability
     c = loopback_config(root, durability=policy, idle=idle)
+    if layout != "inline":
+        c = dataclasses.replace(c, partitions=tuple(dataclasses.replace(
+            p, feed_stage="process", wal_stage="process" if layout == "feed+wal" else "inline")
+            for p in c.partitions))
     if wal != "none":
         base = "/dev/shm" if wal == "tmpfs" else os.path.abspath(disk_dir)
         waldir = tempfile.mkdtemp(prefix="mw-bench-wal-", dir=base)
@@ -271,12 +279,13 @@ def _config(root: str, wal: str, idle: str, durability: str, disk_dir: str) -> t
     return dataclasses.replace(c, firms=firms, session_limits=budget), cleanup
 
 
-def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace) -> dict[str, Any]:
+def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace,
+         layout: str = "inline") -> dict[str, Any]:
     from appliance.daemon import choose_cpu
     from appliance.metrics import STAGE_TIMING_ENV
     from tools.demo import write_config
     root = tempfile.mkdtemp(prefix="mw-bench-latency-")
-    cfg, cleanup = _config(root, wal, idle, args.durability or "batch", args.disk_dir)
+    cfg, cleanup = _config(root, wal, idle, args.durability or "batch", args.disk_dir, layout)
     path = write_config(cfg, os.path.join(root, "config.toml"))
     state = os.path.join(root, "state")
     env = dict(os.environ)
@@ -319,7 +328,7 @@ def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace
     eng = Histogram.from_json(stats["in_engine_histogram"])
     late = Histogram.from_json(res["send_lateness"])
     st = stats["stats"]
-    return {"protocol": protocol, "wal": wal, "durability": "none" if wal == "none" else args.durability or "batch",
+    return {"protocol": protocol, "wal": wal, "layout": layout, "durability": "none" if wal == "none" else args.durability or "batch",
             "idle": idle, "offered_per_s": rate, "sent": res["sent"], "acked": res["acked"],
             "achieved_per_s": round(res["acked"] / res["seconds"]) if res["seconds"] > 0 else 0,
             "order_to_ack": h.summary_us(), "client_send_lateness": late.summary_us(),
@@ -355,7 +364,8 @@ def _plot(runs: list[dict[str, Any]], path: str) -> None:
 
 
 def _label(r: dict[str, Any]) -> str:
-    return f"{r['protocol']} {r['offered_per_s']}/s wal={r['wal']} idle={r['idle']}"
+    return f"{r['protocol']} {r['offered_per_s']}/s wal={r['wal']} idle={r['idle']}" + (
+        f" stages-as={r['layout']}" if r.get("layout", "inline") != "inline" else "")
 
 
 def _latency(args: argparse.Namespace) -> int:
@@ -373,9 +383,9 @@ def _latency(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {"benchmark": "latency", "seconds": args.seconds, "runs": [], "cpus": os.cpu_count(),
                            "build": build_kind(), "load_avg_before": round(os.getloadavg()[0], 2)}
     runs = []
-    for protocol, wal, idle, rate in itertools.product(args.protocol or ["ouch"], wals, args.idle or ["busy_spin"],
-                                                       rates):
-        r = _one(protocol, wal, idle, rate, args)
+    for layout, protocol, wal, idle, rate in itertools.product(args.layouts or ["inline"], args.protocol or ["ouch"],
+                                                               wals, args.idle or ["busy_spin"], rates):
+        r = _one(protocol, wal, idle, rate, args, layout)
         runs.append(r)
         a, e, lt = r["order_to_ack"], r["in_engine"], r["client_send_lateness"]
         print(f"latency {_label(r)} [{r['build']}]: {r['acked']} of {r['sent']} answered, achieved "

@@ -80,7 +80,8 @@ def register(sub: Any) -> None:
 # ================================================================================================
 
 def _flow_config(root: str, instruments: int, durability: str, idle: str, snapshot_every: int = 0,
-                 feed_stage: str = "inline", stage_cpu: int = -1, wal_stage: str = "inline") -> Config:
+                 feed_stage: str = "inline", stage_cpu: int = -1, wal_stage: str = "inline",
+                 stage_idle: str = "backoff") -> Config:
     base = default()
     rng = random.Random()
     ins = tuple(InstrumentConfig(f"F{i:04d}", i + 1, 1, 100, None, "Q") for i in range(instruments))
@@ -90,7 +91,7 @@ def _flow_config(root: str, instruments: int, durability: str, idle: str, snapsh
              for k, ch in enumerate(("l3", "l2", "l1"))}
     wal = os.path.join(root, "wal")
     part = PartitionConfig("p0", 0, tuple(i.symbol for i in ins), -1, wal, os.path.join(wal, "snapshots"),
-                           durability, 2, snapshot_every, 0, idle, STP_NONE, feeds, feed_stage, wal_stage, stage_cpu)
+                           durability, 2, snapshot_every, 0, idle, STP_NONE, feeds, feed_stage, wal_stage, stage_idle, stage_cpu)
     firm = FirmConfig("FLOW", FLOW_FIRM, STP_NONE, OuchCredentials("flow", "flow"), FixCredentials("FLOW", "flow"),
                       FirmLimits(max_qty=1 << 31))
     gw = GatewayConfig("bench", "127.0.0.1", 1, 2, "MATCHWIRE", ("FLOW",))

@@ -142,11 +142,14 @@ def test_production_inventory_renders_each_host(tmp_path: Path) -> None:
         assert {f.name: f.ouch.password for f in cfg.firms} == {"ALFA": "alfa-p1", "BRVO": "brvo-p1", "CHRL": "chrl-p1"}
         assert [(p.name, p.cpu, p.idle) for p in cfg.partitions] == [("p0", 2, "busy_spin"), ("p1", 4, "busy_spin"),
                                                                       ("p2", 6, "busy_spin")]
-    # the partition host isolates the matchers' CPUs; the gateway hosts isolate nothing
-    assert "isolcpus=managed_irq,domain,2,4,6 " in hosts["mx-primary"]["etc/default/grub.d/60-matchwire.cfg"]
+        # production runs the pipelined partition: feed and WAL stages spinning on a core of their own
+        assert [(p.feed_stage, p.wal_stage, p.stage_idle, p.stage_cpu) for p in cfg.partitions] == [
+            ("process", "process", "busy_spin", c) for c in (3, 5, 7)]
+    # the partition host isolates the matchers' and their stages' CPUs; the gateway hosts isolate nothing
+    assert "isolcpus=managed_irq,domain,2,3,4,5,6,7 " in hosts["mx-primary"]["etc/default/grub.d/60-matchwire.cfg"]
     assert "etc/default/grub.d/60-matchwire.cfg" not in hosts["gw-a"]
     p0 = hosts["mx-primary"]["etc/systemd/system/matchwire-partition-p0.service"]
-    assert "CPUAffinity=2\n" in p0 and "RestartPreventExitStatus=74 78\n" in p0 and "LimitMEMLOCK=infinity\n" in p0
+    assert "CPUAffinity=2 3\n" in p0 and "RestartPreventExitStatus=74 78\n" in p0 and "LimitMEMLOCK=infinity\n" in p0
     assert "net.ipv4.conf.ens2f0.rp_filter = 2" in hosts["mx-primary"]["etc/sysctl.d/60-matchwire.conf"]
     etcd = hosts["etcd-2"]["etc/default/etcd"]
     assert 'ETCD_NAME="etcd-2"' in etcd

@@ -272,6 +272,9 @@ def test_a_stalled_wal_stage_holds_every_ack_and_datagram_then_all_leave_in_orde
         _pump_until(sub, lambda: _adds(sub) == 11)
         assert sub.receivers["l3"].gaps == gaps      # and nothing lost since
         a.close()
+        assert stack.stop() == 0, stack.output()[-3000:]      # a clean stop through both stages
+        out = stack.output()
+        assert "WAL closed clean at seq" in out and "feed: end of session sent" in out
 
 
 def _refs(client: Any) -> list[int]:

@@ -229,3 +229,19 @@ def test_audit_rows_tell_too_late_from_unknown() -> None:
         eng.apply(cmd, out)
         outcomes += [r["outcome"] for r in rows.rows(seq, seq, cmd, out) if r["outcome"].startswith("rejected")]
     assert outcomes == ["rejected 3017 TOO_LATE_FILLED", "rejected 3006 UNKNOWN_ORDER"]
+
+
+def test_audit_command_rows_name_firm_or_instrument_by_command_kind() -> None:
+    from appliance.catalogue import ALL_INSTRUMENTS, CancelOrder, ClockTick, Halt, MassCancel, ReplaceOrder, Resume
+    from tools.audit import AuditRows
+    rows = AuditRows({1: "AAA"})
+    for cmd in (CancelOrder(5, firm=3, session=8, cl_ord_id="X1"), ReplaceOrder(5, 10, 100, firm=3, session=8),
+                MassCancel(3, locate=1, session=8)):
+        r = rows.command_row(7, 7, "rejected", cmd)
+        assert (r["firm"], r["session"], r["outcome"]) == (3, 8, ""), cmd
+    assert rows.command_row(7, 7, "rejected", MassCancel(3, locate=1))["instrument"] == "AAA"
+    halt = rows.command_row(7, 7, "rejected", Halt(1))
+    assert (halt["instrument"], halt["firm"], halt["outcome"]) == ("AAA", "", "Halt(locate=1)")
+    assert rows.command_row(7, 7, "rejected", Resume(ALL_INSTRUMENTS))["instrument"] == "ALL"
+    tick = rows.command_row(7, 7, "rejected", ClockTick(T0))
+    assert (tick["instrument"], tick["firm"], tick["outcome"]) == ("", "", f"ClockTick({T0})")

@@ -47,11 +47,14 @@ from appliance.catalogue import (
     REPL_REMOVE,
     REPL_REPOST,
     CancelOrder,
+    Close,
     Command,
     Event,
+    Halt,
     MassCancel,
     NewOrder,
     ReplaceOrder,
+    Resume,
 )
 from appliance.model import (
     DAY,
@@ -69,6 +72,7 @@ from appliance.recovery import read_manifest, recover_state
 from appliance.wal import WalError
 from tools.replay import format_ts
 
+Row = dict[str, str | int]   # one audit row: COLUMNS -> text or an integer ("" where it does not apply)
 COLUMNS = (
     "ts_ns", "time", "seq", "event", "outcome", "firm", "account", "session", "cl_ord_id", "order_id",
     "ref", "instrument", "side", "ord_type", "tif", "price", "stop_price", "qty", "exec_qty",
@@ -92,7 +96,7 @@ class AuditRows:
     def __init__(self, symbols: dict[int, str]) -> None:
         self.symbols = symbols
 
-    def order_row(self, seq: int, ts: int, event: str, o: NewOrder) -> dict[str, Any]:
+    def order_row(self, seq: int, ts: int, event: str, o: NewOrder) -> Row:
         return {
             "ts_ns": ts, "time": format_ts(ts), "seq": seq, "event": event, "outcome": "",
             "firm": o.firm, "account": o.account, "session": o.session, "cl_ord_id": o.cl_ord_id,
@@ -104,7 +108,7 @@ class AuditRows:
             "prev_ref": "",
         }
 
-    def command_row(self, seq: int, ts: int, event: str, c: Command) -> dict[str, Any]:
+    def command_row(self, seq: int, ts: int, event: str, c: Command) -> Row:
         if isinstance(c, NewOrder):
             row = self.order_row(seq, ts, event, c)
             row["ref"] = ""
@@ -112,9 +116,9 @@ class AuditRows:
             return row
         row = {k: "" for k in COLUMNS}
         row.update({"ts_ns": ts, "time": format_ts(ts), "seq": seq, "event": event})
-        if not hasattr(c, "firm"):  # an admin command
+        if not isinstance(c, (CancelOrder, ReplaceOrder, MassCancel)):  # an admin command
             row["outcome"] = repr(c)
-            if hasattr(c, "locate"):
+            if isinstance(c, (Halt, Resume, Close)):
                 row["instrument"] = self.symbols.get(c.locate, "ALL" if c.locate == 0 else str(c.locate))
             return row
         row.update({"firm": c.firm, "session": c.session, "cl_ord_id": c.cl_ord_id})
@@ -127,7 +131,7 @@ class AuditRows:
             row["side"] = "B" if c.side == 0 else "S" if c.side == 1 else "BOTH"
         return row
 
-    def rows(self, seq: int, ts: int, cmd: Command, events: list[Event]) -> Iterator[dict[str, Any]]:
+    def rows(self, seq: int, ts: int, cmd: Command, events: list[Event]) -> Iterator[Row]:
         for ev in events:
             kind = ev[0]
             if kind == EV_ACCEPTED:
@@ -200,9 +204,9 @@ _GATEWAY_KEYS = ("ts_ns", "reason", "gateway", "command")
 
 
 def gateway_reject_rows(paths: Iterable[str], symbols: dict[int, str],
-                        problems: list[str] | None = None) -> list[dict[str, Any]]:
+                        problems: list[str] | None = None) -> list[Row]:
     """The rows of gateways' rejects.jsonl files, in COLUMNS, sorted by time."""
-    out: list[dict[str, Any]] = []
+    out: list[Row] = []
     for path in paths:
         with open(path) as f:
             for lineno, line in enumerate(f, 1):
@@ -216,7 +220,7 @@ def gateway_reject_rows(paths: Iterable[str], symbols: dict[int, str],
                     if problems is not None:
                         problems.append(f"{path}:{lineno}: {e}: skipped")
                     continue
-                row = {k: "" for k in COLUMNS}
+                row: Row = {k: "" for k in COLUMNS}
                 side = r.get("side", "")
                 locate = int(r.get("locate") or 0)
                 row.update({
@@ -243,6 +247,7 @@ def export(waldir: str, fmt: str, out: IO[str], rejects: Sequence[str] = (),
     spec = read_manifest(waldir)
     rows = AuditRows(spec.symbols())
     refused = gateway_reject_rows(rejects, spec.symbols(), problems)
+    refused_ts = [int(row["ts_ns"]) for row in refused]
     r_next = 0
     n = 0
     w = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
@@ -250,7 +255,7 @@ def export(waldir: str, fmt: str, out: IO[str], rejects: Sequence[str] = (),
         w.writeheader()
     dumps = json.dumps
 
-    def write(row: dict[str, Any]) -> None:
+    def write(row: Row) -> None:
         if fmt == "csv":
             w.writerow(row)
         else:
@@ -259,7 +264,7 @@ def export(waldir: str, fmt: str, out: IO[str], rejects: Sequence[str] = (),
 
     def on(seq: int, ts: int, cmd: Command, events: list[Event]) -> bool:
         nonlocal n, r_next
-        while r_next < len(refused) and refused[r_next]["ts_ns"] < ts:   # refused before this command
+        while r_next < len(refused) and refused_ts[r_next] < ts:   # refused before this command
             write(refused[r_next])
             r_next += 1
             n += 1

@@ -26,7 +26,7 @@ import time
 import tracemalloc
 from typing import Any
 
-from appliance.catalogue import EV_ACCEPTED
+from appliance.catalogue import EV_ACCEPTED, NewOrder
 from appliance.gateway.fix import CL_ORD_ID_WINDOW, FixSession, FixSessionConfig, FixSessionState
 from appliance.gateway.fixcodec import encode
 from appliance.gateway.journal import (
@@ -105,8 +105,9 @@ def _cycle_costs(s: FixSession, p: _Peer, journal: str, flushes: int, tag: str) 
         for i in range(flushes):
             s.receive_data(p.order(f"{tag}{i:09d}"), i)
             for cmd in s.take_commands():
-                cmd.ref = i + 1   # type: ignore[attr-defined]
-                s.on_events(i, [(EV_ACCEPTED, cmd, cmd.qty)], i)   # type: ignore[attr-defined]
+                assert isinstance(cmd, NewOrder), cmd   # the peer sends only NewOrderSingle
+                cmd.ref = i + 1
+                s.on_events(i, [(EV_ACCEPTED, cmd, cmd.qty)], i)
             s.data_to_send()
             t0 = clock()
             store.flush()
@@ -171,8 +172,9 @@ def cmd_fix_state(args: Any) -> int:
         probe, pp = _logged_on(FixSessionState())
         probe.receive_data(pp.order("SAMPLE"), 0)
         for cmd in probe.take_commands():
-            cmd.ref = 1   # type: ignore[attr-defined]
-            probe.on_events(0, [(EV_ACCEPTED, cmd, cmd.qty)], 0)   # type: ignore[attr-defined]
+            assert isinstance(cmd, NewOrder), cmd
+            cmd.ref = 1
+            probe.on_events(0, [(EV_ACCEPTED, cmd, cmd.qty)], 0)
         sample = [v for k, v in sorted(probe.state.sent.items())][-1].encode("latin-1")
         result: dict[str, Any] = {"bench": "fix-state", "flushes": args.flushes, "message_bytes": len(sample),
                                   "cl_ord_id_window": CL_ORD_ID_WINDOW, "compact_bytes": COMPACT_BYTES}

@@ -133,8 +133,9 @@ class _Fix:
                     raise RuntimeError(f"FIX logon refused: {m.get(58)}")
         raise RuntimeError("no FIX logon answer")
 
-    def _msg(self, msg_type: str, fields: list[tuple[int, Any]]) -> bytes:
-        head = [(49, "ALFA"), (56, self.target), (34, self.seq), (52, "20240131-14:05:09.123")]
+    def _msg(self, msg_type: str, fields: list[tuple[int, str | bytes | int]]) -> bytes:
+        head: list[tuple[int, str | bytes | int]] = [(49, "ALFA"), (56, self.target), (34, self.seq),
+                                                     (52, "20240131-14:05:09.123")]
         self.seq += 1
         return self.encode(msg_type, head + fields)
 

@@ -217,8 +217,9 @@ class FixClient:
         self.timeout = timeout
         self.closed = False
 
-    def send(self, msg_type: str, fields: list[tuple[int, Any]]) -> None:
-        head = [(49, self.sender), (56, self.target), (34, self.next_out), (52, "20240131-14:05:09.123")]
+    def send(self, msg_type: str, fields: list[tuple[int, str | bytes | int]]) -> None:
+        head: list[tuple[int, str | bytes | int]] = [(49, self.sender), (56, self.target), (34, self.next_out),
+                                                     (52, "20240131-14:05:09.123")]
         self.next_out += 1
         self.sock.sendall(fix_encode(msg_type, head + fields))
 
@@ -548,7 +549,7 @@ def _drive(cfg: Config, orders: int, rng: random.Random, view_conn: Any, tty: bo
     last_view = 0.0
     latest_view = None
     i = 0
-    while load.sent < orders or (sum(inflight) and time.monotonic() - t0 < orders / rate + 20):
+    while load.sent < orders or (sum(inflight) != 0 and time.monotonic() - t0 < orders / rate + 20):
         now = time.monotonic()
         budget = int((now - t0) * rate) - load.sent
         while budget > 0 and load.sent < orders:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Iterator
+from typing import Any, Iterator, TypedDict
 
 from feeds.books import L2Book, L3Book
 from feeds.channels import L1, L2, channel_of_session
@@ -324,7 +324,22 @@ def parse_clock(text: str) -> int:
     return ((h * 60 + m) * 60 + sec) * 1_000_000_000 + int(frac.ljust(9, "0") or 0)
 
 
-def book(path: str, seq: int | None = None, stamp: int | None = None) -> dict[bytes, Any]:
+class LadderRow(TypedDict):
+    """One instrument of a book's ladder; a level is [price, shares, orders], best first."""
+    locate: int
+    stock: str
+    stale: bool
+    bids: list[list[int]]
+    asks: list[list[int]]
+
+
+class BookReport(TypedDict):
+    """One session's book in ``matchwire pcap book``."""
+    kind: str                     # "L3" or "L2"
+    instruments: list[LadderRow]
+
+
+def book(path: str, seq: int | None = None, stamp: int | None = None) -> dict[bytes, L2Book | L3Book]:
     """The books of every L3 (and foreign ITCH) and L2 session of a capture, up to L3 message
     ``seq`` (the L2 books to the same ITCH timestamp), or up to ITCH timestamp ``stamp``."""
     if seq is not None:
@@ -344,7 +359,7 @@ def book(path: str, seq: int | None = None, stamp: int | None = None) -> dict[by
         if not found:
             raise CaptureError(f"{path}: no L3 message with sequence number {seq}")
         stamp = found[0]
-    books: dict[bytes, Any] = {}
+    books: dict[bytes, L2Book | L3Book] = {}
 
     def sinks(session: bytes) -> list[Any] | None:
         ch = channel_of_session(session)
@@ -366,9 +381,9 @@ def book(path: str, seq: int | None = None, stamp: int | None = None) -> dict[by
     return books
 
 
-def ladder(b: Any, levels: int, stock: str | None = None) -> list[dict[str, Any]]:
+def ladder(b: L2Book | L3Book, levels: int, stock: str | None = None) -> list[LadderRow]:
     """Per instrument: symbol, bids and asks (price, shares, orders), best first, ``levels`` deep."""
-    out = []
+    out: list[LadderRow] = []
     locates = b.locates() if isinstance(b, L3Book) else sorted(b.levels)
     for loc in locates:
         symbol = b.directory.symbols.get(loc, str(loc))
@@ -385,7 +400,7 @@ def ladder(b: Any, levels: int, stock: str | None = None) -> list[dict[str, Any]
     return out
 
 
-def print_ladder(session: str, kind: str, rows: list[dict[str, Any]]) -> None:
+def print_ladder(session: str, kind: str, rows: list[LadderRow]) -> None:
     from tools.feed_dump import decimal
     w = sys.stdout.write
     w(f"{kind} book, session {session}\n")
@@ -406,9 +421,10 @@ def cmd_book(args: argparse.Namespace) -> int:
         books = book(args.file, args.seq, args.time)
     except CaptureError as e:
         return _fail("pcap book", e)
-    report = {session_text(s): {"kind": "L3" if isinstance(b, L3Book) else "L2",
-                                "instruments": ladder(b, args.levels, args.stock)}
-              for s, b in sorted(books.items())}
+    report: dict[str, BookReport] = {
+        session_text(s): {"kind": "L3" if isinstance(b, L3Book) else "L2",
+                          "instruments": ladder(b, args.levels, args.stock)}
+        for s, b in sorted(books.items())}
     if args.json:
         _dump_json(report)
     else:

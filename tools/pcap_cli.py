@@ -25,6 +25,7 @@ import json
 import sys
 from typing import Any, Iterator
 
+from appliance.model import price_to_text
 from feeds.books import L2Book, L3Book
 from feeds.channels import L1, L2, channel_of_session
 from feeds.pcap import IPPROTO_TCP, IPPROTO_UDP, Packet, capture_reader, udp_datagrams
@@ -386,7 +387,6 @@ def ladder(b: Any, levels: int, stock: str | None = None) -> list[dict[str, Any]
 
 
 def print_ladder(session: str, kind: str, rows: list[dict[str, Any]]) -> None:
-    from tools.feed_dump import decimal
     w = sys.stdout.write
     w(f"{kind} book, session {session}\n")
     for r in rows:
@@ -396,8 +396,8 @@ def print_ladder(session: str, kind: str, rows: list[dict[str, Any]]) -> None:
         for i in range(max(len(r["bids"]), len(r["asks"]))):
             bid = r["bids"][i] if i < len(r["bids"]) else None
             ask = r["asks"][i] if i < len(r["asks"]) else None
-            left = f"{bid[2]:>7} {bid[1]:>10} {decimal(bid[0], 4):>12}" if bid else " " * 31
-            right = f"{decimal(ask[0], 4):<12} {ask[1]:>10} {ask[2]:>7}" if ask else ""
+            left = f"{bid[2]:>7} {bid[1]:>10} {price_to_text(bid[0]):>12}" if bid else " " * 31
+            right = f"{price_to_text(ask[0]):<12} {ask[1]:>10} {ask[2]:>7}" if ask else ""
             w(f"    {left} | {right}\n")
 
 

@@ -85,7 +85,7 @@ from appliance.catalogue import (
 from appliance.clock import wall_clock
 from appliance.config import Config, FirmConfig, load
 from appliance.gateway import events as E
-from appliance.gateway import ouch_layout as L
+from feeds import ouch_layout as L
 from appliance.gateway.budget import ConnectionBudget, MessageBudget
 from appliance.gateway.fix import FixSession, FixSessionConfig, FixSessionState, logon_identity
 from appliance.gateway.fixcodec import FixFramingError

@@ -320,6 +320,10 @@ def _as_plain_dict(side_levels: Any) -> dict[int, Any]:
 
 
 def cmd_depth(args: argparse.Namespace) -> int:
+    if args.levels < 1 or args.queries < 1 or args.pad_levels < 0:
+        print("matchwire bench depth: --levels and --queries take a positive number, --pad-levels zero or more",
+              file=sys.stderr)
+        return 2
     batches, instruments, _engine, _ = _batches(args.flow, args.limit)
     memory = MemoryTransport()
     _run(batches, instruments, FeedConfig(channels=(L3, L2), groups=_bench_groups()), memory)

@@ -47,6 +47,7 @@ from appliance.build import build_kind
 from appliance.catalogue import EV_REJECTED, EV_TRADING_STATE, ClockTick, Close, Command, Event, Halt, Resume
 from appliance.clock import Clock, wall_clock
 from appliance.config import Config, PartitionConfig, load
+from appliance.fsutil import atomic_write
 from appliance.idle import make_idle
 from appliance.matching.engine import Engine
 from appliance.metrics import DUTY_STAGES, S_DECODE, S_OTHER, S_RECORDS, STAGE_TIMING_ENV, Histogram, StageClock
@@ -182,10 +183,7 @@ def feed_store_dir(state_dir: str, partition: str) -> str:
 
 
 def atomic_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True).encode(), durable=False)
 
 
 # ================================================================================================

@@ -30,6 +30,7 @@ import sys
 from typing import Any
 
 from appliance.config import Config, ConfigError, PartitionConfig, load
+from appliance.fsutil import atomic_write
 from appliance.process import setup_process
 
 
@@ -55,9 +56,8 @@ def _announce(state_dir: str | None, name: str, info: dict[str, Any]) -> None:
         run = os.path.join(state_dir, "run")
         os.makedirs(run, exist_ok=True)
         path = os.path.join(run, f"{name}.ready.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(dict(info, pid=os.getpid()), f, indent=1, sort_keys=True)
-        os.replace(path + ".tmp", path)
+        data = json.dumps(dict(info, pid=os.getpid()), indent=1, sort_keys=True).encode()
+        atomic_write(path, data, durable=False)
     print(json.dumps(info), flush=True)
 
 

@@ -51,6 +51,7 @@ from appliance.config import Config, PartitionConfig, load
 from appliance import feedstage
 from appliance import walstage
 from appliance.stage import stage_cpu
+from appliance.fsutil import atomic_write
 from appliance.idle import make_idle
 from appliance.matching.engine import Engine
 from appliance.metrics import DUTY_STAGES, S_DECODE, S_OTHER, S_RECORDS, STAGE_TIMING_ENV, Histogram, StageClock
@@ -187,10 +188,7 @@ def feed_store_dir(state_dir: str, partition: str) -> str:
 
 
 def atomic_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True).encode(), durable=False)
 
 
 # ================================================================================================

@@ -39,6 +39,7 @@ from collections import deque
 from typing import Any, Final
 
 from appliance.clock import Clock
+from appliance.fsutil import atomic_write
 from appliance.idle import make_idle
 from appliance.matching.engine import Engine
 from appliance.metrics import DUTY_STAGES, S_DECODE, S_MATCH, S_OTHER, StageClock
@@ -277,7 +278,4 @@ class _Stage:
         doc = {"pid": os.getpid(), "commands": self.commands, "batches": self.batches,
                "published_seq": self.published_seq, "first_ns": self.first_ns, "last_ns": self.last_ns,
                "feed": self.pub.stats(), "stages": st.report(self.commands) if st is not None else None}
-        tmp = self.stats_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(doc, f)
-        os.replace(tmp, self.stats_path)
+        atomic_write(self.stats_path, json.dumps(doc).encode(), durable=False)

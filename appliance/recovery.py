@@ -25,6 +25,7 @@ import time
 from typing import Any, Callable, Final
 
 from appliance.catalogue import Command, Event
+from appliance.fsutil import atomic_write
 from appliance.matching.engine import Engine
 from appliance.partition import Partition
 from appliance.sequencer import Sequencer
@@ -38,7 +39,6 @@ from appliance.wal import (
     WalError,
     WalReader,
     WalWriter,
-    atomic_write,
     list_segments,
     new_token,
     warn_policy_none,

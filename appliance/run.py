@@ -5,7 +5,7 @@ previous one to say it is ready (``{state_dir}/run/<name>.ready.json``):
 
     1. one matching process per partition    python -m appliance.daemon      (recovery first)
     2. one process per gateway               python -m appliance.gateway.server
-    3. retransmission and snapshot servers   python -m tools.cli retransmit serve / snapshot serve
+    3. retransmission and snapshot servers   python -m appliance.servers retransmit|snapshot serve
     4. the admin HTTP interface              [admin] bind:port, when a token is configured
 
 Placement on the host: each partition pins itself (config ``cpu``); the supervisor, gateways and
@@ -48,8 +48,8 @@ def log(text: str) -> None:
     sys.stderr.flush()
 
 
-SERVER_MODULES: Final = {"retransmit": ("tools.retransmit_cli", "retransmit.server", "retransmit.soupserver"),
-                          "snapshot": ("tools.retransmit_cli", "retransmit.snapshot_server", "retransmit.recovery")}
+SERVER_MODULES: Final = {"retransmit": ("appliance.servers", "retransmit.server", "retransmit.soupserver"),
+                          "snapshot": ("appliance.servers", "retransmit.snapshot_server", "retransmit.recovery")}
 RESTART_FIRST_S: Final = 0.5      # a dead server is started again after this ...
 RESTART_MAX_S: Final = 10.0       # ... doubling while it keeps dying young, up to this
 RESTART_YOUNG_S: Final = 60.0     # a server that ran longer than this starts over at RESTART_FIRST_S
@@ -107,8 +107,8 @@ def _die_with_parent() -> None:
 
 
 def server_argv(command: str, config_path: str, state_dir: str) -> list[str]:
-    """The `matchwire COMMAND serve` arguments of a server, after importing what it runs: a module
-    that does not import is a start-up failure (ServerBroken, one line), not a server left out."""
+    """The `python -m appliance.servers COMMAND serve` arguments of a server, after importing what it
+    runs: a module that does not import is a start-up failure (ServerBroken, one line), not a server left out."""
     import importlib
     for module in SERVER_MODULES[command]:
         try:
@@ -208,7 +208,7 @@ class Supervisor:
             log(f"gateway {c.name} ready (pid {c.pid})")
         if server_argvs:
             for cmd, sargv in server_argvs.items():
-                c = Child(f"{cmd}-server", cmd, [py, "-m", "tools.cli", *sargv])
+                c = Child(f"{cmd}-server", cmd, [py, "-m", "appliance.servers", *sargv])
                 c.start()
                 self.others.append(c)
             for c in self.others:

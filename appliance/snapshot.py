@@ -50,7 +50,8 @@ from appliance.matching.book import Book, Level
 from appliance.matching.engine import Engine
 from appliance.matching.rules import TradingRules
 from appliance.model import BUY, SELL, STP_CN, Instrument
-from appliance.wal import LAYOUTS, fsync_dir
+from appliance.fsutil import atomic_write
+from appliance.wal import LAYOUTS
 
 SNAP_MAGIC: Final = b"MWSNAP01"
 SNAP_VERSION: Final = 3
@@ -405,17 +406,7 @@ class SnapshotStore:
 
     def write(self, seq: int, data: bytes) -> str:
         path = os.path.join(self.directory, snapshot_name(seq))
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        fsync_dir(self.directory)
+        atomic_write(path, data)
         self.written.append(seq)
         self._prune()
         return path

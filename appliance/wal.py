@@ -54,6 +54,7 @@ from operator import attrgetter, itemgetter
 from typing import Any, Callable, Final, Iterator, NamedTuple, Protocol
 
 from appliance.catalogue import COMMANDS, Command
+from appliance.fsutil import atomic_write, fsync_dir
 from appliance.metrics import S_FSYNC, S_WAL_WRITE, StageClock
 
 crc32: Final = zlib.crc32
@@ -534,30 +535,6 @@ class EpochFile:
 
 def new_token() -> str:
     return "%d-%s" % (os.getpid(), os.urandom(6).hex())
-
-
-def fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write a small file atomically: temp file, fsync, rename, fsync of the directory."""
-    directory = os.path.dirname(path) or "."
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(directory)
 
 
 # ================================================================================================

@@ -6,8 +6,9 @@ and of session changes (``reset``). Owned by the thread that runs the receiver. 
 Price(4) integers, sides 0 (buy) and 1 (sell) as in appliance.model.
 
     L3Book   orders: ref -> [locate, side, price, shares]; per instrument and side
-             price -> [total shares, {ref: order} in time priority]. A gap makes every
-             instrument stale (ITCH after a gap refers to orders we never saw).
+             price -> [total shares, {ref: order} in time priority], kept sorted by price
+             (SortedDict): a depth query reads the best levels instead of sorting them all.
+             A gap makes every instrument stale (ITCH after a gap refers to orders we never saw).
     L2Book   per instrument and side price -> (shares, orders), the top N levels as published.
     L1Book   per instrument best bid, best offer (price, shares, orders) and the last trade.
              L2 and L1 carry a per-instrument sequence number: after a gap an instrument whose
@@ -22,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import struct
 from typing import Any, Callable, Final, Iterable
+
+from sortedcontainers import SortedDict
 
 from feeds import itch
 from feeds.channels import BEST_BID_OFFER, LAST_TRADE, PRICE_LEVEL_UPDATE
@@ -110,7 +113,8 @@ class L3Book:
     an L3 (ITCH 5.0) channel.
 
     orders: ref -> [shares, level], in arrival order; a level is [total shares, orders, price, the
-    side's {price: level}, locate, side]; sides: locate -> ({bid price: level}, {ask price: level}).
+    side's {price: level}, locate, side]; sides: locate -> ({bid price: level}, {ask price: level}),
+    each a SortedDict by price (ascending), so depth reads the best levels without a sort.
     An order holds its level, so an execution, cancel or delete costs one dict lookup. Time priority
     needs no queue per level: ITCH never moves an order back in its queue without a new reference
     (U retires the old one), so the arrival order of ``orders`` is the priority within each level.
@@ -118,7 +122,7 @@ class L3Book:
 
     def __init__(self, on_update: Callable[[int], None] | None = None) -> None:
         self.orders: dict[int, list[Any]] = {}
-        self.sides: dict[int, tuple[dict[int, list[Any]], dict[int, list[Any]]]] = {}
+        self.sides: dict[int, tuple[SortedDict, SortedDict]] = {}   # locate -> ({bid price: level}, asks)
         self.directory = _Directory()
         self.last_trade: dict[int, tuple[int, int, int]] = {}   # locate -> (price, shares, match)
         self.stale = False
@@ -144,7 +148,7 @@ class L3Book:
                 locate, ref, side, shares, price = unpack_a(buf, p)
                 pair = sides.get(locate)
                 if pair is None:
-                    pair = sides[locate] = ({}, {})
+                    pair = sides[locate] = (SortedDict(), SortedDict())
                 s = side & 1            # b"B" (66) -> 0, b"S" (83) -> 1
                 book = pair[s]
                 lvl = book.get(price)
@@ -249,13 +253,12 @@ class L3Book:
         return sorted(loc for loc, (b, a) in self.sides.items() if b or a)
 
     def depth(self, locate: int, side: int, n: int | None = None) -> list[tuple[int, int, int]]:
-        """[(price, total shares, orders), ...] best first."""
+        """[(price, total shares, orders), ...] best first, the best ``n`` (all when None)."""
         pair = self.sides.get(locate)
         if pair is None:
             return []
         book = pair[side]
-        prices = sorted(book, reverse=side == 0)[:n]
-        return [(p, book[p][0], book[p][1]) for p in prices]
+        return [(p, (lv := book[p])[0], lv[1]) for p in _best(book, side, n)]
 
     def best_bid(self, locate: int) -> tuple[int, int, int] | None:
         d = self.depth(locate, 0, 1)
@@ -296,6 +299,17 @@ def engine_l3_summary(engine: Any) -> list[tuple[Any, ...]]:
         out.append((book.locate, [tuple(x) for x in book.depth(0)], [tuple(x) for x in book.depth(1)],
                     [(o.ref, o.price, o.leaves) for o in bids], [(o.ref, o.price, o.leaves) for o in asks]))
     return out
+
+
+def _best(book: SortedDict, side: int, n: int | None) -> list[int]:
+    """The prices of the best ``n`` levels (all when None) of a side kept in a SortedDict by price:
+    the highest bids, the lowest asks, best first. Slices by position: no sort."""
+    keys = book.keys()
+    if side == 1:
+        return keys[:n] if n is not None else list(keys)
+    prices = keys[-n:] if n else (list(keys) if n is None else [])
+    prices.reverse()
+    return prices
 
 
 # ================================================================================================
@@ -369,6 +383,8 @@ class L2Book(_InstrumentBook):
 
     def __init__(self, on_update: Callable[[int], None] | None = None) -> None:
         super().__init__(on_update)   # on_update: called with the locate at the end of each update group
+        # A plain dict per side: a side holds at most the N levels the channel publishes, and sorting
+        # N prices per query was faster than keeping them sorted on every update (bench depth).
         self.levels: dict[int, tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]] = {}
 
     def apply_blocks(self, buf: Buffer, pos: int, count: int, first_seq: int = 0) -> int:

@@ -36,10 +36,10 @@ from array import array
 from bisect import bisect_left
 from typing import Any, Callable, Iterable, NamedTuple
 
-from appliance.gateway import ouch_layout
 from feeds import itch
 from feeds.channels import ALL_LAYOUTS, channel_of_session
 from feeds.moldudp64 import END_OF_SESSION_COUNT, HEADER_SIZE
+from feeds import ouch_layout
 from feeds.pcap import IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST, TCP_SYN, Packet
 from feeds.soupbintcp import FrameParser, SoupPacket
 from feeds.subscriber import ChannelReceiver, _check_blocks

@@ -96,6 +96,7 @@ from appliance.model import (
     TS_REOPENING_AUCTION,
     Instrument,
 )
+from appliance.fsutil import atomic_write
 from appliance.metrics import S_L2L1, S_L3, S_PACKETIZE, S_SEND, S_STORE, StageClock
 from feeds import itch
 from feeds.channels import (
@@ -422,10 +423,7 @@ def write_checkpoint(store_dir: str, ckpt: dict[str, Any], keep: int = 3) -> str
     """Write atomically (temp file, rename; not fsynced: losing one costs replay time only) and
     keep the newest ``keep``."""
     path = checkpoint_path(store_dir, int(ckpt["seq"]))
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(ckpt, f, separators=(",", ":"))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(ckpt, separators=(",", ":")).encode(), durable=False)
     names = sorted(n for n in os.listdir(store_dir) if n.startswith("CHECKPOINT-") and n.endswith(".json"))
     for n in names[:-keep]:
         os.unlink(os.path.join(store_dir, n))
@@ -623,12 +621,8 @@ class Publisher:
         if path is None:
             return
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(state, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())   # rare (session start, change, end): which session is current must survive
-        os.replace(tmp, path)
+        # rare (session start, change, end): which session is current must survive
+        atomic_write(path, json.dumps(state, indent=1, sort_keys=True).encode())
 
     def sessions(self) -> dict[str, bytes]:
         return {name: ch.session for name, ch in self.channels.items()}

@@ -6,7 +6,7 @@ declared once in the code (no field is written out here)::
                                                  (feeds.channels.ALL_LAYOUTS: AddOrder, PriceLevelUpdate ...)
     TCP / SoupBinTCP (length, type) ── Login Request / Login Accepted (feeds.soupbintcp layouts),
               OUCH 5.0 inside 'U' (client) and 'S' (server) data, one class per layout
-              (appliance.gateway.ouch_layout INBOUND / OUTBOUND, appendage options as OuchOption)
+              (feeds.ouch_layout INBOUND / OUTBOUND, appendage options as OuchOption)
 
 A field name that would hide a scapy Packet attribute gets a ``_`` appended (OUCH ``display_``).
 Counts and lengths are computed when a packet is built (``MoldUDP64(session=b"...", sequence=1,
@@ -43,7 +43,7 @@ from scapy.fields import (
 from scapy.layers.inet import TCP, UDP
 from scapy.packet import Packet, Raw, bind_layers
 
-from appliance.gateway import ouch_layout
+from feeds import ouch_layout
 from feeds import soupbintcp
 from feeds.channels import ALL_LAYOUTS, default_groups
 from feeds.layout import Msg

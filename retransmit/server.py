@@ -2,7 +2,7 @@
 
 Both read the feed stores the partitions' publishers write (another process), through one
 ``StoreSet``; neither talks to the matching core. ``RetransmitServer`` wires them on one asyncio
-loop; ``matchwire retransmit serve`` (tools/retransmit_cli.py) runs it until SIGTERM.
+loop; ``matchwire retransmit serve`` (appliance/servers.py) runs it until SIGTERM.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import random
 
 from appliance import codec_ring as C
 from appliance.catalogue import CancelOrder, NewOrder
-from appliance.gateway import ouch_layout as L
+from feeds import ouch_layout as L
 from appliance.gateway.ouch import OuchSession
 from appliance.gateway.journal import J_OUCH_COUNT
 from appliance.gateway.server import (

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.gateway import ouch_layout as L
+from feeds import ouch_layout as L
 from feeds.pcap import read_pcap
 from feeds.soupbintcp import FrameParser, SoupPacket
 

@@ -12,7 +12,7 @@ from appliance import reasons as R
 from appliance.catalogue import CancelOrder, Command, MassCancel, NewOrder, ReplaceOrder
 from appliance.gateway import events as E
 from appliance.gateway import ouch
-from appliance.gateway import ouch_layout as L
+from feeds import ouch_layout as L
 from appliance.matching.engine import Engine
 from appliance.model import Instrument
 from feeds import soupbintcp as soup

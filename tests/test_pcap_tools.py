@@ -24,7 +24,7 @@ from feeds import pcap
 from feeds.channels import CHANNELS, L1, L2, L3, ChannelGroups, FeedConfig, decode_any
 from feeds.moldudp64 import parse_packet
 from feeds.pcap import PcapWriter, udp_frame
-from appliance.gateway import ouch_layout
+from feeds import ouch_layout
 from feeds import itch, soupbintcp
 from feeds.books import L2Book, L3Book, engine_l2_summary, engine_l3_summary, summary_hash
 from feeds.moldudp64 import PacketBuilder, Session

@@ -16,7 +16,7 @@ pytest.importorskip("scapy")
 
 from scapy.all import Raw, UDP, ls, rdpcap  # noqa: E402
 
-from appliance.gateway import ouch_layout  # noqa: E402
+from feeds import ouch_layout  # noqa: E402
 from feeds import scapy_layers as S  # noqa: E402
 from feeds import itch, soupbintcp  # noqa: E402
 from feeds.channels import ALL_LAYOUTS, L3, decode_any  # noqa: E402

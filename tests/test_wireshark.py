@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from appliance.gateway import ouch_layout
+from feeds import ouch_layout
 from feeds import soupbintcp, wireshark
 from feeds.channels import ALL_LAYOUTS
 from feeds.layout import Msg

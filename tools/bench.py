@@ -11,7 +11,7 @@ from typing import Any
 BENCH_MODULES: tuple[str, ...] = (
     "tools.bench_matching",
     "tools.bench_wal",  # wal, recovery, crash
-    "tools.bench_feed",  # feed, subscriber
+    "tools.bench_feed",  # feed, subscriber, depth
     "tools.bench_pcap",  # pcap (gap-check and stats beside tshark)
     "tools.bench_ring",
     "tools.bench_retransmit",  # retransmit

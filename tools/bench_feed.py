@@ -19,6 +19,13 @@ datagram. Ratios are against udp (one send per datagram per group) of the same r
 bench subscriber: the L3 datagrams of a pcap (read first, untimed) through a ChannelReceiver
 (A/B arbitration, gap check) into an L3Book: MoldUDP64 + ITCH decode and book apply.
 
+bench depth FLOW.bin: the flow's L3 and L2 datagrams (engine and publisher first, untimed) through
+ChannelReceivers into an L3Book and an L2Book (timed: the apply), then depth queries, the top
+--levels of each side of every instrument, --queries rounds: once by the books' own ``depth`` and
+once by sorting the side's prices on every query (the way depth was answered before the books kept
+their levels sorted), on the same levels; the two must agree. The flows make books about 20-40
+levels deep; --pad-levels K adds K levels per L3 side beyond the far end to see a deeper book.
+
 The cyclic GC is off during timed parts, as in the matching daemon. The last line is one JSON object.
 """
 from __future__ import annotations
@@ -29,17 +36,19 @@ import json
 import os
 import platform
 import random
+import sys
 import time
 from typing import Any
 
 from appliance.catalogue import Event
 from appliance.matching.engine import Engine
-from feeds.books import L3Book
-from feeds.channels import CHANNELS, L3, ChannelGroups, FeedConfig, channel_of_session
+from feeds import itch
+from feeds.books import L2Book, L3Book
+from feeds.channels import CHANNELS, L2, L3, ChannelGroups, FeedConfig, channel_of_session
 from feeds.pcap import IPPROTO_UDP, PcapReader
 from feeds.publisher import Publisher
 from feeds.subscriber import ChannelReceiver
-from feeds.transport import NullTransport, PcapTransport, UdpTransport
+from feeds.transport import MemoryTransport, NullTransport, PcapTransport, UdpTransport
 from tools.flows import FLOW_FIRM_STP, flow_instrument_count, flow_instruments, read_flow
 
 BATCH = 1024
@@ -297,6 +306,106 @@ def cmd_subscriber(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sorted_per_query(book: dict[int, Any], side: int, n: int) -> list[tuple[int, int, int]]:
+    """Depth as it was answered before: sort the side's prices on every query."""
+    return [(p, book[p][0], book[p][1]) for p in sorted(book, reverse=side == 0)[:n]]
+
+
+def _as_plain_dict(side_levels: Any) -> dict[int, Any]:
+    """The levels as the plain dict the books kept before, in a shuffled insertion order (a dict
+    filled as levels appear is not in price order; a sorted one would flatter the sort)."""
+    prices = list(side_levels)
+    random.Random(len(prices)).shuffle(prices)
+    return {p: side_levels[p] for p in prices}
+
+
+def cmd_depth(args: argparse.Namespace) -> int:
+    if args.levels < 1 or args.queries < 1 or args.pad_levels < 0:
+        print("matchwire bench depth: --levels and --queries take a positive number, --pad-levels zero or more",
+              file=sys.stderr)
+        return 2
+    batches, instruments, _engine, _ = _batches(args.flow, args.limit)
+    memory = MemoryTransport()
+    _run(batches, instruments, FeedConfig(channels=(L3, L2), groups=_bench_groups()), memory)
+    l3 = L3Book()
+    l2 = L2Book()
+    timings: dict[str, float] = {}
+    for name, ch, book in (("l3", L3, l3), ("l2", L2, l2)):
+        datagrams = memory.of(ch)
+        receive = ChannelReceiver(ch, [book]).receive
+        gc.collect()
+        gc.disable()
+        try:
+            t0 = time.perf_counter()
+            for data in datagrams:
+                receive(0, data, 0)
+            timings[f"{name}_apply_seconds"] = time.perf_counter() - t0
+        finally:
+            gc.enable()
+    if args.pad_levels:     # a deeper book than the flow makes: more Add Orders beyond the far end
+        ref = max(l3.orders, default=0)
+        for loc in l3.locates():
+            bids, asks = l3.sides[loc]
+            low = min(bids, default=min(asks, default=1_000_000))
+            high = max(asks, default=low)
+            for i in range(1, args.pad_levels + 1):
+                for side_byte, price in ((b"B", low - i), (b"S", high + i)):
+                    if price > 0:
+                        ref += 1
+                        l3.apply(itch.encode_add_order(loc, 0, 0, ref, side_byte, 100, b"PAD     ", price))
+    n = args.levels
+    sides = {"l3": [(loc, side, _as_plain_dict(l3.sides[loc][side])) for loc in l3.locates() for side in (0, 1)],
+             "l2": [(loc, side, _as_plain_dict(l2.levels[loc][side])) for loc in sorted(l2.levels) for side in (0, 1)]}
+
+    def l3_depth(loc: int, side: int) -> list[tuple[int, int, int]]:
+        return l3.depth(loc, side, n)
+
+    def l2_depth(loc: int, side: int) -> list[tuple[int, int, int]]:
+        return l2.depth(loc, side)[:n]
+
+    own = {"l3": l3_depth, "l2": l2_depth}
+    result: dict[str, Any] = {
+        "benchmark": "depth", "flow": os.path.basename(args.flow),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "levels": n, "queries_per_side": args.queries, "pad_levels": args.pad_levels,
+        "l3_resting_orders": len(l3.orders),
+        "l3_price_levels": sum(len(lv) for _, _, lv in sides["l3"]),
+        "l2_price_levels": sum(len(lv) for _, _, lv in sides["l2"]),
+    }
+    for name in ("l3", "l2"):
+        depth = own[name]
+        for loc, side, lv in sides[name]:   # the same answer both ways, or the figures mean nothing
+            if depth(loc, side) != _sorted_per_query(lv, side, n):
+                print(f"matchwire bench depth: {name} depth of locate {loc} side {side} differs", file=sys.stderr)
+                return 1
+        gc.collect()
+        gc.disable()
+        try:
+            t0 = time.perf_counter()
+            for _ in range(args.queries):
+                for loc, side, _lv in sides[name]:
+                    depth(loc, side)
+            books_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for _ in range(args.queries):
+                for _loc, side, lv in sides[name]:
+                    _sorted_per_query(lv, side, n)
+            sort_s = time.perf_counter() - t0
+        finally:
+            gc.enable()
+        queries = args.queries * len(sides[name])
+        result[f"{name}_apply_seconds"] = round(timings[f"{name}_apply_seconds"], 4)
+        result[f"{name}_depth_queries"] = queries
+        result[f"{name}_depth_us_books"] = round(books_s / max(1, queries) * 1e6, 3)
+        result[f"{name}_depth_us_sort_per_query"] = round(sort_s / max(1, queries) * 1e6, 3)
+    print(f"{'':>4} {'levels':>8} {'apply s':>9} {'depth us (books)':>17} {'depth us (sort per query)':>26}")
+    for name in ("l3", "l2"):
+        print(f"{name:>4} {result[f'{name}_price_levels']:>8} {result[f'{name}_apply_seconds']:>9} "
+              f"{result[f'{name}_depth_us_books']:>17} {result[f'{name}_depth_us_sort_per_query']:>26}")
+    print(json.dumps(result))
+    return 0
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("feed", help="engine -> ITCH encoder -> MoldUDP64 packetizer -> transport")
     p.add_argument("flow", help="FLOW.bin made by `matchwire flow generate`")
@@ -311,3 +420,11 @@ def register(sub: Any) -> None:
     s = sub.add_parser("subscriber", help="MoldUDP64 + ITCH decode and L3 book apply from a pcap")
     s.add_argument("pcap")
     s.set_defaults(func=cmd_subscriber)
+    d = sub.add_parser("depth", help="L3 and L2 book apply, then depth queries: the books' own vs sort per query")
+    d.add_argument("flow", help="FLOW.bin made by `matchwire flow generate`")
+    d.add_argument("--limit", type=int, help="only the first N commands of the flow")
+    d.add_argument("--levels", type=int, default=10, help="levels per side a query asks for (default 10)")
+    d.add_argument("--queries", type=int, default=20, help="query rounds over every side of every instrument")
+    d.add_argument("--pad-levels", type=int, default=0, metavar="K",
+                   help="then K more levels per L3 side beyond the far end (a deeper book than the flow's)")
+    d.set_defaults(func=cmd_depth)

@@ -27,6 +27,7 @@ import tracemalloc
 from typing import Any
 
 from appliance.catalogue import EV_ACCEPTED, NewOrder
+from appliance.fsutil import atomic_write
 from appliance.gateway.fix import CL_ORD_ID_WINDOW, FixSession, FixSessionConfig, FixSessionState
 from appliance.gateway.fixcodec import encode
 from appliance.gateway.journal import (
@@ -139,10 +140,7 @@ def _old_flush_ns(st: FixSessionState, path: str, runs: int) -> int:
         t0 = time.perf_counter_ns()
         obj = st.to_json_obj()
         del obj["sent"]
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"state": obj, "applied": {"0": 1}}, f)
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps({"state": obj, "applied": {"0": 1}}).encode(), durable=False)
         times.append(time.perf_counter_ns() - t0)
     return int(statistics.median(times))
 

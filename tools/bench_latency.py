@@ -86,7 +86,7 @@ class _Ouch:
     """OUCH 5.0 Enter Orders; the answer is matched by UserRefNum (= order index + 1)."""
 
     def __init__(self, sock: socket.socket, cfg: Config) -> None:
-        from appliance.gateway import ouch_layout as L
+        from feeds import ouch_layout as L
         from feeds import soupbintcp as soup
         self.L, self.soup = L, soup
         sock.sendall(soup.encode_login_request("alfa", "alfa-pw", "", 0))

@@ -14,7 +14,7 @@ What it does, in well under a minute:
    order-to-ack latency percentiles, and whether the subscriber's book equals the partition's.
 
 The OUCH and FIX clients here are small blocking-socket clients on feeds/soupbintcp.py,
-appliance/gateway/ouch_layout.py and appliance/gateway/fixcodec.py (tests and benchmarks use them).
+feeds/ouch_layout.py and appliance/gateway/fixcodec.py (tests and benchmarks use them).
 """
 from __future__ import annotations
 
@@ -35,9 +35,10 @@ import time
 from typing import Any, Final
 
 from appliance.config import Config, FeedChannelConfig, default, dumps
-from appliance.gateway import ouch_layout as L
+from appliance.gateway import ouch as O
 from appliance.gateway.fixcodec import FixMessage, FixParser, encode as fix_encode
 from appliance.model import price_to_text
+from feeds import ouch_layout as L
 from feeds import soupbintcp as soup
 
 PYTHON: Final = sys.executable
@@ -385,8 +386,7 @@ def latency_lines(ack: dict[str, Any], engine: dict[str, Any], counters: dict[st
 
 
 def ouch_reject_key(reason: int) -> str:
-    from tools.order_cli import OUCH_REJECT_NAMES
-    return f"OUCH {OUCH_REJECT_NAMES.get(reason, 'reason')} (0x{reason:04X})"
+    return f"OUCH {O.REJECT_NAMES.get(reason, 'reason')} (0x{reason:04X})"
 
 
 def fix_reject_key(m: FixMessage) -> str:

@@ -27,7 +27,7 @@ import sys
 import time
 from typing import Any, Callable, TextIO
 
-from appliance.gateway import ouch_layout
+from feeds import ouch_layout
 from feeds import soupbintcp
 from feeds.channels import CHANNELS, channel_of_session, decode_any
 from feeds.moldudp64 import HEADER_SIZE

@@ -33,11 +33,12 @@ from typing import Any, Callable
 
 from appliance.config import Config, FirmConfig, default, load
 from appliance.gateway import ouch as O
-from appliance.gateway import ouch_layout as L
 from appliance.gateway.fixcodec import FixMessage, FixParser, encode
 from appliance.model import price_from_text, price_to_text
+from feeds import ouch_layout as L
 from feeds import soupbintcp as soup
 from tools.cli import UsageError
+from tools.demo import OuchClient
 
 SIDES = {"buy": (b"B", "1"), "sell": (b"S", "2")}
 OUCH_TIF = {"day": b"0", "ioc": b"3"}
@@ -46,19 +47,7 @@ FIX_TIF_NAME = {v: k for k, v in FIX_TIF.items()}
 FIX_ORD_TYPE = {"market": "1", "limit": "2", "stop": "3", "stop-limit": "4"}
 FIX_ORD_STATUS = {"0": "new", "1": "partially filled", "2": "filled", "4": "cancelled", "5": "replaced",
                   "8": "rejected", "C": "expired"}
-# OUCH 5.0 Order Rejected reasons (appliance.gateway.ouch) and Order Canceled reasons, by name.
-OUCH_REJECT_NAMES = {
-    O.QUOTE_UNAVAILABLE: "quote unavailable", O.DESTINATION_CLOSED: "destination closed",
-    O.INVALID_DISPLAY: "invalid display", O.INVALID_MAX_FLOOR: "invalid max floor",
-    O.INVALID_PEG_TYPE: "invalid peg type", O.FAT_FINGER: "fat finger (price collar)", O.HALTED: "halted",
-    O.ISO_NOT_ALLOWED: "ISO not allowed", O.INVALID_SIDE: "invalid side", O.PROCESSING_ERROR: "processing error",
-    O.CANCEL_PENDING: "cancel pending", O.FIRM_NOT_AUTHORIZED: "firm not authorized",
-    O.INVALID_MIN_QUANTITY: "invalid min quantity", O.REJECT_OTHER: "other", O.INVALID_QUANTITY: "invalid quantity",
-    O.INVALID_CROSS_ORDER: "invalid cross order", O.REPLACE_NOT_ALLOWED: "replace not allowed",
-    O.INVALID_SYMBOL: "invalid symbol", O.INVALID_PRICE: "invalid price",
-    O.SHARES_EXCEED_THRESHOLD: "shares exceed threshold", O.EXCEEDS_MAX_NOTIONAL: "exceeds max notional",
-    O.AGGREGATE_EXPOSURE_EXCEEDED: "aggregate exposure exceeded", O.PORT_MESSAGE_RATE: "port message rate",
-}
+# OUCH 5.0 Order Canceled reasons by name (the Order Rejected ones: appliance.gateway.ouch.REJECT_NAMES).
 OUCH_CANCEL_NAMES = {b"U": "user requested", b"I": "immediate or cancel", b"Q": "self-match prevention",
                      b"T": "time in force expired", b"S": "supervisory", b"K": "market collar",
                      b"D": "regulatory restriction", b"Z": "system cancel"}
@@ -114,7 +103,6 @@ class OuchOrderSession:
     """One short OUCH session for one command. Owned by the calling thread."""
 
     def __init__(self, t: Target, from_sequence: int) -> None:
-        from tools.demo import OuchClient
         self.t = t
         try:
             self.c = OuchClient(t.host, t.ouch_port, timeout=t.timeout)
@@ -169,7 +157,7 @@ def ouch_line(m: Any) -> str:
         return (f"cancelled {m.quantity} shares of user_ref_num {m.user_ref_num}: "
                 f"{OUCH_CANCEL_NAMES.get(m.reason, m.reason.decode())}")
     if isinstance(m, L.OrderRejected):
-        return (f"rejected user_ref_num {m.user_ref_num}: {OUCH_REJECT_NAMES.get(m.reason, 'reason')} "
+        return (f"rejected user_ref_num {m.user_ref_num}: {O.REJECT_NAMES.get(m.reason, 'reason')} "
                 f"(0x{m.reason:04X})")
     if isinstance(m, L.CancelReject):
         return f"cancel rejected for user_ref_num {m.user_ref_num}: no live order to cancel"
@@ -197,7 +185,7 @@ def ouch_status(msgs: list[Any], ref: int) -> dict[str, Any] | None:
     if head is None:
         return None
     if isinstance(head, L.OrderRejected):
-        return {"user_ref_num": ref, "state": "rejected", "reason": OUCH_REJECT_NAMES.get(head.reason, "other")}
+        return {"user_ref_num": ref, "state": "rejected", "reason": O.REJECT_NAMES.get(head.reason, "other")}
     last: Any = head
     executed = cancelled = open_qty = 0
     dead = False

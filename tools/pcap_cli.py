@@ -25,6 +25,7 @@ import json
 import sys
 from typing import Any, Iterator, TypedDict
 
+from appliance.model import price_to_text
 from feeds.books import L2Book, L3Book
 from feeds.channels import L1, L2, channel_of_session
 from feeds.pcap import IPPROTO_TCP, IPPROTO_UDP, Packet, capture_reader, udp_datagrams
@@ -401,7 +402,6 @@ def ladder(b: L2Book | L3Book, levels: int, stock: str | None = None) -> list[La
 
 
 def print_ladder(session: str, kind: str, rows: list[LadderRow]) -> None:
-    from tools.feed_dump import decimal
     w = sys.stdout.write
     w(f"{kind} book, session {session}\n")
     for r in rows:
@@ -411,8 +411,8 @@ def print_ladder(session: str, kind: str, rows: list[LadderRow]) -> None:
         for i in range(max(len(r["bids"]), len(r["asks"]))):
             bid = r["bids"][i] if i < len(r["bids"]) else None
             ask = r["asks"][i] if i < len(r["asks"]) else None
-            left = f"{bid[2]:>7} {bid[1]:>10} {decimal(bid[0], 4):>12}" if bid else " " * 31
-            right = f"{decimal(ask[0], 4):<12} {ask[1]:>10} {ask[2]:>7}" if ask else ""
+            left = f"{bid[2]:>7} {bid[1]:>10} {price_to_text(bid[0]):>12}" if bid else " " * 31
+            right = f"{price_to_text(ask[0]):<12} {ask[1]:>10} {ask[2]:>7}" if ask else ""
             w(f"    {left} | {right}\n")
 
 

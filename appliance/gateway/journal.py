@@ -33,6 +33,7 @@ import struct
 import zlib
 from typing import Any, Final, Iterable
 
+from appliance.fsutil import atomic_write
 from appliance.gateway.fix import FixSessionState
 
 __all__ = [
@@ -218,17 +219,7 @@ def read_journal(path: str) -> JournalState:
 
 
 def write_journal(path: str, records: Iterable[bytes]) -> int:
-    """Replace the journal by ``records`` (a snapshot ending in a MARK): a temp file, then rename.
-    Returns an append descriptor on the new file."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, JOURNAL_MODE)
-    try:
-        data = b"".join(records)
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Replace the journal by ``records`` (a snapshot ending in a MARK) atomically (not fsynced, as
+    the rest of the journal). Returns an append descriptor on the new file."""
+    atomic_write(path, b"".join(records), durable=False, mode=JOURNAL_MODE)
     return os.open(path, os.O_WRONLY | os.O_APPEND)

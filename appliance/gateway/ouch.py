@@ -104,9 +104,9 @@ from appliance.catalogue import (
 )
 from appliance.gateway import events as E
 from appliance.gateway.budget import DISCONNECT, MessageBudget
-from appliance.gateway import ouch_layout as L
 from appliance.gateway.events import SessionEvent, SessionOutbox
 from appliance.model import BUY, CROSS_CLOSE, CROSS_OPEN, CROSS_REOPEN, DAY, IOC, LIMIT, SELL, Instrument
+from feeds import ouch_layout as L
 from feeds import soupbintcp as soup
 
 __all__ = [
@@ -144,6 +144,20 @@ SHARES_EXCEED_THRESHOLD: Final = 0x001E
 EXCEEDS_MAX_NOTIONAL: Final = 0x001F
 AGGREGATE_EXPOSURE_EXCEEDED: Final = 0x0020
 PORT_MESSAGE_RATE: Final = 0x0029
+
+#: The reject reasons above by name, as clients and tools print them.
+REJECT_NAMES: Final[dict[int, str]] = {
+    QUOTE_UNAVAILABLE: "quote unavailable", DESTINATION_CLOSED: "destination closed",
+    INVALID_DISPLAY: "invalid display", INVALID_MAX_FLOOR: "invalid max floor",
+    INVALID_PEG_TYPE: "invalid peg type", FAT_FINGER: "fat finger (price collar)", HALTED: "halted",
+    ISO_NOT_ALLOWED: "ISO not allowed", INVALID_SIDE: "invalid side", PROCESSING_ERROR: "processing error",
+    CANCEL_PENDING: "cancel pending", FIRM_NOT_AUTHORIZED: "firm not authorized",
+    INVALID_MIN_QUANTITY: "invalid min quantity", REJECT_OTHER: "other", INVALID_QUANTITY: "invalid quantity",
+    INVALID_CROSS_ORDER: "invalid cross order", REPLACE_NOT_ALLOWED: "replace not allowed",
+    INVALID_SYMBOL: "invalid symbol", INVALID_PRICE: "invalid price",
+    SHARES_EXCEED_THRESHOLD: "shares exceed threshold", EXCEEDS_MAX_NOTIONAL: "exceeds max notional",
+    AGGREGATE_EXPOSURE_EXCEEDED: "aggregate exposure exceeded", PORT_MESSAGE_RATE: "port message rate",
+}
 
 #: Our reject reasons (appliance.reasons) -> OUCH Order Rejected reason. The one table.
 REJECT_REASON: Final[dict[int, int]] = {

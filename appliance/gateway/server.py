@@ -84,8 +84,9 @@ from appliance.catalogue import (
 )
 from appliance.clock import wall_clock
 from appliance.config import Config, FirmConfig, load
+from appliance.fsutil import atomic_write
 from appliance.gateway import events as E
-from appliance.gateway import ouch_layout as L
+from feeds import ouch_layout as L
 from appliance.gateway.budget import ConnectionBudget, MessageBudget
 from appliance.gateway.fix import FixSession, FixSessionConfig, FixSessionState, logon_identity
 from appliance.gateway.fixcodec import FixFramingError
@@ -1118,10 +1119,8 @@ class GatewayServer:
         log(self.name, f"listening: OUCH {self.gw.bind}:{self.gw.ouch_port}, FIX {self.gw.bind}:{self.gw.fix_port}; "
                        f"firms {', '.join(f.name for f in self.firms)}; admin socket {ctl_path}")
         if ready_path:
-            tmp = ready_path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"gateway": self.name, "pid": os.getpid(), "marks": self.marks}, f)
-            os.replace(tmp, ready_path)
+            atomic_write(ready_path, json.dumps({"gateway": self.name, "pid": os.getpid(), "marks": self.marks}).encode(),
+                         durable=False)
         ticker = asyncio.ensure_future(self._ticker(stop))
         await stop.wait()
         # Shutdown: stop taking input, let in-flight commands be answered, end the sessions.
@@ -1163,9 +1162,7 @@ class GatewayServer:
         obj = {"gateway": self.name, "counters": self.counters,
                "stages": st.report(self.counters.get("commands", 0)) if st is not None else None}
         try:
-            with open(path + ".tmp", "w") as f:
-                json.dump(obj, f, indent=1, sort_keys=True)
-            os.replace(path + ".tmp", path)
+            atomic_write(path, json.dumps(obj, indent=1, sort_keys=True).encode(), durable=False)
         except OSError as e:
             log(self.name, f"stats not written: {e}")
 

@@ -119,12 +119,18 @@ def _producer(cmd_ring: str, evt_ring: str, records: list[bytes], done_path: str
     events = 0
     hard = time.monotonic() + 600
     while (i < n or not os.path.exists(done_path)) and time.monotonic() < hard:
+        put = 0
         if i < n:
-            i += prod.try_publish_many(records[i:i + 1024])
+            put = prod.try_publish_many(records[i:i + 1024])
+            i += put
         block, k = cons.poll_block(4096)
         events += k
         if i >= n and not k:
             time.sleep(0.0005)
+        elif not put and not k:
+            # the command ring is full: leave the CPU to whatever shares it (a stage) for a moment;
+            # 16,384 commands in the ring keep the partition busy far longer than this
+            time.sleep(0.0002)
     rc.close()
     re_.close()
 

@@ -32,6 +32,8 @@ length and raises ValueError on malformed input.
 from __future__ import annotations
 
 import struct
+from bisect import bisect_right
+from itertools import accumulate
 from typing import NamedTuple
 
 from feeds.layout import U16, U64, Alpha10, Buffer, Msg, alpha
@@ -39,7 +41,7 @@ from feeds.layout import U16, U64, Alpha10, Buffer, Msg, alpha
 __all__ = [
     "HEADER", "HEADER_SIZE", "REREQUEST", "REREQUEST_SIZE", "END_OF_SESSION_COUNT",
     "DEFAULT_MAX_PAYLOAD", "MAX_UDP_PAYLOAD", "Header", "ReRequest", "MoldPacket", "Session",
-    "PacketBuilder", "session_name", "heartbeat", "end_of_session", "parse_packet",
+    "PacketBuilder", "packetize", "session_name", "heartbeat", "end_of_session", "parse_packet",
     "encode_rerequest", "decode_rerequest", "frame_blocks", "split_blocks",
 ]
 
@@ -218,30 +220,50 @@ class Session:
         return f"Session({self.name!r}, next_seq={self.next_seq})"
 
 
-class PacketBuilder:
-    """Packs messages into as few MoldUDP64 datagrams as fit; owned by the publishing thread.
+def packetize(session: bytes, first_seq: int, framed: list[bytes], max_payload: int = DEFAULT_MAX_PAYLOAD) -> list[bytes]:
+    """The one packetizer: cut framed messages (``u16 length + message``) into MoldUDP64 datagrams of
+    at most ``max_payload`` bytes, in order, each as full as the next message allows. One C-level
+    ``accumulate`` over the lengths and a ``bisect`` per datagram; one header pack and one join each."""
+    n = len(framed)
+    if not n:
+        return []
+    cum = list(accumulate(map(len, framed)))
+    room = max_payload - HEADER_SIZE
+    out: list[bytes] = []
+    join = b"".join
+    i = 0
+    base = 0
+    while i < n:
+        j = bisect_right(cum, base + room, i)
+        if j == i:
+            raise ValueError(f"MoldUDP64: a message of {len(framed[i]) - 2} bytes does not fit {max_payload}")
+        out.append(_pack_header(session, first_seq + i, j - i) + join(framed[i:j]))
+        base = cum[j - 1]
+        i = j
+    return out
 
-    ``add(message)`` assigns the message its sequence number and returns it; a message that
-    does not fit the open packet closes it first. Closed packets wait in a queue until
-    ``drain()`` (closed packets only) or ``flush()`` (also closes the open packet) hands
-    them over; either advances ``session.next_seq`` past every message handed over. The
-    caller never passes a length, count or sequence number. The builder takes over the
-    session's numbering from ``session.next_seq`` at construction: one builder per session,
-    and nothing else changes ``next_seq`` while it is in use.
+
+class PacketBuilder:
+    """Packs messages into as few MoldUDP64 datagrams as fit (``packetize``); owned by the publishing
+    thread.
+
+    ``add(message)`` assigns the message its sequence number and returns it. ``drain()`` hands over
+    the datagrams that are full (the last, still open, keeps its messages), ``flush()`` every one,
+    the open one included; either advances ``session.next_seq`` past every message handed over. The
+    caller never passes a length, count or sequence number. The builder takes over the session's
+    numbering from ``session.next_seq`` at construction: one builder per session, and nothing else
+    changes ``next_seq`` while it is in use.
     """
 
-    __slots__ = ("session", "max_payload", "_parts", "_room", "_first", "_next", "_ready", "_lens")
+    __slots__ = ("session", "max_payload", "_framed", "_first", "_lens")
 
     def __init__(self, session: Session, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         if not HEADER_SIZE + 3 <= max_payload <= MAX_UDP_PAYLOAD:
             raise ValueError(f"MoldUDP64: max_payload {max_payload} outside {HEADER_SIZE + 3}..{MAX_UDP_PAYLOAD}")
         self.session = session
         self.max_payload = max_payload
-        self._first = session.next_seq      # sequence of the first message in the open packet
-        self._next = session.next_seq       # sequence the next added message gets
-        self._parts: list[bytes] = [b""]    # [header placeholder, len, msg, len, msg, ...]
-        self._room = max_payload - HEADER_SIZE
-        self._ready: list[bytes] = []
+        self._first = session.next_seq      # sequence of the first message not handed over
+        self._framed: list[bytes] = []      # the messages not handed over, framed
         # the u16 length prefix of every size that fits: a list index is ~20% faster than a
         # struct call per message
         self._lens: list[bytes] = [_pack_u16(i) for i in range(self.max_message + 1)]
@@ -254,55 +276,46 @@ class PacketBuilder:
     @property
     def next_seq(self) -> int:
         """The sequence number the next added message will get."""
-        return self._next
+        return self._first + len(self._framed)
 
     @property
     def pending_messages(self) -> int:
-        """Messages in the open (not yet closed) packet."""
-        return self._next - self._first
+        """Messages not handed over yet."""
+        return len(self._framed)
 
     def add(self, message: bytes) -> int:
         """Append one message (ValueError if empty or larger than ``max_message``); return its sequence."""
         n = len(message)
-        if self._room < n + 2 or not n:
-            if not 0 < n <= self.max_payload - HEADER_SIZE - 2:
-                raise ValueError(f"MoldUDP64: message of {n} bytes; allowed 1..{self.max_message}")
-            self._close()
-        self._room -= n + 2
-        parts = self._parts
-        parts.append(self._lens[n])
-        parts.append(message)
-        seq = self._next
-        self._next = seq + 1
-        return seq
+        if not 0 < n <= self.max_payload - HEADER_SIZE - 2:
+            raise ValueError(f"MoldUDP64: message of {n} bytes; allowed 1..{self.max_message}")
+        self._framed.append(self._lens[n] + message)
+        return self._first + len(self._framed) - 1
 
     def add_many(self, messages: list[bytes]) -> int:
         """Append messages in order; return the sequence number of the first."""
-        first = self._next
+        first = self.next_seq
         add = self.add
         for m in messages:
             add(m)
         return first
 
-    def _close(self) -> None:
-        count = self._next - self._first
-        if count:
-            parts = self._parts
-            parts[0] = _pack_header(self.session.name, self._first, count)
-            self._ready.append(b"".join(parts))
-            self._parts = [b""]
-            self._room = self.max_payload - HEADER_SIZE
-            self._first = self._next
-
     def drain(self) -> list[bytes]:
-        """Hand over the closed packets (the open one stays open)."""
-        ready = self._ready
-        if ready:
-            self._ready = []
-            self.session.next_seq = self._first
+        """Hand over the full datagrams (the open one, the last, stays open)."""
+        packets = packetize(self.session.name, self._first, self._framed, self.max_payload)
+        if len(packets) <= 1:
+            return []
+        ready = packets[:-1]
+        done = sum(_unpack_u16_from(p, 18)[0] for p in ready)
+        del self._framed[:done]
+        self._first += done
+        self.session.next_seq = self._first
         return ready
 
     def flush(self) -> list[bytes]:
-        """Close the open packet and hand over every packet: call at the end of a batch."""
-        self._close()
-        return self.drain()
+        """Hand over every datagram, the open one included: call at the end of a batch."""
+        packets = packetize(self.session.name, self._first, self._framed, self.max_payload)
+        self._first += len(self._framed)
+        self._framed = []
+        if packets:
+            self.session.next_seq = self._first
+        return packets

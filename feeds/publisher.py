@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import json
 import os
-from bisect import bisect_right
-from itertools import accumulate
 from typing import Any, Final, Iterable, Mapping, NamedTuple, Sequence
 
 from appliance.catalogue import (
@@ -112,7 +110,7 @@ from feeds.channels import (
     framed_packer,
     session_for,
 )
-from feeds.moldudp64 import END_OF_SESSION_COUNT, HEADER, HEADER_SIZE
+from feeds.moldudp64 import END_OF_SESSION_COUNT, HEADER, packetize
 from feeds.store import FeedStore
 from feeds.transport import ChannelSender, Transport
 
@@ -389,27 +387,6 @@ def end_of_session_messages(ts_since_midnight: int, tracking: int = 0, market_cl
 
 
 _pack_header = HEADER.struct.pack
-
-
-def packetize(session: bytes, first_seq: int, framed: list[bytes], max_payload: int = 1472) -> list[bytes]:
-    """Cut framed messages into MoldUDP64 datagrams of at most ``max_payload`` bytes, in order."""
-    n = len(framed)
-    if not n:
-        return []
-    cum = list(accumulate(map(len, framed)))
-    room = max_payload - HEADER_SIZE
-    out: list[bytes] = []
-    join = b"".join
-    i = 0
-    base = 0
-    while i < n:
-        j = bisect_right(cum, base + room, i)
-        if j == i:
-            raise ValueError(f"MoldUDP64: a message of {len(framed[i]) - 2} bytes does not fit {max_payload}")
-        out.append(_pack_header(session, first_seq + i, j - i) + join(framed[i:j]))
-        base = cum[j - 1]
-        i = j
-    return out
 
 
 CHECKPOINT_FORMAT: Final = "matchwire-feed-checkpoint-1"

@@ -15,7 +15,8 @@ from appliance.matching.engine import Engine
 from feeds.books import engine_l1_summary, engine_l2_summary, engine_l3_summary, summary_hash
 from feeds.channels import CHANNELS, L3, ChannelGroups, FeedConfig
 from feeds.moldudp64 import parse_packet
-from feeds.publisher import FeedDivergence, Publisher, packetize, read_checkpoint, write_checkpoint
+from feeds.moldudp64 import packetize
+from feeds.publisher import FeedDivergence, Publisher, read_checkpoint, write_checkpoint
 from feeds.store import FeedStore
 from feeds.subscriber import FeedSubscriber
 from feeds.transport import A, MemoryTransport, UdpTransport, multicast_receiver, transport_for

@@ -56,7 +56,8 @@ from feeds.channels import (
     session_for,
 )
 from feeds.moldudp64 import PacketBuilder, Session, parse_packet
-from feeds.publisher import L3_MAPPING, L3_MESSAGES, Publisher, encode_l3, packetize
+from feeds.moldudp64 import packetize
+from feeds.publisher import L3_MAPPING, L3_MESSAGES, Publisher, encode_l3
 from feeds.subscriber import FeedSubscriber
 from feeds.transport import A, B, MemoryTransport
 

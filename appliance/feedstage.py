@@ -40,7 +40,7 @@ from typing import Any, Final
 
 from appliance.clock import Clock
 from appliance.fsutil import atomic_write
-from appliance.idle import make_idle
+from appliance.idle import BUSY_SPIN, make_idle
 from appliance.matching.engine import Engine
 from appliance.metrics import DUTY_STAGES, S_DECODE, S_MATCH, S_OTHER, StageClock
 from appliance.ring import RingConsumer
@@ -157,7 +157,7 @@ def start(name: str, ring_name: str, pub: Publisher, engine: Engine, idle: str, 
         return stage.run(make_idle(idle, stage.wait))
 
     ring, pid, bell = fork_stage(name, "feed", ring_name, JOURNAL_SLOTS, JOURNAL_SLOT_SIZE, cpu, main,
-                                 EXIT_FEED_STAGE)
+                                 EXIT_FEED_STAGE, spins=idle == BUSY_SPIN)
     return FeedStage(name, ring, pid, bell, tap, stats_path)
 
 

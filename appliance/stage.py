@@ -107,9 +107,13 @@ class StageLink:
 
 
 def fork_stage(name: str, stage: str, ring_name: str, slots: int, slot_size: int, cpu: int | None,
-               main: Callable[[RingConsumer, int], int], exit_failed: int) -> tuple[Ring, int, int]:
+               main: Callable[[RingConsumer, int], int], exit_failed: int, spins: bool = False) -> tuple[Ring, int, int]:
     """Create the ring and its doorbell, fork; in the child run ``main(consumer, bell)`` and exit with
-    its status (``exit_failed`` and one line on an exception). Returns (ring, pid, bell) to the matcher."""
+    its status (``exit_failed`` and one line on an exception). Returns (ring, pid, bell) to the matcher.
+
+    A stage that does not spin (``spins`` False: it shares a core) drops the matcher's SCHED_FIFO,
+    which a fork inherits, so that it never preempts a gateway on that core; a spinning stage keeps
+    it (it has its core to itself)."""
     ring = Ring.create(ring_name, slots, slot_size, replace=True)
     bell_path = os.path.join(SHM_DIR, bell_name(ring_name))
     try:
@@ -130,6 +134,8 @@ def fork_stage(name: str, stage: str, ring_name: str, slots: int, slot_size: int
                 os._exit(exit_failed)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 signal.signal(sig, signal.SIG_IGN)   # the matcher drives the stage's end
+            if not spins and os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR):
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
             if cpu is not None:
                 try:
                     os.sched_setaffinity(0, {cpu})

@@ -43,7 +43,7 @@ from typing import Any, Final
 
 from appliance.clock import Clock
 from appliance.feedstage import frame_items
-from appliance.idle import make_idle
+from appliance.idle import BUSY_SPIN, make_idle
 from appliance.metrics import StageClock
 from appliance.ring import SHM_DIR, RingConsumer
 from appliance.stage import StageLink, fork_stage, wait_on_bell
@@ -223,7 +223,7 @@ def start(name: str, prefix: str, writer: WalWriter, idle: str, cpu: int | None,
         return _stage(consumer, bell, writer, word, clock, idle)
 
     ring, pid, bell = fork_stage(name, "wal", ring_name, WAL_SLOTS, WAL_SLOT_SIZE, cpu, main,
-                                 EXIT_DURABILITY_FAILURE)
+                                 EXIT_DURABILITY_FAILURE, spins=idle == BUSY_SPIN)
     return RemoteWal(StageLink(name, ring, pid, bell), word, writer, tap)
 
 

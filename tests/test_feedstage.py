@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -290,3 +291,36 @@ def _pump_until(sub: Any, pred: Any, timeout: float = 20) -> None:
     while not pred() and time.monotonic() < deadline:
         sub.poll(0.05)
     assert pred()
+
+
+STAGE_POLICY = r"""
+import os, sys
+from appliance.stage import fork_stage
+os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))       # as a realtime matcher runs
+out = sys.argv[1]
+def main(consumer, bell):
+    with open(out + ("-spin" if spins else "-share"), "w") as f:
+        f.write(str(os.sched_getscheduler(0)))
+    return 0
+for spins in (False, True):
+    ring, pid, bell = fork_stage("t", "probe", "mwprobe%d.%d" % (os.getpid(), spins), 2, 64, None, main, 9, spins)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    os.close(bell)
+    ring.close()
+    ring.unlink()
+    os.unlink("/dev/shm/mwprobe%d.%d.bell" % (os.getpid(), spins))
+"""
+
+
+def test_a_stage_on_a_shared_core_drops_the_matchers_realtime_policy(tmp_path: Path) -> None:
+    """A fork inherits SCHED_FIFO: a stage that parks (it shares a core with gateways) runs
+    SCHED_OTHER; a spinning one, on a core of its own, keeps the matcher's policy."""
+    import sys
+    probe = subprocess.run([sys.executable, "-c", STAGE_POLICY, str(tmp_path / "policy")], capture_output=True,
+                           text=True, timeout=60, cwd=str(Path(__file__).resolve().parent.parent))
+    if "PermissionError" in probe.stderr:
+        pytest.skip("no privilege to set SCHED_FIFO here")
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert int((tmp_path / "policy-share").read_text()) == os.SCHED_OTHER
+    assert int((tmp_path / "policy-spin").read_text()) == os.SCHED_FIFO

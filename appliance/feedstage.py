@@ -35,7 +35,9 @@ import json
 import os
 import struct
 import time
+from bisect import bisect_right
 from collections import deque
+from itertools import accumulate
 from typing import Any, Final
 
 from appliance.clock import Clock
@@ -70,21 +72,28 @@ def journal_ring_name(prefix: str, partition: str) -> str:
 
 
 def frame_items(recs_batches: Any, limit: int, items: list[bytes]) -> None:
-    """Append W items (b"W" + whole WAL records, at most ``limit`` bytes each) for an iterable of
-    record lists."""
-    buf: list[bytes] = [b"W"]
-    size = 1
+    """Append W items (b"W" + whole WAL records, at most ``limit`` bytes each) for each list of
+    records: one join per item, the cuts found over the records' cumulative lengths in C (as
+    MoldUDP64's packetize cuts datagrams), not by a Python step per record."""
+    room = limit - 1
+    join = b"".join
     for recs in recs_batches:
-        for r in recs:
-            n = len(r)
-            if size + n > limit:
-                items.append(b"".join(buf))
-                buf = [b"W"]
-                size = 1
-            buf.append(r)
-            size += n
-    if size > 1:
-        items.append(b"".join(buf))
+        n = len(recs)
+        if not n:
+            continue
+        cum = list(accumulate(map(len, recs)))
+        if cum[-1] <= room:
+            items.append(b"W" + join(recs))
+            continue
+        i = 0
+        base = 0
+        while i < n:
+            j = bisect_right(cum, base + room, i)
+            if j == i:
+                raise ValueError(f"journal ring: a WAL record of {len(recs[i])} bytes exceeds an item of {limit}")
+            items.append(b"W" + join(recs[i:j]))
+            base = cum[j - 1]
+            i = j
 
 
 # ================================================================================================

@@ -31,6 +31,7 @@ from typing import Annotated, Any, Final, Iterable, Literal, get_args, get_origi
 
 import msgspec
 import msgspec.inspect as mi
+import tomli_w
 from msgspec import Meta
 
 from appliance.idle import BACKOFF, IDLE_STRATEGIES
@@ -424,7 +425,7 @@ class _Instrument(_Table, kw_only=True, frozen=True):
     round_lot: Annotated[int, Meta(ge=1)] = 100
     reference_price: _Money = None
     tier: Literal["Q", "G", "S", "N", "A", "P", "Z", "V", " "] = "Q"
-    luld_tier: str = ""                                 # "": none
+    luld_tier: str | None = None                        # None (or ""): none
     post_only: Literal["reject", "reprice"] = "reject"
 
 
@@ -1058,163 +1059,66 @@ def _admin(t: _Admin, warnings: list[str]) -> AdminConfig:
         warnings.append(f"admin.bind = {t.bind!r}: the admin interface listens beyond loopback")
     return AdminConfig(t.bind, t.port, t.token)
 
-# ================================================================================================
-# Writing back (round trip)
-# ================================================================================================
-def _q(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
-
-def _money(units: int) -> str:
+# ================================================================================================
+# Writing back (round trip): the Config as the schema's document, encoded by tomli_w
+# ================================================================================================
+def _dollars(units: int) -> str:
     """Price(4) units as dollars text with at least 2 decimals: 1500000 -> "150.00"."""
     text = price_to_text(units)
     while text.endswith("0") and len(text) - text.index(".") > 3:
         text = text[:-1]
-    return _q(text)
+    return text
+
+
+def _fields(obj: Any, **changes: Any) -> dict[str, Any]:
+    """A dataclass's fields as keyword arguments (not recursing), some of them changed."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)} | changes
+
+
+def _document(c: Config) -> _Document:
+    """The document that loads as c, every key written out (derived defaults too)."""
+    def opt_dollars(units: int | None) -> str | None:
+        return None if units is None else _dollars(units)
+
+    trading = None
+    if (t := c.trading) is not None:
+        kw = _fields(t, time_zone=None, tiers=tuple(_Tier(**_fields(x)) for x in t.tiers))  # zone: appliance's
+        del kw["schedule"]
+        kw.update(zip(SCHEDULE_KEYS, t.schedule or ()))
+        trading = _Trading(**kw)
+    return _Document(
+        appliance=_Appliance(**_fields(c.appliance, time_zone=c.time_zone)),
+        instruments=tuple(_Instrument(**_fields(i, tick=_dollars(i.tick), reference_price=opt_dollars(i.reference_price)))
+                          for i in c.instruments),
+        partitions=tuple(_Partition(**_fields(
+            p, default_stp=STP_NAME[p.default_stp], feeds=_Feeds(**{ch: _Channel(**_fields(f)) for ch, f in p.feeds.items()}),
+        )) for p in c.partitions),
+        gateways=tuple(_Gateway(**_fields(g)) for g in c.gateways),
+        market_data=_MarketData(**_fields(c.market_data)),
+        retransmit=_Retransmit(**_fields(c.retransmit)),
+        firms=tuple(_Firm(**_fields(
+            f, stp=STP_NAME[f.stp], ouch=_Ouch(**_fields(f.ouch)), fix=_Fix(**_fields(f.fix)),
+            limits=_Limits(**_fields(f.limits, max_notional=opt_dollars(f.limits.max_notional))),
+        )) for f in c.firms),
+        admin=_Admin(**_fields(c.admin)),
+        session_limits=_SessionLimits(**_fields(c.session_limits)),
+        trading=trading,
+    )
+
+
+def _without_none(v: Any) -> Any:
+    """TOML has no null: an absent key is None."""
+    if isinstance(v, dict):
+        return {k: _without_none(x) for k, x in v.items() if x is not None}
+    if isinstance(v, (list, tuple)):
+        return [_without_none(x) for x in v]
+    return v
 
 
 def dumps(c: Config) -> str:
     """The config as TOML text, every key written out: ``loads(dumps(c)) == c``."""
-    out: list[str] = []
-    w = out.append
-    a = c.appliance
-    w("[appliance]")
-    w(f"name = {_q(a.name)}")
-    w(f"ring_slots = {a.ring_slots}")
-    w(f"ring_slot_size = {a.ring_slot_size}")
-    w(f"time_zone = {_q(c.time_zone)}")
-    for ins in c.instruments:
-        w("")
-        w("[[instruments]]")
-        w(f"symbol = {_q(ins.symbol)}")
-        w(f"locate = {ins.locate}")
-        w(f"tick = {_money(ins.tick)}")
-        w(f"round_lot = {ins.round_lot}")
-        if ins.reference_price is not None:
-            w(f"reference_price = {_money(ins.reference_price)}")
-        w(f"tier = {_q(ins.tier)}")
-        if ins.luld_tier is not None:
-            w(f"luld_tier = {_q(ins.luld_tier)}")
-        if ins.post_only != "reject":
-            w(f"post_only = {_q(ins.post_only)}")
-    for p in c.partitions:
-        w("")
-        w("[[partitions]]")
-        w(f"name = {_q(p.name)}")
-        w(f"id = {p.id}")
-        w("instruments = [" + ", ".join(_q(s) for s in p.instruments) + "]")
-        w(f"cpu = {p.cpu}")
-        w(f"wal_dir = {_q(p.wal_dir)}")
-        w(f"snapshot_dir = {_q(p.snapshot_dir)}")
-        w(f"durability = {_q(p.durability)}")
-        w(f"interval_ms = {p.interval_ms}")
-        w(f"snapshot_every_events = {p.snapshot_every_events}")
-        w(f"snapshot_every_seconds = {p.snapshot_every_seconds}")
-        w(f"idle = {_q(p.idle)}")
-        if p.feed_stage != "inline":
-            w(f"feed_stage = {_q(p.feed_stage)}")
-        if p.wal_stage != "inline":
-            w(f"wal_stage = {_q(p.wal_stage)}")
-        if p.stage_idle != BACKOFF:
-            w(f"stage_idle = {_q(p.stage_idle)}")
-        if p.stage_cpu != -1:
-            w(f"stage_cpu = {p.stage_cpu}")
-        w(f"default_stp = {_q(STP_NAME[p.default_stp])}")
-        for ch, f in p.feeds.items():
-            w("")
-            w(f"[partitions.feeds.{ch}]")
-            w(f"a_group = {_q(f.a_group)}")
-            w(f"a_port = {f.a_port}")
-            w(f"b_group = {_q(f.b_group)}")
-            w(f"b_port = {f.b_port}")
-            if f.transport is not None:
-                w(f"transport = {_q(f.transport)}")
-    for g in c.gateways:
-        w("")
-        w("[[gateways]]")
-        w(f"name = {_q(g.name)}")
-        w(f"bind = {_q(g.bind)}")
-        w(f"ouch_port = {g.ouch_port}")
-        w(f"fix_port = {g.fix_port}")
-        w(f"fix_comp_id = {_q(g.fix_comp_id)}")
-        w("firms = [" + ", ".join(_q(s) for s in g.firms) + "]")
-    m = c.market_data
-    w("")
-    w("[market_data]")
-    w(f"interface = {_q(m.interface)}")
-    w(f"ttl = {m.ttl}")
-    w(f"dscp = {m.dscp}")
-    w(f"max_payload = {m.max_payload}")
-    w(f"l2_depth = {m.l2_depth}")
-    w(f"transport = {_q(m.transport)}")
-    w(f"source_port = {m.source_port}")
-    w(f"afxdp_mode = {_q(m.afxdp_mode)}")
-    w(f"afxdp_required = {'true' if m.afxdp_required else 'false'}")
-    w(f"afxdp_queue = {m.afxdp_queue}")
-    w(f"source_port_a = {m.source_port_a}")
-    w(f"source_port_b = {m.source_port_b}")
-    r = c.retransmit
-    w("")
-    w("[retransmit]")
-    w(f"bind = {_q(r.bind)}")
-    w(f"rerequest_port = {r.rerequest_port}")
-    w(f"replay_port = {r.replay_port}")
-    w(f"snapshot_port = {r.snapshot_port}")
-    w(f"username = {_q(r.username)}")
-    w(f"password = {_q(r.password)}")
-    for key in ("max_request_messages", "max_request_bytes", "quota_per_second", "quota_per_minute", "quota_per_day", "retain_messages",
-                "max_sessions", "send_buffer_bytes", "slow_client_ms", "snapshot_wait_ms"):
-        w(f"{key} = {getattr(r, key)}")
-    w(f"rerequest_transport = {_q(r.rerequest_transport)}")
-    for fm in c.firms:
-        w("")
-        w("[[firms]]")
-        w(f"name = {_q(fm.name)}")
-        w(f"id = {fm.id}")
-        w(f"stp = {_q(STP_NAME[fm.stp])}")
-        w("[firms.ouch]")
-        w(f"username = {_q(fm.ouch.username)}")
-        w(f"password = {_q(fm.ouch.password)}")
-        w(f"cancel_on_disconnect = {'true' if fm.ouch.cancel_on_disconnect else 'false'}")
-        w("[firms.fix]")
-        w(f"sender_comp_id = {_q(fm.fix.sender_comp_id)}")
-        w(f"password = {_q(fm.fix.password)}")
-        lim = fm.limits
-        w("[firms.limits]")
-        for key, fmt in (("max_qty", str), ("max_notional", _money), ("position_limit", str),
-                         ("rate_per_second", str), ("burst", str), ("collar_bps", str)):
-            v = getattr(lim, key)
-            if v is not None:
-                w(f"{key} = {fmt(v)}")
-    ad = c.admin
-    w("")
-    w("[admin]")
-    w(f"bind = {_q(ad.bind)}")
-    w(f"port = {ad.port}")
-    w(f"token = {_q(ad.token)}")
-    sl = c.session_limits
-    w("")
-    w("[session_limits]")
-    for fld in dataclasses.fields(sl):
-        w(f"{fld.name} = {getattr(sl, fld.name)}")
-    tr = c.trading
-    if tr is not None:
-        w("")
-        w("[trading]")
-        for key, text in zip(SCHEDULE_KEYS, tr.schedule or ()):
-            w(f"{key} = {_q(text)}")
-        for key in ("noii_interval_ms", "limit_state_seconds", "pause_seconds", "reopen_call_seconds",
-                    "circuit_breaker_halt_seconds"):
-            w(f"{key} = {getattr(tr, key)}")
-        for tier in tr.tiers:
-            w("")
-            w("[[trading.tiers]]")
-            w(f"name = {_q(tier.name)}")
-            w(f"band_bps = {tier.band_bps}")
-            w(f"market_collar_bps = {tier.market_collar_bps}")
-            w(f"circuit_breaker_bps = {tier.circuit_breaker_bps}")
-            w(f"luld_ref_price_tier = {_q(tier.luld_ref_price_tier)}")
-    return "\n".join(out) + "\n"
+    return tomli_w.dumps(_without_none(msgspec.to_builtins(_document(c))))
 
 
 # ================================================================================================

@@ -1,5 +1,11 @@
 """The appliance's one configuration file: TOML, read with tomllib, checked into typed dataclasses.
 
+The file's schema is data: one closed msgspec Struct per TOML table (``_Document`` and the Structs
+it holds) declares every key, its type, bounds, choices and default. msgspec converts the parsed
+document into it; what one key cannot say alone (addresses, money, references between tables,
+uniqueness) is checked after, and the result is the frozen dataclasses below. ``dumps`` writes the
+same Structs back, and ``key_paths()`` lists their keys.
+
 ``load(path)`` / ``loads(text)`` return a frozen ``Config`` or raise ``ConfigError`` whose message
 starts with the path of the offending key, e.g. ``partitions[0].cpu: expected an integer, got 'x'``.
 Every table is closed: a key the loader does not know is an error naming it. docs/config.md is the
@@ -15,8 +21,8 @@ Conventions:
   the daemon prints before anything else: durability ``none``, multicast TTL above 0, a sender
   interface or a listener bound beyond loopback.
 
-This module reads no clock and opens no socket; ``dumps(config)`` writes a config back as TOML
-(``loads(dumps(c)) == c``).
+This module reads no clock and opens no socket; ``dumps(config)`` writes a config back as TOML,
+every key written out (``loads(dumps(c)) == c``).
 """
 from __future__ import annotations
 

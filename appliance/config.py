@@ -691,9 +691,9 @@ def _complaint(exc: msgspec.ValidationError, doc: dict[str, Any]) -> ConfigError
     def at(key: str) -> str:
         return f"{path}.{key}" if path else key
 
-    if (m := re.match(r"Object missing required field `(\w+)`", text)) is not None:
+    if (m := re.fullmatch(r"Object missing required field `(.+)`", text)) is not None:
         return ConfigError(f"{at(m.group(1))}: missing (a required key)")
-    if (m := re.match(r"Object contains unknown field `(\w+)`", text)) is not None:
+    if (m := re.fullmatch(r"Object contains unknown field `(.+)`", text)) is not None:
         table = _unwrap(t)[0]
         assert isinstance(table, mi.StructType)
         known = ", ".join(sorted(f.encode_name for f in table.fields))

@@ -250,6 +250,7 @@ ERRORS: list[tuple[str, Any, str]] = [
     ("instruments[0]", [], "expected a table, got an array"),
     ("retransmit.rerequest_transport", "afxdp", "'afxdp' is not one of 'udp', 'sendmmsg'"),
     ("partitions[0].feeds.l3.transport", "tcp", "'tcp' is not one of 'udp', 'sendmmsg', 'afxdp'"),
+    ("admin.max-port", 1, "unknown key (this table takes: bind, port, token)"),
 ]
 
 

@@ -597,11 +597,6 @@ class _Document(_Table, kw_only=True, frozen=True):
     trading: _Trading | None = None
 
 
-# The choices above are the constants the rest of the appliance uses.
-assert get_args(_Idle) == IDLE_STRATEGIES and get_args(_Stp) == tuple(STP_BY_NAME)
-assert get_args(_Transport) == NETWORK_TRANSPORTS
-
-
 def _schema() -> mi.StructType:
     t = mi.type_info(_Document)
     assert isinstance(t, mi.StructType)

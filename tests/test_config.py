@@ -143,6 +143,24 @@ def test_the_schema_alone_lists_every_key_and_the_writer_writes_only_those() -> 
         assert {"session_limits.burst", "retransmit.snapshot_wait_ms", "partitions[].snapshot_dir"} <= written
 
 
+def test_the_schema_choices_are_the_appliance_constants() -> None:
+    """The Literal choices of the schema are the tuples the rest of the appliance uses."""
+    from typing import get_args, get_type_hints
+
+    from appliance.idle import IDLE_STRATEGIES
+
+    def choices(struct: type, key: str) -> tuple[str, ...]:
+        hint = get_type_hints(struct)[key]
+        return tuple(a for a in get_args(hint) if isinstance(a, str)) or get_args(get_args(hint)[0])
+    assert choices(C._Partition, "durability") == C.DURABILITY
+    assert choices(C._Partition, "idle") == choices(C._Partition, "stage_idle") == IDLE_STRATEGIES
+    assert choices(C._Partition, "default_stp") == choices(C._Firm, "stp") == tuple(C.STP_BY_NAME)
+    assert choices(C._MarketData, "transport") == choices(C._Channel, "transport") == C.NETWORK_TRANSPORTS
+    assert choices(C._MarketData, "afxdp_mode") == C.AFXDP_MODES
+    assert choices(C._Instrument, "tier") == C.TIERS
+    assert choices(C._Tier, "luld_ref_price_tier") == C.LULD_REF_PRICE_TIERS
+
+
 # -- errors name the key ------------------------------------------------------------------------------
 def base() -> dict[str, Any]:
     return tomllib.loads(C.DEFAULT)

@@ -1,5 +1,11 @@
 """The appliance's one configuration file: TOML, read with tomllib, checked into typed dataclasses.
 
+The file's schema is data: one closed msgspec Struct per TOML table (``_Document`` and the Structs
+it holds) declares every key, its type, bounds, choices and default. msgspec converts the parsed
+document into it; what one key cannot say alone (addresses, money, references between tables,
+uniqueness) is checked after, and the result is the frozen dataclasses below. ``dumps`` writes the
+same Structs back, and ``key_paths()`` lists their keys.
+
 ``load(path)`` / ``loads(text)`` return a frozen ``Config`` or raise ``ConfigError`` whose message
 starts with the path of the offending key, e.g. ``partitions[0].cpu: expected an integer, got 'x'``.
 Every table is closed: a key the loader does not know is an error naming it. docs/config.md is the
@@ -15,8 +21,8 @@ Conventions:
   the daemon prints before anything else: durability ``none``, multicast TTL above 0, a sender
   interface or a listener bound beyond loopback.
 
-This module reads no clock and opens no socket; ``dumps(config)`` writes a config back as TOML
-(``loads(dumps(c)) == c``).
+This module reads no clock and opens no socket; ``dumps(config)`` writes a config back as TOML,
+every key written out (``loads(dumps(c)) == c``).
 """
 from __future__ import annotations
 
@@ -27,7 +33,12 @@ import ipaddress
 import re
 import tomllib
 import zoneinfo
-from typing import Any, Final, Iterable
+from typing import Annotated, Any, Final, Iterable, Literal, get_args, get_origin, get_type_hints
+
+import msgspec
+import msgspec.inspect as mi
+import tomli_w
+from msgspec import Meta
 
 from appliance.idle import BACKOFF, IDLE_STRATEGIES
 from appliance.model import (
@@ -368,16 +379,251 @@ class Config:
 
 
 # ================================================================================================
-# Reading: a closed table with typed accessors whose errors name the key
+# The file's schema: every TOML table a closed msgspec Struct (keys, types, bounds, choices, defaults)
 # ================================================================================================
-_KEY_PATHS: set[str] = set()   # every key path the loader knows, indexes as [] (docs test)
+# msgspec converts the parsed document into these and refuses, with the key's path, a wrong type,
+# a value out of bounds, a missing required key or a key the table does not take; _complaint turns
+# its message into the form "partitions[0].cpu: expected an integer, got 'x'". What one key cannot
+# say alone (addresses, money, a time zone, references between tables, uniqueness) is checked after,
+# in _resolve. The defaults are the public dataclasses' own.
+_Port = Annotated[int, Meta(ge=1, le=65535)]
+_Port0 = Annotated[int, Meta(ge=0, le=65535)]          # 0: the kernel picks one
+_Cpu = Annotated[int, Meta(ge=-1, le=1023)]             # -1: chosen at start
+_Bps = Annotated[int, Meta(ge=0, le=9999)]
+_Name = Annotated[str, Meta(pattern=_NAME.pattern)]
+_Money = Annotated[str | int | None, Meta(extra={"kind": "money"})]   # dollars as text, or whole dollars
+_Idle = Literal["busy_spin", "yield", "backoff"]
+_Stage = Literal["inline", "process"]
+_Stp = Literal["none", "CN", "CO", "DC"]
+_Transport = Literal["udp", "sendmmsg", "afxdp"]
+
+
+_Text6 = Annotated[str, Meta(min_length=1, max_length=6)]      # SoupBinTCP username
+_Text8 = Annotated[str, Meta(min_length=1, max_length=8)]
+_Text10 = Annotated[str, Meta(min_length=1, max_length=10)]    # SoupBinTCP password
+_Text32 = Annotated[str, Meta(min_length=1, max_length=32)]    # FIX CompID
+_Text64 = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class _Table(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """One closed TOML table."""
+
+
+_A: Final = ApplianceConfig()
+_M: Final = MarketDataConfig()
+_R: Final = RetransmitConfig()
+_AD: Final = AdminConfig()
+_S: Final = SessionLimits()
+_T: Final = TradingConfig()
+
+
+class _Appliance(_Table, kw_only=True, frozen=True):
+    name: _Name = _A.name
+    ring_slots: Annotated[int, Meta(ge=2, le=1 << 24)] = _A.ring_slots
+    ring_slot_size: Annotated[int, Meta(ge=16, le=65536)] = _A.ring_slot_size
+    time_zone: str | None = None                        # None: _A.time_zone
+
+
+class _Instrument(_Table, kw_only=True, frozen=True):
+    symbol: str
+    locate: Annotated[int, Meta(ge=1, le=0xFFFF)]
+    tick: _Money = None                                  # None: $0.01
+    round_lot: Annotated[int, Meta(ge=1)] = 100
+    reference_price: _Money = None
+    tier: Literal["Q", "G", "S", "N", "A", "P", "Z", "V", " "] = "Q"
+    luld_tier: str | None = None                        # None (or ""): none
+    post_only: Literal["reject", "reprice"] = "reject"
+
+
+class _Tier(_Table, kw_only=True, frozen=True):
+    name: _Text8
+    band_bps: _Bps = 0
+    market_collar_bps: _Bps = 0
+    circuit_breaker_bps: _Bps = 0
+    luld_ref_price_tier: Literal["1", "2"] | None = None  # None: "1" for the tier named "1", else "2"
+
+
+class _Trading(_Table, kw_only=True, frozen=True):
+    time_zone: str | None = None                        # None: appliance.time_zone
+    pre_open: str = ""                                  # SCHEDULE_KEYS: all or none
+    opening_auction: str = ""
+    open: str = ""
+    closing_auction: str = ""
+    close: str = ""
+    noii_interval_ms: Annotated[int, Meta(ge=0, le=3_600_000)] = _T.noii_interval_ms
+    limit_state_seconds: Annotated[int, Meta(ge=1, le=3600)] = _T.limit_state_seconds
+    pause_seconds: Annotated[int, Meta(ge=1, le=86_400)] = _T.pause_seconds
+    reopen_call_seconds: Annotated[int, Meta(ge=0, le=86_400)] = _T.reopen_call_seconds
+    circuit_breaker_halt_seconds: Annotated[int, Meta(ge=0, le=86_400)] = _T.circuit_breaker_halt_seconds
+    tiers: tuple[_Tier, ...] = ()
+
+
+class _Channel(_Table, kw_only=True, frozen=True):
+    a_group: str
+    a_port: _Port
+    b_group: str
+    b_port: _Port
+    transport: _Transport | None = None
+
+
+class _Feeds(_Table, kw_only=True, frozen=True):
+    l3: _Channel
+    l2: _Channel | None = None
+    l1: _Channel | None = None
+
+
+class _Partition(_Table, kw_only=True, frozen=True):
+    name: _Name
+    id: Annotated[int, Meta(ge=0, le=99)]
+    instruments: tuple[str, ...]
+    cpu: _Cpu = -1
+    wal_dir: str
+    snapshot_dir: str | None = None                     # None: wal_dir/snapshots
+    durability: Literal["batch", "interval", "none"] = "batch"
+    interval_ms: Annotated[int, Meta(ge=1, le=60_000)] = 2
+    snapshot_every_events: Annotated[int, Meta(ge=0)] = 1_000_000
+    snapshot_every_seconds: Annotated[int, Meta(ge=0)] = 300
+    idle: _Idle = BACKOFF
+    feed_stage: _Stage = "inline"
+    wal_stage: _Stage = "inline"
+    stage_cpu: _Cpu = -1
+    stage_idle: _Idle = BACKOFF
+    default_stp: _Stp = "CN"
+    feeds: _Feeds
+
+
+class _Gateway(_Table, kw_only=True, frozen=True):
+    name: _Name
+    bind: str = "127.0.0.1"
+    ouch_port: _Port
+    fix_port: _Port
+    fix_comp_id: _Text32 = "MATCHWIRE"
+    firms: tuple[str, ...] | None = None                # None: every firm (one gateway only)
+
+
+class _MarketData(_Table, kw_only=True, frozen=True):
+    interface: str = _M.interface
+    ttl: Annotated[int, Meta(ge=0, le=255)] = _M.ttl
+    dscp: Annotated[int, Meta(ge=0, le=63)] = _M.dscp
+    max_payload: Annotated[int, Meta(ge=64, le=65507)] = _M.max_payload
+    l2_depth: Annotated[int, Meta(ge=1, le=1000)] = _M.l2_depth
+    transport: _Transport = "udp"
+    source_port: _Port = _M.source_port
+    afxdp_mode: Literal["auto", "copy", "zerocopy"] = "auto"
+    afxdp_required: bool = _M.afxdp_required
+    afxdp_queue: Annotated[int, Meta(ge=0, le=4095)] = _M.afxdp_queue
+    source_port_a: _Port0 = _M.source_port_a
+    source_port_b: _Port0 = _M.source_port_b
+
+
+class _Retransmit(_Table, kw_only=True, frozen=True):
+    bind: str = _R.bind
+    rerequest_port: _Port = _R.rerequest_port
+    replay_port: _Port = _R.replay_port
+    snapshot_port: _Port = _R.snapshot_port
+    username: _Text6 = _R.username
+    password: _Text10 = _R.password
+    max_request_messages: Annotated[int, Meta(ge=1, le=65534)] = _R.max_request_messages
+    max_request_bytes: Annotated[int, Meta(ge=1024, le=1 << 24)] = _R.max_request_bytes
+    quota_per_second: Annotated[int, Meta(ge=0)] = _R.quota_per_second
+    quota_per_minute: Annotated[int, Meta(ge=0)] = _R.quota_per_minute
+    quota_per_day: Annotated[int, Meta(ge=0)] = _R.quota_per_day
+    retain_messages: Annotated[int, Meta(ge=0)] = _R.retain_messages
+    max_sessions: Annotated[int, Meta(ge=1, le=100_000)] = _R.max_sessions
+    send_buffer_bytes: Annotated[int, Meta(ge=65536, le=1 << 30)] = _R.send_buffer_bytes
+    slow_client_ms: Annotated[int, Meta(ge=100, le=600_000)] = _R.slow_client_ms
+    snapshot_wait_ms: Annotated[int, Meta(ge=0, le=600_000)] = _R.snapshot_wait_ms
+    rerequest_transport: Literal["udp", "sendmmsg"] = "udp"
+
+
+class _Ouch(_Table, kw_only=True, frozen=True):
+    username: _Text6
+    password: _Text10
+    cancel_on_disconnect: bool = True
+
+
+class _Fix(_Table, kw_only=True, frozen=True):
+    sender_comp_id: _Text32
+    password: _Text64
+
+
+class _Limits(_Table, kw_only=True, frozen=True):
+    """None: not checked."""
+
+    max_qty: Annotated[int, Meta(ge=1)] | None = None
+    max_notional: _Money = None
+    position_limit: Annotated[int, Meta(ge=0)] | None = None
+    rate_per_second: Annotated[int, Meta(ge=1)] | None = None
+    burst: Annotated[int, Meta(ge=1)] | None = None
+    collar_bps: Annotated[int, Meta(ge=0, le=10_000)] | None = None
+
+
+class _Firm(_Table, kw_only=True, frozen=True):
+    name: _Name
+    id: Annotated[int, Meta(ge=1, le=0xFFFF_FFFF)]
+    stp: _Stp = "CN"
+    ouch: _Ouch
+    fix: _Fix
+    limits: _Limits | None = None
+
+
+class _Admin(_Table, kw_only=True, frozen=True):
+    bind: str = _AD.bind
+    port: _Port = _AD.port
+    token: str = _AD.token
+
+
+class _SessionLimits(_Table, kw_only=True, frozen=True):
+    max_queued_bytes: Annotated[int, Meta(ge=65536, le=1 << 30)] = _S.max_queued_bytes
+    messages_per_second: Annotated[int, Meta(ge=1, le=10_000_000)] = _S.messages_per_second
+    burst: Annotated[int, Meta(ge=1, le=100_000_000)] | None = None          # None: 2 x the rate
+    throttled_before_disconnect: Annotated[int, Meta(ge=1, le=10_000_000)] = _S.throttled_before_disconnect
+    login_timeout_ms: Annotated[int, Meta(ge=100, le=600_000)] = _S.login_timeout_ms
+    connections_per_second: Annotated[int, Meta(ge=1, le=100_000)] = _S.connections_per_second
+    connection_burst: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None  # None: 2 x the rate
+    listen_backlog: Annotated[int, Meta(ge=1, le=65535)] = _S.listen_backlog
+
+
+class _Document(_Table, kw_only=True, frozen=True):
+    appliance: _Appliance | None = None
+    instruments: tuple[_Instrument, ...] = ()
+    partitions: tuple[_Partition, ...] = ()
+    gateways: tuple[_Gateway, ...] = ()
+    market_data: _MarketData | None = None
+    retransmit: _Retransmit | None = None
+    firms: tuple[_Firm, ...] = ()
+    admin: _Admin | None = None
+    session_limits: _SessionLimits | None = None
+    trading: _Trading | None = None
+
+
+def _schema() -> mi.StructType:
+    t = mi.type_info(_Document)
+    assert isinstance(t, mi.StructType)
+    return t
 
 
 def key_paths() -> frozenset[str]:
-    """Every key path the loader has read so far ("partitions[].feeds.l3.a_group", ...)."""
-    return frozenset(_KEY_PATHS)
+    """Every key path of the schema ("partitions[].feeds.l3.a_group", ...): tables and arrays of
+    tables too, their items indexed as []."""
+    out: set[str] = set()
+
+    def walk(t: mi.StructType, prefix: str) -> None:
+        for f in t.fields:
+            path = prefix + f.encode_name
+            out.add(path)
+            inner = _unwrap(f.type)[0]
+            if isinstance(inner, mi.StructType):
+                walk(inner, path + ".")
+            elif isinstance(inner, (mi.VarTupleType, mi.ListType)) and isinstance(inner.item_type, mi.StructType):
+                walk(inner.item_type, path + "[].")
+    walk(_schema(), "")
+    return frozenset(out)
 
 
+# ================================================================================================
+# msgspec's complaints in the form of the key's path
+# ================================================================================================
 def _describe(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -392,144 +638,105 @@ def _describe(v: Any) -> str:
     return f"{type(v).__name__} {v!r}"
 
 
-class _Table:
-    """One TOML table being read. Accessors record the keys they read; ``done()`` refuses the rest."""
+def _unwrap(t: mi.Type) -> tuple[mi.Type, str | None]:
+    """(the type without Annotated metadata and without None, its extra "kind")."""
+    kind = None
+    while True:
+        if isinstance(t, mi.Metadata):
+            kind = (t.extra or {}).get("kind", kind)
+            t = t.type
+        elif isinstance(t, mi.UnionType):
+            types = [x for x in t.types if not isinstance(x, mi.NoneType)]
+            if len(types) != 1:
+                return t, kind
+            t = types[0]
+        else:
+            return t, kind
 
-    def __init__(self, path: str, data: Any, schema: str) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a table, got {_describe(data)}")
-        self.path = path
-        self.schema = schema
-        self.data: dict[str, Any] = data
-        self.read: list[str] = []
 
-    def key(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
+_AT = re.compile(r" - at `\$(.*)`$")
+_PART = re.compile(r"\.(\w+)|\[(\d+)\]")
 
-    def _get(self, key: str, required: bool) -> Any:
-        self.read.append(key)
-        _KEY_PATHS.add(f"{self.schema}.{key}" if self.schema else key)
-        if key not in self.data:
-            if required:
-                raise ConfigError(f"{self.key(key)}: missing (a required key)")
-            return None
-        return self.data[key]
 
-    def integer(self, key: str, default: int | None = None, lo: int | None = None, hi: int | None = None) -> int:
-        v = self._get(key, default is None)
-        if v is None:
-            assert default is not None
-            return default
+def _complaint(exc: msgspec.ValidationError, doc: dict[str, Any]) -> ConfigError:
+    """The ConfigError of one msgspec.ValidationError: "path: what is wrong with the value"."""
+    text = str(exc)
+    m = _AT.search(text)
+    parts: list[str | int] = []
+    if m:
+        for key, index in _PART.findall(m.group(1)):
+            parts.append(key if key else int(index))
+        text = text[:m.start()]
+    path = ""
+    t: mi.Type = _schema()
+    v: Any = doc
+    declared: Any = None                                # the key's annotation, where it is a Struct's field
+    for p in parts:
+        path += f"[{p}]" if isinstance(p, int) else (f".{p}" if path else p)
+        inner = _unwrap(t)[0]
+        if isinstance(p, int):
+            assert isinstance(inner, (mi.VarTupleType, mi.ListType))
+            t = inner.item_type
+        else:
+            assert isinstance(inner, mi.StructType)
+            t = next(f.type for f in inner.fields if f.encode_name == p)
+            declared = get_type_hints(inner.cls)[p]
+        v = v[p]
+
+    def at(key: str) -> str:
+        return f"{path}.{key}" if path else key
+
+    if (m := re.fullmatch(r"Object missing required field `(.+)`", text)) is not None:
+        return ConfigError(f"{at(m.group(1))}: missing (a required key)")
+    if (m := re.fullmatch(r"Object contains unknown field `(.+)`", text)) is not None:
+        table = _unwrap(t)[0]
+        assert isinstance(table, mi.StructType)
+        known = ", ".join(sorted(f.encode_name for f in table.fields))
+        return ConfigError(f"{at(m.group(1))}: unknown key (this table takes: {known})")
+    return ConfigError(f"{path}: {_wrong(t, v, parts[-1] if parts else '', declared, text)}")
+
+
+def _choices(declared: Any) -> tuple[str, ...]:
+    """The values of a Literal annotation (also within Optional), in their declared order."""
+    for arg in (declared, *get_args(declared)):
+        if get_origin(arg) is Literal:
+            return get_args(arg)
+    return ()
+
+
+def _wrong(t: mi.Type, v: Any, key: str | int, declared: Any, text: str) -> str:
+    """What is wrong with value v of type t, declared as `declared` (msgspec's text: the last resort)."""
+    t, kind = _unwrap(t)
+    got = _describe(v)
+    if kind == "money":
+        hint = f" (write it as text: \"{v!r}\")" if isinstance(v, float) else ""
+        return f"expected decimal text such as \"150.25\", got {got}{hint}"
+    if isinstance(t, mi.IntType):
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"{self.key(key)}: expected an integer, got {_describe(v)}")
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise ConfigError(f"{self.key(key)}: {v} is outside {_range(lo, hi)}")
-        return v
-
-    def opt_int(self, key: str, lo: int = 0, hi: int | None = None) -> int | None:
-        v = self._get(key, False)
-        if v is None:
-            return None
-        self.read.pop()
-        return self.integer(key, 0, lo, hi)
-
-    def text(self, key: str, default: str | None = None, choices: Iterable[str] | None = None,
-            pattern: re.Pattern[str] | None = None, max_len: int | None = None) -> str:
-        v = self._get(key, default is None)
-        if v is None:
-            assert default is not None
-            return default
-        if not isinstance(v, str):
-            raise ConfigError(f"{self.key(key)}: expected a string, got {_describe(v)}")
-        if choices is not None:
-            options = tuple(choices)
-            if v not in options:
-                raise ConfigError(f"{self.key(key)}: {v!r} is not one of {', '.join(repr(c) for c in options)}")
-        if pattern is not None and not pattern.match(v):
-            raise ConfigError(f"{self.key(key)}: {v!r} must be 1-32 characters of A-Z a-z 0-9 _ -")
-        if max_len is not None and not 1 <= len(v) <= max_len:
-            raise ConfigError(f"{self.key(key)}: {v!r} must be 1 to {max_len} characters")
-        return v
-
-    def opt_text(self, key: str, choices: Iterable[str] | None = None) -> str | None:
-        if self._get(key, False) is None:
-            return None
-        self.read.pop()
-        return self.text(key, "", choices)
-
-    def boolean(self, key: str, default: bool) -> bool:
-        v = self._get(key, False)
-        if v is None:
-            return default
-        if not isinstance(v, bool):
-            raise ConfigError(f"{self.key(key)}: expected true or false, got {_describe(v)}")
-        return v
-
-    def money(self, key: str, tick: int = 1, required: bool = False) -> int | None:
-        """Decimal text in dollars (or an integer of whole dollars) -> Price(4) units."""
-        v = self._get(key, required)
-        if v is None:
-            return None
-        if isinstance(v, bool) or isinstance(v, float) or not isinstance(v, (str, int)):
-            hint = f" (write it as text: \"{v!r}\")" if isinstance(v, float) else ""
-            raise ConfigError(f"{self.key(key)}: expected decimal text such as \"150.25\", got {_describe(v)}{hint}")
-        try:
-            units = price_from_text(str(v), tick)
-        except ValueError as exc:
-            raise ConfigError(f"{self.key(key)}: {exc}") from None
-        if units <= 0:
-            raise ConfigError(f"{self.key(key)}: {v!r} must be positive")
-        return units
-
-    def address(self, key: str, default: str | None = None, multicast: bool = False) -> str:
-        v = self.text(key, default)
-        try:
-            addr = ipaddress.IPv4Address(v)
-        except ValueError:
-            raise ConfigError(f"{self.key(key)}: {v!r} is not an IPv4 address") from None
-        if multicast and addr not in _MULTICAST:
-            raise ConfigError(f"{self.key(key)}: {v!r} is not a multicast group (224.0.0.0/4)")
-        return v
-
-    def port(self, key: str, default: int | None = None) -> int:
-        return self.integer(key, default, 1, 65535)
-
-    def str_list(self, key: str, default: tuple[str, ...] | None = None) -> tuple[str, ...]:
-        v = self._get(key, default is None)
-        if v is None:
-            assert default is not None
-            return default
-        if not isinstance(v, list):
-            raise ConfigError(f"{self.key(key)}: expected an array of strings, got {_describe(v)}")
-        for i, item in enumerate(v):
-            if not isinstance(item, str):
-                raise ConfigError(f"{self.key(key)}[{i}]: expected a string, got {_describe(item)}")
-        return tuple(v)
-
-    def table(self, key: str, required: bool = False) -> _Table | None:
-        v = self._get(key, required)
-        if v is None:
-            return None
-        return _Table(self.key(key), v, f"{self.schema}.{key}" if self.schema else key)
-
-    def tables(self, key: str) -> list[_Table]:
-        """An array of tables ([[key]]); absent: empty."""
-        v = self._get(key, False)
-        if v is None:
-            return []
-        if not isinstance(v, list):
-            raise ConfigError(f"{self.key(key)}: expected an array of tables ([[{key}]]), got {_describe(v)}")
-        schema = f"{self.schema}.{key}[]" if self.schema else f"{key}[]"
-        return [_Table(f"{self.key(key)}[{i}]", item, schema) for i, item in enumerate(v)]
-
-    def done(self) -> None:
-        """Refuse keys nobody read."""
-        for k in self.data:
-            if k not in self.read:
-                known = ", ".join(sorted(set(self.read)))
-                raise ConfigError(f"{self.key(k)}: unknown key (this table takes: {known})")
+            return f"expected an integer, got {got}"
+        return f"{v} is outside {_range(t.ge, t.le)}"
+    if isinstance(t, mi.BoolType):
+        return f"expected true or false, got {got}"
+    if isinstance(t, (mi.StrType, mi.LiteralType)) and not isinstance(v, str):
+        return f"expected a string, got {got}"
+    if isinstance(t, mi.LiteralType):
+        return f"{v!r} is not one of {', '.join(repr(c) for c in _choices(declared) or t.values)}"
+    if isinstance(t, mi.StrType) and t.pattern is not None and not re.search(t.pattern, v):
+        return f"{v!r} must be 1-32 characters of A-Z a-z 0-9 _ -"
+    if isinstance(t, mi.StrType) and t.max_length is not None:
+        return f"{v!r} must be 1 to {t.max_length} characters"
+    if isinstance(t, (mi.VarTupleType, mi.ListType)):
+        if isinstance(t.item_type, mi.StructType):
+            return f"expected an array of tables ([[{key}]]), got {got}"
+        return f"expected an array of strings, got {got}"
+    if isinstance(t, mi.StructType):
+        return f"expected a table, got {got}"
+    return text[:1].lower() + text[1:]
 
 
+# ================================================================================================
+# Reading: what one key cannot say alone
+# ================================================================================================
 _TIME_OF_DAY = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])(?::([0-5][0-9]))?$")
 
 
@@ -568,6 +775,43 @@ def _is_loopback(addr: str) -> bool:
     return ipaddress.IPv4Address(addr).is_loopback
 
 
+def _address(path: str, v: str, multicast: bool = False) -> str:
+    try:
+        addr = ipaddress.IPv4Address(v)
+    except ValueError:
+        raise ConfigError(f"{path}: {v!r} is not an IPv4 address") from None
+    if multicast and addr not in _MULTICAST:
+        raise ConfigError(f"{path}: {v!r} is not a multicast group (224.0.0.0/4)")
+    return v
+
+
+def _price(path: str, v: str | int | None, tick: int = 1) -> int | None:
+    """Decimal text in dollars (or an integer of whole dollars) -> Price(4) units."""
+    if v is None:
+        return None
+    try:
+        units = price_from_text(str(v), tick)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if units <= 0:
+        raise ConfigError(f"{path}: {v!r} must be positive")
+    return units
+
+
+def _soup_text(path: str, v: str) -> str:
+    if not v.isascii() or not v.isprintable() or v != v.strip():
+        raise ConfigError(f"{path}: {v!r} must be printable ASCII with no leading or trailing spaces")
+    return v
+
+
+def _time_zone(path: str, zone: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{path}: {zone!r} is not an IANA time zone (such as 'America/New_York')") from None
+    return zone
+
+
 # ================================================================================================
 # Loading
 # ================================================================================================
@@ -593,17 +837,25 @@ def loads(text: str, source: str = "<config>") -> Config:
 
 def from_dict(doc: dict[str, Any]) -> Config:
     """Check a parsed TOML document (a dict) and build the Config."""
-    top = _Table("", doc, "")
+    try:
+        d = msgspec.convert(doc, _Document)
+    except msgspec.ValidationError as exc:
+        raise _complaint(exc, doc) from None
+    return _resolve(d)
+
+
+def _resolve(d: _Document) -> Config:
+    """The checks between keys and tables, in the order of the document's sections; the Config."""
     warnings: list[str] = []
-    appliance = _appliance(top.table("appliance"))
-    instruments = tuple(_instrument(t) for t in top.tables("instruments"))
+    appliance = _appliance(d.appliance)
+    instruments = tuple(_instrument(f"instruments[{i}]", x) for i, x in enumerate(d.instruments))
     if not instruments:
         raise ConfigError("instruments: at least one [[instruments]] table is required")
     _unique(((f"instruments[{i}].symbol", x.symbol) for i, x in enumerate(instruments)), "symbol")
     _unique(((f"instruments[{i}].locate", x.locate) for i, x in enumerate(instruments)), "locate")
     symbols = {x.symbol for x in instruments}
 
-    partitions = tuple(_partition(t, symbols, warnings) for t in top.tables("partitions"))
+    partitions = tuple(_partition(f"partitions[{i}]", p, symbols, warnings) for i, p in enumerate(d.partitions))
     if not partitions:
         raise ConfigError("partitions: at least one [[partitions]] table is required")
     _unique(((f"partitions[{i}].name", p.name) for i, p in enumerate(partitions)), "partition name")
@@ -619,10 +871,10 @@ def from_dict(doc: dict[str, Any]) -> Config:
              for i, p in enumerate(partitions) for ch, f in p.feeds.items() for ab in ("a", "b")),
             "multicast group and port")
 
-    market_data = _market_data(top.table("market_data"), warnings)
-    retransmit = _retransmit(top.table("retransmit"), warnings)
+    market_data = _market_data(d.market_data or _MarketData(), warnings)
+    retransmit = _retransmit(d.retransmit or _Retransmit(), warnings)
 
-    firms = tuple(_firm(t) for t in top.tables("firms"))
+    firms = tuple(_firm(f"firms[{i}]", f) for i, f in enumerate(d.firms))
     _unique(((f"firms[{i}].name", f.name) for i, f in enumerate(firms)), "firm name")
     _unique(((f"firms[{i}].id", f.id) for i, f in enumerate(firms)), "firm id")
     _unique(((f"firms[{i}].ouch.username", f.ouch.username) for i, f in enumerate(firms)), "OUCH username")
@@ -630,25 +882,25 @@ def from_dict(doc: dict[str, Any]) -> Config:
             "FIX SenderCompID")
     firm_names = tuple(f.name for f in firms)
 
-    gateway_tables = top.tables("gateways")
-    if not gateway_tables:
+    if not d.gateways:
         raise ConfigError("gateways: at least one [[gateways]] table is required")
-    gateways = tuple(_gateway(t, firm_names, len(gateway_tables), warnings) for t in gateway_tables)
+    gateways = tuple(_gateway(f"gateways[{i}]", g, firm_names, len(d.gateways), warnings)
+                     for i, g in enumerate(d.gateways))
     _unique(((f"gateways[{i}].name", g.name) for i, g in enumerate(gateways)), "gateway name")
     _unique(((f"gateways[{i}].firms[{j}]", f) for i, g in enumerate(gateways) for j, f in enumerate(g.firms)),
             "firm", " (a firm trades through one gateway, whose risk checker sees all its orders)")
     on_a_gateway = {f for g in gateways for f in g.firms}
-    for i, f in enumerate(firms):
-        if f.name not in on_a_gateway:
-            raise ConfigError(f"firms[{i}].name: firm {f.name!r} is on no gateway's firms")
+    for i, fm in enumerate(firms):
+        if fm.name not in on_a_gateway:
+            raise ConfigError(f"firms[{i}].name: firm {fm.name!r} is on no gateway's firms")
 
-    admin = _admin(top.table("admin"), warnings)
-    session_limits = _session_limits(top.table("session_limits"))
-    trading = _trading(top.table("trading"), appliance, "time_zone" in (top.data.get("appliance") or {}))
+    admin = _admin(d.admin or _Admin(), warnings)
+    session_limits = _session_limits(d.session_limits or _SessionLimits())
+    zone_given = d.appliance is not None and d.appliance.time_zone is not None
+    trading = None if d.trading is None else _trading(d.trading, appliance, zone_given)
     for i, ins in enumerate(instruments):
         if ins.luld_tier is not None and (trading is None or ins.luld_tier not in {t.name for t in trading.tiers}):
             raise ConfigError(f"instruments[{i}].luld_tier: unknown tier {ins.luld_tier!r} (not in [[trading.tiers]])")
-    top.done()
 
     tcp: list[tuple[str, int]] = []
     for i, g in enumerate(gateways):
@@ -660,471 +912,214 @@ def from_dict(doc: dict[str, Any]) -> Config:
                   tuple(warnings), trading, session_limits)
 
 
-def _appliance(t: _Table | None) -> ApplianceConfig:
+def _appliance(t: _Appliance | None) -> ApplianceConfig:
     if t is None:
         return ApplianceConfig()
-    d = ApplianceConfig()
-    c = ApplianceConfig(
-        name=t.text("name", d.name, pattern=_NAME),
-        ring_slots=t.integer("ring_slots", d.ring_slots, 2, 1 << 24),
-        ring_slot_size=t.integer("ring_slot_size", d.ring_slot_size, 16, 65536),
-        time_zone=_time_zone(t, d.time_zone),
-    )
-    if c.ring_slots & (c.ring_slots - 1):
-        raise ConfigError(f"{t.key('ring_slots')}: {c.ring_slots} is not a power of two")
-    if c.ring_slot_size % 8:
-        raise ConfigError(f"{t.key('ring_slot_size')}: {c.ring_slot_size} is not a multiple of 8")
-    t.done()
-    return c
+    if t.ring_slots & (t.ring_slots - 1):
+        raise ConfigError(f"appliance.ring_slots: {t.ring_slots} is not a power of two")
+    if t.ring_slot_size % 8:
+        raise ConfigError(f"appliance.ring_slot_size: {t.ring_slot_size} is not a multiple of 8")
+    zone = _A.time_zone if t.time_zone is None else _time_zone("appliance.time_zone", t.time_zone)
+    return ApplianceConfig(t.name, t.ring_slots, t.ring_slot_size, zone)
 
 
-def _instrument(t: _Table) -> InstrumentConfig:
-    symbol = t.text("symbol")
-    locate = t.integer("locate", None, 1, 0xFFFF)
-    tick = t.money("tick") or 100
-    round_lot = t.integer("round_lot", 100, 1)
-    ref = t.money("reference_price", tick)
-    tier = t.text("tier", "Q", choices=TIERS)
-    luld_tier = t.text("luld_tier", "") or None
-    post_only = t.text("post_only", "reject", choices=("reject", "reprice"))
-    t.done()
+def _instrument(path: str, t: _Instrument) -> InstrumentConfig:
+    tick = _price(f"{path}.tick", t.tick) or 100
+    ref = _price(f"{path}.reference_price", t.reference_price, tick)
     try:
-        Instrument(symbol, locate, tick, round_lot)
+        Instrument(t.symbol, t.locate, tick, t.round_lot)
     except ValueError as exc:
-        raise ConfigError(f"{t.key('symbol')}: {exc}") from None
-    return InstrumentConfig(symbol, locate, tick, round_lot, ref, tier, luld_tier, post_only)
+        raise ConfigError(f"{path}.symbol: {exc}") from None
+    return InstrumentConfig(t.symbol, t.locate, tick, t.round_lot, ref, t.tier, t.luld_tier or None, t.post_only)
 
 
-def _time_zone(t: _Table, default: str) -> str:
-    zone = t.text("time_zone", default)
-    try:
-        zoneinfo.ZoneInfo(zone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"{t.key('time_zone')}: {zone!r} is not an IANA time zone (such as 'America/New_York')") from None
-    return zone
-
-
-def _trading(t: _Table | None, appliance: ApplianceConfig, zone_given: bool) -> TradingConfig | None:
+def _trading(t: _Trading, appliance: ApplianceConfig, zone_given: bool) -> TradingConfig:
     """[trading]; its time_zone (kept for older configs) defaults to appliance.time_zone and, when
     both are written, must name the same zone."""
-    if t is None:
-        return None
-    d = TradingConfig()
-    zone = _time_zone(t, appliance.time_zone)
-    if zone_given and "time_zone" in t.data and zone != appliance.time_zone:
-        raise ConfigError(f"{t.key('time_zone')}: {zone!r} is not appliance.time_zone "
+    zone = appliance.time_zone if t.time_zone is None else _time_zone("trading.time_zone", t.time_zone)
+    if zone_given and t.time_zone is not None and zone != appliance.time_zone:
+        raise ConfigError(f"trading.time_zone: {zone!r} is not appliance.time_zone "
                           f"{appliance.time_zone!r} (one exchange, one time zone: write it once)")
-    times = [t.text(k, "") for k in SCHEDULE_KEYS]
+    times = [getattr(t, k) for k in SCHEDULE_KEYS]
     schedule: tuple[str, ...] | None = None
     if any(times):
         parsed = []
         for key, text in zip(SCHEDULE_KEYS, times):
             if not text:
-                raise ConfigError(f"{t.key(key)}: missing (a schedule needs all of {', '.join(SCHEDULE_KEYS)})")
+                raise ConfigError(f"trading.{key}: missing (a schedule needs all of {', '.join(SCHEDULE_KEYS)})")
             try:
                 parsed.append(_time_of_day(text))
             except ValueError as exc:
-                raise ConfigError(f"{t.key(key)}: {exc}") from None
+                raise ConfigError(f"trading.{key}: {exc}") from None
         for (k1, a), (k2, b) in zip(zip(SCHEDULE_KEYS, parsed), zip(SCHEDULE_KEYS[1:], parsed[1:])):
             if b < a:
-                raise ConfigError(f"{t.key(k2)}: {b} is before {k1} {a}")
+                raise ConfigError(f"trading.{k2}: {b} is before {k1} {a}")
         schedule = tuple(times)
-    c = TradingConfig(
-        time_zone=zone,
-        schedule=schedule,
-        noii_interval_ms=t.integer("noii_interval_ms", d.noii_interval_ms, 0, 3_600_000),
-        limit_state_seconds=t.integer("limit_state_seconds", d.limit_state_seconds, 1, 3600),
-        pause_seconds=t.integer("pause_seconds", d.pause_seconds, 1, 86_400),
-        reopen_call_seconds=t.integer("reopen_call_seconds", d.reopen_call_seconds, 0, 86_400),
-        circuit_breaker_halt_seconds=t.integer("circuit_breaker_halt_seconds", d.circuit_breaker_halt_seconds, 0,
-                                               86_400),
-        tiers=tuple(_tier(x) for x in t.tables("tiers")),
-    )
-    _unique(((f"{t.key('tiers')}[{i}].name", x.name) for i, x in enumerate(c.tiers)), "tier name")
-    t.done()
-    return c
+    tiers = tuple(TierConfig(x.name, x.band_bps, x.market_collar_bps, x.circuit_breaker_bps,
+                             x.luld_ref_price_tier or ("1" if x.name == "1" else "2")) for x in t.tiers)
+    _unique(((f"trading.tiers[{i}].name", x.name) for i, x in enumerate(tiers)), "tier name")
+    return TradingConfig(zone, schedule, t.noii_interval_ms, t.limit_state_seconds, t.pause_seconds,
+                         t.reopen_call_seconds, t.circuit_breaker_halt_seconds, tiers)
 
 
-def _tier(t: _Table) -> TierConfig:
-    name = t.text("name", max_len=8)
-    c = TierConfig(
-        name=name,
-        band_bps=t.integer("band_bps", 0, 0, 9999),
-        market_collar_bps=t.integer("market_collar_bps", 0, 0, 9999),
-        circuit_breaker_bps=t.integer("circuit_breaker_bps", 0, 0, 9999),
-        luld_ref_price_tier=t.text("luld_ref_price_tier", "1" if name == "1" else "2",
-                                   choices=LULD_REF_PRICE_TIERS),
-    )
-    t.done()
-    return c
-
-
-def _partition(t: _Table, symbols: set[str], warnings: list[str]) -> PartitionConfig:
-    name = t.text("name", pattern=_NAME)
-    pid = t.integer("id", None, 0, 99)
-    instruments = t.str_list("instruments")
-    if not instruments:
-        raise ConfigError(f"{t.key('instruments')}: a partition needs at least one instrument")
-    for j, s in enumerate(instruments):
+def _partition(path: str, t: _Partition, symbols: set[str], warnings: list[str]) -> PartitionConfig:
+    if not t.instruments:
+        raise ConfigError(f"{path}.instruments: a partition needs at least one instrument")
+    for j, s in enumerate(t.instruments):
         if s not in symbols:
-            raise ConfigError(f"{t.key('instruments')}[{j}]: unknown instrument {s!r} (not in [[instruments]])")
-    cpu = t.integer("cpu", -1, -1, 1023)
-    wal_dir = t.text("wal_dir")
-    snapshot_dir = t.text("snapshot_dir", wal_dir.rstrip("/") + "/snapshots")
-    durability = t.text("durability", "batch", choices=DURABILITY)
-    interval_ms = t.integer("interval_ms", 2, 1, 60_000)
-    every_events = t.integer("snapshot_every_events", 1_000_000, 0)
-    every_seconds = t.integer("snapshot_every_seconds", 300, 0)
-    idle = t.text("idle", BACKOFF, choices=IDLE_STRATEGIES)
-    feed_stage = t.text("feed_stage", "inline", choices=("inline", "process"))
-    wal_stage = t.text("wal_stage", "inline", choices=("inline", "process"))
-    if wal_stage == "process" and feed_stage != "process":
-        raise ConfigError(f"{t.key('wal_stage')}: 'process' needs feed_stage = 'process' too (matching runs "
+            raise ConfigError(f"{path}.instruments[{j}]: unknown instrument {s!r} (not in [[instruments]])")
+    if t.wal_stage == "process" and t.feed_stage != "process":
+        raise ConfigError(f"{path}.wal_stage: 'process' needs feed_stage = 'process' too (matching runs "
                           "ahead of durability, so publishing must replay the released commands itself)")
-    stage_cpu = t.integer("stage_cpu", -1, -1, 1023)
-    stage_idle = t.text("stage_idle", BACKOFF, choices=IDLE_STRATEGIES)
-    stp = STP_BY_NAME[t.text("default_stp", "CN", choices=STP_BY_NAME)]
-    ft = t.table("feeds", required=True)
-    assert ft is not None
     feeds: dict[str, FeedChannelConfig] = {}
     for ch in CHANNELS:
-        ct = ft.table(ch, required=ch == "l3")
-        if ct is not None:
-            feeds[ch] = _channel(ct)
-    ft.done()
-    t.done()
-    if durability == "none":
+        c = getattr(t.feeds, ch)
+        if c is not None:
+            feeds[ch] = _channel(f"{path}.feeds.{ch}", c)
+    if t.durability == "none":
         warnings.append(
-            f"{t.key('durability')} = 'none': partition {name} never fsyncs its WAL; acknowledged orders "
+            f"{path}.durability = 'none': partition {t.name} never fsyncs its WAL; acknowledged orders "
             "and trades can be lost in a crash. Development only."
         )
-    return PartitionConfig(name, pid, instruments, cpu, wal_dir, snapshot_dir, durability, interval_ms,
-                           every_events, every_seconds, idle, stp, feeds, feed_stage, wal_stage, stage_idle, stage_cpu)
+    snapshot_dir = t.wal_dir.rstrip("/") + "/snapshots" if t.snapshot_dir is None else t.snapshot_dir
+    return PartitionConfig(t.name, t.id, t.instruments, t.cpu, t.wal_dir, snapshot_dir, t.durability,
+                           t.interval_ms, t.snapshot_every_events, t.snapshot_every_seconds, t.idle,
+                           STP_BY_NAME[t.default_stp], feeds, t.feed_stage, t.wal_stage, t.stage_idle, t.stage_cpu)
 
 
-def _channel(t: _Table) -> FeedChannelConfig:
-    c = FeedChannelConfig(
-        a_group=t.address("a_group", multicast=True),
-        a_port=t.port("a_port"),
-        b_group=t.address("b_group", multicast=True),
-        b_port=t.port("b_port"),
-        transport=t.opt_text("transport", choices=NETWORK_TRANSPORTS),
-    )
-    t.done()
-    if (c.a_group, c.a_port) == (c.b_group, c.b_port):
-        raise ConfigError(f"{t.key('b_group')}: B must differ from A ({c.a_group}:{c.a_port})")
-    return c
+def _channel(path: str, t: _Channel) -> FeedChannelConfig:
+    _address(f"{path}.a_group", t.a_group, multicast=True)
+    _address(f"{path}.b_group", t.b_group, multicast=True)
+    if (t.a_group, t.a_port) == (t.b_group, t.b_port):
+        raise ConfigError(f"{path}.b_group: B must differ from A ({t.a_group}:{t.a_port})")
+    return FeedChannelConfig(t.a_group, t.a_port, t.b_group, t.b_port, t.transport)
 
 
-def _market_data(t: _Table | None, warnings: list[str]) -> MarketDataConfig:
-    d = MarketDataConfig()
-    if t is None:
-        return d
-    c = MarketDataConfig(
-        interface=t.address("interface", d.interface),
-        ttl=t.integer("ttl", d.ttl, 0, 255),
-        dscp=t.integer("dscp", d.dscp, 0, 63),
-        max_payload=t.integer("max_payload", d.max_payload, 64, 65507),
-        l2_depth=t.integer("l2_depth", d.l2_depth, 1, 1000),
-        transport=t.text("transport", d.transport, choices=NETWORK_TRANSPORTS),
-        source_port=t.port("source_port", d.source_port),
-        afxdp_mode=t.text("afxdp_mode", d.afxdp_mode, choices=AFXDP_MODES),
-        afxdp_required=t.boolean("afxdp_required", d.afxdp_required),
-        afxdp_queue=t.integer("afxdp_queue", d.afxdp_queue, 0, 4095),
-        source_port_a=t.integer("source_port_a", d.source_port_a, 0, 65535),
-        source_port_b=t.integer("source_port_b", d.source_port_b, 0, 65535),
-    )
-    t.done()
-    if c.source_port_a and c.source_port_a == c.source_port_b:
-        raise ConfigError(f"{t.key('source_port_b')}: the A and B senders need different source ports "
-                          f"(both {c.source_port_a}), so that a filter tells them apart")
-    if c.ttl > 0:
-        warnings.append(f"{t.key('ttl')} = {c.ttl}: market data multicast can leave this host")
-    if not _is_loopback(c.interface):
-        warnings.append(f"{t.key('interface')} = {c.interface!r}: market data is sent beyond loopback")
-    return c
+def _market_data(t: _MarketData, warnings: list[str]) -> MarketDataConfig:
+    _address("market_data.interface", t.interface)
+    if t.source_port_a and t.source_port_a == t.source_port_b:
+        raise ConfigError(f"market_data.source_port_b: the A and B senders need different source ports "
+                          f"(both {t.source_port_a}), so that a filter tells them apart")
+    if t.ttl > 0:
+        warnings.append(f"market_data.ttl = {t.ttl}: market data multicast can leave this host")
+    if not _is_loopback(t.interface):
+        warnings.append(f"market_data.interface = {t.interface!r}: market data is sent beyond loopback")
+    return MarketDataConfig(**msgspec.structs.asdict(t))
 
 
-def _retransmit(t: _Table | None, warnings: list[str]) -> RetransmitConfig:
-    d = RetransmitConfig()
-    if t is None:
-        return d
-    c = RetransmitConfig(
-        bind=t.address("bind", d.bind),
-        rerequest_port=t.port("rerequest_port", d.rerequest_port),
-        replay_port=t.port("replay_port", d.replay_port),
-        snapshot_port=t.port("snapshot_port", d.snapshot_port),
-        username=_soup_text(t, "username", 6, d.username),
-        password=_soup_text(t, "password", 10, d.password),
-        max_request_messages=t.integer("max_request_messages", d.max_request_messages, 1, 65534),
-        max_request_bytes=t.integer("max_request_bytes", d.max_request_bytes, 1024, 1 << 24),
-        quota_per_second=t.integer("quota_per_second", d.quota_per_second, 0),
-        quota_per_minute=t.integer("quota_per_minute", d.quota_per_minute, 0),
-        quota_per_day=t.integer("quota_per_day", d.quota_per_day, 0),
-        retain_messages=t.integer("retain_messages", d.retain_messages, 0),
-        max_sessions=t.integer("max_sessions", d.max_sessions, 1, 100_000),
-        send_buffer_bytes=t.integer("send_buffer_bytes", d.send_buffer_bytes, 65536, 1 << 30),
-        slow_client_ms=t.integer("slow_client_ms", d.slow_client_ms, 100, 600_000),
-        snapshot_wait_ms=t.integer("snapshot_wait_ms", d.snapshot_wait_ms, 0, 600_000),
-        rerequest_transport=t.text("rerequest_transport", d.rerequest_transport, choices=("udp", "sendmmsg")),
-    )
-    t.done()
-    if not _is_loopback(c.bind):
-        warnings.append(f"{t.key('bind')} = {c.bind!r}: retransmission servers listen beyond loopback")
-    return c
+def _retransmit(t: _Retransmit, warnings: list[str]) -> RetransmitConfig:
+    _address("retransmit.bind", t.bind)
+    _soup_text("retransmit.username", t.username)
+    _soup_text("retransmit.password", t.password)
+    if not _is_loopback(t.bind):
+        warnings.append(f"retransmit.bind = {t.bind!r}: retransmission servers listen beyond loopback")
+    return RetransmitConfig(**msgspec.structs.asdict(t))
 
 
-def _soup_text(t: _Table, key: str, n: int, default: str | None = None) -> str:
-    v = t.text(key, default, max_len=n)
-    if not v.isascii() or not v.isprintable() or v != v.strip():
-        raise ConfigError(f"{t.key(key)}: {v!r} must be printable ASCII with no leading or trailing spaces")
-    return v
-
-
-def _firm(t: _Table) -> FirmConfig:
-    name = t.text("name", pattern=_NAME)
-    fid = t.integer("id", None, 1, 0xFFFF_FFFF)
-    stp = STP_BY_NAME[t.text("stp", "CN", choices=STP_BY_NAME)]
-    ot = t.table("ouch", required=True)
-    assert ot is not None
-    ouch = OuchCredentials(_soup_text(ot, "username", 6), _soup_text(ot, "password", 10),
-                           ot.boolean("cancel_on_disconnect", True))
-    ot.done()
-    xt = t.table("fix", required=True)
-    assert xt is not None
-    comp = xt.text("sender_comp_id", max_len=32)
+def _firm(path: str, t: _Firm) -> FirmConfig:
+    ouch = OuchCredentials(_soup_text(f"{path}.ouch.username", t.ouch.username),
+                           _soup_text(f"{path}.ouch.password", t.ouch.password), t.ouch.cancel_on_disconnect)
+    comp = t.fix.sender_comp_id
     if not comp.isascii() or not comp.isprintable() or "|" in comp or " " in comp:
-        raise ConfigError(f"{xt.key('sender_comp_id')}: {comp!r} must be printable ASCII without spaces or '|'")
-    fix = FixCredentials(comp, xt.text("password", max_len=64))
-    xt.done()
-    lt = t.table("limits")
+        raise ConfigError(f"{path}.fix.sender_comp_id: {comp!r} must be printable ASCII without spaces or '|'")
     limits = FirmLimits()
-    if lt is not None:
-        rate = lt.opt_int("rate_per_second", 1)
-        burst = lt.opt_int("burst", 1)
-        if burst is not None and rate is None:
-            raise ConfigError(f"{lt.key('burst')}: a burst needs rate_per_second")
-        limits = FirmLimits(
-            max_qty=lt.opt_int("max_qty", 1),
-            max_notional=lt.money("max_notional"),
-            position_limit=lt.opt_int("position_limit", 0),
-            rate_per_second=rate,
-            burst=burst,
-            collar_bps=lt.opt_int("collar_bps", 0, 10_000),
-        )
-        lt.done()
-    t.done()
-    return FirmConfig(name, fid, stp, ouch, fix, limits)
+    if (lt := t.limits) is not None:
+        if lt.burst is not None and lt.rate_per_second is None:
+            raise ConfigError(f"{path}.limits.burst: a burst needs rate_per_second")
+        limits = FirmLimits(lt.max_qty, _price(f"{path}.limits.max_notional", lt.max_notional), lt.position_limit,
+                            lt.rate_per_second, lt.burst, lt.collar_bps)
+    return FirmConfig(t.name, t.id, STP_BY_NAME[t.stp], ouch, FixCredentials(comp, t.fix.password), limits)
 
 
-def _gateway(t: _Table, firm_names: tuple[str, ...], n_gateways: int, warnings: list[str]) -> GatewayConfig:
-    name = t.text("name", pattern=_NAME)
-    bind = t.address("bind", "127.0.0.1")
-    ouch_port = t.port("ouch_port")
-    fix_port = t.port("fix_port")
-    comp = t.text("fix_comp_id", "MATCHWIRE", max_len=32)
-    if n_gateways == 1:
-        firms = t.str_list("firms", firm_names)
-    else:
-        firms = t.str_list("firms")  # with several gateways each says which firms it admits
+def _gateway(path: str, t: _Gateway, firm_names: tuple[str, ...], n_gateways: int,
+             warnings: list[str]) -> GatewayConfig:
+    _address(f"{path}.bind", t.bind)
+    firms = t.firms
+    if firms is None:
+        if n_gateways > 1:  # with several gateways each says which firms it admits
+            raise ConfigError(f"{path}.firms: missing (a required key)")
+        firms = firm_names
     for j, f in enumerate(firms):
         if f not in firm_names:
-            raise ConfigError(f"{t.key('firms')}[{j}]: unknown firm {f!r} (not in [[firms]])")
-    t.done()
-    if not _is_loopback(bind):
-        warnings.append(f"{t.key('bind')} = {bind!r}: order entry listens beyond loopback")
-    return GatewayConfig(name, bind, ouch_port, fix_port, comp, firms)
+            raise ConfigError(f"{path}.firms[{j}]: unknown firm {f!r} (not in [[firms]])")
+    if not _is_loopback(t.bind):
+        warnings.append(f"{path}.bind = {t.bind!r}: order entry listens beyond loopback")
+    return GatewayConfig(t.name, t.bind, t.ouch_port, t.fix_port, t.fix_comp_id, firms)
 
 
-def _session_limits(t: _Table | None) -> SessionLimits:
-    d = SessionLimits()
-    if t is None:
-        return d
-    rate = t.integer("messages_per_second", d.messages_per_second, 1, 10_000_000)
-    conns = t.integer("connections_per_second", d.connections_per_second, 1, 100_000)
-    c = SessionLimits(
-        max_queued_bytes=t.integer("max_queued_bytes", d.max_queued_bytes, 65536, 1 << 30),
-        messages_per_second=rate,
-        burst=t.integer("burst", 2 * rate, 1, 100_000_000),
-        throttled_before_disconnect=t.integer("throttled_before_disconnect", d.throttled_before_disconnect,
-                                              1, 10_000_000),
-        login_timeout_ms=t.integer("login_timeout_ms", d.login_timeout_ms, 100, 600_000),
-        connections_per_second=conns,
-        connection_burst=t.integer("connection_burst", 2 * conns, 1, 1_000_000),
-        listen_backlog=t.integer("listen_backlog", d.listen_backlog, 1, 65535),
-    )
-    t.done()
-    return c
+def _session_limits(t: _SessionLimits) -> SessionLimits:
+    burst = 2 * t.messages_per_second if t.burst is None else t.burst
+    connection_burst = 2 * t.connections_per_second if t.connection_burst is None else t.connection_burst
+    return SessionLimits(t.max_queued_bytes, t.messages_per_second, burst, t.throttled_before_disconnect,
+                         t.login_timeout_ms, t.connections_per_second, connection_burst, t.listen_backlog)
 
 
-def _admin(t: _Table | None, warnings: list[str]) -> AdminConfig:
-    d = AdminConfig()
-    if t is None:
-        return d
-    c = AdminConfig(bind=t.address("bind", d.bind), port=t.port("port", d.port), token=t.text("token", d.token))
-    t.done()
-    if not _is_loopback(c.bind):
-        warnings.append(f"{t.key('bind')} = {c.bind!r}: the admin interface listens beyond loopback")
-    return c
+def _admin(t: _Admin, warnings: list[str]) -> AdminConfig:
+    _address("admin.bind", t.bind)
+    if not _is_loopback(t.bind):
+        warnings.append(f"admin.bind = {t.bind!r}: the admin interface listens beyond loopback")
+    return AdminConfig(t.bind, t.port, t.token)
 
 
 # ================================================================================================
-# Writing back (round trip)
+# Writing back (round trip): the Config as the schema's document, encoded by tomli_w
 # ================================================================================================
-def _q(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _money(units: int) -> str:
+def _dollars(units: int) -> str:
     """Price(4) units as dollars text with at least 2 decimals: 1500000 -> "150.00"."""
     text = price_to_text(units)
     while text.endswith("0") and len(text) - text.index(".") > 3:
         text = text[:-1]
-    return _q(text)
+    return text
+
+
+def _fields(obj: Any, **changes: Any) -> dict[str, Any]:
+    """A dataclass's fields as keyword arguments (not recursing), some of them changed."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)} | changes
+
+
+def _document(c: Config) -> _Document:
+    """The document that loads as c, every key written out (derived defaults too)."""
+    def opt_dollars(units: int | None) -> str | None:
+        return None if units is None else _dollars(units)
+
+    trading = None
+    if (t := c.trading) is not None:
+        kw = _fields(t, time_zone=None, tiers=tuple(_Tier(**_fields(x)) for x in t.tiers))  # zone: appliance's
+        del kw["schedule"]
+        kw.update(zip(SCHEDULE_KEYS, t.schedule or ()))
+        trading = _Trading(**kw)
+    return _Document(
+        appliance=_Appliance(**_fields(c.appliance, time_zone=c.time_zone)),
+        instruments=tuple(_Instrument(**_fields(i, tick=_dollars(i.tick), reference_price=opt_dollars(i.reference_price)))
+                          for i in c.instruments),
+        partitions=tuple(_Partition(**_fields(
+            p, default_stp=STP_NAME[p.default_stp], feeds=_Feeds(**{ch: _Channel(**_fields(f)) for ch, f in p.feeds.items()}),
+        )) for p in c.partitions),
+        gateways=tuple(_Gateway(**_fields(g)) for g in c.gateways),
+        market_data=_MarketData(**_fields(c.market_data)),
+        retransmit=_Retransmit(**_fields(c.retransmit)),
+        firms=tuple(_Firm(**_fields(
+            f, stp=STP_NAME[f.stp], ouch=_Ouch(**_fields(f.ouch)), fix=_Fix(**_fields(f.fix)),
+            limits=_Limits(**_fields(f.limits, max_notional=opt_dollars(f.limits.max_notional))),
+        )) for f in c.firms),
+        admin=_Admin(**_fields(c.admin)),
+        session_limits=_SessionLimits(**_fields(c.session_limits)),
+        trading=trading,
+    )
+
+
+def _without_none(v: Any) -> Any:
+    """TOML has no null: an absent key is None."""
+    if isinstance(v, dict):
+        return {k: _without_none(x) for k, x in v.items() if x is not None}
+    if isinstance(v, (list, tuple)):
+        return [_without_none(x) for x in v]
+    return v
 
 
 def dumps(c: Config) -> str:
     """The config as TOML text, every key written out: ``loads(dumps(c)) == c``."""
-    out: list[str] = []
-    w = out.append
-    a = c.appliance
-    w("[appliance]")
-    w(f"name = {_q(a.name)}")
-    w(f"ring_slots = {a.ring_slots}")
-    w(f"ring_slot_size = {a.ring_slot_size}")
-    w(f"time_zone = {_q(c.time_zone)}")
-    for ins in c.instruments:
-        w("")
-        w("[[instruments]]")
-        w(f"symbol = {_q(ins.symbol)}")
-        w(f"locate = {ins.locate}")
-        w(f"tick = {_money(ins.tick)}")
-        w(f"round_lot = {ins.round_lot}")
-        if ins.reference_price is not None:
-            w(f"reference_price = {_money(ins.reference_price)}")
-        w(f"tier = {_q(ins.tier)}")
-        if ins.luld_tier is not None:
-            w(f"luld_tier = {_q(ins.luld_tier)}")
-        if ins.post_only != "reject":
-            w(f"post_only = {_q(ins.post_only)}")
-    for p in c.partitions:
-        w("")
-        w("[[partitions]]")
-        w(f"name = {_q(p.name)}")
-        w(f"id = {p.id}")
-        w("instruments = [" + ", ".join(_q(s) for s in p.instruments) + "]")
-        w(f"cpu = {p.cpu}")
-        w(f"wal_dir = {_q(p.wal_dir)}")
-        w(f"snapshot_dir = {_q(p.snapshot_dir)}")
-        w(f"durability = {_q(p.durability)}")
-        w(f"interval_ms = {p.interval_ms}")
-        w(f"snapshot_every_events = {p.snapshot_every_events}")
-        w(f"snapshot_every_seconds = {p.snapshot_every_seconds}")
-        w(f"idle = {_q(p.idle)}")
-        if p.feed_stage != "inline":
-            w(f"feed_stage = {_q(p.feed_stage)}")
-        if p.wal_stage != "inline":
-            w(f"wal_stage = {_q(p.wal_stage)}")
-        if p.stage_idle != BACKOFF:
-            w(f"stage_idle = {_q(p.stage_idle)}")
-        if p.stage_cpu != -1:
-            w(f"stage_cpu = {p.stage_cpu}")
-        w(f"default_stp = {_q(STP_NAME[p.default_stp])}")
-        for ch, f in p.feeds.items():
-            w("")
-            w(f"[partitions.feeds.{ch}]")
-            w(f"a_group = {_q(f.a_group)}")
-            w(f"a_port = {f.a_port}")
-            w(f"b_group = {_q(f.b_group)}")
-            w(f"b_port = {f.b_port}")
-            if f.transport is not None:
-                w(f"transport = {_q(f.transport)}")
-    for g in c.gateways:
-        w("")
-        w("[[gateways]]")
-        w(f"name = {_q(g.name)}")
-        w(f"bind = {_q(g.bind)}")
-        w(f"ouch_port = {g.ouch_port}")
-        w(f"fix_port = {g.fix_port}")
-        w(f"fix_comp_id = {_q(g.fix_comp_id)}")
-        w("firms = [" + ", ".join(_q(s) for s in g.firms) + "]")
-    m = c.market_data
-    w("")
-    w("[market_data]")
-    w(f"interface = {_q(m.interface)}")
-    w(f"ttl = {m.ttl}")
-    w(f"dscp = {m.dscp}")
-    w(f"max_payload = {m.max_payload}")
-    w(f"l2_depth = {m.l2_depth}")
-    w(f"transport = {_q(m.transport)}")
-    w(f"source_port = {m.source_port}")
-    w(f"afxdp_mode = {_q(m.afxdp_mode)}")
-    w(f"afxdp_required = {'true' if m.afxdp_required else 'false'}")
-    w(f"afxdp_queue = {m.afxdp_queue}")
-    w(f"source_port_a = {m.source_port_a}")
-    w(f"source_port_b = {m.source_port_b}")
-    r = c.retransmit
-    w("")
-    w("[retransmit]")
-    w(f"bind = {_q(r.bind)}")
-    w(f"rerequest_port = {r.rerequest_port}")
-    w(f"replay_port = {r.replay_port}")
-    w(f"snapshot_port = {r.snapshot_port}")
-    w(f"username = {_q(r.username)}")
-    w(f"password = {_q(r.password)}")
-    for key in ("max_request_messages", "max_request_bytes", "quota_per_second", "quota_per_minute", "quota_per_day", "retain_messages",
-                "max_sessions", "send_buffer_bytes", "slow_client_ms", "snapshot_wait_ms"):
-        w(f"{key} = {getattr(r, key)}")
-    w(f"rerequest_transport = {_q(r.rerequest_transport)}")
-    for fm in c.firms:
-        w("")
-        w("[[firms]]")
-        w(f"name = {_q(fm.name)}")
-        w(f"id = {fm.id}")
-        w(f"stp = {_q(STP_NAME[fm.stp])}")
-        w("[firms.ouch]")
-        w(f"username = {_q(fm.ouch.username)}")
-        w(f"password = {_q(fm.ouch.password)}")
-        w(f"cancel_on_disconnect = {'true' if fm.ouch.cancel_on_disconnect else 'false'}")
-        w("[firms.fix]")
-        w(f"sender_comp_id = {_q(fm.fix.sender_comp_id)}")
-        w(f"password = {_q(fm.fix.password)}")
-        lim = fm.limits
-        w("[firms.limits]")
-        for key, fmt in (("max_qty", str), ("max_notional", _money), ("position_limit", str),
-                         ("rate_per_second", str), ("burst", str), ("collar_bps", str)):
-            v = getattr(lim, key)
-            if v is not None:
-                w(f"{key} = {fmt(v)}")
-    ad = c.admin
-    w("")
-    w("[admin]")
-    w(f"bind = {_q(ad.bind)}")
-    w(f"port = {ad.port}")
-    w(f"token = {_q(ad.token)}")
-    sl = c.session_limits
-    w("")
-    w("[session_limits]")
-    for fld in dataclasses.fields(sl):
-        w(f"{fld.name} = {getattr(sl, fld.name)}")
-    tr = c.trading
-    if tr is not None:
-        w("")
-        w("[trading]")
-        for key, text in zip(SCHEDULE_KEYS, tr.schedule or ()):
-            w(f"{key} = {_q(text)}")
-        for key in ("noii_interval_ms", "limit_state_seconds", "pause_seconds", "reopen_call_seconds",
-                    "circuit_breaker_halt_seconds"):
-            w(f"{key} = {getattr(tr, key)}")
-        for tier in tr.tiers:
-            w("")
-            w("[[trading.tiers]]")
-            w(f"name = {_q(tier.name)}")
-            w(f"band_bps = {tier.band_bps}")
-            w(f"market_collar_bps = {tier.market_collar_bps}")
-            w(f"circuit_breaker_bps = {tier.circuit_breaker_bps}")
-            w(f"luld_ref_price_tier = {_q(tier.luld_ref_price_tier)}")
-    return "\n".join(out) + "\n"
+    return tomli_w.dumps(_without_none(msgspec.to_builtins(_document(c))))
 
 
 # ================================================================================================

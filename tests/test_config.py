@@ -116,6 +116,51 @@ def test_every_key_is_in_the_reference() -> None:
     assert documented - known == set(), "keys docs/config.md describes but the loader does not read"
 
 
+def _written_keys(node: Any, prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for key, value in node.items():
+        path = prefix + key
+        out.add(path)
+        if isinstance(value, dict):
+            out |= _written_keys(value, path + ".")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:
+                out |= _written_keys(item, path + "[].")
+    return out
+
+
+def test_the_schema_alone_lists_every_key_and_the_writer_writes_only_those() -> None:
+    """key_paths() comes from the schema, not from what was loaded so far; dumps writes the same
+    schema, so every key it writes is one the loader reads (and docs/config.md describes)."""
+    import subprocess
+    import sys
+    fresh = subprocess.run([sys.executable, "-c", "from appliance import config; print(sorted(config.key_paths()))"],
+                           capture_output=True, text=True, cwd=REPO, timeout=60, check=True)
+    assert fresh.stdout.strip() == str(sorted(C.key_paths()))
+    for c in (C.default(), C.loads(doc_example())):
+        written = _written_keys(tomllib.loads(C.dumps(c)))
+        assert written - C.key_paths() == set()
+        assert {"session_limits.burst", "retransmit.snapshot_wait_ms", "partitions[].snapshot_dir"} <= written
+
+
+def test_the_schema_choices_are_the_appliance_constants() -> None:
+    """The Literal choices of the schema are the tuples the rest of the appliance uses."""
+    from typing import get_args, get_type_hints
+
+    from appliance.idle import IDLE_STRATEGIES
+
+    def choices(struct: type, key: str) -> tuple[str, ...]:
+        hint = get_type_hints(struct)[key]
+        return tuple(a for a in get_args(hint) if isinstance(a, str)) or get_args(get_args(hint)[0])
+    assert choices(C._Partition, "durability") == C.DURABILITY
+    assert choices(C._Partition, "idle") == choices(C._Partition, "stage_idle") == IDLE_STRATEGIES
+    assert choices(C._Partition, "default_stp") == choices(C._Firm, "stp") == tuple(C.STP_BY_NAME)
+    assert choices(C._MarketData, "transport") == choices(C._Channel, "transport") == C.NETWORK_TRANSPORTS
+    assert choices(C._MarketData, "afxdp_mode") == C.AFXDP_MODES
+    assert choices(C._Instrument, "tier") == C.TIERS
+    assert choices(C._Tier, "luld_ref_price_tier") == C.LULD_REF_PRICE_TIERS
+
+
 # -- errors name the key ------------------------------------------------------------------------------
 def base() -> dict[str, Any]:
     return tomllib.loads(C.DEFAULT)
@@ -215,6 +260,15 @@ ERRORS: list[tuple[str, Any, str]] = [
     ("appliance.name", "m/w", "'m/w' must be 1-32 characters"),
     ("admin.token", 5, "expected a string, got int 5"),
     ("gateway", {"name": "gw1"}, "unknown key (this table takes: "),
+    ("firms[0].ouch.cancel_on_disconnect", "yes", "expected true or false, got 'yes'"),
+    ("market_data.afxdp_required", 1, "expected true or false, got int 1"),
+    ("appliance.time_zone", 5, "expected a string, got int 5"),
+    ("appliance.time_zone", "Mars/Base", "'Mars/Base' is not an IANA time zone"),
+    ("firms[0].limits", 5, "expected a table, got int 5"),
+    ("instruments[0]", [], "expected a table, got an array"),
+    ("retransmit.rerequest_transport", "afxdp", "'afxdp' is not one of 'udp', 'sendmmsg'"),
+    ("partitions[0].feeds.l3.transport", "tcp", "'tcp' is not one of 'udp', 'sendmmsg', 'afxdp'"),
+    ("admin.max-port", 1, "unknown key (this table takes: bind, port, token)"),
 ]
 
 

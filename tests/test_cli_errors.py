@@ -44,6 +44,11 @@ CASES: list[tuple[str, Callable[[Files], list[str]]]] = [
     ("bench subscriber", lambda f: [f["text"]]),
     ("bench subscriber", lambda f: [f["bad_flow"]]),
     ("bench depth", lambda f: [f["missing"]]),
+    ("bench instructions", lambda f: [f["missing"]]),
+    ("bench instructions", lambda f: [f["text"]]),
+    ("bench instructions", lambda f: [f["bad_flow"]]),
+    ("bench instructions", lambda f: [f["flow"], "--commands", "0"]),
+    ("bench instructions", lambda f: [f["flow"], "--against", "no-such-revision"]),
     ("bench depth", lambda f: [f["text"]]),
     ("bench depth", lambda f: [f["text"], "--levels", "0"]),
     ("bench ring", lambda f: ["--slots", "3", "--seconds", "0.1"]),
@@ -126,10 +131,12 @@ def files(tmp_path_factory: Any) -> Files:
     text.write_text("not a flow, a pcap, a WAL or a config\n")
     bad_flow = root / "bad.bin"
     bad_flow.write_bytes(struct.pack("<BBHIii", 9, 0, 0, 1, 100, 10))    # record kind 9 does not exist
+    flow = root / "flow.bin"
+    flow.write_bytes(struct.pack("<BBHIii", 0, 0, 0, 1, 100, 10))        # one good order
     (root / "emptydir").mkdir()
     down = write_config(loopback_config(str(root)), str(root / "down.toml"))   # nothing listens on its ports
     return {"missing": str(root / "missing"), "text": str(text), "bad_flow": str(bad_flow),
-            "dir": str(root / "emptydir"), "scratch": str(root / "scratch"), "down": down, "root": str(root)}
+            "flow": str(flow), "dir": str(root / "emptydir"), "scratch": str(root / "scratch"), "down": down, "root": str(root)}
 
 
 def test_every_subcommand_has_bad_input_cases() -> None:

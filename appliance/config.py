@@ -191,6 +191,7 @@ class MarketDataConfig:
     afxdp_queue: int = 0                # interface queue of the AF_XDP socket
     source_port_a: int = 0              # UDP source port of every A sender (0: ephemeral)
     source_port_b: int = 0              # UDP source port of every B sender (0: ephemeral)
+    end_of_session_ms: int = 3000       # how long End of Session packets repeat at the session's end
 
 
 @dataclasses.dataclass(frozen=True)
@@ -514,6 +515,7 @@ class _MarketData(_Table, kw_only=True, frozen=True):
     afxdp_queue: Annotated[int, Meta(ge=0, le=4095)] = _M.afxdp_queue
     source_port_a: _Port0 = _M.source_port_a
     source_port_b: _Port0 = _M.source_port_b
+    end_of_session_ms: Annotated[int, Meta(ge=0, le=600_000)] = _M.end_of_session_ms
 
 
 class _Retransmit(_Table, kw_only=True, frozen=True):

@@ -167,7 +167,8 @@ def feed_config(config: Config, p: PartitionConfig) -> FeedConfig:
                       max_payload=md.max_payload, directory=config.stock_directory(p.name), source_port=md.source_port,
                       transports={ch: f.transport or md.transport for ch, f in p.feeds.items()},
                       afxdp_mode=md.afxdp_mode, afxdp_required=md.afxdp_required, afxdp_queue=md.afxdp_queue,
-                      source_port_a=md.source_port_a, source_port_b=md.source_port_b)
+                      source_port_a=md.source_port_a, source_port_b=md.source_port_b,
+                      end_of_session_ns=md.end_of_session_ms * 1_000_000)
 
 
 def wal_config(p: PartitionConfig) -> WalConfig:

@@ -87,6 +87,9 @@ def loopback_config(root: str, base: Config | None = None, *, rng: random.Random
                              rerequest_port=rng.randrange(20000, 30000))
     admin = dataclasses.replace(c.admin, port=port(), token=c.admin.token or "demo")
     app = dataclasses.replace(c.appliance, name=f"mw{os.getpid()}x{rng.randrange(1 << 30):x}")
+    # End of Session repeats for 200 ms, not a venue's seconds: a stop of the demo or a test is quick
+    changes.setdefault("market_data", dataclasses.replace(
+        c.market_data, end_of_session_ms=min(c.market_data.end_of_session_ms, 200)))
     return dataclasses.replace(c, partitions=tuple(parts), gateways=gws, retransmit=rt, admin=admin,
                                appliance=app, **changes)
 

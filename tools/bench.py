@@ -19,6 +19,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "tools.bench_latency",  # latency
     "tools.bench_day",  # day
     "tools.bench_fix_state",  # fix-state
+    "tools.bench_gateway",  # gateway
 )
 
 

@@ -20,12 +20,16 @@ benchmark: DAY limit orders of 100 shares around one price, buys and sells, so t
 --profile N: the same run under cProfile (the gateway's calls only), its N costliest functions by
 own time; the CPU figure of a profiled run is inflated by the profiler and not reported as such.
 
-The last line printed is one JSON object: µs of CPU per order for each protocol.
+The last line printed is one JSON object: µs of CPU per order for each protocol, and digests of
+the bytes written to the client and of the journal (the made-up sequencer clock makes them the same
+from run to run on one day: a change of the gateway that must not change the wire can be checked;
+FIX messages carry the gateway's own clock in SendingTime, so only the OUCH bytes repeat).
 """
 from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
 import io
 import os
 import pstats
@@ -61,10 +65,12 @@ class _Sink:
     def __init__(self) -> None:
         self.bytes = 0
         self.writes = 0
+        self.digest = hashlib.sha256()
 
     def write(self, data: bytes) -> None:
         self.bytes += len(data)
         self.writes += 1
+        self.digest.update(data)
 
     def get_write_buffer_size(self) -> int:
         return 0
@@ -88,7 +94,7 @@ class _Sink:
 class _Partition:
     """The partition's side of the rings, in process: command records -> engine -> event records."""
 
-    def __init__(self, config: Any, pname: str, cmd: Ring, evt: Ring, gateways: int) -> None:
+    def __init__(self, config: Any, pname: str, cmd: Ring, evt: Ring, gateways: int, ts0: int) -> None:
         self.cons = cmd.consumer()
         self.prod = evt.producer()
         self.engine = Engine(config.partition_instruments(pname), config.firm_stp(),
@@ -96,6 +102,7 @@ class _Partition:
         gw_of_firm = {f.id: 0 for f in config.firms}
         self.encoder = C.EventEncoder(gw_of_firm, gateways)
         self.seq = 0
+        self.ts0 = ts0     # the sequencer's clock, made up (a microsecond a command): same input, same bytes
 
     def step(self) -> int:
         recs = self.cons.poll(1024)
@@ -107,7 +114,7 @@ class _Partition:
             events: list[Any] = []
             self.engine.apply(cmd, events)
             self.seq += 1
-            results.append((self.seq, time.time_ns(), cmd, events))
+            results.append((self.seq, self.ts0 + self.seq * 1000, cmd, events))
         out: list[list[bytes]] = [[]]
         self.encoder.encode(results, out)
         for rec in out[0]:
@@ -176,7 +183,7 @@ def run_one(protocol: str, orders: int, per_read: int, profile: cProfile.Profile
             cons.set_waiting(True)
             server.evt_in.append(cons)
             server.wakes.append(wake_w)
-            parts.append(_Partition(config, p.name, rc, re_, len(config.gateways)))
+            parts.append(_Partition(config, p.name, rc, re_, len(config.gateways), server.midnight_ns + 36_000 * 10**9))
         server.live = [True] * len(parts)
         server.accepting = True
         conn = OuchConn(server) if protocol == "ouch" else FixConn(server)
@@ -213,8 +220,11 @@ def run_one(protocol: str, orders: int, per_read: int, profile: cProfile.Profile
         commands = server.counters.get("commands", 0) - before.get("commands", 0)
         if commands != orders:
             raise RuntimeError(f"bench gateway: {commands} of {orders} orders reached the ring")
+        with open(server.journal_path, "rb") as f:
+            journal = hashlib.sha256(f.read()).hexdigest()[:16]
         return {"orders": orders, "cpu_ns": gw_ns, "bytes_out": sink.bytes, "writes": sink.writes,
-                "journal_bytes": server.journal_bytes}
+                "journal_bytes": server.journal_bytes, "out_sha256": sink.digest.hexdigest()[:16],
+                "journal_sha256": journal}
     finally:
         for rc, re_ in server.rings:
             rc.close()
@@ -258,7 +268,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
               f" ({r['bytes_out'] / r['orders']:.0f} bytes out, {r['journal_bytes'] / r['orders']:.0f} journal bytes"
               f" per order{'; under cProfile' if prof else ''})")
         result[protocol] = {"us_per_order": round(us, 2), "bytes_out": r["bytes_out"], "writes": r["writes"],
-                            "journal_bytes": r["journal_bytes"]}
+                            "journal_bytes": r["journal_bytes"], "out_sha256": r["out_sha256"],
+                            "journal_sha256": r["journal_sha256"]}
         if prof is not None:
             s = io.StringIO()
             pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(args.profile)

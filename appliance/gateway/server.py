@@ -819,7 +819,8 @@ class GatewayServer:
             else:
                 self._publish(box)
         for slot in slots:
-            self.session_events(slot)
+            if slot.session._events:
+                self.session_events(slot)
             conn = slot.conn
             if conn is None:
                 continue
@@ -864,8 +865,11 @@ class GatewayServer:
 
     # -- events from the partitions ----------------------------------------------------------------
     def on_bell(self, p: int) -> None:
+        # Drain the doorbell FIFO: a read that returns less than asked emptied it (a ring after it
+        # makes the FIFO readable again), so the usual wake-up costs one read, not a second one
+        # that fails with EAGAIN.
         try:
-            while os.read(self.bells[p], 4096):
+            while len(os.read(self.bells[p], 4096)) == 4096:
                 pass
         except (BlockingIOError, OSError):
             pass

@@ -808,7 +808,21 @@ class OuchSession(SessionOutbox):
         alive: dict[int, bool] | None = None
         for ev in events:
             kind = ev[0]
-            if kind == EV_EXECUTED:
+            if kind == EV_ACCEPTED:   # the commonest first
+                order = ev[1]
+                o = orders.get(order.order_id) if order.session == sid else None
+                if o is None:
+                    continue
+                if alive is None:   # alone in its batch: live (the default of alive.get)
+                    alive = _alive_after(events) if len(events) > 1 else _NO_OTHER_EVENTS
+                o.ref = order.ref
+                o.qty = o.leaves = ev[2]
+                o.price = order.price          # a re-priced post-only order says its new price
+                state = b"L" if alive.get(o.order_id, True) else b"D"
+                self._emit(_STRUCT_A(
+                    b"A", ts, o.urn, o.side, ev[2], o.symbol, o.price, o.tif, o.display, o.ref,
+                    o.capacity, o.iso, o.cross, state, o.cl_ord_id, 0), ts_ns)
+            elif kind == EV_EXECUTED:
                 maker = ev[1]
                 taker = ev[2]
                 if maker.session == sid:
@@ -831,20 +845,6 @@ class OuchSession(SessionOutbox):
                     o = orders.get(sell.order_id)
                     if o is not None:
                         self._executed(o, ev[3], ev[4], flag, ev[5], ev[8], ev[9], ts, ts_ns)
-            elif kind == EV_ACCEPTED:
-                order = ev[1]
-                o = orders.get(order.order_id) if order.session == sid else None
-                if o is None:
-                    continue
-                if alive is None:   # alone in its batch: live (the default of alive.get)
-                    alive = _alive_after(events) if len(events) > 1 else _NO_OTHER_EVENTS
-                o.ref = order.ref
-                o.qty = o.leaves = ev[2]
-                o.price = order.price          # a re-priced post-only order says its new price
-                state = b"L" if alive.get(o.order_id, True) else b"D"
-                self._emit(_STRUCT_A(
-                    b"A", ts, o.urn, o.side, ev[2], o.symbol, o.price, o.tif, o.display, o.ref,
-                    o.capacity, o.iso, o.cross, state, o.cl_ord_id, 0), ts_ns)
             elif kind == EV_CANCELLED:
                 order = ev[1]
                 o = orders.get(order.order_id) if order.session == sid else None

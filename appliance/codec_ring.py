@@ -431,7 +431,8 @@ class EventDecoder:
         if o is None or o.ref != ref:
             o = NewOrder(order_id, locate, side, 0, price, ord_type, tif, stop_price, firm, session)
             o.ref = ref
-            if self._mine(firm):
+            firms = self.firms
+            if firms is None or firm in firms:
                 self.orders[order_id] = o
         return o
 
@@ -446,7 +447,14 @@ class EventDecoder:
             self.records += 1
             flag = rec[0]
             k = flag & KIND_MASK
-            if k == EV_EXECUTED:
+            if k == EV_ACCEPTED:   # the commonest record first
+                (_, seq, ts, oid, ref, ses, firm, loc, side, ot, tif, px, spx, qty, cl) = _ACC.unpack(rec)
+                o = self._order(oid, ref, ses, firm, loc, side, ot, tif, px, spx)
+                o.qty = o.leaves = qty
+                o.filled = 0
+                o.cl_ord_id = cl.rstrip(b" \x00").decode("ascii", "replace")
+                ev: Event = (EV_ACCEPTED, o, qty)
+            elif k == EV_EXECUTED:
                 (_, seq, ts, m_id, m_ref, m_ses, m_firm, m_loc, m_side, t_id, t_ref, t_ses, t_firm, t_loc,
                  t_side, qty, price, match, ml, mf, tl, tf) = _EXE.unpack(rec)
                 m = self._order(m_id, m_ref, m_ses, m_firm, m_loc, m_side)
@@ -457,7 +465,7 @@ class EventDecoder:
                     self._done(m)
                 if not tl:
                     self._done(t)
-                ev: Event = (EV_EXECUTED, m, t, qty, price, match, ml, mf, tl, tf)
+                ev = (EV_EXECUTED, m, t, qty, price, match, ml, mf, tl, tf)
             elif k == EV_CROSS_EXECUTED:
                 (_, seq, ts, m_id, m_ref, m_ses, m_firm, m_loc, m_side, t_id, t_ref, t_ses, t_firm, t_loc,
                  t_side, qty, price, match, ml, mf, tl, tf, ctype) = _CRX.unpack(rec)
@@ -472,13 +480,6 @@ class EventDecoder:
                 # CrossExecuted's fields, then the cross type the ring carries (sessions read it as
                 # ev[10]; from the engine directly they find it in the AuctionUncrossed that follows).
                 ev = (EV_CROSS_EXECUTED, m, t, qty, price, match, ml, mf, tl, tf, ctype)
-            elif k == EV_ACCEPTED:
-                (_, seq, ts, oid, ref, ses, firm, loc, side, ot, tif, px, spx, qty, cl) = _ACC.unpack(rec)
-                o = self._order(oid, ref, ses, firm, loc, side, ot, tif, px, spx)
-                o.qty = o.leaves = qty
-                o.filled = 0
-                o.cl_ord_id = cl.rstrip(b" \x00").decode("ascii", "replace")
-                ev = (EV_ACCEPTED, o, qty)
             elif k == EV_CANCELLED:
                 (_, seq, ts, oid, ref, ses, firm, loc, side, ot, tif, px, spx, qty, leaves, filled, reason,
                  on_book) = _CAN.unpack(rec)

@@ -284,9 +284,12 @@ def decode(buf: Buffer, table: dict[bytes, Msg[Any]]) -> tuple[Any, list[Option]
     if layout.name in HAS_APPENDAGE:
         if len(buf) < size:
             raise ValueError(f"OUCH {layout.name}: {len(buf)} bytes, expected at least {size}")
-        msg = layout.decode_trusted(buf[:size])
+        n = len(buf)
+        msg = layout.decode_trusted(buf if n == size else buf[:size])
         alen = msg[-1]
-        if len(buf) != size + alen:
+        if n == size and not alen:   # no appendage (the usual order)
+            return msg, []
+        if n != size + alen:
             raise ValueError(f"OUCH {layout.name}: appendage length {alen} but {len(buf) - size} bytes follow")
         return msg, parse_appendage(buf[size:])
     if len(buf) != size:

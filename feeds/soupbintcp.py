@@ -33,7 +33,7 @@ either way. ``FrameParser`` turns arbitrary chunks of the TCP byte stream into p
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from feeds.layout import Alpha6, Alpha10, Alpha20, Buffer, Msg
 
@@ -82,6 +82,10 @@ class SoupPacket(NamedTuple):
 
     type: bytes
     payload: bytes
+
+
+_new_packet = tuple.__new__                       # SoupPacket(a, b) without the Python-level __new__
+_ONE_BYTE: Final = tuple(bytes((i,)) for i in range(256))
 
 
 class _LoginRequestWire(NamedTuple):
@@ -292,23 +296,36 @@ class FrameParser:
         if self._error is not None:
             raise ValueError(self._error)
         buf = self._buf
-        buf += data
+        # Nothing held back and a bytes chunk (a socket read): packets are cut from the chunk itself
+        # (one copy each); only an incomplete tail is kept.
+        direct = not buf and type(data) is bytes
+        src: Buffer = data if direct else buf
+        if not direct:
+            buf += data
         out: list[SoupPacket] = []
-        size = len(buf)
+        size = len(src)
         pos = 0
         limit = self.max_length
+        kinds = _ONE_BYTE
+        new = _new_packet
         while size - pos >= 2:
-            length = (buf[pos] << 8) | buf[pos + 1]
+            length = (src[pos] << 8) | src[pos + 1]
             if length == 0 or length > limit:
+                if direct:   # held as if it had been appended (the parser is failed from now on)
+                    buf += src
                 self._error = (f"SoupBinTCP: packet length {length} at stream offset {self._offset + pos} "
                                + ("is zero" if length == 0 else f"exceeds the maximum {limit}"))
                 raise ValueError(self._error)
             end = pos + 2 + length
             if end > size:
                 break
-            out.append(SoupPacket(bytes(buf[pos + 2:pos + 3]), bytes(buf[pos + 3:end])))
+            out.append(new(SoupPacket, (kinds[src[pos + 2]], bytes(src[pos + 3:end]))))
             pos = end
-        if pos:
+        if direct:
+            if pos < size:
+                buf += src[pos:]
+            self._offset += pos
+        elif pos:
             del buf[:pos]
             self._offset += pos
         return out

@@ -20,6 +20,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "tools.bench_day",  # day
     "tools.bench_fix_state",  # fix-state
     "tools.bench_instructions",  # instructions (callgrind)
+    "tools.bench_gateway",  # gateway
 )
 
 

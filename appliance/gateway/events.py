@@ -42,6 +42,8 @@ class SessionOutbox:
 
     def data_to_send(self) -> bytes:
         """Bytes for the socket, accumulated since the last call."""
+        if not self._out:
+            return b""
         out = bytes(self._out)
         self._out.clear()
         return out

@@ -196,10 +196,18 @@ _CLOSED: Final = 4
 _EPOCH: Final = datetime.datetime(1970, 1, 1)
 
 
+_last_second: list[Any] = [None, ""]   # (second, its "YYYYMMDD-HH:MM:SS"): the last one formatted
+
+
 def utc_timestamp(ns: int) -> str:
     """FIX UTCTimestamp with milliseconds: 20240131-14:05:09.123 (integer arithmetic only)."""
     ms = ns // 1_000_000
-    return (_EPOCH + datetime.timedelta(milliseconds=ms)).strftime("%Y%m%d-%H:%M:%S") + ".%03d" % (ms % 1000)
+    sec, milli = divmod(ms, 1000)
+    cached = _last_second
+    if cached[0] != sec:   # the date and time of day are formatted once a second
+        cached[1] = (_EPOCH + datetime.timedelta(seconds=sec)).strftime("%Y%m%d-%H:%M:%S")
+        cached[0] = sec
+    return cached[1] + ".%03d" % milli
 
 
 def avg_px_text(notional: int, qty: int) -> str:

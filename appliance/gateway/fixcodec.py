@@ -93,12 +93,28 @@ def _value(v: str | bytes | int) -> bytes:
     return raw
 
 
+_TAG_EQ: dict[int, bytes] = {}   # tag -> b"tag=" (the tags this process has written)
+
+
 def encode(msg_type: str, fields: Iterable[tuple[int, str | bytes | int]],
            begin_string: bytes = BEGIN_STRING) -> bytes:
     """A complete message: 8, 9 (computed), 35, ``fields`` in order, 10 (computed)."""
     parts = [b"35=", msg_type.encode("latin-1"), SOH]
+    append = parts.append
+    tags = _TAG_EQ
     for tag, v in fields:
-        parts += (str(tag).encode("ascii"), b"=", _value(v), SOH)
+        t = tags.get(tag) if type(tag) is int else None
+        if t is None:
+            t = str(tag).encode("ascii") + b"="
+            if type(tag) is int and len(tags) < 4096:
+                tags[tag] = t
+        tv = type(v)
+        raw = v if tv is bytes else v.encode("latin-1") if tv is str else _value(v)
+        if not raw or SOH in raw:
+            raise ValueError(f"FIX: value {raw!r} is empty or contains SOH")
+        append(t)
+        append(raw)
+        append(SOH)
     body = b"".join(parts)
     head = b"8=" + begin_string + SOH + b"9=" + str(len(body)).encode("ascii") + SOH
     msg = head + body

@@ -66,7 +66,10 @@ def journal_record(rtype: int, payload: bytes) -> bytes:
 
 
 def mark_record(marks: dict[int, int]) -> bytes:
-    return journal_record(J_MARK, bytes((len(marks),)) + b"".join(_MARK.pack(p, s) for p, s in sorted(marks.items())))
+    if len(marks) == 1:   # one partition (written at every flush that moves it)
+        for p, s in marks.items():
+            return journal_record(J_MARK, b"\x01" + _MARK.pack(p, s))
+    return journal_record(J_MARK, bytes((len(marks),)) + b"".join([_MARK.pack(p, s) for p, s in sorted(marks.items())]))
 
 
 def ouch_count_record(sid: int, count: int) -> bytes:

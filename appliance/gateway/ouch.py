@@ -83,6 +83,7 @@ restarts and holds nothing of the day in memory.
 """
 from __future__ import annotations
 
+import struct
 from collections import deque
 from typing import Any, Final, Iterable, Mapping, Sequence
 
@@ -252,6 +253,8 @@ _STRUCT_M = L.ORDER_MODIFIED.struct.pack
 _STRUCT_Q = L.ACCOUNT_QUERY_RESPONSE.struct.pack
 _STRUCT_S = L.SYSTEM_EVENT.struct.pack
 _MAX_USER_REF_NUM: Final = 0xFFFF_FFFF
+_SEQUENCED_HEAD = struct.Struct(">Hc").pack   # SoupBinTCP packet length and type (an OUCH message is < 64 KiB)
+_NO_OTHER_EVENTS: Final[dict[int, bool]] = {}
 
 
 def order_id_for(session_id: int, user_ref_num: int) -> int:
@@ -578,7 +581,9 @@ class OuchSession(SessionOutbox):
         """Append a sequenced message to the stream; send it if the client is logged in."""
         self.stream.append(msg)
         if self._state == _ACTIVE and not self._replay_next:
-            self._out += soup.encode_sequenced_data(msg)
+            out = self._out
+            out += _SEQUENCED_HEAD(len(msg) + 1, soup.SEQUENCED_DATA)   # soup.encode_sequenced_data
+            out += msg
             self._last_tx_ns = now_ns
 
     def _ts(self, ns: int) -> int:
@@ -598,19 +603,24 @@ class OuchSession(SessionOutbox):
     def _ouch(self, payload: bytes, now_ns: int) -> None:
         try:
             msg, options = L.decode(payload, L.INBOUND)
-            for field in ("cl_ord_id", "symbol"):
-                if hasattr(msg, field) and not getattr(msg, field).isascii():
-                    raise ValueError(f"OUCH: {field} is not ASCII")
         except ValueError as exc:
             self._malformed(str(exc))
             return
         cls = type(msg)
         if cls is L.EnterOrder:
-            self._enter(msg, options, now_ns)
+            if not msg.cl_ord_id.isascii():
+                self._malformed("OUCH: cl_ord_id is not ASCII")
+            elif not msg.symbol.isascii():
+                self._malformed("OUCH: symbol is not ASCII")
+            else:
+                self._enter(msg, options, now_ns)
         elif cls is L.CancelOrder:
             self._cancel(msg, now_ns)
         elif cls is L.ReplaceOrder:
-            self._replace(msg, options, now_ns)
+            if not msg.cl_ord_id.isascii():
+                self._malformed("OUCH: cl_ord_id is not ASCII")
+            else:
+                self._replace(msg, options, now_ns)
         elif cls is L.ModifyOrder:
             self._modify(msg, now_ns)
         else:  # Account Query
@@ -645,7 +655,7 @@ class OuchSession(SessionOutbox):
         return None
 
     def _enter(self, m: L.EnterOrder, options: list[L.Option], now_ns: int) -> None:
-        urn = m.user_ref_num
+        urn, side_b, quantity, symbol, price, tif_b, display, capacity, iso, cross, cl_ord_id, _ = m
         if urn <= self.last_user_ref_num:
             text = f"Enter Order: UserRefNum {urn} is not above {self.last_user_ref_num}"
             if self.reject_stale_user_ref_num:
@@ -655,32 +665,35 @@ class OuchSession(SessionOutbox):
                 self._ignored(text)
             return
         self.last_user_ref_num = urn  # consumed, rejected or not
-        ins = self.instruments.get(m.symbol)
-        mpid = self._display_mpid(m.display)
-        side = BUY if m.side == b"B" else SELL if m.side in _SELLS else -1
-        tif = _TIF.get(m.time_in_force, -1)
+        ins = self.instruments.get(symbol)
+        mpid = "" if display == b"Y" else self._display_mpid(display)
+        side = BUY if side_b == b"B" else SELL if side_b in _SELLS else -1
+        tif = _TIF.get(tif_b, -1)
         reason = (
             DESTINATION_CLOSED if self.ended
             else INVALID_SYMBOL if ins is None
             else INVALID_SIDE if side < 0
             else REJECT_OTHER if tif < 0
             else INVALID_DISPLAY if mpid is None
-            else ISO_NOT_ALLOWED if m.iso != b"N"
-            else INVALID_CROSS_ORDER if m.cross_type != b"N"
-            else self._options_reason(options)
+            else ISO_NOT_ALLOWED if iso != b"N"
+            else INVALID_CROSS_ORDER if cross != b"N"
+            else self._options_reason(options) if options
+            else 0
         )
-        if reason or ins is None or mpid is None or self.firm is None:
-            self._reject_now(urn, reason or PROCESSING_ERROR, m.cl_ord_id, now_ns)
+        firm = self.firm
+        if reason or ins is None or mpid is None or firm is None:
+            self._reject_now(urn, reason or PROCESSING_ERROR, cl_ord_id, now_ns)
             return
-        order_id = (self.session_id << 32) | urn
-        self.orders[order_id] = _Order(
-            order_id, urn, ins.locate, ins.stock8, m.side, m.quantity, m.price, m.time_in_force,
-            m.display, m.capacity, m.iso, m.cross_type, m.cl_ord_id)
+        sid = self.session_id
+        order_id = (sid << 32) | urn
+        locate = ins.locate
+        self.orders[order_id] = _Order(order_id, urn, locate, ins.stock8, side_b, quantity, price, tif_b,
+                                       display, capacity, iso, cross, cl_ord_id)
         self._by_urn[urn] = order_id
-        post_only = 1 if (POST_ONLY_TAG, _POST_ONLY) in options else 0
+        post_only = 1 if options and (POST_ONLY_TAG, _POST_ONLY) in options else 0
         self._commands.append(NewOrder(
-            order_id, ins.locate, side, m.quantity, m.price, LIMIT, tif, 0, self.firm,
-            self.session_id, "", m.cl_ord_id.decode("ascii").strip(), mpid, post_only=post_only))
+            order_id, locate, side, quantity, price, LIMIT, tif, 0, firm,
+            sid, "", cl_ord_id.decode("ascii").strip(), mpid, post_only=post_only))
 
     def _live(self, urn: int, what: str) -> _Order | None:
         oid = self._by_urn.get(urn)
@@ -795,7 +808,21 @@ class OuchSession(SessionOutbox):
         alive: dict[int, bool] | None = None
         for ev in events:
             kind = ev[0]
-            if kind == EV_EXECUTED:
+            if kind == EV_ACCEPTED:   # the commonest first
+                order = ev[1]
+                o = orders.get(order.order_id) if order.session == sid else None
+                if o is None:
+                    continue
+                if alive is None:   # alone in its batch: live (the default of alive.get)
+                    alive = _alive_after(events) if len(events) > 1 else _NO_OTHER_EVENTS
+                o.ref = order.ref
+                o.qty = o.leaves = ev[2]
+                o.price = order.price          # a re-priced post-only order says its new price
+                state = b"L" if alive.get(o.order_id, True) else b"D"
+                self._emit(_STRUCT_A(
+                    b"A", ts, o.urn, o.side, ev[2], o.symbol, o.price, o.tif, o.display, o.ref,
+                    o.capacity, o.iso, o.cross, state, o.cl_ord_id, 0), ts_ns)
+            elif kind == EV_EXECUTED:
                 maker = ev[1]
                 taker = ev[2]
                 if maker.session == sid:
@@ -818,20 +845,6 @@ class OuchSession(SessionOutbox):
                     o = orders.get(sell.order_id)
                     if o is not None:
                         self._executed(o, ev[3], ev[4], flag, ev[5], ev[8], ev[9], ts, ts_ns)
-            elif kind == EV_ACCEPTED:
-                order = ev[1]
-                o = orders.get(order.order_id) if order.session == sid else None
-                if o is None:
-                    continue
-                if alive is None:
-                    alive = _alive_after(events)
-                o.ref = order.ref
-                o.qty = o.leaves = ev[2]
-                o.price = order.price          # a re-priced post-only order says its new price
-                state = b"L" if alive.get(o.order_id, True) else b"D"
-                self._emit(_STRUCT_A(
-                    b"A", ts, o.urn, o.side, ev[2], o.symbol, o.price, o.tif, o.display, o.ref,
-                    o.capacity, o.iso, o.cross, state, o.cl_ord_id, 0), ts_ns)
             elif kind == EV_CANCELLED:
                 order = ev[1]
                 o = orders.get(order.order_id) if order.session == sid else None
@@ -854,8 +867,8 @@ class OuchSession(SessionOutbox):
                 o = orders.get(new.order_id) if new.session == sid else None
                 if o is None:
                     continue
-                if alive is None:
-                    alive = _alive_after(events)
+                if alive is None:   # alone in its batch: _replaced looks at its new leaves
+                    alive = _alive_after(events) if len(events) > 1 else _NO_OTHER_EVENTS
                 self._replaced(o, new, ev, alive, ts, ts_ns)
             elif kind == EV_REJECTED:
                 cmd = ev[1]

@@ -294,7 +294,8 @@ def adopt_ouch_order(s: OuchSession, o: NewOrder) -> None:
 class Slot:
     """One session with what the shell keeps beside it. Owned by the event loop."""
 
-    __slots__ = ("kind", "session", "sid", "conn", "journaled", "applied", "firm", "name", "store", "jseqs")
+    __slots__ = ("kind", "session", "sid", "conn", "journaled", "applied", "firm", "name", "store", "jseqs",
+                 "dirty")
 
     def __init__(self, kind: str, session: Any, sid: int, firm: FirmConfig, name: str) -> None:
         self.kind = kind            # "ouch" | "fix"
@@ -307,6 +308,9 @@ class Slot:
         self.applied: dict[int, int] = {}
         self.store: MessageStore | None = None      # the session's outbound messages on file
         self.jseqs: tuple[int, int, int, int] | None = None   # FIX: sequence numbers in the journal
+        # The shell called into the session since the last flush that covered it (flush(only_dirty)
+        # skips the others: a per-order flush looks at the one or two sessions the order touched).
+        self.dirty = True
 
 
 class _Conn(asyncio.Protocol):
@@ -688,6 +692,8 @@ class GatewayServer:
 
     def session_events(self, slot: Slot) -> None:
         """Count what the session reports; say why a connection is being closed by a budget."""
+        if not slot.session._events:
+            return
         for ev in slot.session.take_events():
             if ev.kind == E.THROTTLED:
                 self.count("throttled")
@@ -698,12 +704,13 @@ class GatewayServer:
                 self.count(f"session_{ev.kind}")
 
     def after_input(self, slot: Slot) -> None:
+        slot.dirty = True
         cmds = slot.session.take_commands()
         if cmds:
             now = _clock()
             for cmd in cmds:
                 self.submit(slot, cmd, now)
-        self.flush()
+        self.flush(only_dirty=True)
         if self.stages is not None:
             self.stages.lap(G_SUBMIT)
         self.poll_rings()
@@ -743,6 +750,7 @@ class GatewayServer:
                 for p in range(len(self.partitions)):
                     self.outbox.append((p, rec))
                 if slot is not None and slot.kind == "fix" and len(self.partitions) > 1:
+                    slot.dirty = True
                     slot.session.mass_cancel_fanout(cmd.cl_ord_id, len(self.partitions))  # type: ignore[union-attr]
         else:
             self.outbox.append((self.order_partition.get(cmd.order_id, 0), rec))  # type: ignore[union-attr]
@@ -752,6 +760,7 @@ class GatewayServer:
         ev: Event = (EV_REJECTED, cmd, reason)
         self.count(f"rejected_{reason}")
         if slot is not None:
+            slot.dirty = True
             if slot.kind == "fix":
                 slot.session.on_events(now, [ev], now)
             else:
@@ -770,9 +779,14 @@ class GatewayServer:
         self.rejects.flush()
 
     # -- flush: journal, FIX state, rings, sockets ------------------------------------------------
-    def flush(self) -> None:
+    def flush(self, only_dirty: bool = False) -> None:
+        """Journal, rings, sockets: every session, or with ``only_dirty`` those the shell called into
+        since they were last flushed (every path that calls into a session marks it, and every
+        flush takes every marked one: the journal's MARK never runs ahead of a session's output)."""
         recs: list[bytes] = []
-        for slot in self.slots:
+        slots = [sl for sl in self.slots if sl.dirty] if only_dirty else self.slots
+        for slot in slots:
+            slot.dirty = False
             s = slot.session
             store = slot.store
             if slot.kind == "ouch":
@@ -804,8 +818,9 @@ class GatewayServer:
                 self.cmd_pending.extend(box)
             else:
                 self._publish(box)
-        for slot in self.slots:
-            self.session_events(slot)
+        for slot in slots:
+            if slot.session._events:
+                self.session_events(slot)
             conn = slot.conn
             if conn is None:
                 continue
@@ -850,8 +865,11 @@ class GatewayServer:
 
     # -- events from the partitions ----------------------------------------------------------------
     def on_bell(self, p: int) -> None:
+        # Drain the doorbell FIFO: a read that returns less than asked emptied it (a ring after it
+        # makes the FIFO readable again), so the usual wake-up costs one read, not a second one
+        # that fails with EAGAIN.
         try:
-            while os.read(self.bells[p], 4096):
+            while len(os.read(self.bells[p], 4096)) == 4096:
                 pass
         except (BlockingIOError, OSError):
             pass
@@ -881,7 +899,7 @@ class GatewayServer:
                 if st is not None:
                     st.lap(G_SESSIONS)
         if total:
-            self.flush()
+            self.flush(only_dirty=True)
             if st is not None:
                 st.lap(G_FLUSH)
         return total
@@ -902,6 +920,11 @@ class GatewayServer:
             touched: list[Slot] = []
             for ev in events:
                 kind = ev[0]
+                if kind == EV_ACCEPTED:   # the commonest: one order, its session
+                    slot = by_sid.get(ev[1].session)
+                    if slot is not None and slot not in touched:
+                        touched.append(slot)
+                    continue
                 if kind == EV_EXECUTED or kind == EV_CROSS_EXECUTED:
                     objs: tuple[Any, ...] = (ev[1], ev[2])
                 elif kind == EV_REPLACED:
@@ -931,6 +954,7 @@ class GatewayServer:
             for slot in touched:
                 if replay and seq <= slot.applied.get(pid, 0):
                     continue
+                slot.dirty = True
                 if slot.kind == "fix":
                     slot.session.on_events(ts, events, now)
                 else:

@@ -33,7 +33,8 @@ from appliance.catalogue import NewOrder
 from appliance.model import BUY, GTC, LIMIT, SELL
 from appliance.recovery import recover_state, write_manifest
 from appliance.snapshot import EngineSpec, SnapshotStore, capture
-from appliance.wal import POLICY_NONE, WalReader, WalWriter, encode_body
+from appliance.wal import POLICY_NONE, WalReader, WalWriter
+from appliance.walcodec import LAYOUTS, encode_body
 from tools.flows import FLOW_FIRM_STP, flow_instrument_count, flow_instruments, read_flow, read_flow_bytes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,7 +132,7 @@ def cmd_wal(args: argparse.Namespace) -> int:
         "policy": args.policy,
         "filesystem": _fs_type(REPO if not args.dir else os.path.dirname(os.path.abspath(args.dir))),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "record_bytes": walmod.LAYOUTS[NewOrder.KIND].size,
+        "record_bytes": LAYOUTS[NewOrder.KIND].size,
         "results": results,
     }))
     return 0

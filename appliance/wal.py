@@ -13,9 +13,9 @@ Segment file ``wal-<first seq, 20 digits>-<epoch, 10 digits>.seg``, all integers
     | record | record | ... | seal | record | ... | seal |             records, back to back
                                                                       (appliance.walcodec)
 
-A seal (kind 0) closes every ~1 MiB chunk and every segment, so that recovery verifies a chunk with one crc32
-call instead of one per record; each record still carries its own CRC, used for the unsealed tail,
-to find a torn tail and to locate corruption.
+A seal (kind 0) closes every ~1 MiB chunk and every segment, so that recovery verifies a chunk with
+one crc32 call instead of one per record; each record still carries its own CRC, used for the
+unsealed tail, to find a torn tail and to locate corruption.
 
 Owned by the matching thread: WalWriter. Any thread: WalReader (its own files). The writer never reads
 a clock: the caller passes ``now_ns`` (the interval policy compares it).

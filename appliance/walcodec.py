@@ -334,7 +334,7 @@ def _make_bulk_decoder(layouts: dict[int, CommandLayout]) -> Callable[[bytes, li
     for i, (kind, layout) in enumerate(sorted(layouts.items())):
         params = _init_params(layout.cls, layout.names)
         lines.append("        %s kind == %d:" % ("if" if i == 0 else "elif", kind))
-        lines.append("            " + ", ".join(layout.names) + ", = unpack_%d(buf, off + %d)" % (kind, RECORD_HEADER_SIZE))
+        lines.append("            %s, = unpack_%d(buf, off + %d)" % (", ".join(layout.names), kind, RECORD_HEADER_SIZE))
         lines += _build_src(layout, params, _slot_constants(layout), "            ", "_%d" % kind)
         lines.append("            append(o)")
         namespace["unpack_%d" % kind] = layout.body.unpack_from

@@ -6,7 +6,7 @@ Command record (gateway -> partition, ring ``cmd``)::
 
     0      1
     +------+-------------------------------------------------------------+
-    | kind |  the command's WAL body: appliance.wal.LAYOUTS[kind].body     |
+    | kind |  the command's WAL body: walcodec.LAYOUTS[kind].body        |
     |  u8  |  (catalogue FIELDS in order; 87 bytes for a NewOrder)         |
     +------+-------------------------------------------------------------+
 
@@ -89,7 +89,7 @@ from appliance.catalogue import (
     ReplaceOrder,
 )
 from appliance.model import BUY
-from appliance.wal import LAYOUTS, MalformedCommand
+from appliance.walcodec import LAYOUTS, MalformedCommand
 
 LAST: Final = 0x80          # flag on the kind byte: the last record of a command's events
 KIND_MASK: Final = 0x7F

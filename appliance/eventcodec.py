@@ -11,7 +11,7 @@ One frame per event, integers little-endian::
     seq     u64  the command that produced the event (0: a command rejected before sequencing)
     kind    u8   catalogue.EV_*
     fields       per EVENT_FIELD_CODES below: an order is its ORDER_IMAGE, a command is its kind
-                 (u8) and its WAL body (appliance.wal), other fields a struct code
+                 (u8) and its WAL body (appliance.walcodec), other fields a struct code
 
 An order is encoded by its *immutable* fields only (ORDER_IMAGE): an order object's quantity and
 client order id change with a replace in place, and the partition hands out a whole batch's events
@@ -28,7 +28,7 @@ import struct
 from typing import Final, Iterable
 
 from appliance.catalogue import EVENT_LAYOUTS, Command, Event, NewOrder
-from appliance.wal import MalformedCommand, encode_body
+from appliance.walcodec import MalformedCommand, encode_body
 
 FRAME_HEAD: Final = struct.Struct("<HQQB")
 

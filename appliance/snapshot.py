@@ -51,7 +51,7 @@ from appliance.matching.engine import Engine
 from appliance.matching.rules import TradingRules
 from appliance.model import BUY, SELL, STP_CN, Instrument
 from appliance.fsutil import atomic_write
-from appliance.wal import LAYOUTS
+from appliance.walcodec import LAYOUTS
 
 SNAP_MAGIC: Final = b"MWSNAP01"
 SNAP_VERSION: Final = 3

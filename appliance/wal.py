@@ -1,7 +1,8 @@
 """The write-ahead log: segment files of CRC-framed command records, a group-commit writer, a reader.
 
 Every command the matching core accepts is a record here, durable before anything about it leaves the
-box. docs/wal.md is the format document; this diagram and the tables below are the layout itself.
+box. docs/wal.md is the format document; this diagram and the table below are the segment layout
+itself; a record (header, command body, seal) is appliance.walcodec's.
 
 Segment file ``wal-<first seq, 20 digits>-<epoch, 10 digits>.seg``, all integers little-endian::
 
@@ -10,31 +11,11 @@ Segment file ``wal-<first seq, 20 digits>-<epoch, 10 digits>.seg``, all integers
     | magic |version|hdr len| epoch |   first_seq   | rsvd  |hdr crc|   segment header (32 bytes)
     +-------+-------+-------+-------+---------------+-------+-------+
     | record | record | ... | seal | record | ... | seal |             records, back to back
+                                                                      (appliance.walcodec)
 
-Record (one command; 32-byte header, then the command's FIELDS in catalogue order)::
-
-    0       4       8               16              24      28  29  32
-    +-------+-------+---------------+---------------+-------+---+---+---------------------------+
-    |length |  crc  |      seq      |     ts_ns     | epoch |knd|pad| body: cmd.FIELDS, packed  |
-    +-------+-------+---------------+---------------+-------+---+---+---------------------------+
-    |<------------- crc = zlib.crc32 (IEEE 802.3) of bytes 8 .. length ------------------------>|
-
-    length  u32  the whole record, header included (fixed per kind: 119 NewOrder, 68 CancelOrder,
-                 92 ReplaceOrder, 63 MassCancel, 40 ClockTick, 72 SetSchedule, 34 Halt, Resume and
-                 Close, 48 seal)
-    kind    u8   catalogue.CMD_* (1..9); 0 = seal
-    body         NewOrder.FIELDS etc.; strings ASCII, space-padded to their width
-
-Seal (kind 0, written by the writer, no sequence number of its own: seq repeats the last command's)::
-
-    32              40      44      48
-    +---------------+-------+-------+
-    |  chunk_start  |chk crc| count |   crc32 of the file bytes chunk_start .. this seal's offset,
-    +---------------+-------+-------+   and how many command records they hold
-
-A seal closes every ~1 MiB chunk and every segment, so that recovery verifies a chunk with one crc32
-call instead of one per record; each record still carries its own CRC, used for the unsealed tail,
-to find a torn tail and to locate corruption.
+A seal (kind 0) closes every ~1 MiB chunk and every segment, so that recovery verifies a chunk with
+one crc32 call instead of one per record; each record still carries its own CRC, used for the
+unsealed tail, to find a torn tail and to locate corruption.
 
 Owned by the matching thread: WalWriter. Any thread: WalReader (its own files). The writer never reads
 a clock: the caller passes ``now_ns`` (the interval policy compares it).
@@ -42,30 +23,54 @@ a clock: the caller passes ``now_ns`` (the interval policy compares it).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import os
 import struct
 import sys
-import types
-import zlib
 from collections import deque
-from operator import attrgetter, itemgetter
-from typing import Any, Callable, Final, Iterator, NamedTuple, Protocol
+from typing import Any, Final, Iterator, NamedTuple, Protocol
 
-from appliance.catalogue import COMMANDS, Command
+from appliance.catalogue import Command
 from appliance.fsutil import atomic_write, fsync_dir
 from appliance.metrics import S_FSYNC, S_WAL_WRITE, StageClock
+from appliance.walcodec import (
+    CRC_START,
+    DECODER_BY_KIND,
+    FORMAT_VERSION,
+    HEAD,
+    KIND_OFFSET,
+    KIND_SEAL,
+    PREFIX,
+    RECORD_HEADER_SIZE,
+    RECORD_SIZES,
+    SEAL,
+    SEAL_BODY,
+    SEAL_SIZE,
+    SEQ_OFFSET,
+    SEQ_TS_EPOCH,
+    SIGNATURE,
+    SIGNATURE_OFFSET,
+    SIZE_BY_KIND,
+    crc32,
+    field_offsets,
+    seal_frame,
+)
 
-crc32: Final = zlib.crc32
+# Re-exported for the modules that still import them from here (appliance.partition: LAYOUTS,
+# MalformedCommand; appliance.gateway.server: MalformedCommand; appliance.feedstage: decode_many;
+# appliance.walstage: frame_records). They are appliance.walcodec's; new code imports them there.
+from appliance.walcodec import LAYOUTS as LAYOUTS
+from appliance.walcodec import MalformedCommand as MalformedCommand
+from appliance.walcodec import decode_many as decode_many
+from appliance.walcodec import frame_records as frame_records
+
 _fdatasync = getattr(os, "fdatasync", os.fsync)  # module attribute: tests replace it to inject EIO
 
 # ================================================================================================
-# Layouts: declared once, as tables; one precompiled Struct per record kind
+# The segment header (a record's layout is appliance.walcodec's)
 # ================================================================================================
 
 SEGMENT_MAGIC: Final = b"MWWALSEG"
-FORMAT_VERSION: Final = 2   # 2: NewOrder carries post_only
 
 SEGMENT_HEADER_FIELDS: Final = (
     ("magic", "8s"),
@@ -74,332 +79,19 @@ SEGMENT_HEADER_FIELDS: Final = (
     ("epoch", "I"),
     ("first_seq", "Q"),
     ("reserved", "I"),
-    ("header_crc", "I"),   # crc32 of bytes 0..28
+    ("header_crc", "I"),   # crc32 of the bytes before it
 )
 SEGMENT_HEADER: Final = struct.Struct("<" + "".join(code for _, code in SEGMENT_HEADER_FIELDS))
 SEGMENT_HEADER_SIZE: Final = SEGMENT_HEADER.size  # 32
+_SEGMENT_CRC_AT: Final = field_offsets(SEGMENT_HEADER_FIELDS)["header_crc"]  # 28
+_SEGMENT_CRC: Final = struct.Struct("<" + SEGMENT_HEADER_FIELDS[-1][1])
 
-RECORD_HEADER_FIELDS: Final = (
-    ("length", "I"),
-    ("crc", "I"),
-    ("seq", "Q"),
-    ("ts_ns", "Q"),
-    ("epoch", "I"),
-    ("kind", "B"),
-    ("pad", "3x"),
-)
-_PREFIX: Final = struct.Struct("<II")                 # length, crc
-_HEAD: Final = struct.Struct("<QQIB3x")               # seq, ts_ns, epoch, kind (crc covers these)
-RECORD_HEADER_SIZE: Final = _PREFIX.size + _HEAD.size  # 32
-KIND_OFFSET: Final = 28
-_SEQ_TS_EPOCH: Final = struct.Struct("<QQI")          # at offset 8
-
-KIND_SEAL: Final = 0
 PIECE: Final = 1024  # commands per list handed out by WalReader.batches
-SEAL_FIELDS: Final = (("chunk_start", "Q"), ("chunk_crc", "I"), ("count", "I"))
-_SEAL_BODY: Final = struct.Struct("<" + "".join(code for _, code in SEAL_FIELDS))
-_SEAL: Final = struct.Struct("<IIQQIB3x" + "".join(code for _, code in SEAL_FIELDS))
-SEAL_SIZE: Final = _SEAL.size  # 48
-
-
-class MalformedCommand(ValueError):
-    """A command that cannot be written as declared (string too long or not ASCII, int out of range)."""
-
-
-class _StrCache(dict):  # type: ignore[type-arg]
-    """Space-padded ASCII bytes -> stripped str; bounded (cleared when full)."""
-
-    __slots__ = ()
-    LIMIT: Final = 1 << 16
-
-    def __missing__(self, raw: bytes) -> str:
-        s = raw.rstrip(b" ").decode("ascii")
-        if len(self) >= self.LIMIT:
-            self.clear()
-        self[raw] = s
-        return s
-
-
-class CommandLayout:
-    """The record layout of one command kind, derived from the command class's FIELDS table."""
-
-    __slots__ = ("kind", "cls", "names", "codes", "body", "record", "size", "strings", "getter",
-                 "decode", "encode_body")
-
-    def __init__(self, cls: type) -> None:
-        fields = cls.FIELDS  # type: ignore[attr-defined]
-        self.kind: int = cls.KIND  # type: ignore[attr-defined]
-        self.cls = cls
-        self.names = tuple(name for name, _ in fields)
-        self.codes = tuple(code for _, code in fields)
-        self.body = struct.Struct("<" + "".join(self.codes))
-        self.record = struct.Struct("<IIQQIB3x" + "".join(self.codes))
-        self.size = self.record.size
-        # (index in body, width, str->bytes cache) of every string field
-        self.strings: tuple[tuple[int, int, dict[str, bytes]], ...] = tuple(
-            (i, int(code[:-1]), {}) for i, code in enumerate(self.codes) if code.endswith("s")
-        )
-        self.getter = attrgetter(*self.names)
-        self.decode = _make_decoder(self)
-        self.encode_body: Callable[[Any], bytes] = _make_encoder(self)
-
-
-def _make_encoder(layout: CommandLayout) -> Callable[[Any], bytes]:
-    """encode(cmd) -> body bytes, generated from the layout table like the decoder (below).
-
-    Strings are checked (ASCII, not longer than the field, no trailing space) once per distinct
-    value and cached; an integer out of its field's range is a MalformedCommand.
-    """
-    lines = ["def encode(cmd):"]
-    args = []
-    for i, width, _cache in layout.strings:
-        name = layout.names[i]
-        lines.append(f"    s_{name} = cache_{name}.get(cmd.{name})")
-        lines.append(f"    if s_{name} is None:")
-        lines.append(f"        s_{name} = _cached_str(cmd.{name}, {width}, {name!r}, cache_{name})")
-    for name, code in zip(layout.names, layout.codes):
-        args.append(f"s_{name}" if code.endswith("s") else f"cmd.{name}")
-    lines.append("    try:")
-    lines.append("        return pack(" + ", ".join(args) + ")")
-    lines.append("    except struct.error as e:")
-    lines.append(f"        raise MalformedCommand({layout.cls.__name__ + ': '!r} + str(e)) from None")
-    namespace: dict[str, Any] = {
-        "pack": layout.body.pack, "struct": struct, "MalformedCommand": MalformedCommand,
-        "_cached_str": _cached_str,
-    }
-    for i, _width, cache in layout.strings:
-        namespace["cache_" + layout.names[i]] = cache
-    exec(compile("\n".join(lines) + "\n", f"<wal encoder {layout.cls.__name__}>", "exec"), namespace)
-    encode: Callable[[Any], bytes] = namespace["encode"]
-    return encode
-
-
-def _cached_str(s: Any, width: int, name: str, cache: dict[str, bytes]) -> bytes:
-    b = _encode_str(s, width, name)
-    if len(cache) >= _StrCache.LIMIT:
-        cache.clear()
-    cache[s] = b
-    return b
-
-
-def _encode_str(s: Any, width: int, name: str) -> bytes:
-    if not isinstance(s, str):
-        raise MalformedCommand(f"{name}: {s!r} is not a string")
-    try:
-        b = s.encode("ascii")
-    except UnicodeEncodeError:
-        raise MalformedCommand(f"{name}: {s!r} is not ASCII") from None
-    if len(b) > width:
-        raise MalformedCommand(f"{name}: {s!r} is longer than {width} characters")
-    if b.endswith(b" "):
-        raise MalformedCommand(f"{name}: {s!r} ends with a space (padding is not data)")
-    return b.ljust(width)
-
-
-_STRINGS = _StrCache()
-
-
-def _init_params(cls: type, names: tuple[str, ...]) -> list[str] | None:
-    """The constructor's parameter names, in order (self excluded); None when the constructor does
-    not say (a class compiled by mypyc shows ``(*args, **kwargs)``): then it is called by keyword."""
-    init: Any = cls.__dict__.get("__init__")
-    try:
-        params = list(inspect.signature(init).parameters)[1:]
-    except (TypeError, ValueError):
-        return None
-    if any(p in ("args", "kwargs") for p in params) and not set(names) & set(params):
-        return None
-    return params
-
-
-def _call_args(layout: CommandLayout, params: list[str] | None) -> str:
-    """Source of the constructor arguments from locals named after FIELDS (strings via the cache):
-    positional in the constructor's order, or by keyword when it does not say its parameters."""
-    strs = {layout.names[i] for i, _, _ in layout.strings}
-    if params is None:
-        return ", ".join(f"{p}=strings[{p}]" if p in strs else f"{p}={p}" for p in layout.names)
-    return ", ".join(f"strings[{p}]" if p in strs else p for p in params)
-
-
-def _slot_constants(layout: CommandLayout) -> dict[str, Any] | None:
-    """For a plain Python class with __slots__ whose constructor sets each FIELDS attribute from the
-    parameter of that name and every other slot to a constant: those constants. The decoders then
-    build the object with ``cls.__new__`` and slot stores, which in CPython 3.11 costs about 30%
-    less than calling the constructor. None for anything else (a mypyc-compiled class, a constructor
-    that computes): the decoders call the constructor."""
-    cls = layout.cls
-    slots = cls.__dict__.get("__slots__")
-    if not isinstance(cls.__dict__.get("__init__"), types.FunctionType) or not slots:
-        return None
-    if set(_init_params(cls, layout.names) or ()) != set(layout.names) or not set(layout.names) <= set(slots):
-        return None
-    samples = []
-    for k in (1, 2):
-        vals = {n: ("s%d" % k if c.endswith("s") else k) for n, c in zip(layout.names, layout.codes)}
-        try:
-            samples.append((vals, cls(**vals)))
-        except (TypeError, ValueError):
-            return None
-    consts = {n: getattr(samples[0][1], n, None) for n in slots if n not in layout.names}
-    for vals, obj in samples:
-        if any(getattr(obj, n) != v for n, v in vals.items()):
-            return None
-        if any(getattr(obj, n, None) != v or type(v) not in (int, str, type(None)) for n, v in consts.items()):
-            return None
-    return consts
-
-
-def _build_src(layout: CommandLayout, params: list[str] | None, consts: dict[str, Any] | None,
-               indent: str, kind: str) -> list[str]:
-    """Source lines leaving the command object in ``o``, from locals named after FIELDS."""
-    if consts is None:
-        return [f"{indent}o = cls{kind}({_call_args(layout, params)})"]
-    strs = {layout.names[i] for i, _, _ in layout.strings}
-    lines = [f"{indent}o = new{kind}(cls{kind})"]
-    lines += [f"{indent}o.{n} = strings[{n}]" if n in strs else f"{indent}o.{n} = {n}" for n in layout.names]
-    lines += [f"{indent}o.{n} = {v!r}" for n, v in consts.items()]
-    return lines
-
-
-def _make_decoder(layout: CommandLayout) -> Callable[[bytes, int], Any]:
-    """decode(buf, off) -> command object, for a record of this kind starting at buf[off].
-
-    The function is generated from the layout table (as collections.namedtuple does): one Struct
-    call unpacks the body into locals named after FIELDS, padded strings go through a cache, and
-    the object is built with ``cls.__new__`` and slot stores when _slot_constants allows it, else
-    by calling the class with its constructor parameters. Profiled on the f1 flow (CPU time,
-    shared 2-core box) this decodes a record in ~0.65 us where the table-walking version
-    (decoder_generic, kept as the reference the tests compare with) takes ~0.95 us.
-    """
-    cls = layout.cls
-    params = _init_params(cls, layout.names)
-    if params is not None and set(params) != set(layout.names):
-        raise TypeError(f"{cls.__name__}: constructor parameters {params} differ from FIELDS {layout.names}")
-    lines = ["def decode(buf, off):", "    " + ", ".join(layout.names) + ", = unpack(buf, off + 32)"]
-    lines += _build_src(layout, params, _slot_constants(layout), "    ", "")
-    lines.append("    return o")
-    src = "\n".join(lines) + "\n"
-    namespace: dict[str, Any] = {"unpack": layout.body.unpack_from, "cls": cls, "new": cls.__new__,
-                                 "strings": _STRINGS}
-    exec(compile(src, f"<wal decoder {cls.__name__}>", "exec"), namespace)
-    decode: Callable[[bytes, int], Any] = namespace["decode"]
-    return decode
-
-
-def decoder_generic(layout: CommandLayout) -> Callable[[bytes, int], Any]:
-    """The same decoder, walking the table at run time (the reference for tests; slower)."""
-    unpack = layout.record.unpack_from
-    cls = layout.cls
-    given = _init_params(cls, layout.names)
-    params = list(layout.names) if given is None else given
-    body0 = 6  # length, crc, seq, ts_ns, epoch, kind
-    positions = [body0 + layout.names.index(p) for p in params]
-    pick = itemgetter(*positions)
-    single = len(positions) == 1   # itemgetter of one item returns the item, not a tuple
-
-    def order(v: list[Any]) -> tuple[Any, ...]:
-        return (pick(v),) if single else pick(v)
-    str_pos = tuple(body0 + i for i, _, _ in layout.strings)
-
-    def decode(buf: bytes, off: int) -> Any:
-        v = list(unpack(buf, off))
-        for p in str_pos:
-            v[p] = v[p].rstrip(b" ").decode("ascii")
-        if given is None:
-            return cls(**dict(zip(params, order(v))))
-        return cls(*order(v))
-    return decode
-
-
-LAYOUTS: Final[dict[int, CommandLayout]] = {kind: CommandLayout(cls) for kind, cls in COMMANDS.items()}
-if KIND_SEAL in LAYOUTS:
-    raise TypeError("command kind 0 is the WAL seal")
-RECORD_SIZES: Final[dict[int, int]] = {KIND_SEAL: SEAL_SIZE, **{k: lay.size for k, lay in LAYOUTS.items()}}
-def _make_bulk_decoder(layouts: dict[int, CommandLayout]) -> Callable[[bytes, list[int]], list[Any]]:
-    """decode_many(buf, offsets) -> commands: the per-kind decoders inlined in one loop.
-
-    Generated like _make_decoder; saves a Python call per record (about a tenth of decoding).
-    """
-    lines = ["def decode_many(buf, offsets):", "    out = []", "    append = out.append",
-             "    for off in offsets:", "        kind = buf[off + %d]" % KIND_OFFSET]
-    namespace: dict[str, Any] = {"strings": _STRINGS}
-    for i, (kind, layout) in enumerate(sorted(layouts.items())):
-        params = _init_params(layout.cls, layout.names)
-        lines.append("        %s kind == %d:" % ("if" if i == 0 else "elif", kind))
-        lines.append("            " + ", ".join(layout.names) + ", = unpack_%d(buf, off + 32)" % kind)
-        lines += _build_src(layout, params, _slot_constants(layout), "            ", "_%d" % kind)
-        lines.append("            append(o)")
-        namespace["unpack_%d" % kind] = layout.body.unpack_from
-        namespace["cls_%d" % kind] = layout.cls
-        namespace["new_%d" % kind] = layout.cls.__new__
-    lines.append("        else:")
-    lines.append("            raise TypeError('record kind %d is not a command' % kind)")
-    lines.append("    return out")
-    exec(compile("\n".join(lines) + "\n", "<wal bulk decoder>", "exec"), namespace)
-    decode_many: Callable[[bytes, list[int]], list[Any]] = namespace["decode_many"]
-    return decode_many
-
-
-decode_many: Final = _make_bulk_decoder(LAYOUTS)
-# Lists indexed by the kind byte (0..255): record size (0: not a kind) and decoder.
-_SIZE_BY_KIND: Final[list[int]] = [RECORD_SIZES.get(k, 0) for k in range(256)]
-_DECODER_BY_KIND: Final[list[Any]] = [LAYOUTS[k].decode if k in LAYOUTS else None for k in range(256)]
-
-
-def frame_records(first_seq: int, ts_ns: int, epoch: int, cmds: list[Any], bodies: list[bytes],
-                  out: list[bytes]) -> None:
-    """Append the whole records (length, crc, header, body) of a stamped batch to ``out``: cmds[i]
-    (its KIND) with bodies[i] as seq first_seq + i."""
-    head = _HEAD.pack
-    prefix = _PREFIX.pack
-    append = out.append
-    seq = first_seq
-    for cmd, body in zip(cmds, bodies):
-        rest = head(seq, ts_ns, epoch, cmd.KIND) + body
-        append(prefix(len(rest) + 8, crc32(rest)) + rest)
-        seq += 1
-
-
-def encode_body(cmd: Command) -> tuple[int, bytes]:
-    """(kind, body bytes) of a command; MalformedCommand if it cannot be written as declared."""
-    try:
-        layout = LAYOUTS[cmd.KIND]
-    except (AttributeError, KeyError):
-        raise MalformedCommand(f"{cmd!r} is not a catalogue command") from None
-    return layout.kind, layout.encode_body(cmd)
-
-
-def frame(seq: int, ts_ns: int, epoch: int, kind: int, body: bytes) -> bytes:
-    """One record: header (length, crc, seq, ts_ns, epoch, kind) + body."""
-    rest = _HEAD.pack(seq, ts_ns, epoch, kind) + body
-    return _PREFIX.pack(len(rest) + 8, crc32(rest)) + rest
-
-
-def encode_record(seq: int, ts_ns: int, epoch: int, cmd: Command) -> bytes:
-    kind, body = encode_body(cmd)
-    return frame(seq, ts_ns, epoch, kind, body)
-
-
-def decode_record(buf: bytes, off: int = 0) -> tuple[int, int, int, Command]:
-    """(seq, ts_ns, epoch, command) of the verified command record at buf[off] (tools and tests)."""
-    length, crc = _PREFIX.unpack_from(buf, off)
-    kind = buf[off + KIND_OFFSET]
-    if kind not in LAYOUTS or length != LAYOUTS[kind].size or off + length > len(buf):
-        raise ValueError(f"offset {off}: not a command record (kind {kind}, length {length})")
-    if crc32(memoryview(buf)[off + 8:off + length]) != crc:
-        raise ValueError(f"offset {off}: CRC mismatch")
-    seq, ts_ns, epoch = _SEQ_TS_EPOCH.unpack_from(buf, off + 8)
-    return seq, ts_ns, epoch, LAYOUTS[kind].decode(buf, off)
-
-
-def _seal_frame(last_seq: int, ts_ns: int, epoch: int, chunk_start: int, chunk_crc: int, count: int) -> bytes:
-    rest = _HEAD.pack(last_seq, ts_ns, epoch, KIND_SEAL) + _SEAL_BODY.pack(chunk_start, chunk_crc, count)
-    return _PREFIX.pack(SEAL_SIZE, crc32(rest)) + rest
 
 
 def segment_header(epoch: int, first_seq: int) -> bytes:
     head = SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, SEGMENT_HEADER_SIZE, epoch, first_seq, 0, 0)
-    return head[:28] + struct.pack("<I", crc32(head[:28]))
+    return head[:_SEGMENT_CRC_AT] + _SEGMENT_CRC.pack(crc32(head[:_SEGMENT_CRC_AT]))
 
 
 def segment_name(first_seq: int, epoch: int) -> str:
@@ -635,8 +327,8 @@ class WalWriter:
         if epoch != self.epoch or seq != self._next_seq or self._failed:
             self._refuse(seq, epoch)
         self._next_seq = seq + 1
-        rest = _HEAD.pack(seq, ts_ns, epoch, kind) + body
-        rec = _PREFIX.pack(len(rest) + 8, crc32(rest)) + rest
+        rest = HEAD.pack(seq, ts_ns, epoch, kind) + body
+        rec = PREFIX.pack(len(rest) + CRC_START, crc32(rest)) + rest
         self._pending.append(rec)
         self._pending_count += 1
         self._pending_last_ts = ts_ns
@@ -763,7 +455,7 @@ class WalWriter:
         raise WalError(f"sequence gap: record seq {seq}, the WAL expects {self._next_seq}")
 
     def _seal(self, last_seq: int, at: int) -> bytes:
-        seal = _seal_frame(last_seq, self._chunk_last_ts, self.epoch, self._chunk_start, self._chunk_crc,
+        seal = seal_frame(last_seq, self._chunk_last_ts, self.epoch, self._chunk_start, self._chunk_crc,
                            self._chunk_count)
         self._chunk_start = at + len(seal)
         self._chunk_crc = 0
@@ -943,7 +635,8 @@ class WalReader:
         # Sealed chunks: one crc32 each; from the first chunk without a valid seal, record by record.
         stamps = mode == "stamps"
         records = mode == "records"
-        head = _SEQ_TS_EPOCH.unpack_from
+        head = SEQ_TS_EPOCH.unpack_from
+        at = SEQ_OFFSET
         while off < end:
             sealed = self._sealed_chunk(seg, buf, off, expected)
             if sealed is None:
@@ -957,7 +650,7 @@ class WalReader:
                 i = s - expected
                 j = min(i + PIECE, stop - expected + 1)
                 if stamps:
-                    yield s, [head(buf, q + 8)[:2] for q in offs[i:j]]
+                    yield s, [head(buf, q + at)[:2] for q in offs[i:j]]
                     s += j - i
                     continue
                 try:
@@ -965,7 +658,7 @@ class WalReader:
                 except (UnicodeDecodeError, TypeError, struct.error) as e:
                     raise WalCorruptError(seg.path, offs[i], f"undecodable command in this chunk ({e})") from None
                 if records:   # (seq, ts_ns, epoch, command)
-                    yield s, [head(buf, q + 8) + (c,) for q, c in zip(offs[i:j], piece)]
+                    yield s, [head(buf, q + at) + (c,) for q, c in zip(offs[i:j], piece)]
                 else:
                     yield s, piece
                 s += j - i
@@ -985,7 +678,7 @@ class WalReader:
         or None when there is no valid seal ahead (the caller verifies record by record).
         """
         end = len(buf)
-        sizes = _SIZE_BY_KIND
+        sizes = SIZE_BY_KIND
         offs: list[int] = []
         append = offs.append
         p = off
@@ -1000,17 +693,17 @@ class WalReader:
                 break
             append(p)
             p += size
-        length, crc, last_seq, ts_ns, epoch, _k, chunk_start, chunk_crc, count = _SEAL.unpack_from(buf, p)
+        length, crc, last_seq, ts_ns, epoch, _k, chunk_start, chunk_crc, count = SEAL.unpack_from(buf, p)
         if (
             length != SEAL_SIZE
-            or crc32(memoryview(buf)[p + 8:p + SEAL_SIZE]) != crc
+            or crc32(memoryview(buf)[p + CRC_START:p + SEAL_SIZE]) != crc
             or chunk_start != off
             or epoch != seg.epoch
             or not count
             or count != len(offs)
             or last_seq != expected + count - 1
             or crc32(memoryview(buf)[off:p]) != chunk_crc
-            or buf[off + 8:off + 16] != expected.to_bytes(8, "little")
+            or SEQ_TS_EPOCH.unpack_from(buf, off + SEQ_OFFSET)[0] != expected
         ):
             return None
         return p + SEAL_SIZE, last_seq, ts_ns, offs
@@ -1040,20 +733,20 @@ class WalReader:
             if end - off < RECORD_HEADER_SIZE:
                 bad = "truncated record header"
             else:
-                length, crc = _PREFIX.unpack_from(buf, off)
+                length, crc = PREFIX.unpack_from(buf, off)
                 kind = buf[off + KIND_OFFSET]
                 if sizes.get(kind) != length:
                     bad = f"bad record (kind {kind}, length {length})"
                 elif off + length > end:
                     bad = f"record of {length} bytes runs past the end of the file"
-                elif crc32(mv[off + 8:off + length]) != crc:
+                elif crc32(mv[off + CRC_START:off + length]) != crc:
                     bad = "record CRC mismatch"
                 else:
-                    seq, ts_ns, epoch = _SEQ_TS_EPOCH.unpack_from(buf, off + 8)
+                    seq, ts_ns, epoch = SEQ_TS_EPOCH.unpack_from(buf, off + SEQ_OFFSET)
                     if epoch != seg.epoch:
                         bad = f"record of epoch {epoch} in a segment of epoch {seg.epoch}"
                     elif kind == KIND_SEAL:
-                        c_start, c_crc, c_count = _SEAL_BODY.unpack_from(buf, off + RECORD_HEADER_SIZE)
+                        c_start, c_crc, c_count = SEAL_BODY.unpack_from(buf, off + RECORD_HEADER_SIZE)
                         if c_start != chunk_start or c_count != chunk_count or crc32(mv[c_start:off]) != c_crc:
                             bad = "seal does not match the records before it"
                         else:
@@ -1078,7 +771,7 @@ class WalReader:
                     out.append((seq, ts_ns))
                 else:
                     try:
-                        cmd = _DECODER_BY_KIND[kind](buf, off)
+                        cmd = DECODER_BY_KIND[kind](buf, off)
                     except (UnicodeDecodeError, TypeError) as e:
                         raise WalCorruptError(seg.path, off, f"undecodable command ({e})") from None
                     out.append(cmd if mode == "cmds" else (seq, ts_ns, epoch, cmd))
@@ -1127,22 +820,22 @@ class WalReader:
 def _find_valid_record(buf: bytes, start: int, epoch: int, after_seq: int) -> int:
     """Offset of the first CRC-valid record of this epoch with seq > after_seq at or after start, or -1.
 
-    Candidates are found with bytes.find on the (epoch, kind, pad) signature at offset 24 of a header.
+    Candidates are found with bytes.find on the (epoch, kind, pad) signature of a header
+    (walcodec.SIGNATURE, at SIGNATURE_OFFSET).
     """
     mv = memoryview(buf)
     best = -1
-    ep = epoch.to_bytes(4, "little")
     for kind, size in RECORD_SIZES.items():
-        sig = ep + bytes((kind, 0, 0, 0))
-        p = buf.find(sig, start + 24)
+        sig = SIGNATURE.pack(epoch, kind)
+        p = buf.find(sig, start + SIGNATURE_OFFSET)
         while p >= 0:
-            r = p - 24
+            r = p - SIGNATURE_OFFSET
             if best >= 0 and r >= best:
                 break
             if r + size <= len(buf):
-                length, crc = _PREFIX.unpack_from(buf, r)
-                if length == size and crc32(mv[r + 8:r + size]) == crc:
-                    seq = _SEQ_TS_EPOCH.unpack_from(buf, r + 8)[0]
+                length, crc = PREFIX.unpack_from(buf, r)
+                if length == size and crc32(mv[r + CRC_START:r + size]) == crc:
+                    seq = SEQ_TS_EPOCH.unpack_from(buf, r + SEQ_OFFSET)[0]
                     if seq > after_seq:
                         best = r
                         break
@@ -1165,7 +858,7 @@ def list_segments(directory: str, notes: list[str] | None = None, repair: bool =
         ok = len(head) == SEGMENT_HEADER_SIZE
         if ok:
             magic, version, hsize, epoch, first_seq, _r, hcrc = SEGMENT_HEADER.unpack(head)
-            ok = magic == SEGMENT_MAGIC and crc32(head[:28]) == hcrc
+            ok = magic == SEGMENT_MAGIC and crc32(head[:_SEGMENT_CRC_AT]) == hcrc
         if not ok:
             segs.append(SegmentFile(path, -1, -1, size))
             continue

@@ -399,8 +399,10 @@ def checkpoint_path(store_dir: str, seq: int) -> str:
 def write_checkpoint(store_dir: str, ckpt: dict[str, Any], keep: int = 3) -> str:
     """Write atomically (temp file, rename; not fsynced: losing one costs replay time only) and
     keep the newest ``keep``."""
+    from feeds import checkpoint as layout   # the file's typed layout (msgspec)
+
     path = checkpoint_path(store_dir, int(ckpt["seq"]))
-    atomic_write(path, json.dumps(ckpt, separators=(",", ":")).encode(), durable=False)
+    atomic_write(path, layout.encode(ckpt), durable=False)
     names = sorted(n for n in os.listdir(store_dir) if n.startswith("CHECKPOINT-") and n.endswith(".json"))
     for n in names[:-keep]:
         os.unlink(os.path.join(store_dir, n))
@@ -409,15 +411,21 @@ def write_checkpoint(store_dir: str, ckpt: dict[str, Any], keep: int = 3) -> str
 
 def read_checkpoint(store_dir: str, seq: int) -> tuple[dict[str, Any] | None, str]:
     """The checkpoint written at ``seq`` and its path, or None and why not."""
+    import msgspec
+
+    from feeds import checkpoint as layout   # the file's typed layout (msgspec)
+
     path = checkpoint_path(store_dir, seq)
     try:
         with open(path, "rb") as f:
-            ckpt = json.loads(f.read())
+            ckpt = layout.decode(f.read())
     except FileNotFoundError:
         return None, f"no feed checkpoint at seq {seq}"
+    except msgspec.ValidationError as e:
+        return None, f"{path}: not a feed checkpoint ({e})"
     except (OSError, ValueError) as e:
         return None, f"{path}: unreadable ({e})"
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("seq") != seq:
+    if ckpt["format"] != CHECKPOINT_FORMAT or ckpt["seq"] != seq:
         return None, f"{path}: not a feed checkpoint at seq {seq}"
     return ckpt, path
 

@@ -478,6 +478,42 @@ def test_a_feed_checkpoint_is_refused_when_the_store_or_the_day_does_not_match(t
     assert ckpt2 is None and "unreadable" in why
 
 
+def test_a_feed_checkpoint_written_as_before_is_read_and_the_bytes_are_unchanged(tmp_path: Path) -> None:
+    import json
+
+    ins = instruments()
+    engine = Engine(ins, FIRM_STP)
+    store = str(tmp_path / "feed")
+    pub = Publisher(CONFIG, ins, MIDNIGHT, MemoryTransport(), store)
+    pub.start(T0)
+    for batch in iter_batches(engine, SPECS[:400], 40):
+        pub.publish(batch)
+    ckpt = pub.checkpoint(400, {"positions": [[1, 1, 5]], "routed": {"gw0": 400}})
+    pub.close()
+    assert "tracker" in ckpt and "l2" in ckpt and "l1" in ckpt
+    # the file is what the standard library's compact json.dumps of the same dict made
+    path = write_checkpoint(store, ckpt)
+    with open(path, "rb") as f:
+        assert f.read() == json.dumps(ckpt, separators=(",", ":")).encode()
+    assert read_checkpoint(store, 400)[0] == ckpt
+    # a checkpoint written by an older writer (any JSON spacing) is read as it was
+    with open(path, "w") as f:
+        json.dump(ckpt, f, indent=1)
+    old, _ = read_checkpoint(store, 400)
+    assert old == ckpt
+    again = Publisher(CONFIG, ins, MIDNIGHT, MemoryTransport(), store)
+    assert again.resume_problem(old) is None
+    # JSON of another shape is refused with a reason, not a KeyError later
+    for bad in ({**ckpt, "channels": {"L3": {"session": "X"}}}, {**ckpt, "seq": "400"}, [1, 2]):
+        with open(path, "w") as f:
+            json.dump(bad, f)
+        got, why = read_checkpoint(store, 400)
+        assert got is None and "not a feed checkpoint" in why, why
+    # a checkpoint of the wrong shape is not written
+    with pytest.raises(ValueError):
+        write_checkpoint(store, {**ckpt, "channels": {"L3": {"next_seq": 1}}})
+
+
 def test_a_store_ahead_of_the_wal_after_a_checkpoint_changes_the_session(tmp_path: Path) -> None:
     # Published through batch 20, but the WAL ends at the checkpoint (policy "none" lost its tail):
     # the next generation starts with the regenerated prefix, as after a full replay.

@@ -19,8 +19,10 @@ from appliance.catalogue import EV_ACCEPTED
 from appliance.gateway import fix
 from appliance.gateway.journal import (
     J_FIX_CLORD,
+    J_FIX_ORDER,
     fix_increments,
     fix_snapshot,
+    journal_record,
     mark_record,
     read_journal,
     write_journal,
@@ -297,6 +299,30 @@ def test_journal_snapshot_and_increments_recover_the_same_state(tmp_path: Any) -
     assert {o.cl_ord_id for o in st.orders.values()} <= set(back.cl_ord_ids)    # every live order's
     assert [f"C{i}" for i in range(290, 300)] == [c for c in back.cl_ord_ids if c in {f"C{i}" for i in range(290, 300)}]
     assert len(back.cl_ord_ids) <= 40 + len(back.orders)
+
+
+def test_a_journalled_fix_order_is_the_compact_json_array_and_one_written_as_before_is_read(tmp_path: Any) -> None:
+    import json
+
+    s, p = _fix_session(window=40)
+    sid = s.config.session_id
+    s.receive_data(_order(p, "C\u00e9-1"), 0)   # a ClOrdID outside ASCII (FIX: latin-1)
+    _accept_all(s)
+    s.data_to_send()
+    recs: list[bytes] = []
+    fix_snapshot(sid, s.state, recs)
+    (order,) = s.state.orders.values()
+    rec = next(r for r in recs if r[8] == J_FIX_ORDER)
+    assert json.loads(rec[13:]) == order.to_list()          # any JSON reader reads it
+    # a journal whose order record the standard library wrote (ASCII escapes) is read the same
+    old = journal_record(J_FIX_ORDER, rec[9:13] + json.dumps(order.to_list(), separators=(",", ":")).encode())
+    assert old != rec and b"\\u00e9" in old
+    for records in ([rec], [old]):
+        path = str(tmp_path / "journal.bin")
+        os.close(write_journal(path, [*(r for r in recs if r[8] != J_FIX_ORDER), *records, mark_record({0: 1})]))
+        back = read_journal(path).fix[sid].state()
+        assert [o.to_list() for o in back.orders.values()] == [order.to_list()]
+        assert back.orders[order.order_id].cl_ord_id == "C\u00e9-1"
 
 
 def fix_increments_after_change(s: fix.FixSession, seqs: Any) -> list[bytes]:

@@ -5,12 +5,13 @@ import errno
 import os
 import random
 import struct
+import zlib
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance import wal
+from appliance import wal, walcodec
 from appliance.catalogue import (
     COMMANDS,
     CancelOrder,
@@ -26,21 +27,18 @@ from appliance.catalogue import (
 from appliance.sequencer import SequenceError, Sequencer
 
 from appliance.wal import (
-    SEAL_SIZE,
     SEGMENT_HEADER_SIZE,
     DurabilityError,
     EpochFile,
     EpochState,
-    MalformedCommand,
     StaleEpochError,
     WalConfig,
     WalCorruptError,
     WalError,
     WalReader,
     WalWriter,
-    encode_body,
-    encode_record,
 )
+from appliance.walcodec import SEAL_SIZE, MalformedCommand, encode_body, encode_record
 from tools.killworker import command_at
 from conftest import compiled_build
 
@@ -97,13 +95,67 @@ def record_offsets(path: str) -> list[tuple[int, int, int]]:
 
 def test_every_catalogue_command_has_a_record_layout_derived_from_its_fields() -> None:
     for kind, cls in COMMANDS.items():
-        layout = wal.LAYOUTS[kind]
+        layout = walcodec.LAYOUTS[kind]
         assert layout.cls is cls
         assert layout.names == tuple(n for n, _ in cls.FIELDS)
-        assert layout.size == wal.RECORD_HEADER_SIZE + struct.calcsize("<" + "".join(c for _, c in cls.FIELDS))
-    assert wal.RECORD_HEADER_SIZE == 32 and SEGMENT_HEADER_SIZE == 32 and SEAL_SIZE == 48
-    assert {k: lay.size for k, lay in wal.LAYOUTS.items()} == {1: 119, 2: 68, 3: 92, 4: 63, 5: 40, 6: 72, 7: 34,
+        assert layout.size == walcodec.RECORD_HEADER_SIZE + struct.calcsize("<" + "".join(c for _, c in cls.FIELDS))
+    assert walcodec.RECORD_HEADER_SIZE == 32 and SEGMENT_HEADER_SIZE == 32 and SEAL_SIZE == 48
+    assert {k: lay.size for k, lay in walcodec.LAYOUTS.items()} == {1: 119, 2: 68, 3: 92, 4: 63, 5: 40, 6: 72, 7: 34,
                                                                 8: 34, 9: 34}
+
+
+DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "wal.md")
+DOC_NAMES = {"knd": "kind", "chk crc": "chunk_crc"}   # the diagrams' abbreviations
+DOC_TYPES = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q", "3 bytes": "3x"}
+
+
+def doc_diagram(first_ruler: str) -> dict[str, tuple[int, int]]:
+    """{field: (offset, end)} of the docs/wal.md diagram whose ruler line starts with first_ruler: the
+    ruler's numbers are the field boundaries, the names line the fields between them."""
+    lines = open(DOC).read().split("\n")
+    i = next(n for n, line in enumerate(lines) if line.startswith(first_ruler))
+    ruler = [int(x) for x in lines[i].split()]
+    names = [DOC_NAMES.get(c.strip(), c.strip()) for c in lines[i + 2].split("|")[1:-1]]
+    return {name: (ruler[k], ruler[k + 1]) for k, name in enumerate(names) if k + 1 < len(ruler)}
+
+
+def test_the_record_header_and_seal_derived_from_one_table_match_docs_wal_md() -> None:
+    # the record header: every field's offset and width as the diagram draws it, its type as the table says
+    doc = doc_diagram("0       4       8               16")
+    fields = walcodec.RECORD_HEADER_FIELDS
+    assert [n for n, _ in fields] == list(doc)
+    for name, code in fields:
+        at, end = doc[name]
+        assert walcodec.RECORD_OFFSETS[name] == at, name
+        assert struct.calcsize("<" + code) == end - at, name
+    table = {row.split("|")[1].strip(): row.split("|")[2].strip() for row in open(DOC).read().split("\n")
+             if row.startswith("| ") and row.split("|")[1].strip() in dict(fields)}
+    assert {n: DOC_TYPES[t] for n, t in table.items()} == dict(fields)
+    # what the codec derives from it
+    assert walcodec.RECORD_HEADER_SIZE == doc["pad"][1] == 32
+    assert walcodec.KIND_OFFSET == doc["kind"][0]
+    assert walcodec.PREFIX.size == walcodec.CRC_START == doc["seq"][0]   # "crc covers bytes 8 .. length"
+    assert walcodec.PREFIX.size + walcodec.HEAD.size == walcodec.RECORD_HEADER_SIZE
+    assert walcodec.SEQ_OFFSET == doc["seq"][0] and walcodec.SIGNATURE_OFFSET == doc["epoch"][0]
+    assert walcodec.SEQ_TS_EPOCH.size == doc["epoch"][1] - doc["seq"][0]
+    assert walcodec.SIGNATURE.size == walcodec.RECORD_HEADER_SIZE - doc["epoch"][0]
+    # the seal: the header, then its body as drawn
+    seal = doc_diagram("32              40      44      48")
+    assert [n for n, _ in walcodec.SEAL_FIELDS] == list(seal)
+    assert walcodec.SEAL_OFFSETS == {n: at for n, (at, _) in seal.items()}
+    assert walcodec.SEAL_SIZE == max(end for _, end in seal.values()) == 48
+    # and the bytes: a seal frame read back at the documented offsets
+    frame = walcodec.seal_frame(77, 5, 3, 4096, 0xDEADBEEF, 12)
+    assert struct.unpack_from("<IIQQIB", frame) == (48, zlib.crc32(frame[8:]), 77, 5, 3, walcodec.KIND_SEAL)
+    assert frame[29:32] == bytes(3)
+    assert struct.unpack_from("<QII", frame, seal["chunk_start"][0]) == (4096, 0xDEADBEEF, 12)
+
+
+def test_the_segment_header_crc_covers_the_bytes_before_it() -> None:
+    head = wal.segment_header(9, 1234)
+    magic, version, hsize, epoch, first, _r, hcrc = struct.unpack("<8sHHIQII", head)
+    assert (magic, version, hsize, epoch, first) == (b"MWWALSEG", walcodec.FORMAT_VERSION, 32, 9, 1234)
+    assert hcrc == zlib.crc32(head[:28])
 
 
 def test_record_bytes_follow_the_documented_layout() -> None:
@@ -112,8 +164,6 @@ def test_record_bytes_follow_the_documented_layout() -> None:
     length, crc, seq, ts, epoch, kind = struct.unpack_from("<IIQQIB", rec)
     assert (length, seq, ts, epoch, kind) == (119, 42, 1_700_000_000_123_456_789, 5, 1)
     assert rec[29:32] == b"\0\0\0"
-    import zlib
-
     assert crc == zlib.crc32(rec[8:])
     body = struct.unpack_from("<QHBBBBqqqII16s20s4s", rec, 32)
     assert body == (7, 3, 1, 2, 0, 0, 1_501_000, 0, 500, 9, 4, b"ACC".ljust(16), b"c-1".ljust(20), b"MPX ")
@@ -150,10 +200,10 @@ commands = st.one_of(
 @given(cmd=commands, seq=st.integers(1, 2**64 - 1), ts=st.integers(0, 2**64 - 1), epoch=st.integers(1, 2**32 - 1))
 def test_record_round_trip_and_generated_decoder_equals_the_table_walking_one(cmd, seq, ts, epoch) -> None:
     rec = encode_record(seq, ts, epoch, cmd)
-    s, t, e, back = wal.decode_record(rec)
+    s, t, e, back = walcodec.decode_record(rec)
     assert (s, t, e) == (seq, ts, epoch)
     assert type(back) is type(cmd) and fields_of(back) == fields_of(cmd)
-    generic = wal.decoder_generic(wal.LAYOUTS[cmd.KIND])(rec, 0)
+    generic = walcodec.decoder_generic(walcodec.LAYOUTS[cmd.KIND])(rec, 0)
     assert fields_of(generic) == fields_of(back)
 
 
@@ -218,7 +268,7 @@ def test_writer_and_reader_round_trip_across_segments_and_seals(tmp_path) -> Non
     assert [encode_body(c) for c in fast] == [encode_body(r[3]) for r in recs]
     assert reader.last_seq == 3000 and reader.tail_sealed and reader.notes == []
     kinds = [k for p in segments(d) for _, _, k in record_offsets(p)]
-    assert kinds.count(wal.KIND_SEAL) > len(segments(d))  # seals inside segments, and at each end
+    assert kinds.count(walcodec.KIND_SEAL) > len(segments(d))  # seals inside segments, and at each end
 
 
 @pytest.mark.parametrize("after", [0, 1, 57, 999, 1000, 1001, 2999, 3000])
@@ -320,7 +370,7 @@ def test_a_flipped_byte_in_the_middle_stops_start_up_naming_file_and_offset(tmp_
     d = str(tmp_path)
     write_stream(d, 600, segment_bytes=1 << 20, seal_bytes=4096)
     path = segments(d)[-1]
-    off, length, kind = [o for o in record_offsets(path) if o[2] != wal.KIND_SEAL][250]
+    off, length, kind = [o for o in record_offsets(path) if o[2] != walcodec.KIND_SEAL][250]
     flip(path, off + {"header": 12, "body": 50, "crc": 5, "length": 1}[where])
     for repair in (False, True):
         with pytest.raises(WalCorruptError) as ei:

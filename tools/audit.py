@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 from typing import IO, Any, Iterable, Iterator, Sequence
@@ -70,6 +69,7 @@ from appliance.model import (
 )
 from appliance.recovery import read_manifest, recover_state
 from appliance.wal import WalError
+from tools import jsonio
 from tools.replay import format_ts
 
 Row = dict[str, str | int]   # one audit row: COLUMNS -> text or an integer ("" where it does not apply)
@@ -211,7 +211,7 @@ def gateway_reject_rows(paths: Iterable[str], symbols: dict[int, str],
         with open(path) as f:
             for lineno, line in enumerate(f, 1):
                 try:
-                    r = json.loads(line)
+                    r = jsonio.loads(line)
                     if not isinstance(r, dict) or any(k not in r for k in _GATEWAY_KEYS):
                         raise ValueError("not a reject row")
                     ts = int(r["ts_ns"])
@@ -253,7 +253,7 @@ def export(waldir: str, fmt: str, out: IO[str], rejects: Sequence[str] = (),
     w = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
     if fmt == "csv":
         w.writeheader()
-    dumps = json.dumps
+    dumps = jsonio.dumps
 
     def write(row: Row) -> None:
         if fmt == "csv":

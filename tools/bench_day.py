@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import random
 import sys
 import time
@@ -50,6 +49,7 @@ from appliance.matching.engine import Engine
 from appliance.matching.rules import SECOND_NS, InstrumentRules, TradingRules
 from appliance.model import BUY, DAY, GTC, IOC, LIMIT, MARKET, SELL, TRADING_STATE_NAMES, TS_CLOSED
 from feeds.publisher import encode_l3
+from tools import jsonio
 
 ZONE = "America/New_York"
 SCHEDULE = ("04:00", "09:25", "09:30", "15:50", "16:00")
@@ -228,7 +228,7 @@ def cmd_day(args: argparse.Namespace) -> int:
     print(f"final states {result['final_states']}  resting {result['resting_end']}  traded {result['traded_qty']}"
           f"  matches {result['matches']}")
     print(f"state hash {result['state_hash']}")
-    print(json.dumps(result, sort_keys=True))
+    print(jsonio.dumps(result, sort_keys=True))
     print(f"bench day: {result['commands']} commands in {seconds:.2f} s", file=sys.stderr)
     return 0
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import random
@@ -49,6 +48,7 @@ from feeds.pcap import IPPROTO_UDP, PcapReader
 from feeds.publisher import Publisher
 from feeds.subscriber import ChannelReceiver
 from feeds.transport import MemoryTransport, NullTransport, PcapTransport, UdpTransport
+from tools import jsonio
 from tools.flows import FLOW_FIRM_STP, flow_instrument_count, flow_instruments, read_flow
 
 BATCH = 1024
@@ -125,7 +125,7 @@ def cmd_feed_transports(args: argparse.Namespace) -> int:
         return 2
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    groups = json.dumps({L3: [["239.255.40.1", 31400], ["239.255.40.2", 31400]]})
+    groups = jsonio.dumps({L3: [["239.255.40.1", 31400], ["239.255.40.2", 31400]]})
     flow = os.path.abspath(args.flow)
     runs: dict[str, Any] = {}
     every: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
@@ -157,8 +157,8 @@ def cmd_feed_transports(args: argparse.Namespace) -> int:
                 if recv.poll() is None:
                     recv.kill()
                     recv.wait()
-            sent = json.loads(send.stdout.strip().splitlines()[-1])
-            got = json.loads(out.strip().splitlines()[-1])
+            sent = jsonio.loads(send.stdout.strip().splitlines()[-1])
+            got = jsonio.loads(out.strip().splitlines()[-1])
             run: dict[str, Any] = {
                 "sent_datagrams_per_group": sent["datagrams_per_group"],
                 "sent_datagrams_per_sec": sent["wire_datagrams_per_sec"],
@@ -176,7 +176,7 @@ def cmd_feed_transports(args: argparse.Namespace) -> int:
             if "afxdp" in sent:
                 run["afxdp"] = {k: sent["afxdp"][k] for k in ("mode", "checksum_offload", "kicks", "dropped")}
             every[kind].append(run)
-            print(f"{kind}: {json.dumps(run)}", file=sys.stderr)
+            print(f"{kind}: {jsonio.dumps(run)}", file=sys.stderr)
     with open("/proc/loadavg") as f:
         load_after = f.read().split()[:3]
     for kind, done in every.items():
@@ -206,7 +206,7 @@ def cmd_feed_transports(args: argparse.Namespace) -> int:
                                                  for k, r in runs.items() if r.get("send_cpu_ns_per_datagram")}
         result["speedup_vs_udp_by_cpu"] = {k: round(cpu_base / r["send_cpu_ns_per_datagram"], 2)
                                            for k, r in runs.items() if r.get("send_cpu_ns_per_datagram")}
-    print(json.dumps(result))
+    print(jsonio.dumps(result))
     return 0
 
 
@@ -259,7 +259,7 @@ def cmd_feed(args: argparse.Namespace) -> int:
             pcap.close()
         result["pcap"] = args.pcap
         result["pcap_groups"] = {ch: list(map(list, g)) for ch, g in groups.items()}
-    print(json.dumps(result))
+    print(jsonio.dumps(result))
     return 0
 
 
@@ -302,7 +302,7 @@ def cmd_subscriber(args: argparse.Namespace) -> int:
         "resting_orders": len(book.orders),
         "l3_hash": book.state_hash(),
     }
-    print(json.dumps(result))
+    print(jsonio.dumps(result))
     return 0
 
 
@@ -402,7 +402,7 @@ def cmd_depth(args: argparse.Namespace) -> int:
     for name in ("l3", "l2"):
         print(f"{name:>4} {result[f'{name}_price_levels']:>8} {result[f'{name}_apply_seconds']:>9} "
               f"{result[f'{name}_depth_us_books']:>17} {result[f'{name}_depth_us_sort_per_query']:>26}")
-    print(json.dumps(result))
+    print(jsonio.dumps(result))
     return 0
 
 

@@ -39,6 +39,7 @@ from appliance.gateway.journal import (
 )
 from appliance.gateway.store import FixSentStore, MessageStore
 from appliance.model import Instrument
+from tools import jsonio
 
 SID = 1 | 1 << 30
 INS = [Instrument("AAPL", 1, 100)]
@@ -224,7 +225,7 @@ def cmd_fix_state(args: Any) -> int:
         print(f"whole-file rewrite (replaced): p50 {o1['flush_us_p50']:.1f} us after {o1['messages']:,} messages, "
               f"{o2['flush_us_p50']:.1f} us after {o2['messages']:,} "
               f"(state in memory {o1['state_memory_bytes']:,} and {o2['state_memory_bytes']:,} bytes)")
-        print(json.dumps(result))
+        print(jsonio.dumps(result))
         return 0
     finally:
         if not args.keep:

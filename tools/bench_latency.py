@@ -33,7 +33,6 @@ import argparse
 import ctypes
 import dataclasses
 import itertools
-import json
 import multiprocessing
 import os
 import random
@@ -50,6 +49,7 @@ from typing import Any
 from appliance.config import Config, SessionLimits
 from appliance.metrics import DUTY_STAGES, GATEWAY_STAGES, Histogram, format_stages
 from appliance.risk import FirmLimits
+from tools import jsonio
 
 WAL_PLACES = ("none", "tmpfs", "disk")
 PR_SET_TIMERSLACK = 29
@@ -316,9 +316,9 @@ def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace
         cl.join(10)
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
-        stats = json.load(open(os.path.join(state, "run", "p0.stats.json")))
+        stats = jsonio.load_path(os.path.join(state, "run", "p0.stats.json"))
         gw_path = os.path.join(state, "run", f"{cfg.gateways[0].name}.stats.json")
-        gw_stats = json.load(open(gw_path)) if os.path.exists(gw_path) else {}
+        gw_stats = jsonio.load_path(gw_path) if os.path.exists(gw_path) else {}
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -412,5 +412,5 @@ def _latency(args: argparse.Namespace) -> int:
         r.pop("_hist")
     out["runs"] = runs
     out["load_avg_after"] = round(os.getloadavg()[0], 2)
-    print(json.dumps(out))
+    print(jsonio.dumps(out))
     return 0

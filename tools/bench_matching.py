@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import shutil
@@ -26,6 +25,7 @@ from appliance.catalogue import Event, NewOrder
 from appliance.matching.engine import Engine
 from appliance.model import BUY, GTC, LIMIT, SELL, STP_NONE, Instrument
 from appliance.snapshot import SnapshotStore, capture
+from tools import jsonio
 from tools.flows import FLOW_FIRM_STP, FLOW_RECORD, decode_records, flow_instruments, read_flow_bytes
 
 BATCH = 1024
@@ -91,7 +91,7 @@ def _median_of_runs(argv: list[str], runs: int) -> list[dict[str, Any]]:
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise ValueError(f"a run in a fresh process failed (exit {proc.returncode}): {last}")
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        results.append(jsonio.loads(proc.stdout.strip().splitlines()[-1]))
     return results
 
 
@@ -100,7 +100,7 @@ def cmd_matching(args: argparse.Namespace) -> int:
         read_flow_bytes(args.flow)   # a missing or wrong file: one line here, not in each child
         results = _median_of_runs(["matching", args.flow, "--limit", str(args.limit)], args.runs)
         for r in results:
-            print(json.dumps(r))
+            print(jsonio.dumps(r))
         rates = [r["events_per_sec"] for r in results]
         best = dict(results[0])
         best["runs"] = args.runs
@@ -108,10 +108,10 @@ def cmd_matching(args: argparse.Namespace) -> int:
         best["events_per_sec_min"] = min(rates)
         best["events_per_sec_max"] = max(rates)
         best["seconds"] = round(statistics.median(r["seconds"] for r in results), 4)
-        print(json.dumps(best))
+        print(jsonio.dumps(best))
         return 0 if all(r.get("matches_flow_json", True) for r in results) else 1
     result = run_flow(args.flow, args.limit)
-    print(json.dumps(result))
+    print(jsonio.dumps(result))
     return 0 if result.get("matches_flow_json", True) else 1
 
 
@@ -140,7 +140,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
     if args.tracemalloc:
         cur, peak = tracemalloc.get_traced_memory()
         result["tracemalloc_peak_mb"] = round(peak / 2**20, 1)
-    print(json.dumps(result))
+    print(jsonio.dumps(result))
     return 0
 
 
@@ -188,7 +188,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     }
     print(f"snapshot of {result['resting_orders']} orders: {result['capture_in_thread_ms']} ms captured in the "
           f"matching thread, or a {result['fork_pause_ms']} ms fork (child wrote it in {result['written_after_ms']} ms)")
-    print(json.dumps(result))
+    print(jsonio.dumps(result))
     return 0 if ok else 1
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import resource
@@ -37,6 +36,7 @@ from typing import Any, Callable
 
 from feeds.pcap import IPPROTO_UDP
 from feeds.pcap_analysis import MOLD, classify
+from tools import jsonio
 from tools.pcap_cli import CaptureError, gap_check, packets, stats
 
 
@@ -150,7 +150,7 @@ def cmd_pcap(args: argparse.Namespace) -> int:
         if isinstance(r, dict):
             print(f"{name:12} {r['seconds']:>9} s {r['cpu_seconds']:>9} cpu s  {r['messages_per_s'] or 0:>12,} "
                   f"messages/s  {r['messages_per_cpu_s'] or 0:>12,} messages/cpu s")
-    print(json.dumps(result))
+    print(jsonio.dumps(result))
     return 0
 
 

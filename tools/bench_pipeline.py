@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import multiprocessing
 import os
 import random
@@ -47,6 +46,7 @@ from appliance.metrics import DUTY_STAGES, format_stages
 from appliance.model import STP_NONE
 from appliance.risk import FirmLimits
 from appliance.ring import Ring, RingError
+from tools import jsonio
 from tools.flows import FLOW_FIRM, flow_instrument_count, read_flow
 
 
@@ -157,7 +157,7 @@ def _engine_alone(flow: str, limit: int) -> dict[str, Any]:
                           capture_output=True, text=True, timeout=600)
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"bench matching failed: {proc.stderr[-2000:]}")
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return dict(jsonio.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def _pipeline(args: argparse.Namespace) -> int:
@@ -182,7 +182,7 @@ def _pipeline(args: argparse.Namespace) -> int:
             for line in format_stages(result["feed_stage_stages"], DUTY_STAGES):
                 print("  " + line)
     for result in runs:
-        print(json.dumps(result))
+        print(jsonio.dumps(result))
     return 0 if all(r["exit"] == 0 for r in runs) else 1
 
 
@@ -295,7 +295,7 @@ def _restart(args: argparse.Namespace) -> int:
         print(f"restart after {len(cmds)} commands, snapshot {result['snapshot_age_commands']} commands old: "
               f"{result['start_seconds_from_checkpoint']} s from the feed checkpoint, "
               f"{result['start_seconds_full_replay']} s replaying the whole WAL")
-        print(json.dumps(result))
+        print(jsonio.dumps(result))
         return 0 if same else 1
     finally:
         shutil.rmtree(root, ignore_errors=True)

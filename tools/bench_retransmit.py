@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing as mp
 import os
 import platform
@@ -31,6 +30,8 @@ import statistics
 import tempfile
 import time
 from typing import Any
+
+from tools import jsonio
 
 SESSION = b"2311140130"
 USER, PASSWORD = "bench", "bench"
@@ -186,7 +187,7 @@ def cmd_retransmit(args: argparse.Namespace) -> int:
         "snapshot_build_seconds": round(build_s, 4) if build_s is not None else None,
         "snapshot_seconds_runs": [round(s, 4) for s, _, _ in snap_runs],
     }
-    print(json.dumps(result))
+    print(jsonio.dumps(result))
     return 0
 
 

@@ -18,7 +18,6 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import platform
@@ -29,6 +28,7 @@ import uuid
 from typing import Any
 
 from appliance.ring import Ring, RingError
+from tools import jsonio
 
 _SEQ = struct.Struct("=Q")
 
@@ -229,7 +229,7 @@ def cmd_ring(args: argparse.Namespace) -> int:
     print(f"latency round trip p50 {lat['rtt_p50_ns']:,} ns  p99 {lat['rtt_p99_ns']:,} ns  ({lat['round_trips']:,} round trips)")
     result.update(lat)
     result["note"] = "two spinning processes on a shared machine; quote medians and ratios"
-    print(json.dumps(result))
+    print(jsonio.dumps(result))
     return 0
 
 

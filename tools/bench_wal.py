@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import shutil
@@ -33,7 +32,9 @@ from appliance.catalogue import NewOrder
 from appliance.model import BUY, GTC, LIMIT, SELL
 from appliance.recovery import recover_state, write_manifest
 from appliance.snapshot import EngineSpec, SnapshotStore, capture
-from appliance.wal import POLICY_NONE, WalReader, WalWriter, encode_body
+from appliance.wal import POLICY_NONE, WalReader, WalWriter
+from appliance.walcodec import LAYOUTS, encode_body
+from tools import jsonio
 from tools.flows import FLOW_FIRM_STP, flow_instrument_count, flow_instruments, read_flow, read_flow_bytes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,18 +121,18 @@ def cmd_wal(args: argparse.Namespace) -> int:
                 "fsync_p50_us": round(_pct(syncs, 0.5) * 1e6, 1),
                 "fsync_p99_us": round(_pct(syncs, 0.99) * 1e6, 1),
             }
-            print(json.dumps(r))
+            print(jsonio.dumps(r))
             results.append(r)
     finally:
         walmod._fdatasync = real_sync
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    print(json.dumps({
+    print(jsonio.dumps({
         "benchmark": "wal",
         "policy": args.policy,
         "filesystem": _fs_type(REPO if not args.dir else os.path.dirname(os.path.abspath(args.dir))),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "record_bytes": walmod.LAYOUTS[NewOrder.KIND].size,
+        "record_bytes": LAYOUTS[NewOrder.KIND].size,
         "results": results,
     }))
     return 0
@@ -151,7 +152,7 @@ def _find_or_make_flow(args: argparse.Namespace) -> str:
         if name.endswith(".json"):
             try:
                 with open(os.path.join(flows, name)) as f:
-                    meta = json.load(f)
+                    meta = jsonio.loads(f.read())
             except (OSError, ValueError):
                 continue
             if (meta.get("events") == args.events and meta.get("instruments", 1) == 1
@@ -233,7 +234,7 @@ def _recover_child(waldir: str, mode: str) -> dict[str, Any]:
 def _run_child(waldir: str, mode: str) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "tools.bench_wal", "_recover", waldir, mode],
                           capture_output=True, text=True, check=True, cwd=REPO)
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = jsonio.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
 
@@ -245,17 +246,17 @@ def cmd_recovery(args: argparse.Namespace) -> int:
     os.makedirs(waldir)
     try:
         with open(flow.replace(".bin", ".json")) as f:
-            events = int(json.load(f).get("events", args.events))
+            events = int(jsonio.loads(f.read()).get("events", args.events))
         snapshot_at = max(1, events - args.snapshot_age)
         built = build_wal(flow, waldir, snapshot_at)
-        print(json.dumps({"built": built}))
+        print(jsonio.dumps({"built": built}))
         runs = []
         for _ in range(args.runs):
             full = _run_child(waldir, "full")
             snap = _run_child(waldir, "snapshot")
             dec = _run_child(waldir, "decode")
             runs.append((full, snap, dec))
-            print(json.dumps({"full": full, "snapshot": snap, "decode": dec}))
+            print(jsonio.dumps({"full": full, "snapshot": snap, "decode": dec}))
         full_cpu = statistics.median(r[0]["cpu_seconds"] for r in runs)
         snap_cpu = statistics.median(r[1]["cpu_seconds"] for r in runs)
         full_s = statistics.median(r[0]["seconds"] for r in runs)
@@ -263,7 +264,7 @@ def cmd_recovery(args: argparse.Namespace) -> int:
         dec_s = statistics.median(r[2]["seconds"] for r in runs)
         match = all(r[0]["state_hash"] == built["live_state_hash"] == r[1]["state_hash"] for r in runs)
         n = built["events"]
-        print(json.dumps({
+        print(jsonio.dumps({
             "benchmark": "recovery",
             "events": n,
             "flow": os.path.basename(flow),
@@ -302,13 +303,13 @@ def cmd_crash(args: argparse.Namespace) -> int:
         result = crash_runs(os.path.join(root, "wal"), args.runs, seed=args.seed, max_delay_s=args.max_delay,
                             rng_seed=args.seed + 1, log=(lambda m: print(m, file=sys.stderr)) if args.verbose else None)
     except CrashCheckFailed as e:
-        print(json.dumps({"benchmark": "crash", "ok": False, "error": str(e)}))
+        print(jsonio.dumps({"benchmark": "crash", "ok": False, "error": str(e)}))
         return 1
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     result["benchmark"] = "crash"
-    print(json.dumps(result))
+    print(jsonio.dumps(result))
     return 0
 
 
@@ -341,6 +342,6 @@ def register(sub: Any) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "_recover":
-        print(json.dumps(_recover_child(sys.argv[2], sys.argv[3])))
+        print(jsonio.dumps(_recover_child(sys.argv[2], sys.argv[3])))
         sys.exit(0)
     sys.exit("usage: matchwire bench wal | recovery | crash")

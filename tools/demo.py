@@ -19,7 +19,6 @@ feeds/ouch_layout.py and appliance/gateway/fixcodec.py (tests and benchmarks use
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 import os
 import random
@@ -40,6 +39,7 @@ from appliance.gateway.fixcodec import FixMessage, FixParser, encode as fix_enco
 from appliance.model import price_to_text
 from feeds import ouch_layout as L
 from feeds import soupbintcp as soup
+from tools import jsonio
 
 PYTHON: Final = sys.executable
 
@@ -496,12 +496,12 @@ def demo(orders: int = 3000, live_view: bool = True, keep: str | None = None, as
             parent.send("stop")
             if parent.poll(5):
                 final = parent.recv()
-        stats = json.load(open(os.path.join(state, "run", f"{cfg.partitions[0].name}.stats.json")))
+        stats = jsonio.load_path(os.path.join(state, "run", f"{cfg.partitions[0].name}.stats.json"))
         match = final is not None and final[0] == "final" and final[1] == stats["l3_hash"]
         summary = _summary(cfg, load, clients_info, stats, final, rc_run, stop_s, match)
         print("\n".join(summary["lines"]), file=out)
         if as_json:
-            print(json.dumps({k: v for k, v in summary.items() if k != "lines"}), file=out)
+            print(jsonio.dumps({k: v for k, v in summary.items() if k != "lines"}), file=out)
         rc = 0 if (rc_run == 0 and match) else 1
         return rc
     finally:

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Final, Mapping, Sequence
+
+from tools import jsonio
 
 PASS: Final = "pass"
 WARN: Final = "warn"
@@ -602,10 +603,10 @@ def _doctor(args: argparse.Namespace) -> int:
     findings = run_checks(plan, read_host(plan))
     rc = exit_status(findings, args.strict)
     if args.json:
-        print(json.dumps({"config": args.config or "<built-in demo config>", "interface": plan.interface,
-                          "checks": [asdict(f) for f in findings], "exit": rc,
-                          "counts": {s: sum(f.status == s for f in findings) for s in (PASS, WARN, FAIL)}},
-                         sort_keys=True))
+        print(jsonio.dumps({"config": args.config or "<built-in demo config>", "interface": plan.interface,
+                            "checks": [asdict(f) for f in findings], "exit": rc,
+                            "counts": {s: sum(f.status == s for f in findings) for s in (PASS, WARN, FAIL)}},
+                           sort_keys=True))
         return rc
     for f in findings:
         print(f"{f.status.upper():4}  {f.check:22} {f.detail}")

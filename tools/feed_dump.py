@@ -22,7 +22,6 @@ short gives one line on stderr and exit status 2 (after the messages before the 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any, Callable, TextIO
@@ -35,6 +34,7 @@ from feeds.pcap import IPPROTO_TCP, IPPROTO_UDP
 from feeds.pcap_analysis import MOLD, OTHER, REREQUEST, SoupStreams, classify, session_text
 from feeds.subscriber import ChannelReceiver, MessageTap
 from feeds.transport import multicast_receiver
+from tools import jsonio
 from tools.pcap_cli import CaptureError, packets
 
 _PRICE8_FIELDS = frozenset({"level1", "level2", "level3"})   # MWCB Decline Level: Price(8)
@@ -123,7 +123,7 @@ class Dumper:
 
     def _write(self, head: dict[str, Any], fields: dict[str, Any]) -> None:
         if self.fmt == "jsonl":
-            line = json.dumps({**head, **fields})
+            line = jsonio.dumps({**head, **fields})
         else:
             line = " ".join([*(str(v) for v in head.values()), *(f"{k}={v}" for k, v in fields.items())])
         self.out.write(line + "\n")
@@ -259,7 +259,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         pass
-    print(json.dumps(dumper.summary()), file=sys.stderr)
+    print(jsonio.dumps(dumper.summary()), file=sys.stderr)
     return 0
 
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import resource
 import sys
 import time
 from typing import Any
 
 from feeds.channels import CHANNELS, ChannelGroups, FeedConfig
+from tools import jsonio
 
 MIDNIGHT_NS = 1_700_000_000 * 10**9 - (1_700_000_000 * 10**9) % (86_400 * 10**9)
 T0_NS = MIDNIGHT_NS + 9 * 3600 * 10**9 + 30 * 60 * 10**9  # 09:30
@@ -35,7 +35,7 @@ def _cpu_ns() -> int:
 
 
 def _groups(text: str) -> dict[str, ChannelGroups]:
-    raw = json.loads(text)
+    raw = jsonio.loads(text)
     return {ch: ChannelGroups((a[0], int(a[1])), (b[0], int(b[1]))) for ch, (a, b) in raw.items()}
 
 
@@ -132,7 +132,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     result["l3_hash"] = summary_hash(engine_l3_summary(engine))
     result["l2_hash"] = summary_hash(engine_l2_summary(engine, config.depth_levels))
     result["l1_hash"] = summary_hash(engine_l1_summary(engine))
-    print(json.dumps(result), flush=True)
+    print(jsonio.dumps(result), flush=True)
     return 0
 
 
@@ -214,7 +214,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
         for s in socks:
             s.close()
         sel.close()
-    print(json.dumps(result), flush=True)
+    print(jsonio.dumps(result), flush=True)
     return 0
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import json
+import json   # not msgspec: FLOW.json and the printed line are the shared generator's, byte for byte
 import random
 from collections import deque
 from typing import Any

@@ -7,13 +7,13 @@ Flow prices are ticks: we run them on instruments whose tick is one price unit.
 """
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 from typing import Any
 
 from appliance.catalogue import CancelOrder, Command, NewOrder
 from appliance.model import GTC, IOC, LIMIT, STP_NONE, Instrument
+from tools import jsonio
 
 FLOW_RECORD = struct.Struct("<BBHIii")
 FLOW_FIRM = 1
@@ -45,7 +45,7 @@ def read_flow_bytes(path: str | Path) -> tuple[bytes, dict[str, Any]]:
     if len(data) % FLOW_RECORD.size:
         raise ValueError(f"{p}: size {len(data)} is not a multiple of {FLOW_RECORD.size}-byte records")
     meta_path = p.with_suffix(".json")
-    meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta: dict[str, Any] = jsonio.loads(meta_path.read_text()) if meta_path.exists() else {}
     return data, meta
 
 

@@ -66,14 +66,13 @@ from appliance.recovery import recover_state
 from appliance.snapshot import EngineSpec
 from appliance.wal import (
     EXIT_DURABILITY_FAILURE,
-    RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     DurabilityError,
     WalConfig,
     WalReader,
-    encode_body,
     list_segments,
 )
+from appliance.walcodec import RECORD_HEADER_SIZE, encode_body
 
 STREAM_SPEC = EngineSpec.of(
     [Instrument("KILLA", 1, tick=1), Instrument("KILLB", 2, tick=5)],

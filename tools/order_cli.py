@@ -25,7 +25,6 @@ input or no answer (one line on stderr).
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import time
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from appliance.gateway.fixcodec import FixMessage, FixParser, encode
 from appliance.model import price_from_text, price_to_text
 from feeds import ouch_layout as L
 from feeds import soupbintcp as soup
+from tools import jsonio
 from tools.cli import UsageError
 from tools.demo import OuchClient
 
@@ -531,8 +531,8 @@ def cmd_order(args: argparse.Namespace) -> int:
     r = (ouch_command if args.via == "ouch" else fix_command)(args, t)
     who = f"{args.via.upper()} {t.firm.name}"
     if args.json:
-        print(json.dumps({"via": args.via, "firm": t.firm.name, "action": args.action, "refused": r.refused,
-                          **r.summary, "lines": r.lines}))
+        print(jsonio.dumps({"via": args.via, "firm": t.firm.name, "action": args.action, "refused": r.refused,
+                            **r.summary, "lines": r.lines}))
     else:
         for line in r.lines:
             print(f"{who}: {line}")

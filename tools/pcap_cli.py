@@ -21,7 +21,6 @@ The analysis is feeds.pcap_analysis (sans-IO); this module reads the file and pr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any, Iterator, TypedDict
 
@@ -40,6 +39,7 @@ from feeds.pcap_analysis import (
     session_text,
 )
 from feeds.subscriber import MessageTap
+from tools import jsonio
 
 
 class CaptureError(Exception):
@@ -74,7 +74,7 @@ def _fail(prog: str, err: CaptureError) -> int:
 
 
 def _dump_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=1) + "\n")
+    sys.stdout.write(jsonio.dumps(obj, indent=1) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ This module also registers `matchwire audit export` (tools.audit).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -23,6 +22,7 @@ from appliance.matching.engine import Engine
 from appliance.model import BUY, SELL, price_to_text
 from appliance.recovery import Recovered, read_manifest, recover_state
 from appliance.wal import WalError, WalReader
+from tools import jsonio
 
 NS_PER_DAY = 86_400 * 1_000_000_000
 _TIME = re.compile(r"^(\d{1,2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?$")
@@ -124,7 +124,7 @@ def _replay(args: argparse.Namespace) -> int:
         locates = wanted
     h = rec.engine.state_hash()
     if args.json:
-        print(json.dumps({
+        print(jsonio.dumps({
             "waldir": args.waldir, "seq": rec.last_seq, "ts_ns": until_ts,
             "snapshot_seq": rec.snapshot.seq if rec.snapshot else None, "replayed": rec.replayed,
             "notes": rec.notes, "books": [book_json(rec.engine, loc, symbols[loc], args.depth) for loc in locates],

@@ -11,11 +11,12 @@ docs/operations.md describes the processes, the state directory and the admin in
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import urllib.error
 import urllib.request
 from typing import Any
+
+from tools import jsonio
 
 
 def register(sub: Any) -> None:
@@ -83,10 +84,10 @@ def admin_request(config_path: str | None, method: str, path: str) -> dict[str, 
     req = urllib.request.Request(url + path, method=method, headers={"Authorization": f"Bearer {a.token}"})
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
-            return dict(json.loads(r.read()))
+            return dict(jsonio.loads(r.read()))
     except urllib.error.HTTPError as e:
         try:
-            return dict(json.loads(e.read() or b"{}"), http_status=e.code)
+            return dict(jsonio.loads(e.read() or b"{}"), http_status=e.code)
         except ValueError:
             raise UsageError(f"{url} answered HTTP {e.code} without a matchwire answer "
                              f"(is it the admin port of a matchwire appliance?)") from None
@@ -104,5 +105,5 @@ def _admin(args: argparse.Namespace) -> int:
         ans = admin_request(args.config, "POST", f"/trading/{args.admin}/{args.symbol}")
     else:
         ans = admin_request(args.config, "GET", "/status")
-    print(json.dumps(ans, indent=1, sort_keys=True))
+    print(jsonio.dumps(ans, indent=1, sort_keys=True))
     return 0 if ans.get("ok") else 1

@@ -12,7 +12,8 @@ unmarked tail is cut on start-up). All integers little-endian::
                           (the messages themselves are in its store, appliance/gateway/store.py)
     type 5   FIX SEQS     session u32, next_in u64, next_out u64, next_order u64, next_exec u64
                           (the store of sent messages holds next_out - 1 of them)
-    type 6   FIX ORDER    session u32, the order as JSON (FixOrder.to_list): added or changed
+    type 6   FIX ORDER    session u32, the order as a JSON array (FixOrder.to_list, compact, UTF-8):
+                          added or changed
     type 7   FIX GONE     session u32, order id u64: forgotten (done, nothing pending)
     type 8   FIX CLORDID  session u32, order id u64 (0: none), the ClOrdID (latin-1): remembered
 
@@ -27,11 +28,12 @@ the journal survives a crash of the process (SIGKILL), not of the host.
 """
 from __future__ import annotations
 
-import json
 import os
 import struct
 import zlib
 from typing import Any, Final, Iterable
+
+import msgspec
 
 from appliance.fsutil import atomic_write
 from appliance.gateway.fix import FixSessionState
@@ -58,6 +60,8 @@ _SID: Final = struct.Struct("<I")
 _SID_U64: Final = struct.Struct("<IQ")
 _SEQS: Final = struct.Struct("<IQQQQ")
 _crc = zlib.crc32
+_order_json: Final = msgspec.json.Encoder().encode
+_order_values: Final = msgspec.json.Decoder(list[Any]).decode   # a FixOrder.to_list() array
 
 
 def journal_record(rtype: int, payload: bytes) -> bytes:
@@ -81,7 +85,7 @@ def _seqs(st: FixSessionState) -> tuple[int, int, int, int]:
 
 
 def _order_record(sid: int, order: Any) -> bytes:
-    return journal_record(J_FIX_ORDER, _SID.pack(sid) + json.dumps(order.to_list(), separators=(",", ":")).encode())
+    return journal_record(J_FIX_ORDER, _SID.pack(sid) + _order_json(order.to_list()))
 
 
 def fix_increments(sid: int, st: FixSessionState, last_seqs: tuple[int, int, int, int] | None,
@@ -166,7 +170,7 @@ def _apply(st: JournalState, rtype: int, payload: bytes) -> None:
     if rtype == J_FIX_SEQS:
         fj.seqs = _SEQS.unpack_from(payload)[1:]
     elif rtype == J_FIX_ORDER:
-        values = json.loads(payload[4:])
+        values = _order_values(payload[4:])
         fj.orders[int(values[0])] = values
     elif rtype == J_FIX_GONE:
         fj.orders.pop(_SID_U64.unpack_from(payload)[1], None)

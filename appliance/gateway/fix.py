@@ -207,7 +207,8 @@ def utc_timestamp(ns: int) -> str:
     if cached[0] != sec:   # the date and time of day are formatted once a second
         cached[1] = (_EPOCH + datetime.timedelta(seconds=sec)).strftime("%Y%m%d-%H:%M:%S")
         cached[0] = sec
-    return cached[1] + ".%03d" % milli
+    day_and_time: str = cached[1]
+    return day_and_time + ".%03d" % milli
 
 
 def avg_px_text(notional: int, qty: int) -> str:

@@ -18,7 +18,7 @@ Data fields (RawData 96, Signature 89, XmlData 213 ...) that may contain SOH are
 """
 from __future__ import annotations
 
-from typing import Final, Iterable, NamedTuple
+from typing import Final, Iterable, NamedTuple, cast
 
 __all__ = [
     "SOH", "BEGIN_STRING", "FixFramingError", "FixMessage", "Garbled", "FixParser", "encode",
@@ -109,7 +109,13 @@ def encode(msg_type: str, fields: Iterable[tuple[int, str | bytes | int]],
             if type(tag) is int and len(tags) < 4096:
                 tags[tag] = t
         tv = type(v)
-        raw = v if tv is bytes else v.encode("latin-1") if tv is str else _value(v)
+        raw: bytes
+        if tv is bytes:
+            raw = cast(bytes, v)
+        elif tv is str:
+            raw = cast(str, v).encode("latin-1")
+        else:
+            raw = _value(v)
         if not raw or SOH in raw:
             raise ValueError(f"FIX: value {raw!r} is empty or contains SOH")
         append(t)

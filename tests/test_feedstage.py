@@ -152,7 +152,8 @@ def test_a_killed_feed_stage_loses_nothing_and_the_session_goes_on_from_the_chec
     store = os.path.join(state, "feed", "p0")
     assert [n for n in os.listdir(store) if n.startswith("CHECKPOINT-")], os.listdir(store)
     # The bench has no gateway: the journal mark of one that had processed every event.
-    from appliance.gateway.server import gateway_dir, mark_record
+    from appliance.gateway.journal import mark_record
+    from appliance.gateway.state import gateway_dir
     gwdir = gateway_dir(state, "bench")
     os.makedirs(gwdir, exist_ok=True)
     with open(os.path.join(gwdir, "journal.bin"), "wb") as f:

@@ -24,7 +24,7 @@ import simplefix
 from appliance.config import Config
 from appliance.daemon import feed_config
 from appliance.gateway import ouch
-from appliance.gateway.server import resume_points
+from appliance.gateway.state import resume_points
 from appliance.model import BUY
 from feeds.subscriber import FeedSubscriber
 from tools import audit

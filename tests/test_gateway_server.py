@@ -9,13 +9,8 @@ from appliance import codec_ring as C
 from appliance.catalogue import CancelOrder, NewOrder
 from feeds import ouch_layout as L
 from appliance.gateway.ouch import OuchSession
-from appliance.gateway.journal import J_OUCH_COUNT
-from appliance.gateway.server import (
-    journal_record,
-    mark_record,
-    read_journal,
-    restore_ouch_session,
-)
+from appliance.gateway.journal import J_OUCH_COUNT, journal_record, mark_record, read_journal
+from appliance.gateway.state import restore_ouch_session
 from appliance.matching.engine import Engine
 from appliance.model import Instrument
 from feeds import soupbintcp as soup

@@ -536,12 +536,12 @@ def _gateway(cfg: Any, state: str) -> tuple[Any, _EngineRing]:
 
 def test_gateway_journal_stays_bounded_and_a_restart_restores_every_session(tmp_path: Any,
                                                                             monkeypatch: Any) -> None:
-    from appliance.gateway import server as srv
+    from appliance.gateway import state as gwstate
     from appliance.gateway.fixcodec import encode
     from feeds import soupbintcp as soup
     from tools.demo import OuchClient, loopback_config
 
-    monkeypatch.setattr(srv, "COMPACT_BYTES", 64 * 1024)
+    monkeypatch.setattr(gwstate, "COMPACT_BYTES", 64 * 1024)
     cfg = loopback_config(str(tmp_path), rng=random.Random(1))
     state = str(tmp_path / "state")
     gw, ring = _gateway(cfg, state)

@@ -257,7 +257,8 @@ def _restart(args: argparse.Namespace) -> int:
         _abandon(d)
         # The bench has no gateway process: write the journal mark of one that had processed every
         # event (a gateway behind the snapshot would need the full replay for its catch-up).
-        from appliance.gateway.server import gateway_dir, mark_record
+        from appliance.gateway.journal import mark_record
+        from appliance.gateway.state import gateway_dir
         gwdir = gateway_dir(os.path.join(root, "run", "state"), "bench")
         os.makedirs(gwdir, exist_ok=True)
         with open(os.path.join(gwdir, "journal.bin"), "wb") as f:

@@ -25,7 +25,8 @@ Back-pressure: a full command ring keeps the commands in order in the gateway an
 stops being read until the ring takes them again (nothing is dropped, nothing grows without bound:
 at most one read's worth of commands waits).
 
-What survives a restart (the gateway's state directory, ``{state_dir}/gateways/{name}``):
+What survives a restart (the gateway's state directory, ``{state_dir}/gateways/{name}``; kept and
+read back by appliance/gateway/state.py):
 - ``ouch-<firm>.feed/.idx``, ``fix-<SenderCompID>.feed/.idx``: each session's outbound messages of
   the day by sequence number (the OUCH stream, the FIX messages sent), file-backed with an index
   (appliance/gateway/store.py); appended at each flush before the journal counts them. A name that
@@ -46,6 +47,9 @@ only) and a bootstrap of the risk state (net positions, last prices, open orders
 checker itself is not persisted. Nothing here is fsynced: it survives a crash of the process
 (SIGKILL), not of the host.
 
+The admin socket (``{state_dir}/run/{name}.ctl``: status, kill switch, trading actions):
+appliance/gateway/admin.py.
+
 Memory: a session holds its live orders, a FIX session also the ClOrdIDs it remembers (at most
 FixSessionConfig.cl_ord_id_window beyond its live orders' ones); the day's messages stay on file.
 """
@@ -64,7 +68,6 @@ from typing import Any, Final, Iterable, Sequence
 from appliance import codec_ring as C
 from appliance import reasons as R
 from appliance.catalogue import (
-    ALL_INSTRUMENTS,
     EV_ACCEPTED,
     EV_CANCELLED,
     EV_CROSS_EXECUTED,
@@ -86,23 +89,20 @@ from appliance.clock import wall_clock
 from appliance.config import Config, FirmConfig, load
 from appliance.fsutil import atomic_write
 from appliance.gateway import events as E
-from feeds import ouch_layout as L
+from appliance.gateway.admin import AdminControl
 from appliance.gateway.budget import ConnectionBudget, MessageBudget
 from appliance.gateway.fix import FixSession, FixSessionConfig, FixSessionState, logon_identity
 from appliance.gateway.fixcodec import FixFramingError
-from appliance.gateway.journal import (
-    COMPACT_BYTES,
-    J_MARK,
-    JournalState,
-    fix_increments,
-    fix_snapshot,
-    journal_record,
-    mark_record,
-    ouch_count_record,
-    read_journal,
-    write_journal,
+from appliance.gateway.journal import J_MARK, JournalState, journal_record, mark_record, read_journal
+from appliance.gateway.ouch import OuchSession
+from appliance.gateway.state import (
+    JournalKeeper,
+    adopt_ouch_order,
+    gateway_dir,
+    log,
+    restore_ouch_session,
+    resume_points,
 )
-from appliance.gateway.ouch import OuchSession, _Order
 from appliance.gateway.store import FixSentStore, MessageStore
 from appliance.metrics import (
     G_FLUSH,
@@ -114,7 +114,7 @@ from appliance.metrics import (
     STAGE_TIMING_ENV,
     StageClock,
 )
-from appliance.model import BUY, DAY, IOC, SELL, Instrument
+from appliance.model import BUY, SELL, Instrument
 from appliance.ring import SHM_DIR, Ring, RingError, bell_name
 from appliance.risk import RiskChecker
 from appliance.wal import MalformedCommand
@@ -123,6 +123,7 @@ from feeds import soupbintcp as soup
 _clock = wall_clock()   # the wall clock (appliance.clock): shifted as MATCHWIRE_CLOCK_OFFSET_NS says
 
 FIX_SESSION_BIT: Final = 1 << 30   # order ids (session << 32 | n) stay below 2^63 (the state hash's i64)
+# The journal's names stay importable from here (appliance.daemon reads resume_points).
 __all__ = ["GatewayServer", "J_MARK", "JournalState", "journal_record", "mark_record", "read_journal",
            "resume_points", "restore_ouch_session"]
 MAX_LOGIN_BYTES: Final = 4096
@@ -132,10 +133,6 @@ QUIET_S: Final = 0.3                       # at shutdown: events quiet this long
 CLOSE_LINGER_S: Final = 5.0                # a closed connection's unsent bytes are dropped after this
 
 
-def log(name: str, text: str) -> None:
-    sys.stderr.write(f"matchwire[{name}]: {text}\n")
-    sys.stderr.flush()
-
 
 def ouch_session_id(firm: FirmConfig) -> int:
     return firm.id
@@ -143,148 +140,6 @@ def ouch_session_id(firm: FirmConfig) -> int:
 
 def fix_session_id(firm: FirmConfig) -> int:
     return firm.id | FIX_SESSION_BIT
-
-
-def gateway_dir(state_dir: str, gateway: str) -> str:
-    return os.path.join(state_dir, "gateways", gateway)
-
-
-# ================================================================================================
-# The journal (the format: appliance/gateway/journal.py)
-# ================================================================================================
-
-ADMIN_ANSWER_S: Final = 5.0        # how long an admin trading action waits for the partitions' outcome
-
-
-def store_label(sid: int) -> bytes:
-    """The 10-byte label in a session store's header: the session id (OUCH and FIX ids differ)."""
-    return b"%010d" % sid
-
-
-def resume_points(state_dir: str, gateway: str) -> dict[int, int]:
-    """Per partition id, the seq up to which every session of the gateway has processed events
-    (the partition replays the events after it at start-up). Nothing known: 0."""
-    return dict(read_journal(os.path.join(gateway_dir(state_dir, gateway), "journal.bin")).marks)
-
-
-# ================================================================================================
-# OUCH session state from its own stream
-# ================================================================================================
-
-_TIF_LETTER: Final = {DAY: b"0", IOC: b"3"}
-
-
-def restore_ouch_session(s: OuchSession, stream: Iterable[bytes]) -> bool:
-    """Rebuild an OuchSession's sequence numbers, orders and UserRefNums from its sequenced stream.
-
-    Every change of an order the session knows of is in the stream ('A' accepted with every
-    attribute, 'U' replaced, 'E' executed, 'C' cancelled, 'M' modified, 'J' rejected), so replaying
-    it gives the orders as they were when the last message was written.
-
-    A System Event 'E' in the stream was written by a gateway that stopped (an orderly stop, or the
-    supervisor stopping everything after a child died): it ended that run of the session, not the
-    trading day. The restored session takes orders again; returns True when the stream's last
-    System Event is such an 'E' (the caller announces the reopening with a System Event 'S').
-    """
-    if stream is not s.stream:
-        s.stream = list(stream)
-    by_urn: dict[int, int] = {}
-    orders = s.orders
-    sid = s.session_id
-    last = 0
-    stopped = False
-    o: _Order | None
-    for msg in s.stream:
-        t = msg[:1]
-        try:
-            m, _opts = L.decode(msg, L.OUTBOUND)
-        except ValueError:
-            continue
-        if t == b"A":
-            urn = m.user_ref_num
-            last = max(last, urn)
-            ins = s.instruments.get(m.symbol)
-            oid = (sid << 32) | urn
-            o = _Order(oid, urn, ins.locate if ins else 0, m.symbol, m.side, m.quantity, m.price,
-                       m.time_in_force, m.display, m.capacity, m.iso, m.cross_type, m.cl_ord_id)
-            o.ref = m.order_ref
-            orders[oid] = o
-            by_urn[urn] = oid
-        elif t == b"U":
-            last = max(last, m.user_ref_num)
-            oid = by_urn.pop(m.orig_user_ref_num, None)
-            o = orders.get(oid) if oid is not None else None
-            if o is None:
-                continue
-            o.urn = m.user_ref_num
-            by_urn[o.urn] = o.order_id
-            o.price = m.price
-            o.leaves = m.quantity
-            o.qty = o.filled + o.leaves
-            o.ref = m.order_ref
-            o.tif = m.time_in_force
-            o.display = m.display
-            o.iso = m.iso
-            o.cl_ord_id = m.cl_ord_id
-            if not o.leaves:
-                _retire(o, orders, by_urn)
-        elif t in (b"E", b"C", b"M"):
-            oid = by_urn.get(m.user_ref_num)
-            o = orders.get(oid) if oid is not None else None
-            if o is None:
-                continue
-            if t == b"E":
-                o.leaves -= m.quantity
-                o.filled += m.quantity
-            elif t == b"C":
-                o.leaves -= m.quantity
-                if m.reason == b"Q" and o.leaves:
-                    o.decremented += m.quantity
-                o.qty = o.filled + o.leaves
-            else:
-                o.side = m.side
-                o.leaves = m.quantity
-                o.qty = o.filled + o.leaves
-            if o.leaves <= 0:
-                _retire(o, orders, by_urn)
-        elif t == b"J":
-            last = max(last, m.user_ref_num)
-            oid = (sid << 32) | m.user_ref_num
-            o = orders.get(oid)
-            if o is not None and not o.ref:
-                _retire(o, orders, by_urn)
-        elif t == b"Q":
-            last = max(last, m.next_user_ref_num - 1)
-        elif t == b"S":
-            stopped = m.event_code == b"E"
-    s._by_urn = by_urn
-    s.last_user_ref_num = max(s.last_user_ref_num, last)
-    s.ended = False
-    return stopped
-
-
-def _retire(o: _Order, orders: dict[int, _Order], by_urn: dict[int, int]) -> None:
-    o.done = True
-    orders.pop(o.order_id, None)
-    if by_urn.get(o.urn) == o.order_id:
-        del by_urn[o.urn]
-
-
-def adopt_ouch_order(s: OuchSession, o: NewOrder) -> None:
-    """An order entered before a restart whose acceptance comes in the catch-up: the session learns
-    it from the event (OUCH-only attributes take their usual values: display Y, capacity A)."""
-    if o.order_id in s.orders:
-        return
-    urn = o.order_id & 0xFFFF_FFFF
-    ins = next((i for i in s.instruments.values() if i.locate == o.locate), None)
-    symbol = ins.stock8 if ins else b" " * 8
-    mine = _Order(o.order_id, urn, o.locate, symbol, b"B" if o.side == BUY else b"S", o.qty, o.price,
-                  _TIF_LETTER.get(o.tif, b"0"), b"A" if o.mpid else b"Y", b"A", b"N", b"N",
-                  o.cl_ord_id.encode("ascii", "replace")[:14].ljust(14))
-    s.orders[o.order_id] = mine
-    s._by_urn[urn] = o.order_id
-    if urn > s.last_user_ref_num:
-        s.last_user_ref_num = urn
 
 
 # ================================================================================================
@@ -491,7 +346,7 @@ class FixConn(_Conn):
 # The gateway
 # ================================================================================================
 
-class GatewayServer:
+class GatewayServer(JournalKeeper, AdminControl):
     """One gateway process. Owned by its asyncio event loop."""
 
     def __init__(self, config: Config, gateway: str, state_dir: str) -> None:
@@ -594,33 +449,6 @@ class GatewayServer:
                                f"{len(fs.state.cl_ord_ids)} ClOrdIDs)")
         self.journal_fd = -1
         self.compact_journal()
-
-    def _open_store(self, sid: int, name: str, committed: int) -> MessageStore:
-        """A session's store, cut back to the count the journal committed."""
-        store = MessageStore(self.dir, store_label(sid), name)
-        for n in store.notes:
-            log(self.name, "store: " + n)
-        if store.count > committed:
-            store.truncate(committed)
-        elif store.count < committed:
-            log(self.name, f"store {store.data_path}: {store.count} messages, the journal counts {committed}: "
-                           "the missing ones are gap-filled on resend")
-        return store
-
-    def compact_journal(self) -> None:
-        """Replace the journal by one snapshot of the sessions' state and the marks."""
-        recs: list[bytes] = []
-        for slot in self.slots:
-            if slot.kind == "ouch":
-                recs.append(ouch_count_record(slot.sid, slot.journaled))
-            else:
-                slot.jseqs = fix_snapshot(slot.sid, slot.session.state, recs)
-        recs.append(mark_record(self.marks))
-        if self.journal_fd >= 0:
-            os.close(self.journal_fd)
-        self.journal_fd = write_journal(self.journal_path, recs)
-        self.journal_bytes = sum(len(r) for r in recs)
-        self.count("journal_compactions")
 
     def _add(self, slot: Slot) -> None:
         self.slots.append(slot)
@@ -783,34 +611,10 @@ class GatewayServer:
         """Journal, rings, sockets: every session, or with ``only_dirty`` those the shell called into
         since they were last flushed (every path that calls into a session marks it, and every
         flush takes every marked one: the journal's MARK never runs ahead of a session's output)."""
-        recs: list[bytes] = []
         slots = [sl for sl in self.slots if sl.dirty] if only_dirty else self.slots
         for slot in slots:
             slot.dirty = False
-            s = slot.session
-            store = slot.store
-            if slot.kind == "ouch":
-                n = len(s.stream)
-                if n != slot.journaled:
-                    if store is not None:
-                        store.flush()
-                    recs.append(ouch_count_record(slot.sid, n))
-                    slot.journaled = n
-            else:
-                st = s.state
-                if store is not None:
-                    store.flush()
-                if st.dirty or slot.jseqs is None:
-                    slot.jseqs = fix_increments(slot.sid, st, slot.jseqs, recs)
-                    st.dirty = False
-        if recs or self._marks_dirty:
-            recs.append(mark_record(self.marks))
-            data = b"".join(recs)
-            os.write(self.journal_fd, data)
-            self._marks_dirty = False
-            self.journal_bytes += len(data)
-            if self.journal_bytes >= COMPACT_BYTES:
-                self.compact_journal()
+        self.journal(slots)
         if self.outbox:
             box = self.outbox
             self.outbox = []
@@ -833,8 +637,6 @@ class GatewayServer:
                 conn.write(slot.session.data_to_send())
             if slot.session.should_close:
                 conn.close()
-
-    _marks_dirty = False
 
     def _publish(self, box: list[tuple[int, bytes]]) -> None:
         outs = self.cmd_out
@@ -992,122 +794,13 @@ class GatewayServer:
             _, command, locate, changed = ev
             self._admin_outcome(p, command, locate, {"applied": True, "instruments_changed": changed})
 
-    def _admin_outcome(self, p: int, command: int, locate: int, outcome: dict[str, Any]) -> None:
-        """The partition's answer to the oldest admin command this gateway sent it (a partition
-        answers its ring's commands in order); one that timed out is dropped in turn."""
-        waiting = self.admin_waiting[p]
-        if not waiting:
-            return   # sent before a restart: nobody waits for it
-        kind, loc, fut = waiting.popleft()
-        if (kind, loc) != (command, locate):
-            log(self.name, f"admin answer for command {command} of locate {locate} does not match the "
-                           f"oldest request ({kind}, {loc}): dropped")
-            return
-        if not fut.done():
-            fut.set_result(outcome)
-
-    # -- timers and admin ------------------------------------------------------------------------------
+    # -- timers ----------------------------------------------------------------------------------------
     def tick(self) -> None:
         now = _clock()
         for slot in self.slots:
             slot.session.poll(now)
         self.flush()
 
-    def kill_switch(self, firm_name: str, on: bool) -> dict[str, Any]:
-        f = self.firm_by_name.get(firm_name)
-        if f is None:
-            return {"ok": False, "error": f"firm {firm_name!r} is not on gateway {self.name}"}
-        mc = self.risk.set_kill_switch(f.id, on)
-        if mc is not None:
-            self.submit(None, mc, _clock())
-            self.flush()
-        log(self.name, f"kill switch {'ON' if on else 'off'} for {firm_name}"
-                       + (": mass cancel sent" if mc is not None else ""))
-        return {"ok": True, "firm": firm_name, "kill_switch": on, "mass_cancel": mc is not None}
-
-    async def trading_action(self, action: str, symbol: str) -> dict[str, Any]:
-        """An admin Halt, Resume or Close of one instrument (``symbol``) or of every instrument
-        (``all``: ALL_INSTRUMENTS to every partition), put on this gateway's command ring to the
-        partition, which sequences it like any command (WAL, replay). No risk check: it comes from
-        the admin socket, not from a session. The answer waits (ADMIN_ANSWER_S at most) for each
-        partition's outcome: applied, with how many instruments changed state (their Trading Action
-        H is on the feed), or refused with the engine's reason."""
-        actions: dict[str, type[Halt] | type[Resume] | type[Close]] = {"halt": Halt, "resume": Resume,
-                                                                       "close": Close}
-        cls = actions.get(action)
-        if cls is None:
-            return {"ok": False, "error": f"unknown trading action {action!r} (halt, resume, close)"}
-        if symbol.lower() == "all":
-            targets = [(p, ALL_INSTRUMENTS) for p in range(len(self.partitions))]
-        else:
-            ins = next((i for i in self.instruments if i.symbol == symbol), None)
-            if ins is None or ins.locate not in self.partition_of_locate:
-                return {"ok": False, "error": f"unknown symbol {symbol!r}"}
-            targets = [(self.partition_of_locate[ins.locate], ins.locate)]
-        futures = []
-        for p, locate in targets:
-            fut: asyncio.Future[dict[str, Any]] = self.loop.create_future()
-            self.admin_waiting[p].append((cls.KIND, locate, fut))
-            futures.append(fut)
-            self.outbox.append((p, C.encode_command(cls(locate))))
-        self.count("admin_commands")
-        self.flush()
-        names = [self.partitions[p].name for p, _ in targets]
-        log(self.name, f"admin {action} {symbol}: sent to partition(s) {', '.join(names)}")
-        done, _ = await asyncio.wait(futures, timeout=ADMIN_ANSWER_S)
-        results = {name: (f.result() if f in done else {"applied": None, "error": "no answer in time"})
-                   for name, f in zip(names, futures)}
-        for f in futures:
-            f.cancel()   # a late answer finds it done and is dropped
-        applied = all(r.get("applied") for r in results.values())
-        ans: dict[str, Any] = {"ok": applied, "action": action, "symbol": symbol, "partitions": results}
-        if any(r.get("applied") is False for r in results.values()):
-            ans["refused"] = True
-        elif not applied:
-            ans["timeout"] = True
-        return ans
-
-    def status(self) -> dict[str, Any]:
-        sessions = []
-        for slot in self.slots:
-            s = slot.session
-            d: dict[str, Any] = {"name": slot.name, "session_id": slot.sid, "connected": slot.conn is not None}
-            if slot.kind == "ouch":
-                d.update(next_sequence=s.next_sequence, orders=len(s.orders),
-                         last_user_ref_num=s.last_user_ref_num)
-            else:
-                d.update(next_in=s.state.next_in, next_out=s.state.next_out, orders=len(s.state.orders))
-            sessions.append(d)
-        firms = {f.name: {"kill_switch": self.risk.kill_switch(f.id),
-                          "positions": {str(i.locate): self.risk.position(f.id, i.locate) for i in self.instruments}}
-                 for f in self.firms}
-        return {"gateway": self.name, "accepting": self.accepting, "live": self.live, "marks": self.marks,
-                "sessions": sessions, "firms": firms, "counters": self.counters}
-
-    async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """The admin socket: one JSON request per line, one JSON answer per line."""
-        try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
-                try:
-                    req = json.loads(line)
-                    op = req.get("op")
-                    if op == "kill_switch":
-                        ans = self.kill_switch(str(req["firm"]), bool(req["on"]))
-                    elif op == "status":
-                        ans = self.status()
-                    elif op == "trading":
-                        ans = await self.trading_action(str(req["action"]), str(req["symbol"]))
-                    else:
-                        ans = {"ok": False, "error": f"unknown op {op!r}", "reason": R.ADMIN_UNKNOWN_COMMAND}
-                except (ValueError, KeyError, TypeError) as e:
-                    ans = {"ok": False, "error": str(e)}
-                writer.write(json.dumps(ans).encode() + b"\n")
-                await writer.drain()
-        finally:
-            writer.close()
 
     # -- running -----------------------------------------------------------------------------------------
     async def serve(self, ready_path: str | None = None) -> int:

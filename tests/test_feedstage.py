@@ -67,7 +67,10 @@ def _published_through(d: PartitionDaemon, seq: int, timeout: float = 120) -> di
 
 
 def _crash(d: PartitionDaemon) -> None:
-    """Stop as a crash does: no End of Session, no final snapshot; the feed stage is killed."""
+    """Stop as a crash does: no End of Session, no final snapshot; the stages are killed."""
+    if getattr(d, "crashed", False):
+        return
+    d.crashed = True  # type: ignore[attr-defined]
     d.partition.abandon()
     d.release()
 
@@ -112,12 +115,14 @@ LAYOUTS = {"feed": {"feed_stage": "process"}, "feed+wal": {"feed_stage": "proces
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_the_feed_stage_publishes_what_replaying_the_wal_regenerates(tmp_path: Path, layout: str) -> None:
+def test_the_feed_stage_publishes_what_replaying_the_wal_regenerates(tmp_path: Path, layout: str,
+                                                                     request: Any) -> None:
     records, instruments = _flow(tmp_path, 4000)
     root = str(tmp_path / "run")
     cfg = _flow_config(root, instruments, "batch", "backoff", **LAYOUTS[layout])
     state = os.path.join(root, "state")
     d = _started(cfg, state)
+    request.addfinalizer(lambda: _crash(d))      # a failing test leaves no stage or ring behind
     assert d.feed is not None and d.ready_info["feed_stage_pid"] == d.feed.pid != os.getpid()
     assert (d.wal_stage is not None) == (layout == "feed+wal")
     assert _run(d, cfg, root, records, shutdown=False) == 0
@@ -133,7 +138,8 @@ def test_the_feed_stage_publishes_what_replaying_the_wal_regenerates(tmp_path: P
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_a_killed_feed_stage_loses_nothing_and_the_session_goes_on_from_the_checkpoint(tmp_path: Path,
-                                                                                       capfd: Any, layout: str) -> None:
+                                                                                       capfd: Any, layout: str,
+                                                                                       request: Any) -> None:
     """Snapshots every 1500 commands (each with a feed checkpoint the stage writes); the feed stage
     is killed mid-flight after 3000 commands; the restarted partition resumes the feed from the
     newest checkpoint and goes on with the next 1000. Every message of the one session is what the
@@ -143,6 +149,7 @@ def test_a_killed_feed_stage_loses_nothing_and_the_session_goes_on_from_the_chec
     cfg = _flow_config(root, instruments, "batch", "backoff", snapshot_every=1500, **LAYOUTS[layout])
     state = os.path.join(root, "state")
     d = _started(cfg, state)
+    request.addfinalizer(lambda: _crash(d))
     assert _run(d, cfg, root, records[:3000], shutdown=False) == 0
     assert d.partition.snapshots is not None
     d.partition.snapshots.wait()
@@ -160,6 +167,7 @@ def test_a_killed_feed_stage_loses_nothing_and_the_session_goes_on_from_the_chec
         f.write(mark_record({cfg.partitions[0].id: last}))
     capfd.readouterr()
     d2 = _started(cfg, state)
+    request.addfinalizer(lambda: _crash(d2))
     assert "feed: resumed from" in capfd.readouterr().err
     assert _run(d2, cfg, root, records[3000:], shutdown=False) == 0
     _published_through(d2, 4000)

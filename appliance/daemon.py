@@ -36,7 +36,6 @@ import ctypes.util
 import gc
 import json
 import os
-import select
 import signal
 import sys
 import time
@@ -56,7 +55,7 @@ from appliance.idle import make_idle
 from appliance.matching.engine import Engine
 from appliance.metrics import DUTY_STAGES, S_DECODE, S_OTHER, S_RECORDS, STAGE_TIMING_ENV, Histogram, StageClock
 from appliance.recovery import open_partition
-from appliance.ring import SHM_DIR, Ring, bell_name, check_platform
+from appliance.ring import Ring, check_platform, make_bell, remove_bell, ring_bell, wait_on_bells
 from appliance.snapshot import EngineSpec, SnapshotInfo, list_snapshots, load_newest
 from appliance.wal import (
     EXIT_DURABILITY_FAILURE,
@@ -260,9 +259,11 @@ class PartitionDaemon:
         self.day = self.config.trading_day(day_ts)
         self.midnight_ns = self.config.midnight_of(day_ts)
         fcfg = feed_config(self.config, p)
-        self.transport = transport_for(fcfg, self.transport_kind,
-                                       os.path.join(self.state_dir, "run", f"{name}.pcap")
-                                       if self.transport_kind == "pcap" else None)
+        pcap = None
+        if self.transport_kind == "pcap":
+            os.makedirs(os.path.join(self.state_dir, "run"), exist_ok=True)
+            pcap = os.path.join(self.state_dir, "run", f"{name}.pcap")
+        self.transport = transport_for(fcfg, self.transport_kind, pcap)
         instruments = self.config.partition_instruments(name)
         store = feed_store_dir(self.state_dir, name)
         os.makedirs(store, exist_ok=True)
@@ -351,15 +352,8 @@ class PartitionDaemon:
             self.producers.append(re_.producer())
             # Two doorbells: the gateway's (rung when it sleeps and its event ring got records) and
             # ours (rung by the gateway when we sleep and our command ring got records).
-            for ring in (names["evt"], names["cmd"]):
-                bell = os.path.join(SHM_DIR, bell_name(ring))
-                try:
-                    os.unlink(bell)
-                except FileNotFoundError:
-                    pass
-                os.mkfifo(bell, 0o600)
-            self.bells.append(os.open(os.path.join(SHM_DIR, bell_name(names["evt"])), os.O_RDWR | os.O_NONBLOCK))
-            self.wake_fds.append(os.open(os.path.join(SHM_DIR, bell_name(names["cmd"])), os.O_RDWR | os.O_NONBLOCK))
+            self.bells.append(make_bell(names["evt"]))
+            self.wake_fds.append(make_bell(names["cmd"]))
             boot: list[bytes] = []
             for (firm, locate), pos in sorted(positions.items()):
                 if pos and by_firm_gw.get(firm) == g:
@@ -426,8 +420,8 @@ class PartitionDaemon:
         part = self.partition
         prefix = self.config.appliance.name
         writer = part.wal
+        assert isinstance(writer, WalWriter)   # recovery opened the partition's own writer
         if p.wal_stage == feedstage.PROCESS:
-            assert isinstance(writer, WalWriter)
             remote = walstage.start(self.name, prefix, writer, p.stage_idle, cpu, self.clock, tap)
             remote.stages = self.stages
             part.wal = remote
@@ -438,7 +432,6 @@ class PartitionDaemon:
             log(self.name, f"WAL stage: pid {remote.link.pid}{where}; matching runs ahead of durability, "
                            f"releases follow the durable seq")
         else:
-            assert isinstance(writer, WalWriter)
             writer.tap = tap
         run = os.path.join(self.state_dir, "run")
         os.makedirs(run, exist_ok=True)
@@ -496,7 +489,7 @@ class PartitionDaemon:
             positions = [[f, loc, q] for (f, loc), q in sorted(self.encoder.positions.items()) if q]
             routed = {gw: self.encoder.routed.get(g, 0) for g, gw in enumerate(self.gateways)}
             if self.feed is not None:   # the feed stage writes it once it has published through s
-                self.feed.control(b"K" + json.dumps({"seq": s, "extra": {"positions": positions,
+                self.feed.send(b"K" + json.dumps({"seq": s, "extra": {"positions": positions,
                                                                           "routed": routed}}).encode())
                 return
             try:
@@ -513,10 +506,7 @@ class PartitionDaemon:
         k = prod.try_publish_many(pend)
         if k:
             if was_empty and prod.consumer_waiting():   # a polling gateway needs no system call
-                try:
-                    os.write(self.bells[g], b"\x01")
-                except BlockingIOError:
-                    pass
+                ring_bell(self.bells[g])
             del pend[:k]
         if pend:
             self.stats["ring_full"] += 1
@@ -726,7 +716,7 @@ class PartitionDaemon:
                 if self.stats_requested:
                     self.stats_requested = False
                     if feed is not None:
-                        feed.control(b"S")
+                        feed.send(b"S")
                     self.write_stats()
                 t = time.monotonic()
                 if t - self.last_gen0 >= 1.0:
@@ -770,21 +760,7 @@ class PartitionDaemon:
     def _wait_for_commands(self, ns: int) -> None:
         """Back-off's park: sleep on our doorbells for at most ``ns``, so that a command wakes us at
         once instead of at the end of the park (the gateways ring only while we say we wait)."""
-        consumers = self.consumers
-        for c in consumers:
-            c.set_waiting(True)
-        try:
-            if any(c.pending() for c in consumers):
-                return
-            ready, _, _ = select.select(self.wake_fds, [], [], ns / 1e9)
-            for fd in ready:
-                try:
-                    os.read(fd, 4096)
-                except BlockingIOError:
-                    pass
-        finally:
-            for c in consumers:
-                c.set_waiting(False)
+        wait_on_bells(self.consumers, self.wake_fds, ns)
 
     def tick_due(self, engine: Any, now: int) -> bool:
         """Whether a ClockTick is due: a deadline of the engine (schedule time, timer, imbalance
@@ -868,10 +844,7 @@ class PartitionDaemon:
             for r in (rc, re_):
                 r.close()
                 r.unlink()
-                try:
-                    os.unlink(os.path.join(SHM_DIR, bell_name(r.name)))
-                except FileNotFoundError:
-                    pass
+                remove_bell(r.name)
 
     def summary(self) -> dict[str, Any]:
         eng = self.partition.engine

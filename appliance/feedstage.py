@@ -35,9 +35,7 @@ import json
 import os
 import struct
 import time
-from bisect import bisect_right
 from collections import deque
-from itertools import accumulate
 from typing import Any, Final
 
 from appliance.clock import Clock
@@ -46,8 +44,10 @@ from appliance.idle import BUSY_SPIN, make_idle
 from appliance.matching.engine import Engine
 from appliance.metrics import DUTY_STAGES, S_DECODE, S_MATCH, S_OTHER, StageClock
 from appliance.ring import RingConsumer
-from appliance.stage import StageLink, fork_stage, wait_on_bell
+from appliance.ring import wait_on_bells
+from appliance.stage import StageLink, fork_stage
 from appliance.wal import decode_many
+from feeds.moldudp64 import runs_within
 from feeds.publisher import Publisher, write_checkpoint
 
 INLINE: Final = "inline"
@@ -73,27 +73,14 @@ def journal_ring_name(prefix: str, partition: str) -> str:
 
 def frame_items(recs_batches: Any, limit: int, items: list[bytes]) -> None:
     """Append W items (b"W" + whole WAL records, at most ``limit`` bytes each) for each list of
-    records: one join per item, the cuts found over the records' cumulative lengths in C (as
-    MoldUDP64's packetize cuts datagrams), not by a Python step per record."""
-    room = limit - 1
+    records, cut as MoldUDP64 datagrams are (``runs_within``): one join per item."""
     join = b"".join
     for recs in recs_batches:
-        n = len(recs)
-        if not n:
-            continue
-        cum = list(accumulate(map(len, recs)))
-        if cum[-1] <= room:
-            items.append(b"W" + join(recs))
-            continue
-        i = 0
-        base = 0
-        while i < n:
-            j = bisect_right(cum, base + room, i)
-            if j == i:
-                raise ValueError(f"journal ring: a WAL record of {len(recs[i])} bytes exceeds an item of {limit}")
-            items.append(b"W" + join(recs[i:j]))
-            base = cum[j - 1]
-            i = j
+        try:
+            runs = runs_within(recs, limit - 1)
+        except ValueError:
+            raise ValueError(f"journal ring: a WAL record exceeds an item of {limit} bytes") from None
+        items.extend([b"W" + join(recs[i:j]) for i, j in runs])
 
 
 # ================================================================================================
@@ -126,9 +113,6 @@ class FeedStage(StageLink):
             self.handed_seq = last
         frame_items(batches, self.max_payload, self.backlog)
         self.flush()
-
-    def control(self, item: bytes) -> None:
-        self.send(item)
 
     def finish(self, ts_ns: int, market_close: bool, timeout_s: float) -> int | None:
         """End of Session, then wait for the stage to publish everything and exit."""
@@ -199,22 +183,18 @@ class _Stage:
         consumer = self.consumer
         pub = self.pub
         clock = self.clock
-        slot = consumer._size
         st = self.st
         while True:
-            block, n = consumer.poll_block(64)
-            if n:
+            items = consumer.poll(64)
+            if items:
                 if st is not None:
                     st.start()
-                for k in range(n):
-                    base = k * slot
-                    length = block[base] | (block[base + 1] << 8)
-                    item = block[base + 2:base + 2 + length]
+                for item in items:
                     tag = item[0]
                     if tag == ITEM_RECORDS:
                         self._records(item)
                     elif tag == ITEM_CHECKPOINT:
-                        c = json.loads(bytes(item[1:]))
+                        c = json.loads(item[1:])
                         write_checkpoint(self.store_dir, pub.checkpoint(int(c["seq"]), c["extra"]))
                     elif tag == ITEM_STATS:
                         self.write_stats()
@@ -225,7 +205,7 @@ class _Stage:
                         raise ValueError(f"journal ring: unknown item {tag:#x}")
                 if st is not None:
                     st.lap(S_OTHER)
-                idle.idle(n)
+                idle.idle(len(items))
                 continue
             pub.poll(clock())
             t = time.monotonic()
@@ -280,7 +260,7 @@ class _Stage:
 
     def wait(self, ns: int) -> None:
         """Back-off's park: on the journal ring's doorbell."""
-        wait_on_bell(self.consumer, self.bell, ns)
+        wait_on_bells((self.consumer,), (self.bell,), ns)
 
     def write_stats(self) -> None:
         st = self.st

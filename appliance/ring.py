@@ -65,6 +65,7 @@ import mmap
 import os
 import platform
 import re
+import select
 import struct
 import sys
 from typing import Final, Sequence
@@ -120,6 +121,52 @@ def ring_name(prefix: str, partition: str, gateway: str, direction: str) -> str:
 def bell_name(ring: str) -> str:
     """The doorbell FIFO of a ring's consumer, beside the ring: "{prefix}.{partition}.{gateway}.{direction}.bell"."""
     return ring + ".bell"
+
+
+def make_bell(ring: str, directory: str = SHM_DIR) -> int:
+    """Create the ring's doorbell afresh (a FIFO; one left by a crash is replaced) and open it for the
+    side that owns it: read and write, non-blocking (the consumer waits on it, the producer rings)."""
+    path = os.path.join(directory, bell_name(ring))
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    os.mkfifo(path, 0o600)
+    return os.open(path, os.O_RDWR | os.O_NONBLOCK)
+
+
+def remove_bell(ring: str, directory: str = SHM_DIR) -> None:
+    try:
+        os.unlink(os.path.join(directory, bell_name(ring)))
+    except FileNotFoundError:
+        pass
+
+
+def ring_bell(fd: int) -> None:
+    """One byte to a doorbell; a full FIFO already says "wake up"."""
+    try:
+        os.write(fd, b"\x01")
+    except BlockingIOError:
+        pass
+
+
+def wait_on_bells(consumers: Sequence[RingConsumer], bells: Sequence[int], ns: int) -> None:
+    """A consumer's park: say it waits, look once more, then sleep on its doorbells for at most
+    ``ns`` (its producers ring only while it says it waits; a lost wake-up costs the timeout)."""
+    for c in consumers:
+        c.set_waiting(True)
+    try:
+        if any(c.pending() for c in consumers):
+            return
+        ready, _, _ = select.select(bells, [], [], ns / 1e9)
+        for fd in ready:
+            try:
+                os.read(fd, 4096)
+            except BlockingIOError:
+                pass
+    finally:
+        for c in consumers:
+            c.set_waiting(False)
 
 
 def ring_bytes(slots: int, slot_size: int) -> int:

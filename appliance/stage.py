@@ -15,12 +15,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-import select
 import signal
 import sys
 from typing import Callable, Final
 
-from appliance.ring import SHM_DIR, Ring, RingConsumer, RingProducer, bell_name
+from appliance.ring import Ring, RingConsumer, RingProducer, make_bell, remove_bell, ring_bell
 
 PR_SET_PDEATHSIG: Final = 1
 
@@ -66,10 +65,7 @@ class StageLink:
         if k:
             del items[:k]
             if was_empty and prod.consumer_waiting():
-                try:
-                    os.write(self.bell, b"\x01")
-                except BlockingIOError:
-                    pass
+                ring_bell(self.bell)
 
     def check(self) -> int | None:
         """The stage's exit status once it has ended (None: it runs)."""
@@ -100,10 +96,7 @@ class StageLink:
             self.bell = -1
         self.ring.close()
         self.ring.unlink()
-        try:
-            os.unlink(os.path.join(SHM_DIR, bell_name(self.ring.name)))
-        except FileNotFoundError:
-            pass
+        remove_bell(self.ring.name)
 
 
 def fork_stage(name: str, stage: str, ring_name: str, slots: int, slot_size: int, cpu: int | None,
@@ -115,13 +108,7 @@ def fork_stage(name: str, stage: str, ring_name: str, slots: int, slot_size: int
     which a fork inherits, so that it never preempts a gateway on that core; a spinning stage keeps
     it (it has its core to itself)."""
     ring = Ring.create(ring_name, slots, slot_size, replace=True)
-    bell_path = os.path.join(SHM_DIR, bell_name(ring_name))
-    try:
-        os.unlink(bell_path)
-    except FileNotFoundError:
-        pass
-    os.mkfifo(bell_path, 0o600)
-    bell = os.open(bell_path, os.O_RDWR | os.O_NONBLOCK)
+    bell = make_bell(ring_name)
     sys.stderr.flush()
     sys.stdout.flush()
     parent = os.getpid()
@@ -150,23 +137,6 @@ def fork_stage(name: str, stage: str, ring_name: str, slots: int, slot_size: int
                 os._exit(exit_failed)
         os._exit(code)
     return ring, pid, bell
-
-
-def wait_on_bell(consumer: RingConsumer, bell: int, ns: int) -> None:
-    """A stage's back-off park: sleep on its ring's doorbell for at most ``ns`` (the matcher rings
-    it only while the stage says it waits)."""
-    consumer.set_waiting(True)
-    try:
-        if consumer.pending():
-            return
-        ready, _, _ = select.select([bell], [], [], ns / 1e9)
-        if ready:
-            try:
-                os.read(bell, 4096)
-            except BlockingIOError:
-                pass
-    finally:
-        consumer.set_waiting(False)
 
 
 def _die_with_parent() -> None:

@@ -45,8 +45,8 @@ from appliance.clock import Clock
 from appliance.feedstage import frame_items
 from appliance.idle import BUSY_SPIN, make_idle
 from appliance.metrics import StageClock
-from appliance.ring import SHM_DIR, RingConsumer
-from appliance.stage import StageLink, fork_stage, wait_on_bell
+from appliance.ring import SHM_DIR, RingConsumer, wait_on_bells
+from appliance.stage import StageLink, fork_stage
 from appliance.wal import EXIT_DURABILITY_FAILURE, POLICY_INTERVAL, DurabilityError, WalWriter, frame_records
 
 WAL_SLOTS: Final = 1024
@@ -231,21 +231,18 @@ def _stage(consumer: RingConsumer, bell: int, writer: WalWriter, word: DurableWo
            idle_name: str) -> int:
     """The WAL stage's loop (its only thread)."""
     gc.disable()
-    idle = make_idle(idle_name, lambda ns: wait_on_bell(consumer, bell, ns))
-    slot = consumer._size
+    idle = make_idle(idle_name, lambda ns: wait_on_bells((consumer,), (bell,), ns))
     unpack_len = _U32.unpack_from
     unpack_st = _SEQ_TS.unpack_from
     interval = writer.policy == POLICY_INTERVAL
     last_gen0 = time.monotonic()
     try:
         while True:
-            block, n = consumer.poll_block(64)
-            if n:
-                for k in range(n):
-                    base = k * slot
-                    length = block[base] | (block[base + 1] << 8)
-                    item = block[base + 2:base + 2 + length]
+            items = consumer.poll(64)
+            if items:
+                for item in items:
                     tag = item[0]
+                    length = len(item)
                     if tag == ITEM_RECORDS:
                         off = 1
                         count = 0
@@ -256,7 +253,7 @@ def _stage(consumer: RingConsumer, bell: int, writer: WalWriter, word: DurableWo
                             last, ts = unpack_st(item, off + 8)
                             off += unpack_len(item, off)[0]
                             count += 1
-                        writer.append_framed(bytes(item[1:]), count, first, last, ts)
+                        writer.append_framed(item[1:], count, first, last, ts)
                     elif tag == ITEM_SYNC:
                         word.set(writer.sync(clock()))
                     elif tag == ITEM_CLOSE:
@@ -266,7 +263,7 @@ def _stage(consumer: RingConsumer, bell: int, writer: WalWriter, word: DurableWo
                     else:
                         raise ValueError(f"WAL ring: unknown item {tag:#x}")
                 word.set(writer.commit(clock()))
-                idle.idle(n)
+                idle.idle(len(items))
                 continue
             if interval:
                 word.set(writer.poll(clock()))

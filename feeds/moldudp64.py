@@ -41,7 +41,7 @@ from feeds.layout import U16, U64, Alpha10, Buffer, Msg, alpha
 __all__ = [
     "HEADER", "HEADER_SIZE", "REREQUEST", "REREQUEST_SIZE", "END_OF_SESSION_COUNT",
     "DEFAULT_MAX_PAYLOAD", "MAX_UDP_PAYLOAD", "Header", "ReRequest", "MoldPacket", "Session",
-    "PacketBuilder", "packetize", "session_name", "heartbeat", "end_of_session", "parse_packet",
+    "PacketBuilder", "packetize", "runs_within", "session_name", "heartbeat", "end_of_session", "parse_packet",
     "encode_rerequest", "decode_rerequest", "frame_blocks", "split_blocks",
 ]
 
@@ -220,27 +220,40 @@ class Session:
         return f"Session({self.name!r}, next_seq={self.next_seq})"
 
 
-def packetize(session: bytes, first_seq: int, framed: list[bytes], max_payload: int = DEFAULT_MAX_PAYLOAD) -> list[bytes]:
-    """The one packetizer: cut framed messages (``u16 length + message``) into MoldUDP64 datagrams of
-    at most ``max_payload`` bytes, in order, each as full as the next message allows. One C-level
-    ``accumulate`` over the lengths and a ``bisect`` per datagram; one header pack and one join each."""
-    n = len(framed)
+def runs_within(parts: list[bytes], room: int) -> list[tuple[int, int]]:
+    """Cut ``parts`` into consecutive runs [i, j) of at most ``room`` bytes each, each as long as the
+    next part allows: one C-level ``accumulate`` over the lengths and a ``bisect`` per run (no Python
+    step per part). ValueError when one part alone exceeds ``room``."""
+    n = len(parts)
     if not n:
         return []
-    cum = list(accumulate(map(len, framed)))
-    room = max_payload - HEADER_SIZE
-    out: list[bytes] = []
-    join = b"".join
+    cum = list(accumulate(map(len, parts)))
+    if cum[-1] <= room:
+        return [(0, n)]
+    out: list[tuple[int, int]] = []
     i = 0
     base = 0
     while i < n:
         j = bisect_right(cum, base + room, i)
         if j == i:
-            raise ValueError(f"MoldUDP64: a message of {len(framed[i]) - 2} bytes does not fit {max_payload}")
-        out.append(_pack_header(session, first_seq + i, j - i) + join(framed[i:j]))
+            raise ValueError(f"a part of {len(parts[i])} bytes does not fit {room}")
+        out.append((i, j))
         base = cum[j - 1]
         i = j
     return out
+
+
+def packetize(session: bytes, first_seq: int, framed: list[bytes], max_payload: int = DEFAULT_MAX_PAYLOAD) -> list[bytes]:
+    """The one packetizer: cut framed messages (``u16 length + message``) into MoldUDP64 datagrams of
+    at most ``max_payload`` bytes, in order, each as full as the next message allows
+    (``runs_within``); one header pack and one join each."""
+    try:
+        runs = runs_within(framed, max_payload - HEADER_SIZE)
+    except ValueError:
+        big = max(len(f) for f in framed) - 2
+        raise ValueError(f"MoldUDP64: a message of {big} bytes does not fit {max_payload}") from None
+    join = b"".join
+    return [_pack_header(session, first_seq + i, j - i) + join(framed[i:j]) for i, j in runs]
 
 
 class PacketBuilder:

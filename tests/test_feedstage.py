@@ -27,21 +27,12 @@ from appliance.config import Config
 from appliance.daemon import PartitionDaemon
 from appliance.gateway import ouch
 from feeds.store import FeedStore
+from test_daemon import started
 from test_fullstack import running_stack
 from test_retransmit_harness import standard_flow
 from tools.bench_pipeline import _drive, _flow_config
 from tools.demo import loopback_config
 from tools.flows import flow_instrument_count, read_flow
-
-
-def _started(cfg: Config, state: str, **kw: Any) -> PartitionDaemon:
-    d = PartitionDaemon(cfg, "p0", state, realtime=False, **kw)
-    mask = os.sched_getaffinity(0)
-    try:
-        d.start()
-    finally:
-        os.sched_setaffinity(0, mask)
-    return d
 
 
 def _run(d: PartitionDaemon, cfg: Config, root: str, records: list[bytes], shutdown: bool) -> int:
@@ -57,7 +48,7 @@ def _published_through(d: PartitionDaemon, seq: int, timeout: float = 120) -> di
     assert d.feed is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        d.feed.control(b"S")
+        d.feed.send(b"S")
         time.sleep(0.05)
         st = d.feed.read_stats()
         if st is not None and st["published_seq"] >= seq:
@@ -98,7 +89,7 @@ def _regenerated(cfg: Config, state: str, scratch: str) -> dict[str, list[bytes]
             os.unlink(os.path.join(store, name))
     p = cfg.partitions[0]
     inline = dataclasses.replace(cfg, partitions=(dataclasses.replace(p, feed_stage="inline"),))
-    d = _started(inline, os.path.join(copy, "state"), transport="null")
+    d = started(inline, os.path.join(copy, "state"), transport="null")
     try:
         return _messages(store)
     finally:
@@ -121,7 +112,7 @@ def test_the_feed_stage_publishes_what_replaying_the_wal_regenerates(tmp_path: P
     root = str(tmp_path / "run")
     cfg = _flow_config(root, instruments, "batch", "backoff", **LAYOUTS[layout])
     state = os.path.join(root, "state")
-    d = _started(cfg, state)
+    d = started(cfg, state)
     request.addfinalizer(lambda: _crash(d))      # a failing test leaves no stage or ring behind
     assert d.feed is not None and d.ready_info["feed_stage_pid"] == d.feed.pid != os.getpid()
     assert (d.wal_stage is not None) == (layout == "feed+wal")
@@ -148,7 +139,7 @@ def test_a_killed_feed_stage_loses_nothing_and_the_session_goes_on_from_the_chec
     root = str(tmp_path / "run")
     cfg = _flow_config(root, instruments, "batch", "backoff", snapshot_every=1500, **LAYOUTS[layout])
     state = os.path.join(root, "state")
-    d = _started(cfg, state)
+    d = started(cfg, state)
     request.addfinalizer(lambda: _crash(d))
     assert _run(d, cfg, root, records[:3000], shutdown=False) == 0
     assert d.partition.snapshots is not None
@@ -166,7 +157,7 @@ def test_a_killed_feed_stage_loses_nothing_and_the_session_goes_on_from_the_chec
     with open(os.path.join(gwdir, "journal.bin"), "wb") as f:
         f.write(mark_record({cfg.partitions[0].id: last}))
     capfd.readouterr()
-    d2 = _started(cfg, state)
+    d2 = started(cfg, state)
     request.addfinalizer(lambda: _crash(d2))
     assert "feed: resumed from" in capfd.readouterr().err
     assert _run(d2, cfg, root, records[3000:], shutdown=False) == 0
@@ -259,6 +250,10 @@ def test_a_stalled_wal_stage_holds_every_ack_and_datagram_then_all_leave_in_orde
     with running_stack(root, _pipelined(root)) as stack:
         ready = json.loads(Path(stack.state, "run", "p0.ready.json").read_text())
         wal = ready["wal_stage_pid"]
+        if (os.cpu_count() or 1) > 1:    # the stages run on a CPU the matcher does not use
+            matcher_cpus = os.sched_getaffinity(ready["pid"])
+            for stage in (wal, ready["feed_stage_pid"]):
+                assert not os.sched_getaffinity(stage) & matcher_cpus, (stage, matcher_cpus)
         sub = subscriber(stack.config)
         a = stack.ouch("alfa", "alfa-pw")
         a.enter(1, b"B", 100, "ALPH", 1_300_000)
@@ -333,3 +328,56 @@ def test_a_stage_on_a_shared_core_drops_the_matchers_realtime_policy(tmp_path: P
     assert probe.returncode == 0, probe.stderr[-2000:]
     assert int((tmp_path / "policy-share").read_text()) == os.SCHED_OTHER
     assert int((tmp_path / "policy-spin").read_text()) == os.SCHED_FIFO
+
+
+def test_a_full_wal_ring_holds_the_matcher_back_and_nothing_is_lost(tmp_path: Path, request: Any) -> None:
+    """Back-pressure as a value: with the WAL stage stopped, one command per batch fills the WAL ring
+    (1,024 items); the matcher then stops draining its command ring instead of holding more, and
+    once the stage runs again every command is published, as replaying the WAL regenerates it."""
+    import threading
+    from appliance.walstage import WAL_SLOTS
+    records, instruments = _flow(tmp_path, 3000)
+    root = str(tmp_path / "run")
+    cfg = _flow_config(root, instruments, "batch", "backoff", **LAYOUTS["feed+wal"])
+    state = os.path.join(root, "state")
+    d = started(cfg, state, max_batch=1)
+    request.addfinalizer(lambda: _crash(d))
+    assert d.wal_stage is not None and d.held is not None
+    wal = d.wal_stage.link.pid
+    os.kill(wal, signal.SIGSTOP)
+    held = [0]
+    stop = threading.Event()
+
+    def watch() -> None:      # the matcher's held batches, sampled while it runs
+        while not stop.wait(0.005):
+            held[0] = max(held[0], len(d.held or ()))
+            if d.stats.get("wal_full", 0) > 1000:
+                os.kill(wal, signal.SIGCONT)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        assert _run(d, cfg, root, records, shutdown=False) == 0
+    finally:
+        stop.set()
+        os.kill(wal, signal.SIGCONT)
+        t.join(10)
+    assert d.stats["wal_full"] > 1000                  # it waited on the full ring ...
+    assert 0 < held[0] <= WAL_SLOTS + 1                # ... holding no more than the ring bounds
+    _published_through(d, 3000)
+    live = _messages(os.path.join(state, "feed", "p0"))
+    _crash(d)
+    assert _regenerated(cfg, state, str(tmp_path)) == live
+
+
+def test_a_transport_a_fork_cannot_share_keeps_publishing_in_the_matcher(tmp_path: Path, capfd: Any,
+                                                                          request: Any) -> None:
+    records, instruments = _flow(tmp_path, 200)
+    root = str(tmp_path / "run")
+    cfg = _flow_config(root, instruments, "batch", "backoff", **LAYOUTS["feed+wal"])
+    d = started(cfg, os.path.join(root, "state"), transport="pcap")
+    request.addfinalizer(lambda: _crash(d))
+    assert d.feed is None and d.wal_stage is None and "feed_stage_pid" not in d.ready_info
+    assert "stays in the matching process" in capfd.readouterr().err
+    assert _run(d, cfg, root, records, shutdown=False) == 0
+    assert d.publisher.stats()["l3"]["messages_sent"] > 200

@@ -50,6 +50,9 @@ from appliance.stage import StageLink, fork_stage
 from appliance.wal import EXIT_DURABILITY_FAILURE, POLICY_INTERVAL, DurabilityError, WalWriter, frame_records
 
 WAL_SLOTS: Final = 1024
+# Items the stage takes per poll: it frees their slots before their fsync, so the matcher can hold
+# up to WAL_SLOTS + WAL_POLL batches not yet durable.
+WAL_POLL: Final = 64
 WAL_SLOT_SIZE: Final = 8192
 ITEM_RECORDS: Final = 0x57   # W
 ITEM_SYNC: Final = 0x59      # Y
@@ -238,7 +241,7 @@ def _stage(consumer: RingConsumer, bell: int, writer: WalWriter, word: DurableWo
     last_gen0 = time.monotonic()
     try:
         while True:
-            items = consumer.poll(64)
+            items = consumer.poll(WAL_POLL)
             if items:
                 for item in items:
                     tag = item[0]

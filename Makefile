@@ -27,6 +27,7 @@ test: $(STAMP)
 # mypy --strict over every package ([tool.mypy] in pyproject.toml); mypy is pinned in the test extra.
 lint: $(STAMP)
 	$(BIN)/python -m mypy
+	$(BIN)/python -m mypy --config-file tests/mypy.ini
 
 # The standard flows (`matchwire flow generate`) with the results a correct engine must reproduce.
 flows/f1.bin: | $(STAMP)

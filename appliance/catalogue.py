@@ -329,7 +329,7 @@ class Close:
 
 
 Command = Union[NewOrder, CancelOrder, ReplaceOrder, MassCancel, ClockTick, SetSchedule, Halt, Resume, Close]
-COMMANDS: Final[dict[int, type]] = {
+COMMANDS: Final[dict[int, type[Command]]] = {
     CMD_NEW_ORDER: NewOrder,
     CMD_CANCEL_ORDER: CancelOrder,
     CMD_REPLACE_ORDER: ReplaceOrder,

@@ -241,6 +241,7 @@ class LogWriter(Protocol):
     policy: str
     epoch: int
     stages: StageClock | None
+    written_seq: int      # the last seq appended (durable or not)
 
     @property
     def next_seq(self) -> int: ...

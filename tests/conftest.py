@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from appliance.catalogue import COMMANDS, EVENT_LAYOUTS, Command, Event, NewOrder
+from feeds import itch
 
 # ../shared (the captures, PROTOCOLS.md, the shared flow generator): MATCHWIRE_SHARED overrides.
 SHARED = Path(os.environ.get("MATCHWIRE_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
@@ -77,7 +78,7 @@ def spec_of(cmd: Command) -> Spec:
 def build(spec: Spec) -> Command:
     """A fresh command object from a spec."""
     cls = _BY_NAME[spec[0]]
-    return cls(**{name: value for (name, _), value in zip(cls.FIELDS, spec[1])})  # type: ignore[no-any-return]
+    return cls(**{name: value for (name, _), value in zip(cls.FIELDS, spec[1])})
 
 
 def order_key(o: NewOrder) -> tuple[int, ...]:
@@ -118,3 +119,13 @@ class MatchingKit:
 @pytest.fixture(scope="session")
 def kit() -> MatchingKit:
     return MatchingKit()
+
+
+M = TypeVar("M")
+
+
+def decode_as(cls: type[M], raw: bytes) -> M:
+    """One ITCH message decoded, asserted to be of the type the test expects."""
+    m = itch.decode(raw)
+    assert isinstance(m, cls), m
+    return m

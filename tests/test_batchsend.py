@@ -111,7 +111,7 @@ def test_the_transport_is_chosen_per_channel_in_config() -> None:
     fcfg = FeedConfig(groups=random_groups(), transports=fcfg.transports)
     t = transport_for(fcfg)
     try:
-        kinds = {ch: type(t.channel(ch, fcfg.groups_of(ch))) for ch in CHANNELS}   # type: ignore[attr-defined]
+        kinds = {ch: type(t.channel(ch, fcfg.groups_of(ch))) for ch in CHANNELS}
         assert kinds == {"l3": _UdpChannel, "l2": _MmsgChannel, "l1": _UdpChannel}
         assert t.notes == []                                                       # type: ignore[attr-defined]
     finally:

@@ -15,7 +15,7 @@ COMMAND_CLASSES = sorted(C.COMMANDS.values(), key=lambda cls: cls.KIND)
 
 
 @pytest.mark.parametrize("cls", COMMAND_CLASSES, ids=lambda cls: cls.NAME)
-def test_command_fields_are_slots(cls: type) -> None:
+def test_command_fields_are_slots(cls: type[C.Command]) -> None:
     names = tuple(name for name, _ in cls.FIELDS)
     slots = attribute_names(cls)     # __slots__, or the compiled build's native attributes
     assert set(names) <= set(slots), "every persistent field is a slot"
@@ -24,7 +24,7 @@ def test_command_fields_are_slots(cls: type) -> None:
 
 
 @pytest.mark.parametrize("cls", COMMAND_CLASSES, ids=lambda cls: cls.NAME)
-def test_command_fields_have_struct_codes_and_constructor_arguments(cls: type) -> None:
+def test_command_fields_have_struct_codes_and_constructor_arguments(cls: type[C.Command]) -> None:
     for name, code in cls.FIELDS:
         struct.calcsize("<" + code)
     params = inspect.signature(cls).parameters

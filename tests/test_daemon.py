@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 from appliance import codec_ring as C
 from appliance.catalogue import EV_ACCEPTED, EV_EXECUTED, NewOrder
@@ -102,7 +103,7 @@ def test_doorbells_ring_only_for_a_side_that_sleeps(tmp_path) -> None:
                                                    session=1)))
         if prod.consumer_waiting():
             os.write(wake, b"\x01")
-        got = []
+        got: list[bytes] = []
         deadline = time.monotonic() + 20
         while not got and time.monotonic() < deadline:
             got = [r for r in cons.poll() if r]
@@ -211,9 +212,14 @@ def test_partition_daemon_runs_the_trading_day_from_its_schedule(tmp_path) -> No
     assert EV_EXECUTED not in kinds() and kinds().count(EV_CROSS_EXECUTED) == 1
     assert d.partition.engine.book(1).state == TS_CONTINUOUS
     assert d.stats["ticks"] >= 2
-    cmds: list = []
+    cmds: list[tuple[int, Any]] = []
+
+    def on_command(seq: int, ts: int, cmd: Any, events: Any) -> bool:
+        cmds.append((ts, cmd))
+        return False
+
     rec = recover_state(cfg.partition("p0").wal_dir, engine_spec(cfg, cfg.partition("p0")),
-                        use_snapshots=False, on_command=lambda s, ts, c, e: cmds.append((ts, c)) or False)
+                        use_snapshots=False, on_command=on_command)
     assert type(cmds[0][1]) is SetSchedule and cmds[0][1].open_ns == MONDAY + (9 * 3600 + 30 * 60) * SEC
     ticks = [c.now_ns for _, c in cmds if type(c) is ClockTick]
     assert ticks[0] == MONDAY + 9 * 3600 * SEC and ticks[-1] == MONDAY + (9 * 3600 + 30 * 60 + 1) * SEC

@@ -195,7 +195,7 @@ def test_nic_offloads() -> None:
 
 # -- the whole set over the captured host ------------------------------------------------------------
 def test_run_checks_over_the_captured_host() -> None:
-    files = {"/" + str(p.relative_to(HOST)): p.read_text() for p in HOST.rglob("*") if p.is_file()}
+    files: dict[str, str | None] = {"/" + str(p.relative_to(HOST)): p.read_text() for p in HOST.rglob("*") if p.is_file()}
     h = D.Host(files=files, ifname="eth0", if_irq_names=("eth0", "virtio2"))
     plan = D.Plan(pinned={"p0": -1}, interface="192.0.2.2", groups=("239.192.0.31", "239.192.1.31"),
                   send_buffer_bytes=4 << 20)

@@ -102,7 +102,7 @@ def _flow(tmp_path: Path, n: int) -> tuple[list[bytes], int]:
     return [C.encode_command(c) for c in cmds[:n]], flow_instrument_count(cmds, meta)
 
 
-LAYOUTS = {"feed": {"feed_stage": "process"}, "feed+wal": {"feed_stage": "process", "wal_stage": "process"}}
+LAYOUTS: dict[str, dict[str, Any]] = {"feed": {"feed_stage": "process"}, "feed+wal": {"feed_stage": "process", "wal_stage": "process"}}
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -40,7 +40,7 @@ def fields(raw: str) -> dict[int, str]:
     return out
 
 
-class Client(qf.Application):  # type: ignore[misc]
+class Client(qf.Application):
     """The QuickFIX application: records what passes through it (callbacks run on QuickFIX's thread)."""
 
     def __init__(self, password: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 import simplefix
 
 from appliance import reasons as R
-from appliance.catalogue import Close, Command, NewOrder, ReplaceOrder
+from appliance.catalogue import Close, Command, MassCancel, NewOrder, ReplaceOrder
 from appliance.gateway import events as E
 from appliance.gateway import fix
 from appliance.gateway.fixcodec import FixFramingError, encode
@@ -50,6 +50,13 @@ def verify(data: bytes) -> list[simplefix.FixMessage]:
 def g(m: simplefix.FixMessage, tag: int) -> str | None:
     v = m.get(tag)
     return v.decode() if v is not None else None
+
+
+def text(m: simplefix.FixMessage, tag: int) -> str:
+    """A field the message must carry."""
+    v = g(m, tag)
+    assert v is not None, f"tag {tag} missing"
+    return v
 
 
 class Client:
@@ -173,7 +180,8 @@ def test_logon_with_a_wrong_password_changes_nothing_and_gets_no_answer(venue: V
     assert venue.connect(s, client, password="nope") == []
     assert s.should_close and s.take_events()[-1].kind == E.LOGIN_REJECTED
     assert s.state.to_json_obj() == before and not s.state.dirty
-    assert fix.logon_identity(client.logon(password="nope"))[3] == "nope"
+    identity = fix.logon_identity(client.logon(password="nope"))
+    assert identity is not None and identity[3] == "nope"
 
 
 def test_logon_wrong_comp_id(venue: Venue) -> None:
@@ -371,7 +379,7 @@ def test_cancel_overtaken_by_fill(venue: Venue, client: Client, session: fix.Fix
     msgs = verify(session.data_to_send())
     assert types(msgs) == [("8", "F", "2"), ("9", None, "2")]
     assert (g(msgs[1], 102), g(msgs[1], 11), g(msgs[1], 41), g(msgs[1], 37)) == ("0", "C1", "O1", g(msgs[0], 37))
-    assert "filled" in g(msgs[1], 58)
+    assert "filled" in text(msgs[1], 58)
     assert not session.state.orders
 
 
@@ -397,7 +405,7 @@ def test_too_late_is_not_unknown(venue: Venue, client: Client, session: fix.FixS
         (ocr,) = venue.send(session, client.msg("G", (41, orig), (11, f"R{n}"), (55, "AAPL"), (54, "1"), (38, 50),
                                                 (40, "2"), (44, "100.00")))
         assert (g(ocr, 35), g(ocr, 37), g(ocr, 39), g(ocr, 102), g(ocr, 434)) == ("9", ref, status, "0", "2"), orig
-        assert g(ocr, 58).startswith("too late")
+        assert text(ocr, 58).startswith("too late")
     (ocr,) = venue.send(session, client.msg("F", (41, "NEVER"), (11, "K9"), (55, "AAPL"), (54, "1")))
     assert (g(ocr, 37), g(ocr, 39), g(ocr, 102)) == ("NONE", "8", "1")
 
@@ -414,7 +422,7 @@ def test_engine_too_late_reasons_map_to_the_order_status(venue: Venue, client: C
     venue.apply(first + second)
     msgs = verify(session.data_to_send())
     assert [(g(m, 35), g(m, 39), g(m, 102)) for m in msgs] == [("8", "4", None), ("9", "4", "0")]
-    assert g(msgs[1], 58).startswith(f"{R.TOO_LATE_CANCELLED} too late")
+    assert text(msgs[1], 58).startswith(f"{R.TOO_LATE_CANCELLED} too late")
 
 
 def test_cancel_keeps_order_qty(venue: Venue, client: Client, session: fix.FixSession) -> None:
@@ -728,7 +736,8 @@ def test_a_mass_cancel_sent_to_several_partitions_reports_once_with_the_sum(clie
             loc = getattr(cmd, "locate", 0)
             targets = parts if loc == 0 else [p for p in parts if loc < len(p.books) and p.books[loc] is not None]
             if fanout:
-                s.mass_cancel_fanout(cmd.cl_ord_id, len(targets))  # type: ignore[attr-defined]
+                assert isinstance(cmd, MassCancel)
+                s.mass_cancel_fanout(cmd.cl_ord_id, len(targets))
             for eng in targets:
                 ts += 1_000
                 out: list[Any] = []
@@ -756,7 +765,7 @@ def test_post_only_exec_inst(venue: Venue, client: Client, session: fix.FixSessi
     venue.connect(other, oc)
     venue.send(other, oc.order("S", side="2", qty=100, price="150.00"))
     (rej,) = venue.send(session, client.order("P1", qty=10, price="150.00", t18="6"))
-    assert (g(rej, 150), g(rej, 39), g(rej, 103)) == ("8", "8", "99") and "post-only" in g(rej, 58)
+    assert (g(rej, 150), g(rej, 39), g(rej, 103)) == ("8", "8", "99") and "post-only" in text(rej, 58)
     (acc,) = venue.send(session, client.order("P2", qty=10, price="149.00", t18="1 6"))
     assert (g(acc, 150), g(acc, 44)) == ("0", "149.0000")
     assert venue.engine.orders[(1 << 32) | 2].post_only == 1

@@ -193,6 +193,7 @@ def test_placement_keeps_the_matchers_cpu_and_the_servers_behind_the_gateways(st
     at nice 10, the gateway at the normal policy."""
     import psutil
 
+    assert stack.proc is not None
     kids = {p.pid: " ".join(p.cmdline()) for p in psutil.Process(stack.proc.pid).children()}
     part = next(pid for pid, cmd in kids.items() if "appliance.daemon" in cmd)
     gw = next(pid for pid, cmd in kids.items() if "appliance.gateway.server" in cmd)
@@ -334,7 +335,7 @@ def test_restart_after_sigkill_keeps_book_sequences_and_feed(tmp_path: Any, snap
     finally:
         if st.proc is not None and st.proc.poll() is None:
             st.stop()
-    assert st.proc.returncode == 0, st.output()
+    assert st.proc is not None and st.proc.returncode == 0, st.output()
 
 
 def test_risk_limits_and_kill_switch_reject_as_documented(stack: Stack) -> None:

@@ -4,6 +4,7 @@ OuchSession rebuilt from its own stream has the same orders; the journal cuts un
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from appliance import codec_ring as C
 from appliance.catalogue import CancelOrder, NewOrder
@@ -121,10 +122,11 @@ def test_journal_ignores_what_follows_the_last_mark(tmp_path) -> None:
 
 
 def test_command_records_round_trip() -> None:
-    cmds = [NewOrder(7 << 32 | 1, 1, 0, 100, 1_500_000, firm=7, session=7, cl_ord_id="X"), CancelOrder(9, 7, 7, "Y")]
+    cmds: list[NewOrder | CancelOrder] = [NewOrder(7 << 32 | 1, 1, 0, 100, 1_500_000, firm=7, session=7, cl_ord_id="X"),
+                                          CancelOrder(9, 7, 7, "Y")]
     recs = [C.encode_command(c) for c in cmds]
     block = b"".join(len(r).to_bytes(2, "little") + r.ljust(126, b"\0") for r in recs)
-    out: list = []
+    out: list[Any] = []
     assert C.decode_command_block(block, 2, 128, out) == 0
     assert [(type(c), c.order_id, c.cl_ord_id) for c in out] == [(type(c), c.order_id, c.cl_ord_id) for c in cmds]
     assert C.max_record_size() <= C.MIN_SLOT_SIZE - 2

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from appliance.catalogue import EV_ACCEPTED
+from appliance.catalogue import NewOrder
 from appliance.gateway import fix
 from appliance.gateway.journal import (
     J_FIX_CLORD,
@@ -181,8 +182,9 @@ def _answers(s: fix.FixSession) -> list[dict[int, str]]:
 
 def _accept_all(s: fix.FixSession) -> None:
     for cmd in s.take_commands():
-        cmd.ref = cmd.order_id & 0xFFFF    # type: ignore[attr-defined]
-        s.on_events(1, [(EV_ACCEPTED, cmd, cmd.qty)])   # type: ignore[attr-defined]
+        assert isinstance(cmd, NewOrder)
+        cmd.ref = cmd.order_id & 0xFFFF
+        s.on_events(1, [(EV_ACCEPTED, cmd, cmd.qty)])
 
 
 def test_cl_ord_ids_of_live_orders_are_kept_and_of_done_ones_a_bounded_window() -> None:
@@ -342,7 +344,7 @@ def test_fix_session_survives_kill_9_with_sequences_resend_and_cl_ord_ids(tmp_pa
     import simplefix
 
     from appliance.gateway import ouch
-    from tests.test_fullstack import Fix, Stack
+    from test_fullstack import Fix, Stack
     from tools.demo import loopback_config
 
     cfg = loopback_config(str(tmp_path), rng=random.Random())
@@ -470,12 +472,12 @@ def test_fix_resend_of_a_long_day_is_paced_and_what_is_sent_meanwhile_follows(tm
         assert len(pieces) < 100
     pieces.append(s.data_to_send())
     msgs = [m for m in FixParser().feed(b"".join(pieces))]
-    seqs = [int(m.get(34) or 0) for m in msgs]                # type: ignore[union-attr]
+    seqs = [int(m.get(34) or 0) for m in msgs]
     assert seqs == [1] + list(range(2, 3002)) + [3002]      # gap fill for the Logon, 3000 resent, the Heartbeat
-    assert msgs[0].msg_type == "4" and msgs[0].get(36) == "2"                            # type: ignore[union-attr]
-    assert all(m.get(43) == "Y" for m in msgs[1:-1])                                     # type: ignore[union-attr]
+    assert msgs[0].msg_type == "4" and msgs[0].get(36) == "2"
+    assert all(m.get(43) == "Y" for m in msgs[1:-1])
     last = msgs[-1]
-    assert (last.msg_type, last.get(112), last.get(43)) == ("0", "DURING", None)         # type: ignore[union-attr]
+    assert (last.msg_type, last.get(112), last.get(43)) == ("0", "DURING", None)
 
 
 # ================================================================================================
@@ -528,7 +530,7 @@ def _gateway(cfg: Any, state: str) -> tuple[Any, _EngineRing]:
     from appliance.gateway.server import GatewayServer
     gw = GatewayServer(cfg, cfg.gateways[0].name, state)
     ring = _EngineRing(gw, cfg)
-    gw.cmd_out = [ring]
+    gw.cmd_out = [ring]   # type: ignore[list-item]  # a stand-in for the command ring's producer
     gw.evt_in = []
     gw.live = [True]
     return gw, ring

@@ -16,7 +16,7 @@ import pytest
 
 from appliance.gateway import ouch
 from feeds import soupbintcp as soup
-from tests.test_fullstack import Fix, Stack, running_stack
+from test_fullstack import Fix, Stack, running_stack
 from tools.demo import loopback_config
 
 pytestmark = pytest.mark.timeout(180)
@@ -247,7 +247,7 @@ def test_a_logon_and_a_malformed_message_in_one_write_are_both_answered(stack: S
 # ------------------------------------------------------------------------------------------------
 
 def _can_mount_tmpfs() -> bool:
-    from tests.test_recovery import _can_mount_tmpfs as can
+    from test_recovery import _can_mount_tmpfs as can
     return can()
 
 
@@ -308,7 +308,7 @@ def test_a_restart_on_a_full_disk_exits_74_with_one_line(tmp_path: Any) -> None:
 def test_ctrl_c_on_run_piped_into_tee_stops_cleanly(tmp_path: Any, piped: str) -> None:
     import sys
 
-    from tests.test_fullstack import subscriber
+    from test_fullstack import subscriber
     cfg = loopback_config(str(tmp_path), rng=random.Random())
     st = Stack(str(tmp_path), cfg)
     err_path = os.path.join(str(tmp_path), "stderr.log")
@@ -583,8 +583,11 @@ def test_a_client_that_never_reads_is_dropped_at_the_outbound_bound(tmp_path: An
         f.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         rss_before = _rss_kb(gw_pid)
         seq0 = f.seq
-        flood = _Flood(f.sock, lambda i: (time.sleep(0.02), _fix_block("BRVO", seq0 + i, 1, "2", (7, 1), (16, 0)))[1],
-                       60.0, gw_pid)
+        def slow_block(i: int) -> bytes:
+            time.sleep(0.02)
+            return _fix_block("BRVO", seq0 + i, 1, "2", (7, 1), (16, 0))
+
+        flood = _Flood(f.sock, slow_block, 60.0, gw_pid)
         flood.thread.start()
         for urn in range(1, 6):
             legit.enter(urn, b"B", 100, "ALPH", 1_400_000)
@@ -648,7 +651,7 @@ def test_connections_beyond_the_address_rate_are_closed_and_silent_ones_time_out
 
 def test_one_rerequest_draws_a_bounded_answer(stack: Stack) -> None:
     from feeds.moldudp64 import encode_rerequest, parse_packet
-    from tests.test_fullstack import subscriber
+    from test_fullstack import subscriber
     sub = subscriber(stack.config)
     a = stack.ouch("alfa", "alfa-pw")
     n = 480                                      # ~480 Add Orders (36 bytes each) on the L3 feed

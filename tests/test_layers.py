@@ -38,7 +38,9 @@ def contracts() -> list[dict[str, object]]:
 def layers() -> list[list[str]]:
     """The layers contract, top first: each layer the list of its modules."""
     (layered,) = [c for c in contracts() if c["type"] == "layers"]
-    return [[m.strip() for m in re.split(r"[:|]", str(layer)) if m.strip()] for layer in layered["layers"]]
+    found = layered["layers"]
+    assert isinstance(found, list)
+    return [[m.strip() for m in re.split(r"[:|]", str(layer)) if m.strip()] for layer in found]
 
 
 def modules() -> list[str]:

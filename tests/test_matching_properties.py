@@ -86,7 +86,7 @@ def _owner(oid: int) -> int:
 
 def _firm(draw: st.DrawFn, oid: int) -> int:
     """Mostly the firm that owns the id (so cancels and replaces find their order), now and then another."""
-    return _pick(draw, st.just(_owner(oid)), st.sampled_from(FIRMS), 8)  # type: ignore[no-any-return]
+    return _pick(draw, st.just(_owner(oid)), st.sampled_from(FIRMS), 8)
 
 
 def _new_order(draw: st.DrawFn, locates: tuple[int, ...]) -> Spec:
@@ -255,7 +255,7 @@ EDGE_QTYS = (-1, 0, 1, (1 << 30) - 1, 1 << 30, MAX_QTY - 1, MAX_QTY, MAX_QTY + 1
 def edge_commands(draw: st.DrawFn) -> Spec:
     """Commands valid but for, now and then, a field at or just beyond an edge of the validation table."""
     def field(typical: tuple[int, ...], edge: tuple[int, ...]) -> int:
-        return _pick(draw, st.sampled_from(typical), st.sampled_from(edge), 6)  # type: ignore[no-any-return]
+        return _pick(draw, st.sampled_from(typical), st.sampled_from(edge), 6)
 
     oid = draw(st.integers(1, 6))
     firm = field((_owner(oid),), (0, 2, 0xFFFF_FFFF))

@@ -801,7 +801,7 @@ def _stops(engine: Any, locate: int) -> tuple[list[tuple[int, int]], list[tuple[
 def _last(engine: Any, locate: int) -> int:
     if isinstance(engine, ReferenceEngine):
         return engine.last_price(locate)
-    return engine.book(locate).last_price  # type: ignore[no-any-return]
+    return engine.book(locate).last_price
 
 
 @pytest.mark.parametrize("engine_cls", ENGINES, ids=lambda c: c.__name__)
@@ -879,7 +879,7 @@ def test_unknown_command_is_rejected(engine_cls: type) -> None:
     out: list[Any] = []
     cmd = _Bogus()
     try:
-        engine.apply(cmd, out)  # type: ignore[arg-type]
+        engine.apply(cmd, out)
     except TypeError:
         # The compiled engine checks the command's type at the call: refused before any change.
         assert compiled_build() and engine_cls is Engine

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_fullstack import Stack
+from test_fullstack import Stack
 from tools.demo import loopback_config
 
 pytestmark = pytest.mark.timeout(300)

@@ -578,7 +578,7 @@ def test_order_entry_to_first_market_data_message(tmp_path: Path) -> None:
 
 def test_book_at_the_end_equals_the_engine(feed: dict[str, Any]) -> None:
     books = book(str(feed["clean"]))
-    by_kind = {type(b): b for b in books.values()}
+    by_kind: dict[type, Any] = {type(b): b for b in books.values()}
     assert summary_hash(by_kind[L3Book].summary()) == summary_hash(engine_l3_summary(feed["engine"]))
     assert summary_hash(by_kind[L2Book].summary()) == summary_hash(engine_l2_summary(feed["engine"], 10))
     rc, out, _ = run("pcap", "book", "--json", "--levels", "3", str(feed["clean"]))

@@ -38,6 +38,7 @@ from appliance.model import (
     STP_NONE,
     Instrument,
 )
+from conftest import decode_as
 from feeds import itch
 from feeds.books import engine_l1_summary, engine_l2_summary, engine_l3_summary
 from feeds.channels import (
@@ -76,7 +77,7 @@ def instruments() -> list[Instrument]:
 # Random command streams (shared with the e2e tests): specs, built fresh for each engine
 # --------------------------------------------------------------------------------------------
 
-Spec = tuple[type, dict[str, Any]]
+Spec = tuple[type[Any], dict[str, Any]]
 
 
 def random_specs(seed: int, n: int, ins: list[Instrument] | None = None, firms: int = 4) -> list[Spec]:
@@ -134,7 +135,7 @@ def random_specs(seed: int, n: int, ins: list[Instrument] | None = None, firms: 
 
 def build(spec: Spec) -> Command:
     cls, kw = spec
-    return cls(**kw)  # type: ignore[no-any-return]
+    return cls(**kw)
 
 
 def iter_batches(engine: Engine, specs: list[Spec], batch: int, seq0: int = 1,
@@ -419,7 +420,7 @@ def test_start_of_session_then_end_of_session_with_end_of_session_packets() -> N
     end = T0 + 8 * 3600 * 10**9
     pub.end_session(end)
     for ch in CHANNELS:
-        tail = [itch.decode(m) for m in messages_of(transport, ch)][-3:]
+        tail = [decode_as(itch.SystemEvent, m) for m in messages_of(transport, ch)[-3:]]
         assert [m.event_code for m in tail] == [b"M", b"E", b"C"]
     eos = lambda: [parse_packet(d) for d in transport.of(L3) if parse_packet(d).is_end_of_session]  # noqa: E731
     assert len(eos()) == 1 and eos()[0].sequence == pub.channels[L3].next_seq

@@ -54,7 +54,8 @@ def test_clean_shutdown_and_restart_continue_the_same_epoch_and_segment(tmp_path
     res = feed(op.partition, 1, 1000)
     assert [r[0] for r in res] == list(range(1, 1001))
     op.partition.close(2_000 * MS)
-    assert EpochFile(d).read().clean
+    state = EpochFile(d).read()
+    assert state is not None and state.clean
     segs = sorted(n for n in os.listdir(d) if n.endswith(".seg"))
     op2 = open_partition(config(d), STREAM_SPEC)
     assert op2.epoch == 1 and op2.recovered.last_seq == 1000
@@ -95,6 +96,7 @@ def test_snapshot_and_full_replay_agree_and_a_corrupt_snapshot_falls_back(tmp_pa
         feed(op.partition, first, first + 499)
         # A snapshot due while the previous one's child still writes is skipped: on a loaded machine
         # that could leave fewer than three, so each is let finish before the next is due.
+        assert op.partition.snapshots is not None
         op.partition.snapshots.wait()
     op.partition.abandon()
     want = reference(3000).state_hash()
@@ -103,12 +105,12 @@ def test_snapshot_and_full_replay_agree_and_a_corrupt_snapshot_falls_back(tmp_pa
     full = recover_state(d, use_snapshots=False)
     fast = recover_state(d)
     assert full.engine.state_hash() == fast.engine.state_hash() == want
-    assert fast.snapshot.seq == snaps[0][0] and full.replayed == 3000
+    assert fast.snapshot is not None and fast.snapshot.seq == snaps[0][0] and full.replayed == 3000
     with open(snaps[0][1], "r+b") as f:          # newest damaged: the next one is used
         f.seek(200)
         f.write(b"\xff" * 8)
     rec = recover_state(d)
-    assert rec.snapshot.seq == snaps[1][0] and rec.engine.state_hash() == want
+    assert rec.snapshot is not None and rec.snapshot.seq == snaps[1][0] and rec.engine.state_hash() == want
     assert any("unusable snapshot" in n for n in rec.notes)
     for _, path in snaps:                         # all damaged: full replay
         with open(path, "r+b") as f:
@@ -226,6 +228,7 @@ def test_timed_snapshots_use_the_callers_clock(tmp_path) -> None:
     p.process_batch([command_at(2)], 11_000 * MS)
     assert p.last_snapshot_seq == 0
     p.process_batch([command_at(3)], 12_500 * MS)
+    assert p.snapshots is not None
     p.snapshots.wait()
     assert p.last_snapshot_seq == 3
     p.close(13_000 * MS)

@@ -139,7 +139,10 @@ def test_a_new_session_forgets_the_old_ones_gaps() -> None:
     for d in datagrams(1, 50)[3:]:
         receiver.receive(0, d)
     assert rec.tick(5 * MS) == [(RERQUEST, SESSION, 1, 15)]
-    receiver.on_session = lambda old, new: rec.session_changed(0)
+    def on_session(old: bytes | None, new: bytes) -> None:
+        rec.session_changed(0)
+
+    receiver.on_session = on_session
     receiver.receive(0, heartbeat(b"2311140131", 1))            # the next generation, from 1
     assert rec.tick(6 * MS) == [] and rec.idle
 

@@ -45,6 +45,7 @@ def live_run(tmp_path_factory):
         for seq, ts, _cmd, events in p.process_batch([command_at(x) for x in range(s, s + k)], now):
             frames[seq] = b"".join(encode_event(seq, ts, ev) for ev in events)
         s += k
+    assert p.snapshots is not None
     p.snapshots.wait()
     state = p.engine.state_hash()
     p.close(T0 + (n + 1) * MS)
@@ -87,7 +88,7 @@ def test_replay_from_a_snapshot_regenerates_the_rest_of_the_stream(live_run) -> 
     assert sorted(replayed) == list(range(rec.snapshot.seq + 1, 6000))
     assert _hash(replayed) == _hash({s: f for s, f in frames.items() if s < 6000}, rec.snapshot.seq)
     rec = recover_state(d)
-    assert rec.snapshot.seq == 6000 and rec.replayed == 0 and rec.engine.state_hash() == state
+    assert rec.snapshot is not None and rec.snapshot.seq == 6000 and rec.replayed == 0 and rec.engine.state_hash() == state
 
 
 def _run_cli(*argv: str) -> tuple[int, str]:
@@ -181,6 +182,8 @@ def test_audit_export_csv_and_jsonl(live_run, tmp_path) -> None:
     assert seqs == sorted(seqs) and max(seqs) == 6000
     first = rows[0]
     cmd = command_at(1)
+    from appliance.catalogue import NewOrder
+    assert isinstance(cmd, NewOrder)
     assert first["seq"] == "1" and first["ts_ns"] == str(T0 + MS) and first["time"] == "11:00:00.001000000"
     assert first["firm"] == str(cmd.firm) and first["account"] == cmd.account
     assert first["cl_ord_id"] == cmd.cl_ord_id and first["instrument"] in ("KILLA", "KILLB")
@@ -209,7 +212,7 @@ def test_gateway_reject_rows_are_converted_and_bad_lines_reported(tmp_path) -> N
     assert len(problems) == 2 and problems[0].startswith(f"{path}:2:") and problems[1].startswith(f"{path}:3:")
     r = rows[1]
     assert set(r) == set(COLUMNS) and r["seq"] == "" and r["event"] == "rejected"
-    assert r["outcome"].startswith("rejected 2002 ") and r["outcome"].endswith("(gateway gw1)")
+    assert str(r["outcome"]).startswith("rejected 2002 ") and str(r["outcome"]).endswith("(gateway gw1)")
     assert (r["instrument"], r["side"], r["price"], r["qty"], r["account"], r["cl_ord_id"]) == (
         "ALPH", "S", "150.1000", 20_000, "ACC", "C7")
     assert rows[0]["instrument"] == "" and rows[0]["side"] == "" and rows[0]["price"] == ""
@@ -223,11 +226,12 @@ def test_audit_rows_tell_too_late_from_unknown() -> None:
     eng = Engine([Instrument("AAA", 1, tick=1)])
     rows = AuditRows({1: "AAA"})
     outcomes = []
-    for seq, cmd in enumerate([NewOrder(1, 1, SELL, 10, 100, firm=1), NewOrder(2, 1, BUY, 10, 100, firm=2),
-                               CancelOrder(1, 1), CancelOrder(5, 1)], 1):
+    cmds: list[NewOrder | CancelOrder] = [NewOrder(1, 1, SELL, 10, 100, firm=1), NewOrder(2, 1, BUY, 10, 100, firm=2),
+                                          CancelOrder(1, 1), CancelOrder(5, 1)]
+    for seq, cmd in enumerate(cmds, 1):
         out: list[Event] = []
         eng.apply(cmd, out)
-        outcomes += [r["outcome"] for r in rows.rows(seq, seq, cmd, out) if r["outcome"].startswith("rejected")]
+        outcomes += [r["outcome"] for r in rows.rows(seq, seq, cmd, out) if str(r["outcome"]).startswith("rejected")]
     assert outcomes == ["rejected 3017 TOO_LATE_FILLED", "rejected 3006 UNKNOWN_ORDER"]
 
 

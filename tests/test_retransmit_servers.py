@@ -193,6 +193,7 @@ def test_tshark_reads_a_capture_of_a_replay_and_a_snapshot_session_without_exper
                 if data:
                     tcp.send(ts, from_client, data)
             tcp.close(result.transcript[-1][0])
+    assert TSHARK is not None
     base = [TSHARK, "-n", "-r", str(path), "-d", f"tcp.port=={a['replay'][1]},soupbintcp",
             "-d", f"tcp.port=={a['snapshot'][1]},soupbintcp"]
     errors = subprocess.run(base + ["-Y", "_ws.expert.severity >= error"], capture_output=True, text=True,
@@ -202,8 +203,8 @@ def test_tshark_reads_a_capture_of_a_replay_and_a_snapshot_session_without_exper
                             capture_output=True, text=True, timeout=120, check=True).stdout
     types: dict[str, list[str]] = {}
     for line in fields.splitlines():
-        port, _, kinds = line.partition("\t")
-        types.setdefault(port, []).extend(k.strip("'") for k in kinds.split(",") if k)
+        dport, _, kinds = line.partition("\t")
+        types.setdefault(dport, []).extend(k.strip("'") for k in kinds.split(",") if k)
     to_replay, to_snapshot = types[str(a["replay"][1])], types[str(a["snapshot"][1])]
     from_servers = types["40001"] + types["40002"]
     assert to_replay.count("+") == 1 and to_replay.count("L") == 1 and to_snapshot.count("L") == 1

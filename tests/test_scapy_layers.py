@@ -14,7 +14,9 @@ import pytest
 
 pytest.importorskip("scapy")
 
-from scapy.all import Raw, UDP, ls, rdpcap  # noqa: E402
+from scapy.layers.inet import UDP  # noqa: E402
+from scapy.packet import Raw, ls  # noqa: E402
+from scapy.utils import rdpcap  # noqa: E402
 
 from feeds import ouch_layout  # noqa: E402
 from feeds import scapy_layers as S  # noqa: E402
@@ -96,6 +98,7 @@ def test_layers_built_from_fields_give_our_encoders_bytes() -> None:
         builder = PacketBuilder(Session(b"2311140131"), max_payload=1472)
         builder.add(layout.encode(msg))
         [ours] = builder.flush()
+        assert layout.type_byte is not None
         built = S.MoldUDP64(session=b"2311140131", sequence=1,
                             blocks=[S.MoldBlock(message=S.ITCH_CLASSES[layout.type_byte](**msg._asdict()))])
         assert bytes(built) == ours
@@ -112,8 +115,9 @@ def test_layers_built_from_fields_give_our_encoders_bytes() -> None:
             if has:
                 values.pop("appendage_length")
                 values["options"] = [S.OuchOption(tag=t, value=v) for t, v in options]
-            built = S.SoupBinTCP(type=kind) / classes[layout.type_byte](**values)
-            assert bytes(built) == ours, layout.name
+            assert layout.type_byte is not None
+            soup = S.SoupBinTCP(type=kind) / classes[layout.type_byte](**values)
+            assert bytes(soup) == ours, layout.name
             check_soup(ours)
     heartbeat = S.MoldUDP64(session=b"2311140131", sequence=7, message_count=0)
     assert bytes(heartbeat) == b"2311140131" + (7).to_bytes(8, "big") + b"\0\0"
@@ -167,6 +171,7 @@ def test_sniff_decodes_live_datagrams_on_loopback() -> None:
         s.close()
         if sniffer.running:
             sniffer.stop()
+    assert sniffer.results is not None
     [p] = sniffer.results
     m = p[S.MoldUDP64]
     assert (m.session, m.sequence, m.message_count) == (b"2311140131", 1, 1)

@@ -120,12 +120,16 @@ def test_store_writes_atomically_keeps_the_newest_and_loads_the_newest_good_one(
         store.write(seq, capture(live, seq, seq, 1))
     assert [s for s, _ in list_snapshots(d)] == [300, 200]
     notes: list[str] = []
-    eng, info = load_newest(d, STREAM_SPEC, None, notes)
+    newest = load_newest(d, STREAM_SPEC, None, notes)
+    assert newest is not None
+    eng, info = newest
     assert info.seq == 300 and eng.state_hash() == hashes[300]
     with open(os.path.join(d, "snap-%020d.snap" % 300), "r+b") as f:
         f.seek(SNAP_HEADER_SIZE + 100)
         f.write(b"XXXX")
-    eng, info = load_newest(d, STREAM_SPEC, None, notes)
+    newest = load_newest(d, STREAM_SPEC, None, notes)
+    assert newest is not None
+    eng, info = newest
     assert info.seq == 200 and eng.state_hash() == hashes[200]
     assert any("unusable snapshot" in n for n in notes)
     assert load_newest(d, STREAM_SPEC, 150, notes) is None

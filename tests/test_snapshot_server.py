@@ -66,6 +66,7 @@ def check_l3_snapshot(msgs: list[bytes], engine: Engine, next_seq: int, ref: Ref
     order_of_locates: list[int] = []
     for m, d in zip(msgs[1:-1], decoded[1:-1]):
         t = m[:1]
+        assert d is not None
         locate = d.stock_locate
         if not order_of_locates or order_of_locates[-1] != locate:
             order_of_locates.append(locate)

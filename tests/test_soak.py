@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from appliance.gateway import ouch
-from tests.test_fullstack import Fix, Stack
-from tests.test_hostile import ACCOUNT_QUERY, _fix_block, _fix_raw, _read_json, _rss_kb
+from test_fullstack import Fix, Stack
+from test_hostile import ACCOUNT_QUERY, _fix_block, _fix_raw, _read_json, _rss_kb
 from feeds import soupbintcp as soup
 from tools import audit
 from tools.demo import OuchClient, loopback_config

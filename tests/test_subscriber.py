@@ -256,8 +256,9 @@ def test_book_callbacks_name_the_instrument() -> None:
         sub.receive(ch, ts, d, leg)
     assert touched[L3] == touched[L2] == touched[L1] == {1, 2, 7}
     assert sub.l3.directory.symbols == {1: "AAA", 2: "BBB", 7: "CCCC"}
-    assert sub.l3.best_bid(1) == (engine.book(1).depth(BUY, 1) or [None])[0]
-    assert sub.l3.best_ask(1) == (engine.book(1).depth(SELL, 1) or [None])[0]
+    bid, ask = engine.book(1).depth(BUY, 1), engine.book(1).depth(SELL, 1)
+    assert sub.l3.best_bid(1) == (bid[0] if bid else None)
+    assert sub.l3.best_ask(1) == (ask[0] if ask else None)
 
 
 def test_l3_book_applies_replace_and_executions_with_price() -> None:

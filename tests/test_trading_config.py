@@ -24,8 +24,8 @@ UTC = datetime.timezone.utc
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _epoch_ns(*args: int) -> int:
-    return int(datetime.datetime(*args, tzinfo=UTC).timestamp()) * SECOND_NS
+def _epoch_ns(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> int:
+    return int(datetime.datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()) * SECOND_NS
 
 
 def test_the_documented_trading_table() -> None:
@@ -42,7 +42,8 @@ def test_the_documented_trading_table() -> None:
     assert rules.instruments == ((1, InstrumentRules(1_500_000, 500, 300, 1000)),)   # NEWCO: no tier
     assert (rules.limit_state_ns, rules.pause_ns, rules.reopen_call_ns, rules.circuit_breaker_halt_ns,
             rules.noii_interval_ns) == (15 * SECOND_NS, 300 * SECOND_NS, 30 * SECOND_NS, 600 * SECOND_NS, SECOND_NS)
-    assert c.trading_rules("p1").instruments == ((7, InstrumentRules(5_123, 1000, 500, 0)),)
+    p1 = c.trading_rules("p1")
+    assert p1 is not None and p1.instruments == ((7, InstrumentRules(5_123, 1000, 500, 0)),)
     Engine(c.partition_instruments("p0"), c.firm_stp(), rules=rules).check_invariants()
     assert C.loads(C.dumps(c)) == c
 

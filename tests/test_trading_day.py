@@ -39,6 +39,7 @@ def test_the_day_recovers_from_the_wal_byte_for_byte(tmp_path: Any) -> None:
         now = max([now] + [c.now_ns for c in batch if isinstance(c, ClockTick)])   # the sequencer's clock
         for seq, ts, _cmd, events in p.process_batch(batch, now):
             frames[seq] = b"".join(encode_event(seq, ts, ev) for ev in events)
+        assert p.snapshots is not None
         p.snapshots.wait()   # every snapshot written (none skipped: the test wants one mid-day)
     state = p.engine.state_hash()
     p.close(now + SEC)

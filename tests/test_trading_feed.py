@@ -47,7 +47,7 @@ from appliance.model import (
     TS_PRE_OPEN,
 )
 from appliance.snapshot import EngineSpec, capture, restore
-from conftest import build
+from conftest import build, decode_as
 from feeds import itch
 from feeds.books import engine_l1_summary, engine_l2_summary, engine_l3_summary
 from feeds.channels import L1, L3, FeedConfig, decode_any
@@ -149,9 +149,9 @@ def test_a_scheduled_day_on_the_feed_reads_back_as_the_engine(tmp_path: Any) -> 
         assert t in types, t
     # the system events in their order: O at the start; S, Q, M from the schedule; E, C at the end
     assert [m[11:12] for m in msgs if m[:1] == b"S"] == [b"O", b"S", b"Q", b"M", b"E", b"C"]
-    crosses = [itch.decode(m) for m in msgs if m[:1] == b"Q"]
+    crosses = [decode_as(itch.CrossTrade, m) for m in msgs if m[:1] == b"Q"]
     assert {q.cross_type for q in crosses} >= {b"O", b"C"} and any(q.shares for q in crosses)
-    cs = [itch.decode(m) for m in msgs if m[:1] == b"C"]
+    cs = [decode_as(itch.OrderExecutedWithPrice, m) for m in msgs if m[:1] == b"C"]
     assert all(c.printable == b"N" for c in cs)
     # each cross prints its volume once on L1, with no aggressor
     lt = [decode_any(m) for m in messages_of(transport, L1) if m[:1] == b"t"]
@@ -185,8 +185,8 @@ def test_the_next_day_session_reannounces_the_carried_gtc_orders() -> None:
     head = [m[:1] for m in l3]
     n = len(carried)
     assert head == [b"S", b"R", b"R", b"H", b"H"] + [b"A"] * n   # before the pre-open: no S S, no S Q
-    assert [itch.decode(m).trading_state for m in l3 if m[:1] == b"H"] == [b"H", b"H"]
-    assert sorted(itch.decode(m).order_ref for m in l3 if m[:1] == b"A") == sorted(o.ref for o in carried)
+    assert [decode_as(itch.StockTradingAction, m).trading_state for m in l3 if m[:1] == b"H"] == [b"H", b"H"]
+    assert sorted(decode_as(itch.AddOrder, m).order_ref for m in l3 if m[:1] == b"A") == sorted(o.ref for o in carried)
     sub = FeedSubscriber(config)
     for ch, leg, ts, d in transport.sent:
         sub.receive(ch, ts, d, leg)

@@ -99,7 +99,7 @@ def trading_commands(draw: st.DrawFn, locates: tuple[int, ...]) -> Spec:
         return _replace(draw)
     if kind == "mass":
         return _mass_cancel(draw, locates)
-    return draw(admin_commands(locates))  # type: ignore[no-any-return]
+    return draw(admin_commands(locates))
 
 
 def _times(specs: list[Spec]) -> list[Spec]:

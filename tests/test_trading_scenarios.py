@@ -368,8 +368,8 @@ def _depth(engine: Any, locate: int) -> tuple[list[tuple[int, int, int]], list[t
 
 def _state(engine: Any, locate: int) -> int:
     if isinstance(engine, ReferenceEngine):
-        return engine.trading_state(locate)  # type: ignore[no-any-return]
-    return engine.book(locate).state  # type: ignore[no-any-return]
+        return engine.trading_state(locate)
+    return engine.book(locate).state
 
 
 def _start(engine_cls: type, scenario: Scenario) -> Any:
@@ -542,14 +542,14 @@ def test_a_halt_without_a_schedule_reopens_and_trades_again(rules: Any, kit: Any
         assert [brief(e) for e in ev if e[0] == "TradingStateChanged"] == [
             st(1, TS_HALTED, CAUSE_ADMIN), st(1, TS_REOPENING_AUCTION, CAUSE_ADMIN)]
         assert not [e for e in ev if e[0] in ("OrderExecuted", "AuctionUncrossed")]   # halted: collected
-        if cls is Engine:
+        if isinstance(engine, Engine):
             assert engine.next_deadline_ns() is not None            # a timer: the partition ticks
         early = kit.step(engine, _spec(ClockTick(T + 100 * SEC + call - 1)))
         assert not [e for e in early if e[0] in ("TradingStateChanged", "AuctionUncrossed")]
         end = kit.step(engine, _spec(ClockTick(T + 100 * SEC + call)))
         assert ("AuctionUncrossed", 1, CROSS_REOPEN, 10000, 60, 2) in [brief(e) for e in end]
         assert [brief(e) for e in end if e[0] == "TradingStateChanged"] == [st(1, TS_CONTINUOUS, CAUSE_ADMIN)]
-        if cls is Engine:
+        if isinstance(engine, Engine):
             assert engine.next_deadline_ns() is None
         after = kit.step(engine, S(3, 40, 10000, firm=2))          # continuous: matches on entry
         assert [e[0] for e in after if e[0] == "OrderExecuted"] == ["OrderExecuted"]

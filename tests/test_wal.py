@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from appliance import wal, walcodec
 from appliance.catalogue import (
     COMMANDS,
+    Command,
     CancelOrder,
     ClockTick,
     Close,
@@ -69,8 +70,8 @@ def write_stream(d: str, n: int, *, epoch: int = 1, first: int = 1, batch: int =
     return w
 
 
-def read_all(d: str, **kw: object) -> list[tuple[int, int, int, object]]:
-    return list(WalReader(d, **kw).records())  # type: ignore[arg-type]
+def read_all(d: str, repair: bool = False) -> list[tuple[int, int, int, Command]]:
+    return list(WalReader(d, repair=repair).records())
 
 
 def segments(d: str) -> list[str]:
@@ -276,7 +277,7 @@ def test_batches_after_a_seq_start_exactly_after_it(tmp_path, after) -> None:
     d = str(tmp_path)
     write_stream(d, 3000)
     reader = WalReader(d)
-    got = []
+    got: list[int] = []
     for first, cmds in reader.batches(after):
         got.extend(range(first, first + len(cmds)))
         for i, c in enumerate(cmds):

@@ -129,6 +129,7 @@ def every_message(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             [datagram] = builder.flush()
             t += 1000
             w.write_udp(t, "10.0.0.1", 29101, "239.192.1.31", 30011, datagram)
+            assert layout.type_byte is not None
             expect.append({**expected_fields("mw_itch", layout, msg), "mw_itch.type": layout.type_byte.decode()})
         tcp = TcpStreamWriter(w, ("10.0.0.2", 50000), ("10.0.0.1", 15001))
         tcp.handshake(t)
@@ -155,6 +156,7 @@ def every_message(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 msg, _ = ouch_layout.decode(body, table)
                 t += 1000
                 tcp.send(t, from_client, wrap(body))
+                assert layout.type_byte is not None
                 fields = {**expected_fields("mw_ouch", layout, msg), "mw_ouch.type": layout.type_byte.decode()}
                 if options:
                     fields["mw_ouch.option.tag"] = "2"

@@ -132,3 +132,27 @@ def test_admin_status_and_the_partition_stats_carry_each_process_figures(tmp_pat
         assert f["pid"] == ready[key] and f["running"] is False and f["exit_status"] == 0, f
         assert f["max_rss_bytes"] > 0 and f["cpu_user_s"] >= 0 and f["cpu_system_s"] >= 0, f
         assert f["ctx_voluntary"] >= 0 and f["ctx_involuntary"] >= 0, f
+
+
+@pytest.mark.timeout(300)
+def test_bench_pipeline_prints_the_cpu_and_context_switches_of_the_matcher_and_each_stage(tmp_path: Path) -> None:
+    """`bench pipeline --stages-as feed+wal`: one line per process (matching process, WAL stage,
+    feed stage) and the same figures in its JSON; the stages' from the wait4 that reaped them."""
+    from tools.flowgen import write_flow
+    write_flow(str(tmp_path / "f"), 3000, seed=7, target=300)
+    r = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "pipeline", str(tmp_path / "f.bin"),
+                        "--limit", "3000", "--stages-as", "feed+wal"], capture_output=True, text=True,
+                       timeout=280, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[-3000:]
+    for label in ("matching process", "WAL stage", "feed stage"):
+        assert f"  {label}: CPU " in r.stdout and "context switches" in r.stdout, r.stdout
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    procs = out["processes"]
+    assert set(procs) == {"matcher", "wal_stage", "feed_stage"}, procs
+    for name, f in procs.items():
+        assert f["cpu_user_s"] >= 0 and f["cpu_system_s"] >= 0, (name, f)
+        assert f["ctx_voluntary"] >= 0 and f["ctx_involuntary"] >= 0, (name, f)
+    assert procs["matcher"]["running"] is True and procs["matcher"]["rss_bytes"] > 0
+    for stage in ("wal_stage", "feed_stage"):
+        assert procs[stage]["running"] is False and procs[stage]["exit_status"] == 0, procs[stage]
+        assert procs[stage]["max_rss_bytes"] > 0

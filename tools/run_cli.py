@@ -77,7 +77,7 @@ def admin_request(config_path: str | None, method: str, path: str) -> dict[str, 
     """One request to the admin interface of the appliance that `config_path` (default: the built-in
     default config, appliance.config.DEFAULT) describes; an appliance that does not answer is a UsageError naming the address."""
     from appliance.config import default, load
-    from tools.cli import UsageError
+    from tools.usage import UsageError
     cfg = load(config_path) if config_path else default()
     a = cfg.admin
     url = f"http://{a.bind}:{a.port}"

@@ -289,7 +289,8 @@ class Supervisor:
         out: dict[str, Any] = {"supervisor": {"role": "supervisor", **process_figures(os.getpid())}}
         for c in self.partitions + self.gateways + self.others:
             running = c.proc is not None and c.poll() is None and not c.restart_at
-            out[c.name] = {"role": c.role, "pid": c.pid, **(process_figures(c.pid) if running else {"running": False})}
+            figures = process_figures(c.pid) if running else {"running": False}
+            out[c.name] = {"role": c.role, "pid": c.pid, **figures}
             if c.role != "partition" or not running:
                 continue
             for stage in ("feed-stage", "wal-stage"):

@@ -14,7 +14,8 @@ between two network namespaces made for the run (tools/netns.py; root): for each
 turn, a counting receiver in one namespace and the sender in the other (tools/feed_peer.py). The
 datagrams are made first; only the transport's send calls are timed, with the sender's CPU time
 (CLOCK_PROCESS_CPUTIME_ID) per datagram on the wire and its context switches (psutil); the
-receiver reports what arrived and its own CPU per datagram. Ratios are against udp (one send per datagram per group) of the same run.
+receiver reports what arrived and its own CPU per datagram and context switches. Ratios are
+against udp (one send per datagram per group) of the same run.
 
 bench subscriber: the L3 datagrams of a pcap (read first, untimed) through a ChannelReceiver
 (A/B arbitration, gap check) into an L3Book: MoldUDP64 + ITCH decode and book apply.

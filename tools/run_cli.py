@@ -53,7 +53,8 @@ def register(sub: Any) -> None:
         h.add_argument("symbol", help="the instrument's symbol, or 'all'")
         h.add_argument("--config", default=None)
         h.set_defaults(func=_admin)
-    s = asub.add_parser("status", help="sessions, kill switches, positions, counters")
+    s = asub.add_parser("status", help="sessions, kill switches, positions, counters; "
+                                       "each process's pid, CPU, memory, placement")
     s.add_argument("--config", default=None)
     s.set_defaults(func=_admin)
 

@@ -49,11 +49,12 @@ from appliance.clock import Clock, wall_clock
 from appliance.config import Config, PartitionConfig, load
 from appliance import feedstage
 from appliance import walstage
-from appliance.stage import stage_cpu
+from appliance.stage import StageLink, stage_cpu
 from appliance.fsutil import atomic_write
 from appliance.idle import make_idle
 from appliance.matching.engine import Engine
 from appliance.metrics import DUTY_STAGES, S_DECODE, S_OTHER, S_RECORDS, STAGE_TIMING_ENV, Histogram, StageClock
+from appliance.procinfo import process_figures, rusage_figures
 from appliance.recovery import open_partition
 from appliance.ring import Ring, check_platform, make_bell, remove_bell, ring_bell, wait_on_bells
 from appliance.snapshot import EngineSpec, SnapshotInfo, list_snapshots, load_newest
@@ -185,6 +186,14 @@ def engine_spec(config: Config, p: PartitionConfig) -> EngineSpec:
 
 def feed_store_dir(state_dir: str, partition: str) -> str:
     return os.path.join(state_dir, "feed", partition)
+
+
+def stage_figures(link: StageLink) -> dict[str, Any]:
+    """A stage process's figures: now while it runs, its whole life once reaped."""
+    if link.exit_status is None:
+        return {"pid": link.pid, **process_figures(link.pid)}
+    ended = rusage_figures(link.rusage) if link.rusage is not None else {"running": False}
+    return {"pid": link.pid, **ended, "exit_status": link.exit_status}
 
 
 def atomic_json(path: str, obj: Any) -> None:
@@ -859,7 +868,19 @@ class PartitionDaemon:
             "build": build_kind(), "idle": self.p.idle,
             "stages": self.stages.report(self.stats["commands"]) if self.stages is not None else None,
             "feed_stage": self.feed.read_stats() if self.feed is not None else None,
+            "processes": self.process_figures(),
         }
+
+    def process_figures(self) -> dict[str, Any]:
+        """The matcher's and its stages' process figures (appliance.procinfo), read when the stats
+        are written (shutdown, SIGUSR1), never in the duty cycle. A stage that has ended: its whole
+        life, from the wait4 that reaped it."""
+        out = {"matcher": process_figures(os.getpid())}
+        if self.wal_stage is not None:
+            out["wal_stage"] = stage_figures(self.wal_stage.link)
+        if self.feed is not None:
+            out["feed_stage"] = stage_figures(self.feed)
+        return out
 
     def feed_stats(self) -> dict[str, Any]:
         """Per channel: session, next seq, messages, packets, heartbeats (the feed stage's last word

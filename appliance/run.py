@@ -23,6 +23,11 @@ and one that dies while the appliance runs is started again (after 0.5 s, doubli
 it keeps dying within a minute of its start). They hold no state of their own (the feed stores are
 the partitions'), so a restart loses nothing; ``admin status`` reports their pid, whether they run,
 their restarts and last exit status.
+
+``admin status`` also lists every process under ``processes`` (the supervisor, each partition and
+its feed and WAL stage processes, each gateway, the servers): role, pid, whether it runs, and for a
+running one what the kernel says of it (appliance.procinfo: RSS, CPU seconds, context switches,
+the CPUs it may run on and the one it last ran on, threads, scheduling policy).
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ import time
 from typing import Any, Final, Sequence
 
 from appliance.config import Config, load
+from appliance.procinfo import process_figures
 
 GATEWAY_STOP_S: Final = 15.0
 PARTITION_STOP_S: Final = 30.0
@@ -66,6 +72,7 @@ class Child:
         self.last_exit: int | None = None
         self.restart_at = 0.0          # monotonic time of the next start (0: not waiting)
         self.backoff = RESTART_FIRST_S
+        self.info: dict[str, Any] = {}    # its ready file (a partition's names its stage pids)
 
     def start(self) -> None:
         prep = _background if self.role in BACKGROUND_ROLES else _die_with_parent
@@ -186,7 +193,7 @@ class Supervisor:
             self.partitions.append(c)
             part_cpus.add(choose_cpu(p.cpu))
         for c in self.partitions:
-            info = self._wait_ready(c)
+            info = c.info = self._wait_ready(c)
             log(f"partition {c.name} ready (pid {c.pid}): seq {info.get('last_seq')}, epoch {info.get('epoch')}; "
                 + "; ".join(info.get("notes", [])))
         cpus = sorted(set(os.sched_getaffinity(0)) - part_cpus) or sorted(os.sched_getaffinity(0))
@@ -274,6 +281,24 @@ class Supervisor:
         """Per server: pid, running, restarts, last exit status (admin status)."""
         return {c.name: {"pid": c.pid, "running": c.poll() is None and not c.restart_at,
                          "restarts": c.restarts, "last_exit": c.last_exit} for c in self.others}
+
+    def processes_status(self) -> dict[str, Any]:
+        """Per process of the appliance: role, pid, running, and the figures of a running one
+        (appliance.procinfo). A partition's feed and WAL stages are ``<partition>.feed-stage`` and
+        ``<partition>.wal-stage`` (their pids from its ready file)."""
+        out: dict[str, Any] = {"supervisor": {"role": "supervisor", **process_figures(os.getpid())}}
+        for c in self.partitions + self.gateways + self.others:
+            running = c.proc is not None and c.poll() is None and not c.restart_at
+            figures = process_figures(c.pid) if running else {"running": False}
+            out[c.name] = {"role": c.role, "pid": c.pid, **figures}
+            if c.role != "partition" or not running:
+                continue
+            for stage in ("feed-stage", "wal-stage"):
+                pid = c.info.get(stage.replace("-", "_") + "_pid")
+                if pid:
+                    out[f"{c.name}.{stage}"] = {"role": stage, "partition": c.name, "pid": int(pid),
+                                                **process_figures(int(pid))}
+        return out
 
     def _terminate(self, children: Sequence[Child], timeout: float, stateful: bool = True) -> None:
         """SIGTERM, then SIGKILL after ``timeout``. A stateful child (partition, gateway) that does
@@ -382,6 +407,7 @@ class Supervisor:
                                    "servers": servers}
             for g in self.config.gateways:
                 out["gateways"][g.name] = await self._gateway_call(g.name, {"op": "status"})
+            out["processes"] = self.processes_status()
             return 200, out
         if method == "POST" and len(parts) == 3 and parts[0] == "kill-switch" and parts[2] in ("on", "off"):
             firm = parts[1]

@@ -7,14 +7,16 @@ once recovery is done, each the consumer of one shared-memory ring the matcher p
 dies with the matcher), ignores the signals the matcher answers (the matcher drives its end with an
 item), pins itself and runs its loop; ``StageLink`` is the matcher's handle: publish items with
 back-pressure as a value (``backlog``), ring the doorbell only for a stage that sleeps, see whether
-the stage still runs (one ``waitpid`` per call: the matcher calls it when idle, about ten times a
-second), kill it, close and unlink the ring.
+the stage still runs (one ``wait4`` per call: the matcher calls it when idle, about ten times a
+second; the resource usage it returns for an ended stage is kept for the partition's stats), kill
+it, close and unlink the ring.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import os
+import resource
 import signal
 import sys
 from typing import Callable, Final
@@ -49,6 +51,7 @@ class StageLink:
         self.bell = bell
         self.backlog: list[bytes] = []     # items the ring could not take yet, in order
         self.exit_status: int | None = None
+        self.rusage: resource.struct_rusage | None = None   # the ended stage's, from wait4
         self.max_payload = ring.max_payload
 
     def send(self, item: bytes) -> None:
@@ -71,11 +74,12 @@ class StageLink:
         """The stage's exit status once it has ended (None: it runs)."""
         if self.exit_status is None:
             try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                pid, status, ru = os.wait4(self.pid, os.WNOHANG)
             except ChildProcessError:
-                pid, status = self.pid, 0
+                pid, status, ru = self.pid, 0, None
             if pid:
                 self.exit_status = os.waitstatus_to_exitcode(status)
+                self.rusage = ru
         return self.exit_status
 
     def kill(self) -> None:
@@ -85,7 +89,7 @@ class StageLink:
             except ProcessLookupError:
                 pass
             try:
-                _, status = os.waitpid(self.pid, 0)
+                _, status, self.rusage = os.wait4(self.pid, 0)
                 self.exit_status = os.waitstatus_to_exitcode(status)
             except ChildProcessError:
                 self.exit_status = -signal.SIGKILL

@@ -219,6 +219,8 @@ def test_the_transport_benchmark_runs_over_a_veth_pair_and_ends_with_one_json_ob
         assert run["sent_datagrams_per_group"] > 50 and run["send_errors"] == 0, (kind, run)
         assert run["received_datagrams"] + run["lost_datagrams"] == 2 * run["sent_datagrams_per_group"]
         assert run["sent_datagrams_per_sec"] > 0 and run["send_cpu_ns_per_datagram"] > 0
+        for side in ("send_context_switches", "receive_context_switches"):   # (voluntary, involuntary)
+            assert len(run[side]) == 2 and all(isinstance(n, int) and n >= 0 for n in run[side]), (kind, run)
     assert out["transports"]["afxdp"]["afxdp"]["mode"] in ("copy", "zero-copy")
     assert set(out["speedup_vs_udp"]) == set(out["speedup_vs_udp_by_cpu"]) == {"udp", "sendmmsg", "afxdp"}
 

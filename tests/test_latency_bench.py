@@ -94,9 +94,13 @@ def test_bench_latency_end_to_end(tmp_path) -> None:
         assert run["stages"]["match"]["laps"] > 0 and run["stages"]["ring poll + decode"]["laps"] > 0
         assert run["gateway_stages"]["in: session parse"]["laps"] > 0
         assert run["gateway_stages"]["out: journal + socket writes"]["laps"] > 0
+        m = run["processes"]["matcher"]     # the partition's own figures, from its stats at shutdown
+        assert m["running"] is True and m["pid"] > 0 and m["rss_bytes"] > 0, m
+        assert m["cpu_user_s"] >= 0 and m["cpu_system_s"] >= 0 and m["ctx_voluntary"] >= 0, m
     assert hdr.read_text().count("Tag=") == 2
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "partition duty cycle by stage" in r.stdout and "gateway by stage" in r.stdout
+    assert r.stdout.count("  matching process: CPU ") == 2, r.stdout
 
 
 def test_bench_latency_bad_arguments_answer_in_one_line() -> None:

@@ -2,8 +2,9 @@
 and cover every module (README "Layers").
 
 The contracts: a layers contract (tools > processes > retransmission > codecs and feeds > catalogue,
-model, reasons, matching), no import circles among the modules of a package, and a ground layer
-that imports no clock, randomness or I/O. ``lint-imports`` runs as a subprocess, as CI would.
+model, reasons, matching), no import circles among the modules of a package, a ground layer that
+imports no clock, randomness or I/O, and no subcommand module importing tools.cli (which loads them
+by name, an edge the circle check cannot see). ``lint-imports`` runs as a subprocess, as CI would.
 """
 from __future__ import annotations
 
@@ -61,8 +62,9 @@ def test_the_contracts_hold() -> None:
 
 
 def test_the_contracts_can_break(tmp_path: Path) -> None:
-    """A copy of the tree with one upward import, one circle and a clock read in the matching core:
-    lint-imports names each of them (so the check above is not one that cannot fail)."""
+    """A copy of the tree with one upward import, one circle, a clock read in the matching core and
+    a subcommand importing tools.cli back: lint-imports names each of them (so the check above is
+    not one that cannot fail)."""
     for pkg in PACKAGES:
         shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
@@ -71,18 +73,29 @@ def test_the_contracts_can_break(tmp_path: Path) -> None:
         with open(tmp_path / rel, "a") as f:
             f.write("\n" + line + "\n")
 
-    append("feeds/books.py", "from tools.cli import UsageError  # upward: feeds -> tools")
+    append("feeds/books.py", "from tools.usage import UsageError  # upward: feeds -> tools")
     append("retransmit/quota.py", "def _f() -> None:\n    from appliance.daemon import choose_cpu  # upward, inside a function")
     append("feeds/layout.py", "from feeds import itch  # a circle: itch imports layout")
     append("appliance/matching/rules.py", "import time  # the matching core must not read a clock")
+    append("tools/order_cli.py", "from tools.cli import UsageError  # the circle tools.cli loads by name")
     r = lint_imports(tmp_path)
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
-    assert "Contracts: 0 kept, 3 broken." in r.stdout, out
-    assert "feeds.books -> tools.cli" in out, out
+    assert f"Contracts: 0 kept, {len(contracts())} broken." in r.stdout, out
+    assert "feeds.books -> tools.usage" in out, out
     assert "retransmit.quota -> appliance.daemon" in out, out
     assert "No cycles are allowed in feeds." in out, out
     assert "appliance.matching.rules -> time" in out, out
+    assert "tools.order_cli -> tools.cli" in out, out
+
+
+def test_every_subcommand_module_is_forbidden_tools_cli() -> None:
+    """The contract that keeps the subcommand modules from importing tools.cli lists exactly the
+    modules tools.cli loads by name: a new subcommand module is covered the day it is added."""
+    from tools.cli import COMMAND_MODULES
+    (contract,) = [c for c in contracts() if c["id"] == "cli-loads-subcommands"]
+    assert contract["forbidden_modules"] == ["tools.cli"]
+    assert sorted(contract["source_modules"]) == sorted(COMMAND_MODULES)
 
 
 def test_every_module_is_in_a_layer() -> None:

@@ -13,8 +13,9 @@ bench feed --transport udp,sendmmsg,afxdp: instead, the L3 channel (A and B) ove
 between two network namespaces made for the run (tools/netns.py; root): for each transport in
 turn, a counting receiver in one namespace and the sender in the other (tools/feed_peer.py). The
 datagrams are made first; only the transport's send calls are timed, with the sender's CPU time
-(getrusage) per datagram on the wire; the receiver reports what arrived and its own CPU per
-datagram. Ratios are against udp (one send per datagram per group) of the same run.
+(CLOCK_PROCESS_CPUTIME_ID) per datagram on the wire and its context switches (psutil); the
+receiver reports what arrived and its own CPU per datagram and context switches. Ratios are
+against udp (one send per datagram per group) of the same run.
 
 bench subscriber: the L3 datagrams of a pcap (read first, untimed) through a ChannelReceiver
 (A/B arbitration, gap check) into an L3Book: MoldUDP64 + ITCH decode and book apply.
@@ -38,6 +39,8 @@ import random
 import sys
 import time
 from typing import Any
+
+import psutil
 
 from appliance.catalogue import Event
 from appliance.matching.engine import Engine
@@ -129,8 +132,7 @@ def cmd_feed_transports(args: argparse.Namespace) -> int:
     flow = os.path.abspath(args.flow)
     runs: dict[str, Any] = {}
     every: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
-    with open("/proc/loadavg") as f:
-        load = f.read().split()[:3]
+    load = [f"{x:.2f}" for x in psutil.getloadavg()]
     with VethPair() as v:
         for kind in kinds * args.repeat:    # interleaved: a change of load hits every transport
             common = ["--groups", groups, "--transport", kind]
@@ -170,6 +172,9 @@ def cmd_feed_transports(args: argparse.Namespace) -> int:
                 "received_messages": got["messages"],
                 "received_datagrams_per_sec": got["datagrams_per_sec"],
                 "receive_cpu_ns_per_datagram": got["cpu_ns_per_datagram"],
+                # context switches over the timed window (blocked in a send or read / preempted)
+                "send_context_switches": [sent.get("ctx_voluntary"), sent.get("ctx_involuntary")],
+                "receive_context_switches": [got.get("ctx_voluntary"), got.get("ctx_involuntary")],
                 "lost_datagrams": 2 * sent["datagrams_per_group"] - got["datagrams"],
                 "notes": sent["notes"],
             }
@@ -177,8 +182,7 @@ def cmd_feed_transports(args: argparse.Namespace) -> int:
                 run["afxdp"] = {k: sent["afxdp"][k] for k in ("mode", "checksum_offload", "kicks", "dropped")}
             every[kind].append(run)
             print(f"{kind}: {jsonio.dumps(run)}", file=sys.stderr)
-    with open("/proc/loadavg") as f:
-        load_after = f.read().split()[:3]
+    load_after = [f"{x:.2f}" for x in psutil.getloadavg()]
     for kind, done in every.items():
         ok = [r for r in done if "error" not in r]
         if not ok:

@@ -48,6 +48,7 @@ from typing import Any
 
 from appliance.config import Config, SessionLimits
 from appliance.metrics import DUTY_STAGES, GATEWAY_STAGES, Histogram, format_stages
+from appliance.procinfo import cpu_line
 from appliance.risk import FirmLimits
 from tools import jsonio
 
@@ -335,7 +336,7 @@ def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace
             "order_to_ack": h.summary_us(), "client_send_lateness": late.summary_us(),
             "in_engine": eng.summary_us(), "mean_batch": round(st["commands"] / max(st["batches"], 1), 2),
             "build": stats.get("build"), "stages": stats.get("stages"),
-            "gateway_stages": gw_stats.get("stages"), "_hist": h}
+            "gateway_stages": gw_stats.get("stages"), "processes": stats.get("processes") or {}, "_hist": h}
 
 
 def _plot(runs: list[dict[str, Any]], path: str) -> None:
@@ -393,6 +394,10 @@ def _latency(args: argparse.Namespace) -> int:
               f"{r['achieved_per_s']}/s; order-to-ack p50 {a['p50_us']} p90 {a['p90_us']} p99 {a['p99_us']} "
               f"p99.9 {a['p99_9_us']} p99.99 {a['p99_99_us']} max {a['max_us']} us; in-engine p50 {e['p50_us']} "
               f"p99 {e['p99_us']} us (mean batch {r['mean_batch']}); client late p50 {lt['p50_us']} us")
+        # the partition's stats at its shutdown: each process over its life (start-up included)
+        for key, label in (("matcher", "matching process"), ("wal_stage", "WAL stage"), ("feed_stage", "feed stage")):
+            if key in r["processes"]:
+                print("  " + cpu_line(label, r["processes"][key]))
         if args.stages and r["stages"]:
             print("  partition duty cycle by stage:")
             for line in format_stages(r["stages"], DUTY_STAGES):

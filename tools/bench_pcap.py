@@ -93,7 +93,10 @@ def _scapy(path: str, limit: int, ports: set[int]) -> tuple[int, int]:
 
 
 def _tshark(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds: user + system of the child)."""
+    """(wall seconds, CPU seconds: user + system of the child).
+
+    getrusage(RUSAGE_CHILDREN), not psutil: it counts children already waited for, which is what
+    tshark is once subprocess.run returns; psutil reads only processes that still exist."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=3600)

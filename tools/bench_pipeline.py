@@ -44,6 +44,7 @@ from appliance.daemon import PartitionDaemon
 from appliance.build import build_kind
 from appliance.metrics import DUTY_STAGES, format_stages
 from appliance.model import STP_NONE
+from appliance.procinfo import cpu_line, difference, process_figures
 from appliance.risk import FirmLimits
 from appliance.ring import Ring, RingError
 from tools import jsonio
@@ -173,6 +174,10 @@ def _pipeline(args: argparse.Namespace) -> int:
               f"{result['seconds']} s = {result['orders_per_s']}/s (WAL {args.durability}, mean batch "
               f"{result['mean_batch']}, multicast L3/L2/L1 on loopback); the engine alone on the same commands, "
               f"same run: {alone['events_per_sec']}/s (the pipeline runs at {100 * share:.0f}% of it)")
+        for key, label in (("matcher", "matching process"), ("wal_stage", "WAL stage"),
+                           ("feed_stage", "feed stage")):
+            if key in result["processes"]:
+                print("  " + cpu_line(label, result["processes"][key]))
         if result["stages"]:
             print("  matching process by stage:")
             for line in format_stages(result["stages"], DUTY_STAGES):
@@ -197,7 +202,11 @@ def _pipeline_once(args: argparse.Namespace, cmds: list[Any], meta: dict[str, An
         d = PartitionDaemon(cfg, "p0", os.path.join(root, "state"), realtime=False, max_batch=args.max_batch,
                             stage_timing=args.stages)
         d.start()
+        before = process_figures(os.getpid())
         rc = _drive(d, cfg, root, records)
+        # the matcher (this process) over the run; each stage over its life (forked by start(),
+        # reaped by the shutdown: its figures from wait4)
+        procs = {**d.process_figures(), "matcher": difference(process_figures(os.getpid()), before)}
         st = d.stats
         end_ns = d.last_batch_ns
         fs = d.feed.read_stats() if d.feed is not None else None
@@ -217,6 +226,7 @@ def _pipeline_once(args: argparse.Namespace, cmds: list[Any], meta: dict[str, An
             "exit": rc, "cpus": os.cpu_count(), "load_avg": os.getloadavg()[0], "build": build_kind(),
             "stages": d.stages.report(st["commands"]) if d.stages is not None else None,
             "feed_stage_stages": fs["stages"] if fs is not None else None,
+            "processes": procs,
         }
     finally:
         os.sched_setaffinity(0, mask)

@@ -2,7 +2,10 @@
 
 Each module listed in COMMAND_MODULES exposes `register(subparsers)`, which adds its subcommand(s)
 and sets `func` on the parser to a callable taking the parsed arguments and returning an exit code.
-Modules are imported lazily by name so that `matchwire --help` stays fast.
+Modules are imported lazily by name so that `matchwire --help` stays fast. Loaded by name, they
+must not import this module back (a circle lint-imports cannot see): what they share with it is in
+tools/usage.py (UsageError), and the contract "cli-loads-subcommands" of [tool.importlinter]
+forbids them tools.cli.
 
 Bad input (a missing or unreadable file, a file of the wrong kind, an address nobody answers on, an
 argument argparse refuses) ends in one line on stderr, `matchwire COMMAND: what went wrong`, and a
@@ -17,6 +20,8 @@ import os
 import struct
 import sys
 from typing import NoReturn, Sequence
+
+from tools.usage import UsageError
 
 # (module, subcommand names it registers) — the single list of subcommands.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -36,10 +41,6 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 EXIT_USAGE = 2          # bad argument, file or address (argparse's own code for a usage error)
 EXIT_INTERRUPTED = 130
-
-
-class UsageError(ValueError):
-    """An input error a tool reports in one line (its message says what and where)."""
 
 
 class Parser(argparse.ArgumentParser):

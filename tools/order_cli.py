@@ -37,7 +37,7 @@ from appliance.model import price_from_text, price_to_text
 from feeds import ouch_layout as L
 from feeds import soupbintcp as soup
 from tools import jsonio
-from tools.cli import UsageError
+from tools.usage import UsageError
 from tools.demo import OuchClient
 
 SIDES = {"buy": (b"B", "1"), "sell": (b"S", "2")}

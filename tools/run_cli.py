@@ -53,7 +53,8 @@ def register(sub: Any) -> None:
         h.add_argument("symbol", help="the instrument's symbol, or 'all'")
         h.add_argument("--config", default=None)
         h.set_defaults(func=_admin)
-    s = asub.add_parser("status", help="sessions, kill switches, positions, counters")
+    s = asub.add_parser("status", help="sessions, kill switches, positions, counters; "
+                                       "each process's pid, CPU, memory, placement")
     s.add_argument("--config", default=None)
     s.set_defaults(func=_admin)
 
@@ -77,7 +78,7 @@ def admin_request(config_path: str | None, method: str, path: str) -> dict[str, 
     """One request to the admin interface of the appliance that `config_path` (default: the built-in
     default config, appliance.config.DEFAULT) describes; an appliance that does not answer is a UsageError naming the address."""
     from appliance.config import default, load
-    from tools.cli import UsageError
+    from tools.usage import UsageError
     cfg = load(config_path) if config_path else default()
     a = cfg.admin
     url = f"http://{a.bind}:{a.port}"

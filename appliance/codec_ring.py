@@ -82,11 +82,13 @@ from appliance.catalogue import (
     EV_STOP_TRIGGERED,
     EV_TRADING_STATE,
     EV_UNCROSSED,
+    ORDER_IMAGE,
     REPL_IN_PLACE,
     Command,
     Event,
     NewOrder,
     ReplaceOrder,
+    fields_of,
 )
 from appliance.model import BUY
 from appliance.walcodec import LAYOUTS, MalformedCommand
@@ -102,12 +104,15 @@ CTL_ADMIN: Final = 0x75
 MIN_SLOT_SIZE: Final = 128
 
 HEADER_FIELDS: Final = (("kind", "B"), ("seq", "Q"), ("ts_ns", "Q"))
-ORDER_FIELDS: Final = (
-    ("order_id", "Q"), ("ref", "Q"), ("session", "I"), ("firm", "I"), ("locate", "H"), ("side", "B"),
-    ("ord_type", "B"), ("tif", "B"), ("price", "q"), ("stop_price", "q"),
+# Projections of the catalogue's ORDER_IMAGE (codes as declared there unless overridden):
+# ORDER, an order's immutable fields that sessions and risk checks need; OREF, what identifies and
+# routes an execution's maker and taker.
+ORDER_FIELDS: Final = fields_of(
+    ORDER_IMAGE, "order_id", "ref", "session", "firm", "locate", "side", "ord_type", "tif", "price", "stop_price",
 )
-OREF_FIELDS: Final = (("order_id", "Q"), ("ref", "Q"), ("session", "I"), ("firm", "I"), ("locate", "H"),
-                      ("side", "B"))
+OREF_FIELDS: Final = fields_of(ORDER_IMAGE, "order_id", "ref", "session", "firm", "locate", "side")
+# Quantities cross as u32: the engine accepts 1..2^32-1 shares (catalogue.NewOrder.qty).
+OPEN_ORDER_STATE: Final = fields_of(ORDER_IMAGE, ("leaves", "I"), ("qty", "I"))
 
 
 def _prefixed(prefix: str, fields: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -116,16 +121,16 @@ def _prefixed(prefix: str, fields: Iterable[tuple[str, str]]) -> tuple[tuple[str
 
 #: Fields after the header, per record kind (COMMAND: the rest of the record is a command).
 EVENT_RECORD_FIELDS: Final[dict[int, tuple[tuple[str, str], ...]]] = {
-    EV_ACCEPTED: ORDER_FIELDS + (("qty", "I"), ("cl_ord_id", "20s")),
+    EV_ACCEPTED: ORDER_FIELDS + (("qty", "I"),) + fields_of(ORDER_IMAGE, "cl_ord_id"),
     EV_REJECTED: (("reason", "H"), ("command", "COMMAND")),
     EV_EXECUTED: _prefixed("maker_", OREF_FIELDS) + _prefixed("taker_", OREF_FIELDS) + (
         ("qty", "I"), ("price", "I"), ("match", "Q"), ("maker_leaves", "I"), ("maker_filled", "I"),
         ("taker_leaves", "I"), ("taker_filled", "I")),
     EV_CANCELLED: ORDER_FIELDS + (("qty", "I"), ("leaves", "I"), ("filled", "I"), ("reason", "B"),
                                   ("on_book", "B")),
-    EV_REPLACED: _prefixed("new_", ORDER_FIELDS) + (
-        ("old_ref", "Q"), ("old_leaves", "I"), ("new_leaves", "I"), ("filled", "I"), ("action", "B"),
-        ("command_qty", "q"), ("command_cl_ord_id", "20s")),
+    EV_REPLACED: _prefixed("new_", ORDER_FIELDS) + _prefixed("old_", fields_of(ORDER_IMAGE, "ref")) + (
+        ("old_leaves", "I"), ("new_leaves", "I"), ("filled", "I"), ("action", "B"),
+    ) + _prefixed("command_", fields_of(ReplaceOrder.FIELDS, "qty", "cl_ord_id")),
     EV_STOP_TRIGGERED: ORDER_FIELDS + (("trigger_price", "I"),),
     # An auction fill: OrderExecuted's layout (buy order in the maker slot, sell in the taker slot)
     # plus the auction's cross type (model.CROSS_*, from the command's AuctionUncrossed; 0 unknown).
@@ -135,7 +140,7 @@ EVENT_RECORD_FIELDS: Final[dict[int, tuple[tuple[str, str], ...]]] = {
     EV_MASS_CANCELLED: (("count", "I"), ("command", "COMMAND")),
     CTL_POSITION: (("firm", "I"), ("locate", "H"), ("position", "q")),
     CTL_LAST_PRICE: (("locate", "H"), ("price", "q")),
-    CTL_OPEN_ORDER: ORDER_FIELDS + (("leaves", "I"), ("qty", "I")),
+    CTL_OPEN_ORDER: ORDER_FIELDS + OPEN_ORDER_STATE,
     CTL_REPLAY: (),
     CTL_LIVE: (),
     CTL_ADMIN: (("command", "B"), ("locate", "H"), ("changed", "I")),

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+
 from appliance import codec_ring, eventcodec, snapshot
-from appliance.catalogue import EVENT_LAYOUTS, Command, Event, NewOrder, ReplaceOrder
+from appliance.catalogue import EVENT_LAYOUTS, ORDER_IMAGE, Command, Event, NewOrder, ReplaceOrder, fields_of
 from appliance.matching.engine import Engine
 from appliance.model import BUY, GTC, LIMIT, SELL
+from appliance.snapshot import attribute_names
 from tools.killworker import STREAM_SPEC, command_at
 
 #: Event kinds by their catalogue names (independent of the constants' spelling).
@@ -132,3 +135,20 @@ def test_the_records_of_a_day_keep_their_bytes() -> None:
     meta_len = int.from_bytes(snap[snapshot.SNAP_HEADER_SIZE:snapshot.SNAP_HEADER_SIZE + 4], "little")
     got["snapshot"] = _digest([snap[snapshot.SNAP_HEADER_SIZE + 4 + meta_len:]])
     assert got == GOLDEN
+
+
+def test_the_order_image_is_every_field_of_an_order() -> None:
+    names = [name for name, _ in ORDER_IMAGE]
+    assert len(set(names)) == len(names)
+    assert set(names) == set(attribute_names(NewOrder))   # __slots__, or the compiled build's attributes
+
+
+def test_a_projection_takes_declared_fields_only() -> None:
+    assert fields_of(ORDER_IMAGE, "ref", "order_id") == (("ref", "Q"), ("order_id", "Q"))
+    assert fields_of(ORDER_IMAGE, ("qty", "I")) == (("qty", "I"),)
+    with pytest.raises(ValueError, match="not a field"):
+        fields_of(ORDER_IMAGE, "reff")
+    with pytest.raises(ValueError, match="twice"):
+        fields_of(ORDER_IMAGE, "ref", ("ref", "I"))
+    with pytest.raises(ValueError, match="same code"):
+        fields_of(ORDER_IMAGE, ("qty", "q"))

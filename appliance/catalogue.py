@@ -466,6 +466,32 @@ EVENT_LAYOUTS: Final[dict[int, tuple[str, tuple[str, ...]]]] = {
 }
 
 EVENT_NAMES: Final = {kind: layout[0] for kind, layout in EVENT_LAYOUTS.items()}
+
+# What every event field holds, by name, as a struct code of its widest range; ORDER_VALUE: an order
+# object (its image: ORDER_IMAGE), COMMAND_VALUE: a command object. Each encoding of events takes its
+# field codes from here (appliance.eventcodec as they are, appliance.codec_ring narrowed where it says).
+ORDER_VALUE: Final = "order"
+COMMAND_VALUE: Final = "command"
+EVENT_FIELD_CODES: Final[dict[str, str]] = {
+    "order": ORDER_VALUE, "maker": ORDER_VALUE, "taker": ORDER_VALUE, "old": ORDER_VALUE, "new": ORDER_VALUE,
+    "command": COMMAND_VALUE,
+    "qty": "q", "shares": "q", "price": "q", "trigger_price": "q",
+    "match": "Q",
+    "maker_leaves": "q", "maker_filled": "q", "taker_leaves": "q", "taker_filled": "q",
+    "leaves": "q", "filled": "q", "old_leaves": "q", "new_leaves": "q",
+    "reason": "H", "action": "B", "on_book": "?", "count": "I",
+    # trading states and auctions
+    "buy": ORDER_VALUE, "sell": ORDER_VALUE,
+    "buy_leaves": "q", "buy_filled": "q", "sell_leaves": "q", "sell_filled": "q",
+    "locate": "H", "state": "B", "cause": "B", "event": "B", "cross_type": "B", "direction": "B",
+    "paired": "q", "imbalance": "q", "far": "q", "near": "q", "ref_price": "q",
+    "active": "?", "lower": "q", "upper": "q", "extension": "I",
+}
+#: Each event's fields after ``kind`` as a (name, code) table; a field without a code fails at import.
+EVENT_FIELDS: Final[dict[int, tuple[tuple[str, str], ...]]] = {
+    kind: tuple((name, EVENT_FIELD_CODES[name]) for name in fields[1:])
+    for kind, (_, fields) in EVENT_LAYOUTS.items()
+}
 _COMMAND_TYPES: Final = frozenset(COMMANDS.values())
 
 

@@ -30,7 +30,8 @@ RING_RECORDS = {
     "OrderAccepted": "<BQQQQIIHBBBqqI20s",
     "CommandRejected": "<BQQH",
     "OrderExecuted": "<BQQQQIIHBQQIIHBIIQIIII",
-    "OrderCancelled": "<BQQQQIIHBBBqqIIIBB",
+    # on_book: first "B" (written as 1 if on_book else 0), now the catalogue's "?": the same byte
+    "OrderCancelled": "<BQQQQIIHBBBqqIIIB?",
     "OrderReplaced": "<BQQQQIIHBBBqqQIIIBq20s",
     "StopTriggered": "<BQQQQIIHBBBqqI",
     "CrossExecuted": "<BQQQQIIHBQQIIHBIIQIIIIB",

@@ -103,7 +103,8 @@ from appliance.catalogue import (
     fields_of,
 )
 from appliance.model import BUY
-from appliance.walcodec import LAYOUTS, MalformedCommand
+from appliance.ring import LENGTH_BYTES
+from appliance.walcodec import LAYOUTS, RECORD_HEADER_SIZE, MalformedCommand
 
 LAST: Final = 0x80          # flag on the kind byte: the last record of a command's events
 KIND_MASK: Final = 0x7F
@@ -229,8 +230,8 @@ def decode_command(buf: bytes, off: int = 0) -> Command:
     dec = _CMD_DECODERS[kind]
     if dec is None:
         raise ValueError(f"ring: command kind {kind} unknown")
-    # The WAL decoders read the body at off + 32 (after the record header): shift accordingly.
-    cmd: Command = dec(buf, off + 1 - 32)
+    # The WAL decoders read the body after a record header: shift accordingly.
+    cmd: Command = dec(buf, off + 1 - RECORD_HEADER_SIZE)
     return cmd
 
 
@@ -243,15 +244,17 @@ def decode_command_block(block: bytes, count: int, slot_size: int, out: list[Com
     decoders = _CMD_DECODERS
     sizes = COMMAND_SIZES
     append = out.append
+    at_kind = LENGTH_BYTES                  # the kind byte follows the slot's length
+    at_record = at_kind + 1 - RECORD_HEADER_SIZE   # where a WAL decoder finds the body after the kind
     for k in range(count):
         base = k * slot_size
-        off = base + 2
+        off = base + at_kind
         kind = block[off]
         dec = decoders[kind]
         if dec is None or sizes[kind] != block[base] | (block[base + 1] << 8):
             bad += 1
             continue
-        append(dec(block, off - 31))
+        append(dec(block, base + at_record))
     return bad
 
 
@@ -259,9 +262,12 @@ def decode_command_block(block: bytes, count: int, slot_size: int, out: list[Com
 # Events: partition side
 # ================================================================================================
 
+_CL_WIDTH: Final = struct.calcsize(dict(ORDER_IMAGE)["cl_ord_id"])
+
+
 def _cl(s: str) -> bytes:
     try:
-        return s.encode("ascii")[:20]
+        return s.encode("ascii")[:_CL_WIDTH]
     except (UnicodeEncodeError, AttributeError):
         return b""
 

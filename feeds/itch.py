@@ -55,7 +55,7 @@ from feeds.layout import (
 
 __all__ = [
     "Message", "LAYOUTS", "LAYOUT_OF", "FAST_ENCODERS", "decode", "encode", "message_type",
-    "stock8", "HEADER_SIZE", "Price4", "Price8", "Stock",
+    "stock8", "HEADER_SIZE", "TIMESTAMP_AT", "Price4", "Price8", "Stock",
     "SystemEvent", "StockDirectory", "StockTradingAction", "RegShoRestriction",
     "MarketParticipantPosition", "MwcbDeclineLevel", "MwcbStatus", "IpoQuotingPeriodUpdate",
     "LuldAuctionCollar", "OperationalHalt", "AddOrder", "AddOrderMpid", "OrderExecuted",
@@ -70,8 +70,6 @@ Price8 = U64
 #: Stock symbol: 8 alpha.
 Stock = Alpha8
 
-#: Size of the common header: type, stock locate, tracking number, timestamp.
-HEADER_SIZE = 11
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,6 +404,11 @@ _ALL: tuple[Msg[Any], ...] = (
     BROKEN_TRADE, NOII, RPII, DIRECT_LISTING_CAPITAL_RAISE,
 )
 
+#: Where the common header's timestamp starts, and the header's size (type, stock locate, tracking
+#: number, timestamp): every layout starts with it (checked below).
+TIMESTAMP_AT: int = SYSTEM_EVENT.fields[2].offset                          # 5
+HEADER_SIZE: int = TIMESTAMP_AT + SYSTEM_EVENT.fields[2].size              # 11
+
 #: Every ITCH 5.0 layout keyed by its type byte (b"A" ...).
 LAYOUTS: dict[bytes, Msg[Any]] = {m.type_byte: m for m in _ALL if m.type_byte is not None}
 #: The layout of each message class.
@@ -415,6 +418,7 @@ LAYOUT_OF: dict[type, Msg[Any]] = {m.cls: m for m in _ALL}
 _BY_ORD: list[Msg[Any] | None] = [None] * 256
 for _m in _ALL:
     assert _m.type_byte is not None and _m.names[:3] == ("stock_locate", "tracking", "timestamp")
+    assert _m.fields[3].offset == HEADER_SIZE if len(_m.fields) > 3 else _m.size == HEADER_SIZE
     _BY_ORD[_m.type_byte[0]] = _m
 del _m
 

@@ -6,7 +6,8 @@ Commands are small classes with ``__slots__``; each declares its persistent fiel
 as ``FIELDS = ((name, struct code), ...)``. The WAL derives its record layout from that table and
 nothing else. A ``NewOrder`` that the engine accepts *becomes* the live order: the engine sets the
 state slots ``ref`` (the ITCH order reference), ``leaves`` and ``filled`` on it, so an order costs one
-allocation from the wire to the book.
+allocation from the wire to the book. ``ORDER_IMAGE`` (NewOrder.FIELDS, then that state) is the one
+declaration of an order's fields: every encoding of an order is a named projection of it (``fields_of``).
 
 Events are plain tuples whose first item is the event kind; the layouts are declared below in
 ``EVENT_LAYOUTS`` (field names by position). Tuples are what the engine can afford to build in its
@@ -117,6 +118,49 @@ class NewOrder:
 
 
 Order = NewOrder  # the live order is the accepted command; the alias names the role
+
+# ------------------------------------------------------------------------------------------------
+# The order image: every field of a live order, declared once. Each encoding of an order (the WAL
+# body, snapshots, the gateway rings, the canonical event frames) is a named projection of it
+# (fields_of), so a field's name and code are stated here and nowhere else.
+# ------------------------------------------------------------------------------------------------
+
+#: The state the engine sets on an accepted order: the ITCH order reference, remaining and filled shares.
+ORDER_STATE: Final = (
+    ("ref", "Q"),
+    ("leaves", "q"),
+    ("filled", "q"),
+)
+#: The command's persistent fields (NewOrder.FIELDS, the WAL body), then the engine's state.
+ORDER_IMAGE: Final = NewOrder.FIELDS + ORDER_STATE
+
+Pick = Union[str, tuple[str, str]]
+
+
+def fields_of(table: tuple[tuple[str, str], ...], *picks: Pick) -> tuple[tuple[str, str], ...]:
+    """A named projection of a (name, struct code) table, in the order of ``picks``.
+
+    A pick is a field name (its code is the table's) or ``(name, code)`` for an encoding that stores
+    the field in another type (a narrower integer, say); the caller says why beside it. Called at
+    import: a name the table lacks, a field picked twice or an override that restates the table's
+    own code raises ValueError, so a projection cannot drift from its declaration.
+    """
+    codes = dict(table)
+    out: list[tuple[str, str]] = []
+    for pick in picks:
+        if isinstance(pick, str):
+            name = pick
+            code = codes.get(name, "")
+        else:
+            name, code = pick
+            if codes.get(name) == code:
+                raise ValueError(f"fields_of: {name!r} overrides its code with the same code {code!r}")
+        if name not in codes:
+            raise ValueError(f"fields_of: {name!r} is not a field of {tuple(codes)}")
+        if any(name == seen for seen, _ in out):
+            raise ValueError(f"fields_of: {name!r} picked twice")
+        out.append((name, code))
+    return tuple(out)
 
 
 class CancelOrder:
@@ -422,6 +466,32 @@ EVENT_LAYOUTS: Final[dict[int, tuple[str, tuple[str, ...]]]] = {
 }
 
 EVENT_NAMES: Final = {kind: layout[0] for kind, layout in EVENT_LAYOUTS.items()}
+
+# What every event field holds, by name, as a struct code of its widest range; ORDER_VALUE: an order
+# object (its image: ORDER_IMAGE), COMMAND_VALUE: a command object. Each encoding of events takes its
+# field codes from here (appliance.eventcodec as they are, appliance.codec_ring narrowed where it says).
+ORDER_VALUE: Final = "order"
+COMMAND_VALUE: Final = "command"
+EVENT_FIELD_CODES: Final[dict[str, str]] = {
+    "order": ORDER_VALUE, "maker": ORDER_VALUE, "taker": ORDER_VALUE, "old": ORDER_VALUE, "new": ORDER_VALUE,
+    "command": COMMAND_VALUE,
+    "qty": "q", "shares": "q", "price": "q", "trigger_price": "q",
+    "match": "Q",
+    "maker_leaves": "q", "maker_filled": "q", "taker_leaves": "q", "taker_filled": "q",
+    "leaves": "q", "filled": "q", "old_leaves": "q", "new_leaves": "q",
+    "reason": "H", "action": "B", "on_book": "?", "count": "I",
+    # trading states and auctions
+    "buy": ORDER_VALUE, "sell": ORDER_VALUE,
+    "buy_leaves": "q", "buy_filled": "q", "sell_leaves": "q", "sell_filled": "q",
+    "locate": "H", "state": "B", "cause": "B", "event": "B", "cross_type": "B", "direction": "B",
+    "paired": "q", "imbalance": "q", "far": "q", "near": "q", "ref_price": "q",
+    "active": "?", "lower": "q", "upper": "q", "extension": "I",
+}
+#: Each event's fields after ``kind`` as a (name, code) table; a field without a code fails at import.
+EVENT_FIELDS: Final[dict[int, tuple[tuple[str, str], ...]]] = {
+    kind: tuple((name, EVENT_FIELD_CODES[name]) for name in fields[1:])
+    for kind, (_, fields) in EVENT_LAYOUTS.items()
+}
 _COMMAND_TYPES: Final = frozenset(COMMANDS.values())
 
 

@@ -56,6 +56,15 @@ refused one comes back as its CommandRejected):
     CTL_ADMIN       command u8, locate u16, changed u32     the command's KIND, its locate, how
                                                             many instruments changed state
 
+Nothing above is restated in the tables below: an order's fields are projections of the catalogue's
+ORDER_IMAGE (ORDER, OREF, an acceptance's cl_ord_id, a replace's old ref), an event's own fields
+are catalogue.EVENT_FIELDS in the catalogue's order, a replace's command fields ReplaceOrder.FIELDS.
+The ring is another encoding than appliance.eventcodec's canonical frames (which hash and compare
+the engine's output): it carries what a gateway's sessions and risk checks need, the order's client
+ids included, and leaves out the rest; and it narrows an event's quantities and prices from the
+catalogue's i64 to u32 (``_narrow``) so that a record fits its slot. A field that differs otherwise
+says why beside its table entry (a cancel's reason is a byte).
+
 The gateway rebuilds the engine's event tuples from these records (``EventDecoder``): order objects
 are ``NewOrder`` instances cached per order id (the gateway's own firms only) whose ref, qty, leaves,
 filled and cl_ord_id follow the events, so that OuchSession, FixSession and RiskChecker take the
@@ -67,6 +76,7 @@ import struct
 from typing import Any, Final, Iterable, Sequence
 
 from appliance.catalogue import (
+    COMMAND_VALUE,
     EV_ACCEPTED,
     EV_ADDED,
     EV_CANCELLED,
@@ -82,14 +92,19 @@ from appliance.catalogue import (
     EV_STOP_TRIGGERED,
     EV_TRADING_STATE,
     EV_UNCROSSED,
+    EVENT_FIELDS,
+    ORDER_IMAGE,
+    ORDER_VALUE,
     REPL_IN_PLACE,
     Command,
     Event,
     NewOrder,
     ReplaceOrder,
+    fields_of,
 )
 from appliance.model import BUY
-from appliance.walcodec import LAYOUTS, MalformedCommand
+from appliance.ring import LENGTH_BYTES
+from appliance.walcodec import LAYOUTS, RECORD_HEADER_SIZE, MalformedCommand
 
 LAST: Final = 0x80          # flag on the kind byte: the last record of a command's events
 KIND_MASK: Final = 0x7F
@@ -102,40 +117,54 @@ CTL_ADMIN: Final = 0x75
 MIN_SLOT_SIZE: Final = 128
 
 HEADER_FIELDS: Final = (("kind", "B"), ("seq", "Q"), ("ts_ns", "Q"))
-ORDER_FIELDS: Final = (
-    ("order_id", "Q"), ("ref", "Q"), ("session", "I"), ("firm", "I"), ("locate", "H"), ("side", "B"),
-    ("ord_type", "B"), ("tif", "B"), ("price", "q"), ("stop_price", "q"),
+# Projections of the catalogue's ORDER_IMAGE (codes as declared there unless overridden):
+# ORDER, an order's immutable fields that sessions and risk checks need; OREF, what identifies and
+# routes an execution's maker and taker.
+ORDER_FIELDS: Final = fields_of(
+    ORDER_IMAGE, "order_id", "ref", "session", "firm", "locate", "side", "ord_type", "tif", "price", "stop_price",
 )
-OREF_FIELDS: Final = (("order_id", "Q"), ("ref", "Q"), ("session", "I"), ("firm", "I"), ("locate", "H"),
-                      ("side", "B"))
+OREF_FIELDS: Final = fields_of(ORDER_IMAGE, "order_id", "ref", "session", "firm", "locate", "side")
+COMMAND_REST: Final = (("command", COMMAND_VALUE),)   # the rest of the record is a command
+
+
+def _narrow(fields: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """Quantities and prices (i64 in the catalogue) cross as u32, as ITCH carries them: the engine
+    accepts 1..2^32-1 shares, and a record stays within MIN_SLOT_SIZE."""
+    return tuple((name, "I" if code == "q" else code) for name, code in fields)
+
+
+def _scalars(kind: int, **codes: str) -> tuple[tuple[str, str], ...]:
+    """The event's own fields (not its orders or command) in catalogue order, narrowed (_narrow);
+    ``codes`` overrides single fields."""
+    table = _narrow(tuple(f for f in EVENT_FIELDS[kind] if f[1] not in (ORDER_VALUE, COMMAND_VALUE)))
+    unknown = set(codes) - {name for name, _ in table}
+    if unknown:
+        raise ValueError(f"ring: {sorted(unknown)} are not fields of event kind {kind}")
+    return fields_of(table, *((name, codes[name]) if name in codes else name for name, _ in table))
 
 
 def _prefixed(prefix: str, fields: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     return tuple((prefix + name, code) for name, code in fields)
 
 
-#: Fields after the header, per record kind (COMMAND: the rest of the record is a command).
+_EXECUTION: Final = _prefixed("maker_", OREF_FIELDS) + _prefixed("taker_", OREF_FIELDS) + _scalars(EV_EXECUTED)
+
+#: Fields after the header, per record kind (COMMAND_VALUE: the rest of the record is a command).
 EVENT_RECORD_FIELDS: Final[dict[int, tuple[tuple[str, str], ...]]] = {
-    EV_ACCEPTED: ORDER_FIELDS + (("qty", "I"), ("cl_ord_id", "20s")),
-    EV_REJECTED: (("reason", "H"), ("command", "COMMAND")),
-    EV_EXECUTED: _prefixed("maker_", OREF_FIELDS) + _prefixed("taker_", OREF_FIELDS) + (
-        ("qty", "I"), ("price", "I"), ("match", "Q"), ("maker_leaves", "I"), ("maker_filled", "I"),
-        ("taker_leaves", "I"), ("taker_filled", "I")),
-    EV_CANCELLED: ORDER_FIELDS + (("qty", "I"), ("leaves", "I"), ("filled", "I"), ("reason", "B"),
-                                  ("on_book", "B")),
-    EV_REPLACED: _prefixed("new_", ORDER_FIELDS) + (
-        ("old_ref", "Q"), ("old_leaves", "I"), ("new_leaves", "I"), ("filled", "I"), ("action", "B"),
-        ("command_qty", "q"), ("command_cl_ord_id", "20s")),
-    EV_STOP_TRIGGERED: ORDER_FIELDS + (("trigger_price", "I"),),
+    EV_ACCEPTED: ORDER_FIELDS + _scalars(EV_ACCEPTED) + fields_of(ORDER_IMAGE, "cl_ord_id"),
+    EV_REJECTED: _scalars(EV_REJECTED) + COMMAND_REST,
+    EV_EXECUTED: _EXECUTION,
+    EV_CANCELLED: ORDER_FIELDS + _scalars(EV_CANCELLED, reason="B"),   # cancel reasons (reasons.CANCEL_*) fit a byte
+    EV_REPLACED: _prefixed("new_", ORDER_FIELDS) + _prefixed("old_", fields_of(ORDER_IMAGE, "ref"))
+    + _scalars(EV_REPLACED) + _prefixed("command_", fields_of(ReplaceOrder.FIELDS, "qty", "cl_ord_id")),
+    EV_STOP_TRIGGERED: ORDER_FIELDS + _scalars(EV_STOP_TRIGGERED),
     # An auction fill: OrderExecuted's layout (buy order in the maker slot, sell in the taker slot)
     # plus the auction's cross type (model.CROSS_*, from the command's AuctionUncrossed; 0 unknown).
-    EV_CROSS_EXECUTED: _prefixed("maker_", OREF_FIELDS) + _prefixed("taker_", OREF_FIELDS) + (
-        ("qty", "I"), ("price", "I"), ("match", "Q"), ("maker_leaves", "I"), ("maker_filled", "I"),
-        ("taker_leaves", "I"), ("taker_filled", "I"), ("cross_type", "B")),
-    EV_MASS_CANCELLED: (("count", "I"), ("command", "COMMAND")),
-    CTL_POSITION: (("firm", "I"), ("locate", "H"), ("position", "q")),
-    CTL_LAST_PRICE: (("locate", "H"), ("price", "q")),
-    CTL_OPEN_ORDER: ORDER_FIELDS + (("leaves", "I"), ("qty", "I")),
+    EV_CROSS_EXECUTED: _EXECUTION + fields_of(EVENT_FIELDS[EV_UNCROSSED], "cross_type"),
+    EV_MASS_CANCELLED: _scalars(EV_MASS_CANCELLED) + COMMAND_REST,
+    CTL_POSITION: fields_of(ORDER_IMAGE, "firm", "locate") + (("position", "q"),),
+    CTL_LAST_PRICE: fields_of(ORDER_IMAGE, "locate", "price"),
+    CTL_OPEN_ORDER: ORDER_FIELDS + _narrow(fields_of(ORDER_IMAGE, "leaves", "qty")),
     CTL_REPLAY: (),
     CTL_LIVE: (),
     CTL_ADMIN: (("command", "B"), ("locate", "H"), ("changed", "I")),
@@ -150,7 +179,7 @@ NOT_FORWARDED: Final = frozenset((EV_ADDED,)) | FEED_ONLY
 
 def _struct(fields: Sequence[tuple[str, str]]) -> struct.Struct:
     return struct.Struct("<" + "".join(code for _, code in HEADER_FIELDS + tuple(fields)
-                                       if code != "COMMAND"))
+                                       if code != COMMAND_VALUE))
 
 
 STRUCTS: Final[dict[int, struct.Struct]] = {k: _struct(f) for k, f in EVENT_RECORD_FIELDS.items()}
@@ -173,7 +202,7 @@ _OPN = STRUCTS[CTL_OPEN_ORDER]
 def max_record_size() -> int:
     """The largest event record (a NewOrder command in a CommandRejected)."""
     biggest_cmd = 1 + max(lay.body.size for lay in LAYOUTS.values())
-    return max(s.size + (biggest_cmd if any(c == "COMMAND" for _, c in EVENT_RECORD_FIELDS[k]) else 0)
+    return max(s.size + (biggest_cmd if any(c == COMMAND_VALUE for _, c in EVENT_RECORD_FIELDS[k]) else 0)
                for k, s in STRUCTS.items())
 
 
@@ -201,8 +230,8 @@ def decode_command(buf: bytes, off: int = 0) -> Command:
     dec = _CMD_DECODERS[kind]
     if dec is None:
         raise ValueError(f"ring: command kind {kind} unknown")
-    # The WAL decoders read the body at off + 32 (after the record header): shift accordingly.
-    cmd: Command = dec(buf, off + 1 - 32)
+    # The WAL decoders read the body after a record header: shift accordingly.
+    cmd: Command = dec(buf, off + 1 - RECORD_HEADER_SIZE)
     return cmd
 
 
@@ -215,15 +244,17 @@ def decode_command_block(block: bytes, count: int, slot_size: int, out: list[Com
     decoders = _CMD_DECODERS
     sizes = COMMAND_SIZES
     append = out.append
+    at_kind = LENGTH_BYTES                  # the kind byte follows the slot's length
+    at_record = at_kind + 1 - RECORD_HEADER_SIZE   # where a WAL decoder finds the body after the kind
     for k in range(count):
         base = k * slot_size
-        off = base + 2
+        off = base + at_kind
         kind = block[off]
         dec = decoders[kind]
         if dec is None or sizes[kind] != block[base] | (block[base + 1] << 8):
             bad += 1
             continue
-        append(dec(block, off - 31))
+        append(dec(block, base + at_record))
     return bad
 
 
@@ -231,9 +262,12 @@ def decode_command_block(block: bytes, count: int, slot_size: int, out: list[Com
 # Events: partition side
 # ================================================================================================
 
+_CL_WIDTH: Final = struct.calcsize(dict(ORDER_IMAGE)["cl_ord_id"])
+
+
 def _cl(s: str) -> bytes:
     try:
-        return s.encode("ascii")[:20]
+        return s.encode("ascii")[:_CL_WIDTH]
     except (UnicodeEncodeError, AttributeError):
         return b""
 
@@ -333,8 +367,7 @@ class EventEncoder:
                 elif k == EV_CANCELLED:
                     o = ev[1]
                     rec = can.pack(k, seq, ts, o.order_id, o.ref, o.session, o.firm, o.locate, o.side,
-                                   o.ord_type, o.tif, o.price, o.stop_price, ev[2], ev[3], ev[4], ev[5],
-                                   1 if ev[6] else 0)
+                                   o.ord_type, o.tif, o.price, o.stop_price, ev[2], ev[3], ev[4], ev[5], ev[6])
                     firm = o.firm
                 elif k in skip:
                     continue
@@ -489,7 +522,7 @@ class EventDecoder:
                 o.qty = filled + leaves
                 if not leaves:
                     self._done(o)
-                ev = (EV_CANCELLED, o, qty, leaves, filled, reason, bool(on_book))
+                ev = (EV_CANCELLED, o, qty, leaves, filled, reason, on_book)
             elif k == EV_REPLACED:
                 (_, seq, ts, oid, ref, ses, firm, loc, side, ot, tif, px, spx, old_ref, old_leaves, new_leaves,
                  filled, action, cqty, ccl) = _REP.unpack(rec)

@@ -10,71 +10,57 @@ One frame per event, integers little-endian::
     length  u16  the whole frame
     seq     u64  the command that produced the event (0: a command rejected before sequencing)
     kind    u8   catalogue.EV_*
-    fields       per EVENT_FIELD_CODES below: an order is its ORDER_IMAGE, a command is its kind
-                 (u8) and its WAL body (appliance.walcodec), other fields a struct code
+    fields       per catalogue.EVENT_FIELDS (the codes of catalogue.EVENT_FIELD_CODES, as declared):
+                 an order is its ORDER_FIELDS, a command is its kind (u8) and its WAL body
+                 (appliance.walcodec), other fields their struct code
 
-An order is encoded by its *immutable* fields only (ORDER_IMAGE): an order object's quantity and
-client order id change with a replace in place, and the partition hands out a whole batch's events
-before anyone encodes them; every quantity an event needs is a copy inside the event. So the
-encoding of an event does not depend on when it is encoded, and a replay of the WAL reproduces the
-live stream byte for byte.
+An order is encoded by its *immutable* fields only (ORDER_FIELDS, a projection of the catalogue's
+ORDER_IMAGE): an order object's quantity and client order id change with a replace in place, and the
+partition hands out a whole batch's events before anyone encodes them; every quantity an event needs
+is a copy inside the event. So the encoding of an event does not depend on when it is encoded, and a
+replay of the WAL reproduces the live stream byte for byte.
+
+The field codes are the catalogue's (EVENT_FIELD_CODES), at their widest; appliance.codec_ring is
+the compact encoding of the same fields for the gateways, narrowed where its docstring says.
 
 Not on the hot path: tests, tools and audit use it.
 """
 from __future__ import annotations
 
 import hashlib
+import operator
 import struct
 from typing import Final, Iterable
 
-from appliance.catalogue import EVENT_LAYOUTS, Command, Event, NewOrder
+from appliance.catalogue import (
+    COMMAND_VALUE,
+    EVENT_FIELDS,
+    ORDER_IMAGE,
+    ORDER_VALUE,
+    Command,
+    Event,
+    NewOrder,
+    fields_of,
+)
 from appliance.walcodec import MalformedCommand, encode_body
 
 FRAME_HEAD: Final = struct.Struct("<HQQB")
 
-ORDER_IMAGE: Final = (
-    ("order_id", "Q"),
-    ("ref", "Q"),
-    ("locate", "H"),
-    ("side", "B"),
-    ("ord_type", "B"),
-    ("tif", "B"),
-    ("stp", "B"),
-    ("price", "q"),
-    ("stop_price", "q"),
-    ("firm", "I"),
-    ("session", "I"),
-    ("account", "16s"),
-    ("mpid", "4s"),
+# An order in a frame: its immutable fields (the module's docstring says why), codes as declared.
+ORDER_FIELDS: Final = fields_of(
+    ORDER_IMAGE, "order_id", "ref", "locate", "side", "ord_type", "tif", "stp", "price", "stop_price", "firm",
+    "session", "account", "mpid",
 )
-_ORDER: Final = struct.Struct("<" + "".join(code for _, code in ORDER_IMAGE))
-ORDER: Final = "order"
-COMMAND: Final = "command"
-
-# Every field name used in catalogue.EVENT_LAYOUTS -> how it is encoded. A test checks the coverage.
-EVENT_FIELD_CODES: Final[dict[str, str]] = {
-    "order": ORDER, "maker": ORDER, "taker": ORDER, "old": ORDER, "new": ORDER,
-    "command": COMMAND,
-    "qty": "q", "shares": "q", "price": "q", "trigger_price": "q",
-    "match": "Q",
-    "maker_leaves": "q", "maker_filled": "q", "taker_leaves": "q", "taker_filled": "q",
-    "leaves": "q", "filled": "q", "old_leaves": "q", "new_leaves": "q",
-    "reason": "H", "action": "B", "on_book": "?", "count": "I",
-    # trading states and auctions
-    "buy": ORDER, "sell": ORDER,
-    "buy_leaves": "q", "buy_filled": "q", "sell_leaves": "q", "sell_filled": "q",
-    "locate": "H", "state": "B", "cause": "B", "event": "B", "cross_type": "B", "direction": "B",
-    "paired": "q", "imbalance": "q", "far": "q", "near": "q", "ref_price": "q",
-    "active": "?", "lower": "q", "upper": "q", "extension": "I",
-}
+_ORDER: Final = struct.Struct("<" + "".join(code for _, code in ORDER_FIELDS))
+ORDER: Final = ORDER_VALUE
+COMMAND: Final = COMMAND_VALUE
 
 
 def _plan(kind: int) -> tuple[tuple[str, struct.Struct | None, int], ...]:
     """(what, struct, number of fields) runs: ORDER, COMMAND, or "s" for consecutive plain fields."""
     parts: list[tuple[str, struct.Struct | None, int]] = []
     codes: list[str] = []
-    for name in EVENT_LAYOUTS[kind][1][1:]:
-        code = EVENT_FIELD_CODES[name]
+    for _, code in EVENT_FIELDS[kind]:
         if code in (ORDER, COMMAND):
             if codes:
                 parts.append(("s", struct.Struct("<" + "".join(codes)), len(codes)))
@@ -87,14 +73,20 @@ def _plan(kind: int) -> tuple[tuple[str, struct.Struct | None, int], ...]:
     return tuple(parts)
 
 
-_PLANS: Final = {kind: _plan(kind) for kind in EVENT_LAYOUTS}
+_PLANS: Final = {kind: _plan(kind) for kind in EVENT_FIELDS}
+
+
+_ORDER_VALUES: Final = operator.attrgetter(*(name for name, _ in ORDER_FIELDS))
+# (position, size) of the string fields: ASCII, space-padded like the WAL's
+_ORDER_STRINGS: Final = tuple((i, struct.calcsize(code)) for i, (_, code) in enumerate(ORDER_FIELDS)
+                              if code.endswith("s"))
 
 
 def order_image(o: NewOrder) -> bytes:
-    return _ORDER.pack(
-        o.order_id, o.ref, o.locate, o.side, o.ord_type, o.tif, o.stp, o.price, o.stop_price, o.firm,
-        o.session, o.account.encode("ascii").ljust(16), o.mpid.encode("ascii").ljust(4),
-    )
+    values = list(_ORDER_VALUES(o))
+    for i, size in _ORDER_STRINGS:
+        values[i] = values[i].encode("ascii").ljust(size)
+    return _ORDER.pack(*values)
 
 
 def command_image(cmd: Command) -> bytes:

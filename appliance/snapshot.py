@@ -17,7 +17,8 @@ File ``snap-<seq, 20 digits>.snap``, integers little-endian::
     +-------------------------------------------------------+-------+
     payload: meta length u32, meta JSON (spec, counters) | per book, ascending stock locate:
              BOOK (locate u16, bids u32, asks u32, buy stops u32, sell stops u32), then that many
-             ORDER records: NewOrder.FIELDS as in the WAL, then ref u64, leaves i64, filled i64;
+             ORDER records: catalogue.ORDER_IMAGE, i.e. NewOrder.FIELDS as in the WAL, then ref u64,
+             leaves i64, filled i64 (catalogue.ORDER_STATE);
              then the engine's triggered-stop queue: count u32, (ORDER, trigger price i64) each;
              version 2: then the market orders collected in call phases: count u32, ORDER each
              (per book ascending locate, buys then sells, in arrival order);
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 import os
 import struct
 import sys
@@ -45,7 +47,7 @@ import time
 import zlib
 from typing import Any, Callable, Final, Iterable, NamedTuple
 
-from appliance.catalogue import NewOrder
+from appliance.catalogue import ORDER_IMAGE, ORDER_STATE, NewOrder
 from appliance.matching.book import Book, Level
 from appliance.matching.engine import Engine
 from appliance.matching.rules import TradingRules
@@ -74,9 +76,13 @@ SNAP_HEADER_SIZE: Final = SNAP_HEADER.size  # 68
 _BOOK: Final = struct.Struct("<HIIII")
 _NEW: Final = LAYOUTS[NewOrder.KIND]
 _NATIVE_ORDERS: Final = hasattr(NewOrder, "__mypyc_attrs__")   # the compiled build
-ORDER_FIELDS: Final = tuple(NewOrder.FIELDS) + (("ref", "Q"), ("leaves", "q"), ("filled", "q"))
+# An order record is the whole catalogue ORDER_IMAGE: the WAL body (NewOrder.FIELDS, written by
+# walcodec), then the engine's state (ORDER_STATE).
+ORDER_FIELDS: Final = ORDER_IMAGE
 _ORDER: Final = struct.Struct("<" + "".join(code for _, code in ORDER_FIELDS))
-_ORDER_STATE: Final = struct.Struct("<Qqq")
+_ORDER_STATE: Final = struct.Struct("<" + "".join(code for _, code in ORDER_STATE))
+_STATE_NAMES: Final = tuple(name for name, _ in ORDER_STATE)
+_state_of: Final = operator.attrgetter(*_STATE_NAMES)
 ENDED_FIELDS: Final = (("order_id", "Q"), ("reason", "H"), ("ref", "Q"), ("firm", "I"))
 _ENDED: Final = struct.Struct("<" + "".join(code for _, code in ENDED_FIELDS))
 
@@ -207,6 +213,7 @@ def capture(engine: Engine, seq: int, ts_ns: int, epoch: int) -> bytes:
     parts = [struct.pack("<I", len(meta_bytes)), meta_bytes]
     encode = _NEW.encode_body
     state = _ORDER_STATE.pack
+    state_of = _state_of
     bpack = _BOOK.pack
     for b in books:
         groups = (b.orders_in_priority(BUY), b.orders_in_priority(SELL), b.stops[BUY].in_order(),
@@ -215,20 +222,20 @@ def capture(engine: Engine, seq: int, ts_ns: int, epoch: int) -> bytes:
         for g in groups:
             for o in g:
                 parts.append(encode(o))
-                parts.append(state(o.ref, o.leaves, o.filled))
+                parts.append(state(*state_of(o)))
     # Stops triggered but not yet entered: empty between commands in a correct engine; kept so that
     # a snapshot is faithful whatever the engine leaves there.
     queue = list(getattr(engine, "_stop_queue", ()))
     parts.append(struct.pack("<I", len(queue)))
     for o, price in queue:
         parts.append(encode(o))
-        parts.append(state(o.ref, o.leaves, o.filled))
+        parts.append(state(*state_of(o)))
         parts.append(struct.pack("<q", price))
     collected = [o for b in books for side in (BUY, SELL) for o in b.mkt[side]]
     parts.append(struct.pack("<I", len(collected)))
     for o in collected:
         parts.append(encode(o))
-        parts.append(state(o.ref, o.leaves, o.filled))
+        parts.append(state(*state_of(o)))
     ended = engine.ended_orders()
     parts.append(struct.pack("<I", len(ended)))
     parts.extend(_ENDED.pack(*e) for e in ended)
@@ -364,7 +371,8 @@ def _order_from(vals: tuple[Any, ...], names: list[str], str_idx: list[int], n_f
         o = NewOrder.__new__(NewOrder)
         for name, x in zip(names, v):
             setattr(o, name, x)
-    o.ref, o.leaves, o.filled = v[n_fields:]
+    for name, x in zip(_STATE_NAMES, v[n_fields:]):
+        setattr(o, name, x)
     return o
 
 

@@ -29,6 +29,7 @@ from sortedcontainers import SortedDict
 from feeds import itch
 from feeds.channels import BEST_BID_OFFER, LAST_TRADE, PRICE_LEVEL_UPDATE
 from feeds.layout import Buffer, Msg
+from feeds.moldudp64 import BLOCK_LENGTH_SIZE
 
 __all__ = ["L3Book", "L2Book", "L1Book", "summary_hash", "engine_l3_summary", "engine_l2_summary",
            "engine_l1_summary"]
@@ -140,8 +141,9 @@ class L3Book:
         cb = self.on_update
         unpack_a, unpack_d, unpack_e = _A, _D, _E
         self.messages += count
+        lb = BLOCK_LENGTH_SIZE
         for _ in range(count):
-            p = pos + 2
+            p = pos + lb
             pos = p + ((buf[pos] << 8) | buf[pos + 1])
             t = buf[p]
             if t == 65 or t == 70:      # A, F (F is A plus an attribution: the same unpack)
@@ -392,8 +394,9 @@ class L2Book(_InstrumentBook):
         check = self.seqs.check
         cb = self.on_update
         self.messages += count
+        lb = BLOCK_LENGTH_SIZE
         for _ in range(count):
-            p = pos + 2
+            p = pos + lb
             pos = p + ((buf[pos] << 8) | buf[pos + 1])
             t = buf[p]
             if t == 100:    # d
@@ -458,8 +461,9 @@ class L1Book(_InstrumentBook):
         check = self.seqs.check
         cb = self.on_update
         self.messages += count
+        lb = BLOCK_LENGTH_SIZE
         for _ in range(count):
-            p = pos + 2
+            p = pos + lb
             pos = p + ((buf[pos] << 8) | buf[pos + 1])
             t = buf[p]
             if t == 113:    # q

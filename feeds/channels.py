@@ -42,6 +42,7 @@ pure function of the command sequence (the WAL), whatever the batching was.
 from __future__ import annotations
 
 import dataclasses
+import struct
 import time
 from bisect import bisect_left, insort
 from typing import Any, Callable, Final, NamedTuple
@@ -61,12 +62,13 @@ from appliance.catalogue import (
 )
 from feeds import itch
 from feeds.layout import U16, U32, U48, U64, Buffer, Char, Msg
+from feeds.moldudp64 import BLOCK_LENGTH
 
 __all__ = [
     "L3", "L2", "L1", "CHANNELS", "CHANNEL_DIGIT", "NETWORK_TRANSPORTS", "AFXDP_MODES", "Endpoint", "ChannelGroups", "FeedConfig",
     "session_for", "channel_of_session", "day_of_midnight",
     "PriceLevelUpdate", "BestBidOffer", "LastTrade", "PRICE_LEVEL_UPDATE", "BEST_BID_OFFER",
-    "LAST_TRADE", "OWN_LAYOUTS", "ALL_LAYOUTS", "decode_any", "DepthTracker", "L2Encoder",
+    "LAST_TRADE", "BlockPacker", "block_packer", "OWN_LAYOUTS", "ALL_LAYOUTS", "decode_any", "DepthTracker", "L2Encoder",
     "L1Encoder", "END_OF_UPDATE", "MORE_TO_COME",
 ]
 
@@ -265,13 +267,31 @@ def decode_any(buf: Buffer) -> Any:
     return layout.decode(buf)
 
 
-def framed_packer(layout: Msg[Any]) -> Callable[..., bytes]:
-    """A ``pack(length, type, fields...)`` producing ``u16 length + message``: a MoldUDP64 block in
-    one struct call (the layout's own struct with the length prefix in front)."""
-    import struct
+class BlockPacker(NamedTuple):
+    """A layout as a MoldUDP64 message block (u16 length + the message) in one struct call:
+    ``pack(head, fields...)``. ``head`` is the block's first bytes, the same for every message of
+    the layout (its size, then its type byte), so that no call site restates either; one 3-byte
+    argument also packs faster than the two it replaces."""
 
-    return struct.Struct(">H" + layout.struct.format.lstrip(">")).pack
+    pack: Callable[..., bytes]
+    head: bytes
 
+
+def block_packer(layout: Msg[Any]) -> BlockPacker:
+    """The BlockPacker of a layout that has a type byte (the layout's own struct, the head in front)."""
+    fmt = layout.struct.format
+    if layout.type_byte is None or not fmt.startswith(">c"):
+        raise ValueError(f"{layout.name}: a message block needs a layout that starts with its type byte")
+    head = BLOCK_LENGTH.pack(layout.size) + layout.type_byte
+    return BlockPacker(struct.Struct(f">{len(head)}s" + fmt[2:]).pack, head)
+
+
+_PLU: Final = block_packer(PRICE_LEVEL_UPDATE)
+_BBO: Final = block_packer(BEST_BID_OFFER)
+_LTR: Final = block_packer(LAST_TRADE)
+_PLU_HEAD: Final = _PLU.head
+_BBO_HEAD: Final = _BBO.head
+_LTR_HEAD: Final = _LTR.head
 
 _SIDE_LETTER: Final = (b"B", b"S")
 _EMPTY: Final = (0, 0, 0)
@@ -478,7 +498,7 @@ class L2Encoder:
         self.published: dict[tuple[int, int], dict[int, tuple[int, int]]] = {}
         self.worst: dict[tuple[int, int], int] = {}
         self.inst_seq: dict[int, int] = {}
-        self._pack = framed_packer(PRICE_LEVEL_UPDATE)
+        self._pack = _PLU.pack
 
     def state(self) -> dict[str, Any]:
         """What was last published per instrument side, and the per-instrument sequence numbers."""
@@ -518,7 +538,7 @@ class L2Encoder:
                             pub[price] = v
                             seq = self.inst_seq.get(locate, 0) + 1
                             self.inst_seq[locate] = seq
-                            out.append(self._pack(33, b"d", locate, self.tracking, ts6, seq, _SIDE_LETTER[side],
+                            out.append(self._pack(_PLU_HEAD, locate, self.tracking, ts6, seq, _SIDE_LETTER[side],
                                                   price, v[0], v[1], END_OF_UPDATE))
                         return
                 elif len(pub) >= n:
@@ -574,6 +594,7 @@ class L2Encoder:
             if top:
                 self.worst[key] = top[-1][0]
         pack = self._pack
+        head = _PLU_HEAD
         trk = self.tracking
         for locate, changes in groups.items():
             if len(changes) > 1:
@@ -582,7 +603,7 @@ class L2Encoder:
             last = len(changes) - 1
             for i, (side, p, total, count) in enumerate(changes):
                 seq += 1
-                out.append(pack(33, b"d", locate, trk, ts6, seq, _SIDE_LETTER[side], p, total, count,
+                out.append(pack(head, locate, trk, ts6, seq, _SIDE_LETTER[side], p, total, count,
                                 END_OF_UPDATE if i == last else MORE_TO_COME))
             self.inst_seq[locate] = seq
 
@@ -604,8 +625,8 @@ class L1Encoder:
         self.tracking = tracking
         self.published: dict[int, tuple[tuple[int, int, int], tuple[int, int, int]]] = {}
         self.inst_seq: dict[int, int] = {}
-        self._pack_q = framed_packer(BEST_BID_OFFER)
-        self._pack_t = framed_packer(LAST_TRADE)
+        self._pack_q = _BBO.pack
+        self._pack_t = _LTR.pack
 
     def state(self) -> dict[str, Any]:
         """The best bid and offer last published per instrument, and the per-instrument sequence numbers."""
@@ -635,17 +656,18 @@ class L1Encoder:
         inst_seq = self.inst_seq
         if trades:
             pack_t = self._pack_t
+            head = _LTR_HEAD
             for ev, v in trades:
                 if ev[0] == EV_UNCROSSED:  # a cross: no aggressor
                     locate = ev[1]
                     seq = inst_seq.get(locate, 0) + 1
                     inst_seq[locate] = seq
-                    out.append(pack_t(40, b"t", locate, trk, ts6, seq, ev[3], min(ev[4], 0xFFFF_FFFF), ev[5], b" ", v))
+                    out.append(pack_t(head, locate, trk, ts6, seq, ev[3], min(ev[4], 0xFFFF_FFFF), ev[5], b" ", v))
                     continue
                 locate = ev[1].locate
                 seq = inst_seq.get(locate, 0) + 1
                 inst_seq[locate] = seq
-                out.append(pack_t(40, b"t", locate, trk, ts6, seq, ev[4], ev[3], ev[5],
+                out.append(pack_t(head, locate, trk, ts6, seq, ev[4], ev[3], ev[5],
                                   _SIDE_LETTER[ev[2].side], v))
         if not touched:
             return
@@ -678,4 +700,4 @@ class L1Encoder:
             seq = inst_seq.get(locate, 0) + 1
             inst_seq[locate] = seq
             (bp_, bs, bc), (ap_, as_, ac) = bbo
-            out.append(self._pack_q(47, b"q", locate, trk, ts6, seq, bp_, bs, bc, ap_, as_, ac))
+            out.append(self._pack_q(_BBO_HEAD, locate, trk, ts6, seq, bp_, bs, bc, ap_, as_, ac))

@@ -24,8 +24,9 @@ API:
     decode(buf) -> Message            one message (a typed NamedTuple per type)
     encode(msg) -> bytes              validating encoder for any Message
     LAYOUTS[b"A"] -> Msg              the layout table keyed by type byte
-    encode_add_order(...) etc.        hot-path encoders, one per type: positional ints and
-                                      bytes, no validation beyond what struct does
+    encode_add_order(...) etc.        hot-path encoders, one per type, derived from the layout
+                                      (fast_encoder; FAST_ENCODERS by type byte): positional
+                                      ints and bytes, no validation beyond what struct does
     stock8("AAPL") -> b"AAPL    "     pad a symbol once, then reuse it on the hot path
 
 Field values are not range-checked on the hot path: ``struct`` raises ``struct.error``
@@ -35,7 +36,8 @@ NUL-padded by ``struct``: pass symbols made by ``stock8``.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import re
+from typing import Any, Callable, Final, NamedTuple
 
 from feeds.layout import (
     U16,
@@ -53,7 +55,7 @@ from feeds.layout import (
 
 __all__ = [
     "Message", "LAYOUTS", "LAYOUT_OF", "FAST_ENCODERS", "decode", "encode", "message_type",
-    "stock8", "HEADER_SIZE", "Price4", "Price8", "Stock",
+    "stock8", "HEADER_SIZE", "TIMESTAMP_AT", "Price4", "Price8", "Stock",
     "SystemEvent", "StockDirectory", "StockTradingAction", "RegShoRestriction",
     "MarketParticipantPosition", "MwcbDeclineLevel", "MwcbStatus", "IpoQuotingPeriodUpdate",
     "LuldAuctionCollar", "OperationalHalt", "AddOrder", "AddOrderMpid", "OrderExecuted",
@@ -68,8 +70,6 @@ Price8 = U64
 #: Stock symbol: 8 alpha.
 Stock = Alpha8
 
-#: Size of the common header: type, stock locate, tracking number, timestamp.
-HEADER_SIZE = 11
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,6 +404,11 @@ _ALL: tuple[Msg[Any], ...] = (
     BROKEN_TRADE, NOII, RPII, DIRECT_LISTING_CAPITAL_RAISE,
 )
 
+#: Where the common header's timestamp starts, and the header's size (type, stock locate, tracking
+#: number, timestamp): every layout starts with it (checked below).
+TIMESTAMP_AT: int = SYSTEM_EVENT.fields[2].offset                          # 5
+HEADER_SIZE: int = TIMESTAMP_AT + SYSTEM_EVENT.fields[2].size              # 11
+
 #: Every ITCH 5.0 layout keyed by its type byte (b"A" ...).
 LAYOUTS: dict[bytes, Msg[Any]] = {m.type_byte: m for m in _ALL if m.type_byte is not None}
 #: The layout of each message class.
@@ -413,6 +418,7 @@ LAYOUT_OF: dict[type, Msg[Any]] = {m.cls: m for m in _ALL}
 _BY_ORD: list[Msg[Any] | None] = [None] * 256
 for _m in _ALL:
     assert _m.type_byte is not None and _m.names[:3] == ("stock_locate", "tracking", "timestamp")
+    assert _m.fields[3].offset == HEADER_SIZE if len(_m.fields) > 3 else _m.size == HEADER_SIZE
     _BY_ORD[_m.type_byte[0]] = _m
 del _m
 
@@ -455,214 +461,60 @@ def stock8(symbol: str | bytes) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------
-# Hot-path encoders: one struct call per message. Arguments follow the wire order; the
-# timestamp is int nanoseconds since midnight; alpha arguments must already have their exact
-# size (use stock8). The tests check each against the validating encoder.
+# Hot-path encoders, derived from the layouts: one struct call per message. Arguments follow the
+# wire order; the timestamp is int nanoseconds since midnight; alpha arguments must already have
+# their exact size (use stock8). The tests check each against the validating encoder.
 # --------------------------------------------------------------------------------------------
 
-_pack_S = SYSTEM_EVENT.struct.pack
-_pack_R = STOCK_DIRECTORY.struct.pack
-_pack_H = STOCK_TRADING_ACTION.struct.pack
-_pack_Y = REG_SHO_RESTRICTION.struct.pack
-_pack_L = MARKET_PARTICIPANT_POSITION.struct.pack
-_pack_V = MWCB_DECLINE_LEVEL.struct.pack
-_pack_W = MWCB_STATUS.struct.pack
-_pack_K = IPO_QUOTING_PERIOD_UPDATE.struct.pack
-_pack_J = LULD_AUCTION_COLLAR.struct.pack
-_pack_h = OPERATIONAL_HALT.struct.pack
-_pack_A = ADD_ORDER.struct.pack
-_pack_F = ADD_ORDER_MPID.struct.pack
-_pack_E = ORDER_EXECUTED.struct.pack
-_pack_C = ORDER_EXECUTED_WITH_PRICE.struct.pack
-_pack_X = ORDER_CANCEL.struct.pack
-_pack_D = ORDER_DELETE.struct.pack
-_pack_U = ORDER_REPLACE.struct.pack
-_pack_P = TRADE.struct.pack
-_pack_Q = CROSS_TRADE.struct.pack
-_pack_B = BROKEN_TRADE.struct.pack
-_pack_I = NOII.struct.pack
-_pack_N = RPII.struct.pack
-_pack_O = DIRECT_LISTING_CAPITAL_RAISE.struct.pack
+def fast_encoder(layout: Msg[Any]) -> Callable[..., bytes]:
+    """The hot-path encoder of an ITCH layout: ``(stock_locate, tracking, ts_ns, *fields)`` -> bytes.
 
-
-def encode_system_event(stock_locate: int, tracking: int, ts_ns: int, event_code: bytes) -> bytes:
-    """'S' System Event."""
-    return _pack_S(b"S", stock_locate, tracking, ts_ns.to_bytes(6, "big"), event_code)
-
-
-def encode_stock_directory(stock_locate: int, tracking: int, ts_ns: int, stock: bytes,
-                           market_category: bytes, financial_status: bytes, round_lot_size: int,
-                           round_lots_only: bytes, issue_classification: bytes, issue_sub_type: bytes,
-                           authenticity: bytes, short_sale_threshold: bytes, ipo_flag: bytes,
-                           luld_ref_price_tier: bytes, etp_flag: bytes, etp_leverage_factor: int,
-                           inverse: bytes) -> bytes:
-    """'R' Stock Directory."""
-    return _pack_R(b"R", stock_locate, tracking, ts_ns.to_bytes(6, "big"), stock, market_category,
-                   financial_status, round_lot_size, round_lots_only, issue_classification,
-                   issue_sub_type, authenticity, short_sale_threshold, ipo_flag, luld_ref_price_tier,
-                   etp_flag, etp_leverage_factor, inverse)
-
-
-def encode_stock_trading_action(stock_locate: int, tracking: int, ts_ns: int, stock: bytes,
-                                trading_state: bytes, reserved: bytes, reason: bytes) -> bytes:
-    """'H' Stock Trading Action (``reserved`` is normally b" ", ``reason`` 4 alpha)."""
-    return _pack_H(b"H", stock_locate, tracking, ts_ns.to_bytes(6, "big"), stock, trading_state,
-                   reserved, reason)
-
-
-def encode_reg_sho_restriction(stock_locate: int, tracking: int, ts_ns: int, stock: bytes,
-                               reg_sho_action: bytes) -> bytes:
-    """'Y' Reg SHO Short Sale Price Test Restricted Indicator."""
-    return _pack_Y(b"Y", stock_locate, tracking, ts_ns.to_bytes(6, "big"), stock, reg_sho_action)
-
-
-def encode_market_participant_position(stock_locate: int, tracking: int, ts_ns: int, mpid: bytes,
-                                       stock: bytes, primary_market_maker: bytes,
-                                       market_maker_mode: bytes, participant_state: bytes) -> bytes:
-    """'L' Market Participant Position."""
-    return _pack_L(b"L", stock_locate, tracking, ts_ns.to_bytes(6, "big"), mpid, stock,
-                   primary_market_maker, market_maker_mode, participant_state)
-
-
-def encode_mwcb_decline_level(stock_locate: int, tracking: int, ts_ns: int, level1: int,
-                              level2: int, level3: int) -> bytes:
-    """'V' MWCB Decline Level (levels are Price(8))."""
-    return _pack_V(b"V", stock_locate, tracking, ts_ns.to_bytes(6, "big"), level1, level2, level3)
-
-
-def encode_mwcb_status(stock_locate: int, tracking: int, ts_ns: int, breached_level: bytes) -> bytes:
-    """'W' MWCB Status."""
-    return _pack_W(b"W", stock_locate, tracking, ts_ns.to_bytes(6, "big"), breached_level)
-
-
-def encode_ipo_quoting_period_update(stock_locate: int, tracking: int, ts_ns: int, stock: bytes,
-                                     release_time_s: int, release_qualifier: bytes,
-                                     ipo_price: int) -> bytes:
-    """'K' IPO Quoting Period Update."""
-    return _pack_K(b"K", stock_locate, tracking, ts_ns.to_bytes(6, "big"), stock, release_time_s,
-                   release_qualifier, ipo_price)
-
-
-def encode_luld_auction_collar(stock_locate: int, tracking: int, ts_ns: int, stock: bytes,
-                               ref_price: int, upper_price: int, lower_price: int,
-                               extension: int) -> bytes:
-    """'J' LULD Auction Collar."""
-    return _pack_J(b"J", stock_locate, tracking, ts_ns.to_bytes(6, "big"), stock, ref_price,
-                   upper_price, lower_price, extension)
-
-
-def encode_operational_halt(stock_locate: int, tracking: int, ts_ns: int, stock: bytes,
-                            market_code: bytes, halt_action: bytes) -> bytes:
-    """'h' Operational Halt."""
-    return _pack_h(b"h", stock_locate, tracking, ts_ns.to_bytes(6, "big"), stock, market_code,
-                   halt_action)
-
-
-def encode_add_order(stock_locate: int, tracking: int, ts_ns: int, order_ref: int, side: bytes,
-                     shares: int, stock: bytes, price: int) -> bytes:
-    """'A' Add Order (no MPID)."""
-    return _pack_A(b"A", stock_locate, tracking, ts_ns.to_bytes(6, "big"), order_ref, side, shares,
-                   stock, price)
-
-
-def encode_add_order_mpid(stock_locate: int, tracking: int, ts_ns: int, order_ref: int,
-                          side: bytes, shares: int, stock: bytes, price: int,
-                          attribution: bytes) -> bytes:
-    """'F' Add Order with MPID attribution."""
-    return _pack_F(b"F", stock_locate, tracking, ts_ns.to_bytes(6, "big"), order_ref, side, shares,
-                   stock, price, attribution)
-
-
-def encode_order_executed(stock_locate: int, tracking: int, ts_ns: int, order_ref: int,
-                          executed_shares: int, match_number: int) -> bytes:
-    """'E' Order Executed."""
-    return _pack_E(b"E", stock_locate, tracking, ts_ns.to_bytes(6, "big"), order_ref,
-                   executed_shares, match_number)
-
-
-def encode_order_executed_with_price(stock_locate: int, tracking: int, ts_ns: int, order_ref: int,
-                                     executed_shares: int, match_number: int, printable: bytes,
-                                     execution_price: int) -> bytes:
-    """'C' Order Executed With Price."""
-    return _pack_C(b"C", stock_locate, tracking, ts_ns.to_bytes(6, "big"), order_ref,
-                   executed_shares, match_number, printable, execution_price)
-
-
-def encode_order_cancel(stock_locate: int, tracking: int, ts_ns: int, order_ref: int,
-                        cancelled_shares: int) -> bytes:
-    """'X' Order Cancel (partial)."""
-    return _pack_X(b"X", stock_locate, tracking, ts_ns.to_bytes(6, "big"), order_ref,
-                   cancelled_shares)
-
-
-def encode_order_delete(stock_locate: int, tracking: int, ts_ns: int, order_ref: int) -> bytes:
-    """'D' Order Delete."""
-    return _pack_D(b"D", stock_locate, tracking, ts_ns.to_bytes(6, "big"), order_ref)
-
-
-def encode_order_replace(stock_locate: int, tracking: int, ts_ns: int, original_order_ref: int,
-                         new_order_ref: int, shares: int, price: int) -> bytes:
-    """'U' Order Replace."""
-    return _pack_U(b"U", stock_locate, tracking, ts_ns.to_bytes(6, "big"), original_order_ref,
-                   new_order_ref, shares, price)
-
-
-def encode_trade(stock_locate: int, tracking: int, ts_ns: int, order_ref: int, side: bytes,
-                 shares: int, stock: bytes, price: int, match_number: int) -> bytes:
-    """'P' Trade (non-cross)."""
-    return _pack_P(b"P", stock_locate, tracking, ts_ns.to_bytes(6, "big"), order_ref, side, shares,
-                   stock, price, match_number)
-
-
-def encode_cross_trade(stock_locate: int, tracking: int, ts_ns: int, shares: int, stock: bytes,
-                       cross_price: int, match_number: int, cross_type: bytes) -> bytes:
-    """'Q' Cross Trade."""
-    return _pack_Q(b"Q", stock_locate, tracking, ts_ns.to_bytes(6, "big"), shares, stock,
-                   cross_price, match_number, cross_type)
-
-
-def encode_broken_trade(stock_locate: int, tracking: int, ts_ns: int, match_number: int) -> bytes:
-    """'B' Broken Trade."""
-    return _pack_B(b"B", stock_locate, tracking, ts_ns.to_bytes(6, "big"), match_number)
-
-
-def encode_noii(stock_locate: int, tracking: int, ts_ns: int, paired_shares: int,
-                imbalance_shares: int, imbalance_direction: bytes, stock: bytes, far_price: int,
-                near_price: int, current_ref_price: int, cross_type: bytes,
-                price_variation: bytes) -> bytes:
-    """'I' Net Order Imbalance Indicator."""
-    return _pack_I(b"I", stock_locate, tracking, ts_ns.to_bytes(6, "big"), paired_shares,
-                   imbalance_shares, imbalance_direction, stock, far_price, near_price,
-                   current_ref_price, cross_type, price_variation)
-
-
-def encode_rpii(stock_locate: int, tracking: int, ts_ns: int, stock: bytes,
-                interest_flag: bytes) -> bytes:
-    """'N' Retail Price Improvement Indicator."""
-    return _pack_N(b"N", stock_locate, tracking, ts_ns.to_bytes(6, "big"), stock, interest_flag)
-
-
-def encode_direct_listing_capital_raise(stock_locate: int, tracking: int, ts_ns: int,
-                                        stock: bytes, open_eligibility: bytes,
-                                        min_allowable_price: int, max_allowable_price: int,
-                                        near_execution_price: int, near_execution_time: int,
-                                        lower_price_collar: int, upper_price_collar: int) -> bytes:
-    """'O' Direct Listing with Capital Raise price discovery."""
-    return _pack_O(b"O", stock_locate, tracking, ts_ns.to_bytes(6, "big"), stock, open_eligibility,
-                   min_allowable_price, max_allowable_price, near_execution_price,
-                   near_execution_time, lower_price_collar, upper_price_collar)
+    Generated from the layout table (like walcodec's encoders): a function named ``encode_<message>``
+    after the layout's class (``encode_add_order`` for AddOrder) whose parameters are the layout's
+    fields, in wire order, and whose body is one struct call; as fast as one written by hand.
+    """
+    rest = layout.names[3:]
+    if layout.type_byte is None or layout.names[:3] != ("stock_locate", "tracking", "timestamp") or [
+            f.name for f in layout.fields if f.code == "u48"] != ["timestamp"]:
+        raise ValueError(f"ITCH {layout.name}: not a message with the common header")
+    if {"pack", "type_byte"} & set(rest):
+        raise ValueError(f"ITCH {layout.name}: a field name the generated encoder uses itself")
+    name = "encode_" + re.sub(r"(?<!^)(?=[A-Z])", "_", layout.cls.__name__).lower()
+    params = ["stock_locate: int", "tracking: int", "ts_ns: int"] + [
+        f"{f.name}: {'bytes' if f.is_alpha else 'int'}" for f in layout.fields[3:]]
+    src = (f"def {name}({', '.join(params)}) -> bytes:\n"
+           f"    return pack(type_byte, stock_locate, tracking, ts_ns.to_bytes(6, 'big'), {', '.join(rest)})\n")
+    namespace: dict[str, Any] = {"pack": layout.struct.pack, "type_byte": layout.type_byte}
+    exec(compile(src, f"<itch encoder {layout.cls.__name__}>", "exec"), namespace)
+    encode: Callable[..., bytes] = namespace[name]
+    encode.__doc__ = f"{layout.type_byte.decode('ascii')!r} {layout.name} ({layout.size} bytes)."
+    return encode
 
 
 #: The hot-path encoder of each type byte (same argument order as the message fields).
-FAST_ENCODERS: dict[bytes, Callable[..., bytes]] = {
-    b"S": encode_system_event, b"R": encode_stock_directory, b"H": encode_stock_trading_action,
-    b"Y": encode_reg_sho_restriction, b"L": encode_market_participant_position,
-    b"V": encode_mwcb_decline_level, b"W": encode_mwcb_status,
-    b"K": encode_ipo_quoting_period_update, b"J": encode_luld_auction_collar,
-    b"h": encode_operational_halt, b"A": encode_add_order, b"F": encode_add_order_mpid,
-    b"E": encode_order_executed, b"C": encode_order_executed_with_price,
-    b"X": encode_order_cancel, b"D": encode_order_delete, b"U": encode_order_replace,
-    b"P": encode_trade, b"Q": encode_cross_trade, b"B": encode_broken_trade, b"I": encode_noii,
-    b"N": encode_rpii, b"O": encode_direct_listing_capital_raise,
-}
-assert FAST_ENCODERS.keys() == LAYOUTS.keys()
+FAST_ENCODERS: dict[bytes, Callable[..., bytes]] = {t: fast_encoder(m) for t, m in LAYOUTS.items()}
+
+# By name, for callers that encode one kind of message (a test checks each name against its encoder's).
+encode_system_event: Final = FAST_ENCODERS[b"S"]
+encode_stock_directory: Final = FAST_ENCODERS[b"R"]
+encode_stock_trading_action: Final = FAST_ENCODERS[b"H"]
+encode_reg_sho_restriction: Final = FAST_ENCODERS[b"Y"]
+encode_market_participant_position: Final = FAST_ENCODERS[b"L"]
+encode_mwcb_decline_level: Final = FAST_ENCODERS[b"V"]
+encode_mwcb_status: Final = FAST_ENCODERS[b"W"]
+encode_ipo_quoting_period_update: Final = FAST_ENCODERS[b"K"]
+encode_luld_auction_collar: Final = FAST_ENCODERS[b"J"]
+encode_operational_halt: Final = FAST_ENCODERS[b"h"]
+encode_add_order: Final = FAST_ENCODERS[b"A"]
+encode_add_order_mpid: Final = FAST_ENCODERS[b"F"]
+encode_order_executed: Final = FAST_ENCODERS[b"E"]
+encode_order_executed_with_price: Final = FAST_ENCODERS[b"C"]
+encode_order_cancel: Final = FAST_ENCODERS[b"X"]
+encode_order_delete: Final = FAST_ENCODERS[b"D"]
+encode_order_replace: Final = FAST_ENCODERS[b"U"]
+encode_trade: Final = FAST_ENCODERS[b"P"]
+encode_cross_trade: Final = FAST_ENCODERS[b"Q"]
+encode_broken_trade: Final = FAST_ENCODERS[b"B"]
+encode_noii: Final = FAST_ENCODERS[b"I"]
+encode_rpii: Final = FAST_ENCODERS[b"N"]
+encode_direct_listing_capital_raise: Final = FAST_ENCODERS[b"O"]

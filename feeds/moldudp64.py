@@ -34,12 +34,13 @@ from __future__ import annotations
 import struct
 from bisect import bisect_right
 from itertools import accumulate
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from feeds.layout import U16, U64, Alpha10, Buffer, Msg, alpha
 
 __all__ = [
-    "HEADER", "HEADER_SIZE", "REREQUEST", "REREQUEST_SIZE", "END_OF_SESSION_COUNT",
+    "HEADER", "HEADER_SIZE", "REREQUEST", "REREQUEST_SIZE", "END_OF_SESSION_COUNT", "BLOCK_LENGTH",
+    "BLOCK_LENGTH_SIZE", "MIN_PAYLOAD",
     "DEFAULT_MAX_PAYLOAD", "MAX_UDP_PAYLOAD", "Header", "ReRequest", "MoldPacket", "Session",
     "PacketBuilder", "packetize", "runs_within", "session_name", "heartbeat", "end_of_session", "parse_packet",
     "encode_rerequest", "decode_rerequest", "frame_blocks", "split_blocks",
@@ -76,9 +77,13 @@ MAX_UDP_PAYLOAD = 65507
 
 _pack_header = HEADER.struct.pack
 _unpack_header_from = HEADER.struct.unpack_from
-_U16 = struct.Struct(">H")
-_pack_u16 = _U16.pack
-_unpack_u16_from = _U16.unpack_from
+#: A message block's length prefix (u16), before each message of a packet.
+BLOCK_LENGTH: Final = struct.Struct(">H")
+BLOCK_LENGTH_SIZE: Final = BLOCK_LENGTH.size
+_pack_u16 = BLOCK_LENGTH.pack
+_unpack_u16_from = BLOCK_LENGTH.unpack_from
+#: The smallest max_payload a builder accepts: a header and one block of a 1-byte message.
+MIN_PAYLOAD: Final = HEADER_SIZE + BLOCK_LENGTH_SIZE + 1
 
 
 class MoldPacket(NamedTuple):
@@ -130,12 +135,12 @@ def split_blocks(data: Buffer) -> list[bytes]:
     view = memoryview(data)
     pos, end = 0, len(view)
     while pos < end:
-        if end - pos < 2:
+        if end - pos < BLOCK_LENGTH_SIZE:
             raise ValueError(f"blocks: 1 stray byte at offset {pos}")
         (n,) = _unpack_u16_from(view, pos)
-        pos += 2
+        pos += BLOCK_LENGTH_SIZE
         if pos + n > end:
-            raise ValueError(f"blocks: block at offset {pos - 2} claims {n} bytes, {end - pos} left")
+            raise ValueError(f"blocks: block at offset {pos - BLOCK_LENGTH_SIZE} claims {n} bytes, {end - pos} left")
         out.append(bytes(view[pos:pos + n]))
         pos += n
     return out
@@ -159,11 +164,12 @@ def parse_packet(data: Buffer) -> MoldPacket:
     messages: list[bytes] = []
     append = messages.append
     pos = HEADER_SIZE
+    lb = BLOCK_LENGTH_SIZE
     for index in range(count):
-        if pos + 2 > size:
+        if pos + lb > size:
             raise ValueError(f"MoldUDP64: count {count} but the datagram ends after {index} messages")
         (n,) = _unpack_u16_from(data, pos)
-        pos += 2
+        pos += lb
         end = pos + n
         if end > size:
             raise ValueError(f"MoldUDP64: message {index} claims {n} bytes, only {size - pos} left")
@@ -250,7 +256,7 @@ def packetize(session: bytes, first_seq: int, framed: list[bytes], max_payload: 
     try:
         runs = runs_within(framed, max_payload - HEADER_SIZE)
     except ValueError:
-        big = max(len(f) for f in framed) - 2
+        big = max(len(f) for f in framed) - BLOCK_LENGTH_SIZE
         raise ValueError(f"MoldUDP64: a message of {big} bytes does not fit {max_payload}") from None
     join = b"".join
     return [_pack_header(session, first_seq + i, j - i) + join(framed[i:j]) for i, j in runs]
@@ -271,8 +277,8 @@ class PacketBuilder:
     __slots__ = ("session", "max_payload", "_framed", "_first", "_lens")
 
     def __init__(self, session: Session, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
-        if not HEADER_SIZE + 3 <= max_payload <= MAX_UDP_PAYLOAD:
-            raise ValueError(f"MoldUDP64: max_payload {max_payload} outside {HEADER_SIZE + 3}..{MAX_UDP_PAYLOAD}")
+        if not MIN_PAYLOAD <= max_payload <= MAX_UDP_PAYLOAD:
+            raise ValueError(f"MoldUDP64: max_payload {max_payload} outside {MIN_PAYLOAD}..{MAX_UDP_PAYLOAD}")
         self.session = session
         self.max_payload = max_payload
         self._first = session.next_seq      # sequence of the first message not handed over
@@ -284,7 +290,7 @@ class PacketBuilder:
     @property
     def max_message(self) -> int:
         """The largest message that fits a packet."""
-        return self.max_payload - HEADER_SIZE - 2
+        return self.max_payload - HEADER_SIZE - BLOCK_LENGTH_SIZE
 
     @property
     def next_seq(self) -> int:
@@ -299,7 +305,7 @@ class PacketBuilder:
     def add(self, message: bytes) -> int:
         """Append one message (ValueError if empty or larger than ``max_message``); return its sequence."""
         n = len(message)
-        if not 0 < n <= self.max_payload - HEADER_SIZE - 2:
+        if not 0 < n <= self.max_payload - HEADER_SIZE - BLOCK_LENGTH_SIZE:
             raise ValueError(f"MoldUDP64: message of {n} bytes; allowed 1..{self.max_message}")
         self._framed.append(self._lens[n] + message)
         return self._first + len(self._framed) - 1

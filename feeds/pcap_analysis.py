@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 
 from feeds import itch
 from feeds.channels import ALL_LAYOUTS, channel_of_session
-from feeds.moldudp64 import END_OF_SESSION_COUNT, HEADER_SIZE
+from feeds.moldudp64 import BLOCK_LENGTH_SIZE, END_OF_SESSION_COUNT, HEADER_SIZE
 from feeds import ouch_layout
 from feeds.pcap import IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST, TCP_SYN, Packet
 from feeds.soupbintcp import FrameParser, SoupPacket
@@ -91,7 +91,7 @@ def classify(payload: bytes, trusted: bool = False) -> Datagram:
     if count == 0 or count == END_OF_SESSION_COUNT:
         return _OTHER
     if trusted:
-        if size < HEADER_SIZE + 2 * count:
+        if size < HEADER_SIZE + BLOCK_LENGTH_SIZE * count:
             return _OTHER
     elif _check_blocks(payload, HEADER_SIZE, count) != size:
         return _OTHER
@@ -471,11 +471,12 @@ class TypeCounter:
 
     def apply_blocks(self, buf: Any, pos: int, count: int, first_seq: int = 0) -> int:
         by_type = self.by_type
+        lb = BLOCK_LENGTH_SIZE
         for _ in range(count):
             n = (buf[pos] << 8) | buf[pos + 1]
             if n:
-                by_type[buf[pos + 2]] += 1
-            pos += 2 + n
+                by_type[buf[pos + lb]] += 1
+            pos += lb + n
         return pos
 
     def on_gap(self, first_seq: int, count: int) -> None:
@@ -719,7 +720,7 @@ _ORDER_REF_AT = _offsets("order_ref")
 _ORDER_REF_AT[ord("U")] = next(f.offset for f in itch.ORDER_REPLACE.fields if f.name == "original_order_ref")
 _MATCH_AT = _offsets("match_number")
 _STAMPED = frozenset(t[0] for t, m in ALL_LAYOUTS.items() if m.fields and m.fields[2].name == "timestamp")
-_TS_AT = 5
+_TS_AT = itch.TIMESTAMP_AT
 
 
 class Latency:
@@ -759,10 +760,10 @@ class Latency:
         pos = HEADER_SIZE
         for _ in range(d.messages):
             n = (payload[pos] << 8) | payload[pos + 1]
-            m = pos + 2
+            m = pos + BLOCK_LENGTH_SIZE
             t = payload[m] if n else 0
-            if t in _STAMPED and n >= 11:
-                stamp = int.from_bytes(payload[m + _TS_AT:m + 11], "big")
+            if t in _STAMPED and n >= itch.HEADER_SIZE:
+                stamp = int.from_bytes(payload[m + _TS_AT:m + itch.HEADER_SIZE], "big")
                 if midnight is None:
                     midnight = self.midnights[d.session] = infer_midnight(ts_ns, stamp)
                 lat = ts_ns - midnight - stamp

@@ -107,10 +107,10 @@ from feeds.channels import (
     L1Encoder,
     L2Encoder,
     day_of_midnight,
-    framed_packer,
+    block_packer,
     session_for,
 )
-from feeds.moldudp64 import END_OF_SESSION_COUNT, HEADER, packetize
+from feeds.moldudp64 import BLOCK_LENGTH_SIZE, END_OF_SESSION_COUNT, HEADER, packetize
 from feeds.store import FeedStore
 from feeds.transport import ChannelSender, Transport
 
@@ -193,20 +193,20 @@ IMBALANCE_LETTER: Final[dict[int, bytes]] = {IMBALANCE_NONE: b"N", IMBALANCE_BUY
 MARKET_EVENT_CODE: Final[dict[int, bytes]] = {MARKET_SYSTEM_HOURS: b"S", MARKET_OPEN: b"Q", MARKET_CLOSE: b"M"}
 
 _SIDE: Final = (b"B", b"S")
-_fA = framed_packer(itch.ADD_ORDER)
-_fF = framed_packer(itch.ADD_ORDER_MPID)
-_fE = framed_packer(itch.ORDER_EXECUTED)
-_fC = framed_packer(itch.ORDER_EXECUTED_WITH_PRICE)
-_fX = framed_packer(itch.ORDER_CANCEL)
-_fD = framed_packer(itch.ORDER_DELETE)
-_fU = framed_packer(itch.ORDER_REPLACE)
-_fS = framed_packer(itch.SYSTEM_EVENT)
-_fR = framed_packer(itch.STOCK_DIRECTORY)
-_fH = framed_packer(itch.STOCK_TRADING_ACTION)
-_fW = framed_packer(itch.MWCB_STATUS)
-_fQ = framed_packer(itch.CROSS_TRADE)
-_fI = framed_packer(itch.NOII)
-_fJ = framed_packer(itch.LULD_AUCTION_COLLAR)
+_fA, _hA = block_packer(itch.ADD_ORDER)
+_fF, _hF = block_packer(itch.ADD_ORDER_MPID)
+_fE, _hE = block_packer(itch.ORDER_EXECUTED)
+_fC, _hC = block_packer(itch.ORDER_EXECUTED_WITH_PRICE)
+_fX, _hX = block_packer(itch.ORDER_CANCEL)
+_fD, _hD = block_packer(itch.ORDER_DELETE)
+_fU, _hU = block_packer(itch.ORDER_REPLACE)
+_fS, _hS = block_packer(itch.SYSTEM_EVENT)
+_fR, _hR = block_packer(itch.STOCK_DIRECTORY)
+_fH, _hH = block_packer(itch.STOCK_TRADING_ACTION)
+_fW, _hW = block_packer(itch.MWCB_STATUS)
+_fQ, _hQ = block_packer(itch.CROSS_TRADE)
+_fI, _hI = block_packer(itch.NOII)
+_fJ, _hJ = block_packer(itch.LULD_AUCTION_COLLAR)
 
 
 def price_variation(near: int, ref: int) -> bytes:
@@ -226,27 +226,27 @@ def _encode_trading(ev: Event, append: Any, ts6: bytes, stocks: Sequence[bytes],
     k = ev[0]
     if k == EV_TRADING_STATE:
         _, loc, state, cause = ev
-        append(_fH(25, b"H", loc, tracking, ts6, stocks[loc], STATE_LETTER[state], b" ", CAUSE_REASON[cause]))
+        append(_fH(_hH, loc, tracking, ts6, stocks[loc], STATE_LETTER[state], b" ", CAUSE_REASON[cause]))
     elif k == EV_MARKET_EVENT:
         if ev[1] == MARKET_HALT:
-            append(_fW(12, b"W", 0, tracking, ts6, b"1"))
+            append(_fW(_hW, 0, tracking, ts6, b"1"))
         else:
-            append(_fS(12, b"S", 0, tracking, ts6, MARKET_EVENT_CODE[ev[1]]))
+            append(_fS(_hS, 0, tracking, ts6, MARKET_EVENT_CODE[ev[1]]))
     elif k == EV_CROSS_EXECUTED:
         qty, price, match = ev[3], ev[4], ev[5]
         for o in (ev[1], ev[2]):
             if o.ord_type == LIMIT or o.ord_type == STOP_LIMIT:
-                append(_fC(36, b"C", o.locate, tracking, ts6, o.ref, qty, match, b"N", price))
+                append(_fC(_hC, o.locate, tracking, ts6, o.ref, qty, match, b"N", price))
     elif k == EV_UNCROSSED:
         _, loc, cross_type, price, qty, match = ev
-        append(_fQ(40, b"Q", loc, tracking, ts6, qty, stocks[loc], price, match, CROSS_LETTER[cross_type]))
+        append(_fQ(_hQ, loc, tracking, ts6, qty, stocks[loc], price, match, CROSS_LETTER[cross_type]))
     elif k == EV_IMBALANCE:
         _, loc, cross_type, paired, imbalance, direction, far, near, ref = ev
-        append(_fI(50, b"I", loc, tracking, ts6, paired, imbalance, IMBALANCE_LETTER[direction], stocks[loc],
+        append(_fI(_hI, loc, tracking, ts6, paired, imbalance, IMBALANCE_LETTER[direction], stocks[loc],
                    far, near, ref, CROSS_LETTER[cross_type], price_variation(near, ref)))
     else:  # EV_COLLAR
         _, loc, ref, upper, lower, extension = ev
-        append(_fJ(35, b"J", loc, tracking, ts6, stocks[loc], ref, upper, lower, extension))
+        append(_fJ(_hJ, loc, tracking, ts6, stocks[loc], ref, upper, lower, extension))
 
 
 def _mpid4(mpid: Any) -> bytes:
@@ -263,6 +263,7 @@ def encode_l3(results: Sequence[Result], out: list[bytes], midnight_ns: int, sto
     """
     append = out.append
     fA, fE, fX, fD = _fA, _fE, _fX, _fD
+    hA, hE, hX, hD = _hA, _hE, _hX, _hD
     accepted, added, executed, cancelled = EV_ACCEPTED, EV_ADDED, EV_EXECUTED, EV_CANCELLED
     side_letter = _SIDE
     last_ts = -1
@@ -279,35 +280,35 @@ def encode_l3(results: Sequence[Result], out: list[bytes], midnight_ns: int, sto
                 o = ev[1]
                 loc = o.locate
                 if o.mpid:
-                    append(_fF(40, b"F", loc, tracking, ts6, o.ref, side_letter[o.side], ev[2],
+                    append(_fF(_hF, loc, tracking, ts6, o.ref, side_letter[o.side], ev[2],
                                stocks[loc], o.price, _mpid4(o.mpid)))
                 else:
-                    append(fA(36, b"A", loc, tracking, ts6, o.ref, side_letter[o.side], ev[2],
+                    append(fA(hA, loc, tracking, ts6, o.ref, side_letter[o.side], ev[2],
                               stocks[loc], o.price))
             elif k == executed:
                 m = ev[1]
                 if ev[4] == m.price:
-                    append(fE(31, b"E", m.locate, tracking, ts6, m.ref, ev[3], ev[5]))
+                    append(fE(hE, m.locate, tracking, ts6, m.ref, ev[3], ev[5]))
                 else:
-                    append(_fC(36, b"C", m.locate, tracking, ts6, m.ref, ev[3], ev[5], b"Y", ev[4]))
+                    append(_fC(_hC, m.locate, tracking, ts6, m.ref, ev[3], ev[5], b"Y", ev[4]))
             elif k == cancelled:
                 if ev[6]:
                     o = ev[1]
                     if ev[3]:
-                        append(fX(23, b"X", o.locate, tracking, ts6, o.ref, ev[2]))
+                        append(fX(hX, o.locate, tracking, ts6, o.ref, ev[2]))
                     else:
-                        append(fD(19, b"D", o.locate, tracking, ts6, o.ref))
+                        append(fD(hD, o.locate, tracking, ts6, o.ref))
             elif k == EV_REPLACED:
                 action = ev[6]
                 old = ev[1]
                 if action == REPL_IN_PLACE:
                     if ev[3] > ev[4]:
-                        append(fX(23, b"X", old.locate, tracking, ts6, old.ref, ev[3] - ev[4]))
+                        append(fX(hX, old.locate, tracking, ts6, old.ref, ev[3] - ev[4]))
                 elif action == REPL_REPOST:
                     new = ev[2]
-                    append(_fU(35, b"U", old.locate, tracking, ts6, old.ref, new.ref, ev[4], new.price))
+                    append(_fU(_hU, old.locate, tracking, ts6, old.ref, new.ref, ev[4], new.price))
                 elif action == REPL_REMOVE:
-                    append(fD(19, b"D", old.locate, tracking, ts6, old.ref))
+                    append(fD(hD, old.locate, tracking, ts6, old.ref))
                 elif action != REPL_HIDDEN:
                     raise ValueError(f"L3: replace action {action} has no feed mapping")
             elif k in _TRADING:
@@ -353,27 +354,27 @@ def start_of_session(instruments: Iterable[Instrument], ts_since_midnight: int, 
     """
     ts6 = ts_since_midnight.to_bytes(6, "big")
     ins = sorted(instruments, key=lambda i: i.locate)
-    out = [_fS(12, b"S", 0, tracking, ts6, b"O")]
+    out = [_fS(_hS, 0, tracking, ts6, b"O")]
     known = directory or {}
     for i in ins:
         category, luld = known.get(i.locate, (b"Q", b" "))
-        out.append(_fR(39, b"R", i.locate, tracking, ts6, i.stock8, category, b"N", i.round_lot, b"N", b"C",
+        out.append(_fR(_hR, i.locate, tracking, ts6, i.stock8, category, b"N", i.round_lot, b"N", b"C",
                        b"Z ", b"P", b"N", b" ", luld, b"N", 0, b"N"))
     if opening is None or opening.system_hours:
-        out.append(_fS(12, b"S", 0, tracking, ts6, b"S"))
+        out.append(_fS(_hS, 0, tracking, ts6, b"S"))
     if opening is None or opening.market_hours:
-        out.append(_fS(12, b"S", 0, tracking, ts6, b"Q"))
+        out.append(_fS(_hS, 0, tracking, ts6, b"Q"))
     for i in ins:
         state, cause = (TS_CONTINUOUS, CAUSE_SCHEDULE) if opening is None else opening.states[i.locate]
-        out.append(_fH(25, b"H", i.locate, tracking, ts6, i.stock8, STATE_LETTER[state], b" ", CAUSE_REASON[cause]))
+        out.append(_fH(_hH, i.locate, tracking, ts6, i.stock8, STATE_LETTER[state], b" ", CAUSE_REASON[cause]))
     if opening is not None:
         stocks = {i.locate: i.stock8 for i in ins}
         for o in opening.orders:
             if o.mpid:
-                out.append(_fF(40, b"F", o.locate, tracking, ts6, o.ref, _SIDE[o.side], o.leaves, stocks[o.locate],
+                out.append(_fF(_hF, o.locate, tracking, ts6, o.ref, _SIDE[o.side], o.leaves, stocks[o.locate],
                                o.price, _mpid4(o.mpid)))
             else:
-                out.append(_fA(36, b"A", o.locate, tracking, ts6, o.ref, _SIDE[o.side], o.leaves, stocks[o.locate],
+                out.append(_fA(_hA, o.locate, tracking, ts6, o.ref, _SIDE[o.side], o.leaves, stocks[o.locate],
                                o.price))
     return out
 
@@ -383,7 +384,7 @@ def end_of_session_messages(ts_since_midnight: int, tracking: int = 0, market_cl
     published it: market_close False), E end of system hours, C end of messages."""
     ts6 = ts_since_midnight.to_bytes(6, "big")
     codes = (b"M", b"E", b"C") if market_close else (b"E", b"C")
-    return [_fS(12, b"S", 0, tracking, ts6, code) for code in codes]
+    return [_fS(_hS, 0, tracking, ts6, code) for code in codes]
 
 
 _pack_header = HEADER.struct.pack
@@ -494,10 +495,10 @@ class ChannelPublisher:
         """The regenerated message numbered like the store's last must be that message."""
         assert self.store is not None
         stored = self.store.read(self.skip_through, 1)
-        if not stored or stored[0] != framed_msg[2:]:
+        if not stored or stored[0] != framed_msg[BLOCK_LENGTH_SIZE:]:
             raise FeedDivergence(
                 f"{self.name}: regenerated message {self.skip_through} of session {self.session!r} differs "
-                f"from the stored one ({framed_msg[2:].hex()} != {stored[0].hex() if stored else None})")
+                f"from the stored one ({framed_msg[BLOCK_LENGTH_SIZE:].hex()} != {stored[0].hex() if stored else None})")
 
     def heartbeat(self, now_ns: int) -> None:
         self.sender.send_packets([_pack_header(self.session, self.next_seq, 0)], now_ns)

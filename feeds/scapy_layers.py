@@ -189,7 +189,8 @@ class SoupBinTCP(Packet):
 
     def post_build(self, p: bytes, pay: bytes) -> bytes:
         if self.length is None:
-            p = (len(pay) + 1).to_bytes(2, "big") + p[2:]
+            ls = soupbintcp.LENGTH_SIZE
+            p = (len(pay) + soupbintcp.TYPE_SIZE).to_bytes(ls, "big") + p[ls:]
         return p + pay
 
     def extract_padding(self, s: bytes) -> tuple[bytes, bytes]:
@@ -212,8 +213,9 @@ def soup_packets(stream: bytes) -> tuple[list[SoupBinTCP], bytes]:
     """Every whole SoupBinTCP packet of a byte stream, and the bytes of an unfinished one."""
     out = []
     pos = 0
-    while len(stream) - pos >= 2:
-        end = pos + 2 + int.from_bytes(stream[pos:pos + 2], "big")
+    ls = soupbintcp.LENGTH_SIZE
+    while len(stream) - pos >= ls:
+        end = pos + ls + int.from_bytes(stream[pos:pos + ls], "big")
         if end > len(stream):
             break
         out.append(SoupBinTCP(stream[pos:end]))

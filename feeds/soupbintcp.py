@@ -41,7 +41,7 @@ __all__ = [
     "DEBUG", "LOGIN_ACCEPTED", "LOGIN_REJECTED", "SEQUENCED_DATA", "SERVER_HEARTBEAT",
     "END_OF_SESSION", "LOGIN_REQUEST", "UNSEQUENCED_DATA", "CLIENT_HEARTBEAT", "LOGOUT_REQUEST",
     "REJECT_NOT_AUTHORIZED", "REJECT_SESSION_NOT_AVAILABLE", "PACKET_TYPES",
-    "SERVER_PACKET_TYPES", "CLIENT_PACKET_TYPES", "MAX_PACKET_LENGTH",
+    "SERVER_PACKET_TYPES", "CLIENT_PACKET_TYPES", "MAX_PACKET_LENGTH", "LENGTH_SIZE", "HEAD_SIZE", "TYPE_SIZE",
     "SoupPacket", "LoginRequest", "LoginAccepted", "LOGIN_REQUEST_LAYOUT", "LOGIN_ACCEPTED_LAYOUT",
     "encode_packet", "encode_debug", "encode_login_request", "encode_login_accepted",
     "encode_login_rejected", "encode_sequenced_data", "encode_unsequenced_data",
@@ -73,8 +73,13 @@ PACKET_TYPES = SERVER_PACKET_TYPES | CLIENT_PACKET_TYPES
 #: The largest value the u16 length field can hold.
 MAX_PACKET_LENGTH = 0xFFFF
 
-_HEAD = struct.Struct(">Hc")
+_HEAD = struct.Struct(">Hc")   # length, type
 _pack_head = _HEAD.pack
+#: Bytes of the length field; of the length and the type (where the payload starts); of the type,
+#: which the length counts.
+LENGTH_SIZE: Final = struct.calcsize(">H")
+HEAD_SIZE: Final = _HEAD.size
+TYPE_SIZE: Final = HEAD_SIZE - LENGTH_SIZE
 
 
 class SoupPacket(NamedTuple):
@@ -168,7 +173,7 @@ def encode_login_rejected(reason: bytes) -> bytes:
     """Login Rejected with reason A (not authorized) or S (session not available)."""
     if reason not in (REJECT_NOT_AUTHORIZED, REJECT_SESSION_NOT_AVAILABLE):
         raise ValueError(f"SoupBinTCP: login reject reason must be b'A' or b'S', got {reason!r}")
-    return _pack_head(2, LOGIN_REJECTED) + reason
+    return _pack_head(TYPE_SIZE + len(reason), LOGIN_REJECTED) + reason
 
 
 def encode_sequenced_data(message: bytes) -> bytes:
@@ -308,7 +313,8 @@ class FrameParser:
         limit = self.max_length
         kinds = _ONE_BYTE
         new = _new_packet
-        while size - pos >= 2:
+        ls, hs = LENGTH_SIZE, HEAD_SIZE
+        while size - pos >= ls:
             length = (src[pos] << 8) | src[pos + 1]
             if length == 0 or length > limit:
                 if direct:   # held as if it had been appended (the parser is failed from now on)
@@ -316,10 +322,10 @@ class FrameParser:
                 self._error = (f"SoupBinTCP: packet length {length} at stream offset {self._offset + pos} "
                                + ("is zero" if length == 0 else f"exceeds the maximum {limit}"))
                 raise ValueError(self._error)
-            end = pos + 2 + length
+            end = pos + ls + length
             if end > size:
                 break
-            out.append(new(SoupPacket, (kinds[src[pos + 2]], bytes(src[pos + 3:end]))))
+            out.append(new(SoupPacket, (kinds[src[pos + ls]], bytes(src[pos + hs:end]))))
             pos = end
         if direct:
             if pos < size:

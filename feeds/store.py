@@ -37,6 +37,7 @@ from array import array
 from bisect import bisect_right
 from typing import Final
 
+from feeds.moldudp64 import BLOCK_LENGTH, BLOCK_LENGTH_SIZE
 from feeds.moldudp64 import HEADER_SIZE as MOLD_HEADER_SIZE
 
 __all__ = ["FeedStore", "StoreError", "FILE_MAGIC", "FILE_HEADER_SIZE", "INDEX_ENTRY"]
@@ -46,7 +47,7 @@ FILE_VERSION: Final = 1
 FILE_HEADER: Final = struct.Struct("<8sHH10s10x")
 FILE_HEADER_SIZE: Final = FILE_HEADER.size  # 32
 INDEX_ENTRY: Final = struct.Struct("<QQ")
-_U16BE: Final = struct.Struct(">H")
+_U16BE: Final = BLOCK_LENGTH   # each message's u16 length prefix, as in a MoldUDP64 packet
 _U16BE_FROM = _U16BE.unpack_from
 
 
@@ -154,11 +155,12 @@ class FeedStore:
         chunk = os.pread(self._data_fd, end - off, off) if end > off else b""
         pos = 0
         size = len(chunk)
-        while pos + 2 <= size:
+        lb = BLOCK_LENGTH_SIZE
+        while pos + lb <= size:
             (length,) = _U16BE_FROM(chunk, pos)
-            if not length or pos + 2 + length > size:
+            if not length or pos + lb + length > size:
                 break
-            pos += 2 + length
+            pos += lb + length
             n += 1
         return n, off + pos
 
@@ -223,11 +225,12 @@ class FeedStore:
         chunk = os.pread(self._data_fd, end - off, off)
         out: list[bytes] = []
         pos = 0
+        lb = BLOCK_LENGTH_SIZE
         while seq <= last:
             (length,) = _U16BE_FROM(chunk, pos)
             if seq >= first:
-                out.append(chunk[pos + 2: pos + 2 + length])
-            pos += 2 + length
+                out.append(chunk[pos + lb: pos + lb + length])
+            pos += lb + length
             seq += 1
         return out
 
@@ -251,15 +254,16 @@ class FeedStore:
         end = offs[j + 1] if j + 1 < len(seqs) else self.size
         chunk = os.pread(self._data_fd, end - off, off)
         pos = 0
+        lb = BLOCK_LENGTH_SIZE
         while seq < first:
-            pos += 2 + _U16BE_FROM(chunk, pos)[0]
+            pos += lb + _U16BE_FROM(chunk, pos)[0]
             seq += 1
         if j > i:     # walk the last datagram from its own index entry
             seq, stop = seqs[j], offs[j] - off
         else:
             stop = pos
         while seq <= last:
-            stop += 2 + _U16BE_FROM(chunk, stop)[0]
+            stop += lb + _U16BE_FROM(chunk, stop)[0]
             seq += 1
         return chunk[pos:stop]
 

@@ -38,7 +38,7 @@ from typing import Any, Callable, Protocol
 from feeds.books import L1Book, L2Book, L3Book
 from feeds.channels import L1, L2, L3, ChannelGroups, FeedConfig
 from feeds.layout import Buffer
-from feeds.moldudp64 import END_OF_SESSION_COUNT, HEADER_SIZE
+from feeds.moldudp64 import BLOCK_LENGTH_SIZE, END_OF_SESSION_COUNT, HEADER_SIZE
 from feeds.transport import A, multicast_receiver
 
 __all__ = ["Sink", "ChannelReceiver", "MessageTap", "MulticastSubscriber", "FeedSubscriber", "poll_until"]
@@ -65,10 +65,11 @@ class MessageTap:
 
     def apply_blocks(self, buf: Buffer, pos: int, count: int, first_seq: int) -> int:
         cb = self.callback
+        lb = BLOCK_LENGTH_SIZE
         for i in range(count):
             n = (buf[pos] << 8) | buf[pos + 1]
-            cb(first_seq + i, bytes(buf[pos + 2:pos + 2 + n]))
-            pos += 2 + n
+            cb(first_seq + i, bytes(buf[pos + lb:pos + lb + n]))
+            pos += lb + n
         return pos
 
     def on_gap(self, first_seq: int, count: int) -> None:
@@ -84,10 +85,11 @@ class MessageTap:
 def _check_blocks(buf: Buffer, pos: int, count: int) -> int:
     """Walk ``count`` blocks from ``pos``; return the offset after them, -1 if they do not fit."""
     size = len(buf)
+    lb = BLOCK_LENGTH_SIZE
     for _ in range(count):
-        if pos + 2 > size:
+        if pos + lb > size:
             return -1
-        pos += 2 + ((buf[pos] << 8) | buf[pos + 1])
+        pos += lb + ((buf[pos] << 8) | buf[pos + 1])
     return pos if pos <= size else -1
 
 
@@ -225,7 +227,7 @@ class ChannelReceiver:
         pos = HEADER_SIZE
         first = seq
         while first < expected:
-            pos += 2 + ((data[pos] << 8) | data[pos + 1])
+            pos += BLOCK_LENGTH_SIZE + ((data[pos] << 8) | data[pos + 1])
             first += 1
         n = end - first
         for sink in self.sinks:
@@ -248,11 +250,12 @@ class ChannelReceiver:
     def _hold(self, data: Buffer, seq: int, count: int) -> None:
         held = self.held
         pos = HEADER_SIZE
+        lb = BLOCK_LENGTH_SIZE
         for i in range(count):
             n = (data[pos] << 8) | data[pos + 1]
             if seq + i not in held:
-                held[seq + i] = bytes(data[pos:pos + 2 + n])
-            pos += 2 + n
+                held[seq + i] = bytes(data[pos:pos + lb + n])
+            pos += lb + n
         if len(held) > self.max_held:
             self._give_up()
 

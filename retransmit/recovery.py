@@ -43,7 +43,7 @@ import time
 from typing import Any, Callable
 
 from feeds.channels import FeedConfig
-from feeds.moldudp64 import HEADER, encode_rerequest
+from feeds.moldudp64 import BLOCK_LENGTH_SIZE, HEADER, encode_rerequest
 from feeds.subscriber import ChannelReceiver, FeedSubscriber, MulticastSubscriber, poll_until
 from retransmit.snapshot import parse_end_of_snapshot
 from retransmit.soupclient import SoupClientSession
@@ -189,9 +189,9 @@ class ChannelRecovery:
             return False
         last = 0                        # the offset of the last block: End of Snapshot
         for _ in range(count - 1):
-            last += 2 + ((blocks[last] << 8) | blocks[last + 1])
+            last += BLOCK_LENGTH_SIZE + ((blocks[last] << 8) | blocks[last + 1])
         try:
-            next_seq = parse_end_of_snapshot(blocks[last + 2:])
+            next_seq = parse_end_of_snapshot(blocks[last + BLOCK_LENGTH_SIZE:])
         except ValueError as exc:
             self.fetch_finished(False, now_ns, str(exc))
             return False
@@ -386,7 +386,7 @@ def feed_blocks(receiver: ChannelReceiver, session: bytes, first: int, count: in
     while count > _MAX_COUNT:
         start = pos
         for _ in range(_MAX_COUNT):
-            pos += 2 + ((blocks[pos] << 8) | blocks[pos + 1])
+            pos += BLOCK_LENGTH_SIZE + ((blocks[pos] << 8) | blocks[pos + 1])
         delivered += receiver.receive(now_ns, _pack_header(session, first, _MAX_COUNT) + blocks[start:pos], 0)
         first += _MAX_COUNT
         count -= _MAX_COUNT

@@ -22,7 +22,8 @@ import struct
 from typing import Final
 
 from feeds.layout import alpha
-from feeds.soupbintcp import REJECT_SESSION_NOT_AVAILABLE, LoginRequest
+from feeds.moldudp64 import BLOCK_LENGTH_SIZE
+from feeds.soupbintcp import REJECT_SESSION_NOT_AVAILABLE, SEQUENCED_DATA, TYPE_SIZE, LoginRequest
 from feeds.store import FeedStore
 from retransmit.stores import StoreSet
 
@@ -30,7 +31,7 @@ __all__ = ["ReplayStream", "ReplaySource", "blocks_to_sequenced"]
 
 _SEQ_HEAD: Final = struct.Struct(">Hc")
 #: The Sequenced Data packet header of each message length that fits a MoldUDP64 datagram.
-_HEADS: Final = [_SEQ_HEAD.pack(n + 1, b"S") for n in range(2048)]
+_HEADS: Final = [_SEQ_HEAD.pack(TYPE_SIZE + n, SEQUENCED_DATA) for n in range(2048)]
 
 
 def blocks_to_sequenced(raw: bytes) -> bytes:
@@ -42,8 +43,8 @@ def blocks_to_sequenced(raw: bytes) -> bytes:
     pos, end = 0, len(raw)
     while pos < end:
         n = (raw[pos] << 8) | raw[pos + 1]
-        p = pos + 2
-        out += heads[n] if n < 2048 else _SEQ_HEAD.pack(n + 1, b"S")
+        p = pos + BLOCK_LENGTH_SIZE
+        out += heads[n] if n < 2048 else _SEQ_HEAD.pack(TYPE_SIZE + n, SEQUENCED_DATA)
         pos = p + n
         out += mv[p:pos]
     return bytes(out)

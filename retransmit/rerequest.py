@@ -37,7 +37,16 @@ import time
 from typing import Any, Callable
 
 from feeds.batchsend import BatchSender
-from feeds.moldudp64 import DEFAULT_MAX_PAYLOAD, END_OF_SESSION_COUNT, HEADER, HEADER_SIZE, REREQUEST_SIZE
+from feeds.moldudp64 import (
+    BLOCK_LENGTH_SIZE,
+    DEFAULT_MAX_PAYLOAD,
+    END_OF_SESSION_COUNT,
+    HEADER,
+    HEADER_SIZE,
+    MAX_UDP_PAYLOAD,
+    MIN_PAYLOAD,
+    REREQUEST_SIZE,
+)
 from retransmit.quota import ClientQuotas
 from retransmit.stores import StoreSet
 
@@ -70,7 +79,7 @@ def pack_datagrams(session: bytes, first: int, raw: bytes, max_payload: int = DE
         start = pos
         n = 0
         while pos < end and n < END_OF_SESSION_COUNT - 1:
-            size = 2 + ((raw[pos] << 8) | raw[pos + 1])
+            size = BLOCK_LENGTH_SIZE + ((raw[pos] << 8) | raw[pos + 1])
             if n and pos + size - start > room:
                 break
             pos += size
@@ -85,7 +94,7 @@ def clip_blocks(raw: bytes, max_bytes: int) -> tuple[bytes, int]:
     (at least one block), and how many blocks it holds."""
     pos, end, n = 0, len(raw), 0
     while pos < end:
-        size = 2 + ((raw[pos] << 8) | raw[pos + 1])
+        size = BLOCK_LENGTH_SIZE + ((raw[pos] << 8) | raw[pos + 1])
         if n and pos + size > max_bytes:
             break
         pos += size
@@ -101,8 +110,8 @@ class RerequestCore:
                  max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         if not 1 <= max_count < END_OF_SESSION_COUNT:
             raise ValueError(f"re-request: max_count {max_count} outside 1..65534")
-        if not HEADER_SIZE + 3 <= max_payload <= 65507:
-            raise ValueError(f"re-request: max_payload {max_payload} outside 23..65507")
+        if not MIN_PAYLOAD <= max_payload <= MAX_UDP_PAYLOAD:
+            raise ValueError(f"re-request: max_payload {max_payload} outside {MIN_PAYLOAD}..{MAX_UDP_PAYLOAD}")
         if max_bytes < 1:
             raise ValueError(f"re-request: max_bytes {max_bytes} must be positive")
         self.stores = stores

@@ -33,9 +33,10 @@ from typing import Any, Final
 
 from feeds import itch
 from feeds.books import L1Book, L2Book, L3Book
-from feeds.channels import L1, L2, L3, PRICE_LEVEL_UPDATE
+from feeds.channels import BEST_BID_OFFER, L1, L2, L3, LAST_TRADE, PRICE_LEVEL_UPDATE
 from feeds.layout import Buffer, Msg
-from feeds.soupbintcp import FrameParser
+from feeds.moldudp64 import BLOCK_LENGTH_SIZE
+from feeds.soupbintcp import SEQUENCED_DATA, TYPE_SIZE, FrameParser
 
 __all__ = ["END_OF_SNAPSHOT", "encode_end_of_snapshot", "parse_end_of_snapshot", "ReferenceSink",
            "build_l3_snapshot", "build_l2_snapshot", "build_l1_snapshot", "build_snapshot",
@@ -45,15 +46,28 @@ END_OF_SNAPSHOT: Final = b"G"
 _SIDE: Final = (b"B", b"S")
 
 
-def _soup_packer(layout: Msg[Any]) -> Any:
-    """``pack(len + 1, b"S", type, fields...)``: a Sequenced Data packet in one struct call."""
-    return struct.Struct(">Hc" + layout.struct.format.lstrip(">")).pack
+def _soup_packer(layout: Msg[Any]) -> tuple[Any, bytes]:
+    """``(pack, head)``: ``pack(head, fields...)`` is a Sequenced Data packet of the layout's message
+    in one struct call; ``head`` (the packet's length, 'S' and the message's type byte) is derived
+    from the layout, the same for every message."""
+    assert layout.type_byte is not None and layout.struct.format.startswith(">c")
+    head = _SEQ_HEAD.pack(TYPE_SIZE + layout.size, SEQUENCED_DATA) + layout.type_byte
+    return struct.Struct(f">{len(head)}s" + layout.struct.format[2:]).pack, head
 
 
-_sA = _soup_packer(itch.ADD_ORDER)
-_sF = _soup_packer(itch.ADD_ORDER_MPID)
-_sd = _soup_packer(PRICE_LEVEL_UPDATE)
 _SEQ_HEAD: Final = struct.Struct(">Hc")
+_sA, _hA = _soup_packer(itch.ADD_ORDER)
+_sF, _hF = _soup_packer(itch.ADD_ORDER_MPID)
+_sd, _hd = _soup_packer(PRICE_LEVEL_UPDATE)
+# Where the fields the reference sink reads sit in their messages (block payload offsets).
+_F_REF: Final = itch.ADD_ORDER_MPID.fields[itch.ADD_ORDER_MPID.names.index("order_ref")]
+_F_MPID: Final = itch.ADD_ORDER_MPID.fields[itch.ADD_ORDER_MPID.names.index("attribution")]
+_U_OLD: Final = itch.ORDER_REPLACE.fields[itch.ORDER_REPLACE.names.index("original_order_ref")]
+_U_NEW: Final = itch.ORDER_REPLACE.fields[itch.ORDER_REPLACE.names.index("new_order_ref")]
+_R_STOCK: Final = itch.STOCK_DIRECTORY.fields[itch.STOCK_DIRECTORY.names.index("stock")]
+# the instrument sequence number: at the same place in 'q' and 't'
+_ISEQ: Final = BEST_BID_OFFER.fields[BEST_BID_OFFER.names.index("instrument_seq")]
+assert LAST_TRADE.fields[LAST_TRADE.names.index("instrument_seq")] == _ISEQ
 
 
 def encode_end_of_snapshot(next_seq: int) -> bytes:
@@ -102,19 +116,22 @@ class ReferenceSink:
 
     def apply_blocks(self, buf: Buffer, pos: int, count: int, first_seq: int = 0) -> int:
         last = -1
+        lb = BLOCK_LENGTH_SIZE
         for _ in range(count):
-            p = pos + 2
+            p = pos + lb
             pos = p + ((buf[pos] << 8) | buf[pos + 1])
             last = p
             t = buf[p]
             if t < 97:                          # upper case: ITCH
                 if t == 70:                     # F
-                    self.mpids[int.from_bytes(buf[p + 11:p + 19], "big")] = bytes(buf[p + 36:p + 40])
+                    self.mpids[int.from_bytes(buf[p + _F_REF.offset:p + _F_REF.offset + _F_REF.size], "big")] = bytes(
+                        buf[p + _F_MPID.offset:p + _F_MPID.offset + _F_MPID.size])
                 elif t == 85:                   # U: the MPID follows the order to its new reference
                     if self.mpids:
-                        mpid = self.mpids.pop(int.from_bytes(buf[p + 11:p + 19], "big"), None)
+                        mpid = self.mpids.pop(
+                            int.from_bytes(buf[p + _U_OLD.offset:p + _U_OLD.offset + _U_OLD.size], "big"), None)
                         if mpid is not None:
-                            self.mpids[int.from_bytes(buf[p + 19:p + 27], "big")] = mpid
+                            self.mpids[int.from_bytes(buf[p + _U_NEW.offset:p + _U_NEW.offset + _U_NEW.size], "big")] = mpid
                 elif t == 83 or t == 82 or t == 72:   # S, R, H
                     raw = bytes(buf[p:pos])
                     if t == 83:
@@ -129,7 +146,7 @@ class ReferenceSink:
             elif t == 116:                      # t
                 self.trade[(buf[p + 1] << 8) | buf[p + 2]] = bytes(buf[p:pos])
         if last >= 0:
-            self.last_ts6 = bytes(buf[last + 5:last + 11])
+            self.last_ts6 = bytes(buf[last + itch.TIMESTAMP_AT:last + itch.HEADER_SIZE])
         return pos
 
     def on_gap(self, first_seq: int, count: int) -> None:
@@ -170,7 +187,7 @@ class ReferenceSink:
 def _stock(ref: ReferenceSink, book_symbols: dict[int, str], locate: int) -> bytes:
     raw = ref.directory.get(locate)
     if raw is not None:
-        return raw[11:19]
+        return raw[_R_STOCK.offset:_R_STOCK.offset + _R_STOCK.size]
     return itch.stock8(book_symbols.get(locate, ""))
 
 
@@ -206,11 +223,11 @@ def build_l3_snapshot(book: L3Book, ref: ReferenceSink, next_seq: int) -> tuple[
                 for price, oref, shares in orders:
                     mpid = mpids.get(oref)
                     if mpid is None:
-                        out.append(_sA(37, b"S", b"A", loc, tracking, ts6, oref, letter, shares, stock, price))
+                        out.append(_sA(_hA, loc, tracking, ts6, oref, letter, shares, stock, price))
                     else:
-                        out.append(_sF(41, b"S", b"F", loc, tracking, ts6, oref, letter, shares, stock, price, mpid))
+                        out.append(_sF(_hF, loc, tracking, ts6, oref, letter, shares, stock, price, mpid))
             else:
-                out.extend([_sA(37, b"S", b"A", loc, tracking, ts6, oref, letter, shares, stock, price)
+                out.extend([_sA(_hA, loc, tracking, ts6, oref, letter, shares, stock, price)
                             for price, oref, shares in orders])
             n += len(orders)
     out.append(_seq_packet(encode_end_of_snapshot(next_seq)))
@@ -243,7 +260,7 @@ def build_l2_snapshot(book: L2Book, ref: ReferenceSink, next_seq: int) -> tuple[
             levels.append((0, 0, 0, 0))
         last = len(levels) - 1
         for i, (side, price, shares, orders) in enumerate(levels):
-            out.append(_sd(34, b"S", b"d", loc, tracking, ts6, iseq, _SIDE[side], price, shares, orders,
+            out.append(_sd(_hd, loc, tracking, ts6, iseq, _SIDE[side], price, shares, orders,
                            b"Y" if i == last else b"N"))
         n += len(levels)
     out.append(_seq_packet(encode_end_of_snapshot(next_seq)))
@@ -259,7 +276,7 @@ def build_l1_snapshot(book: L1Book, ref: ReferenceSink, next_seq: int) -> tuple[
     for loc in sorted(locates):
         n += ref.instrument(out, loc)
         msgs = [m for m in (ref.trade.get(loc), ref.bbo.get(loc)) if m is not None]
-        msgs.sort(key=lambda m: m[11:15])     # instrument sequence number, big-endian
+        msgs.sort(key=lambda m: m[_ISEQ.offset:_ISEQ.offset + _ISEQ.size])   # instrument seq, big-endian
         for m in msgs:
             out.append(_seq_packet(m))
         n += len(msgs)

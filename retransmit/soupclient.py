@@ -20,13 +20,15 @@ no per-message object.
 from __future__ import annotations
 
 import socket
-import struct
 import time
 from typing import Final
 
-from feeds.moldudp64 import split_blocks
+from feeds.moldudp64 import BLOCK_LENGTH, split_blocks
 from feeds.soupbintcp import (
+    HEAD_SIZE,
+    LENGTH_SIZE,
     MAX_PACKET_LENGTH,
+    TYPE_SIZE,
     encode_client_heartbeat,
     encode_debug,
     encode_login_request,
@@ -36,8 +38,7 @@ from feeds.soupbintcp import (
 
 __all__ = ["SoupClientSession", "fetch", "FetchResult"]
 
-_BLOCK_HEAD: Final = [n.to_bytes(2, "big") for n in range(2048)]
-_U16: Final = struct.Struct(">H")
+_BLOCK_HEAD: Final = [BLOCK_LENGTH.pack(n) for n in range(2048)]
 
 
 class SoupClientSession:
@@ -94,41 +95,42 @@ class SoupClientSession:
         heads = _BLOCK_HEAD
         mv = memoryview(buf)
         pos, size, got = 0, len(buf), 0
+        ls, hs = LENGTH_SIZE, HEAD_SIZE
         try:
-            while size - pos >= 2:
+            while size - pos >= ls:
                 n = (buf[pos] << 8) | buf[pos + 1]
-                end = pos + 2 + n
+                end = pos + ls + n
                 if n == 0:
                     self.error = f"packet length 0 at offset {pos}"
                     break
                 if end > size:
                     break
-                t = buf[pos + 2]
+                t = buf[pos + ls]
                 if t == 83:                              # S
                     if self.accepted is None:
                         self.error = "Sequenced Data before Login Accepted"
                         break
-                    m = n - 1
-                    blocks += heads[m] if m < 2048 else _U16.pack(m)
-                    blocks += mv[pos + 3:end]
+                    m = n - TYPE_SIZE
+                    blocks += heads[m] if m < 2048 else BLOCK_LENGTH.pack(m)
+                    blocks += mv[pos + hs:end]
                     got += 1
                 elif t == 72:                            # H
                     self.heartbeats += 1
                 elif t == 65:                            # A
                     try:
-                        acc = parse_login_accepted(bytes(mv[pos + 3:end]))
+                        acc = parse_login_accepted(bytes(mv[pos + hs:end]))
                     except ValueError as exc:
                         self.error = str(exc)
                         break
                     self.accepted = (acc.session.encode("ascii"), acc.sequence)
                     self.next_seq = self._first = acc.sequence
                 elif t == 74:                            # J
-                    self.rejected = bytes(mv[pos + 3:end])
+                    self.rejected = bytes(mv[pos + hs:end])
                 elif t == 90:                            # Z
                     self.ended = True
                 elif t == 43:                            # +
                     if len(self.debug) < 16:
-                        self.debug.append(bytes(mv[pos + 3:end]))
+                        self.debug.append(bytes(mv[pos + hs:end]))
                 else:
                     self.error = f"unexpected packet type {bytes([t])!r}"
                     break
@@ -137,7 +139,7 @@ class SoupClientSession:
             mv.release()
         if pos:
             del buf[:pos]
-        if len(buf) > MAX_PACKET_LENGTH + 2 and self.error is None:
+        if len(buf) > MAX_PACKET_LENGTH + ls and self.error is None:
             self.error = "buffer overrun"
         self._count += got
         self.messages += got

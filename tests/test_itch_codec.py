@@ -234,6 +234,14 @@ def test_hot_encoders_take_the_fields_in_wire_order() -> None:
         assert params == ("stock_locate", "tracking", "ts_ns") + layout.names[3:], type_byte
 
 
+def test_hot_encoders_are_derived_and_named_after_their_message() -> None:
+    for type_byte, enc in itch.FAST_ENCODERS.items():
+        assert getattr(itch, enc.__name__) is enc, type_byte
+    assert itch.encode_order_executed_with_price is itch.FAST_ENCODERS[b"C"]
+    with pytest.raises(ValueError, match="common header"):
+        itch.fast_encoder(Msg.from_pairs(b"Z", "no header", (("x", "H"),)))
+
+
 # --------------------------------------------------------------------------------------------
 # Round trips
 # --------------------------------------------------------------------------------------------

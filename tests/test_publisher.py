@@ -39,21 +39,24 @@ from appliance.model import (
     Instrument,
 )
 from conftest import decode_as
-from feeds import itch
+from feeds import itch, moldudp64
 from feeds.books import engine_l1_summary, engine_l2_summary, engine_l3_summary
 from feeds.channels import (
     ALL_LAYOUTS,
+    BEST_BID_OFFER,
     CHANNELS,
     L1,
     L2,
     L3,
+    LAST_TRADE,
     OWN_LAYOUTS,
+    PRICE_LEVEL_UPDATE,
     DepthTracker,
     FeedConfig,
     channel_of_session,
     day_of_midnight,
+    block_packer,
     decode_any,
-    framed_packer,
     session_for,
 )
 from feeds.moldudp64 import PacketBuilder, Session, parse_packet
@@ -201,7 +204,7 @@ def test_an_unknown_event_kind_is_refused() -> None:
         encode_l3([(1, T0, None, [(99, None)])], [], MIDNIGHT, [b"        "] * 8)  # type: ignore[list-item]
 
 
-def test_framed_packers_are_the_itch_layouts_with_a_length_prefix() -> None:
+def test_block_packers_are_the_itch_layouts_with_a_length_prefix() -> None:
     ts6 = (12345).to_bytes(6, "big")
     cases = {
         b"A": (1, 0, ts6, 7, b"B", 100, b"AAA     ", 1_000_000),
@@ -214,10 +217,24 @@ def test_framed_packers_are_the_itch_layouts_with_a_length_prefix() -> None:
     }
     for t, fields in cases.items():
         layout = itch.LAYOUTS[t]
-        framed = framed_packer(layout)(layout.size, t, *fields)
-        assert framed[:2] == layout.size.to_bytes(2, "big")
+        pack, head = block_packer(layout)
+        framed = pack(head, *fields)
+        assert framed[:2] == layout.size.to_bytes(2, "big") and framed[2:3] == t
         assert framed[2:] == itch.FAST_ENCODERS[t](fields[0], fields[1], 12345, *fields[3:])
         assert itch.decode(framed[2:]).timestamp == 12345
+
+
+def test_block_heads_are_the_message_lengths_the_feed_always_sent() -> None:
+    # the lengths the publisher and the L2/L1 encoders once passed as literals, by type byte
+    sent = {b"A": 36, b"F": 40, b"E": 31, b"C": 36, b"X": 23, b"D": 19, b"U": 35, b"S": 12, b"R": 39,
+            b"H": 25, b"W": 12, b"Q": 40, b"I": 50, b"J": 35}
+    for t, size in sent.items():
+        assert block_packer(itch.LAYOUTS[t]).head == size.to_bytes(2, "big") + t
+    for layout, size in ((PRICE_LEVEL_UPDATE, 33), (BEST_BID_OFFER, 47), (LAST_TRADE, 40)):
+        assert layout.type_byte is not None
+        assert block_packer(layout).head == size.to_bytes(2, "big") + layout.type_byte
+    with pytest.raises(ValueError, match="type byte"):
+        block_packer(moldudp64.HEADER)
 
 
 # --------------------------------------------------------------------------------------------

@@ -167,16 +167,16 @@ def test_a_replay_of_more_than_a_datagram_can_count_is_cut_into_several() -> Non
 
 
 def test_a_snapshot_sets_l2_and_l1_instrument_sequences_so_the_feed_continues_fresh() -> None:
-    from feeds.channels import framed_packer, PRICE_LEVEL_UPDATE
-    d = framed_packer(PRICE_LEVEL_UPDATE)
+    from feeds.channels import block_packer, PRICE_LEVEL_UPDATE
+    d, h = block_packer(PRICE_LEVEL_UPDATE)
     l2 = L2Book()
     receiver = ChannelReceiver("l2", [l2, L1Book()], hold_after_gap=True)
     ts = b"\x00" * 6
-    snap = d(33, b"d", 5, 0, ts, 41, b"B", 100, 300, 2, b"N") + d(33, b"d", 5, 0, ts, 41, b"S", 101, 100, 1, b"Y")
+    snap = d(h, 5, 0, ts, 41, b"B", 100, 300, 2, b"N") + d(h, 5, 0, ts, 41, b"S", 101, 100, 1, b"Y")
     receiver.load_snapshot(snap, 2, 1)
     assert not l2.is_stale(5) and l2.depth(5, 0) == [(100, 300, 2)]
     live = PacketBuilder(Session(SESSION, 1))
-    live.add(d(33, b"d", 5, 0, ts, 42, b"B", 100, 0, 0, b"Y")[2:])
+    live.add(d(h, 5, 0, ts, 42, b"B", 100, 0, 0, b"Y")[2:])
     receiver.receive(0, live.flush()[0])
     assert not l2.is_stale(5) and l2.depth(5, 0) == []
 

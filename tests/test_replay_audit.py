@@ -8,8 +8,8 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from appliance.catalogue import EV_ACCEPTED, EV_EXECUTED, EVENT_LAYOUTS, Event
-from appliance.eventcodec import EVENT_FIELD_CODES, StreamHasher, encode_event
+from appliance.catalogue import EV_ACCEPTED, EV_EXECUTED, EVENT_FIELD_CODES, EVENT_LAYOUTS, Event
+from appliance.eventcodec import StreamHasher, encode_event
 from appliance.recovery import open_partition, recover_state
 from appliance.wal import WalConfig
 from tools.audit import COLUMNS

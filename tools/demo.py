@@ -37,6 +37,7 @@ from appliance.config import Config, FeedChannelConfig, default, dumps
 from appliance.gateway import ouch as O
 from appliance.gateway.fixcodec import FixMessage, FixParser, encode as fix_encode
 from appliance.model import price_to_text
+from feeds import itch
 from feeds import ouch_layout as L
 from feeds import soupbintcp as soup
 from tools import jsonio
@@ -294,14 +295,17 @@ def _subscriber_main(config_path: str, conn: Any, locate: int, stop_after_s: flo
         counts["messages"] += 1
         t = msg[:1]
         if t == b"E" or t == b"C":
-            ref = int.from_bytes(msg[11:19], "big")
-            qty = int.from_bytes(msg[19:23], "big")
-            match = int.from_bytes(msg[23:31], "big")
+            if t == b"C":
+                c = itch.ORDER_EXECUTED_WITH_PRICE.decode_trusted(msg)
+                ref, qty, match, px = c.order_ref, c.executed_shares, c.match_number, c.execution_price
+            else:
+                e = itch.ORDER_EXECUTED.decode_trusted(msg)
+                ref, qty, match, px = e.order_ref, e.executed_shares, e.match_number, 0
             rec = l3.orders.get(ref)
             if rec is None:
                 return
             lvl = rec[1]
-            price = int.from_bytes(msg[32:36], "big") if t == b"C" else lvl[2]
+            price = px if t == b"C" else lvl[2]
             counts["trades"] += 1
             if lvl[4] == locate:
                 tape.append((price, qty, match))

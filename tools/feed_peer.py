@@ -23,6 +23,7 @@ from typing import Any
 
 from appliance.procinfo import difference, process_figures
 from feeds.channels import CHANNELS, ChannelGroups, FeedConfig
+from feeds.moldudp64 import END_OF_SESSION_COUNT, parse_packet
 from tools import jsonio
 
 MIDNIGHT_NS = 1_700_000_000 * 10**9 - (1_700_000_000 * 10**9) % (86_400 * 10**9)
@@ -110,7 +111,8 @@ def cmd_send(args: argparse.Namespace) -> int:
                         per.setdefault(ch, []).append(p)
                 sends.extend(per.items())
             pub.end_session(T0_NS + len(cmds) * 1000 + 10**9)
-            end_packets = [(ch, [p]) for ch, leg, _, p in memory.sent if leg == 0 and p[18:20] == b"\xff\xff"]
+            end_packets = [(ch, [p]) for ch, leg, _, p in memory.sent
+                           if leg == 0 and parse_packet(p).message_count == END_OF_SESSION_COUNT]
             senders = {ch: transport.channel(ch, config.groups_of(ch)) for ch in config.channels}
             datagrams = sum(len(ps) for _, ps in sends)
             messages = sum(ch.next_seq - 1 for ch in pub.channels.values())

@@ -26,6 +26,8 @@ from typing import Any, Iterator, TypedDict
 
 from appliance.model import price_to_text
 from feeds.books import L2Book, L3Book
+from feeds.itch import HEADER_SIZE, TIMESTAMP_AT
+from feeds.moldudp64 import BLOCK_LENGTH_SIZE
 from feeds.channels import L1, L2, channel_of_session
 from feeds.pcap import IPPROTO_TCP, IPPROTO_UDP, Packet, capture_reader, udp_datagrams
 from feeds.pcap_analysis import (
@@ -290,15 +292,16 @@ class _Until:
         self.stopped = False
 
     def apply_blocks(self, buf: Any, pos: int, count: int, first_seq: int) -> int:
+        lb = BLOCK_LENGTH_SIZE
         for i in range(count):
             n = (buf[pos] << 8) | buf[pos + 1]
             if not self.stopped:
-                message = bytes(buf[pos + 2:pos + 2 + n])
+                message = bytes(buf[pos + lb:pos + lb + n])
                 if self.keep(first_seq + i if first_seq else 0, message):
                     self.inner.apply_blocks(buf, pos, 1, first_seq + i if first_seq else 0)
                 else:
                     self.stopped = True
-            pos += 2 + n
+            pos += lb + n
         return pos
 
     def on_gap(self, first_seq: int, count: int) -> None:
@@ -312,7 +315,7 @@ class _Until:
 
 
 def _stamp(message: bytes) -> int:
-    return int.from_bytes(message[5:11], "big") if len(message) >= 11 else 0
+    return int.from_bytes(message[TIMESTAMP_AT:HEADER_SIZE], "big") if len(message) >= HEADER_SIZE else 0
 
 
 def parse_clock(text: str) -> int:

@@ -175,7 +175,7 @@ def _apply(st: JournalState, rtype: int, payload: bytes) -> None:
     elif rtype == J_FIX_GONE:
         fj.orders.pop(_SID_U64.unpack_from(payload)[1], None)
     else:   # J_FIX_CLORD
-        fj.cl_ord_ids[payload[12:].decode("latin-1")] = _SID_U64.unpack_from(payload)[1]
+        fj.cl_ord_ids[payload[_SID_U64.size:].decode("latin-1")] = _SID_U64.unpack_from(payload)[1]
 
 
 _KNOWN: Final = frozenset((J_OUCH_COUNT, J_FIX_SEQS, J_FIX_ORDER, J_FIX_GONE, J_FIX_CLORD))

@@ -289,16 +289,16 @@ class OuchConn(_Conn):
 
     def route(self) -> Slot | None:
         buf = self.buf
-        if len(buf) < 3:
+        if len(buf) < soup.HEAD_SIZE:
             return None
         length = (buf[0] << 8) | buf[1]
-        if buf[2:3] != soup.LOGIN_REQUEST or not 1 <= length <= 256:
+        if buf[soup.LENGTH_SIZE:soup.HEAD_SIZE] != soup.LOGIN_REQUEST or not 1 <= length <= 256:
             self.server.garbage(self, "not a SoupBinTCP Login Request")
             return None
-        if len(buf) < 2 + length:
+        if len(buf) < soup.LENGTH_SIZE + length:
             return None
         try:
-            req = soup.parse_login_request(bytes(buf[3:2 + length]))
+            req = soup.parse_login_request(bytes(buf[soup.HEAD_SIZE:soup.LENGTH_SIZE + length]))
         except ValueError as e:
             self.write(soup.encode_login_rejected(soup.REJECT_NOT_AUTHORIZED))
             self.server.garbage(self, f"bad login: {e}")

@@ -28,6 +28,8 @@ from appliance.catalogue import NewOrder
 from appliance.model import BUY, DAY, IOC
 from feeds import ouch_layout as L
 
+_CL_WIDTH: Final = L.ENTER_ORDER.fields[L.ENTER_ORDER.names.index("cl_ord_id")].size   # OUCH ClOrdID alpha
+
 __all__ = ["JournalKeeper", "JournalSlot", "adopt_ouch_order", "gateway_dir", "log", "restore_ouch_session",
            "resume_points", "store_label"]
 
@@ -165,7 +167,7 @@ def adopt_ouch_order(s: OuchSession, o: NewOrder) -> None:
     symbol = ins.stock8 if ins else b" " * 8
     mine = _Order(o.order_id, urn, o.locate, symbol, b"B" if o.side == BUY else b"S", o.qty, o.price,
                   _TIF_LETTER.get(o.tif, b"0"), b"A" if o.mpid else b"Y", b"A", b"N", b"N",
-                  o.cl_ord_id.encode("ascii", "replace")[:14].ljust(14))
+                  o.cl_ord_id.encode("ascii", "replace")[:_CL_WIDTH].ljust(_CL_WIDTH))
     s.orders[o.order_id] = mine
     s._by_urn[urn] = o.order_id
     if urn > s.last_user_ref_num:

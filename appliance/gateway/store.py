@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 from typing import Final, Iterable, Iterator
 
+from feeds.moldudp64 import BLOCK_LENGTH_SIZE
 from feeds.store import FILE_HEADER_SIZE, INDEX_ENTRY, FeedStore
 
 __all__ = ["MessageStore", "FixSentStore", "STORE_MODE"]
@@ -80,12 +81,13 @@ class MessageStore(FeedStore):
         chunk = os.pread(self._data_fd, end - off, off) if end > off else b""
         pos, size = 0, len(chunk)
         offsets: list[int] = []
-        while pos + 2 <= size:
+        lb = BLOCK_LENGTH_SIZE
+        while pos + lb <= size:
             length = (chunk[pos] << 8) | chunk[pos + 1]
-            if not length or pos + 2 + length > size:
+            if not length or pos + lb + length > size:
                 break
             offsets.append(off + pos)
-            pos += 2 + length
+            pos += lb + length
         return len(offsets), off + pos, offsets
 
     # -- appending -------------------------------------------------------------------------------
@@ -111,20 +113,20 @@ class MessageStore(FeedStore):
         if len(messages) == 1:   # one reply since the last flush: the same two writes, less work
             m = messages[0]
             seq = self.count + 1
-            self._write(self._data_fd, len(m).to_bytes(2, "big") + m, off)
+            self._write(self._data_fd, len(m).to_bytes(BLOCK_LENGTH_SIZE, "big") + m, off)
             self._write(self._index_fd, INDEX_ENTRY.pack(seq, off), self.count * _ENTRY)
             self.count = seq
-            self.size = off + 2 + len(m)
+            self.size = off + BLOCK_LENGTH_SIZE + len(m)
             return
         blocks: list[bytes] = []
         entries: list[bytes] = []
         seq = self.count
         for m in messages:
             seq += 1
-            blocks.append(len(m).to_bytes(2, "big"))
+            blocks.append(len(m).to_bytes(BLOCK_LENGTH_SIZE, "big"))
             blocks.append(m)
             entries.append(INDEX_ENTRY.pack(seq, off))
-            off += 2 + len(m)
+            off += BLOCK_LENGTH_SIZE + len(m)
         self._write(self._data_fd, b"".join(blocks), self.size)
         self._write(self._index_fd, b"".join(entries), self.count * _ENTRY)
         self.count = seq
@@ -175,16 +177,17 @@ class MessageStore(FeedStore):
             start = self._offset(first)
             chunk = os.pread(self._data_fd, self._offset(file_last + 1) - start, start)
             pos = 0
+            lb = BLOCK_LENGTH_SIZE
             for _ in range(file_last - first + 1):
                 length = (chunk[pos] << 8) | chunk[pos + 1]
-                out.append(chunk[pos + 2:pos + 2 + length])
-                pos += 2 + length
+                out.append(chunk[pos + lb:pos + lb + length])
+                pos += lb + length
         if last > self.count:
             out.extend(self._pending[max(first, self.count + 1) - self.count - 1:last - self.count])
         return out
 
     def read_raw(self, first: int, count: int) -> bytes:
-        return b"".join(len(m).to_bytes(2, "big") + m for m in self.read(first, count))
+        return b"".join(len(m).to_bytes(BLOCK_LENGTH_SIZE, "big") + m for m in self.read(first, count))
 
     def get(self, seq: int) -> bytes | None:
         """Message ``seq``, or None if the store does not hold it (reads ahead READ_AHEAD messages)."""

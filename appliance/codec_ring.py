@@ -19,7 +19,7 @@ Event record (partition -> gateway, ring ``evt``)::
     | kind |      seq      |     ts_ns     |  fields: EVENT_RECORD_FIELDS[kind]     |
     |  u8  |      u64      |      u64      |                                        |
     +------+---------------+---------------+---------------------------------------+
-    kind: catalogue.EV_* (1..8, 11) or a control kind (CTL_*), | LAST (0x80) on the last record of a
+    kind: catalogue.Ev.* (1..8, 11) or a control kind (CTL_*), | LAST (0x80) on the last record of a
           command's events for this gateway: the gateway hands a command's events to its sessions
           only once it has them all.
 
@@ -32,7 +32,7 @@ Event record (partition -> gateway, ring ``evt``)::
           locate u16, side u8
     COMMAND (rest of the record): kind u8 + the WAL body, as in a command record
 
-    CROSS (EV_CROSS_EXECUTED, an auction fill): as OrderExecuted (buy order in the maker slot, sell
+    CROSS (Ev.CROSS_EXECUTED, an auction fill): as OrderExecuted (buy order in the maker slot, sell
           in the taker slot) + cross_type u8 (model.CROSS_*, 0 unknown); it reaches both sides'
           sessions as a fill. The decoded tuple is CrossExecuted's ten fields + cross_type.
 
@@ -67,29 +67,27 @@ import struct
 from typing import Any, Final, Iterable, Sequence
 
 from appliance.catalogue import (
-    EV_ACCEPTED,
-    EV_ADDED,
-    EV_CANCELLED,
-    EV_COLLAR,
-    EV_CROSS_EXECUTED,
-    EV_EXECUTED,
-    EV_IMBALANCE,
-    EV_LIMIT_STATE,
-    EV_MARKET_EVENT,
-    EV_MASS_CANCELLED,
-    EV_REJECTED,
-    EV_REPLACED,
-    EV_STOP_TRIGGERED,
-    EV_TRADING_STATE,
-    EV_UNCROSSED,
     REPL_IN_PLACE,
     Command,
+    Ev,
     Event,
     NewOrder,
     ReplaceOrder,
 )
 from appliance.model import BUY
 from appliance.walcodec import LAYOUTS, MalformedCommand
+
+# The event kinds this module's per-event code compares or builds, as module globals (one
+# LOAD_GLOBAL each; Ev.X is a class attribute lookup, which CPython 3.11 does not specialize).
+EV_ACCEPTED: Final = Ev.ACCEPTED
+EV_REJECTED: Final = Ev.REJECTED
+EV_EXECUTED: Final = Ev.EXECUTED
+EV_CANCELLED: Final = Ev.CANCELLED
+EV_REPLACED: Final = Ev.REPLACED
+EV_STOP_TRIGGERED: Final = Ev.STOP_TRIGGERED
+EV_MASS_CANCELLED: Final = Ev.MASS_CANCELLED
+EV_CROSS_EXECUTED: Final = Ev.CROSS_EXECUTED
+EV_UNCROSSED: Final = Ev.UNCROSSED
 
 LAST: Final = 0x80          # flag on the kind byte: the last record of a command's events
 KIND_MASK: Final = 0x7F
@@ -116,23 +114,23 @@ def _prefixed(prefix: str, fields: Iterable[tuple[str, str]]) -> tuple[tuple[str
 
 #: Fields after the header, per record kind (COMMAND: the rest of the record is a command).
 EVENT_RECORD_FIELDS: Final[dict[int, tuple[tuple[str, str], ...]]] = {
-    EV_ACCEPTED: ORDER_FIELDS + (("qty", "I"), ("cl_ord_id", "20s")),
-    EV_REJECTED: (("reason", "H"), ("command", "COMMAND")),
-    EV_EXECUTED: _prefixed("maker_", OREF_FIELDS) + _prefixed("taker_", OREF_FIELDS) + (
+    Ev.ACCEPTED: ORDER_FIELDS + (("qty", "I"), ("cl_ord_id", "20s")),
+    Ev.REJECTED: (("reason", "H"), ("command", "COMMAND")),
+    Ev.EXECUTED: _prefixed("maker_", OREF_FIELDS) + _prefixed("taker_", OREF_FIELDS) + (
         ("qty", "I"), ("price", "I"), ("match", "Q"), ("maker_leaves", "I"), ("maker_filled", "I"),
         ("taker_leaves", "I"), ("taker_filled", "I")),
-    EV_CANCELLED: ORDER_FIELDS + (("qty", "I"), ("leaves", "I"), ("filled", "I"), ("reason", "B"),
+    Ev.CANCELLED: ORDER_FIELDS + (("qty", "I"), ("leaves", "I"), ("filled", "I"), ("reason", "B"),
                                   ("on_book", "B")),
-    EV_REPLACED: _prefixed("new_", ORDER_FIELDS) + (
+    Ev.REPLACED: _prefixed("new_", ORDER_FIELDS) + (
         ("old_ref", "Q"), ("old_leaves", "I"), ("new_leaves", "I"), ("filled", "I"), ("action", "B"),
         ("command_qty", "q"), ("command_cl_ord_id", "20s")),
-    EV_STOP_TRIGGERED: ORDER_FIELDS + (("trigger_price", "I"),),
+    Ev.STOP_TRIGGERED: ORDER_FIELDS + (("trigger_price", "I"),),
     # An auction fill: OrderExecuted's layout (buy order in the maker slot, sell in the taker slot)
     # plus the auction's cross type (model.CROSS_*, from the command's AuctionUncrossed; 0 unknown).
-    EV_CROSS_EXECUTED: _prefixed("maker_", OREF_FIELDS) + _prefixed("taker_", OREF_FIELDS) + (
+    Ev.CROSS_EXECUTED: _prefixed("maker_", OREF_FIELDS) + _prefixed("taker_", OREF_FIELDS) + (
         ("qty", "I"), ("price", "I"), ("match", "Q"), ("maker_leaves", "I"), ("maker_filled", "I"),
         ("taker_leaves", "I"), ("taker_filled", "I"), ("cross_type", "B")),
-    EV_MASS_CANCELLED: (("count", "I"), ("command", "COMMAND")),
+    Ev.MASS_CANCELLED: (("count", "I"), ("command", "COMMAND")),
     CTL_POSITION: (("firm", "I"), ("locate", "H"), ("position", "q")),
     CTL_LAST_PRICE: (("locate", "H"), ("price", "q")),
     CTL_OPEN_ORDER: ORDER_FIELDS + (("leaves", "I"), ("qty", "I")),
@@ -143,9 +141,9 @@ EVENT_RECORD_FIELDS: Final[dict[int, tuple[tuple[str, str], ...]]] = {
 #: Events that never cross to a gateway: OrderAdded, and the feed-only events of trading phases
 #: (state changes, market events, auction results and imbalances, collars, limit states). The feed
 #: publisher takes those from the engine directly; no session or risk check needs them.
-FEED_ONLY: Final = frozenset((EV_TRADING_STATE, EV_MARKET_EVENT, EV_UNCROSSED, EV_IMBALANCE, EV_COLLAR,
-                              EV_LIMIT_STATE))
-NOT_FORWARDED: Final = frozenset((EV_ADDED,)) | FEED_ONLY
+FEED_ONLY: Final = frozenset((Ev.TRADING_STATE, Ev.MARKET_EVENT, Ev.UNCROSSED, Ev.IMBALANCE, Ev.COLLAR,
+                              Ev.LIMIT_STATE))
+NOT_FORWARDED: Final = frozenset((Ev.ADDED,)) | FEED_ONLY
 
 
 def _struct(fields: Sequence[tuple[str, str]]) -> struct.Struct:
@@ -157,14 +155,14 @@ STRUCTS: Final[dict[int, struct.Struct]] = {k: _struct(f) for k, f in EVENT_RECO
 HEADER: Final = struct.Struct("<BQQ")
 HEADER_SIZE: Final = HEADER.size  # 17
 
-_ACC = STRUCTS[EV_ACCEPTED]
-_REJ = STRUCTS[EV_REJECTED]
-_EXE = STRUCTS[EV_EXECUTED]
-_CAN = STRUCTS[EV_CANCELLED]
-_REP = STRUCTS[EV_REPLACED]
-_STP = STRUCTS[EV_STOP_TRIGGERED]
-_CRX = STRUCTS[EV_CROSS_EXECUTED]
-_MAS = STRUCTS[EV_MASS_CANCELLED]
+_ACC = STRUCTS[Ev.ACCEPTED]
+_REJ = STRUCTS[Ev.REJECTED]
+_EXE = STRUCTS[Ev.EXECUTED]
+_CAN = STRUCTS[Ev.CANCELLED]
+_REP = STRUCTS[Ev.REPLACED]
+_STP = STRUCTS[Ev.STOP_TRIGGERED]
+_CRX = STRUCTS[Ev.CROSS_EXECUTED]
+_MAS = STRUCTS[Ev.MASS_CANCELLED]
 _POS = STRUCTS[CTL_POSITION]
 _LPX = STRUCTS[CTL_LAST_PRICE]
 _OPN = STRUCTS[CTL_OPEN_ORDER]

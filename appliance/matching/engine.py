@@ -27,18 +27,10 @@ from __future__ import annotations
 
 from collections import deque
 from itertools import islice
-from typing import Any, Iterable, Mapping
+from typing import Any, Final, Iterable, Mapping
 
 from appliance import reasons as R
 from appliance.catalogue import (
-    EV_ACCEPTED,
-    EV_ADDED,
-    EV_CANCELLED,
-    EV_EXECUTED,
-    EV_MASS_CANCELLED,
-    EV_REJECTED,
-    EV_REPLACED,
-    EV_STOP_TRIGGERED,
     MASS_ANY_INSTRUMENT,
     MASS_ANY_SIDE,
     REPL_HIDDEN,
@@ -47,6 +39,7 @@ from appliance.catalogue import (
     REPL_REPOST,
     CancelOrder,
     Command,
+    Ev,
     Event,
     MassCancel,
     NewOrder,
@@ -80,6 +73,18 @@ from appliance.model import (
     TS_CONTINUOUS,
     Instrument,
 )
+
+# The event kinds the matching path builds events with, as module globals: one LOAD_GLOBAL each in
+# CPython (Ev.X is a class attribute lookup, which 3.11 does not specialize); typed object so that the
+# compiled build keeps the int object rather than unboxing it and boxing it again at every event.
+EV_ACCEPTED: Final[object] = Ev.ACCEPTED
+EV_REJECTED: Final[object] = Ev.REJECTED
+EV_ADDED: Final[object] = Ev.ADDED
+EV_EXECUTED: Final[object] = Ev.EXECUTED
+EV_CANCELLED: Final[object] = Ev.CANCELLED
+EV_REPLACED: Final[object] = Ev.REPLACED
+EV_STOP_TRIGGERED: Final[object] = Ev.STOP_TRIGGERED
+EV_MASS_CANCELLED: Final[object] = Ev.MASS_CANCELLED
 
 _TIFS = TIMES_IN_FORCE
 _STPS = STP_MODES

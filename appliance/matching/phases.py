@@ -20,18 +20,10 @@ from typing import Any, Final
 from appliance import reasons as R
 from appliance.catalogue import (
     ALL_INSTRUMENTS,
-    EV_CANCELLED,
-    EV_COLLAR,
-    EV_CROSS_EXECUTED,
-    EV_IMBALANCE,
-    EV_LIMIT_STATE,
-    EV_MARKET_EVENT,
-    EV_REJECTED,
-    EV_TRADING_STATE,
-    EV_UNCROSSED,
     ClockTick,
     Close,
     Command,
+    Ev,
     Event,
     Halt,
     NewOrder,
@@ -195,10 +187,10 @@ class TradingPhases:
             if at_band and not book.limit_on:
                 book.limit_on = 1
                 book.limit_since = self.now_ns
-                out.append((EV_LIMIT_STATE, book.locate, True, book.band_lo, book.band_hi))
+                out.append((Ev.LIMIT_STATE, book.locate, True, book.band_lo, book.band_hi))
             elif book.limit_on and not at_band:
                 book.limit_on = book.limit_since = 0
-                out.append((EV_LIMIT_STATE, book.locate, False, book.band_lo, book.band_hi))
+                out.append((Ev.LIMIT_STATE, book.locate, False, book.band_lo, book.band_hi))
 
     def _cancel_through_band(self, book: Book, out: list[Event]) -> None:
         """Cancel the resting orders priced through the band (after the band moved), by reference."""
@@ -219,18 +211,18 @@ class TradingPhases:
         for o in victims:
             leaves = o.leaves
             self._unlink(o)
-            out.append((EV_CANCELLED, o, leaves, 0, o.filled, R.CANCEL_OUTSIDE_BAND, True))
+            out.append((Ev.CANCELLED, o, leaves, 0, o.filled, R.CANCEL_OUTSIDE_BAND, True))
 
     def _set_state(self, book: Book, state: int, cause: int, out: list[Event]) -> None:
         """Enter a trading state (timers reset: the caller sets the new state's own)."""
         if book.limit_on and state != TS_CONTINUOUS:
             book.limit_on = book.limit_since = 0
-            out.append((EV_LIMIT_STATE, book.locate, False, book.band_lo, book.band_hi))
+            out.append((Ev.LIMIT_STATE, book.locate, False, book.band_lo, book.band_hi))
         book.state = state
         book.cause = cause
         book.deadline_ns = book.next_noii_ns = 0
         self._refresh(book)
-        out.append((EV_TRADING_STATE, book.locate, state, cause))
+        out.append((Ev.TRADING_STATE, book.locate, state, cause))
 
     def _enter_auction(self, book: Book, state: int, cause: int, at: int, out: list[Event]) -> None:
         self._set_state(book, state, cause, out)
@@ -245,7 +237,7 @@ class TradingPhases:
         """The limit state lasted too long: LULD trading pause, and the collar it reopens within."""
         self._set_state(book, TS_PAUSED, CAUSE_LULD, out)
         book.deadline_ns = at + self._rules.pause_ns
-        out.append((EV_COLLAR, book.locate, book.ref_price, book.band_hi, book.band_lo, 0))
+        out.append((Ev.COLLAR, book.locate, book.ref_price, book.band_hi, book.band_lo, 0))
 
     def _phase(self, t: int) -> int:
         """The schedule's phase at time t."""
@@ -309,7 +301,7 @@ class TradingPhases:
         for o in victims:
             leaves = o.leaves
             on_book = self._unlink(o)
-            out.append((EV_CANCELLED, o, leaves, 0, o.filled, R.CANCEL_EXPIRED, on_book))
+            out.append((Ev.CANCELLED, o, leaves, 0, o.filled, R.CANCEL_EXPIRED, on_book))
             self._ended_as(o, R.TOO_LATE_EXPIRED)
         book.day_done = 1
 
@@ -321,7 +313,7 @@ class TradingPhases:
             leaves = o.leaves
             o.leaves = 0
             del self.orders[o.order_id]
-            out.append((EV_CANCELLED, o, leaves, 0, o.filled, R.CANCEL_MARKET_NO_LIQUIDITY, False))
+            out.append((Ev.CANCELLED, o, leaves, 0, o.filled, R.CANCEL_MARKET_NO_LIQUIDITY, False))
         book.mkt[BUY].clear()
         book.mkt[SELL].clear()
 
@@ -409,7 +401,7 @@ class TradingPhases:
                 b.filled += q
                 s.leaves -= q
                 s.filled += q
-                out.append((EV_CROSS_EXECUTED, b, s, q, price, match, b.leaves, b.filled, s.leaves, s.filled))
+                out.append((Ev.CROSS_EXECUTED, b, s, q, price, match, b.leaves, b.filled, s.leaves, s.filled))
                 match += 1
                 for o, levels in ((b, bid_levels), (s, ask_levels)):
                     if o.ord_type != MARKET:
@@ -432,10 +424,10 @@ class TradingPhases:
                         q_.popleft()
             self.traded_qty += volume
             book.last_price = price
-            out.append((EV_UNCROSSED, book.locate, cross_type, price, volume, match))
+            out.append((Ev.UNCROSSED, book.locate, cross_type, price, volume, match))
             self.next_match = match + 1
         else:
-            out.append((EV_UNCROSSED, book.locate, cross_type, 0, 0, 0))
+            out.append((Ev.UNCROSSED, book.locate, cross_type, 0, 0, 0))
         self._cancel_collected_market(book, out)
         return price, volume
 
@@ -444,11 +436,11 @@ class TradingPhases:
         cross_type = AUCTION_CROSS[book.state]
         price, volume, surplus = self._auction_price(book)
         if not volume:
-            out.append((EV_IMBALANCE, book.locate, cross_type, 0, 0, IMBALANCE_NO_PRICE, 0, 0, book.ref_price))
+            out.append((Ev.IMBALANCE, book.locate, cross_type, 0, 0, IMBALANCE_NO_PRICE, 0, 0, book.ref_price))
             return
         far = self._auction_price(book, False)[0]
         direction = IMBALANCE_BUY if surplus > 0 else IMBALANCE_SELL if surplus < 0 else IMBALANCE_NONE
-        out.append((EV_IMBALANCE, book.locate, cross_type, volume, abs(surplus), direction, far, price,
+        out.append((Ev.IMBALANCE, book.locate, cross_type, volume, abs(surplus), direction, far, price,
                     book.ref_price))
 
     # -- admin commands ---------------------------------------------------------------------------
@@ -456,13 +448,13 @@ class TradingPhases:
         cls = type(cmd)
         if cls is ClockTick:
             if cmd.now_ns < self.now_ns:  # type: ignore[union-attr]
-                out.append((EV_REJECTED, cmd, R.ADMIN_CLOCK_BACKWARDS))
+                out.append((Ev.REJECTED, cmd, R.ADMIN_CLOCK_BACKWARDS))
                 return
             self._tick(cmd.now_ns, out)  # type: ignore[union-attr]
         elif cls is SetSchedule:
             times = cmd.times()  # type: ignore[union-attr]
             if any(times) and (times[0] <= 0 or list(times) != sorted(times)):
-                out.append((EV_REJECTED, cmd, R.ADMIN_INVALID_SCHEDULE))
+                out.append((Ev.REJECTED, cmd, R.ADMIN_INVALID_SCHEDULE))
                 return
             (self.pre_open_ns, self.opening_auction_ns, self.open_ns, self.closing_auction_ns,
              self.close_ns) = times
@@ -473,7 +465,7 @@ class TradingPhases:
             locate = cmd.locate  # type: ignore[union-attr]
             if locate == ALL_INSTRUMENTS:
                 if cls is Halt:
-                    out.append((EV_MARKET_EVENT, MARKET_HALT))
+                    out.append((Ev.MARKET_EVENT, MARKET_HALT))
                 for book in self.book_list:
                     if cls is Halt and book.state not in (TS_CLOSED, TS_HALTED):
                         self._halt(book, CAUSE_MARKET, out)
@@ -484,27 +476,27 @@ class TradingPhases:
                 return
             found = self.books[locate] if 0 < locate < len(self.books) else None
             if found is None:
-                out.append((EV_REJECTED, cmd, R.UNKNOWN_INSTRUMENT))
+                out.append((Ev.REJECTED, cmd, R.UNKNOWN_INSTRUMENT))
                 return
             book = found
             state = book.state
             if cls is Halt:
                 if state == TS_CLOSED or state == TS_HALTED:
-                    out.append((EV_REJECTED, cmd, R.ADMIN_INVALID_TRANSITION))
+                    out.append((Ev.REJECTED, cmd, R.ADMIN_INVALID_TRANSITION))
                     return
                 self._halt(book, CAUSE_ADMIN, out)
             elif cls is Resume:
                 if state != TS_HALTED and state != TS_PAUSED:
-                    out.append((EV_REJECTED, cmd, R.ADMIN_INVALID_TRANSITION))
+                    out.append((Ev.REJECTED, cmd, R.ADMIN_INVALID_TRANSITION))
                     return
                 self._reopen(book, CAUSE_ADMIN, self.now_ns, out)
             else:
                 if state == TS_CLOSED:
-                    out.append((EV_REJECTED, cmd, R.ADMIN_INVALID_TRANSITION))
+                    out.append((Ev.REJECTED, cmd, R.ADMIN_INVALID_TRANSITION))
                     return
                 self._close(book, CAUSE_ADMIN, out)
         else:
-            out.append((EV_REJECTED, cmd, R.ADMIN_UNKNOWN_COMMAND))
+            out.append((Ev.REJECTED, cmd, R.ADMIN_UNKNOWN_COMMAND))
 
     def _tick(self, t: int, out: list[Event]) -> None:
         """The clock moves to t: market-wide events, then per instrument (ascending stock locate) its
@@ -514,10 +506,10 @@ class TradingPhases:
         if scheduled:
             if self.market_phase < 1 and t >= self.pre_open_ns:
                 self.market_phase = 1
-                out.append((EV_MARKET_EVENT, MARKET_SYSTEM_HOURS))
+                out.append((Ev.MARKET_EVENT, MARKET_SYSTEM_HOURS))
             if self.market_phase < 2 and t >= self.open_ns:
                 self.market_phase = 2
-                out.append((EV_MARKET_EVENT, MARKET_OPEN))
+                out.append((Ev.MARKET_EVENT, MARKET_OPEN))
         rules = self._rules
         for book in self.book_list:
             for _ in range(MAX_TRANSITIONS_PER_TICK):
@@ -543,7 +535,7 @@ class TradingPhases:
                 book.next_noii_ns += step * ((t - book.next_noii_ns) // step + 1)
         if scheduled and self.market_phase < 3 and t >= self.close_ns:
             self.market_phase = 3
-            out.append((EV_MARKET_EVENT, MARKET_CLOSE))
+            out.append((Ev.MARKET_EVENT, MARKET_CLOSE))
 
     def _schedule_step(self, book: Book, t: int, out: list[Event]) -> bool:
         """One transition towards the schedule's phase at t, if one is due; halts, pauses and

@@ -20,6 +20,7 @@ COMPILED_MODULES: Final = (
     "appliance/catalogue.py",
     "appliance/matching/book.py",
     "appliance/matching/engine.py",
+    "appliance/matching/phases.py",
     "appliance/matching/statehash.py",
 )
 

@@ -392,23 +392,32 @@ ADMIN_COMMANDS: Final = (ClockTick, SetSchedule, Halt, Resume, Close)
 
 Event = tuple[Any, ...]
 
-EV_ACCEPTED: Final = 1
-EV_REJECTED: Final = 2
-EV_ADDED: Final = 3
-EV_EXECUTED: Final = 4
-EV_CANCELLED: Final = 5
-EV_REPLACED: Final = 6
-EV_STOP_TRIGGERED: Final = 7
-EV_MASS_CANCELLED: Final = 8
-EV_TRADING_STATE: Final = 9
-EV_MARKET_EVENT: Final = 10
-EV_CROSS_EXECUTED: Final = 11
-EV_UNCROSSED: Final = 12
-EV_IMBALANCE: Final = 13
-EV_LIMIT_STATE: Final = 14
-EV_COLLAR: Final = 15
+class Ev:
+    """Event kinds: the first item of every event tuple (layouts in EVENT_LAYOUTS, by kind).
 
-# Replace book actions (EV_REPLACED.action): what the market-data feed must say about it.
+    One namespace, ``Ev.ADDED`` and so on. Code that compares or builds kinds per event in CPython
+    binds the ones it uses to module globals (a class attribute is a slower load there); mypyc
+    folds these Finals into constants either way.
+    """
+
+    ACCEPTED: Final = 1
+    REJECTED: Final = 2
+    ADDED: Final = 3
+    EXECUTED: Final = 4
+    CANCELLED: Final = 5
+    REPLACED: Final = 6
+    STOP_TRIGGERED: Final = 7
+    MASS_CANCELLED: Final = 8
+    TRADING_STATE: Final = 9
+    MARKET_EVENT: Final = 10
+    CROSS_EXECUTED: Final = 11
+    UNCROSSED: Final = 12
+    IMBALANCE: Final = 13
+    LIMIT_STATE: Final = 14
+    COLLAR: Final = 15
+
+
+# Replace book actions (Ev.REPLACED.action): what the market-data feed must say about it.
 REPL_IN_PLACE: Final = 0   # same order object and ref, priority kept: ITCH X for the decrement
 REPL_REPOST: Final = 1     # new ref resting at once at its price: ITCH U (old ref -> new ref)
 REPL_REMOVE: Final = 2     # new ref crosses: ITCH D of the old ref, then executions and maybe an Add
@@ -416,53 +425,53 @@ REPL_HIDDEN: Final = 3     # a pending stop, not on the book: nothing on the fee
 
 EVENT_LAYOUTS: Final[dict[int, tuple[str, tuple[str, ...]]]] = {
     # The order was accepted (ack). qty is the order quantity at acceptance; leaves = qty, filled = 0.
-    EV_ACCEPTED: ("OrderAccepted", ("kind", "order", "qty")),
+    Ev.ACCEPTED: ("OrderAccepted", ("kind", "order", "qty")),
     # The command was rejected and changed nothing. reason: appliance.reasons code.
-    EV_REJECTED: ("CommandRejected", ("kind", "command", "reason")),
+    Ev.REJECTED: ("CommandRejected", ("kind", "command", "reason")),
     # The order now rests on the book showing `shares` at order.price (ITCH A, or F with an MPID).
-    EV_ADDED: ("OrderAdded", ("kind", "order", "shares")),
+    Ev.ADDED: ("OrderAdded", ("kind", "order", "shares")),
     # A fill at the maker's price. match: unique match number. *_leaves / *_filled after this fill.
-    EV_EXECUTED: (
+    Ev.EXECUTED: (
         "OrderExecuted",
         ("kind", "maker", "taker", "qty", "price", "match",
          "maker_leaves", "maker_filled", "taker_leaves", "taker_filled"),
     ),
     # `qty` shares of the order were cancelled, `leaves` remain (0: the order is done).
     # on_book: the cancelled shares were resting (ITCH X if leaves > 0, else D).
-    EV_CANCELLED: ("OrderCancelled", ("kind", "order", "qty", "leaves", "filled", "reason", "on_book")),
+    Ev.CANCELLED: ("OrderCancelled", ("kind", "order", "qty", "leaves", "filled", "reason", "on_book")),
     # The order was replaced. new is old when priority was kept. action: REPL_* above.
-    EV_REPLACED: (
+    Ev.REPLACED: (
         "OrderReplaced",
         ("kind", "old", "new", "old_leaves", "new_leaves", "filled", "action", "command"),
     ),
     # A pending stop order triggered on `trigger_price` and now enters the book as market/limit.
-    EV_STOP_TRIGGERED: ("StopTriggered", ("kind", "order", "trigger_price")),
-    # A mass cancel finished: `count` orders were cancelled (each also has its EV_CANCELLED).
-    EV_MASS_CANCELLED: ("MassCancelled", ("kind", "command", "count")),
+    Ev.STOP_TRIGGERED: ("StopTriggered", ("kind", "order", "trigger_price")),
+    # A mass cancel finished: `count` orders were cancelled (each also has its Ev.CANCELLED).
+    Ev.MASS_CANCELLED: ("MassCancelled", ("kind", "command", "count")),
     # The instrument's trading state changed (model.TS_*), for model.CAUSE_* (ITCH H).
-    EV_TRADING_STATE: ("TradingStateChanged", ("kind", "locate", "state", "cause")),
+    Ev.TRADING_STATE: ("TradingStateChanged", ("kind", "locate", "state", "cause")),
     # A market-wide event of the partition's schedule or a market-wide halt (model.MARKET_*; ITCH S, W).
-    EV_MARKET_EVENT: ("MarketEvent", ("kind", "event")),
+    Ev.MARKET_EVENT: ("MarketEvent", ("kind", "event")),
     # An auction fill: both orders were collected in the call phase; they trade at the uncross price.
     # The same shape as OrderExecuted, the buy order in the maker's place, the sell in the taker's.
-    EV_CROSS_EXECUTED: (
+    Ev.CROSS_EXECUTED: (
         "CrossExecuted",
         ("kind", "buy", "sell", "qty", "price", "match", "buy_leaves", "buy_filled", "sell_leaves", "sell_filled"),
     ),
     # An auction ended (model.CROSS_*): qty shares crossed at price (0 and 0: nothing crossed, match 0),
     # after its CrossExecuted fills (ITCH Q).
-    EV_UNCROSSED: ("AuctionUncrossed", ("kind", "locate", "cross_type", "price", "qty", "match")),
+    Ev.UNCROSSED: ("AuctionUncrossed", ("kind", "locate", "cross_type", "price", "qty", "match")),
     # Auction imbalance information (ITCH I): paired shares and the surplus at the indicative price
     # (near), its side (model.IMBALANCE_*), far = the indicative price of the limit orders alone.
-    EV_IMBALANCE: (
+    Ev.IMBALANCE: (
         "AuctionImbalance",
         ("kind", "locate", "cross_type", "paired", "imbalance", "direction", "far", "near", "ref_price"),
     ),
     # The market sits at a price band (best bid at the upper or best ask at the lower): active, or no
     # more. lower/upper: the band.
-    EV_LIMIT_STATE: ("LimitStateChanged", ("kind", "locate", "active", "lower", "upper")),
+    Ev.LIMIT_STATE: ("LimitStateChanged", ("kind", "locate", "active", "lower", "upper")),
     # The price range within which a paused instrument reopens (ITCH J).
-    EV_COLLAR: ("AuctionCollar", ("kind", "locate", "ref_price", "upper", "lower", "extension")),
+    Ev.COLLAR: ("AuctionCollar", ("kind", "locate", "ref_price", "upper", "lower", "extension")),
 }
 
 EVENT_NAMES: Final = {kind: layout[0] for kind, layout in EVENT_LAYOUTS.items()}

@@ -19,7 +19,7 @@ Event record (partition -> gateway, ring ``evt``)::
     | kind |      seq      |     ts_ns     |  fields: EVENT_RECORD_FIELDS[kind]     |
     |  u8  |      u64      |      u64      |                                        |
     +------+---------------+---------------+---------------------------------------+
-    kind: catalogue.EV_* (1..8, 11) or a control kind (CTL_*), | LAST (0x80) on the last record of a
+    kind: catalogue.Ev.* (1..8, 11) or a control kind (CTL_*), | LAST (0x80) on the last record of a
           command's events for this gateway: the gateway hands a command's events to its sessions
           only once it has them all.
 
@@ -32,7 +32,7 @@ Event record (partition -> gateway, ring ``evt``)::
           locate u16, side u8
     COMMAND (rest of the record): kind u8 + the WAL body, as in a command record
 
-    CROSS (EV_CROSS_EXECUTED, an auction fill): as OrderExecuted (buy order in the maker slot, sell
+    CROSS (Ev.CROSS_EXECUTED, an auction fill): as OrderExecuted (buy order in the maker slot, sell
           in the taker slot) + cross_type u8 (model.CROSS_*, 0 unknown); it reaches both sides'
           sessions as a fill. The decoded tuple is CrossExecuted's ten fields + cross_type.
 
@@ -77,26 +77,12 @@ from typing import Any, Final, Iterable, Sequence
 
 from appliance.catalogue import (
     COMMAND_VALUE,
-    EV_ACCEPTED,
-    EV_ADDED,
-    EV_CANCELLED,
-    EV_COLLAR,
-    EV_CROSS_EXECUTED,
-    EV_EXECUTED,
-    EV_IMBALANCE,
-    EV_LIMIT_STATE,
-    EV_MARKET_EVENT,
-    EV_MASS_CANCELLED,
-    EV_REJECTED,
-    EV_REPLACED,
-    EV_STOP_TRIGGERED,
-    EV_TRADING_STATE,
-    EV_UNCROSSED,
     EVENT_FIELDS,
     ORDER_IMAGE,
     ORDER_VALUE,
     REPL_IN_PLACE,
     Command,
+    Ev,
     Event,
     NewOrder,
     ReplaceOrder,
@@ -105,6 +91,18 @@ from appliance.catalogue import (
 from appliance.model import BUY
 from appliance.ring import LENGTH_BYTES
 from appliance.walcodec import LAYOUTS, RECORD_HEADER_SIZE, MalformedCommand
+
+# The event kinds this module's per-event code compares or builds, as module globals (one
+# LOAD_GLOBAL each; Ev.X is a class attribute lookup, which CPython 3.11 does not specialize).
+EV_ACCEPTED: Final = Ev.ACCEPTED
+EV_REJECTED: Final = Ev.REJECTED
+EV_EXECUTED: Final = Ev.EXECUTED
+EV_CANCELLED: Final = Ev.CANCELLED
+EV_REPLACED: Final = Ev.REPLACED
+EV_STOP_TRIGGERED: Final = Ev.STOP_TRIGGERED
+EV_MASS_CANCELLED: Final = Ev.MASS_CANCELLED
+EV_CROSS_EXECUTED: Final = Ev.CROSS_EXECUTED
+EV_UNCROSSED: Final = Ev.UNCROSSED
 
 LAST: Final = 0x80          # flag on the kind byte: the last record of a command's events
 KIND_MASK: Final = 0x7F
@@ -147,21 +145,21 @@ def _prefixed(prefix: str, fields: Iterable[tuple[str, str]]) -> tuple[tuple[str
     return tuple((prefix + name, code) for name, code in fields)
 
 
-_EXECUTION: Final = _prefixed("maker_", OREF_FIELDS) + _prefixed("taker_", OREF_FIELDS) + _scalars(EV_EXECUTED)
+_EXECUTION: Final = _prefixed("maker_", OREF_FIELDS) + _prefixed("taker_", OREF_FIELDS) + _scalars(Ev.EXECUTED)
 
 #: Fields after the header, per record kind (COMMAND_VALUE: the rest of the record is a command).
 EVENT_RECORD_FIELDS: Final[dict[int, tuple[tuple[str, str], ...]]] = {
-    EV_ACCEPTED: ORDER_FIELDS + _scalars(EV_ACCEPTED) + fields_of(ORDER_IMAGE, "cl_ord_id"),
-    EV_REJECTED: _scalars(EV_REJECTED) + COMMAND_REST,
-    EV_EXECUTED: _EXECUTION,
-    EV_CANCELLED: ORDER_FIELDS + _scalars(EV_CANCELLED, reason="B"),   # cancel reasons (reasons.CANCEL_*) fit a byte
-    EV_REPLACED: _prefixed("new_", ORDER_FIELDS) + _prefixed("old_", fields_of(ORDER_IMAGE, "ref"))
-    + _scalars(EV_REPLACED) + _prefixed("command_", fields_of(ReplaceOrder.FIELDS, "qty", "cl_ord_id")),
-    EV_STOP_TRIGGERED: ORDER_FIELDS + _scalars(EV_STOP_TRIGGERED),
+    Ev.ACCEPTED: ORDER_FIELDS + _scalars(Ev.ACCEPTED) + fields_of(ORDER_IMAGE, "cl_ord_id"),
+    Ev.REJECTED: _scalars(Ev.REJECTED) + COMMAND_REST,
+    Ev.EXECUTED: _EXECUTION,
+    Ev.CANCELLED: ORDER_FIELDS + _scalars(Ev.CANCELLED, reason="B"),   # cancel reasons (reasons.CANCEL_*) fit a byte
+    Ev.REPLACED: _prefixed("new_", ORDER_FIELDS) + _prefixed("old_", fields_of(ORDER_IMAGE, "ref"))
+    + _scalars(Ev.REPLACED) + _prefixed("command_", fields_of(ReplaceOrder.FIELDS, "qty", "cl_ord_id")),
+    Ev.STOP_TRIGGERED: ORDER_FIELDS + _scalars(Ev.STOP_TRIGGERED),
     # An auction fill: OrderExecuted's layout (buy order in the maker slot, sell in the taker slot)
     # plus the auction's cross type (model.CROSS_*, from the command's AuctionUncrossed; 0 unknown).
-    EV_CROSS_EXECUTED: _EXECUTION + fields_of(EVENT_FIELDS[EV_UNCROSSED], "cross_type"),
-    EV_MASS_CANCELLED: _scalars(EV_MASS_CANCELLED) + COMMAND_REST,
+    Ev.CROSS_EXECUTED: _EXECUTION + fields_of(EVENT_FIELDS[Ev.UNCROSSED], "cross_type"),
+    Ev.MASS_CANCELLED: _scalars(Ev.MASS_CANCELLED) + COMMAND_REST,
     CTL_POSITION: fields_of(ORDER_IMAGE, "firm", "locate") + (("position", "q"),),
     CTL_LAST_PRICE: fields_of(ORDER_IMAGE, "locate", "price"),
     CTL_OPEN_ORDER: ORDER_FIELDS + _narrow(fields_of(ORDER_IMAGE, "leaves", "qty")),
@@ -172,9 +170,9 @@ EVENT_RECORD_FIELDS: Final[dict[int, tuple[tuple[str, str], ...]]] = {
 #: Events that never cross to a gateway: OrderAdded, and the feed-only events of trading phases
 #: (state changes, market events, auction results and imbalances, collars, limit states). The feed
 #: publisher takes those from the engine directly; no session or risk check needs them.
-FEED_ONLY: Final = frozenset((EV_TRADING_STATE, EV_MARKET_EVENT, EV_UNCROSSED, EV_IMBALANCE, EV_COLLAR,
-                              EV_LIMIT_STATE))
-NOT_FORWARDED: Final = frozenset((EV_ADDED,)) | FEED_ONLY
+FEED_ONLY: Final = frozenset((Ev.TRADING_STATE, Ev.MARKET_EVENT, Ev.UNCROSSED, Ev.IMBALANCE, Ev.COLLAR,
+                              Ev.LIMIT_STATE))
+NOT_FORWARDED: Final = frozenset((Ev.ADDED,)) | FEED_ONLY
 
 
 def _struct(fields: Sequence[tuple[str, str]]) -> struct.Struct:
@@ -186,14 +184,14 @@ STRUCTS: Final[dict[int, struct.Struct]] = {k: _struct(f) for k, f in EVENT_RECO
 HEADER: Final = struct.Struct("<BQQ")
 HEADER_SIZE: Final = HEADER.size  # 17
 
-_ACC = STRUCTS[EV_ACCEPTED]
-_REJ = STRUCTS[EV_REJECTED]
-_EXE = STRUCTS[EV_EXECUTED]
-_CAN = STRUCTS[EV_CANCELLED]
-_REP = STRUCTS[EV_REPLACED]
-_STP = STRUCTS[EV_STOP_TRIGGERED]
-_CRX = STRUCTS[EV_CROSS_EXECUTED]
-_MAS = STRUCTS[EV_MASS_CANCELLED]
+_ACC = STRUCTS[Ev.ACCEPTED]
+_REJ = STRUCTS[Ev.REJECTED]
+_EXE = STRUCTS[Ev.EXECUTED]
+_CAN = STRUCTS[Ev.CANCELLED]
+_REP = STRUCTS[Ev.REPLACED]
+_STP = STRUCTS[Ev.STOP_TRIGGERED]
+_CRX = STRUCTS[Ev.CROSS_EXECUTED]
+_MAS = STRUCTS[Ev.MASS_CANCELLED]
 _POS = STRUCTS[CTL_POSITION]
 _LPX = STRUCTS[CTL_LAST_PRICE]
 _OPN = STRUCTS[CTL_OPEN_ORDER]

@@ -44,7 +44,7 @@ from typing import Any, Final, Sequence
 
 from appliance import codec_ring as C
 from appliance.build import build_kind
-from appliance.catalogue import EV_REJECTED, EV_TRADING_STATE, ClockTick, Close, Command, Event, Halt, Resume
+from appliance.catalogue import ClockTick, Close, Command, Ev, Event, Halt, Resume
 from appliance.clock import Clock, wall_clock
 from appliance.config import Config, PartitionConfig, load
 from appliance import feedstage
@@ -587,9 +587,9 @@ class PartitionDaemon:
         refused goes back as its CommandRejected), so that the admin request gets the outcome."""
         for seq, _ts, cmd, events in results:
             g = self.admin_origin.pop(id(cmd), None)
-            if g is None or any(ev[0] == EV_REJECTED for ev in events):
+            if g is None or any(ev[0] == Ev.REJECTED for ev in events):
                 continue
-            changed = sum(1 for ev in events if ev[0] == EV_TRADING_STATE)
+            changed = sum(1 for ev in events if ev[0] == Ev.TRADING_STATE)
             out[g].append(C.control_record(C.CTL_ADMIN, seq, cmd.KIND, cmd.locate, changed))
 
     def run(self, shutdown: bool = True) -> int:

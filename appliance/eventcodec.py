@@ -9,7 +9,7 @@ One frame per event, integers little-endian::
 
     length  u16  the whole frame
     seq     u64  the command that produced the event (0: a command rejected before sequencing)
-    kind    u8   catalogue.EV_*
+    kind    u8   catalogue.Ev.*
     fields       per catalogue.EVENT_FIELDS (the codes of catalogue.EVENT_FIELD_CODES, as declared):
                  an order is its ORDER_FIELDS, a command is its kind (u8) and its WAL body
                  (appliance.walcodec), other fields their struct code

@@ -26,7 +26,7 @@ import sys
 from typing import Sequence
 
 from appliance import reasons as R
-from appliance.catalogue import EV_REJECTED, Command, Event
+from appliance.catalogue import Command, Ev, Event
 from appliance.matching.engine import Engine
 from appliance.metrics import S_MATCH, S_SEQUENCE, StageClock
 from appliance.sequencer import Sequencer
@@ -99,7 +99,7 @@ class Partition:
             try:
                 body = layouts[cmd.KIND].encode_body(cmd)
             except (MalformedCommand, AttributeError, KeyError, TypeError):
-                results.append((0, now_ns, cmd, [(EV_REJECTED, cmd, R.SESSION_MALFORMED)]))
+                results.append((0, now_ns, cmd, [(Ev.REJECTED, cmd, R.SESSION_MALFORMED)]))
                 continue
             bodies.append(body)
             good.append(cmd)

@@ -66,19 +66,23 @@ from typing import Final, Iterable, Mapping
 
 from appliance import reasons as R
 from appliance.catalogue import (
-    EV_ACCEPTED,
-    EV_CANCELLED,
-    EV_CROSS_EXECUTED,
-    EV_EXECUTED,
-    EV_REJECTED,
-    EV_REPLACED,
     Command,
+    Ev,
     Event,
     MassCancel,
     NewOrder,
     ReplaceOrder,
 )
 from appliance.model import BUY, LIMIT, SELL, STOP_LIMIT
+
+# The event kinds this module's per-event code compares or builds, as module globals (one
+# LOAD_GLOBAL each; Ev.X is a class attribute lookup, which CPython 3.11 does not specialize).
+EV_ACCEPTED: Final = Ev.ACCEPTED
+EV_REJECTED: Final = Ev.REJECTED
+EV_EXECUTED: Final = Ev.EXECUTED
+EV_CANCELLED: Final = Ev.CANCELLED
+EV_REPLACED: Final = Ev.REPLACED
+EV_CROSS_EXECUTED: Final = Ev.CROSS_EXECUTED
 
 TOKEN: Final = 1_000_000_000      # one order's worth of bucket units (units per token)
 BPS: Final = 10_000               # basis points in one

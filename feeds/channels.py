@@ -48,21 +48,25 @@ from bisect import bisect_left, insort
 from typing import Any, Callable, Final, NamedTuple
 
 from appliance.catalogue import (
-    EV_ACCEPTED,
-    EV_ADDED,
-    EV_CANCELLED,
-    EV_CROSS_EXECUTED,
-    EV_EXECUTED,
-    EV_REPLACED,
-    EV_UNCROSSED,
     REPL_IN_PLACE,
     REPL_REMOVE,
     REPL_REPOST,
+    Ev,
     Event,
 )
 from feeds import itch
 from feeds.layout import U16, U32, U48, U64, Buffer, Char, Msg
 from feeds.moldudp64 import BLOCK_LENGTH
+
+# The event kinds this module's per-event code compares or builds, as module globals (one
+# LOAD_GLOBAL each; Ev.X is a class attribute lookup, which CPython 3.11 does not specialize).
+EV_ACCEPTED: Final = Ev.ACCEPTED
+EV_ADDED: Final = Ev.ADDED
+EV_EXECUTED: Final = Ev.EXECUTED
+EV_CANCELLED: Final = Ev.CANCELLED
+EV_REPLACED: Final = Ev.REPLACED
+EV_CROSS_EXECUTED: Final = Ev.CROSS_EXECUTED
+EV_UNCROSSED: Final = Ev.UNCROSSED
 
 __all__ = [
     "L3", "L2", "L1", "CHANNELS", "CHANNEL_DIGIT", "NETWORK_TRANSPORTS", "AFXDP_MODES", "Endpoint", "ChannelGroups", "FeedConfig",
@@ -327,7 +331,7 @@ class DepthTracker:
         self.sides: dict[int, tuple[_Side, _Side]] = {}
         self.volume: dict[int, int] = {}
         self.touched: list[tuple[int, int, int]] = []
-        self.trades: list[tuple[Event, int]] = []   # (EV_EXECUTED, instrument volume after it)
+        self.trades: list[tuple[Event, int]] = []   # (Ev.EXECUTED, instrument volume after it)
 
     def _side(self, locate: int, side: int) -> _Side:
         pair = self.sides.get(locate)

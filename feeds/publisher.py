@@ -43,26 +43,12 @@ import os
 from typing import Any, Final, Iterable, Mapping, NamedTuple, Sequence
 
 from appliance.catalogue import (
-    EV_ACCEPTED,
-    EV_ADDED,
-    EV_CANCELLED,
-    EV_COLLAR,
-    EV_CROSS_EXECUTED,
-    EV_EXECUTED,
-    EV_IMBALANCE,
-    EV_LIMIT_STATE,
-    EV_MARKET_EVENT,
-    EV_MASS_CANCELLED,
-    EV_REJECTED,
-    EV_REPLACED,
-    EV_STOP_TRIGGERED,
-    EV_TRADING_STATE,
-    EV_UNCROSSED,
     REPL_HIDDEN,
     REPL_IN_PLACE,
     REPL_REMOVE,
     REPL_REPOST,
     Command,
+    Ev,
     Event,
 )
 from appliance.model import (
@@ -114,6 +100,19 @@ from feeds.moldudp64 import BLOCK_LENGTH_SIZE, END_OF_SESSION_COUNT, HEADER, pac
 from feeds.store import FeedStore
 from feeds.transport import ChannelSender, Transport
 
+# The event kinds this module's per-event code compares or builds, as module globals (one
+# LOAD_GLOBAL each; Ev.X is a class attribute lookup, which CPython 3.11 does not specialize).
+EV_ACCEPTED: Final = Ev.ACCEPTED
+EV_ADDED: Final = Ev.ADDED
+EV_EXECUTED: Final = Ev.EXECUTED
+EV_CANCELLED: Final = Ev.CANCELLED
+EV_REPLACED: Final = Ev.REPLACED
+EV_TRADING_STATE: Final = Ev.TRADING_STATE
+EV_MARKET_EVENT: Final = Ev.MARKET_EVENT
+EV_CROSS_EXECUTED: Final = Ev.CROSS_EXECUTED
+EV_UNCROSSED: Final = Ev.UNCROSSED
+EV_IMBALANCE: Final = Ev.IMBALANCE
+
 __all__ = ["Publisher", "ChannelPublisher", "FeedDivergence", "L3_MAPPING", "L3_MESSAGES",
            "encode_l3", "packetize", "start_of_session", "end_of_session_messages", "Result",
            "SessionOpening", "session_opening", "STATE_LETTER", "CAUSE_REASON", "price_variation"]
@@ -126,53 +125,53 @@ Result = tuple[int, int, Command, list[Event]]   # (seq, ts_ns, command, events)
 # ================================================================================================
 
 L3_MAPPING: Final[dict[int, str]] = {
-    EV_ACCEPTED: "nothing: an order appears on the feed only when it rests (OrderAdded)",
-    EV_REJECTED: "nothing: a rejected command changed nothing",
-    EV_ADDED: "A Add Order (order.ref, side, shares, stock, order.price); F with order.mpid when set",
-    EV_EXECUTED: "E Order Executed on maker.ref (qty, match); C with price when price != maker.price; "
+    Ev.ACCEPTED: "nothing: an order appears on the feed only when it rests (OrderAdded)",
+    Ev.REJECTED: "nothing: a rejected command changed nothing",
+    Ev.ADDED: "A Add Order (order.ref, side, shares, stock, order.price); F with order.mpid when set",
+    Ev.EXECUTED: "E Order Executed on maker.ref (qty, match); C with price when price != maker.price; "
                  "nothing for the taker, which is not on the book",
-    EV_CANCELLED: "on the book: X Order Cancel (qty) when leaves > 0, D Order Delete when 0; "
+    Ev.CANCELLED: "on the book: X Order Cancel (qty) when leaves > 0, D Order Delete when 0; "
                   "not on the book (IOC/FOK/market remainder, pending stop): nothing",
-    EV_REPLACED: "IN_PLACE: X for old_leaves - new_leaves (nothing when 0); REPOST: U (old.ref -> "
+    Ev.REPLACED: "IN_PLACE: X for old_leaves - new_leaves (nothing when 0); REPOST: U (old.ref -> "
                  "new.ref, new_leaves, new.price); REMOVE: D old.ref (the new order's executions "
                  "and Add follow as their own events); HIDDEN (pending stop): nothing",
-    EV_STOP_TRIGGERED: "nothing: the triggered order's executions and Add are their own events",
-    EV_MASS_CANCELLED: "nothing: each cancelled order has its own OrderCancelled",
-    EV_TRADING_STATE: "H Stock Trading Action (stock, state: T continuous, Q pre-open and auctions, "
+    Ev.STOP_TRIGGERED: "nothing: the triggered order's executions and Add are their own events",
+    Ev.MASS_CANCELLED: "nothing: each cancelled order has its own OrderCancelled",
+    Ev.TRADING_STATE: "H Stock Trading Action (stock, state: T continuous, Q pre-open and auctions, "
                       "H halted or closed, P paused; reason: the cause's code, CAUSE_REASON)",
-    EV_MARKET_EVENT: "S System Event (S start of system hours, Q start of market hours, M end of market "
+    Ev.MARKET_EVENT: "S System Event (S start of system hours, Q start of market hours, M end of market "
                      "hours); a market-wide halt: W MWCB Status, breached level 1",
-    EV_CROSS_EXECUTED: "C Order Executed With Price (printable N: the cross's Q prints the volume) on the "
+    Ev.CROSS_EXECUTED: "C Order Executed With Price (printable N: the cross's Q prints the volume) on the "
                        "ref of each side that is on the book (limit and stop-limit orders); a collected "
                        "market order is not on the book: nothing for it",
-    EV_UNCROSSED: "Q Cross Trade (shares, stock, cross price, match, cross type O open, C close, H "
+    Ev.UNCROSSED: "Q Cross Trade (shares, stock, cross price, match, cross type O open, C close, H "
                   "reopening); nothing crossed: shares 0, price 0, match 0",
-    EV_IMBALANCE: "I NOII (paired, imbalance, direction B/S/N/O, stock, far, near, current reference, "
+    Ev.IMBALANCE: "I NOII (paired, imbalance, direction B/S/N/O, stock, far, near, current reference, "
                   "cross type, price variation of near against the reference)",
-    EV_LIMIT_STATE: "nothing: the limit state is the engine's; the pause it may lead to is an H",
-    EV_COLLAR: "J LULD Auction Collar (stock, reference, upper, lower, extension)",
+    Ev.LIMIT_STATE: "nothing: the limit state is the engine's; the pause it may lead to is an H",
+    Ev.COLLAR: "J LULD Auction Collar (stock, reference, upper, lower, extension)",
 }
 #: The ITCH message types each event kind can produce (empty: nothing).
 L3_MESSAGES: Final[dict[int, tuple[bytes, ...]]] = {
-    EV_ACCEPTED: (),
-    EV_REJECTED: (),
-    EV_ADDED: (b"A", b"F"),
-    EV_EXECUTED: (b"E", b"C"),
-    EV_CANCELLED: (b"X", b"D"),
-    EV_REPLACED: (b"X", b"U", b"D"),
-    EV_STOP_TRIGGERED: (),
-    EV_MASS_CANCELLED: (),
-    EV_TRADING_STATE: (b"H",),
-    EV_MARKET_EVENT: (b"S", b"W"),
-    EV_CROSS_EXECUTED: (b"C",),
-    EV_UNCROSSED: (b"Q",),
-    EV_IMBALANCE: (b"I",),
-    EV_LIMIT_STATE: (),
-    EV_COLLAR: (b"J",),
+    Ev.ACCEPTED: (),
+    Ev.REJECTED: (),
+    Ev.ADDED: (b"A", b"F"),
+    Ev.EXECUTED: (b"E", b"C"),
+    Ev.CANCELLED: (b"X", b"D"),
+    Ev.REPLACED: (b"X", b"U", b"D"),
+    Ev.STOP_TRIGGERED: (),
+    Ev.MASS_CANCELLED: (),
+    Ev.TRADING_STATE: (b"H",),
+    Ev.MARKET_EVENT: (b"S", b"W"),
+    Ev.CROSS_EXECUTED: (b"C",),
+    Ev.UNCROSSED: (b"Q",),
+    Ev.IMBALANCE: (b"I",),
+    Ev.LIMIT_STATE: (),
+    Ev.COLLAR: (b"J",),
 }
 _SILENT: Final = frozenset(k for k, v in L3_MESSAGES.items() if not v)
-_TRADING: Final = frozenset((EV_TRADING_STATE, EV_MARKET_EVENT, EV_CROSS_EXECUTED, EV_UNCROSSED, EV_IMBALANCE,
-                             EV_COLLAR))
+_TRADING: Final = frozenset((Ev.TRADING_STATE, Ev.MARKET_EVENT, Ev.CROSS_EXECUTED, Ev.UNCROSSED, Ev.IMBALANCE,
+                             Ev.COLLAR))
 
 #: Trading state -> ITCH Stock Trading Action state.
 STATE_LETTER: Final[dict[int, bytes]] = {
@@ -244,7 +243,7 @@ def _encode_trading(ev: Event, append: Any, ts6: bytes, stocks: Sequence[bytes],
         _, loc, cross_type, paired, imbalance, direction, far, near, ref = ev
         append(_fI(_hI, loc, tracking, ts6, paired, imbalance, IMBALANCE_LETTER[direction], stocks[loc],
                    far, near, ref, CROSS_LETTER[cross_type], price_variation(near, ref)))
-    else:  # EV_COLLAR
+    else:  # Ev.COLLAR
         _, loc, ref, upper, lower, extension = ev
         append(_fJ(_hJ, loc, tracking, ts6, stocks[loc], ref, upper, lower, extension))
 

@@ -39,8 +39,10 @@ def test_command_kinds_and_names_are_unique() -> None:
 
 
 def test_event_layouts_name_every_event_kind_field_first() -> None:
-    kinds = {v for k, v in vars(C).items() if k.startswith("EV_")}
-    assert kinds == set(C.EVENT_LAYOUTS)
+    kinds = [v for k, v in vars(C.Ev).items() if not k.startswith("_")]
+    assert len(set(kinds)) == len(kinds), "every event kind is one number"
+    assert set(kinds) == set(C.EVENT_LAYOUTS)
+    assert not [k for k in vars(C) if k.startswith("EV_")], "event kinds live in one namespace, Ev"
     names = set()
     for kind, (name, fields) in C.EVENT_LAYOUTS.items():
         assert isinstance(name, str) and name, kind
@@ -88,7 +90,7 @@ def test_cancel_reason_table_covers_every_cancel_constant() -> None:
 def test_event_as_dict_names_every_field() -> None:
     o = C.NewOrder(7, 1, 0, 100, 10000)
     o.ref = 3
-    ev = (C.EV_EXECUTED, o, o, 10, 10000, 1, 90, 10, 0, 10)
+    ev = (C.Ev.EXECUTED, o, o, 10, 10000, 1, 90, 10, 0, 10)
     d = C.event_as_dict(ev)
-    assert list(d) == ["event", *C.EVENT_LAYOUTS[C.EV_EXECUTED][1][1:]]
+    assert list(d) == ["event", *C.EVENT_LAYOUTS[C.Ev.EXECUTED][1][1:]]
     assert d["maker"] == {"order_id": 7, "ref": 3}

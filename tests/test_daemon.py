@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from appliance import codec_ring as C
-from appliance.catalogue import EV_ACCEPTED, EV_EXECUTED, NewOrder
+from appliance.catalogue import Ev, NewOrder
 from appliance.daemon import PartitionDaemon, apply_tuning
 from appliance.metrics import Histogram
 from appliance.ring import Ring
@@ -76,7 +76,7 @@ def test_partition_daemon_through_its_rings(tmp_path) -> None:
     live = [g for g in groups if g[1]]
     assert [g[0] for g in live] == [1, 2]
     kinds = [ev[0] for ev in live[1][2]]
-    assert kinds == [EV_ACCEPTED, EV_EXECUTED]
+    assert kinds == [Ev.ACCEPTED, Ev.EXECUTED]
     assert live[1][2][1][1].qty == 100 and live[1][2][1][5] == 1   # the maker's image, match 1
     rc.close()
     re_.close()
@@ -169,7 +169,7 @@ def trading_config(root: str, **kw: object):
 def test_partition_daemon_runs_the_trading_day_from_its_schedule(tmp_path) -> None:
     """The daemon on an injected clock: orders in pre-open are collected; the clock moves past the
     open and the partition's own tick uncrosses them, whatever the host's time of day."""
-    from appliance.catalogue import EV_CROSS_EXECUTED, ClockTick, SetSchedule
+    from appliance.catalogue import ClockTick, Ev, SetSchedule
     from appliance.daemon import engine_spec
     from appliance.model import TS_CONTINUOUS, TS_PRE_OPEN
     from appliance.recovery import recover_state
@@ -199,17 +199,17 @@ def test_partition_daemon_runs_the_trading_day_from_its_schedule(tmp_path) -> No
     try:
         prod.try_publish(C.encode_command(NewOrder(1 << 32 | 1, 1, 0, 100, 1_500_000, firm=1, session=1)))
         prod.try_publish(C.encode_command(NewOrder(2 << 32 | 1, 1, 1, 100, 1_500_000, firm=2, session=2)))
-        until(lambda: kinds().count(EV_ACCEPTED) == 2, "acceptance")
+        until(lambda: kinds().count(Ev.ACCEPTED) == 2, "acceptance")
         assert d.partition.engine.book(1).state == TS_PRE_OPEN
         time.sleep(0.3)                                          # the clock stands still: nothing happens
         groups.extend(dec.feed(cons.poll()))
-        assert EV_EXECUTED not in kinds() and EV_CROSS_EXECUTED not in kinds()   # collected, not matched
+        assert Ev.EXECUTED not in kinds() and Ev.CROSS_EXECUTED not in kinds()   # collected, not matched
         clock.now_ns = MONDAY + (9 * 3600 + 30 * 60 + 1) * SEC   # 09:30:01: past the open
-        until(lambda: EV_CROSS_EXECUTED in kinds(), "opening cross")
+        until(lambda: Ev.CROSS_EXECUTED in kinds(), "opening cross")
     finally:
         d.stopping = True
         t.join(30)
-    assert EV_EXECUTED not in kinds() and kinds().count(EV_CROSS_EXECUTED) == 1
+    assert Ev.EXECUTED not in kinds() and kinds().count(Ev.CROSS_EXECUTED) == 1
     assert d.partition.engine.book(1).state == TS_CONTINUOUS
     assert d.stats["ticks"] >= 2
     cmds: list[tuple[int, Any]] = []

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import SHARED, needs_shared
 
-from appliance.catalogue import EV_EXECUTED, Event
+from appliance.catalogue import Ev, Event
 from appliance.matching.engine import Engine
 from tools.flowgen import generate, write_flow
 from tools.flows import FLOW_FIRM_STP, decode_records, flow_instruments
@@ -59,7 +59,7 @@ def test_flow_json_is_what_the_engine_does(events: int, instruments: int, seed: 
         out.clear()
         engine.apply(cmd, out)
         for ev in out:
-            if ev[0] == EV_EXECUTED:
+            if ev[0] == Ev.EXECUTED:
                 fills += 1
                 filled += ev[3]
     assert (fills, filled, engine.resting_count()) == (meta["fills"], meta["filled_qty"], meta["resting_end"])

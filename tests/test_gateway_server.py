@@ -133,7 +133,7 @@ def test_command_records_round_trip() -> None:
 
 
 def test_auction_fills_cross_the_ring_and_feed_only_events_stay_behind() -> None:
-    from appliance.catalogue import EV_CROSS_EXECUTED, Resume
+    from appliance.catalogue import Ev, Resume
     from appliance.matching.rules import TradingRules
     from appliance.model import TS_HALTED
 
@@ -168,12 +168,12 @@ def test_auction_fills_cross_the_ring_and_feed_only_events_stay_behind() -> None
         for cmd in direct[i].take_commands():
             run(seq, cmd)
             seq += 1
-    assert EV_CROSS_EXECUTED not in kinds
+    assert Ev.CROSS_EXECUTED not in kinds
     run(seq, Resume(1))
-    assert EV_CROSS_EXECUTED in kinds
+    assert Ev.CROSS_EXECUTED in kinds
     assert len([k for k in kinds if k > 8]) > 1           # state changes, the uncross...
-    assert [ev[0] for ev in decoded].count(EV_CROSS_EXECUTED) == 1
-    assert all(ev[0] <= 8 or ev[0] == EV_CROSS_EXECUTED for ev in decoded)
+    assert [ev[0] for ev in decoded].count(Ev.CROSS_EXECUTED) == 1
+    assert all(ev[0] <= 8 or ev[0] == Ev.CROSS_EXECUTED for ev in decoded)
     for a, b in zip(direct, via_ring):
         assert a.stream == b.stream
     for s in direct:   # one 'E' each, liquidity flag 'H' (a halt/reopening cross)

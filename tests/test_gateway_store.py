@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from appliance.catalogue import EV_ACCEPTED
+from appliance.catalogue import Ev
 from appliance.catalogue import NewOrder
 from appliance.gateway import fix
 from appliance.gateway.journal import (
@@ -184,7 +184,7 @@ def _accept_all(s: fix.FixSession) -> None:
     for cmd in s.take_commands():
         assert isinstance(cmd, NewOrder)
         cmd.ref = cmd.order_id & 0xFFFF
-        s.on_events(1, [(EV_ACCEPTED, cmd, cmd.qty)])
+        s.on_events(1, [(Ev.ACCEPTED, cmd, cmd.qty)])
 
 
 def test_cl_ord_ids_of_live_orders_are_kept_and_of_done_ones_a_bounded_window() -> None:
@@ -231,9 +231,9 @@ def _journal_bytes_per_order(tmp_path: Any, n: int) -> float:
         s.receive_data(_order(p, f"O{i:07d}"), i)
         _accept_all(s)
         if i % 2:                              # half of them done: cancelled by the engine
-            from appliance.catalogue import EV_CANCELLED
+            from appliance.catalogue import Ev
             o = s.state.orders[(s.config.session_id << 32) | (i + 1)]
-            s.on_events(2, [(EV_CANCELLED, _Stub(o.order_id, s.config.session_id), 10, 0, 0, 0)])
+            s.on_events(2, [(Ev.CANCELLED, _Stub(o.order_id, s.config.session_id), 10, 0, 0, 0)])
         s.data_to_send()
         out: list[bytes] = []
         seqs = fix_increments(s.config.session_id, s.state, seqs, out)

@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.catalogue import (
-    EV_EXECUTED,
     MASS_ANY_INSTRUMENT,
     MASS_ANY_SIDE,
     CancelOrder,
+    Ev,
     Event,
     MassCancel,
     NewOrder,
@@ -400,7 +400,7 @@ def test_flow_through_both_engines(flow_path: Path, kit: Any) -> None:
         ref.apply(kit.build(spec), out_ref)
         assert [kit.normalize(e) for e in out_fast] == [kit.normalize(e) for e in out_ref], f"command {i}: {spec}"
         for ev in out_fast:
-            if ev[0] == EV_EXECUTED:
+            if ev[0] == Ev.EXECUTED:
                 fills += 1
                 filled_qty += ev[3]
         if i % 2000 == 0:

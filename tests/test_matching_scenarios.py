@@ -18,8 +18,6 @@ import pytest
 
 from appliance import reasons as R
 from appliance.catalogue import (
-    EV_CANCELLED,
-    EV_REJECTED,
     EVENT_LAYOUTS,
     MASS_ANY_INSTRUMENT,
     MASS_ANY_SIDE,
@@ -29,6 +27,7 @@ from appliance.catalogue import (
     REPL_REPOST,
     CancelOrder,
     Command,
+    Ev,
     MassCancel,
     NewOrder,
     ReplaceOrder,
@@ -899,11 +898,11 @@ def test_too_late_after_self_trade_decrement_to_nothing(engine_cls: type) -> Non
     engine.apply(NewOrder(1, 1, SELL, 100, 10000, firm=FIRM_DC), out)
     engine.apply(NewOrder(2, 1, BUY, 40, 10000, firm=2), out)              # 1 fills 40
     engine.apply(NewOrder(3, 1, BUY, 60, 10000, firm=FIRM_DC), out)        # DC: 1 and 3 end
-    assert [(e[0], e[3]) for e in out[-2:]] == [(EV_CANCELLED, 0), (EV_CANCELLED, 0)]
+    assert [(e[0], e[3]) for e in out[-2:]] == [(Ev.CANCELLED, 0), (Ev.CANCELLED, 0)]
     for oid in (1, 3):
         out.clear()
         engine.apply(CancelOrder(oid, FIRM_DC), out)
-        assert [(e[0], e[2]) for e in out] == [(EV_REJECTED, R.TOO_LATE_CANCELLED)], oid
+        assert [(e[0], e[2]) for e in out] == [(Ev.REJECTED, R.TOO_LATE_CANCELLED)], oid
 
 
 def test_too_late_is_remembered_for_the_latest_references_only(monkeypatch: Any, kit: Any) -> None:
@@ -925,7 +924,7 @@ def test_too_late_is_remembered_for_the_latest_references_only(monkeypatch: Any,
             for back in (1, 2, 7, 8, 9, 12):
                 out.clear()
                 engine.apply(CancelOrder(n - back, 0) if n % 3 else ReplaceOrder(n - back, 5, 10000), out)
-                got.append(out[0][2] if out[0][0] == EV_REJECTED else -out[0][0])
+                got.append(out[0][2] if out[0][0] == Ev.REJECTED else -out[0][0])
         answers.append(got)
         if isinstance(engine, Engine):
             assert len(engine._ring) == 8 and len(engine._index) <= 2 * 8 + 8 + 1

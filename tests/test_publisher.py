@@ -9,11 +9,10 @@ from typing import Any, Iterator
 import pytest
 
 from appliance.catalogue import (
-    EV_ADDED,
-    EV_EXECUTED,
     EVENT_LAYOUTS,
     CancelOrder,
     Command,
+    Ev,
     Event,
     MassCancel,
     NewOrder,
@@ -352,7 +351,7 @@ def test_execution_at_another_price_is_c_printable_with_the_price() -> None:
     maker = NewOrder(1, 1, BUY, 100, P, firm=1)
     maker.ref = 5
     taker = NewOrder(2, 1, SELL, 100, P, firm=2)
-    ev = (EV_EXECUTED, maker, taker, 60, P - 300, 9, 40, 60, 40, 60)
+    ev = (Ev.EXECUTED, maker, taker, 60, P - 300, 9, 40, 60, 40, 60)
     framed: list[bytes] = []
     encode_l3([(1, T0, taker, [ev])], framed, MIDNIGHT, [S_AAA] * 2)
     m = itch.decode(framed[0][2:])
@@ -363,12 +362,12 @@ def test_timestamps_are_nanoseconds_since_the_sessions_midnight() -> None:
     o = NewOrder(1, 1, BUY, 100, P, firm=1)
     o.ref = 1
     framed: list[bytes] = []
-    encode_l3([(1, MIDNIGHT + 1, o, [(EV_ADDED, o, 100)]), (2, MIDNIGHT + DAY_NS - 1, o, [(EV_ADDED, o, 100)])],
+    encode_l3([(1, MIDNIGHT + 1, o, [(Ev.ADDED, o, 100)]), (2, MIDNIGHT + DAY_NS - 1, o, [(Ev.ADDED, o, 100)])],
               framed, MIDNIGHT, [S_AAA] * 2, tracking=7)
     assert [itch.decode(f[2:]).timestamp for f in framed] == [1, DAY_NS - 1]
     assert itch.decode(framed[0][2:]).tracking == 7
     with pytest.raises(OverflowError):   # epoch nanoseconds do not fit 48 bits: refused, not wrapped
-        encode_l3([(1, MIDNIGHT, o, [(EV_ADDED, o, 100)])], [], 0, [S_AAA] * 2)
+        encode_l3([(1, MIDNIGHT, o, [(Ev.ADDED, o, 100)])], [], 0, [S_AAA] * 2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -544,7 +543,7 @@ def test_l2_and_l1_books_equal_the_engine_after_every_batch(levels: int) -> None
     trades = 0
     for batch in iter_batches(engine, random_specs(levels, 2500, ins), 13):
         pub.publish(batch)
-        trades += sum(1 for r in batch for ev in r[3] if ev[0] == EV_EXECUTED)
+        trades += sum(1 for r in batch for ev in r[3] if ev[0] == Ev.EXECUTED)
         for ch, leg, ts, d in transport.sent[seen:]:
             sub.receive(ch, ts, d, leg)
         seen = len(transport.sent)

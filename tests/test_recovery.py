@@ -11,7 +11,7 @@ import pytest
 
 from appliance import reasons as R
 from appliance import wal
-from appliance.catalogue import EV_REJECTED, NewOrder
+from appliance.catalogue import Ev, NewOrder
 from appliance.model import Instrument
 from appliance.recovery import open_partition, recover_state
 from appliance.snapshot import EngineSpec, list_snapshots
@@ -175,7 +175,7 @@ def test_malformed_commands_are_rejected_unsequenced_and_leave_no_gap(tmp_path) 
     bad = NewOrder(1, 1, 0, 100, 10_000, account="é")
     res = op.partition.process_batch([command_at(1), bad, command_at(2)], 5 * MS)
     assert [r[0] for r in res] == [0, 1, 2]
-    assert res[0][3] == [(EV_REJECTED, bad, R.SESSION_MALFORMED)]
+    assert res[0][3] == [(Ev.REJECTED, bad, R.SESSION_MALFORMED)]
     assert res[1][1] == res[2][1] == 5 * MS
     op.partition.close(6 * MS)
     assert [r[0] for r in wal.WalReader(str(tmp_path)).records()] == [1, 2]

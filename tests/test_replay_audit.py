@@ -8,7 +8,7 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from appliance.catalogue import EV_ACCEPTED, EV_EXECUTED, EVENT_FIELD_CODES, EVENT_LAYOUTS, Event
+from appliance.catalogue import EVENT_FIELD_CODES, EVENT_LAYOUTS, Ev, Event
 from appliance.eventcodec import StreamHasher, encode_event
 from appliance.recovery import open_partition, recover_state
 from appliance.wal import WalConfig
@@ -157,9 +157,9 @@ def test_audit_export_csv_and_jsonl(live_run, tmp_path) -> None:
 
     def on(seq: int, ts: int, cmd, events: list[Event]) -> bool:
         for ev in events:
-            if ev[0] == EV_ACCEPTED:
+            if ev[0] == Ev.ACCEPTED:
                 counts["accepted"] += 1
-            elif ev[0] == EV_EXECUTED:
+            elif ev[0] == Ev.EXECUTED:
                 counts["executed"] += 1
         return False
 

@@ -13,10 +13,9 @@ import pytest
 
 from appliance import reasons as R
 from appliance.catalogue import (
-    EV_EXECUTED,
-    EV_REJECTED,
     CancelOrder,
     Command,
+    Ev,
     Event,
     MassCancel,
     NewOrder,
@@ -67,7 +66,7 @@ class Desk:
         return self.send(self.order(firm, side, qty, price, locate, **kw), now_ns)
 
     def engine_rejected(self) -> int:
-        return next((ev[2] for ev in self.events if ev[0] == EV_REJECTED), 0)
+        return next((ev[2] for ev in self.events if ev[0] == Ev.REJECTED), 0)
 
     def assert_agrees(self) -> None:
         """The checker's open quantities equal the leaves of the engine's live orders."""
@@ -383,7 +382,7 @@ def test_open_quantities_and_positions_follow_a_random_session() -> None:
         reason = d.send(cmd)
         reasons.add(reason)
         for ev in d.events:
-            if ev[0] == EV_EXECUTED:
+            if ev[0] == Ev.EXECUTED:
                 for o in (ev[1], ev[2]):
                     key = (o.firm, o.locate)
                     fills[key] = fills.get(key, 0) + (ev[3] if o.side == BUY else -ev[3])
@@ -395,7 +394,7 @@ def test_open_quantities_and_positions_follow_a_random_session() -> None:
 
 
 def test_auction_fills_count_for_both_orders() -> None:
-    from appliance.catalogue import EV_CROSS_EXECUTED, Resume
+    from appliance.catalogue import Ev, Resume
     from appliance.matching.rules import TradingRules
     from appliance.model import TS_HALTED
 
@@ -408,7 +407,7 @@ def test_auction_fills_count_for_both_orders() -> None:
     assert d.risk.position(1, A) == 0 and d.risk.open_qty(1, A, BUY) == 400
     out: list[Event] = []
     d.engine.apply(Resume(A), out)
-    assert any(ev[0] == EV_CROSS_EXECUTED for ev in out)
+    assert any(ev[0] == Ev.CROSS_EXECUTED for ev in out)
     d.risk.on_events(out)
     d.assert_agrees()
     assert d.risk.position(1, A) == 100 and d.risk.position(2, A) == -100

@@ -286,7 +286,7 @@ def test_bench_snapshot_prints_both_pauses_and_writes_the_file() -> None:
 def test_ended_orders_are_recalled_after_a_restore() -> None:
     """A cancel of an order that ended before the snapshot is "too late" on the restored engine too."""
     from appliance import reasons as R
-    from appliance.catalogue import EV_REJECTED, CancelOrder
+    from appliance.catalogue import CancelOrder, Ev
     eng = Engine([Instrument("AAA", 1, tick=1)], {1: STP_NONE})
     out: list[Event] = []
     eng.apply(NewOrder(1, 1, SELL, 100, 1000, firm=1), out)
@@ -301,4 +301,4 @@ def test_ended_orders_are_recalled_after_a_restore() -> None:
         for e in (eng, restored):
             out = []
             e.apply(CancelOrder(oid, 1), out)
-            assert [(ev[0], ev[2]) for ev in out] == [(EV_REJECTED, want)], oid
+            assert [(ev[0], ev[2]) for ev in out] == [(Ev.REJECTED, want)], oid

@@ -11,13 +11,8 @@ from test_publisher import messages_of
 from test_trading_properties import AAA, BBB, SAFEGUARDS, SEC, T0, TIMERS, _day
 
 from appliance.catalogue import (
-    EV_COLLAR,
-    EV_CROSS_EXECUTED,
-    EV_IMBALANCE,
-    EV_MARKET_EVENT,
-    EV_TRADING_STATE,
-    EV_UNCROSSED,
     ClockTick,
+    Ev,
     Event,
     NewOrder,
     SetSchedule,
@@ -72,28 +67,28 @@ def test_each_trading_event_says_its_itch() -> None:
     buy.ref = 7
     sell = NewOrder(2, 1, SELL, 50, 0, MARKET)
     sell.ref = 8
-    (h,) = _l3([(EV_TRADING_STATE, 1, TS_PAUSED, CAUSE_LULD)])
+    (h,) = _l3([(Ev.TRADING_STATE, 1, TS_PAUSED, CAUSE_LULD)])
     assert (h.stock, h.trading_state, h.reason, h.timestamp) == (AAA.stock8, b"P", b"LUDP", 5 * SEC)
-    (h,) = _l3([(EV_TRADING_STATE, 2, TS_PRE_OPEN, CAUSE_MARKET)])
+    (h,) = _l3([(Ev.TRADING_STATE, 2, TS_PRE_OPEN, CAUSE_MARKET)])
     assert (h.stock_locate, h.trading_state, h.reason) == (2, b"Q", b"MWC1")
-    assert [m.event_code for m in _l3([(EV_MARKET_EVENT, e) for e in
+    assert [m.event_code for m in _l3([(Ev.MARKET_EVENT, e) for e in
                                        (MARKET_SYSTEM_HOURS, MARKET_OPEN, MARKET_CLOSE)])] == [b"S", b"Q", b"M"]
-    (w,) = _l3([(EV_MARKET_EVENT, MARKET_HALT)])
+    (w,) = _l3([(Ev.MARKET_EVENT, MARKET_HALT)])
     assert type(w).__name__ == "MwcbStatus" and w.breached_level == b"1" and w.stock_locate == 0
     # an auction fill: a C (not printable) for the limit order only; the market order is not on the book
-    (c,) = _l3([(EV_CROSS_EXECUTED, buy, sell, 50, 10000, 3, 50, 50, 0, 50)])
+    (c,) = _l3([(Ev.CROSS_EXECUTED, buy, sell, 50, 10000, 3, 50, 50, 0, 50)])
     assert (c.order_ref, c.executed_shares, c.match_number, c.printable, c.execution_price) == \
            (7, 50, 3, b"N", 10000)
-    (q,) = _l3([(EV_UNCROSSED, 1, CROSS_OPEN, 10000, 50, 4)])
+    (q,) = _l3([(Ev.UNCROSSED, 1, CROSS_OPEN, 10000, 50, 4)])
     assert (q.shares, q.stock, q.cross_price, q.match_number, q.cross_type) == (50, AAA.stock8, 10000, 4, b"O")
-    (q,) = _l3([(EV_UNCROSSED, 2, CROSS_REOPEN, 0, 0, 0)])
+    (q,) = _l3([(Ev.UNCROSSED, 2, CROSS_REOPEN, 0, 0, 0)])
     assert (q.shares, q.cross_price, q.match_number, q.cross_type) == (0, 0, 0, b"H")
-    (i,) = _l3([(EV_IMBALANCE, 1, CROSS_CLOSE, 300, 120, IMBALANCE_BUY, 9900, 10300, 10000)])
+    (i,) = _l3([(Ev.IMBALANCE, 1, CROSS_CLOSE, 300, 120, IMBALANCE_BUY, 9900, 10300, 10000)])
     assert (i.paired_shares, i.imbalance_shares, i.imbalance_direction, i.far_price, i.near_price,
             i.current_ref_price, i.cross_type, i.price_variation) == (300, 120, b"B", 9900, 10300, 10000, b"C", b"3")
-    (i,) = _l3([(EV_IMBALANCE, 1, CROSS_OPEN, 0, 0, IMBALANCE_NO_PRICE, 0, 0, 10000)])
+    (i,) = _l3([(Ev.IMBALANCE, 1, CROSS_OPEN, 0, 0, IMBALANCE_NO_PRICE, 0, 0, 10000)])
     assert (i.imbalance_direction, i.price_variation) == (b"O", b" ")
-    (j,) = _l3([(EV_COLLAR, 1, 10000, 11000, 9000, 0)])
+    (j,) = _l3([(Ev.COLLAR, 1, 10000, 11000, 9000, 0)])
     assert (j.stock, j.ref_price, j.upper_price, j.lower_price, j.extension) == (AAA.stock8, 10000, 11000, 9000, 0)
 
 

@@ -28,11 +28,10 @@ from test_matching_properties import (
 )
 
 from appliance.catalogue import (
-    EV_CROSS_EXECUTED,
-    EV_UNCROSSED,
     CancelOrder,
     ClockTick,
     Close,
+    Ev,
     Halt,
     NewOrder,
     Resume,
@@ -245,11 +244,11 @@ def test_uncross_matches_the_oracle_and_fills_in_priority(bids: list[tuple[int, 
         engine.apply(SetSchedule(T0 - 3, T0 - 2, T0 - 1, T0 + 100 * SEC, T0 + 200 * SEC), out)
         engine.apply(ClockTick(T0), out)
         engine.check_invariants()
-        (cross,) = [ev for ev in out if ev[0] == EV_UNCROSSED]
+        (cross,) = [ev for ev in out if ev[0] == Ev.UNCROSSED]
         assert cross[3:5] == ((price, volume) if volume else (0, 0))
         executed = {i: 0 for i in book}
         for ev in out:
-            if ev[0] == EV_CROSS_EXECUTED:
+            if ev[0] == Ev.CROSS_EXECUTED:
                 assert ev[4] == price
                 executed[ev[1].order_id] += ev[3]
                 executed[ev[2].order_id] += ev[3]

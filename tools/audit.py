@@ -28,19 +28,6 @@ from typing import IO, Any, Iterable, Iterator, Sequence
 
 from appliance import reasons as R
 from appliance.catalogue import (
-    EV_ACCEPTED,
-    EV_ADDED,
-    EV_CANCELLED,
-    EV_CROSS_EXECUTED,
-    EV_EXECUTED,
-    EV_LIMIT_STATE,
-    EV_MARKET_EVENT,
-    EV_MASS_CANCELLED,
-    EV_REJECTED,
-    EV_REPLACED,
-    EV_STOP_TRIGGERED,
-    EV_TRADING_STATE,
-    EV_UNCROSSED,
     REPL_HIDDEN,
     REPL_IN_PLACE,
     REPL_REMOVE,
@@ -48,6 +35,7 @@ from appliance.catalogue import (
     CancelOrder,
     Close,
     Command,
+    Ev,
     Event,
     Halt,
     MassCancel,
@@ -134,66 +122,66 @@ class AuditRows:
     def rows(self, seq: int, ts: int, cmd: Command, events: list[Event]) -> Iterator[Row]:
         for ev in events:
             kind = ev[0]
-            if kind == EV_ACCEPTED:
+            if kind == Ev.ACCEPTED:
                 row = self.order_row(seq, ts, "accepted", ev[1])
                 row.update(qty=ev[2], leaves=ev[2], filled=0, outcome="accepted")
                 yield row
-            elif kind == EV_REJECTED:
+            elif kind == Ev.REJECTED:
                 row = self.command_row(seq, ts, "rejected", ev[1])
                 row["outcome"] = f"rejected {ev[2]} {_REJECT_NAMES.get(ev[2], '')}".rstrip()
                 yield row
-            elif kind == EV_ADDED:
+            elif kind == Ev.ADDED:
                 row = self.order_row(seq, ts, "added", ev[1])
                 row.update(leaves=ev[2], outcome="resting")
                 yield row
-            elif kind == EV_EXECUTED:
+            elif kind == Ev.EXECUTED:
                 _, maker, taker, q, price, match, ml, mf, tl, tf = ev
                 for role, o, leaves, filled in (("maker", maker, ml, mf), ("taker", taker, tl, tf)):
                     row = self.order_row(seq, ts, "executed", o)
                     row.update(exec_qty=q, exec_price=_px(price), match=match, leaves=leaves, filled=filled,
                                role=role, outcome="filled" if not leaves else "partially filled")
                     yield row
-            elif kind == EV_CANCELLED:
+            elif kind == Ev.CANCELLED:
                 _, o, q, leaves, filled, reason, on_book = ev
                 row = self.order_row(seq, ts, "cancelled", o)
                 row.update(exec_qty=q, leaves=leaves, filled=filled,
                            outcome=f"cancelled {_CANCEL_NAMES.get(reason, reason)}"
                            + ("" if leaves == 0 else " (partly)"))
                 yield row
-            elif kind == EV_REPLACED:
+            elif kind == Ev.REPLACED:
                 _, old, new, old_leaves, new_leaves, filled, action, command = ev
                 row = self.order_row(seq, ts, "replaced", new)
                 row.update(leaves=new_leaves, filled=filled, prev_ref=old.ref,
                            outcome=f"replaced {_REPL.get(action, action)}")
                 yield row
-            elif kind == EV_STOP_TRIGGERED:
+            elif kind == Ev.STOP_TRIGGERED:
                 row = self.order_row(seq, ts, "stop_triggered", ev[1])
                 row.update(exec_price=_px(ev[2]), outcome=f"stop triggered at {price_to_text(ev[2])}")
                 yield row
-            elif kind == EV_MASS_CANCELLED:
+            elif kind == Ev.MASS_CANCELLED:
                 row = self.command_row(seq, ts, "mass_cancelled", ev[1])
                 row["outcome"] = f"mass cancel: {ev[2]} orders"
                 yield row
-            elif kind == EV_CROSS_EXECUTED:
+            elif kind == Ev.CROSS_EXECUTED:
                 _, buy, sell, q, price, match, bl, bf, sl, sf = ev
                 for role, o, leaves, filled in (("buy", buy, bl, bf), ("sell", sell, sl, sf)):
                     row = self.order_row(seq, ts, "auction_executed", o)
                     row.update(exec_qty=q, exec_price=_px(price), match=match, leaves=leaves, filled=filled,
                                role=role, outcome="filled" if not leaves else "partially filled")
                     yield row
-            elif kind in (EV_TRADING_STATE, EV_UNCROSSED, EV_LIMIT_STATE):
+            elif kind in (Ev.TRADING_STATE, Ev.UNCROSSED, Ev.LIMIT_STATE):
                 row = {k: "" for k in COLUMNS}
                 row.update(ts_ns=ts, time=format_ts(ts), seq=seq, instrument=self.symbols.get(ev[1], str(ev[1])))
-                if kind == EV_TRADING_STATE:
+                if kind == Ev.TRADING_STATE:
                     row.update(event="trading_state", outcome=f"{TRADING_STATE_NAMES[ev[2]]} (cause {ev[3]})")
-                elif kind == EV_UNCROSSED:
+                elif kind == Ev.UNCROSSED:
                     row.update(event="auction_uncrossed", exec_qty=ev[4], exec_price=_px(ev[3]), match=ev[5] or "",
                                outcome=f"cross type {ev[2]}")
                 else:
                     row.update(event="limit_state", outcome=f"{'on' if ev[2] else 'off'} "
                                                             f"{price_to_text(ev[3])}-{price_to_text(ev[4])}")
                 yield row
-            elif kind == EV_MARKET_EVENT:
+            elif kind == Ev.MARKET_EVENT:
                 row = {k: "" for k in COLUMNS}
                 row.update(ts_ns=ts, time=format_ts(ts), seq=seq, event="market_event", instrument="ALL",
                            outcome=f"market event {ev[1]}")

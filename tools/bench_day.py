@@ -32,11 +32,11 @@ from collections import Counter
 from typing import Any
 
 from appliance.catalogue import (
-    EV_REJECTED,
     EVENT_NAMES,
     CancelOrder,
     ClockTick,
     Command,
+    Ev,
     Event,
     Halt,
     MassCancel,
@@ -98,7 +98,7 @@ class Day:
         counts = self.events[self.phase]
         for ev in out:
             counts[EVENT_NAMES[ev[0]]] += 1
-            if ev[0] == EV_REJECTED:
+            if ev[0] == Ev.REJECTED:
                 counts[f"CommandRejected {ev[2]}"] += 1
         l3: list[bytes] = []
         encode_l3([(self.seq, self.now, cmd, out)], l3, self.midnight, self.stocks)

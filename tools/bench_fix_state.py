@@ -26,7 +26,7 @@ import time
 import tracemalloc
 from typing import Any
 
-from appliance.catalogue import EV_ACCEPTED, NewOrder
+from appliance.catalogue import Ev, NewOrder
 from appliance.fsutil import atomic_write
 from appliance.gateway.fix import CL_ORD_ID_WINDOW, FixSession, FixSessionConfig, FixSessionState
 from appliance.gateway.fixcodec import encode
@@ -109,7 +109,7 @@ def _cycle_costs(s: FixSession, p: _Peer, journal: str, flushes: int, tag: str) 
             for cmd in s.take_commands():
                 assert isinstance(cmd, NewOrder), cmd   # the peer sends only NewOrderSingle
                 cmd.ref = i + 1
-                s.on_events(i, [(EV_ACCEPTED, cmd, cmd.qty)], i)
+                s.on_events(i, [(Ev.ACCEPTED, cmd, cmd.qty)], i)
             s.data_to_send()
             t0 = clock()
             store.flush()
@@ -173,7 +173,7 @@ def cmd_fix_state(args: Any) -> int:
         for cmd in probe.take_commands():
             assert isinstance(cmd, NewOrder), cmd
             cmd.ref = 1
-            probe.on_events(0, [(EV_ACCEPTED, cmd, cmd.qty)], 0)
+            probe.on_events(0, [(Ev.ACCEPTED, cmd, cmd.qty)], 0)
         sample = [v for k, v in sorted(probe.state.sent.items())][-1].encode("latin-1")
         result: dict[str, Any] = {"bench": "fix-state", "flushes": args.flushes, "message_bytes": len(sample),
                                   "cl_ord_id_window": CL_ORD_ID_WINDOW, "compact_bytes": COMPACT_BYTES}

@@ -38,9 +38,9 @@ import time
 from typing import Any
 
 from appliance.catalogue import (
-    EV_EXECUTED,
     CancelOrder,
     Command,
+    Ev,
     Event,
     MassCancel,
     NewOrder,
@@ -294,7 +294,7 @@ class CrashChecker:
         for s in range(self.ref_seq + 1, last + 1):
             apply(command_at(s, self.seed), out)
             for ev in out:
-                if ev[0] == EV_EXECUTED:
+                if ev[0] == Ev.EXECUTED:
                     if ev[5] != nm:
                         raise CrashCheckFailed(f"reference match numbers not consecutive at seq {s}")
                     nm += 1
@@ -310,7 +310,7 @@ class CrashChecker:
         def on(seq: int, ts: int, cmd: Command, events: list[Event]) -> bool:
             nonlocal seen
             for ev in events:
-                if ev[0] == EV_EXECUTED:
+                if ev[0] == Ev.EXECUTED:
                     if ev[5] != seen + 1:
                         raise CrashCheckFailed(f"match {ev[5]} at seq {seq}: expected {seen + 1}")
                     seen = ev[5]

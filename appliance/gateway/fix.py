@@ -81,18 +81,11 @@ from typing import Any, Final, Iterable, Iterator, Sequence
 
 from appliance import reasons as R
 from appliance.catalogue import (
-    EV_ACCEPTED,
-    EV_CANCELLED,
-    EV_CROSS_EXECUTED,
-    EV_EXECUTED,
-    EV_MASS_CANCELLED,
-    EV_REJECTED,
-    EV_REPLACED,
-    EV_STOP_TRIGGERED,
     MASS_ANY_INSTRUMENT,
     MASS_ANY_SIDE,
     CancelOrder,
     Command,
+    Ev,
     Event,
     MassCancel,
     NewOrder,
@@ -117,6 +110,17 @@ from appliance.model import (
     price_from_text,
     price_to_text,
 )
+
+# The event kinds this module's per-event code compares or builds, as module globals (one
+# LOAD_GLOBAL each; Ev.X is a class attribute lookup, which CPython 3.11 does not specialize).
+EV_ACCEPTED: Final = Ev.ACCEPTED
+EV_REJECTED: Final = Ev.REJECTED
+EV_EXECUTED: Final = Ev.EXECUTED
+EV_CANCELLED: Final = Ev.CANCELLED
+EV_REPLACED: Final = Ev.REPLACED
+EV_STOP_TRIGGERED: Final = Ev.STOP_TRIGGERED
+EV_MASS_CANCELLED: Final = Ev.MASS_CANCELLED
+EV_CROSS_EXECUTED: Final = Ev.CROSS_EXECUTED
 
 __all__ = [
     "FixSession", "FixSessionConfig", "FixSessionState", "FixOrder", "FIX_REJECT", "logon_comp_ids", "logon_identity",

@@ -89,15 +89,9 @@ from typing import Any, Final, Iterable, Mapping, Sequence
 
 from appliance import reasons as R
 from appliance.catalogue import (
-    EV_ACCEPTED,
-    EV_CANCELLED,
-    EV_CROSS_EXECUTED,
-    EV_EXECUTED,
-    EV_REJECTED,
-    EV_REPLACED,
-    EV_UNCROSSED,
     CancelOrder,
     Command,
+    Ev,
     Event,
     MassCancel,
     NewOrder,
@@ -109,6 +103,16 @@ from appliance.gateway.events import SessionEvent, SessionOutbox
 from appliance.model import BUY, CROSS_CLOSE, CROSS_OPEN, CROSS_REOPEN, DAY, IOC, LIMIT, SELL, Instrument
 from feeds import ouch_layout as L
 from feeds import soupbintcp as soup
+
+# The event kinds this module's per-event code compares or builds, as module globals (one
+# LOAD_GLOBAL each; Ev.X is a class attribute lookup, which CPython 3.11 does not specialize).
+EV_ACCEPTED: Final = Ev.ACCEPTED
+EV_REJECTED: Final = Ev.REJECTED
+EV_EXECUTED: Final = Ev.EXECUTED
+EV_CANCELLED: Final = Ev.CANCELLED
+EV_REPLACED: Final = Ev.REPLACED
+EV_CROSS_EXECUTED: Final = Ev.CROSS_EXECUTED
+EV_UNCROSSED: Final = Ev.UNCROSSED
 
 __all__ = [
     "OuchSession", "REJECT_REASON", "CANCEL_REASON", "REJECT_OTHER", "order_id_for",

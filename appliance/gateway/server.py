@@ -68,16 +68,10 @@ from typing import Any, Final, Iterable, Sequence
 from appliance import codec_ring as C
 from appliance import reasons as R
 from appliance.catalogue import (
-    EV_ACCEPTED,
-    EV_CANCELLED,
-    EV_CROSS_EXECUTED,
-    EV_EXECUTED,
-    EV_MASS_CANCELLED,
-    EV_REJECTED,
-    EV_REPLACED,
     CancelOrder,
     Close,
     Command,
+    Ev,
     Event,
     Halt,
     MassCancel,
@@ -119,6 +113,15 @@ from appliance.ring import SHM_DIR, Ring, RingError, bell_name
 from appliance.risk import RiskChecker
 from appliance.wal import MalformedCommand
 from feeds import soupbintcp as soup
+
+# The event kinds this module's per-event code compares or builds, as module globals (one
+# LOAD_GLOBAL each; Ev.X is a class attribute lookup, which CPython 3.11 does not specialize).
+EV_ACCEPTED: Final = Ev.ACCEPTED
+EV_REJECTED: Final = Ev.REJECTED
+EV_EXECUTED: Final = Ev.EXECUTED
+EV_CANCELLED: Final = Ev.CANCELLED
+EV_REPLACED: Final = Ev.REPLACED
+EV_CROSS_EXECUTED: Final = Ev.CROSS_EXECUTED
 
 _clock = wall_clock()   # the wall clock (appliance.clock): shifted as MATCHWIRE_CLOCK_OFFSET_NS says
 

@@ -98,13 +98,23 @@ class StopSide:
 
 # The fast path's price window of a book that is not trading continuously: no price fits in it.
 CLOSED_WINDOW: Final = (1 << 62, 0)
+# CPython compares ints of one internal digit (below 2^30) on its fast path: the largest quantity and
+# price the engine's fast path takes (the window's upper end is SMALL_INT + 1).
+SMALL_INT: Final = (1 << 30) - 1
+# A priority key below every price: the limit of a market order where no collar applies.
+ANY_KEY: Final = -(1 << 62)
+
+
+def by_ref(o: NewOrder) -> int:
+    """Acceptance order (the order reference): the order in which several orders' events go out."""
+    return o.ref
 
 
 class Book:
     """The book of one instrument, plus its pending stops, last trade price and trading state.
 
     Trading state (docs/matching.md, "Trading states"; the engine keeps the derived fields current
-    with Engine._refresh): ``state`` and ``cause`` (model.TS_*, model.CAUSE_*); ``ref_price`` (the
+    with TradingPhases._refresh, appliance/matching/phases.py): ``state`` and ``cause`` (model.TS_*, model.CAUSE_*); ``ref_price`` (the
     reference of band and collar), ``cb_ref`` (the circuit breaker's static reference); the band
     ``band_lo``..``band_hi`` (both 0: none) and the breaker's range ``cb_lo``..``cb_hi`` (0, 0: none);
     ``limit_on``/``limit_since`` (the limit state and when it began); ``deadline_ns`` (the end of a
@@ -135,9 +145,9 @@ class Book:
         self.last_price = 0  # 0: no trade yet
         # Trading state: continuous, no safeguard (what an engine without trading rules keeps).
         self.flo = 0
-        self.fhi = (1 << 30)  # Engine._refresh: 1..2^30-1 while continuous without a band
+        self.fhi = (1 << 30)  # TradingPhases._refresh: 1..2^30-1 while continuous without a band
         self.watch = 0
-        self.mkt_key = (-(1 << 62), -(1 << 62))
+        self.mkt_key = (ANY_KEY, ANY_KEY)
         self.mkt_reason = 0
         self.state = TS_CONTINUOUS
         self.cause = 0

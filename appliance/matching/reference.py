@@ -23,26 +23,6 @@ from typing import Iterable, Mapping
 from appliance import reasons as R
 from appliance.catalogue import (
     ALL_INSTRUMENTS,
-    EV_COLLAR,
-    EV_CROSS_EXECUTED,
-    EV_IMBALANCE,
-    EV_LIMIT_STATE,
-    EV_MARKET_EVENT,
-    EV_TRADING_STATE,
-    EV_UNCROSSED,
-    ClockTick,
-    Close,
-    Halt,
-    Resume,
-    SetSchedule,
-    EV_ACCEPTED,
-    EV_ADDED,
-    EV_CANCELLED,
-    EV_EXECUTED,
-    EV_MASS_CANCELLED,
-    EV_REJECTED,
-    EV_REPLACED,
-    EV_STOP_TRIGGERED,
     MASS_ANY_INSTRUMENT,
     MASS_ANY_SIDE,
     REPL_HIDDEN,
@@ -50,11 +30,17 @@ from appliance.catalogue import (
     REPL_REMOVE,
     REPL_REPOST,
     CancelOrder,
+    ClockTick,
+    Close,
     Command,
+    Ev,
     Event,
+    Halt,
     MassCancel,
     NewOrder,
     ReplaceOrder,
+    Resume,
+    SetSchedule,
 )
 from appliance.matching.rules import RECALL_REFS, TradingRules
 from appliance.matching.statehash import StateView, state_hash
@@ -221,12 +207,12 @@ class ReferenceEngine:
         # Only the latest order accepted with an id counts.
         for ev in out[start:]:
             kind = ev[0]
-            if kind == EV_ACCEPTED:
+            if kind == Ev.ACCEPTED:
                 self.ended.pop(ev[1].order_id, None)
-            elif kind == EV_CANCELLED and ev[3] == 0:
+            elif kind == Ev.CANCELLED and ev[3] == 0:
                 reason = R.TOO_LATE_EXPIRED if ev[5] == R.CANCEL_EXPIRED else R.TOO_LATE_CANCELLED
                 self.ended[ev[1].order_id] = (reason, ev[1].ref, ev[1].firm)
-            elif kind == EV_EXECUTED or kind == EV_CROSS_EXECUTED:
+            elif kind == Ev.EXECUTED or kind == Ev.CROSS_EXECUTED:
                 for order, leaves in ((ev[1], ev[6]), (ev[2], ev[8])):
                     if leaves == 0:
                         self.ended[order.order_id] = (R.TOO_LATE_FILLED, order.ref, order.firm)
@@ -257,7 +243,7 @@ class ReferenceEngine:
         elif isinstance(cmd, (Halt, Resume, Close)):
             self._admin(cmd, out)
         else:
-            out.append((EV_REJECTED, cmd, R.ADMIN_UNKNOWN_COMMAND))
+            out.append((Ev.REJECTED, cmd, R.ADMIN_UNKNOWN_COMMAND))
         # The safeguards' checks, on every instrument trading continuously with safeguards.
         for locate in sorted(self.instruments):
             ins = self.instruments[locate]
@@ -339,19 +325,19 @@ class ReferenceEngine:
     def _new_order(self, o: NewOrder, out: list[Event]) -> None:
         reason = self._validate(o)
         if reason:
-            out.append((EV_REJECTED, o, reason))
+            out.append((Ev.REJECTED, o, reason))
             return
         ins = self.instruments[o.locate]
         if o.post_only and ins.state == TS_CONTINUOUS:
             price = self._post_only_price(ins, o.side, o.price)
             if not price:
-                out.append((EV_REJECTED, o, R.POST_ONLY_WOULD_TAKE))
+                out.append((Ev.REJECTED, o, R.POST_ONLY_WOULD_TAKE))
                 return
             o.price = price
         o.ref = self._take_ref()
         o.leaves = o.qty
         o.filled = 0
-        out.append((EV_ACCEPTED, o, o.qty))
+        out.append((Ev.ACCEPTED, o, o.qty))
         if ins.state != TS_CONTINUOUS:
             # A call phase: orders are collected, nothing matches.
             if o.ord_type in _STOP_TYPES:
@@ -360,11 +346,11 @@ class ReferenceEngine:
                 ins.market.append(o)
             else:
                 ins.resting.append(o)
-                out.append((EV_ADDED, o, o.leaves))
+                out.append((Ev.ADDED, o, o.leaves))
             return
         if o.ord_type in _STOP_TYPES:
             if ins.last and self._stop_reached(o, ins.last):
-                out.append((EV_STOP_TRIGGERED, o, ins.last))
+                out.append((Ev.STOP_TRIGGERED, o, ins.last))
             else:
                 ins.stops.append(o)
                 return
@@ -432,7 +418,7 @@ class ReferenceEngine:
         crossing = self._crossing(ins, o)
         mode = self._stp_mode(o)
         if o.tif == FOK and not self._fok_can_fill(o, crossing, mode):
-            out.append((EV_CANCELLED, o, o.leaves, 0, 0, R.CANCEL_FOK, False))
+            out.append((Ev.CANCELLED, o, o.leaves, 0, 0, R.CANCEL_FOK, False))
             o.leaves = 0
             return []
         prices: list[int] = []
@@ -445,7 +431,7 @@ class ReferenceEngine:
                     stopped_by_stp = True
                     break
                 if mode == STP_CO:
-                    out.append((EV_CANCELLED, m, m.leaves, 0, m.filled, R.CANCEL_STP, True))
+                    out.append((Ev.CANCELLED, m, m.leaves, 0, m.filled, R.CANCEL_STP, True))
                     m.leaves = 0
                     self._remove(m)
                     continue
@@ -456,8 +442,8 @@ class ReferenceEngine:
                 m.qty -= d
                 o.leaves -= d
                 o.qty -= d
-                out.append((EV_CANCELLED, m, d, m.leaves, m.filled, R.CANCEL_STP, True))
-                out.append((EV_CANCELLED, o, d, o.leaves, o.filled, R.CANCEL_STP, False))
+                out.append((Ev.CANCELLED, m, d, m.leaves, m.filled, R.CANCEL_STP, True))
+                out.append((Ev.CANCELLED, o, d, o.leaves, o.filled, R.CANCEL_STP, False))
                 if m.leaves == 0:
                     self._remove(m)
                 continue
@@ -466,7 +452,7 @@ class ReferenceEngine:
             m.filled += q
             o.leaves -= q
             o.filled += q
-            out.append((EV_EXECUTED, m, o, q, m.price, self.next_match,
+            out.append((Ev.EXECUTED, m, o, q, m.price, self.next_match,
                         m.leaves, m.filled, o.leaves, o.filled))
             self.next_match += 1
             prices.append(m.price)
@@ -487,10 +473,10 @@ class ReferenceEngine:
                 reason = R.CANCEL_IOC_REMAINDER
             else:
                 ins.resting.append(o)
-                out.append((EV_ADDED, o, remainder))
+                out.append((Ev.ADDED, o, remainder))
                 return prices
             o.leaves = 0
-            out.append((EV_CANCELLED, o, remainder, 0, o.filled, reason, False))
+            out.append((Ev.CANCELLED, o, remainder, 0, o.filled, reason, False))
         return prices
 
     def _triggered_by(self, ins: _Instrument, prices: list[int]) -> list[tuple[NewOrder, int]]:
@@ -513,9 +499,9 @@ class ReferenceEngine:
         queue = self._triggered_by(ins, self._aggress(ins, o, out))
         while queue:
             s, price = queue.pop(0)
-            out.append((EV_STOP_TRIGGERED, s, price))
+            out.append((Ev.STOP_TRIGGERED, s, price))
             if s.ord_type == STOP_LIMIT and ins.through_band(s.side, s.price):
-                out.append((EV_CANCELLED, s, s.leaves, 0, s.filled, R.CANCEL_OUTSIDE_BAND, False))
+                out.append((Ev.CANCELLED, s, s.leaves, 0, s.filled, R.CANCEL_OUTSIDE_BAND, False))
                 s.leaves = 0
                 continue
             queue += self._triggered_by(ins, self._aggress(ins, s, out))
@@ -524,12 +510,12 @@ class ReferenceEngine:
     def _cancel(self, c: CancelOrder, out: list[Event]) -> None:
         o = self._find(c.order_id)
         if o is None or o.firm != c.firm:
-            out.append((EV_REJECTED, c, self._too_late(c.order_id, c.firm)))
+            out.append((Ev.REJECTED, c, self._too_late(c.order_id, c.firm)))
             return
         leaves = o.leaves
         on_book = self._remove(o)
         o.leaves = 0
-        out.append((EV_CANCELLED, o, leaves, 0, o.filled, R.CANCEL_USER, on_book))
+        out.append((Ev.CANCELLED, o, leaves, 0, o.filled, R.CANCEL_USER, on_book))
 
     # -- replace ----------------------------------------------------------------------------------
     def _check_replace(self, r: ReplaceOrder, o: NewOrder | None) -> int:
@@ -566,7 +552,7 @@ class ReferenceEngine:
         o = self._find(r.order_id)
         reason = self._check_replace(r, o)
         if reason:
-            out.append((EV_REJECTED, r, reason))
+            out.append((Ev.REJECTED, r, reason))
             return
         assert o is not None
         ins = self.instruments[o.locate]
@@ -574,7 +560,7 @@ class ReferenceEngine:
         if o.post_only and ins.state == TS_CONTINUOUS:
             price = self._post_only_price(ins, o.side, price)
             if not price:
-                out.append((EV_REJECTED, r, R.POST_ONLY_WOULD_TAKE))
+                out.append((Ev.REJECTED, r, R.POST_ONLY_WOULD_TAKE))
                 return
         pending = self._is_pending_stop(o)
         new_stop = r.stop_price if r.stop_price != 0 else o.stop_price
@@ -586,7 +572,7 @@ class ReferenceEngine:
             if r.cl_ord_id:
                 o.cl_ord_id = r.cl_ord_id
             action = REPL_HIDDEN if pending else REPL_IN_PLACE
-            out.append((EV_REPLACED, o, o, old_leaves, new_leaves, o.filled, action, r))
+            out.append((Ev.REPLACED, o, o, old_leaves, new_leaves, o.filled, action, r))
             return
         self._remove(o)
         o.leaves = 0
@@ -612,12 +598,12 @@ class ReferenceEngine:
         n.leaves = new_leaves
         if pending:
             ins.stops.append(n)
-            out.append((EV_REPLACED, o, n, old_leaves, new_leaves, n.filled, REPL_HIDDEN, r))
+            out.append((Ev.REPLACED, o, n, old_leaves, new_leaves, n.filled, REPL_HIDDEN, r))
         elif ins.state != TS_CONTINUOUS or not self._crossing(ins, n):
             ins.resting.append(n)
-            out.append((EV_REPLACED, o, n, old_leaves, new_leaves, n.filled, REPL_REPOST, r))
+            out.append((Ev.REPLACED, o, n, old_leaves, new_leaves, n.filled, REPL_REPOST, r))
         else:
-            out.append((EV_REPLACED, o, n, old_leaves, new_leaves, n.filled, REPL_REMOVE, r))
+            out.append((Ev.REPLACED, o, n, old_leaves, new_leaves, n.filled, REPL_REMOVE, r))
             self._aggress_then_stops(ins, n, out)
 
     # -- mass cancel ------------------------------------------------------------------------------
@@ -633,8 +619,8 @@ class ReferenceEngine:
             leaves = o.leaves
             on_book = self._remove(o)
             o.leaves = 0
-            out.append((EV_CANCELLED, o, leaves, 0, o.filled, R.CANCEL_MASS, on_book))
-        out.append((EV_MASS_CANCELLED, c, len(victims)))
+            out.append((Ev.CANCELLED, o, leaves, 0, o.filled, R.CANCEL_MASS, on_book))
+        out.append((Ev.MASS_CANCELLED, c, len(victims)))
 
     # ============================================================================================
     # trading states, safeguards, auctions (docs/matching.md)
@@ -658,30 +644,30 @@ class ReferenceEngine:
         if at_band and not ins.limit_on:
             ins.limit_on = 1
             ins.limit_since = self.now
-            out.append((EV_LIMIT_STATE, ins.instrument.locate, True, lo, hi))
+            out.append((Ev.LIMIT_STATE, ins.instrument.locate, True, lo, hi))
         elif not at_band and ins.limit_on:
             ins.limit_on = 0
             ins.limit_since = 0
-            out.append((EV_LIMIT_STATE, ins.instrument.locate, False, lo, hi))
+            out.append((Ev.LIMIT_STATE, ins.instrument.locate, False, lo, hi))
 
     def _cancel_through_band(self, ins: _Instrument, out: list[Event]) -> None:
         for o in sorted([o for o in ins.resting if ins.through_band(o.side, o.price)], key=_ref):
             leaves = o.leaves
             self._remove(o)
             o.leaves = 0
-            out.append((EV_CANCELLED, o, leaves, 0, o.filled, R.CANCEL_OUTSIDE_BAND, True))
+            out.append((Ev.CANCELLED, o, leaves, 0, o.filled, R.CANCEL_OUTSIDE_BAND, True))
 
     def _set_state(self, ins: _Instrument, state: int, cause: int, out: list[Event]) -> None:
         if ins.limit_on and state != TS_CONTINUOUS:
             lo, hi = ins.band()
             ins.limit_on = 0
             ins.limit_since = 0
-            out.append((EV_LIMIT_STATE, ins.instrument.locate, False, lo, hi))
+            out.append((Ev.LIMIT_STATE, ins.instrument.locate, False, lo, hi))
         ins.state = state
         ins.cause = cause
         ins.deadline = 0
         ins.next_noii = 0
-        out.append((EV_TRADING_STATE, ins.instrument.locate, state, cause))
+        out.append((Ev.TRADING_STATE, ins.instrument.locate, state, cause))
 
     def _halt(self, ins: _Instrument, cause: int, out: list[Event]) -> None:
         self._set_state(ins, TS_HALTED, cause, out)
@@ -738,9 +724,9 @@ class ReferenceEngine:
             queue = self._triggered_by(ins, [price])
             while queue:
                 s, trigger = queue.pop(0)
-                out.append((EV_STOP_TRIGGERED, s, trigger))
+                out.append((Ev.STOP_TRIGGERED, s, trigger))
                 if s.ord_type == STOP_LIMIT and ins.through_band(s.side, s.price):
-                    out.append((EV_CANCELLED, s, s.leaves, 0, s.filled, R.CANCEL_OUTSIDE_BAND, False))
+                    out.append((Ev.CANCELLED, s, s.leaves, 0, s.filled, R.CANCEL_OUTSIDE_BAND, False))
                     s.leaves = 0
                     continue
                 queue += self._triggered_by(ins, self._aggress(ins, s, out))
@@ -759,12 +745,12 @@ class ReferenceEngine:
             leaves = o.leaves
             on_book = self._remove(o)
             o.leaves = 0
-            out.append((EV_CANCELLED, o, leaves, 0, o.filled, R.CANCEL_EXPIRED, on_book))
+            out.append((Ev.CANCELLED, o, leaves, 0, o.filled, R.CANCEL_EXPIRED, on_book))
         ins.day_done = 1
 
     def _cancel_market_orders(self, ins: _Instrument, out: list[Event]) -> None:
         for o in sorted(ins.market, key=_ref):
-            out.append((EV_CANCELLED, o, o.leaves, 0, o.filled, R.CANCEL_MARKET_NO_LIQUIDITY, False))
+            out.append((Ev.CANCELLED, o, o.leaves, 0, o.filled, R.CANCEL_MARKET_NO_LIQUIDITY, False))
             o.leaves = 0
         ins.market = []
 
@@ -801,7 +787,7 @@ class ReferenceEngine:
         price, volume, _ = self._auction_price(ins)
         locate = ins.instrument.locate
         if volume == 0:
-            out.append((EV_UNCROSSED, locate, cross_type, 0, 0, 0))
+            out.append((Ev.UNCROSSED, locate, cross_type, 0, 0, 0))
             self._cancel_market_orders(ins, out)
             return price, 0
         buys = [o for o in ins.market if o.side == BUY]
@@ -815,7 +801,7 @@ class ReferenceEngine:
             b.filled += q
             s.leaves -= q
             s.filled += q
-            out.append((EV_CROSS_EXECUTED, b, s, q, price, self.next_match, b.leaves, b.filled, s.leaves, s.filled))
+            out.append((Ev.CROSS_EXECUTED, b, s, q, price, self.next_match, b.leaves, b.filled, s.leaves, s.filled))
             self.next_match += 1
             for o in (b, s):
                 if o.leaves == 0:
@@ -825,7 +811,7 @@ class ReferenceEngine:
             if s.leaves == 0:
                 sells.pop(0)
         ins.last = price
-        out.append((EV_UNCROSSED, locate, cross_type, price, volume, self.next_match))
+        out.append((Ev.UNCROSSED, locate, cross_type, price, volume, self.next_match))
         self.next_match += 1
         self._cancel_market_orders(ins, out)
         return price, volume
@@ -835,7 +821,7 @@ class ReferenceEngine:
         cross_type = _AUCTIONS[ins.state]
         price, volume, surplus = self._auction_price(ins)
         if volume == 0:
-            out.append((EV_IMBALANCE, locate, cross_type, 0, 0, IMBALANCE_NO_PRICE, 0, 0, ins.ref))
+            out.append((Ev.IMBALANCE, locate, cross_type, 0, 0, IMBALANCE_NO_PRICE, 0, 0, ins.ref))
             return
         far = self._auction_price(ins, with_market=False)[0]
         if surplus > 0:
@@ -844,14 +830,14 @@ class ReferenceEngine:
             direction = IMBALANCE_SELL
         else:
             direction = IMBALANCE_NONE
-        out.append((EV_IMBALANCE, locate, cross_type, volume, abs(surplus), direction, far, price, ins.ref))
+        out.append((Ev.IMBALANCE, locate, cross_type, volume, abs(surplus), direction, far, price, ins.ref))
 
     # -- admin commands ---------------------------------------------------------------------------
     def _set_schedule(self, cmd: SetSchedule, out: list[Event]) -> None:
         times = (cmd.pre_open_ns, cmd.opening_auction_ns, cmd.open_ns, cmd.closing_auction_ns, cmd.close_ns)
         if times != (0, 0, 0, 0, 0):
             if any(t <= 0 for t in times) or any(a > b for a, b in zip(times, times[1:])):
-                out.append((EV_REJECTED, cmd, R.ADMIN_INVALID_SCHEDULE))
+                out.append((Ev.REJECTED, cmd, R.ADMIN_INVALID_SCHEDULE))
                 return
         self.schedule = times
         self.market_phase = 0
@@ -861,7 +847,7 @@ class ReferenceEngine:
     def _admin(self, cmd: Halt | Resume | Close, out: list[Event]) -> None:
         if cmd.locate == ALL_INSTRUMENTS:
             if isinstance(cmd, Halt):
-                out.append((EV_MARKET_EVENT, MARKET_HALT))
+                out.append((Ev.MARKET_EVENT, MARKET_HALT))
             for locate in sorted(self.instruments):
                 ins = self.instruments[locate]
                 if isinstance(cmd, Halt) and ins.state not in (TS_CLOSED, TS_HALTED):
@@ -873,37 +859,37 @@ class ReferenceEngine:
             return
         found = self.instruments.get(cmd.locate)
         if found is None:
-            out.append((EV_REJECTED, cmd, R.UNKNOWN_INSTRUMENT))
+            out.append((Ev.REJECTED, cmd, R.UNKNOWN_INSTRUMENT))
             return
         if isinstance(cmd, Halt):
             if found.state in (TS_CLOSED, TS_HALTED):
-                out.append((EV_REJECTED, cmd, R.ADMIN_INVALID_TRANSITION))
+                out.append((Ev.REJECTED, cmd, R.ADMIN_INVALID_TRANSITION))
             else:
                 self._halt(found, CAUSE_ADMIN, out)
         elif isinstance(cmd, Resume):
             if found.state not in (TS_HALTED, TS_PAUSED):
-                out.append((EV_REJECTED, cmd, R.ADMIN_INVALID_TRANSITION))
+                out.append((Ev.REJECTED, cmd, R.ADMIN_INVALID_TRANSITION))
             else:
                 self._reopen(found, CAUSE_ADMIN, self.now, out)
         else:
             if found.state == TS_CLOSED:
-                out.append((EV_REJECTED, cmd, R.ADMIN_INVALID_TRANSITION))
+                out.append((Ev.REJECTED, cmd, R.ADMIN_INVALID_TRANSITION))
             else:
                 self._close(found, CAUSE_ADMIN, out)
 
     def _clock_tick(self, cmd: ClockTick, out: list[Event]) -> None:
         if cmd.now_ns < self.now:
-            out.append((EV_REJECTED, cmd, R.ADMIN_CLOCK_BACKWARDS))
+            out.append((Ev.REJECTED, cmd, R.ADMIN_CLOCK_BACKWARDS))
             return
         self.now = t = cmd.now_ns
         pre_open, _, open_, _, close = self.schedule
         scheduled = close != 0
         if scheduled and self.market_phase < 1 and t >= pre_open:
             self.market_phase = 1
-            out.append((EV_MARKET_EVENT, MARKET_SYSTEM_HOURS))
+            out.append((Ev.MARKET_EVENT, MARKET_SYSTEM_HOURS))
         if scheduled and self.market_phase < 2 and t >= open_:
             self.market_phase = 2
-            out.append((EV_MARKET_EVENT, MARKET_OPEN))
+            out.append((Ev.MARKET_EVENT, MARKET_OPEN))
         rules = self.rules
         for locate in sorted(self.instruments):
             ins = self.instruments[locate]
@@ -913,7 +899,7 @@ class ReferenceEngine:
                     self._set_state(ins, TS_PAUSED, CAUSE_LULD, out)
                     ins.deadline = start + rules.pause_ns
                     lo, hi = ins.band()
-                    out.append((EV_COLLAR, locate, ins.ref, hi, lo, 0))
+                    out.append((Ev.COLLAR, locate, ins.ref, hi, lo, 0))
                 elif ins.state == TS_PAUSED and t >= ins.deadline:
                     self._reopen(ins, ins.cause, ins.deadline, out)
                 elif ins.state == TS_HALTED and ins.deadline != 0 and t >= ins.deadline:
@@ -928,7 +914,7 @@ class ReferenceEngine:
                 ins.next_noii += rules.noii_interval_ns * ((t - ins.next_noii) // rules.noii_interval_ns + 1)
         if scheduled and self.market_phase < 3 and t >= close:
             self.market_phase = 3
-            out.append((EV_MARKET_EVENT, MARKET_CLOSE))
+            out.append((Ev.MARKET_EVENT, MARKET_CLOSE))
 
     def _follow_schedule(self, ins: _Instrument, out: list[Event]) -> bool:
         """One step towards the state the schedule wants now; False if none is due."""

@@ -111,17 +111,6 @@ from appliance.model import (
     price_to_text,
 )
 
-# The event kinds this module's per-event code compares or builds, as module globals (one
-# LOAD_GLOBAL each; Ev.X is a class attribute lookup, which CPython 3.11 does not specialize).
-EV_ACCEPTED: Final = Ev.ACCEPTED
-EV_REJECTED: Final = Ev.REJECTED
-EV_EXECUTED: Final = Ev.EXECUTED
-EV_CANCELLED: Final = Ev.CANCELLED
-EV_REPLACED: Final = Ev.REPLACED
-EV_STOP_TRIGGERED: Final = Ev.STOP_TRIGGERED
-EV_MASS_CANCELLED: Final = Ev.MASS_CANCELLED
-EV_CROSS_EXECUTED: Final = Ev.CROSS_EXECUTED
-
 __all__ = [
     "FixSession", "FixSessionConfig", "FixSessionState", "FixOrder", "FIX_REJECT", "logon_comp_ids", "logon_identity",
     "utc_timestamp", "avg_px_text", "STP_TAG",
@@ -1133,40 +1122,40 @@ class FixSession(SessionOutbox):
         orders = self.state.orders
         for ev in events:
             kind = ev[0]
-            if kind == EV_EXECUTED or kind == EV_CROSS_EXECUTED:   # an auction fill: buy, sell
+            if kind == Ev.EXECUTED or kind == Ev.CROSS_EXECUTED:   # an auction fill: buy, sell
                 for pos, leaves_at in ((1, 6), (2, 8)):
                     order = ev[pos]
                     if order.session == sid and order.order_id in orders:
                         self._executed(orders[order.order_id], ev, leaves_at, ts_ns, now)
                 continue
-            if kind == EV_REJECTED or kind == EV_MASS_CANCELLED:
+            if kind == Ev.REJECTED or kind == Ev.MASS_CANCELLED:
                 cmd = ev[1]
                 if cmd.session != sid:
                     continue
-                if kind == EV_MASS_CANCELLED:
+                if kind == Ev.MASS_CANCELLED:
                     self._mass_report(cmd, ev[2], now)
                 else:
                     self._rejected(cmd, ev[2], ts_ns, now)
                 continue
-            if kind > EV_MASS_CANCELLED:   # the feed-only events of trading phases: nothing to say
+            if kind > Ev.MASS_CANCELLED:   # the feed-only events of trading phases: nothing to say
                 continue
-            order = ev[2] if kind == EV_REPLACED else ev[1]
+            order = ev[2] if kind == Ev.REPLACED else ev[1]
             if order.session != sid:
                 continue
             o = orders.get(order.order_id)
             if o is None:
                 continue
-            if kind == EV_ACCEPTED:
+            if kind == Ev.ACCEPTED:
                 o.ref = order.ref
                 o.qty = o.leaves = ev[2]
                 o.price = order.price      # a re-priced post-only order: its new price
                 o.status = "0"
                 self._report(o, "0", ts_ns, now, [])
-            elif kind == EV_CANCELLED:
+            elif kind == Ev.CANCELLED:
                 self._cancelled(o, ev, ts_ns, now)
-            elif kind == EV_REPLACED:
+            elif kind == Ev.REPLACED:
                 self._replaced(o, order, ev, ts_ns, now)
-            elif kind == EV_STOP_TRIGGERED:
+            elif kind == Ev.STOP_TRIGGERED:
                 self._report(o, "D", ts_ns, now, [(378, 8), (58, "stop triggered at " + price_to_text(ev[2]))])
             self.state.dirty = True
 

@@ -104,16 +104,6 @@ from appliance.model import BUY, CROSS_CLOSE, CROSS_OPEN, CROSS_REOPEN, DAY, IOC
 from feeds import ouch_layout as L
 from feeds import soupbintcp as soup
 
-# The event kinds this module's per-event code compares or builds, as module globals (one
-# LOAD_GLOBAL each; Ev.X is a class attribute lookup, which CPython 3.11 does not specialize).
-EV_ACCEPTED: Final = Ev.ACCEPTED
-EV_REJECTED: Final = Ev.REJECTED
-EV_EXECUTED: Final = Ev.EXECUTED
-EV_CANCELLED: Final = Ev.CANCELLED
-EV_REPLACED: Final = Ev.REPLACED
-EV_CROSS_EXECUTED: Final = Ev.CROSS_EXECUTED
-EV_UNCROSSED: Final = Ev.UNCROSSED
-
 __all__ = [
     "OuchSession", "REJECT_REASON", "CANCEL_REASON", "REJECT_OTHER", "order_id_for",
     "HEARTBEAT_INTERVAL_NS", "CLIENT_TIMEOUT_NS",
@@ -812,7 +802,7 @@ class OuchSession(SessionOutbox):
         alive: dict[int, bool] | None = None
         for ev in events:
             kind = ev[0]
-            if kind == EV_ACCEPTED:   # the commonest first
+            if kind == Ev.ACCEPTED:   # the commonest first
                 order = ev[1]
                 o = orders.get(order.order_id) if order.session == sid else None
                 if o is None:
@@ -826,7 +816,7 @@ class OuchSession(SessionOutbox):
                 self._emit(_STRUCT_A(
                     b"A", ts, o.urn, o.side, ev[2], o.symbol, o.price, o.tif, o.display, o.ref,
                     o.capacity, o.iso, o.cross, state, o.cl_ord_id, 0), ts_ns)
-            elif kind == EV_EXECUTED:
+            elif kind == Ev.EXECUTED:
                 maker = ev[1]
                 taker = ev[2]
                 if maker.session == sid:
@@ -837,7 +827,7 @@ class OuchSession(SessionOutbox):
                     o = orders.get(taker.order_id)
                     if o is not None:
                         self._executed(o, ev[3], ev[4], b"R", ev[5], ev[8], ev[9], ts, ts_ns)
-            elif kind == EV_CROSS_EXECUTED:
+            elif kind == Ev.CROSS_EXECUTED:
                 buy = ev[1]
                 sell = ev[2]
                 flag = _cross_flag(ev, events)
@@ -849,7 +839,7 @@ class OuchSession(SessionOutbox):
                     o = orders.get(sell.order_id)
                     if o is not None:
                         self._executed(o, ev[3], ev[4], flag, ev[5], ev[8], ev[9], ts, ts_ns)
-            elif kind == EV_CANCELLED:
+            elif kind == Ev.CANCELLED:
                 order = ev[1]
                 o = orders.get(order.order_id) if order.session == sid else None
                 if o is None:
@@ -866,7 +856,7 @@ class OuchSession(SessionOutbox):
                 self._emit(_STRUCT_C(b"C", ts, o.urn, qty, CANCEL_REASON.get(reason, b"Z")), ts_ns)
                 if not leaves:
                     self._retire(o)
-            elif kind == EV_REPLACED:
+            elif kind == Ev.REPLACED:
                 new = ev[2]
                 o = orders.get(new.order_id) if new.session == sid else None
                 if o is None:
@@ -874,7 +864,7 @@ class OuchSession(SessionOutbox):
                 if alive is None:   # alone in its batch: _replaced looks at its new leaves
                     alive = _alive_after(events) if len(events) > 1 else _NO_OTHER_EVENTS
                 self._replaced(o, new, ev, alive, ts, ts_ns)
-            elif kind == EV_REJECTED:
+            elif kind == Ev.REJECTED:
                 cmd = ev[1]
                 if cmd.session == sid and type(cmd) is not MassCancel:
                     o = orders.get(cmd.order_id)
@@ -990,7 +980,7 @@ def _cross_flag(ev: Event, events: Sequence[Event]) -> bytes:
     if not ct:
         locate = ev[1].locate
         for e in events:
-            if e[0] == EV_UNCROSSED and e[1] == locate:
+            if e[0] == Ev.UNCROSSED and e[1] == locate:
                 ct = e[2]
                 break
     return CROSS_FLAG.get(ct, b"O")
@@ -1001,13 +991,13 @@ def _alive_after(events: Sequence[Event]) -> dict[int, bool]:
     alive: dict[int, bool] = {}
     for ev in events:
         kind = ev[0]
-        if kind == EV_ACCEPTED:
+        if kind == Ev.ACCEPTED:
             alive[ev[1].order_id] = True
-        elif kind == EV_EXECUTED or kind == EV_CROSS_EXECUTED:
+        elif kind == Ev.EXECUTED or kind == Ev.CROSS_EXECUTED:
             alive[ev[1].order_id] = ev[6] > 0
             alive[ev[2].order_id] = ev[8] > 0
-        elif kind == EV_CANCELLED:
+        elif kind == Ev.CANCELLED:
             alive[ev[1].order_id] = ev[3] > 0
-        elif kind == EV_REPLACED:
+        elif kind == Ev.REPLACED:
             alive[ev[2].order_id] = ev[4] > 0
     return alive

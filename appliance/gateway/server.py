@@ -114,15 +114,6 @@ from appliance.risk import RiskChecker
 from appliance.wal import MalformedCommand
 from feeds import soupbintcp as soup
 
-# The event kinds this module's per-event code compares or builds, as module globals (one
-# LOAD_GLOBAL each; Ev.X is a class attribute lookup, which CPython 3.11 does not specialize).
-EV_ACCEPTED: Final = Ev.ACCEPTED
-EV_REJECTED: Final = Ev.REJECTED
-EV_EXECUTED: Final = Ev.EXECUTED
-EV_CANCELLED: Final = Ev.CANCELLED
-EV_REPLACED: Final = Ev.REPLACED
-EV_CROSS_EXECUTED: Final = Ev.CROSS_EXECUTED
-
 _clock = wall_clock()   # the wall clock (appliance.clock): shifted as MATCHWIRE_CLOCK_OFFSET_NS says
 
 FIX_SESSION_BIT: Final = 1 << 30   # order ids (session << 32 | n) stay below 2^63 (the state hash's i64)
@@ -588,7 +579,7 @@ class GatewayServer(JournalKeeper, AdminControl):
         self.count("commands")
 
     def local_reject(self, slot: Slot | None, cmd: Command, reason: int, now: int, text: str = "") -> None:
-        ev: Event = (EV_REJECTED, cmd, reason)
+        ev: Event = (Ev.REJECTED, cmd, reason)
         self.count(f"rejected_{reason}")
         if slot is not None:
             slot.dirty = True
@@ -725,18 +716,18 @@ class GatewayServer(JournalKeeper, AdminControl):
             touched: list[Slot] = []
             for ev in events:
                 kind = ev[0]
-                if kind == EV_ACCEPTED:   # the commonest: one order, its session
+                if kind == Ev.ACCEPTED:   # the commonest: one order, its session
                     slot = by_sid.get(ev[1].session)
                     if slot is not None and slot not in touched:
                         touched.append(slot)
                     continue
-                if kind == EV_EXECUTED or kind == EV_CROSS_EXECUTED:
+                if kind == Ev.EXECUTED or kind == Ev.CROSS_EXECUTED:
                     objs: tuple[Any, ...] = (ev[1], ev[2])
-                elif kind == EV_REPLACED:
+                elif kind == Ev.REPLACED:
                     objs = (ev[2],)
                 else:
                     objs = (ev[1],)
-                if kind == EV_REJECTED and type(ev[1]) in (Halt, Resume, Close):
+                if kind == Ev.REJECTED and type(ev[1]) in (Halt, Resume, Close):
                     log(self.name, f"admin {type(ev[1]).__name__} of locate {ev[1].locate} refused: "
                                    f"{R.describe(ev[2])}")
                     if not replay:
@@ -747,14 +738,14 @@ class GatewayServer(JournalKeeper, AdminControl):
                     slot = by_sid.get(o.session)
                     if slot is not None and slot not in touched:
                         touched.append(slot)
-                if kind == EV_CANCELLED and not ev[3]:
+                if kind == Ev.CANCELLED and not ev[3]:
                     self.order_partition.pop(ev[1].order_id, None)
-                elif kind == EV_EXECUTED or kind == EV_CROSS_EXECUTED:
+                elif kind == Ev.EXECUTED or kind == Ev.CROSS_EXECUTED:
                     if not ev[6]:
                         self.order_partition.pop(ev[1].order_id, None)
                     if not ev[8]:
                         self.order_partition.pop(ev[2].order_id, None)
-                elif kind == EV_REJECTED and type(ev[1]) is NewOrder:
+                elif kind == Ev.REJECTED and type(ev[1]) is NewOrder:
                     self.order_partition.pop(ev[1].order_id, None)
             for slot in touched:
                 if replay and seq <= slot.applied.get(pid, 0):
@@ -765,7 +756,7 @@ class GatewayServer(JournalKeeper, AdminControl):
                 else:
                     if replay:
                         for ev in events:
-                            if ev[0] == EV_ACCEPTED and ev[1].session == slot.sid:
+                            if ev[0] == Ev.ACCEPTED and ev[1].session == slot.sid:
                                 adopt_ouch_order(slot.session, ev[1])
                     slot.session.on_events(ts, events)
             if seq > self.marks.get(pid, 0):
@@ -782,7 +773,7 @@ class GatewayServer(JournalKeeper, AdminControl):
             self.risk.set_reference_price(locate, price)
         elif k == C.CTL_OPEN_ORDER:
             o = ev[1]
-            self.risk.on_events([(EV_ACCEPTED, o, o.leaves)])
+            self.risk.on_events([(Ev.ACCEPTED, o, o.leaves)])
             live = self.risk._live.get(o.order_id)
             if live is not None:
                 live.filled = o.filled

@@ -83,6 +83,7 @@ class ApplianceConfig:
     ring_slots: int = 16384             # slots per ring (power of two)
     ring_slot_size: int = 128           # bytes per slot (multiple of 8; a record is one slot)
     time_zone: str = "America/New_York"  # IANA zone of the exchange: its midnight and trading day
+    cpu_dma_latency_us: int = -1        # held on /dev/cpu_dma_latency while `matchwire run` runs; -1: not
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +176,7 @@ class GatewayConfig:
     fix_port: int
     fix_comp_id: str                    # our CompID (the firms' TargetCompID)
     firms: tuple[str, ...]              # firm names admitted here
+    busy_poll_us: int = 0               # after work, poll sockets and event rings this long before sleeping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -423,6 +425,7 @@ class _Appliance(_Table, kw_only=True, frozen=True):
     ring_slots: Annotated[int, Meta(ge=2, le=1 << 24)] = _A.ring_slots
     ring_slot_size: Annotated[int, Meta(ge=16, le=65536)] = _A.ring_slot_size
     time_zone: str | None = None                        # None: _A.time_zone
+    cpu_dma_latency_us: Annotated[int, Meta(ge=-1, le=10_000_000)] = _A.cpu_dma_latency_us
 
 
 class _Instrument(_Table, kw_only=True, frozen=True):
@@ -500,6 +503,7 @@ class _Gateway(_Table, kw_only=True, frozen=True):
     fix_port: _Port
     fix_comp_id: _Text32 = "MATCHWIRE"
     firms: tuple[str, ...] | None = None                # None: every firm (one gateway only)
+    busy_poll_us: Annotated[int, Meta(ge=0, le=10_000_000)] = 0
 
 
 class _MarketData(_Table, kw_only=True, frozen=True):
@@ -922,7 +926,7 @@ def _appliance(t: _Appliance | None) -> ApplianceConfig:
     if t.ring_slot_size % 8:
         raise ConfigError(f"appliance.ring_slot_size: {t.ring_slot_size} is not a multiple of 8")
     zone = _A.time_zone if t.time_zone is None else _time_zone("appliance.time_zone", t.time_zone)
-    return ApplianceConfig(t.name, t.ring_slots, t.ring_slot_size, zone)
+    return ApplianceConfig(t.name, t.ring_slots, t.ring_slot_size, zone, t.cpu_dma_latency_us)
 
 
 def _instrument(path: str, t: _Instrument) -> InstrumentConfig:
@@ -1046,7 +1050,7 @@ def _gateway(path: str, t: _Gateway, firm_names: tuple[str, ...], n_gateways: in
             raise ConfigError(f"{path}.firms[{j}]: unknown firm {f!r} (not in [[firms]])")
     if not _is_loopback(t.bind):
         warnings.append(f"{path}.bind = {t.bind!r}: order entry listens beyond loopback")
-    return GatewayConfig(t.name, t.bind, t.ouch_port, t.fix_port, t.fix_comp_id, firms)
+    return GatewayConfig(t.name, t.bind, t.ouch_port, t.fix_port, t.fix_comp_id, firms, t.busy_poll_us)
 
 
 def _session_limits(t: _SessionLimits) -> SessionLimits:

@@ -63,7 +63,7 @@ import signal
 import sys
 import time
 from collections import deque
-from typing import Any, Final, Iterable, Sequence
+from typing import Any, Callable, Final, Iterable, Sequence
 
 from appliance import codec_ring as C
 from appliance import reasons as R
@@ -110,6 +110,8 @@ from appliance.metrics import (
 )
 from appliance.model import BUY, SELL, Instrument
 from appliance.ring import SHM_DIR, Ring, RingError, bell_name
+from appliance.gateway.busypoll import BusyPollSelector
+from appliance.gcpolicy import QuietCollector
 from appliance.risk import RiskChecker
 from appliance.wal import MalformedCommand
 from feeds import soupbintcp as soup
@@ -379,6 +381,9 @@ class GatewayServer(JournalKeeper, AdminControl):
         self.stopping = False
         self.conns: set[_Conn] = set()
         self.counters: dict[str, int] = {}
+        self.records_in = 0                  # event records read from the partitions
+        self.gc = QuietCollector(time.monotonic_ns())
+        self._work_at_tick = 0
         self.midnight_ns = config.midnight_of(_clock())   # as the partitions' feed
         # per partition: admin commands sent and not yet answered, oldest first (KIND, locate, future)
         self.admin_waiting: list[deque[tuple[int, int, asyncio.Future[dict[str, Any]]]]] = [
@@ -695,6 +700,7 @@ class GatewayServer(JournalKeeper, AdminControl):
                 if st is not None:
                     st.lap(G_SESSIONS)
         if total:
+            self.records_in += total
             self.flush(only_dirty=True)
             if st is not None:
                 st.lap(G_FLUSH)
@@ -794,6 +800,9 @@ class GatewayServer(JournalKeeper, AdminControl):
         for slot in self.slots:
             slot.session.poll(now)
         self.flush()
+        work = self.counters.get("commands", 0) + self.records_in
+        self.gc.tick(time.monotonic_ns(), work - self._work_at_tick)
+        self._work_at_tick = work
 
 
     # -- running -----------------------------------------------------------------------------------------
@@ -802,6 +811,9 @@ class GatewayServer(JournalKeeper, AdminControl):
         self.attach_rings()
         for p, fd in enumerate(self.bells):
             self.loop.add_reader(fd, self.on_bell, p)
+        selector = getattr(self.loop, "_selector", None)
+        if isinstance(selector, BusyPollSelector):
+            selector.watch(self.evt_in, self.bells)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, stop.set)
@@ -813,6 +825,7 @@ class GatewayServer(JournalKeeper, AdminControl):
                 return 1
             await asyncio.sleep(0.002)
         self.flush()
+        self.gc.start()    # from here on a full collection waits for a quiet tick (appliance.gcpolicy)
         ctl_path = os.path.join(self.state_dir, "run", f"{self.name}.ctl")
         os.makedirs(os.path.dirname(ctl_path), exist_ok=True)
         try:
@@ -870,7 +883,7 @@ class GatewayServer(JournalKeeper, AdminControl):
         """run/<gateway>.stats.json: the counters and, with stage timing on, the time per stage."""
         path = os.path.join(self.state_dir, "run", f"{self.name}.stats.json")
         st = self.stages
-        obj = {"gateway": self.name, "counters": self.counters,
+        obj = {"gateway": self.name, "counters": self.counters, "gc": self.gc.figures(),
                "stages": st.report(self.counters.get("commands", 0)) if st is not None else None}
         try:
             atomic_write(path, json.dumps(obj, indent=1, sort_keys=True).encode(), durable=False)
@@ -922,15 +935,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as e:
             log(args.gateway, f"affinity: refused: {e}")
     ready = os.path.join(args.state_dir, "run", f"{args.gateway}.ready.json")
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
         import uvloop  # type: ignore[import-not-found]
-        uvloop.install()
-        log(args.gateway, "event loop: uvloop")
+        loop_factory = uvloop.new_event_loop
     except ImportError:
         pass
     try:
         server = GatewayServer(config, args.gateway, args.state_dir)
-        return asyncio.run(server.serve(ready))
+        window_ns = server.gw.busy_poll_us * 1000
+        if window_ns:   # epoll that polls the event rings for a while after work (appliance.gateway.busypoll)
+            loop_factory = lambda: asyncio.SelectorEventLoop(BusyPollSelector(window_ns))  # noqa: E731
+            log(args.gateway, f"event loop: busy poll for {server.gw.busy_poll_us} µs after work")
+        elif loop_factory is not None:
+            log(args.gateway, "event loop: uvloop")
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(server.serve(ready))
     except OSError as e:
         # The journal, the FIX state files or the ready file cannot be written (a full disk, a
         # failing file system): one line, EX_IOERR, as the partitions do.

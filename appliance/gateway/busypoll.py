@@ -1,0 +1,97 @@
+"""The gateway's event loop selector: poll for a while after work instead of sleeping at once.
+
+An order's answer comes back from the partition some tens of µs after the gateway wrote the
+command to the ring. A gateway asleep in ``epoll_wait`` by then costs the ack path twice: the
+partition must ring its doorbell (a ``write()`` on the matching thread) and the gateway's CPU must
+wake up, which on an idle virtual CPU takes about 40 µs (docs/performance.md). ``BusyPollSelector``
+is epoll that, for ``window_ns`` after the last time it found work, polls the sockets
+(``epoll_wait`` with no timeout) and the event rings instead of sleeping, and tells the partitions
+it polls (``set_waiting(False)``: no doorbell). The idea of Linux's SO_BUSY_POLL, for our rings.
+
+With ``share_cpu`` every idle poll gives the CPU to whatever else is runnable (``sched_yield``): a
+gateway on a core shared with its clients or the servers polls only with time nobody else wants.
+A window of 0 is plain epoll: it sleeps at once and the partitions ring for it (tests, laptops).
+
+Owned by the event loop's thread. Time comes from ``clock`` (integer ns).
+"""
+from __future__ import annotations
+
+import os
+import selectors
+import time
+from typing import Callable, Final, Sequence
+
+from appliance.ring import RingConsumer
+
+EVENT_READ: Final = selectors.EVENT_READ
+
+
+class BusyPollSelector(selectors.EpollSelector):
+    def __init__(self, window_ns: int, share_cpu: bool = True,
+                 clock: Callable[[], int] = time.perf_counter_ns) -> None:
+        super().__init__()
+        self.window_ns = window_ns
+        self.share_cpu = share_cpu
+        self._clock = clock
+        self._rings: list[tuple[RingConsumer, int]] = []
+        self._last = 0             # when a select last found work
+        self._waiting = True       # what the rings were last told
+        self.polls = 0             # idle polls made (stats)
+
+    def watch(self, rings: Sequence[RingConsumer], bells: Sequence[int]) -> None:
+        """The event rings to poll, each with its doorbell FIFO (registered with the loop already)."""
+        self._rings = list(zip(rings, bells))
+        self._tell(self.window_ns == 0)
+
+    def _tell(self, waiting: bool) -> None:
+        for cons, _ in self._rings:
+            cons.set_waiting(waiting)
+        self._waiting = waiting
+
+    def _ready_rings(self) -> list[tuple[selectors.SelectorKey, int]]:
+        """The bells of rings with records waiting, as if their FIFOs had been readable."""
+        out = []
+        for cons, bell in self._rings:
+            if cons.pending() > 0:
+                try:
+                    out.append((self.get_key(bell), EVENT_READ))
+                except KeyError:    # the loop no longer watches it (shutting down)
+                    pass
+        return out
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        base = super().select
+        clock = self._clock
+        if self.window_ns and self._rings:
+            now = clock()
+            until = self._last + self.window_ns
+            if timeout is not None and timeout >= 0:
+                until = min(until, now + int(timeout * 1e9))
+            if now < until or timeout == 0:
+                if self._waiting:
+                    self._tell(False)
+                yield_ = os.sched_yield if self.share_cpu else None
+                while True:
+                    ready = base(0) or self._ready_rings()
+                    if ready:
+                        self._last = clock()
+                        return ready
+                    if timeout == 0 or clock() >= until:
+                        break
+                    self.polls += 1
+                    if yield_ is not None:
+                        yield_()
+                if timeout == 0:
+                    return []
+            # Going to sleep: the partitions ring for us from here on. What they published before
+            # they saw the flag is in the rings now, and is taken without sleeping.
+            if not self._waiting:
+                self._tell(True)
+            ready = self._ready_rings()
+            if ready:
+                self._last = clock()
+                return ready
+        ready = base(timeout)
+        if ready:
+            self._last = clock()
+        return ready

@@ -84,3 +84,30 @@ def private_files() -> None:
 def setup_process() -> None:
     private_files()
     survive_lost_output()
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU idle states (PM QoS)
+# ------------------------------------------------------------------------------------------------
+CPU_DMA_LATENCY: Final = "/dev/cpu_dma_latency"
+
+
+def hold_cpu_dma_latency(us: int, path: str = CPU_DMA_LATENCY) -> tuple[int | None, str]:
+    """Ask the kernel to keep every CPU out of idle states whose exit latency exceeds ``us`` for as
+    long as the returned file descriptor stays open (Linux PM QoS; what tuned's latency-performance
+    profile sets). A CPU that idles in a deep state takes tens of µs to wake for a packet, a doorbell
+    or a timer (about 40 µs on a KVM guest's halt-polling idle; docs/performance.md). The request
+    ends when the descriptor is closed or the process exits: nothing on the host outlives it.
+
+    Returns (fd, what happened) or (None, why not): a missing device or no permission is a line
+    in the log, not a failure."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as e:
+        return None, f"CPU idle states left alone: {path}: {e.strerror or e}"
+    try:
+        os.write(fd, int(us).to_bytes(4, sys.byteorder, signed=True))
+    except OSError as e:
+        os.close(fd)
+        return None, f"CPU idle states left alone: writing {path}: {e.strerror or e}"
+    return fd, f"CPU idle states: exit latency at most {us} µs while the appliance runs ({path})"

@@ -146,6 +146,7 @@ class Supervisor:
         self.failed_rc = 0
         self.early: list[int] = []        # signals received during start-up
         self.admin_sock: socket.socket | None = None
+        self.qos_fd: int | None = None     # /dev/cpu_dma_latency, held while the appliance runs
 
     # -- start ------------------------------------------------------------------------------------------
     def _ready_path(self, name: str) -> str:
@@ -174,6 +175,10 @@ class Supervisor:
         server_argvs = {cmd: server_argv(cmd, self.config_path, self.state_dir)
                         for cmd in ("retransmit", "snapshot")} if self.servers else {}
         os.makedirs(self.run_dir, exist_ok=True)
+        if cfg.appliance.cpu_dma_latency_us >= 0:
+            from appliance.process import hold_cpu_dma_latency
+            self.qos_fd, text = hold_cpu_dma_latency(cfg.appliance.cpu_dma_latency_us)
+            log(text)
         # The admin port listens before any child starts: a request made as soon as a gateway is
         # ready waits in the backlog until the event loop serves it, instead of being refused.
         self.admin_sock = self._bind_admin()
@@ -326,6 +331,9 @@ class Supervisor:
         self._terminate(self.gateways, GATEWAY_STOP_S)
         self._terminate(self.partitions, PARTITION_STOP_S)
         self._terminate(self.others, 10.0, stateful=False)
+        if self.qos_fd is not None:
+            os.close(self.qos_fd)
+            self.qos_fd = None
         log("stopped" + (f" (exit {self.exit_code})" if self.exit_code else ": clean shutdown"))
 
     # -- admin HTTP -----------------------------------------------------------------------------------

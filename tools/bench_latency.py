@@ -30,6 +30,7 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import array
 import ctypes
 import dataclasses
 import itertools
@@ -76,6 +77,12 @@ def register(sub: Any) -> None:
     lat.add_argument("--hdr-log", metavar="FILE", help="write every run's histogram (HdrHistogram log format)")
     lat.add_argument("--plot", metavar="FILE", help="draw the percentile plot of every run to a PNG (matplotlib)")
     lat.add_argument("--realtime", action="store_true", help="let the matcher take SCHED_FIFO and mlockall")
+    lat.add_argument("--cpu-dma-latency", type=int, default=0, metavar="US",
+                     help="the appliance's [appliance] cpu_dma_latency_us: hold every CPU out of idle states "
+                          "slower to leave than US µs while it runs (default 0; -1: leave them alone)")
+    lat.add_argument("--gateway-poll-us", type=int, default=0, metavar="US",
+                     help="the gateway's busy_poll_us: poll sockets and rings this long after work before "
+                          "sleeping (default 0: sleep at once)")
     lat.set_defaults(func=_latency)
 
 
@@ -185,7 +192,11 @@ class Schedule:
 
 
 def _client(cfg: Config, protocol: str, rate: int, seconds: float, cpus: list[int], conn: Any) -> None:
-    """Send ``rate * seconds`` orders at their scheduled times; send back the histograms."""
+    """Send ``rate * seconds`` orders at their scheduled times; send back the histograms.
+
+    The client shares a CPU with the gateway (the matcher has the other one), so what it spends per
+    order is taken from the appliance: every order is encoded before the clock starts, and the loop
+    keeps raw nanosecond values in arrays that become HdrHistograms after the run."""
     if cpus:
         os.sched_setaffinity(0, cpus)
     try:   # wake at the scheduled time, not up to 50 µs later (the default timer slack)
@@ -199,54 +210,58 @@ def _client(cfg: Config, protocol: str, rate: int, seconds: float, cpus: list[in
     sock.setblocking(False)
     total = int(rate * seconds)
     rng = random.Random(1)
-    lat = Histogram()
-    late = Histogram()
+    wire = []
+    for k in range(total):
+        side = k & 1
+        px = 1_500_000 + (rng.randrange(-50, 1) if side == 0 else rng.randrange(0, 51)) * 100
+        wire.append(proto.order(k, side, px))
+    lat = array.array("q")         # (answer time - scheduled time) per answered order
+    late = array.array("q")        # (send time - scheduled time) per order
     answered = bytearray(total)
-    acks = 0
     pending_out = b""
     clock = time.perf_counter_ns
+    send, recv, answers = sock.send, sock.recv, proto.answers
     sched = Schedule(clock() + 1_000_000, rate, total)    # the first order is due in 1 ms
+    scheduled, take_due, next_due = sched.scheduled, sched.take_due, sched.next_due_ns
     last_ack = t0 = sched.t0_ns
     drain_until = t0 + int(seconds * 1e9) + 10_000_000_000
     while True:
         now = clock()
-        due = sched.take_due(now)
+        due = take_due(now)
         if due:
-            parts = []
-            for k in due:
-                side = k & 1
-                px = 1_500_000 + (rng.randrange(-50, 1) if side == 0 else rng.randrange(0, 51)) * 100
-                parts.append(proto.order(k, side, px))
-            pending_out += b"".join(parts)
+            pending_out += b"".join(wire[due.start:due.stop])
             t_send = clock()
-            for k in due:
-                late.record(t_send - sched.scheduled(k))
+            late.extend([t_send - scheduled(k) for k in due])
         if pending_out:
             try:
-                n = sock.send(pending_out)
+                n = send(pending_out)
                 pending_out = pending_out[n:]
             except BlockingIOError:
                 pass
         try:
-            data = sock.recv(1 << 18)
+            data = recv(1 << 18)
         except BlockingIOError:
             data = b""
         if data:
             t_rx = clock()
-            for k in proto.answers(data):
+            for k in answers(data):
                 if 0 <= k < total and not answered[k]:
                     answered[k] = 1
-                    lat.record(t_rx - sched.scheduled(k))
-                    acks += 1
+                    lat.append(t_rx - scheduled(k))
                     last_ack = t_rx
             continue
-        if acks >= total or now > drain_until:
+        if len(lat) >= total or now > drain_until:
             break
-        nxt = sched.next_due_ns()
+        nxt = next_due()
         wait = (nxt - clock()) / 1e9 if nxt is not None else 0.01
         if wait > 0 or pending_out:
             select.select([sock], [sock] if pending_out else [], [], max(0.0, wait))
-    conn.send({"latency": lat.to_json(), "send_lateness": late.to_json(), "sent": sched.next_k, "acked": acks,
+    h, hl = Histogram(), Histogram()
+    for v in lat:
+        h.record(v)
+    for v in late:
+        hl.record(v)
+    conn.send({"latency": h.to_json(), "send_lateness": hl.to_json(), "sent": sched.next_k, "acked": len(lat),
                "seconds": (last_ack - t0) / 1e9})
     sock.close()
 
@@ -255,8 +270,8 @@ def _client(cfg: Config, protocol: str, rate: int, seconds: float, cpus: list[in
 # One run: a fresh appliance, one client
 # ================================================================================================
 
-def _config(root: str, wal: str, idle: str, durability: str, disk_dir: str,
-            layout: str = "inline") -> tuple[Config, list[str]]:
+def _config(root: str, wal: str, idle: str, durability: str, disk_dir: str, layout: str = "inline",
+            cpu_dma_latency_us: int = -1, gateway_poll_us: int = 0) -> tuple[Config, list[str]]:
     from tools.demo import loopback_config
     cleanup: list[str] = []
     policy = "none" if wal == "none" else durability
@@ -278,7 +293,9 @@ def _config(root: str, wal: str, idle: str, durability: str, disk_dir: str,
     firms = tuple(dataclasses.replace(f, limits=limits) for f in c.firms)
     # The one client offers up to the benchmark's rate: no session budget may throttle it.
     budget = SessionLimits(max_queued_bytes=1 << 28, messages_per_second=10_000_000, burst=20_000_000)
-    return dataclasses.replace(c, firms=firms, session_limits=budget), cleanup
+    gws = tuple(dataclasses.replace(g, busy_poll_us=gateway_poll_us) for g in c.gateways)
+    app = dataclasses.replace(c.appliance, cpu_dma_latency_us=cpu_dma_latency_us)
+    return dataclasses.replace(c, firms=firms, session_limits=budget, gateways=gws, appliance=app), cleanup
 
 
 def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace,
@@ -287,7 +304,8 @@ def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace
     from appliance.metrics import STAGE_TIMING_ENV
     from tools.demo import write_config
     root = tempfile.mkdtemp(prefix="mw-bench-latency-")
-    cfg, cleanup = _config(root, wal, idle, args.durability or "batch", args.disk_dir, layout)
+    cfg, cleanup = _config(root, wal, idle, args.durability or "batch", args.disk_dir, layout,
+                           args.cpu_dma_latency, args.gateway_poll_us)
     path = write_config(cfg, os.path.join(root, "config.toml"))
     state = os.path.join(root, "state")
     env = dict(os.environ)
@@ -331,7 +349,8 @@ def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace
     late = Histogram.from_json(res["send_lateness"])
     st = stats["stats"]
     return {"protocol": protocol, "wal": wal, "layout": layout, "durability": "none" if wal == "none" else args.durability or "batch",
-            "idle": idle, "offered_per_s": rate, "sent": res["sent"], "acked": res["acked"],
+            "idle": idle, "cpu_dma_latency_us": args.cpu_dma_latency, "gateway_poll_us": args.gateway_poll_us,
+            "offered_per_s": rate, "sent": res["sent"], "acked": res["acked"],
             "achieved_per_s": round(res["acked"] / res["seconds"]) if res["seconds"] > 0 else 0,
             "order_to_ack": h.summary_us(), "client_send_lateness": late.summary_us(),
             "in_engine": eng.summary_us(), "mean_batch": round(st["commands"] / max(st["batches"], 1), 2),
@@ -367,13 +386,18 @@ def _plot(runs: list[dict[str, Any]], path: str) -> None:
 
 def _label(r: dict[str, Any]) -> str:
     return f"{r['protocol']} {r['offered_per_s']}/s wal={r['wal']} idle={r['idle']}" + (
-        f" stages-as={r['layout']}" if r.get("layout", "inline") != "inline" else "")
+        f" stages-as={r['layout']}" if r.get("layout", "inline") != "inline" else "") + (
+        f" cpu-dma-latency={r['cpu_dma_latency_us']}" if r.get("cpu_dma_latency_us", -1) >= 0 else "") + (
+        f" gateway-poll={r['gateway_poll_us']}us" if r.get("gateway_poll_us") else "")
 
 
 def _latency(args: argparse.Namespace) -> int:
     rates = args.rate or [10_000, 50_000]
     if any(r <= 0 for r in rates) or args.seconds <= 0:
         sys.stderr.write("matchwire bench latency: --rate and --seconds must be positive\n")
+        return 2
+    if args.cpu_dma_latency < -1 or args.gateway_poll_us < 0:
+        sys.stderr.write("matchwire bench latency: --cpu-dma-latency is -1 or more, --gateway-poll-us 0 or more\n")
         return 2
     wals = args.wal or (["none"] if args.durability in (None, "none") else ["tmpfs"])
     if args.durability == "none":

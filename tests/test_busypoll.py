@@ -60,62 +60,78 @@ def test_window_zero_is_plain_epoll_and_the_partition_rings(ring: Ring) -> None:
         os.close(bell)
 
 
-def test_within_the_window_records_are_found_without_a_doorbell(ring: Ring) -> None:
+def test_nothing_in_flight_sleeps_at_once(ring: Ring) -> None:
+    clock = Clock()
+    sel, bell, cons = _selector(ring, 200_000, clock)
+    try:
+        t0 = time.monotonic()
+        assert sel.select(0.03) == []
+        assert time.monotonic() - t0 >= 0.02
+        assert sel.polls == 0 and ring.producer().consumer_waiting()
+    finally:
+        sel.close()
+        os.close(bell)
+
+
+def test_an_answer_due_is_found_without_a_doorbell(ring: Ring) -> None:
     clock = Clock()
     sel, bell, cons = _selector(ring, 200_000, clock)
     prod = ring.producer()
     try:
-        # A socket's readiness is work: the window starts there.
-        ring_bell(bell)
-        assert [k.data for k, _ in sel.select(1.0)] == ["bell"]
-        os.read(bell, 16)
+        sel.expect()                   # the gateway published a command
         clock.ns += 50_000
-        # Within the window the selector polls and tells the partition so: no doorbell needed.
-        assert sel.select(0.0) == []
+        assert sel.select(0.0) == []   # polling, and the partition is told so: no doorbell needed
         assert not prod.consumer_waiting()
         assert prod.try_publish(b"ack")
         ready = sel.select(1.0)
         assert [k.data for k, _ in ready] == ["bell"]     # the ring's records, as the bell's readiness
         assert cons.poll() == [b"ack"]
+        # answered: the next select sleeps, and asks for the doorbell again
+        t0 = time.monotonic()
+        assert sel.select(0.03) == []
+        assert time.monotonic() - t0 >= 0.02
+        assert prod.consumer_waiting()
     finally:
         sel.close()
         os.close(bell)
 
 
-def test_after_the_window_it_sleeps_and_asks_for_the_doorbell_again(ring: Ring) -> None:
+def test_no_answer_within_the_window_sleeps_and_loses_nothing(ring: Ring) -> None:
     clock = Clock()
     sel, bell, cons = _selector(ring, 200_000, clock)
     prod = ring.producer()
     try:
-        ring_bell(bell)
-        sel.select(1.0)
-        os.read(bell, 16)
+        sel.expect()
         assert sel.select(0.0) == []
         assert not prod.consumer_waiting()
-        clock.ns += 300_000            # the window is over: the next select sleeps
-        t0 = time.monotonic()
-        assert sel.select(0.05) == []
-        assert time.monotonic() - t0 >= 0.04
-        assert prod.consumer_waiting()
-        # What was published just before the flag was seen is taken without sleeping.
+        # published while the partition saw us polling (no bell), just as the window ends
         assert prod.try_publish(b"late")
-        clock.ns += 1
-        sel._last = 0
-        ready = sel.select(5.0)
+        clock.ns += 300_000
+        ready = sel.select(5.0)        # taken without sleeping
         assert [k.data for k, _ in ready] == ["bell"]
         assert cons.poll() == [b"late"]
+        assert sel.select(0.01) == []  # nothing due: it sleeps, and asks for the doorbell again
+        assert prod.consumer_waiting()
+        # ...and a window that ran out with nothing published: the doorbell brings the answer
+        sel.expect()
+        assert sel.select(0.0) == [] and not prod.consumer_waiting()
+        clock.ns += 300_000
+        assert sel.select(0.01) == []
+        assert prod.consumer_waiting()
+        ring_bell(bell)
+        assert [k.data for k, _ in sel.select(1.0)] == ["bell"]
     finally:
         sel.close()
         os.close(bell)
 
 
-def test_an_idle_poll_loop_ends_with_the_window(ring: Ring) -> None:
-    """With a real clock: a select inside the window polls (yielding the CPU) until the window ends,
-    then sleeps out the rest of its timeout; the polls are counted."""
+def test_the_poll_loop_ends_with_the_window(ring: Ring) -> None:
+    """With a real clock: an answer due but not coming, the selector polls (yielding the CPU) until
+    the window ends, then sleeps out the rest of its timeout; the polls are counted."""
     sel, bell, cons = _selector(ring, 2_000_000, Clock())
     sel._clock = time.perf_counter_ns
     try:
-        sel._last = time.perf_counter_ns()
+        sel.expect()
         t0 = time.perf_counter_ns()
         assert sel.select(0.02) == []
         assert time.perf_counter_ns() - t0 >= 15_000_000

@@ -1,16 +1,18 @@
-"""The gateway's event loop selector: poll for a while after work instead of sleeping at once.
+"""The gateway's event loop selector: wait for an answer by polling the rings, not by sleeping.
 
 An order's answer comes back from the partition some tens of µs after the gateway wrote the
 command to the ring. A gateway asleep in ``epoll_wait`` by then costs the ack path twice: the
-partition must ring its doorbell (a ``write()`` on the matching thread) and the gateway's CPU must
-wake up, which on an idle virtual CPU takes about 40 µs (docs/performance.md). ``BusyPollSelector``
-is epoll that, for ``window_ns`` after the last time it found work, polls the sockets
-(``epoll_wait`` with no timeout) and the event rings instead of sleeping, and tells the partitions
-it polls (``set_waiting(False)``: no doorbell). The idea of Linux's SO_BUSY_POLL, for our rings.
+partition must ring its doorbell (a ``write()`` on the matching thread) and the gateway must be
+woken, which on an idle virtual CPU takes about 40 µs (docs/performance.md). ``BusyPollSelector``
+is epoll that, once the gateway has published commands (``expect()``), polls the sockets
+(``epoll_wait`` with no timeout) and the event rings instead of sleeping, for at most ``window_ns``
+or until a ring has records (the answers), and tells the partitions it polls
+(``set_waiting(False)``: no doorbell). The idea of Linux's SO_BUSY_POLL, for our rings.
 
-With ``share_cpu`` every idle poll gives the CPU to whatever else is runnable (``sched_yield``): a
-gateway on a core shared with its clients or the servers polls only with time nobody else wants.
-A window of 0 is plain epoll: it sleeps at once and the partitions ring for it (tests, laptops).
+It polls only while an answer is due: a gateway with nothing in flight sleeps at once. Each idle
+poll gives the CPU to whatever else is runnable (``sched_yield``), so a gateway on a core shared
+with its clients or the servers polls only with time nobody else wants. A window of 0 is plain
+epoll: it sleeps at once and the partitions ring for it (tests, laptops).
 
 Owned by the event loop's thread. Time comes from ``clock`` (integer ns).
 """
@@ -34,14 +36,19 @@ class BusyPollSelector(selectors.EpollSelector):
         self.share_cpu = share_cpu
         self._clock = clock
         self._rings: list[tuple[RingConsumer, int]] = []
-        self._last = 0             # when a select last found work
+        self._until = 0            # poll instead of sleeping until then (an answer is due)
         self._waiting = True       # what the rings were last told
         self.polls = 0             # idle polls made (stats)
 
     def watch(self, rings: Sequence[RingConsumer], bells: Sequence[int]) -> None:
         """The event rings to poll, each with its doorbell FIFO (registered with the loop already)."""
         self._rings = list(zip(rings, bells))
-        self._tell(self.window_ns == 0)
+        self._tell(True)
+
+    def expect(self) -> None:
+        """Commands were published: their answers are due within the window."""
+        if self.window_ns:
+            self._until = self._clock() + self.window_ns
 
     def _tell(self, waiting: bool) -> None:
         for cons, _ in self._rings:
@@ -62,36 +69,41 @@ class BusyPollSelector(selectors.EpollSelector):
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         base = super().select
         clock = self._clock
-        if self.window_ns and self._rings:
+        deadline = -1                      # when the caller's timeout ends (-1: none)
+        if self._until and self._rings:
             now = clock()
-            until = self._last + self.window_ns
+            until = self._until
             if timeout is not None and timeout >= 0:
-                until = min(until, now + int(timeout * 1e9))
-            if now < until or timeout == 0:
-                if self._waiting:
-                    self._tell(False)
-                yield_ = os.sched_yield if self.share_cpu else None
-                while True:
-                    ready = base(0) or self._ready_rings()
-                    if ready:
-                        self._last = clock()
-                        return ready
-                    if timeout == 0 or clock() >= until:
-                        break
-                    self.polls += 1
-                    if yield_ is not None:
-                        yield_()
-                if timeout == 0:
-                    return []
+                deadline = now + int(timeout * 1e9)
+                until = min(until, deadline)
+            if self._waiting:
+                self._tell(False)
+            yield_ = os.sched_yield if self.share_cpu else None
+            while True:
+                ready = self._ready_rings()
+                if ready:              # the answers: sleep at the next select unless more are due
+                    self._until = 0
+                    return ready
+                ready = base(0)
+                if ready:
+                    return ready
+                if timeout == 0 or clock() >= until:
+                    break
+                self.polls += 1
+                if yield_ is not None:
+                    yield_()
+            if timeout == 0:
+                return []
+            if clock() >= self._until:
+                self._until = 0        # no answer within the window: the doorbell brings it
+        if not self._waiting:
             # Going to sleep: the partitions ring for us from here on. What they published before
             # they saw the flag is in the rings now, and is taken without sleeping.
-            if not self._waiting:
-                self._tell(True)
+            self._tell(True)
             ready = self._ready_rings()
             if ready:
-                self._last = clock()
+                self._until = 0
                 return ready
-        ready = base(timeout)
-        if ready:
-            self._last = clock()
-        return ready
+        if deadline >= 0:
+            timeout = max(0, deadline - clock()) / 1e9
+        return base(timeout)

@@ -382,6 +382,7 @@ class GatewayServer(JournalKeeper, AdminControl):
         self.conns: set[_Conn] = set()
         self.counters: dict[str, int] = {}
         self.records_in = 0                  # event records read from the partitions
+        self.poller: BusyPollSelector | None = None   # [[gateways]] busy_poll_us > 0
         self.gc = QuietCollector(time.monotonic_ns())
         self._work_at_tick = 0
         self.midnight_ns = config.midnight_of(_clock())   # as the partitions' feed
@@ -640,18 +641,22 @@ class GatewayServer(JournalKeeper, AdminControl):
     def _publish(self, box: list[tuple[int, bytes]]) -> None:
         outs = self.cmd_out
         rung = 0
+        published = False
         for i, (p, rec) in enumerate(box):
             if not outs[p].try_publish(rec):
                 self.cmd_pending = box[i:]
                 self.count("ring_full")
                 self._pause(True)
                 break
+            published = True
             if outs[p].consumer_waiting() and not rung >> p & 1:   # a spinning partition needs no bell
                 rung |= 1 << p
                 try:
                     os.write(self.wakes[p], b"\x01")
                 except BlockingIOError:   # the FIFO is full of unread rings: it will wake
                     pass
+        if published and self.poller is not None:
+            self.poller.expect()      # their answers are due: poll for them instead of sleeping
 
     def _pause(self, on: bool) -> None:
         if on == self.paused:
@@ -812,8 +817,9 @@ class GatewayServer(JournalKeeper, AdminControl):
         for p, fd in enumerate(self.bells):
             self.loop.add_reader(fd, self.on_bell, p)
         selector = getattr(self.loop, "_selector", None)
-        if isinstance(selector, BusyPollSelector):
+        if isinstance(selector, BusyPollSelector) and selector.window_ns:
             selector.watch(self.evt_in, self.bells)
+            self.poller = selector
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, stop.set)

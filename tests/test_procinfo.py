@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from appliance.config import Config
+from appliance.process import CPU_DMA_LATENCY
 from appliance.procinfo import difference, process_figures, rusage_figures
 from appliance.gateway import ouch
 from tools.demo import loopback_config
@@ -83,9 +84,28 @@ def test_difference_is_the_work_between_two_readings() -> None:
 
 
 def _pipelined(root: str) -> Config:
+    """Every kind of process, with the host tuning of a production config: PM QoS held by the
+    supervisor, the gateway polling for its answers."""
     base = loopback_config(root, rng=random.Random())
-    return dataclasses.replace(base, partitions=tuple(
-        dataclasses.replace(p, feed_stage="process", wal_stage="process") for p in base.partitions))
+    return dataclasses.replace(
+        base, partitions=tuple(dataclasses.replace(p, feed_stage="process", wal_stage="process")
+                               for p in base.partitions),
+        appliance=dataclasses.replace(base.appliance, cpu_dma_latency_us=0),
+        gateways=tuple(dataclasses.replace(g, busy_poll_us=500) for g in base.gateways))
+
+
+def _qos() -> int | None:
+    """The kernel's current CPU latency request (/dev/cpu_dma_latency), or None if unreadable."""
+    try:
+        with open(CPU_DMA_LATENCY, "rb") as f:
+            return int.from_bytes(f.read(4), sys.byteorder, signed=True)
+    except OSError:
+        return None
+
+
+def _holds_qos(pid: int) -> bool:
+    fd_dir = f"/proc/{pid}/fd"
+    return any(os.readlink(os.path.join(fd_dir, fd)) == CPU_DMA_LATENCY for fd in os.listdir(fd_dir))
 
 
 @pytest.mark.timeout(180)
@@ -95,11 +115,16 @@ def test_admin_status_and_the_partition_stats_carry_each_process_figures(tmp_pat
     host knows it by; after SIGTERM the partition's stats.json has the matcher's figures and each
     stage's whole-life figures from the wait4 that reaped it."""
     root = str(tmp_path)
+    qos_before = _qos()
     with running_stack(root, _pipelined(root)) as stack:
         assert stack.proc is not None
         a = stack.ouch("alfa", "alfa-pw")
-        a.enter(1, b"B", 100, "ALPH", 1_300_000)
-        a.wait_for(lambda m: isinstance(m, ouch.L.OrderAccepted) and m.user_ref_num == 1)
+        for k in range(1, 21):   # the gateway polls for each answer (busy_poll_us)
+            a.enter(k, b"B", 100, "ALPH", 1_300_000 - k * 100)
+            a.wait_for(lambda m, k=k: isinstance(m, ouch.L.OrderAccepted) and m.user_ref_num == k)
+        if os.access(CPU_DMA_LATENCY, os.W_OK):   # root: the supervisor holds PM QoS 0 while it runs
+            assert _holds_qos(stack.proc.pid)
+            assert _qos() == 0
         status = stack.admin("GET", "/status")
         procs = status["processes"]
         ready = json.loads(Path(stack.state, "run", "p0.ready.json").read_text())
@@ -124,6 +149,11 @@ def test_admin_status_and_the_partition_stats_carry_each_process_figures(tmp_pat
         assert procs["retransmit-server"]["policy"] == procs["snapshot-server"]["policy"] == "batch"
         a.close()
         assert stack.stop(60) == 0
+    assert _qos() == qos_before          # released with the supervisor
+    gw_stats = json.loads(Path(stack.state, "run", "gw0.stats.json").read_text())
+    assert gw_stats["counters"]["commands"] >= 20     # and the cancels of its cancel-on-disconnect
+    assert gw_stats["busy_poll"]["window_us"] == 500 and gw_stats["busy_poll"]["idle_polls"] >= 0
+    assert set(gw_stats["gc"]) == {"gc_full_collections", "gc_full_last_us", "gc_full_max_us", "gc_collected"}
     stats = json.loads(Path(stack.state, "run", "p0.stats.json").read_text())
     figs = stats["processes"]
     plausible(figs["matcher"], ready["pid"])    # read by the matcher itself, just before it exited

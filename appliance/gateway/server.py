@@ -886,10 +886,13 @@ class GatewayServer(JournalKeeper, AdminControl):
         return 0
 
     def write_stats(self) -> None:
-        """run/<gateway>.stats.json: the counters and, with stage timing on, the time per stage."""
+        """run/<gateway>.stats.json: the counters, the collector's and the busy poll's figures and, with stage
+        timing on, the time per stage."""
         path = os.path.join(self.state_dir, "run", f"{self.name}.stats.json")
         st = self.stages
+        poll = self.poller
         obj = {"gateway": self.name, "counters": self.counters, "gc": self.gc.figures(),
+               "busy_poll": {"window_us": poll.window_ns // 1000, "idle_polls": poll.polls} if poll else None,
                "stages": st.report(self.counters.get("commands", 0)) if st is not None else None}
         try:
             atomic_write(path, json.dumps(obj, indent=1, sort_keys=True).encode(), durable=False)

@@ -176,7 +176,7 @@ class GatewayConfig:
     fix_port: int
     fix_comp_id: str                    # our CompID (the firms' TargetCompID)
     firms: tuple[str, ...]              # firm names admitted here
-    busy_poll_us: int = 0               # after work, poll sockets and event rings this long before sleeping
+    busy_poll_us: int = 0               # after publishing commands, poll for their answers this long before sleeping
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,8 @@
 CPython's cyclic collector runs a full (oldest-generation) collection on its own once the objects
 that survived the young collections have grown by a quarter. A full collection walks every tracked
 object: in a gateway holding the day's open orders that is tens of ms with nothing answered, and
-it falls in the middle of the traffic that grew the heap (docs/performance.md, "Tails").
+it falls in the middle of the traffic that grew the heap (docs/performance.md, "What an order
+waited for").
 
 ``QuietCollector`` keeps CPython's young collections (generations 0 and 1: a cycle that dies young
 is still collected within a few thousand allocations) and takes the full one away from the

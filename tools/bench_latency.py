@@ -81,8 +81,8 @@ def register(sub: Any) -> None:
                      help="the appliance's [appliance] cpu_dma_latency_us: hold every CPU out of idle states "
                           "slower to leave than US µs while it runs (default 0; -1: leave them alone)")
     lat.add_argument("--gateway-poll-us", type=int, default=0, metavar="US",
-                     help="the gateway's busy_poll_us: poll sockets and rings this long after work before "
-                          "sleeping (default 0: sleep at once)")
+                     help="the gateway's busy_poll_us: after publishing commands, poll for their answers up "
+                          "to US µs before sleeping (default 0: sleep at once)")
     lat.set_defaults(func=_latency)
 
 

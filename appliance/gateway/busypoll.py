@@ -29,11 +29,9 @@ EVENT_READ: Final = selectors.EVENT_READ
 
 
 class BusyPollSelector(selectors.EpollSelector):
-    def __init__(self, window_ns: int, share_cpu: bool = True,
-                 clock: Callable[[], int] = time.perf_counter_ns) -> None:
+    def __init__(self, window_ns: int, clock: Callable[[], int] = time.perf_counter_ns) -> None:
         super().__init__()
         self.window_ns = window_ns
-        self.share_cpu = share_cpu
         self._clock = clock
         self._rings: list[tuple[RingConsumer, int]] = []
         self._until = 0            # poll instead of sleeping until then (an answer is due)
@@ -78,7 +76,7 @@ class BusyPollSelector(selectors.EpollSelector):
                 until = min(until, deadline)
             if self._waiting:
                 self._tell(False)
-            yield_ = os.sched_yield if self.share_cpu else None
+            yield_ = os.sched_yield
             while True:
                 ready = self._ready_rings()
                 if ready:              # the answers: sleep at the next select unless more are due
@@ -90,8 +88,7 @@ class BusyPollSelector(selectors.EpollSelector):
                 if timeout == 0 or clock() >= until:
                     break
                 self.polls += 1
-                if yield_ is not None:
-                    yield_()
+                yield_()
             if timeout == 0:
                 return []
             if clock() >= self._until:

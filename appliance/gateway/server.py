@@ -953,9 +953,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         server = GatewayServer(config, args.gateway, args.state_dir)
         window_ns = server.gw.busy_poll_us * 1000
-        if window_ns:   # epoll that polls the event rings for a while after work (appliance.gateway.busypoll)
+        if window_ns:   # epoll that polls the event rings for answers due (appliance.gateway.busypoll)
             loop_factory = lambda: asyncio.SelectorEventLoop(BusyPollSelector(window_ns))  # noqa: E731
-            log(args.gateway, f"event loop: busy poll for {server.gw.busy_poll_us} µs after work")
+            log(args.gateway, f"event loop: polls up to {server.gw.busy_poll_us} µs for the answers to its commands")
         elif loop_factory is not None:
             log(args.gateway, "event loop: uvloop")
         with asyncio.Runner(loop_factory=loop_factory) as runner:

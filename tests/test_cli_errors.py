@@ -52,6 +52,8 @@ CASES: list[tuple[str, Callable[[Files], list[str]]]] = [
     ("bench depth", lambda f: [f["text"]]),
     ("bench depth", lambda f: [f["text"], "--levels", "0"]),
     ("bench ring", lambda f: ["--slots", "3", "--seconds", "0.1"]),
+    ("bench wakeup", lambda f: ["--rounds", "0"]),
+    ("bench wakeup", lambda f: ["--cpu-dma-latency", "-2"]),
     ("bench retransmit", lambda f: ["--messages", "x"]),
     ("bench pipeline", lambda f: [f["missing"]]),
     ("bench restart", lambda f: [f["text"]]),

@@ -21,6 +21,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "tools.bench_fix_state",  # fix-state
     "tools.bench_instructions",  # instructions (callgrind)
     "tools.bench_gateway",  # gateway
+    "tools.bench_wakeup",  # wakeup
 )
 
 

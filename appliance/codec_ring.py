@@ -106,6 +106,10 @@ EV_UNCROSSED: Final = Ev.UNCROSSED
 
 LAST: Final = 0x80          # flag on the kind byte: the last record of a command's events
 KIND_MASK: Final = 0x7F
+# the kind bytes of the commonest records, flagged LAST (EventEncoder packs them so)
+ACCEPTED_LAST: Final = EV_ACCEPTED | LAST
+EXECUTED_LAST: Final = EV_EXECUTED | LAST
+CANCELLED_LAST: Final = EV_CANCELLED | LAST
 CTL_POSITION: Final = 0x70
 CTL_LAST_PRICE: Final = 0x71
 CTL_OPEN_ORDER: Final = 0x72
@@ -220,6 +224,7 @@ def encode_command(cmd: Command) -> bytes:
 #: kind -> (record length, decode(buf, off_of_kind_byte)) with the WAL's generated decoders.
 COMMAND_SIZES: Final[dict[int, int]] = {k: 1 + lay.body.size for k, lay in LAYOUTS.items()}
 _CMD_DECODERS: Final[list[Any]] = [LAYOUTS[k].decode if k in LAYOUTS else None for k in range(256)]
+_CMD_SIZES: Final[list[int]] = [COMMAND_SIZES.get(k, -1) for k in range(256)]   # -1: not a kind
 
 
 def decode_command(buf: bytes, off: int = 0) -> Command:
@@ -233,26 +238,33 @@ def decode_command(buf: bytes, off: int = 0) -> Command:
     return cmd
 
 
-def decode_command_block(block: bytes, count: int, slot_size: int, out: list[Command]) -> int:
-    """Decode ``count`` command records of a ``RingConsumer.poll_block`` block into ``out``.
+def decode_command_block(block: bytes, count: int, slot_size: int, out: list[Command],
+                         bodies: list[bytes | None] | None = None) -> int:
+    """Decode ``count`` command records of a ``RingConsumer.poll_block`` block into ``out``; with
+    ``bodies``, append each command's WAL body as it came (the bytes after its kind) beside it, so
+    that the partition logs what the gateway encoded instead of encoding the command again.
 
     Returns how many records were refused (unknown kind or a length that does not fit the kind).
     """
     bad = 0
     decoders = _CMD_DECODERS
-    sizes = COMMAND_SIZES
+    sizes = _CMD_SIZES
     append = out.append
     at_kind = LENGTH_BYTES                  # the kind byte follows the slot's length
     at_record = at_kind + 1 - RECORD_HEADER_SIZE   # where a WAL decoder finds the body after the kind
+    keep = bodies.append if bodies is not None else None
     for k in range(count):
         base = k * slot_size
         off = base + at_kind
         kind = block[off]
         dec = decoders[kind]
-        if dec is None or sizes[kind] != block[base] | (block[base + 1] << 8):
+        size = sizes[kind]
+        if dec is None or size != block[base] | (block[base + 1] << 8):
             bad += 1
             continue
         append(dec(block, base + at_record))
+        if keep is not None:
+            keep(block[off + 1:off + size])
     return bad
 
 
@@ -329,82 +341,98 @@ class EventEncoder:
                origin: dict[int, int] | None = None) -> None:
         """Append each command's records to out[gateway]; the last record of a command gets LAST.
 
-        ``origin``: id(command) -> gateway, for commands of a firm no gateway owns.
+        ``origin``: id(command) -> gateway, for commands of a firm no gateway owns; without it such
+        a command's answer goes to the only gateway, if there is one.
+
+        Every record is packed with LAST set; a second record of the same command for the same
+        gateway clears it on the one before (most commands have one record per gateway).
         """
         gw_of = self.gateway_of_firm
         all_gw = range(self.gateways)
+        sole = 0 if self.gateways == 1 else -1
         acc, rej, exe, can, rep, stp, mas = _ACC, _REJ, _EXE, _CAN, _REP, _STP, _MAS
         skip = NOT_FORWARDED
-        for seq, ts, cmd, events in results:
-            touched: list[int] = []
+        mask = KIND_MASK
+        # per gateway: the index in results of the command whose record is last in out[g]
+        mark = [-1] * self.gateways
+        for i, (seq, ts, cmd, events) in enumerate(results):
             for ev in events:
                 k = ev[0]
                 if k == EV_EXECUTED or k == EV_CROSS_EXECUTED:
                     m = ev[1]
                     t = ev[2]
                     if k == EV_EXECUTED:
-                        rec = exe.pack(k, seq, ts, m.order_id, m.ref, m.session, m.firm, m.locate, m.side,
-                                       t.order_id, t.ref, t.session, t.firm, t.locate, t.side,
+                        rec = exe.pack(EXECUTED_LAST, seq, ts, m.order_id, m.ref, m.session, m.firm, m.locate,
+                                       m.side, t.order_id, t.ref, t.session, t.firm, t.locate, t.side,
                                        ev[3], ev[4], ev[5], ev[6], ev[7], ev[8], ev[9])
                     else:
-                        rec = _CRX.pack(k, seq, ts, m.order_id, m.ref, m.session, m.firm, m.locate, m.side,
+                        rec = _CRX.pack(k | LAST, seq, ts, m.order_id, m.ref, m.session, m.firm, m.locate, m.side,
                                         t.order_id, t.ref, t.session, t.firm, t.locate, t.side,
                                         ev[3], ev[4], ev[5], ev[6], ev[7], ev[8], ev[9],
                                         cross_type_of(events, m.locate))
                     for g in all_gw:
-                        out[g].append(rec)
-                        if g not in touched:
-                            touched.append(g)
+                        lst = out[g]
+                        if mark[g] == i:
+                            last = lst[-1]
+                            lst[-1] = bytes((last[0] & mask,)) + last[1:]
+                        else:
+                            mark[g] = i
+                        lst.append(rec)
                     self._fill(m, t, ev[3])
                     continue
                 if k == EV_ACCEPTED:
                     o = ev[1]
-                    rec = acc.pack(k, seq, ts, o.order_id, o.ref, o.session, o.firm, o.locate, o.side,
-                                   o.ord_type, o.tif, o.price, o.stop_price, ev[2], _cl(o.cl_ord_id))
+                    # cl_ord_id: ASCII within its width (the WAL's encoder checked the command)
+                    rec = acc.pack(ACCEPTED_LAST, seq, ts, o.order_id, o.ref, o.session, o.firm, o.locate,
+                                   o.side, o.ord_type, o.tif, o.price, o.stop_price, ev[2], o.cl_ord_id.encode())
                     firm = o.firm
                 elif k == EV_CANCELLED:
                     o = ev[1]
-                    rec = can.pack(k, seq, ts, o.order_id, o.ref, o.session, o.firm, o.locate, o.side,
-                                   o.ord_type, o.tif, o.price, o.stop_price, ev[2], ev[3], ev[4], ev[5], ev[6])
+                    rec = can.pack(CANCELLED_LAST, seq, ts, o.order_id, o.ref, o.session, o.firm, o.locate,
+                                   o.side, o.ord_type, o.tif, o.price, o.stop_price, ev[2], ev[3], ev[4], ev[5],
+                                   ev[6])
                     firm = o.firm
                 elif k in skip:
                     continue
                 elif k == EV_REPLACED:
                     o = ev[2]
                     c = ev[7]
-                    rec = rep.pack(k, seq, ts, o.order_id, o.ref, o.session, o.firm, o.locate, o.side,
+                    rec = rep.pack(k | LAST, seq, ts, o.order_id, o.ref, o.session, o.firm, o.locate, o.side,
                                    o.ord_type, o.tif, o.price, o.stop_price, ev[1].ref, ev[3], ev[4], ev[5],
                                    ev[6], c.qty, _cl(c.cl_ord_id))
                     firm = o.firm
                 elif k == EV_REJECTED:
                     c = ev[1]
-                    rec = rej.pack(k, seq, ts, ev[2]) + _command_bytes(c)
+                    rec = rej.pack(k | LAST, seq, ts, ev[2]) + _command_bytes(c)
                     firm = getattr(c, "firm", -1)
                 elif k == EV_STOP_TRIGGERED:
                     o = ev[1]
-                    rec = stp.pack(k, seq, ts, o.order_id, o.ref, o.session, o.firm, o.locate, o.side,
+                    rec = stp.pack(k | LAST, seq, ts, o.order_id, o.ref, o.session, o.firm, o.locate, o.side,
                                    o.ord_type, o.tif, o.price, o.stop_price, ev[2])
                     firm = o.firm
                 elif k == EV_MASS_CANCELLED:
                     c = ev[1]
-                    rec = mas.pack(k, seq, ts, ev[2]) + _command_bytes(c)
+                    rec = mas.pack(k | LAST, seq, ts, ev[2]) + _command_bytes(c)
                     firm = c.firm
                 else:
                     raise ValueError(f"ring: event kind {k} has no record")
                 g = gw_of.get(firm, -1)
                 if g < 0:
-                    g = origin.get(id(cmd), -1) if origin is not None else -1
+                    g = origin.get(id(cmd), -1) if origin is not None else sole
                     if g < 0:
                         self.dropped += 1
                         continue
-                out[g].append(rec)
-                if g not in touched:
-                    touched.append(g)
-            for g in touched:
                 lst = out[g]
-                last = lst[-1]
-                lst[-1] = bytes((last[0] | LAST,)) + last[1:]
-                self.routed[g] = seq
+                if mark[g] == i:
+                    last = lst[-1]
+                    lst[-1] = bytes((last[0] & mask,)) + last[1:]
+                else:
+                    mark[g] = i
+                lst.append(rec)
+        routed = self.routed
+        for g, i in enumerate(mark):
+            if i >= 0:
+                routed[g] = results[i][0]
 
 
 def cross_type_of(events: Sequence[Event], locate: int) -> int:

@@ -647,7 +647,9 @@ class PartitionDaemon:
                             os.sched_yield()
                         continue
                 cmds: list[Command] = []
-                origin: dict[int, int] = {}
+                bodies: list[bytes | None] = []   # beside cmds: its WAL body off the ring, None: encode it
+                # id(command) -> the gateway it came from; with one gateway, that one (the encoder knows)
+                origin: dict[int, int] | None = {} if G > 1 else None
                 if timed:
                     if self.startup_cmds:
                         # The day's schedule and at once a tick into its current phase, ahead of
@@ -655,12 +657,14 @@ class PartitionDaemon:
                         cmds.extend(self.startup_cmds)
                         self.startup_cmds.clear()
                         cmds.append(ClockTick(now))
+                        bodies.extend([None] * len(cmds))
                         self.last_tick_ns = now
                         stats["ticks"] = stats.get("ticks", 0) + 1
                     elif self.tick_due(engine, now):
                         # A sequenced ClockTick, ahead of the batch's orders: in the WAL, so that
                         # replay reproduces the day's transitions at the same points.
                         cmds.append(ClockTick(now))
+                        bodies.append(None)
                         self.last_tick_ns = now
                         stats["ticks"] = stats.get("ticks", 0) + 1
                 for g in range(G):
@@ -669,29 +673,20 @@ class PartitionDaemon:
                     block, n = consumers[g].poll_block(max_batch - len(cmds))
                     if n:
                         before = len(cmds)
-                        stats["bad_records"] += decode(block, n, slot, cmds)
-                        admin_at = -1
-                        for i, c in enumerate(cmds[before:], before):
-                            origin[id(c)] = g
-                            if type(c) in TRADING_ACTIONS:   # an admin request waits for its outcome
-                                self.admin_origin[id(c)] = g
-                                if admin_at < 0:
-                                    admin_at = i
-                        if admin_at >= 0 and engine.now_ns >= self.last_tick_ns and self.last_tick_ns != now:
-                            # The engine's clock to now, ahead of a halt, resume or close: a reopening
-                            # call lasts its configured time from the resume, with or without a
-                            # schedule; from here on its end is timed.
-                            cmds.insert(admin_at, ClockTick(now))
-                            self.last_tick_ns = now
-                            stats["ticks"] = stats.get("ticks", 0) + 1
-                            timed = self.timed = True
+                        stats["bad_records"] += decode(block, n, slot, cmds, bodies)
+                        if origin is not None:
+                            for c in cmds[before:]:
+                                origin[id(c)] = g
+                        if not TRADING_ACTIONS.isdisjoint(map(type, cmds[before:])):
+                            self._admin_requests(cmds, bodies, before, g, now)
+                            timed = self.timed
                         if len(cmds) >= max_batch:
                             break
                 if cmds:
                     if st is not None:
                         st.lap(S_DECODE)
                     self.batch_ns = now
-                    results = part.process_batch(cmds, now)
+                    results = part.process_batch(cmds, now, bodies)
                     if results:
                         self._release(results, origin)
                     n = len(cmds)
@@ -756,6 +751,25 @@ class PartitionDaemon:
                 self._release_durable()
                 time.sleep(0.0005)
         return self.shutdown() if shutdown else 0
+
+    def _admin_requests(self, cmds: list[Command], bodies: list[bytes | None], before: int, g: int,
+                        now: int) -> None:
+        """Halt, Resume or Close among gateway g's commands cmds[before:]: each waits for its outcome
+        (``admin_origin``), and the engine's clock moves to now ahead of the first."""
+        admin_at = -1
+        for i, c in enumerate(cmds[before:], before):
+            if type(c) in TRADING_ACTIONS:
+                self.admin_origin[id(c)] = g
+                if admin_at < 0:
+                    admin_at = i
+        if admin_at >= 0 and self.partition.engine.now_ns >= self.last_tick_ns and self.last_tick_ns != now:
+            # The engine's clock to now, ahead of a halt, resume or close: a reopening call lasts its
+            # configured time from the resume, with or without a schedule; from here on its end is timed.
+            cmds.insert(admin_at, ClockTick(now))
+            bodies.insert(admin_at, None)
+            self.last_tick_ns = now
+            self.stats["ticks"] = self.stats.get("ticks", 0) + 1
+            self.timed = True
 
     def _feed_stage_died(self) -> int:
         """The feed stage ended on its own: stop as a crash would (start-up regenerates the feed)."""

@@ -3,7 +3,8 @@
 Owned by the matching thread. ``process_batch(cmds, now_ns)`` is step 2-5 of the duty cycle in
 docs/wal.md (and /work/shared/ARCHITECTURE.md):
 
-    encode every command's WAL body (a command that cannot be written is rejected, unsequenced)
+    each command's WAL body, as it came off its ring or encoded here (a command that cannot be
+    written is rejected, unsequenced)
     stamp the batch: seq first..last, one ts_ns              (appliance.sequencer)
     append the records, one commit (write + fdatasync)        (appliance.wal, per the policy)
     apply the committed commands to the engine, in sequence   (appliance.matching.engine)
@@ -87,22 +88,36 @@ class Partition:
         self.snapshots_skipped = 0
 
     # -- duty cycle -------------------------------------------------------------------------------
-    def process_batch(self, cmds: Sequence[Command], now_ns: int) -> list[Result]:
-        """Sequence, log and commit a batch, then apply what is durable. See the module docstring."""
+    def process_batch(self, cmds: Sequence[Command], now_ns: int,
+                      given: Sequence[bytes | None] | None = None) -> list[Result]:
+        """Sequence, log and commit a batch, then apply what is durable. See the module docstring.
+
+        ``given``: the WAL body of each command as it came off a command ring (the gateway encoded
+        and checked it with the same layout), None where the command must be encoded here. A given
+        body is logged as it is: what replay decodes is what the engine was handed.
+        """
         if self._failed or self._closed:
             self._refuse()
         results: list[Result] = []
-        layouts = LAYOUTS
-        bodies: list[bytes] = []
-        good: list[Command] = []
-        for cmd in cmds:
-            try:
-                body = layouts[cmd.KIND].encode_body(cmd)
-            except (MalformedCommand, AttributeError, KeyError, TypeError):
-                results.append((0, now_ns, cmd, [(Ev.REJECTED, cmd, R.SESSION_MALFORMED)]))
-                continue
-            bodies.append(body)
-            good.append(cmd)
+        good: list[Command]
+        bodies: list[bytes]
+        if given is not None and None not in given and isinstance(cmds, list) and isinstance(given, list):
+            good = cmds
+            bodies = given  # type: ignore[assignment]
+        else:
+            layouts = LAYOUTS
+            bodies = []
+            good = []
+            for i, cmd in enumerate(cmds):
+                body = given[i] if given is not None else None
+                if body is None:
+                    try:
+                        body = layouts[cmd.KIND].encode_body(cmd)
+                    except (MalformedCommand, AttributeError, KeyError, TypeError):
+                        results.append((0, now_ns, cmd, [(Ev.REJECTED, cmd, R.SESSION_MALFORMED)]))
+                        continue
+                bodies.append(body)
+                good.append(cmd)
         if good:
             seq, ts = self.sequencer.stamp(len(good), now_ns)
             self.wal.append_batch(seq, ts, self.sequencer.epoch, good, bodies)

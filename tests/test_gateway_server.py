@@ -179,3 +179,22 @@ def test_auction_fills_cross_the_ring_and_feed_only_events_stay_behind() -> None
     for s in direct:   # one 'E' each, liquidity flag 'H' (a halt/reopening cross)
         execs = [m for m in s.stream if m[:1] == b"E"]
         assert len(execs) == 1 and execs[0][25:26] == b"H"
+
+
+def test_a_command_of_a_firm_no_gateway_owns_is_answered_where_it_came_from() -> None:
+    """Its reject goes to the gateway it came from (``origin``); with one gateway there is no need
+    to say which; with several and no origin it is counted as dropped."""
+    from appliance import reasons as R
+    from appliance.catalogue import Ev
+    stray = NewOrder(7, 1, 1, 100, 1_000_000, firm=9)
+    results = [(0, 5, stray, [(Ev.REJECTED, stray, R.SESSION_MALFORMED)])]
+    one: list[list[bytes]] = [[]]
+    C.EventEncoder({1: 0}, 1).encode(results, one)
+    assert [r[0] for r in one[0]] == [Ev.REJECTED | C.LAST]
+    two: list[list[bytes]] = [[], []]
+    C.EventEncoder({1: 0}, 2).encode(results, two, {id(stray): 1})
+    assert two[0] == [] and two[1] == one[0]
+    enc = C.EventEncoder({1: 0}, 2)
+    none: list[list[bytes]] = [[], []]
+    enc.encode(results, none)
+    assert none == [[], []] and enc.dropped == 1

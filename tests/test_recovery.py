@@ -181,6 +181,39 @@ def test_malformed_commands_are_rejected_unsequenced_and_leave_no_gap(tmp_path) 
     assert [r[0] for r in wal.WalReader(str(tmp_path)).records()] == [1, 2]
 
 
+def _segment_bytes(d: str) -> bytes:
+    return b"".join(open(os.path.join(d, n), "rb").read() for n in sorted(os.listdir(d)) if n.endswith(".seg"))
+
+
+def test_bodies_off_the_ring_are_logged_as_they_came(tmp_path) -> None:
+    """The daemon hands process_batch each command's WAL body as the gateway put it on the ring
+    (None for its own ClockTicks): the log is byte for byte what encoding every command gives."""
+    from appliance import codec_ring as C
+    from appliance.catalogue import ClockTick
+    from appliance.ring import LENGTH_BYTES
+    cmds = [command_at(x) for x in range(1, 41)]
+    slot = 128
+    block = b"".join(len(r).to_bytes(LENGTH_BYTES, "little") + r.ljust(slot - LENGTH_BYTES, b"\0")
+                     for r in (C.encode_command(c) for c in cmds))
+    ring_cmds: list = []
+    bodies: list = []
+    assert C.decode_command_block(block, len(cmds), slot, ring_cmds, bodies) == 0
+    assert bodies == [wal.LAYOUTS[c.KIND].encode_body(c) for c in cmds]
+    ring_cmds.insert(7, ClockTick(3 * MS))
+    bodies.insert(7, None)
+    given, encoded = str(tmp_path / "given"), str(tmp_path / "encoded")
+    a = open_partition(config(given), STREAM_SPEC).partition
+    b = open_partition(config(encoded), STREAM_SPEC).partition
+    ra = a.process_batch(ring_cmds, 5 * MS, bodies)
+    rb = b.process_batch([*cmds[:7], ClockTick(3 * MS), *cmds[7:]], 5 * MS)
+    assert [r[0] for r in ra] == [r[0] for r in rb] == list(range(1, 42))
+    assert repr([r[3] for r in ra]) == repr([r[3] for r in rb])
+    assert a.engine.state_hash() == b.engine.state_hash()
+    a.close(6 * MS)
+    b.close(6 * MS)
+    assert _segment_bytes(given) == _segment_bytes(encoded)
+
+
 def test_interval_policy_applies_and_releases_only_what_is_durable(tmp_path) -> None:
     op = open_partition(config(str(tmp_path), policy="interval", interval_ms=10), STREAM_SPEC)
     p = op.partition

@@ -14,6 +14,9 @@ Workloads (``python -m tools.bench_instructions WORKLOAD N`` runs one without va
     engine      Engine.apply_batch alone
     partition   Partition.process_batch: WAL records, commit (policy batch, on /dev/shm), apply
     feed        the feed's encoding of the results: ITCH L3, L2/L1, packetize, store (null transport)
+    cycle       the inline partition's duty cycle without its system calls to rings and sockets:
+                command ring blocks decoded, process_batch (as partition), the gateway's event
+                records, the feed's encoding (as feed)
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import sys
 import tempfile
 from typing import Any, Callable
 
-WORKLOADS = ("engine", "partition", "feed")
+WORKLOADS = ("engine", "partition", "feed", "cycle")
 BATCH = 1024
 
 
@@ -36,7 +39,7 @@ def register(sub: Any) -> None:
                                             "optionally beside another revision")
     p.add_argument("flow")
     p.add_argument("--commands", type=int, default=20_000, help="commands of the flow (default 20000)")
-    p.add_argument("--workload", action="append", choices=WORKLOADS, help="repeatable; default all three")
+    p.add_argument("--workload", action="append", choices=WORKLOADS, help="repeatable; default all")
     p.add_argument("--against", metavar="REV", help="a git revision to measure beside this tree")
     p.set_defaults(func=_instructions)
 
@@ -119,13 +122,64 @@ def _feed(cmds: list[Any], instruments: int, root: str) -> Callable[[], None]:
     return run
 
 
+def _cycle(cmds: list[Any], instruments: int, root: str) -> Callable[[], None]:
+    from appliance import codec_ring as C
+    from appliance.config import default
+    from appliance.daemon import feed_config
+    from appliance.recovery import open_partition
+    from appliance.ring import LENGTH_BYTES
+    from appliance.snapshot import EngineSpec
+    from appliance.wal import WalConfig
+    from feeds.publisher import Publisher
+    from feeds.transport import NullTransport
+    from tools.flows import FLOW_FIRM_STP, flow_instruments
+    ins = flow_instruments(instruments)
+    spec = EngineSpec(tuple((i.symbol, i.locate, i.tick, i.round_lot) for i in ins),
+                      tuple(sorted(dict(FLOW_FIRM_STP).items())))
+    part = open_partition(WalConfig(os.path.join(root, "wal"), policy="batch"), spec).partition
+    slot = 128
+    blocks = []
+    for i in range(0, len(cmds), BATCH):   # the ring's blocks, made before the measured part
+        recs = [C.encode_command(c) for c in cmds[i:i + BATCH]]
+        blocks.append((b"".join(len(r).to_bytes(LENGTH_BYTES, "little") + r.ljust(slot - LENGTH_BYTES, b"\0")
+                                for r in recs), len(recs)))
+    encoder = C.EventEncoder({firm: 0 for firm in FLOW_FIRM_STP}, 1)
+    cfg = default()
+    pub = Publisher(feed_config(cfg, cfg.partitions[0]), ins, 0, NullTransport(), os.path.join(root, "feed"))
+    pub.start(1_000_000_000)
+    decode = C.decode_command_block
+    try:                                  # a revision before the ring's bodies: encode them again
+        decode(b"", 0, slot, [], [])
+        given = True
+    except TypeError:
+        given = False
+
+    def run() -> None:
+        t = 1_000_000_000
+        for block, count in blocks:
+            batch: list[Any] = []
+            if given:
+                bodies: list[Any] = []
+                decode(block, count, slot, batch, bodies)
+                results = part.process_batch(batch, t, bodies)
+            else:
+                decode(block, count, slot, batch)
+                results = part.process_batch(batch, t)
+            out: list[list[bytes]] = [[]]
+            encoder.encode(results, out)
+            pub.publish(results)
+            t += 1_000_000
+    return run
+
+
 def _workload(name: str, n: int, flow: str) -> None:
     root = tempfile.mkdtemp(prefix="mw-instr-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     try:
         cmds, instruments = _commands(flow, n)
         run = {"engine": lambda: _engine(cmds, instruments),
                "partition": lambda: _partition(cmds, instruments, root),
-               "feed": lambda: _feed(cmds, instruments, root)}[name]()
+               "feed": lambda: _feed(cmds, instruments, root),
+               "cycle": lambda: _cycle(cmds, instruments, root)}[name]()
         if n:
             run()
     finally:

@@ -23,7 +23,9 @@ a clock: the caller passes ``now_ns`` (the interval policy compares it).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import mmap
 import os
 import struct
 import sys
@@ -194,14 +196,25 @@ class EpochFile:
     A start writes a new token (and usually a new epoch) *before* it reads the WAL. A writer checks,
     after each fsync and before its acks are released, that the file is still the one it wrote; if
     another start replaced it, the writer is fenced off: it fails closed and acks nothing more.
+
+    That check is a memory load, not a system call: every ``write`` also stores a word derived
+    from its token in <dir>/FENCE (8 bytes, written in place, never replaced), which each
+    EpochFile keeps mapped; ``claimed()`` compares the mapped word with its own. A newer start
+    stores its word after its rename of EPOCH and before it reads the WAL, so an older writer that
+    still sees its own word acknowledges only records the newer start will read.
+    ``still_mine()`` is the slower check by the inode of EPOCH.
     """
 
     NAME: Final = "EPOCH"
+    FENCE_NAME: Final = "FENCE"
 
     def __init__(self, directory: str) -> None:
         self.path = os.path.join(directory, self.NAME)
         self.directory = directory
         self.ino = -1
+        self.word = 0
+        self._fence_map: mmap.mmap | None = None
+        self._fence_view: memoryview | None = None
 
     def read(self) -> EpochState | None:
         try:
@@ -217,12 +230,40 @@ class EpochFile:
         data = json.dumps(state._asdict(), sort_keys=True).encode() + b"\n"
         atomic_write(self.path, data)
         self.ino = os.stat(self.path).st_ino
+        self._claim(state.token)
+
+    def _claim(self, token: str) -> None:
+        """Store this token's word in FENCE (created once, 8 bytes), through this object's mapping."""
+        view = self._fence_view
+        if view is None:
+            path = os.path.join(self.directory, self.FENCE_NAME)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if os.fstat(fd).st_size < FENCE_SIZE:
+                    os.ftruncate(fd, FENCE_SIZE)
+                    os.fsync(fd)
+                    fsync_dir(self.directory)
+                self._fence_map = mmap.mmap(fd, FENCE_SIZE)
+            finally:
+                os.close(fd)
+            view = self._fence_view = memoryview(self._fence_map).cast("Q")
+        # never 0: a FENCE just created holds 0, which matches no start
+        self.word = int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little") | 1
+        view[0] = self.word
+
+    def claimed(self) -> bool:
+        """FENCE still holds the word of this object's last write: no newer start since (no system call)."""
+        view = self._fence_view
+        return view is not None and view[0] == self.word
 
     def still_mine(self) -> bool:
         try:
             return os.stat(self.path).st_ino == self.ino
         except FileNotFoundError:
             return False
+
+
+FENCE_SIZE: Final = 8
 
 
 def new_token() -> str:
@@ -479,7 +520,7 @@ class WalWriter:
         self.durable_seq = self.written_seq
 
     def _check_fence(self) -> None:
-        if self.fence is not None and not self.fence.still_mine():
+        if self.fence is not None and not self.fence.claimed():
             err = DurabilityError(
                 f"WAL fenced: {self.fence.path} was replaced by a newer start of this partition; "
                 f"this process (epoch {self.epoch}) stops without acknowledging seq > {self.durable_seq}"

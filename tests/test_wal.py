@@ -5,6 +5,8 @@ import errno
 import os
 import random
 import struct
+import subprocess
+import sys
 import zlib
 
 import pytest
@@ -534,6 +536,30 @@ def test_a_newer_start_fences_off_the_running_writer(tmp_path) -> None:
     with pytest.raises(DurabilityError):
         w.commit(0)
     w.close()
+
+
+def test_a_newer_start_in_another_process_fences_the_writer_through_the_mapped_word(tmp_path) -> None:
+    """The per-commit check reads FENCE through a shared mapping: a start in another process
+    stores its word there and the running writer's next commit fails closed, with no system call
+    of its own to notice."""
+    d = str(tmp_path)
+    mine = EpochFile(d)
+    mine.write(EpochState(1, False, 0, "A"))
+    w = WalWriter(d, 1, 1, fence=mine)
+    w.append(1, 0, 1, *encode_body(command_at(1)))
+    assert w.commit(0) == 1 and mine.claimed()
+    code = ("import sys; from appliance.wal import EpochFile, EpochState; "
+            "EpochFile(sys.argv[1]).write(EpochState(2, False, 0, 'B'))")
+    subprocess.run([sys.executable, "-c", code, d], check=True, timeout=60)
+    assert not mine.claimed() and not mine.still_mine()
+    assert os.path.getsize(os.path.join(d, EpochFile.FENCE_NAME)) == 8
+    w.append(2, 0, 1, *encode_body(command_at(2)))
+    with pytest.raises(DurabilityError, match="fenced"):
+        w.commit(0)
+    w.close()
+    again = EpochFile(d)                         # a later start claims it again
+    again.write(EpochState(3, False, 0, "C"))
+    assert again.claimed() and not mine.claimed()
 
 
 def test_records_of_a_fenced_epoch_after_the_newer_epoch_began_are_refused(tmp_path) -> None:

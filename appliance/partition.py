@@ -103,7 +103,7 @@ class Partition:
         bodies: list[bytes]
         if given is not None and None not in given and isinstance(cmds, list) and isinstance(given, list):
             good = cmds
-            bodies = given  # type: ignore[assignment]
+            bodies = given
         else:
             layouts = LAYOUTS
             bodies = []

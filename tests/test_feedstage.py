@@ -119,6 +119,8 @@ def test_the_feed_stage_publishes_what_replaying_the_wal_regenerates(tmp_path: P
     assert _run(d, cfg, root, records, shutdown=False) == 0
     st = _published_through(d, d.partition.applied_seq)
     assert st["commands"] == 4000
+    # a matcher batch crosses as several journal items, published together: no more batches than its
+    assert 0 < st["batches"] <= d.stats["batches"]
     live = _messages(os.path.join(state, "feed", "p0"))
     _crash(d)
     assert set(live) == {"l3", "l2", "l1"} and all(len(m) > 100 for m in live.values())

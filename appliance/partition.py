@@ -24,6 +24,7 @@ must exit non-zero (wal.EXIT_DURABILITY_FAILURE) and let recovery start again fr
 from __future__ import annotations
 
 import sys
+from itertools import repeat
 from typing import Sequence
 
 from appliance import reasons as R
@@ -108,8 +109,7 @@ class Partition:
             layouts = LAYOUTS
             bodies = []
             good = []
-            for i, cmd in enumerate(cmds):
-                body = given[i] if given is not None else None
+            for cmd, body in zip(cmds, given) if given is not None else zip(cmds, repeat(None)):
                 if body is None:
                     try:
                         body = layouts[cmd.KIND].encode_body(cmd)

@@ -46,7 +46,7 @@ from appliance.metrics import DUTY_STAGES, S_DECODE, S_MATCH, S_OTHER, StageCloc
 from appliance.ring import RingConsumer
 from appliance.ring import wait_on_bells
 from appliance.stage import StageLink, fork_stage
-from appliance.wal import decode_many
+from appliance.walcodec import decode_run
 from feeds.moldudp64 import runs_within
 from feeds.publisher import Publisher, write_checkpoint
 
@@ -61,8 +61,6 @@ ITEM_CHECKPOINT: Final = 0x4B  # K
 ITEM_STATS: Final = 0x53      # S
 ITEM_END: Final = 0x45        # E
 _END: Final = struct.Struct("<QB")
-_SEQ_TS: Final = struct.Struct("<QQ")    # seq, ts_ns of a WAL record, at offset 8 (after length, crc)
-_LENGTH: Final = struct.Struct("<I")
 EXIT_FEED_STAGE: Final = 70               # EX_SOFTWARE: the feed stage failed (its log line says why)
 TRANSPORTS_FORKABLE: Final = ("udp", "sendmmsg", "null")
 
@@ -227,17 +225,9 @@ class _Stage:
         packs fuller datagrams with fewer sends and store writes."""
         st = self.st
         item = items[0] if len(items) == 1 else b"W" + b"".join([memoryview(i)[1:] for i in items])
-        offsets: list[int] = []
-        stamps: list[tuple[int, int]] = []
-        off = 1
-        end = len(item)
-        unpack_len = _LENGTH.unpack_from
-        unpack_st = _SEQ_TS.unpack_from
-        while off < end:
-            offsets.append(off)
-            stamps.append(unpack_st(item, off + 8))
-            off += unpack_len(item, off)[0]
-        cmds = decode_many(item, offsets)
+        seqs: list[int] = []
+        stamps: list[int] = []
+        cmds = decode_run(item, 1, len(item), seqs, stamps)
         if st is not None:
             st.lap(S_DECODE)
         out: list[Any] = []
@@ -245,7 +235,7 @@ class _Stage:
         self.engine.apply_batch(cmds, out, ends)
         results = []
         start = 0
-        for (seq, ts), cmd, e in zip(stamps, cmds, ends):
+        for seq, ts, cmd, e in zip(seqs, stamps, cmds, ends):
             results.append((seq, ts, cmd, out[start:e]))
             start = e
         if st is not None:
@@ -255,7 +245,7 @@ class _Stage:
         self.pub.publish(results)
         self.commands += len(cmds)
         self.batches += 1
-        self.published_seq = stamps[-1][0]
+        self.published_seq = seqs[-1]
         self.last_ns = self.clock()
 
     def _end(self, ts_ns: int, market_close: bool) -> int:

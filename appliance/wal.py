@@ -59,7 +59,7 @@ from appliance.walcodec import (
 )
 
 # Re-exported for the modules that still import them from here (appliance.partition: LAYOUTS,
-# MalformedCommand; appliance.gateway.server: MalformedCommand; appliance.feedstage: decode_many;
+# MalformedCommand; appliance.gateway.server: MalformedCommand;
 # appliance.walstage: frame_records). They are appliance.walcodec's; new code imports them there.
 from appliance.walcodec import LAYOUTS as LAYOUTS
 from appliance.walcodec import MalformedCommand as MalformedCommand

@@ -349,6 +349,46 @@ def _make_bulk_decoder(layouts: dict[int, CommandLayout]) -> Callable[[bytes, li
 
 
 decode_many: Final = _make_bulk_decoder(LAYOUTS)
+
+
+def _make_walker(layouts: dict[int, CommandLayout]) -> Callable[[bytes, int, int, list[int], list[int]], list[Any]]:
+    """decode_run(buf, off, end, seqs, ts) -> commands: every record of buf[off:end], in order,
+    with its seq and ts_ns appended to ``seqs`` and ``ts``.
+
+    Generated like _make_bulk_decoder, but it walks the records itself (each kind has a fixed
+    size) and reads a record's header and body with one Struct call. For records this process or
+    its parent framed (the feed stage's journal items): lengths and CRCs are not checked, an
+    unknown kind is a TypeError.
+    """
+    names = [name for name, code in RECORD_HEADER_FIELDS if not code.endswith("x")]   # unpacked values
+    seq_i, ts_i = names.index("seq"), names.index("ts_ns")
+    lines = ["def decode_run(buf, off, end, seqs, ts):", "    out = []", "    append = out.append",
+             "    add_seq = seqs.append", "    add_ts = ts.append",
+             "    while off < end:", "        kind = buf[off + %d]" % KIND_OFFSET]
+    namespace: dict[str, Any] = {"strings": _STRINGS}
+    head = ["_h%d" % i for i in range(HEADER_VALUES)]
+    head[seq_i], head[ts_i] = "seq", "ts_ns"
+    for i, (kind, layout) in enumerate(sorted(layouts.items())):
+        params = _init_params(layout.cls, layout.names)
+        lines.append("        %s kind == %d:" % ("if" if i == 0 else "elif", kind))
+        lines.append("            %s, = unpack_%d(buf, off)" % (", ".join(head + list(layout.names)), kind))
+        lines += _build_src(layout, params, _slot_constants(layout), "            ", "_%d" % kind)
+        lines.append("            off += %d" % layout.size)
+        namespace["unpack_%d" % kind] = layout.record.unpack_from
+        namespace["cls_%d" % kind] = layout.cls
+        namespace["new_%d" % kind] = layout.cls.__new__
+    lines.append("        else:")
+    lines.append("            raise TypeError('record kind %d is not a command' % kind)")
+    lines.append("        append(o)")
+    lines.append("        add_seq(seq)")
+    lines.append("        add_ts(ts_ns)")
+    lines.append("    return out")
+    exec(compile("\n".join(lines) + "\n", "<walcodec record walker>", "exec"), namespace)
+    decode_run: Callable[[bytes, int, int, list[int], list[int]], list[Any]] = namespace["decode_run"]
+    return decode_run
+
+
+decode_run: Final = _make_walker(LAYOUTS)
 # Lists indexed by the kind byte (0..255): record size (0: not a kind) and decoder.
 SIZE_BY_KIND: Final[list[int]] = [RECORD_SIZES.get(k, 0) for k in range(256)]
 DECODER_BY_KIND: Final[list[Any]] = [LAYOUTS[k].decode if k in LAYOUTS else None for k in range(256)]

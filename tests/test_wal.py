@@ -210,6 +210,22 @@ def test_record_round_trip_and_generated_decoder_equals_the_table_walking_one(cm
     assert fields_of(generic) == fields_of(back)
 
 
+@settings(max_examples=100, deadline=None)
+@given(cmds=st.lists(commands, min_size=1, max_size=12), seq=st.integers(1, 2**63), ts=st.integers(0, 2**63))
+def test_the_record_walker_decodes_what_the_bulk_decoder_decodes(cmds, seq, ts) -> None:
+    """decode_run (the feed stage's) walks a run of records by their kinds' sizes; it agrees with
+    decode_many at the records' offsets and reads each record's seq and ts_ns."""
+    recs = [encode_record(seq + i, ts + i, 7, c) for i, c in enumerate(cmds)]
+    buf = b"W" + b"".join(recs)
+    offsets = [1 + sum(map(len, recs[:i])) for i in range(len(recs))]
+    seqs: list[int] = []
+    stamps: list[int] = []
+    walked = walcodec.decode_run(buf, 1, len(buf), seqs, stamps)
+    assert [fields_of(c) for c in walked] == [fields_of(c) for c in walcodec.decode_many(buf, offsets)]
+    assert [type(c) for c in walked] == [type(c) for c in cmds]
+    assert seqs == [seq + i for i in range(len(cmds))] and stamps == [ts + i for i in range(len(cmds))]
+
+
 @pytest.mark.parametrize("make, what", [
     (lambda: NewOrder(1, 1, 0, 100, 5, account="é"), "not ASCII"),
     (lambda: NewOrder(1, 1, 0, 100, 5, account="x" * 17), "longer than 16"),

@@ -73,7 +73,7 @@ __all__ = [
     "session_for", "channel_of_session", "day_of_midnight",
     "PriceLevelUpdate", "BestBidOffer", "LastTrade", "PRICE_LEVEL_UPDATE", "BEST_BID_OFFER",
     "LAST_TRADE", "BlockPacker", "block_packer", "OWN_LAYOUTS", "ALL_LAYOUTS", "decode_any", "DepthTracker", "L2Encoder",
-    "L1Encoder", "END_OF_UPDATE", "MORE_TO_COME",
+    "L1Encoder", "encode_depth", "END_OF_UPDATE", "MORE_TO_COME",
 ]
 
 L3: Final = "l3"
@@ -676,32 +676,191 @@ class L1Encoder:
         if not touched:
             return
         sides = self.tracker.sides
-        published = self.published
         prev_locate = -1
         for locate, _side, _price in touched:
-            if locate == prev_locate:
-                continue
-            prev_locate = locate
-            bids, asks = sides[locate]
-            bp = bids.prices
-            ap = asks.prices
-            if bp:
-                p = bp[-1]
-                lvl = bids.levels[p]
-                bid = (p, lvl[0], lvl[1])
+            if locate != prev_locate:
+                prev_locate = locate
+                self.quote(locate, sides[locate], ts6, out)
+
+    def quote(self, locate: int, pair: tuple[_Side, _Side], ts6: bytes, out: list[bytes]) -> None:
+        """Append a 'q' for the instrument (``pair``: its bid and ask sides) if its best bid or
+        offer changed since the last one published."""
+        bids, asks = pair
+        bp = bids.prices
+        ap = asks.prices
+        if bp:
+            p = bp[-1]
+            lvl = bids.levels[p]
+            bid = (p, lvl[0], lvl[1])
+        else:
+            bid = _EMPTY
+        if ap:
+            p = ap[0]
+            lvl = asks.levels[p]
+            ask = (p, lvl[0], lvl[1])
+        else:
+            ask = _EMPTY
+        bbo = (bid, ask)
+        published = self.published
+        if published.get(locate) == bbo:
+            return
+        published[locate] = bbo
+        seq = self.inst_seq.get(locate, 0) + 1
+        self.inst_seq[locate] = seq
+        out.append(self._pack_q(_BBO_HEAD, locate, self.tracking, ts6, seq, bid[0], bid[1], bid[2],
+                                ask[0], ask[1], ask[2]))
+
+
+
+def encode_depth(results: Any, midnight_ns: int, tracker: DepthTracker, l2: L2Encoder | None,
+                 l1: L1Encoder | None, l2_out: list[bytes], l1_out: list[bytes]) -> None:
+    """Append the framed L2 and L1 messages of a batch's results (``(seq, ts_ns, command, events)``
+    each) to ``l2_out`` and ``l1_out``: per command, what ``tracker.apply(events)`` then
+    ``l2.encode`` and ``l1.encode`` give, byte for byte.
+
+    Most commands touch one price level: a new order that rests (ACCEPTED, ADDED), the cancel of
+    a resting order (CANCELLED), an order that fills against one price level (ACCEPTED, then
+    EXECUTED on makers at one price). For those this loop updates the level itself, sends the
+    'd' itself when the L2 window keeps its prices (the level was and stays published: one 'd';
+    it lies behind a full window: none), and the 't' of each fill; the 'q' only when the level is
+    (or was) at the best price. Everything else goes through the general code, per command.
+    """
+    sides = tracker.sides
+    volumes = tracker.volume
+    apply = tracker.apply
+    if l2 is not None:
+        l2_published, l2_worst, l2_seq = l2.published, l2.worst, l2.inst_seq
+        window, pack_d, l2_trk = l2.levels, l2._pack, l2.tracking
+    if l1 is not None:
+        l1_published, l1_seq, pack_q, pack_t, l1_trk = l1.published, l1.inst_seq, l1._pack_q, l1._pack_t, l1.tracking
+    last_ts = -1
+    ts6 = b""
+    for _seq, cts, _cmd, events in results:
+        if cts != last_ts:
+            ts6 = (cts - midnight_ns).to_bytes(6, "big")
+            last_ts = cts
+        # -- the commonest shapes: one level (locate, side, price), updated here ---------------
+        n_ev = len(events)
+        first = events[0][0] if n_ev else 0
+        if n_ev == 2 and first == EV_ACCEPTED and events[1][0] == EV_ADDED:
+            ev = events[1]
+            o = ev[1]
+            locate, side, price = o.locate, o.side, o.price
+            pair = sides.get(locate)
+            if pair is None:
+                pair = sides[locate] = (_Side(), _Side())
+            s = pair[side]
+            lvl = s.levels.get(price)
+            if lvl is None:
+                s.levels[price] = lvl = [ev[2], 1]
+                insort(s.prices, price)
             else:
-                bid = _EMPTY
-            if ap:
-                p = ap[0]
-                lvl = asks.levels[p]
-                ask = (p, lvl[0], lvl[1])
-            else:
-                ask = _EMPTY
-            bbo = (bid, ask)
-            if published.get(locate) == bbo:
-                continue
-            published[locate] = bbo
-            seq = inst_seq.get(locate, 0) + 1
-            inst_seq[locate] = seq
-            (bp_, bs, bc), (ap_, as_, ac) = bbo
-            out.append(self._pack_q(_BBO_HEAD, locate, trk, ts6, seq, bp_, bs, bc, ap_, as_, ac))
+                lvl[0] += ev[2]
+                lvl[1] += 1
+        elif n_ev == 1 and first == EV_CANCELLED and events[0][6]:
+            ev = events[0]
+            o = ev[1]
+            locate, side, price = o.locate, o.side, o.price
+            pair = sides[locate]
+            s = pair[side]
+            lvl = s.levels[price]
+            lvl[0] -= ev[2]
+            if not ev[3]:
+                lvl[1] -= 1
+        elif first == EV_ACCEPTED and n_ev > 1 and events[1][0] == EV_EXECUTED \
+                and _fills_at_one_level(events):
+            m = events[1][1]
+            locate, side, price = m.locate, m.side, m.price
+            pair = sides[locate]
+            s = pair[side]
+            lvl = s.levels[price]
+            volume = volumes.get(locate, 0)
+            for i in range(1, n_ev):
+                ev = events[i]
+                lvl[0] -= ev[3]
+                if not ev[6]:
+                    lvl[1] -= 1
+                volume += ev[3]
+                if l1 is not None:   # 't' Last Trade: price, shares, match, aggressor, volume
+                    seq = l1_seq.get(locate, 0) + 1
+                    l1_seq[locate] = seq
+                    l1_out.append(pack_t(_LTR_HEAD, locate, l1_trk, ts6, seq, ev[4], ev[3], ev[5],
+                                         _SIDE_LETTER[ev[2].side], volume))
+            volumes[locate] = volume
+        else:
+            # -- anything else: the general code ----------------------------------------------
+            touched = apply(events)
+            trades = tracker.trades
+            if touched or trades:
+                if l2 is not None:
+                    l2.encode(touched, ts6, l2_out)
+                if l1 is not None:
+                    l1.encode(touched, trades, ts6, l1_out)
+            continue
+        if lvl[1] <= 0:                                     # the level's last order left it
+            if lvl[1] or lvl[0]:
+                raise AssertionError(f"level {locate}/{side}/{price}: {lvl[0]} shares and {lvl[1]} orders")
+            del s.levels[price]
+            s.prices.pop(bisect_left(s.prices, price))
+            lvl = None
+        # -- L2: settled here when the window keeps its prices ----------------------------------
+        if l2 is not None:
+            key = (locate, side)
+            pub = l2_published.get(key)
+            if pub is None:
+                l2.encode([(locate, side, price)], ts6, l2_out)
+            elif price in pub:
+                if lvl is None:                             # a published level emptied: the window shifts
+                    l2.encode([(locate, side, price)], ts6, l2_out)
+                else:
+                    v = (lvl[0], lvl[1])
+                    if pub[price] != v:
+                        pub[price] = v
+                        seq = l2_seq.get(locate, 0) + 1
+                        l2_seq[locate] = seq
+                        l2_out.append(pack_d(_PLU_HEAD, locate, l2_trk, ts6, seq, _SIDE_LETTER[side], price,
+                                             v[0], v[1], END_OF_UPDATE))
+            elif len(pub) < window or (price > l2_worst[key] if side == 0 else price < l2_worst[key]):
+                l2.encode([(locate, side, price)], ts6, l2_out)   # a new level inside the window
+            # else: a level behind a full window: nothing
+        # -- L1: a level strictly behind its side's best was not the best before either ----------
+        if l1 is not None:
+            prices = s.prices
+            if not prices or (price >= prices[-1] if side == 0 else price <= prices[0]):
+                # at (or was at) the best: a 'q' if the best bid or offer changed (L1Encoder.quote)
+                bids, asks = pair
+                bp = bids.prices
+                ap = asks.prices
+                if bp:
+                    p = bp[-1]
+                    best = bids.levels[p]
+                    bid = (p, best[0], best[1])
+                else:
+                    bid = _EMPTY
+                if ap:
+                    p = ap[0]
+                    best = asks.levels[p]
+                    ask = (p, best[0], best[1])
+                else:
+                    ask = _EMPTY
+                bbo = (bid, ask)
+                if l1_published.get(locate) != bbo:
+                    l1_published[locate] = bbo
+                    seq = l1_seq.get(locate, 0) + 1
+                    l1_seq[locate] = seq
+                    l1_out.append(pack_q(_BBO_HEAD, locate, l1_trk, ts6, seq, bid[0], bid[1], bid[2],
+                                         ask[0], ask[1], ask[2]))
+
+
+def _fills_at_one_level(events: list[Event]) -> bool:
+    """After events[0]: only executions, all against makers at one price level."""
+    m = events[1][1]
+    locate, side, price = m.locate, m.side, m.price
+    for i in range(2, len(events)):
+        ev = events[i]
+        if ev[0] != EV_EXECUTED:
+            return False
+        m = ev[1]
+        if m.price != price or m.side != side or m.locate != locate:
+            return False
+    return True

@@ -94,6 +94,7 @@ from feeds.channels import (
     L2Encoder,
     day_of_midnight,
     block_packer,
+    encode_depth,
     session_for,
 )
 from feeds.moldudp64 import BLOCK_LENGTH_SIZE, END_OF_SESSION_COUNT, HEADER, packetize
@@ -751,27 +752,10 @@ class Publisher:
             if st is not None:
                 st.lap(S_L3)
             self.l3.emit(out, ts, st)
-        tracker = self.tracker
-        if tracker is not None:
+        if self.tracker is not None:
             l2_out: list[bytes] = []
             l1_out: list[bytes] = []
-            l2e = self.l2_encoder
-            l1e = self.l1_encoder
-            apply = tracker.apply
-            midnight = self.midnight_ns
-            last_ts = -1
-            ts6 = b""
-            for _seq, cts, _cmd, events in results:
-                touched = apply(events)
-                if not touched and not tracker.trades:
-                    continue
-                if cts != last_ts:
-                    ts6 = (cts - midnight).to_bytes(6, "big")
-                    last_ts = cts
-                if l2e is not None:
-                    l2e.encode(touched, ts6, l2_out)
-                if l1e is not None:
-                    l1e.encode(touched, tracker.trades, ts6, l1_out)
+            encode_depth(results, self.midnight_ns, self.tracker, self.l2_encoder, self.l1_encoder, l2_out, l1_out)
             if st is not None:
                 st.lap(S_L2L1)
             if self.l2 is not None:

@@ -52,10 +52,13 @@ from feeds.channels import (
     PRICE_LEVEL_UPDATE,
     DepthTracker,
     FeedConfig,
+    L1Encoder,
+    L2Encoder,
     channel_of_session,
     day_of_midnight,
     block_packer,
     decode_any,
+    encode_depth,
     session_for,
 )
 from feeds.moldudp64 import PacketBuilder, Session, parse_packet
@@ -63,6 +66,8 @@ from feeds.moldudp64 import packetize
 from feeds.publisher import L3_MAPPING, L3_MESSAGES, Publisher, encode_l3
 from feeds.subscriber import FeedSubscriber
 from feeds.transport import A, B, MemoryTransport
+from tools.flowgen import generate
+from tools.flows import FLOW_FIRM_STP, decode_records, flow_instruments
 
 DAY_NS = 86_400 * 10**9
 MIDNIGHT = 1_700_000_000 * 10**9 - (1_700_000_000 * 10**9) % DAY_NS
@@ -593,3 +598,96 @@ def test_the_same_commands_give_the_same_messages_whatever_the_batching() -> Non
         for m in streams[0][ch]:
             decode_any(m)
 
+
+
+# --------------------------------------------------------------------------------------------
+# encode_depth (the batch loop that settles the commonest commands inline) against the
+# per-command general code it stands for
+# --------------------------------------------------------------------------------------------
+
+def reference_depth(results: list[tuple[int, int, Command, list[Event]]], tracker: DepthTracker,
+                    l2: L2Encoder | None, l1: L1Encoder | None, l2_out: list[bytes], l1_out: list[bytes]) -> None:
+    """The publisher's L2/L1 loop before encode_depth: apply, then each encoder, for every command."""
+    for _seq, ts, _cmd, events in results:
+        touched = tracker.apply(events)
+        if not touched and not tracker.trades:
+            continue
+        ts6 = (ts - MIDNIGHT).to_bytes(6, "big")
+        if l2 is not None:
+            l2.encode(touched, ts6, l2_out)
+        if l1 is not None:
+            l1.encode(touched, tracker.trades, ts6, l1_out)
+
+
+def one_level_shapes(batches: list[list[tuple[int, int, Command, list[Event]]]]) -> dict[str, int]:
+    """How many commands of each shape encode_depth settles inline, and how many emptied a level."""
+    n = {"rest": 0, "cancel": 0, "fills": 0, "emptied": 0}
+    for res in batches:
+        for _seq, _ts, _cmd, evs in res:
+            kinds = [e[0] for e in evs]
+            if kinds == [Ev.ACCEPTED, Ev.ADDED]:
+                n["rest"] += 1
+            elif kinds == [Ev.CANCELLED] and evs[0][6]:
+                n["cancel"] += 1
+                n["emptied"] += not evs[0][3]
+            elif len(kinds) > 1 and kinds[0] == Ev.ACCEPTED and set(kinds[1:]) == {Ev.EXECUTED} and \
+                    len({(e[1].locate, e[1].side, e[1].price) for e in evs[1:]}) == 1:
+                n["fills"] += 1
+                n["emptied"] += not evs[-1][6]
+    return n
+
+
+def assert_depth_encodings_agree(batches: list[list[tuple[int, int, Command, list[Event]]]], levels: int,
+                                 channels: tuple[str, ...]) -> int:
+    """encode_depth and reference_depth, each with its own tracker and encoders, give the same
+    messages batch by batch and end in the same checkpoint state. Returns the messages compared."""
+    def encoders() -> tuple[DepthTracker, L2Encoder | None, L1Encoder | None]:
+        t = DepthTracker()
+        return (t, L2Encoder(t, levels, tracking=7) if L2 in channels else None,
+                L1Encoder(t, tracking=7) if L1 in channels else None)
+    (ft, f2, f1), (rt, r2, r1) = encoders(), encoders()
+    compared = 0
+    for res in batches:
+        fast2: list[bytes] = []
+        fast1: list[bytes] = []
+        ref2: list[bytes] = []
+        ref1: list[bytes] = []
+        encode_depth(res, MIDNIGHT, ft, f2, f1, fast2, fast1)
+        reference_depth(res, rt, r2, r1, ref2, ref1)
+        assert fast2 == ref2, f"L2 differs in the batch from seq {res[0][0]}"
+        assert fast1 == ref1, f"L1 differs in the batch from seq {res[0][0]}"
+        compared += len(ref2) + len(ref1)
+    assert ft.state() == rt.state()
+    for fast, ref in ((f2, r2), (f1, r1)):
+        if ref is not None:
+            assert fast is not None and fast.state() == ref.state()
+    return compared
+
+
+@pytest.mark.parametrize("levels,channels", [(1, (L2, L1)), (3, (L2, L1)), (10, (L2, L1)), (3, (L2,)), (3, (L1,))])
+def test_encode_depth_equals_the_general_code_on_every_event_kind(levels: int, channels: tuple[str, ...]) -> None:
+    ins = instruments()
+    batches = run_batches(Engine(ins, FIRM_STP), random_specs(31 + levels, 3000, ins), 17)
+    shapes = one_level_shapes(batches)
+    assert min(shapes.values()) > 10, shapes
+    assert assert_depth_encodings_agree(batches, levels, channels) > 1000
+
+
+@pytest.mark.parametrize("levels", [1, 3, 10])
+def test_encode_depth_equals_the_general_code_on_a_generated_flow(levels: int) -> None:
+    """The standard flow's commands (rest, cancel, fill against one level, sweep), few resting
+    orders per instrument so that levels empty often, in batches as the daemon cuts them."""
+    data, _ = generate(12_000, instruments=3, seed=9, target=60)
+    cmds = decode_records(data)
+    engine = Engine(flow_instruments(3), FLOW_FIRM_STP)
+    batches = []
+    for start in range(0, len(cmds), 1024):
+        res = []
+        for seq in range(start + 1, min(start + 1024, len(cmds)) + 1):
+            out: list[Event] = []
+            engine.apply(cmds[seq - 1], out)
+            res.append((seq, T0 + seq // 4 * 1000, cmds[seq - 1], out))
+        batches.append(res)
+    shapes = one_level_shapes(batches)
+    assert min(shapes.values()) > 100, shapes
+    assert assert_depth_encodings_agree(batches, levels, (L2, L1)) > 10_000

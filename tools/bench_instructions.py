@@ -106,9 +106,10 @@ def _feed(cmds: list[Any], instruments: int, root: str) -> Callable[[], None]:
         engine.apply_batch(batch, out, ends)
         start = 0
         res = []
+        ts = 1_000_000_000 + i      # one timestamp per batch, as the sequencer stamps them
         for c, e in zip(batch, ends):
             # the events' orders as they were after the batch (as the publisher sees them live)
-            res.append((seq, 1_000_000_000 + seq, c, out[start:e]))
+            res.append((seq, ts, c, out[start:e]))
             start = e
             seq += 1
         results.append(res)

@@ -546,7 +546,12 @@ class OuchSession(SessionOutbox):
         again while ``replaying`` and the socket takes more)."""
         if self._replay_next and len(self._out) < 65536:
             self._replay()
-        return SessionOutbox.data_to_send(self)
+        out = self._out          # SessionOutbox.data_to_send, here: called twice per order
+        if not out:
+            return b""
+        data = bytes(out)
+        out.clear()
+        return data
 
     def _throttled(self, kind: bytes, payload: bytes, disconnect: bool, now_ns: int) -> None:
         """A packet over the session's message budget: not processed. An Enter or Replace Order is

@@ -533,10 +533,10 @@ class GatewayServer(JournalKeeper, AdminControl):
 
     def after_input(self, slot: Slot) -> None:
         slot.dirty = True
-        cmds = slot.session.take_commands()
-        if cmds:
+        session = slot.session
+        if session._commands:
             now = _clock()
-            for cmd in cmds:
+            for cmd in session.take_commands():
                 self.submit(slot, cmd, now)
         self.flush(only_dirty=True)
         if self.stages is not None:
@@ -582,7 +582,8 @@ class GatewayServer(JournalKeeper, AdminControl):
                     slot.session.mass_cancel_fanout(cmd.cl_ord_id, len(self.partitions))  # type: ignore[union-attr]
         else:
             self.outbox.append((self.order_partition.get(cmd.order_id, 0), rec))  # type: ignore[union-attr]
-        self.count("commands")
+        counters = self.counters
+        counters["commands"] = counters.get("commands", 0) + 1
 
     def local_reject(self, slot: Slot | None, cmd: Command, reason: int, now: int, text: str = "") -> None:
         ev: Event = (Ev.REJECTED, cmd, reason)
@@ -623,19 +624,20 @@ class GatewayServer(JournalKeeper, AdminControl):
             else:
                 self._publish(box)
         for slot in slots:
-            if slot.session._events:
+            session = slot.session
+            if session._events:
                 self.session_events(slot)
             conn = slot.conn
             if conn is None:
                 continue
-            data = slot.session.data_to_send()
+            data = session.data_to_send()
             if data:
                 conn.write(data)
             # An OUCH login's replay or a FIX resend, a chunk at a time while the socket takes it
             # (resume_writing comes back here): every message in the stores is committed by now.
-            while slot.session.replaying and not conn.write_paused and not conn.closed:
-                conn.write(slot.session.data_to_send())
-            if slot.session.should_close:
+            while session.replaying and not conn.write_paused and not conn.closed:
+                conn.write(session.data_to_send())
+            if session.should_close:
                 conn.close()
 
     def _publish(self, box: list[tuple[int, bytes]]) -> None:

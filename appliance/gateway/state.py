@@ -241,10 +241,10 @@ class JournalKeeper:
             s = slot.session
             store = slot.store
             if slot.kind == "ouch":
-                n = len(s.stream)
-                if n != slot.journaled:
-                    if store is not None:
-                        store.flush()
+                # The session's stream is its store: what it sequenced since the last flush is
+                # pending there, written now, then counted.
+                if store is not None and store.flush():
+                    n = store.count
                     recs.append(ouch_count_record(slot.sid, n))
                     slot.journaled = n
             else:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from typing import Final, Iterable, Iterator
 
-from feeds.moldudp64 import BLOCK_LENGTH_SIZE
+from feeds.moldudp64 import BLOCK_LENGTH, BLOCK_LENGTH_SIZE
 from feeds.store import FILE_HEADER_SIZE, INDEX_ENTRY, FeedStore
 
 __all__ = ["MessageStore", "FixSentStore", "STORE_MODE"]
@@ -34,6 +34,8 @@ STORE_MODE: Final = 0o600           # private to the service's user
 READ_AHEAD: Final = 256             # messages read at once by get() and iteration
 _ENTRY: Final = INDEX_ENTRY.size    # 16
 _MAX_MESSAGE: Final = 0xFFFF
+_BLOCK_LENGTH: Final = BLOCK_LENGTH.pack     # a block's u16 BE length
+_INDEX_ENTRY: Final = INDEX_ENTRY.pack
 
 
 class MessageStore(FeedStore):
@@ -103,6 +105,18 @@ class MessageStore(FeedStore):
         if not pending:
             return 0
         self._pending = []
+        if len(pending) == 1:   # one reply since the last flush (the usual order): the two writes here
+            m = pending[0]
+            off = self.size
+            n = len(m)
+            block = _BLOCK_LENGTH(n) + m
+            entry = _INDEX_ENTRY(self.count + 1, off)
+            if os.pwrite(self._data_fd, block, off) != n + BLOCK_LENGTH_SIZE or \
+                    os.pwrite(self._index_fd, entry, self.count * _ENTRY) != _ENTRY:
+                raise OSError(f"message store {self.data_path}: short write")
+            self.count += 1
+            self.size = off + BLOCK_LENGTH_SIZE + n
+            return 1
         self.append_messages(pending)
         return len(pending)
 
@@ -110,14 +124,6 @@ class MessageStore(FeedStore):
         if not messages:
             return
         off = self.size
-        if len(messages) == 1:   # one reply since the last flush: the same two writes, less work
-            m = messages[0]
-            seq = self.count + 1
-            self._write(self._data_fd, len(m).to_bytes(BLOCK_LENGTH_SIZE, "big") + m, off)
-            self._write(self._index_fd, INDEX_ENTRY.pack(seq, off), self.count * _ENTRY)
-            self.count = seq
-            self.size = off + BLOCK_LENGTH_SIZE + len(m)
-            return
         blocks: list[bytes] = []
         entries: list[bytes] = []
         seq = self.count

@@ -127,6 +127,14 @@ TICK_S: Final = 0.2                        # session timers
 FALLBACK_POLL_S: Final = 0.005             # ring poll when no doorbell rang (a lost wake-up costs this)
 QUIET_S: Final = 0.3                       # at shutdown: events quiet this long -> end the sessions
 CLOSE_LINGER_S: Final = 5.0                # a closed connection's unsent bytes are dropped after this
+# The event kinds the per-event code compares, bound to module globals (catalogue.Ev: a class
+# attribute load, which CPython 3.11 does not specialize).
+EV_ACCEPTED: Final = Ev.ACCEPTED
+EV_EXECUTED: Final = Ev.EXECUTED
+EV_CROSS_EXECUTED: Final = Ev.CROSS_EXECUTED
+EV_CANCELLED: Final = Ev.CANCELLED
+EV_REPLACED: Final = Ev.REPLACED
+EV_REJECTED: Final = Ev.REJECTED
 
 
 
@@ -718,6 +726,7 @@ class GatewayServer(JournalKeeper, AdminControl):
         risk = self.risk
         by_sid = self.by_sid
         now = _clock()
+        top = 0                      # the last command of the partition whose events were handed over
         for seq, ts, events in groups:
             k = events[0][0]
             if k >= C.CTL_POSITION:
@@ -729,18 +738,18 @@ class GatewayServer(JournalKeeper, AdminControl):
             touched: list[Slot] = []
             for ev in events:
                 kind = ev[0]
-                if kind == Ev.ACCEPTED:   # the commonest: one order, its session
+                if kind == EV_ACCEPTED:   # the commonest: one order, its session
                     slot = by_sid.get(ev[1].session)
                     if slot is not None and slot not in touched:
                         touched.append(slot)
                     continue
-                if kind == Ev.EXECUTED or kind == Ev.CROSS_EXECUTED:
+                if kind == EV_EXECUTED or kind == EV_CROSS_EXECUTED:
                     objs: tuple[Any, ...] = (ev[1], ev[2])
-                elif kind == Ev.REPLACED:
+                elif kind == EV_REPLACED:
                     objs = (ev[2],)
                 else:
                     objs = (ev[1],)
-                if kind == Ev.REJECTED and type(ev[1]) in (Halt, Resume, Close):
+                if kind == EV_REJECTED and type(ev[1]) in (Halt, Resume, Close):
                     log(self.name, f"admin {type(ev[1]).__name__} of locate {ev[1].locate} refused: "
                                    f"{R.describe(ev[2])}")
                     if not replay:
@@ -751,14 +760,14 @@ class GatewayServer(JournalKeeper, AdminControl):
                     slot = by_sid.get(o.session)
                     if slot is not None and slot not in touched:
                         touched.append(slot)
-                if kind == Ev.CANCELLED and not ev[3]:
+                if kind == EV_CANCELLED and not ev[3]:
                     self.order_partition.pop(ev[1].order_id, None)
-                elif kind == Ev.EXECUTED or kind == Ev.CROSS_EXECUTED:
+                elif kind == EV_EXECUTED or kind == EV_CROSS_EXECUTED:
                     if not ev[6]:
                         self.order_partition.pop(ev[1].order_id, None)
                     if not ev[8]:
                         self.order_partition.pop(ev[2].order_id, None)
-                elif kind == Ev.REJECTED and type(ev[1]) is NewOrder:
+                elif kind == EV_REJECTED and type(ev[1]) is NewOrder:
                     self.order_partition.pop(ev[1].order_id, None)
             for slot in touched:
                 if replay and seq <= slot.applied.get(pid, 0):
@@ -769,12 +778,13 @@ class GatewayServer(JournalKeeper, AdminControl):
                 else:
                     if replay:
                         for ev in events:
-                            if ev[0] == Ev.ACCEPTED and ev[1].session == slot.sid:
+                            if ev[0] == EV_ACCEPTED and ev[1].session == slot.sid:
                                 adopt_ouch_order(slot.session, ev[1])
                     slot.session.on_events(ts, events)
-            if seq > self.marks.get(pid, 0):
-                self.marks[pid] = seq
-                self._marks_dirty = True
+            top = seq
+        if top > self.marks.get(pid, 0):
+            self.marks[pid] = top
+            self._marks_dirty = True
 
     def _control(self, p: int, k: int, ev: tuple[Any, ...]) -> None:
         if k == C.CTL_POSITION:

@@ -620,9 +620,16 @@ class GatewayServer(JournalKeeper, AdminControl):
         """Journal, rings, sockets: every session, or with ``only_dirty`` those the shell called into
         since they were last flushed (every path that calls into a session marks it, and every
         flush takes every marked one: the journal's MARK never runs ahead of a session's output)."""
-        slots = [sl for sl in self.slots if sl.dirty] if only_dirty else self.slots
-        for slot in slots:
-            slot.dirty = False
+        if only_dirty:
+            slots = []
+            for slot in self.slots:
+                if slot.dirty:
+                    slot.dirty = False
+                    slots.append(slot)
+        else:
+            slots = self.slots
+            for slot in slots:
+                slot.dirty = False
         self.journal(slots)
         if self.outbox:
             box = self.outbox

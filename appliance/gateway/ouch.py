@@ -84,7 +84,6 @@ restarts and holds nothing of the day in memory.
 from __future__ import annotations
 
 import struct
-from collections import deque
 from typing import Any, Final, Iterable, Mapping, Sequence
 
 from appliance import reasons as R
@@ -311,7 +310,7 @@ class _Order:
         self.decremented = 0      # shares taken by self-match prevention (DC) while it lived on
         self.ref = 0
         self.done = False
-        self.pending: deque[_Request] = deque()
+        self.pending: list[_Request] = []   # requests in flight, oldest first (rarely more than one)
 
 
 class OuchSession(SessionOutbox):

@@ -243,13 +243,14 @@ class JournalKeeper:
             if slot.kind == "ouch":
                 # The session's stream is its store: what it sequenced since the last flush is
                 # pending there, written now, then counted.
-                if store is not None and store.flush():
+                if store is not None and store.pending:
+                    store.flush()
                     n = store.count
                     recs.append(ouch_count_record(slot.sid, n))
                     slot.journaled = n
             else:
                 st = s.state
-                if store is not None:
+                if store is not None and store.pending:
                     store.flush()
                 if st.dirty or slot.jseqs is None:
                     slot.jseqs = fix_increments(slot.sid, st, slot.jseqs, recs)

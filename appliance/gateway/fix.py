@@ -189,18 +189,21 @@ _CLOSED: Final = 4
 _EPOCH: Final = datetime.datetime(1970, 1, 1)
 
 
-_last_second: list[Any] = [None, ""]   # (second, its "YYYYMMDD-HH:MM:SS"): the last one formatted
+# second -> its "YYYYMMDD-HH:MM:SS", for the last few seconds formatted: an execution report carries
+# two clocks (SendingTime: the gateway's; TransactTime: the sequencer's), which need not share a
+# second, so one remembered second would be formatted again at almost every message.
+_seconds: dict[int, str] = {}
+_SECONDS_KEPT: Final = 8
 
 
 def utc_timestamp(ns: int) -> str:
     """FIX UTCTimestamp with milliseconds: 20240131-14:05:09.123 (integer arithmetic only)."""
-    ms = ns // 1_000_000
-    sec, milli = divmod(ms, 1000)
-    cached = _last_second
-    if cached[0] != sec:   # the date and time of day are formatted once a second
-        cached[1] = (_EPOCH + datetime.timedelta(seconds=sec)).strftime("%Y%m%d-%H:%M:%S")
-        cached[0] = sec
-    day_and_time: str = cached[1]
+    sec, milli = divmod(ns // 1_000_000, 1000)
+    day_and_time = _seconds.get(sec)
+    if day_and_time is None:   # the date and time of day are formatted once a second per clock
+        if len(_seconds) >= _SECONDS_KEPT:
+            _seconds.clear()
+        day_and_time = _seconds[sec] = (_EPOCH + datetime.timedelta(seconds=sec)).strftime("%Y%m%d-%H:%M:%S")
     return day_and_time + ".%03d" % milli
 
 

@@ -99,7 +99,7 @@ _TAG_EQ: dict[int, bytes] = {}   # tag -> b"tag=" (the tags this process has wri
 def encode(msg_type: str, fields: Iterable[tuple[int, str | bytes | int]],
            begin_string: bytes = BEGIN_STRING) -> bytes:
     """A complete message: 8, 9 (computed), 35, ``fields`` in order, 10 (computed)."""
-    parts = [b"35=", msg_type.encode("latin-1"), SOH]
+    parts = [b"35=" + msg_type.encode("latin-1")]   # each "tag=value"; SOH joins them
     append = parts.append
     tags = _TAG_EQ
     for tag, v in fields:
@@ -110,21 +110,19 @@ def encode(msg_type: str, fields: Iterable[tuple[int, str | bytes | int]],
                 tags[tag] = t
         tv = type(v)
         raw: bytes
-        if tv is bytes:
-            raw = cast(bytes, v)
-        elif tv is str:
+        if tv is str:
             raw = cast(str, v).encode("latin-1")
+        elif tv is bytes:
+            raw = cast(bytes, v)
         else:
             raw = _value(v)
         if not raw or SOH in raw:
             raise ValueError(f"FIX: value {raw!r} is empty or contains SOH")
-        append(t)
-        append(raw)
-        append(SOH)
-    body = b"".join(parts)
-    head = b"8=" + begin_string + SOH + b"9=" + str(len(body)).encode("ascii") + SOH
-    msg = head + body
-    return msg + b"10=" + b"%03d" % checksum(msg) + SOH
+        append(t + raw)
+    append(b"")                                       # the SOH that ends the last field
+    body = SOH.join(parts)
+    msg = b"8=%s\x019=%d\x01%s" % (begin_string, len(body), body)
+    return msg + b"10=%03d\x01" % (sum(msg) & 0xFF)
 
 
 def _parse_body(raw: bytes, start: int, end: int) -> FixMessage:

@@ -74,6 +74,7 @@ filter.
 from __future__ import annotations
 
 import datetime
+import operator
 import re
 from collections import deque
 from dataclasses import dataclass
@@ -283,20 +284,21 @@ class FixOrder:
         self.done = False
         self.status = "A"            # OrdStatus; "A" pending new until accepted
         self.account = account
-        self.pending: deque[tuple[str, str, str]] = deque()   # (kind, ClOrdID, OrigClOrdID)
+        self.pending: list[tuple[str, str, str]] = []   # (kind, ClOrdID, OrigClOrdID), oldest first
 
     def to_list(self) -> list[Any]:
-        return [getattr(self, f) for f in self.FIELDS]
+        return list(_FIX_ORDER_VALUES(self))
 
     @classmethod
     def from_list(cls, values: Sequence[Any]) -> FixOrder:
         o = cls.__new__(cls)
         for f, v in zip(cls.FIELDS, values):
             setattr(o, f, v)
-        o.pending = deque()
+        o.pending = []
         return o
 
 
+_FIX_ORDER_VALUES: Final = operator.attrgetter(*FixOrder.FIELDS)   # FixOrder -> its FIELDS' values
 _EVICT_PER_ADD: Final = 4   # oldest ClOrdIDs looked at per new one (live ones go to the back)
 
 

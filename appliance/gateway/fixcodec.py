@@ -18,7 +18,7 @@ Data fields (RawData 96, Signature 89, XmlData 213 ...) that may contain SOH are
 """
 from __future__ import annotations
 
-from typing import Final, Iterable, NamedTuple, cast
+from typing import Final, Iterable, NamedTuple
 
 __all__ = [
     "SOH", "BEGIN_STRING", "FixFramingError", "FixMessage", "Garbled", "FixParser", "encode",
@@ -57,10 +57,8 @@ class FixMessage:
         self.fields = fields
         self.raw = raw
         self.error = error
-        index: dict[int, bytes] = {}
-        for tag, value in fields:
-            index.setdefault(tag, value)
-        self._index = index
+        # tag -> its first value: built from the last field to the first, so the first one stays
+        self._index: dict[int, bytes] = dict(reversed(fields))
 
     @property
     def msg_type(self) -> str | None:
@@ -111,9 +109,11 @@ def encode(msg_type: str, fields: Iterable[tuple[int, str | bytes | int]],
         tv = type(v)
         raw: bytes
         if tv is str:
-            raw = cast(str, v).encode("latin-1")
+            raw = v.encode("latin-1")  # type: ignore[union-attr]
+        elif tv is int:
+            raw = b"%d" % v
         elif tv is bytes:
-            raw = cast(bytes, v)
+            raw = v  # type: ignore[assignment]
         else:
             raw = _value(v)
         if not raw or SOH in raw:

@@ -18,6 +18,7 @@ Data fields (RawData 96, Signature 89, XmlData 213 ...) that may contain SOH are
 """
 from __future__ import annotations
 
+import re
 from typing import Final, Iterable, NamedTuple
 
 __all__ = [
@@ -125,9 +126,22 @@ def encode(msg_type: str, fields: Iterable[tuple[int, str | bytes | int]],
     return msg + b"10=%03d\x01" % (sum(msg) & 0xFF)
 
 
+# A body every field of which is well formed: a tag number not starting with 0, '=', a value
+# without SOH of at least one byte, SOH (the usual message: split by one findall, no per-field checks).
+_WELL_FORMED: Final = re.compile(rb"(?:[1-9][0-9]*=[^\x01]+\x01)+")
+_FIELD: Final = re.compile(rb"([0-9]+)=([^\x01]*)\x01")
+
+
 def _parse_body(raw: bytes, start: int, end: int) -> FixMessage:
     """Split the body raw[start:end] (which ends with SOH) into fields."""
-    fields: list[tuple[int, bytes]] = []
+    fields: list[tuple[int, bytes]]
+    if _WELL_FORMED.fullmatch(raw, start, end):
+        fields = [(int(tag), value) for tag, value in _FIELD.findall(raw, start, end)]
+        if fields[0][0] == 35:
+            return FixMessage(fields, raw, None)
+        return FixMessage(fields, raw, (_TAG_OUT_OF_ORDER, 35, "MsgType (35) must be the third field") if any(
+            t == 35 for t, _ in fields) else (_REQUIRED_TAG_MISSING, 35, "MsgType (35) missing"))
+    fields = []
     error: tuple[int, int, str] | None = None
     for part in raw[start:end - 1].split(SOH):
         eq = part.find(b"=")

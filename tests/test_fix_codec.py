@@ -161,3 +161,22 @@ def test_well_formed_and_malformed_bodies_split_by_the_same_rules() -> None:
             assert m.get(tag) == next(v for t, v in fields if t == tag).decode("latin-1")
         well_formed += error is None
     assert well_formed > 50
+
+
+def test_reads_of_whole_messages_and_tails_keep_the_stream_offset() -> None:
+    """A read taken straight from its bytes (nothing held back) and one appended to a held tail:
+    same messages, only the incomplete tail kept, and a lost framing reported at its stream offset."""
+    one = simple("0", PAIRS[:4])
+    two = simple("D", PAIRS)
+    p = FixParser()
+    assert [m.msg_type for m in p.feed(one) if isinstance(m, FixMessage)] == ["0"]
+    assert p.buffered == 0
+    got = p.feed(two + one[:10])                 # a whole message and the start of the next
+    assert [m.msg_type for m in got if isinstance(m, FixMessage)] == ["D"] and p.buffered == 10
+    got = p.feed(one[10:] + one)                 # the tail completed, then one more whole
+    assert [m.msg_type for m in got if isinstance(m, FixMessage)] == ["0", "0"] and p.buffered == 0
+    at = 3 * len(one) + len(two)
+    got = p.feed(one + b"8=FIX.4.2\x01")          # a message, then not FIX
+    assert len(got) == 1 and p.error is not None
+    assert f"stream offset {at + len(one)}:" in p.error
+    assert p.buffered == len(b"8=FIX.4.2\x01")

@@ -179,8 +179,9 @@ class FixParser:
     def buffered(self) -> int:
         return len(self._buf)
 
-    def _fail(self, text: str) -> FixFramingError:
-        self._error = f"FIX framing lost at stream offset {self._offset}: {text}"
+    def _fail(self, text: str, at: int = 0) -> FixFramingError:
+        """``at``: bytes of the stream taken since ``_offset`` (where the lost message starts)."""
+        self._error = f"FIX framing lost at stream offset {self._offset + at}: {text}"
         return FixFramingError(self._error)
 
     def feed(self, data: bytes, limit: int = 0) -> list[FixMessage | Garbled]:
@@ -206,40 +207,54 @@ class FixParser:
 
     def _split(self, data: bytes, limit: int, out: list[FixMessage | Garbled]) -> None:
         buf = self._buf
-        buf += data
+        # Nothing held back and a bytes chunk (a socket read): messages are cut from the chunk
+        # itself; only an incomplete tail (or, framing lost, the rest) is kept.
+        direct = not buf and type(data) is bytes
+        src: bytes | bytearray = data if direct else buf
+        if not direct:
+            buf += data
         prefix = self._prefix
         plen = len(prefix)
-        while buf and not (limit and len(out) >= limit):
-            n = min(len(buf), plen)
-            if buf[:n] != prefix[:n]:
-                raise self._fail(f"expected {prefix.decode()!r}, got {bytes(buf[:n])!r}")
-            if len(buf) <= plen:
-                break
-            end9 = buf.find(SOH, plen, plen + 8)
-            if end9 < 0:
-                if len(buf) >= plen + 8:
-                    raise self._fail("BodyLength (9) is not a number of at most 7 digits")
-                break
-            digits = bytes(buf[plen:end9])
-            if not digits.isdigit():
-                raise self._fail(f"BodyLength (9) {digits!r} is not a number")
-            length = int(digits)
-            if length > self.max_body_length:
-                raise self._fail(f"BodyLength {length} exceeds {self.max_body_length}")
-            body_start = end9 + 1
-            body_end = body_start + length
-            total = body_end + 7
-            if len(buf) < total:
-                break
-            trailer = bytes(buf[body_end:total])
-            if trailer[:3] != b"10=" or not trailer[3:6].isdigit() or trailer[6:] != SOH:
-                raise self._fail(f"CheckSum (10) is not where BodyLength {length} puts it: {trailer!r}")
-            raw = bytes(buf[:total])
-            del buf[:total]
-            self._offset += total
-            if checksum(raw[:body_end]) != int(trailer[3:6]):
-                out.append(Garbled(f"CheckSum {int(trailer[3:6])} != computed {checksum(raw[:body_end])}", raw))
-            elif length == 0 or raw[body_end - 1:body_end] != SOH:
-                out.append(Garbled("the body does not end with SOH", raw))
-            else:
-                out.append(_parse_body(raw, body_start, body_end))
+        size = len(src)
+        pos = 0                      # start of the next message in src
+        try:
+            while pos < size and not (limit and len(out) >= limit):
+                n = min(size - pos, plen)
+                if src[pos:pos + n] != prefix[:n]:
+                    raise self._fail(f"expected {prefix.decode()!r}, got {bytes(src[pos:pos + n])!r}", pos)
+                if size - pos <= plen:
+                    break
+                end9 = src.find(SOH, pos + plen, pos + plen + 8)
+                if end9 < 0:
+                    if size - pos >= plen + 8:
+                        raise self._fail("BodyLength (9) is not a number of at most 7 digits", pos)
+                    break
+                digits = bytes(src[pos + plen:end9])
+                if not digits.isdigit():
+                    raise self._fail(f"BodyLength (9) {digits!r} is not a number", pos)
+                length = int(digits)
+                if length > self.max_body_length:
+                    raise self._fail(f"BodyLength {length} exceeds {self.max_body_length}", pos)
+                body_start = end9 + 1 - pos      # from here on, offsets within the message
+                body_end = body_start + length
+                total = body_end + 7
+                if size - pos < total:
+                    break
+                raw = bytes(src[pos:pos + total])
+                trailer = raw[body_end:]
+                if trailer[:3] != b"10=" or not trailer[3:6].isdigit() or trailer[6:] != SOH:
+                    raise self._fail(f"CheckSum (10) is not where BodyLength {length} puts it: {trailer!r}", pos)
+                pos += total
+                if checksum(raw[:body_end]) != int(trailer[3:6]):
+                    out.append(Garbled(f"CheckSum {int(trailer[3:6])} != computed {checksum(raw[:body_end])}", raw))
+                elif length == 0 or raw[body_end - 1:body_end] != SOH:
+                    out.append(Garbled("the body does not end with SOH", raw))
+                else:
+                    out.append(_parse_body(raw, body_start, body_end))
+        finally:   # what was taken leaves the buffer; the rest (a tail, or the lost framing) stays
+            if direct:
+                if pos < size:
+                    buf += src[pos:]
+            elif pos:
+                del buf[:pos]
+            self._offset += pos

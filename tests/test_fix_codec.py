@@ -180,3 +180,24 @@ def test_reads_of_whole_messages_and_tails_keep_the_stream_offset() -> None:
     assert len(got) == 1 and p.error is not None
     assert f"stream offset {at + len(one)}:" in p.error
     assert p.buffered == len(b"8=FIX.4.2\x01")
+
+
+def test_encode_as_text_and_field_by_field_agree() -> None:
+    """The usual message is formatted as text at once; a value that is empty, holds SOH, ends
+    with '=' or is not str/int goes field by field: same bytes, or the same refusal."""
+    from appliance.gateway.fixcodec import _encode_fields
+    values: list[str | bytes | int] = ["ALFA", "150.25", "a=", "==x", "é", b"raw", 0, -5, 12345678901234, True]
+    rnd = random.Random(17)
+    for _ in range(2000):
+        fields = [(rnd.choice([11, 38, 44, 58, 9999]), rnd.choice(values)) for _ in range(rnd.randrange(0, 8))]
+        body = b"35=8\x01" + _encode_fields(fields)
+        head = b"8=FIX.4.4\x019=%d\x01" % len(body)
+        assert encode("8", fields) == head + body + b"10=%03d\x01" % checksum(head + body)
+        assert encode("8", iter(fields)) == encode("8", fields)
+    assert b"\x0158=a=\x01" in encode("8", [(58, "a=")])
+    assert b"\x0143=True\x01" in encode("8", [(43, True)])      # not an int: str(value), as before
+    for bad in ("", "a\x01b", b"", b"\x01"):
+        with pytest.raises(ValueError, match="empty or contains SOH"):
+            encode("8", [(11, "ok"), (58, bad)])
+    with pytest.raises(UnicodeEncodeError):
+        encode("8", [(58, "€")])

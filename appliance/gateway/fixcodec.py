@@ -95,10 +95,38 @@ def _value(v: str | bytes | int) -> bytes:
 _TAG_EQ: dict[int, bytes] = {}   # tag -> b"tag=" (the tags this process has written)
 
 
+_TEXT_TYPES: Final = (str, int)   # values the usual message carries (bool, bytes and the rest: field by field)
+
+
 def encode(msg_type: str, fields: Iterable[tuple[int, str | bytes | int]],
            begin_string: bytes = BEGIN_STRING) -> bytes:
     """A complete message: 8, 9 (computed), 35, ``fields`` in order, 10 (computed)."""
-    parts = [b"35=" + msg_type.encode("latin-1")]   # each "tag=value"; SOH joins them
+    if type(fields) is not list:
+        fields = list(fields)
+    # The usual message (int tags; str and int values) is formatted as text in one pass and checked
+    # as a whole: one SOH per field (none inside a value) and no "=" right before an SOH (an empty
+    # value; a value that ends with "=" takes the field-by-field path, which accepts it). Anything
+    # else, or text that is not latin-1, is encoded field by field, which says what is wrong.
+    parts = [f"{tag}={v}\x01" if type(v) in _TEXT_TYPES and type(tag) is int else None  # type: ignore[str-bytes-safe]
+             for tag, v in fields]
+    body: bytes | None = None
+    if None not in parts:
+        text = "".join(parts)  # type: ignore[arg-type]
+        if text.count("\x01") == len(parts) and "=\x01" not in text:
+            try:
+                body = text.encode("latin-1")
+            except UnicodeEncodeError:
+                pass
+    if body is None:
+        body = _encode_fields(fields)
+    body = b"35=" + msg_type.encode("latin-1") + SOH + body
+    msg = b"8=%s\x019=%d\x01%s" % (begin_string, len(body), body)
+    return msg + b"10=%03d\x01" % (sum(msg) & 0xFF)
+
+
+def _encode_fields(fields: Iterable[tuple[int, str | bytes | int]]) -> bytes:
+    """``tag=value SOH`` for each field; ValueError on an empty value or one holding SOH."""
+    parts: list[bytes] = []
     append = parts.append
     tags = _TAG_EQ
     for tag, v in fields:
@@ -112,7 +140,7 @@ def encode(msg_type: str, fields: Iterable[tuple[int, str | bytes | int]],
         if tv is str:
             raw = v.encode("latin-1")  # type: ignore[union-attr]
         elif tv is int:
-            raw = b"%d" % v
+            raw = b"%d" % v  # type: ignore[str-format]
         elif tv is bytes:
             raw = v  # type: ignore[assignment]
         else:
@@ -121,9 +149,7 @@ def encode(msg_type: str, fields: Iterable[tuple[int, str | bytes | int]],
             raise ValueError(f"FIX: value {raw!r} is empty or contains SOH")
         append(t + raw)
     append(b"")                                       # the SOH that ends the last field
-    body = SOH.join(parts)
-    msg = b"8=%s\x019=%d\x01%s" % (begin_string, len(body), body)
-    return msg + b"10=%03d\x01" % (sum(msg) & 0xFF)
+    return SOH.join(parts)
 
 
 # A body every field of which is well formed: a tag number not starting with 0, '=', a value

@@ -502,13 +502,22 @@ class EventDecoder:
     def feed(self, records: Iterable[bytes]) -> list[Group]:
         groups: list[Group] = []
         events = self._partial
+        orders = self.orders
+        first_seq = self._partial_seq     # of the command whose events are in ``events``
+        first_ts = self._partial_ts
+        n = 0
         for rec in records:
-            self.records += 1
+            n += 1
             flag = rec[0]
             k = flag & KIND_MASK
-            if k == EV_ACCEPTED:   # the commonest record first
+            if k == EV_ACCEPTED:   # the commonest record first: _order, inline
                 (_, seq, ts, oid, ref, ses, firm, loc, side, ot, tif, px, spx, qty, cl) = _ACC.unpack(rec)
-                o = self._order(oid, ref, ses, firm, loc, side, ot, tif, px, spx)
+                o = orders.get(oid)
+                if o is None or o.ref != ref:
+                    o = NewOrder(oid, loc, side, 0, px, ot, tif, spx, firm, ses)
+                    o.ref = ref
+                    if self.firms is None or firm in self.firms:
+                        orders[oid] = o
                 o.qty = o.leaves = qty
                 o.filled = 0
                 o.cl_ord_id = cl.rstrip(b" \x00").decode("ascii", "replace")
@@ -604,11 +613,14 @@ class EventDecoder:
             else:
                 raise ValueError(f"ring: event record kind {k} unknown")
             if not events:
-                self._partial_seq = seq
-                self._partial_ts = ts
+                first_seq = seq
+                first_ts = ts
             events.append(ev)
             if flag & LAST:
-                groups.append((self._partial_seq, self._partial_ts, events))
+                groups.append((first_seq, first_ts, events))
                 events = []
         self._partial = events
+        self._partial_seq = first_seq
+        self._partial_ts = first_ts
+        self.records += n
         return groups

@@ -31,7 +31,7 @@ since midnight.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Final, NamedTuple, Sequence
 
 from feeds.layout import U16, U32, U64, I64, Alpha8, Alpha14, Buffer, Char, Msg
 
@@ -269,6 +269,9 @@ def parse_appendage(buf: Buffer) -> list[Option]:
     return out
 
 
+_TYPE_BYTE: Final = tuple(bytes((i,)) for i in range(256))   # a type byte's value -> the table's key
+
+
 def decode(buf: Buffer, table: dict[bytes, Msg[Any]]) -> tuple[Any, list[Option]]:
     """Decode one OUCH message (type byte first) using ``table`` (INBOUND or OUTBOUND).
 
@@ -277,7 +280,7 @@ def decode(buf: Buffer, table: dict[bytes, Msg[Any]]) -> tuple[Any, list[Option]
     """
     if not buf:
         raise ValueError("OUCH: empty message")
-    layout = table.get(bytes(buf[:1]))
+    layout = table.get(_TYPE_BYTE[buf[0]])
     if layout is None:
         raise ValueError(f"OUCH: unknown message type {bytes(buf[:1])!r}")
     size = layout.size

@@ -304,6 +304,14 @@ class FrameParser:
         # Nothing held back and a bytes chunk (a socket read): packets are cut from the chunk itself
         # (one copy each); only an incomplete tail is kept.
         direct = not buf and type(data) is bytes
+        if direct:
+            size = len(data)
+            if size > LENGTH_SIZE:
+                length = (data[0] << 8) | data[1]
+                if length + LENGTH_SIZE == size and length <= self.max_length:
+                    # Exactly one whole packet (a client's usual write): no loop, nothing kept.
+                    self._offset += size
+                    return [_new_packet(SoupPacket, (_ONE_BYTE[data[LENGTH_SIZE]], data[HEAD_SIZE:]))]
         src: Buffer = data if direct else buf
         if not direct:
             buf += data

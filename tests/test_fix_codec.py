@@ -119,3 +119,85 @@ def test_messages_before_lost_framing_are_returned_then_the_parser_stays_failed(
         FixParser().feed(b"garbage garbage")
     # limit: the first message only, the rest unexamined
     assert len(FixParser().feed(good + b"junk junk junk", limit=1)) == 1
+
+
+def _framed(body: bytes) -> bytes:
+    msg = b"8=FIX.4.4\x019=%d\x01" % len(body) + body
+    return msg + b"10=%03d\x01" % checksum(msg)
+
+
+def _fields_one_by_one(body: bytes) -> tuple[list[tuple[int, bytes]], tuple[int, int, str] | None]:
+    """The parser's field rules, applied field by field (the reference for any body)."""
+    fields: list[tuple[int, bytes]] = []
+    error: tuple[int, int, str] | None = None
+    for part in body[:-1].split(b"\x01"):
+        tag_text, eq, value = part.partition(b"=")
+        if not eq or not tag_text or not tag_text.isdigit() or tag_text.startswith(b"0"):
+            error = error or (0, 0, f"field {part[:40]!r} has no valid tag number")
+            continue
+        if not value:
+            error = error or (4, int(tag_text), f"tag {int(tag_text)} has no value")
+        fields.append((int(tag_text), value))
+    if error is None and (not fields or fields[0][0] != 35):
+        error = ((14, 35, "MsgType (35) must be the third field") if any(t == 35 for t, _ in fields)
+                 else (1, 35, "MsgType (35) missing"))
+    return fields, error
+
+
+def test_well_formed_and_malformed_bodies_split_by_the_same_rules() -> None:
+    """A well-formed body is split in one pass, any other field by field: both give the fields in
+    wire order (a value may hold '='), the first value of a repeated tag, and the first error."""
+    pieces = [b"35=D", b"35=8", b"11=ORD-1", b"58=a=b", b"44=150.10", b"9999=v", b"55=\xe9", b"0=x",
+              b"01=x", b"=x", b"x=1", b"44=", b"1\xb2=3", b"abc", b"", b"11=again"]
+    rnd = random.Random(11)
+    well_formed = 0
+    for _ in range(3000):
+        body = b"\x01".join(rnd.choice(pieces) for _ in range(rnd.randrange(1, 7))) + b"\x01"
+        (m,) = FixParser().feed(_framed(body))
+        assert isinstance(m, FixMessage)
+        fields, error = _fields_one_by_one(body)
+        assert (m.fields, m.error) == (fields, error), body
+        for tag, value in fields:
+            assert m.get(tag) == next(v for t, v in fields if t == tag).decode("latin-1")
+        well_formed += error is None
+    assert well_formed > 50
+
+
+def test_reads_of_whole_messages_and_tails_keep_the_stream_offset() -> None:
+    """A read taken straight from its bytes (nothing held back) and one appended to a held tail:
+    same messages, only the incomplete tail kept, and a lost framing reported at its stream offset."""
+    one = simple("0", PAIRS[:4])
+    two = simple("D", PAIRS)
+    p = FixParser()
+    assert [m.msg_type for m in p.feed(one) if isinstance(m, FixMessage)] == ["0"]
+    assert p.buffered == 0
+    got = p.feed(two + one[:10])                 # a whole message and the start of the next
+    assert [m.msg_type for m in got if isinstance(m, FixMessage)] == ["D"] and p.buffered == 10
+    got = p.feed(one[10:] + one)                 # the tail completed, then one more whole
+    assert [m.msg_type for m in got if isinstance(m, FixMessage)] == ["0", "0"] and p.buffered == 0
+    at = 3 * len(one) + len(two)
+    got = p.feed(one + b"8=FIX.4.2\x01")          # a message, then not FIX
+    assert len(got) == 1 and p.error is not None
+    assert f"stream offset {at + len(one)}:" in p.error
+    assert p.buffered == len(b"8=FIX.4.2\x01")
+
+
+def test_encode_as_text_and_field_by_field_agree() -> None:
+    """The usual message is formatted as text at once; a value that is empty, holds SOH, ends
+    with '=' or is not str/int goes field by field: same bytes, or the same refusal."""
+    from appliance.gateway.fixcodec import _encode_fields
+    values: list[str | bytes | int] = ["ALFA", "150.25", "a=", "==x", "é", b"raw", 0, -5, 12345678901234, True]
+    rnd = random.Random(17)
+    for _ in range(2000):
+        fields = [(rnd.choice([11, 38, 44, 58, 9999]), rnd.choice(values)) for _ in range(rnd.randrange(0, 8))]
+        body = b"35=8\x01" + _encode_fields(fields)
+        head = b"8=FIX.4.4\x019=%d\x01" % len(body)
+        assert encode("8", fields) == head + body + b"10=%03d\x01" % checksum(head + body)
+        assert encode("8", iter(fields)) == encode("8", fields)
+    assert b"\x0158=a=\x01" in encode("8", [(58, "a=")])
+    assert b"\x0143=True\x01" in encode("8", [(43, True)])      # not an int: str(value), as before
+    for bad in ("", "a\x01b", b"", b"\x01"):
+        with pytest.raises(ValueError, match="empty or contains SOH"):
+            encode("8", [(11, "ok"), (58, bad)])
+    with pytest.raises(UnicodeEncodeError):
+        encode("8", [(58, "€")])

@@ -653,6 +653,20 @@ def test_utc_timestamp() -> None:
     assert fix.utc_timestamp(0) == "19700101-00:00:00.000"
 
 
+def test_utc_timestamp_of_two_clocks_and_many_seconds() -> None:
+    """A report's SendingTime and TransactTime come from two clocks: alternating between their
+    seconds, and across more seconds than are remembered, every text is the formatted one."""
+    import datetime
+    epoch = datetime.datetime(1970, 1, 1)
+    other = 1_000_000_000_000_000_000          # 2001-09-09T01:46:40Z
+    for i in range(40):
+        for ns in (T0 + i * 1_000_000_007, other + i * 999_999_937):
+            sec, milli = divmod(ns // 1_000_000, 1000)
+            want = (epoch + datetime.timedelta(seconds=sec)).strftime("%Y%m%d-%H:%M:%S") + ".%03d" % milli
+            assert fix.utc_timestamp(ns) == want
+    assert fix.utc_timestamp(other) == "20010909-01:46:40.000"
+
+
 
 def test_reports_wait_for_the_logon(venue: Venue, client: Client, session: fix.FixSession) -> None:
     venue.send(session, client.order("O1", side="2", price="150.00"))

@@ -178,6 +178,22 @@ def test_max_length_is_enforced_as_soon_as_the_length_arrives() -> None:
             FrameParser(max_length=bad)
 
 
+def test_one_whole_packet_per_read_takes_the_same_rules_as_a_stream() -> None:
+    """A read that is exactly one packet (a client's usual write) is cut without the loop: the
+    same packet, nothing held back, the stream offset moved, and a length over max_length in such a
+    read refused as in a stream."""
+    parser = FrameParser(max_length=10)
+    data = soup.encode_unsequenced_data(b"O" * 9)
+    packets = parser.feed(data)
+    assert packets == [SoupPacket(b"U", b"O" * 9)] and type(packets[0].payload) is bytes
+    assert parser.buffered == 0
+    assert parser.feed(soup.encode_client_heartbeat()) == [SoupPacket(b"R", b"")]
+    with pytest.raises(ValueError, match="stream offset 15 exceeds the maximum 10"):
+        parser.feed(soup.encode_unsequenced_data(b"O" * 10))    # length 11, whole in one read
+    with pytest.raises(ValueError):
+        parser.feed(soup.encode_client_heartbeat())             # failed for good
+
+
 def test_close_reports_a_packet_cut_by_the_end_of_the_stream() -> None:
     parser = FrameParser()
     parser.feed(b"\x00\x05Sab")

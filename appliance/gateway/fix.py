@@ -74,6 +74,7 @@ filter.
 from __future__ import annotations
 
 import datetime
+import operator
 import re
 from collections import deque
 from dataclasses import dataclass
@@ -189,18 +190,21 @@ _CLOSED: Final = 4
 _EPOCH: Final = datetime.datetime(1970, 1, 1)
 
 
-_last_second: list[Any] = [None, ""]   # (second, its "YYYYMMDD-HH:MM:SS"): the last one formatted
+# second -> its "YYYYMMDD-HH:MM:SS", for the last few seconds formatted: an execution report carries
+# two clocks (SendingTime: the gateway's; TransactTime: the sequencer's), which need not share a
+# second, so one remembered second would be formatted again at almost every message.
+_seconds: dict[int, str] = {}
+_SECONDS_KEPT: Final = 8
 
 
 def utc_timestamp(ns: int) -> str:
     """FIX UTCTimestamp with milliseconds: 20240131-14:05:09.123 (integer arithmetic only)."""
-    ms = ns // 1_000_000
-    sec, milli = divmod(ms, 1000)
-    cached = _last_second
-    if cached[0] != sec:   # the date and time of day are formatted once a second
-        cached[1] = (_EPOCH + datetime.timedelta(seconds=sec)).strftime("%Y%m%d-%H:%M:%S")
-        cached[0] = sec
-    day_and_time: str = cached[1]
+    sec, milli = divmod(ns // 1_000_000, 1000)
+    day_and_time = _seconds.get(sec)
+    if day_and_time is None:   # the date and time of day are formatted once a second per clock
+        if len(_seconds) >= _SECONDS_KEPT:
+            _seconds.clear()
+        day_and_time = _seconds[sec] = (_EPOCH + datetime.timedelta(seconds=sec)).strftime("%Y%m%d-%H:%M:%S")
     return day_and_time + ".%03d" % milli
 
 
@@ -280,20 +284,21 @@ class FixOrder:
         self.done = False
         self.status = "A"            # OrdStatus; "A" pending new until accepted
         self.account = account
-        self.pending: deque[tuple[str, str, str]] = deque()   # (kind, ClOrdID, OrigClOrdID)
+        self.pending: list[tuple[str, str, str]] = []   # (kind, ClOrdID, OrigClOrdID), oldest first
 
     def to_list(self) -> list[Any]:
-        return [getattr(self, f) for f in self.FIELDS]
+        return list(_FIX_ORDER_VALUES(self))
 
     @classmethod
     def from_list(cls, values: Sequence[Any]) -> FixOrder:
         o = cls.__new__(cls)
         for f, v in zip(cls.FIELDS, values):
             setattr(o, f, v)
-        o.pending = deque()
+        o.pending = []
         return o
 
 
+_FIX_ORDER_VALUES: Final = operator.attrgetter(*FixOrder.FIELDS)   # FixOrder -> its FIELDS' values
 _EVICT_PER_ADD: Final = 4   # oldest ClOrdIDs looked at per new one (live ones go to the back)
 
 

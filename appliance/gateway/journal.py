@@ -64,20 +64,29 @@ _order_json: Final = msgspec.json.Encoder().encode
 _order_values: Final = msgspec.json.Decoder(list[Any]).decode   # a FixOrder.to_list() array
 
 
+# crc32 of each record type's byte: a record's crc continues from it over the payload, so that
+# type + payload need not be concatenated first (crc32(b, crc32(a)) == crc32(a + b)).
+_TYPE_CRC: Final = [_crc(bytes((t,))) for t in range(256)]
+_MARK_ONE: Final = struct.Struct("<BBQ")      # a MARK's payload with one partition: 1, (id, seq)
+_MARK_ONE_SIZE: Final = _JHEAD.size + _MARK_ONE.size
+_OUCH_COUNT_SIZE: Final = _JHEAD.size + _SID_U64.size
+
+
 def journal_record(rtype: int, payload: bytes) -> bytes:
-    body = bytes((rtype,)) + payload
-    return _JHEAD.pack(8 + len(body), _crc(body), rtype) + payload
+    return _JHEAD.pack(_JHEAD.size + len(payload), _crc(payload, _TYPE_CRC[rtype]), rtype) + payload
 
 
 def mark_record(marks: dict[int, int]) -> bytes:
     if len(marks) == 1:   # one partition (written at every flush that moves it)
         for p, s in marks.items():
-            return journal_record(J_MARK, b"\x01" + _MARK.pack(p, s))
+            payload = _MARK_ONE.pack(1, p, s)
+            return _JHEAD.pack(_MARK_ONE_SIZE, _crc(payload, _TYPE_CRC[J_MARK]), J_MARK) + payload
     return journal_record(J_MARK, bytes((len(marks),)) + b"".join([_MARK.pack(p, s) for p, s in sorted(marks.items())]))
 
 
 def ouch_count_record(sid: int, count: int) -> bytes:
-    return journal_record(J_OUCH_COUNT, _SID_U64.pack(sid, count))
+    payload = _SID_U64.pack(sid, count)
+    return _JHEAD.pack(_OUCH_COUNT_SIZE, _crc(payload, _TYPE_CRC[J_OUCH_COUNT]), J_OUCH_COUNT) + payload
 
 
 def _seqs(st: FixSessionState) -> tuple[int, int, int, int]:

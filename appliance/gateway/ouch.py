@@ -84,7 +84,6 @@ restarts and holds nothing of the day in memory.
 from __future__ import annotations
 
 import struct
-from collections import deque
 from typing import Any, Final, Iterable, Mapping, Sequence
 
 from appliance import reasons as R
@@ -114,6 +113,14 @@ HEARTBEAT_INTERVAL_NS: Final = 1_000_000_000
 #: the socket drains, so a replay of the whole day never sits in memory at once.
 REPLAY_CHUNK: Final = 1024
 CLIENT_TIMEOUT_NS: Final = 15_000_000_000
+# The event kinds the per-event code compares, bound to module globals (catalogue.Ev: a class
+# attribute load, which CPython 3.11 does not specialize).
+EV_ACCEPTED: Final = Ev.ACCEPTED
+EV_EXECUTED: Final = Ev.EXECUTED
+EV_CROSS_EXECUTED: Final = Ev.CROSS_EXECUTED
+EV_CANCELLED: Final = Ev.CANCELLED
+EV_REPLACED: Final = Ev.REPLACED
+EV_REJECTED: Final = Ev.REJECTED
 
 # --- OUCH 5.0 reject reasons (Order Rejected, u16) -----------------------------------------------
 QUOTE_UNAVAILABLE: Final = 0x0001
@@ -303,7 +310,7 @@ class _Order:
         self.decremented = 0      # shares taken by self-match prevention (DC) while it lived on
         self.ref = 0
         self.done = False
-        self.pending: deque[_Request] = deque()
+        self.pending: list[_Request] = []   # requests in flight, oldest first (rarely more than one)
 
 
 class OuchSession(SessionOutbox):
@@ -546,7 +553,12 @@ class OuchSession(SessionOutbox):
         again while ``replaying`` and the socket takes more)."""
         if self._replay_next and len(self._out) < 65536:
             self._replay()
-        return SessionOutbox.data_to_send(self)
+        out = self._out          # SessionOutbox.data_to_send, here: called twice per order
+        if not out:
+            return b""
+        data = bytes(out)
+        out.clear()
+        return data
 
     def _throttled(self, kind: bytes, payload: bytes, disconnect: bool, now_ns: int) -> None:
         """A packet over the session's message budget: not processed. An Enter or Replace Order is
@@ -798,11 +810,13 @@ class OuchSession(SessionOutbox):
         """
         sid = self.session_id
         orders = self.orders
-        ts = self._ts(ts_ns)
+        ts = ts_ns - self.midnight_ns      # self._ts(ts_ns)
+        if ts < 0:
+            ts = 0
         alive: dict[int, bool] | None = None
         for ev in events:
             kind = ev[0]
-            if kind == Ev.ACCEPTED:   # the commonest first
+            if kind == EV_ACCEPTED:   # the commonest first
                 order = ev[1]
                 o = orders.get(order.order_id) if order.session == sid else None
                 if o is None:
@@ -816,7 +830,7 @@ class OuchSession(SessionOutbox):
                 self._emit(_STRUCT_A(
                     b"A", ts, o.urn, o.side, ev[2], o.symbol, o.price, o.tif, o.display, o.ref,
                     o.capacity, o.iso, o.cross, state, o.cl_ord_id, 0), ts_ns)
-            elif kind == Ev.EXECUTED:
+            elif kind == EV_EXECUTED:
                 maker = ev[1]
                 taker = ev[2]
                 if maker.session == sid:
@@ -827,7 +841,7 @@ class OuchSession(SessionOutbox):
                     o = orders.get(taker.order_id)
                     if o is not None:
                         self._executed(o, ev[3], ev[4], b"R", ev[5], ev[8], ev[9], ts, ts_ns)
-            elif kind == Ev.CROSS_EXECUTED:
+            elif kind == EV_CROSS_EXECUTED:
                 buy = ev[1]
                 sell = ev[2]
                 flag = _cross_flag(ev, events)
@@ -839,7 +853,7 @@ class OuchSession(SessionOutbox):
                     o = orders.get(sell.order_id)
                     if o is not None:
                         self._executed(o, ev[3], ev[4], flag, ev[5], ev[8], ev[9], ts, ts_ns)
-            elif kind == Ev.CANCELLED:
+            elif kind == EV_CANCELLED:
                 order = ev[1]
                 o = orders.get(order.order_id) if order.session == sid else None
                 if o is None:
@@ -856,7 +870,7 @@ class OuchSession(SessionOutbox):
                 self._emit(_STRUCT_C(b"C", ts, o.urn, qty, CANCEL_REASON.get(reason, b"Z")), ts_ns)
                 if not leaves:
                     self._retire(o)
-            elif kind == Ev.REPLACED:
+            elif kind == EV_REPLACED:
                 new = ev[2]
                 o = orders.get(new.order_id) if new.session == sid else None
                 if o is None:
@@ -864,7 +878,7 @@ class OuchSession(SessionOutbox):
                 if alive is None:   # alone in its batch: _replaced looks at its new leaves
                     alive = _alive_after(events) if len(events) > 1 else _NO_OTHER_EVENTS
                 self._replaced(o, new, ev, alive, ts, ts_ns)
-            elif kind == Ev.REJECTED:
+            elif kind == EV_REJECTED:
                 cmd = ev[1]
                 if cmd.session == sid and type(cmd) is not MassCancel:
                     o = orders.get(cmd.order_id)
@@ -991,13 +1005,13 @@ def _alive_after(events: Sequence[Event]) -> dict[int, bool]:
     alive: dict[int, bool] = {}
     for ev in events:
         kind = ev[0]
-        if kind == Ev.ACCEPTED:
+        if kind == EV_ACCEPTED:
             alive[ev[1].order_id] = True
-        elif kind == Ev.EXECUTED or kind == Ev.CROSS_EXECUTED:
+        elif kind == EV_EXECUTED or kind == EV_CROSS_EXECUTED:
             alive[ev[1].order_id] = ev[6] > 0
             alive[ev[2].order_id] = ev[8] > 0
-        elif kind == Ev.CANCELLED:
+        elif kind == EV_CANCELLED:
             alive[ev[1].order_id] = ev[3] > 0
-        elif kind == Ev.REPLACED:
+        elif kind == EV_REPLACED:
             alive[ev[2].order_id] = ev[4] > 0
     return alive

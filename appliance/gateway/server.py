@@ -127,6 +127,14 @@ TICK_S: Final = 0.2                        # session timers
 FALLBACK_POLL_S: Final = 0.005             # ring poll when no doorbell rang (a lost wake-up costs this)
 QUIET_S: Final = 0.3                       # at shutdown: events quiet this long -> end the sessions
 CLOSE_LINGER_S: Final = 5.0                # a closed connection's unsent bytes are dropped after this
+# The event kinds the per-event code compares, bound to module globals (catalogue.Ev: a class
+# attribute load, which CPython 3.11 does not specialize).
+EV_ACCEPTED: Final = Ev.ACCEPTED
+EV_EXECUTED: Final = Ev.EXECUTED
+EV_CROSS_EXECUTED: Final = Ev.CROSS_EXECUTED
+EV_CANCELLED: Final = Ev.CANCELLED
+EV_REPLACED: Final = Ev.REPLACED
+EV_REJECTED: Final = Ev.REJECTED
 
 
 
@@ -533,10 +541,10 @@ class GatewayServer(JournalKeeper, AdminControl):
 
     def after_input(self, slot: Slot) -> None:
         slot.dirty = True
-        cmds = slot.session.take_commands()
-        if cmds:
+        session = slot.session
+        if session._commands:
             now = _clock()
-            for cmd in cmds:
+            for cmd in session.take_commands():
                 self.submit(slot, cmd, now)
         self.flush(only_dirty=True)
         if self.stages is not None:
@@ -582,7 +590,8 @@ class GatewayServer(JournalKeeper, AdminControl):
                     slot.session.mass_cancel_fanout(cmd.cl_ord_id, len(self.partitions))  # type: ignore[union-attr]
         else:
             self.outbox.append((self.order_partition.get(cmd.order_id, 0), rec))  # type: ignore[union-attr]
-        self.count("commands")
+        counters = self.counters
+        counters["commands"] = counters.get("commands", 0) + 1
 
     def local_reject(self, slot: Slot | None, cmd: Command, reason: int, now: int, text: str = "") -> None:
         ev: Event = (Ev.REJECTED, cmd, reason)
@@ -611,9 +620,16 @@ class GatewayServer(JournalKeeper, AdminControl):
         """Journal, rings, sockets: every session, or with ``only_dirty`` those the shell called into
         since they were last flushed (every path that calls into a session marks it, and every
         flush takes every marked one: the journal's MARK never runs ahead of a session's output)."""
-        slots = [sl for sl in self.slots if sl.dirty] if only_dirty else self.slots
-        for slot in slots:
-            slot.dirty = False
+        if only_dirty:
+            slots = []
+            for slot in self.slots:
+                if slot.dirty:
+                    slot.dirty = False
+                    slots.append(slot)
+        else:
+            slots = self.slots
+            for slot in slots:
+                slot.dirty = False
         self.journal(slots)
         if self.outbox:
             box = self.outbox
@@ -623,19 +639,20 @@ class GatewayServer(JournalKeeper, AdminControl):
             else:
                 self._publish(box)
         for slot in slots:
-            if slot.session._events:
+            session = slot.session
+            if session._events:
                 self.session_events(slot)
             conn = slot.conn
             if conn is None:
                 continue
-            data = slot.session.data_to_send()
+            data = session.data_to_send()
             if data:
                 conn.write(data)
             # An OUCH login's replay or a FIX resend, a chunk at a time while the socket takes it
             # (resume_writing comes back here): every message in the stores is committed by now.
-            while slot.session.replaying and not conn.write_paused and not conn.closed:
-                conn.write(slot.session.data_to_send())
-            if slot.session.should_close:
+            while session.replaying and not conn.write_paused and not conn.closed:
+                conn.write(session.data_to_send())
+            if session.should_close:
                 conn.close()
 
     def _publish(self, box: list[tuple[int, bytes]]) -> None:
@@ -716,6 +733,7 @@ class GatewayServer(JournalKeeper, AdminControl):
         risk = self.risk
         by_sid = self.by_sid
         now = _clock()
+        top = 0                      # the last command of the partition whose events were handed over
         for seq, ts, events in groups:
             k = events[0][0]
             if k >= C.CTL_POSITION:
@@ -727,18 +745,18 @@ class GatewayServer(JournalKeeper, AdminControl):
             touched: list[Slot] = []
             for ev in events:
                 kind = ev[0]
-                if kind == Ev.ACCEPTED:   # the commonest: one order, its session
+                if kind == EV_ACCEPTED:   # the commonest: one order, its session
                     slot = by_sid.get(ev[1].session)
                     if slot is not None and slot not in touched:
                         touched.append(slot)
                     continue
-                if kind == Ev.EXECUTED or kind == Ev.CROSS_EXECUTED:
+                if kind == EV_EXECUTED or kind == EV_CROSS_EXECUTED:
                     objs: tuple[Any, ...] = (ev[1], ev[2])
-                elif kind == Ev.REPLACED:
+                elif kind == EV_REPLACED:
                     objs = (ev[2],)
                 else:
                     objs = (ev[1],)
-                if kind == Ev.REJECTED and type(ev[1]) in (Halt, Resume, Close):
+                if kind == EV_REJECTED and type(ev[1]) in (Halt, Resume, Close):
                     log(self.name, f"admin {type(ev[1]).__name__} of locate {ev[1].locate} refused: "
                                    f"{R.describe(ev[2])}")
                     if not replay:
@@ -749,14 +767,14 @@ class GatewayServer(JournalKeeper, AdminControl):
                     slot = by_sid.get(o.session)
                     if slot is not None and slot not in touched:
                         touched.append(slot)
-                if kind == Ev.CANCELLED and not ev[3]:
+                if kind == EV_CANCELLED and not ev[3]:
                     self.order_partition.pop(ev[1].order_id, None)
-                elif kind == Ev.EXECUTED or kind == Ev.CROSS_EXECUTED:
+                elif kind == EV_EXECUTED or kind == EV_CROSS_EXECUTED:
                     if not ev[6]:
                         self.order_partition.pop(ev[1].order_id, None)
                     if not ev[8]:
                         self.order_partition.pop(ev[2].order_id, None)
-                elif kind == Ev.REJECTED and type(ev[1]) is NewOrder:
+                elif kind == EV_REJECTED and type(ev[1]) is NewOrder:
                     self.order_partition.pop(ev[1].order_id, None)
             for slot in touched:
                 if replay and seq <= slot.applied.get(pid, 0):
@@ -767,12 +785,13 @@ class GatewayServer(JournalKeeper, AdminControl):
                 else:
                     if replay:
                         for ev in events:
-                            if ev[0] == Ev.ACCEPTED and ev[1].session == slot.sid:
+                            if ev[0] == EV_ACCEPTED and ev[1].session == slot.sid:
                                 adopt_ouch_order(slot.session, ev[1])
                     slot.session.on_events(ts, events)
-            if seq > self.marks.get(pid, 0):
-                self.marks[pid] = seq
-                self._marks_dirty = True
+            top = seq
+        if top > self.marks.get(pid, 0):
+            self.marks[pid] = top
+            self._marks_dirty = True
 
     def _control(self, p: int, k: int, ev: tuple[Any, ...]) -> None:
         if k == C.CTL_POSITION:

@@ -241,15 +241,16 @@ class JournalKeeper:
             s = slot.session
             store = slot.store
             if slot.kind == "ouch":
-                n = len(s.stream)
-                if n != slot.journaled:
-                    if store is not None:
-                        store.flush()
+                # The session's stream is its store: what it sequenced since the last flush is
+                # pending there, written now, then counted.
+                if store is not None and store.pending:
+                    store.flush()
+                    n = store.count
                     recs.append(ouch_count_record(slot.sid, n))
                     slot.journaled = n
             else:
                 st = s.state
-                if store is not None:
+                if store is not None and store.pending:
                     store.flush()
                 if st.dirty or slot.jseqs is None:
                     slot.jseqs = fix_increments(slot.sid, st, slot.jseqs, recs)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from typing import Final, Iterable, Iterator
 
-from feeds.moldudp64 import BLOCK_LENGTH_SIZE
+from feeds.moldudp64 import BLOCK_LENGTH, BLOCK_LENGTH_SIZE
 from feeds.store import FILE_HEADER_SIZE, INDEX_ENTRY, FeedStore
 
 __all__ = ["MessageStore", "FixSentStore", "STORE_MODE"]
@@ -34,6 +34,8 @@ STORE_MODE: Final = 0o600           # private to the service's user
 READ_AHEAD: Final = 256             # messages read at once by get() and iteration
 _ENTRY: Final = INDEX_ENTRY.size    # 16
 _MAX_MESSAGE: Final = 0xFFFF
+_BLOCK_LENGTH: Final = BLOCK_LENGTH.pack     # a block's u16 BE length
+_INDEX_ENTRY: Final = INDEX_ENTRY.pack
 
 
 class MessageStore(FeedStore):
@@ -42,7 +44,7 @@ class MessageStore(FeedStore):
     flushed or not; ``count`` the ones on file."""
 
     def __init__(self, directory: str, label: bytes, name: str) -> None:
-        self._pending: list[bytes] = []
+        self.pending: list[bytes] = []      # appended, not yet on file (the next flush writes them)
         self._cache_first = 0
         self._cache: list[bytes] = []
         super().__init__(directory, label, name=name, mode=STORE_MODE)
@@ -95,14 +97,26 @@ class MessageStore(FeedStore):
         """Append the next message (sequence ``len(self) + 1``); on file at the next ``flush``."""
         if not 0 < len(msg) <= _MAX_MESSAGE:
             raise ValueError(f"message store {self.data_path}: a message of {len(msg)} bytes")
-        self._pending.append(msg)
+        self.pending.append(msg)
 
     def flush(self) -> int:
         """Write the appended messages (blocks, then their index entries); return how many."""
-        pending = self._pending
+        pending = self.pending
         if not pending:
             return 0
-        self._pending = []
+        self.pending = []
+        if len(pending) == 1:   # one reply since the last flush (the usual order): the two writes here
+            m = pending[0]
+            off = self.size
+            n = len(m)
+            block = _BLOCK_LENGTH(n) + m
+            entry = _INDEX_ENTRY(self.count + 1, off)
+            if os.pwrite(self._data_fd, block, off) != n + BLOCK_LENGTH_SIZE or \
+                    os.pwrite(self._index_fd, entry, self.count * _ENTRY) != _ENTRY:
+                raise OSError(f"message store {self.data_path}: short write")
+            self.count += 1
+            self.size = off + BLOCK_LENGTH_SIZE + n
+            return 1
         self.append_messages(pending)
         return len(pending)
 
@@ -110,14 +124,6 @@ class MessageStore(FeedStore):
         if not messages:
             return
         off = self.size
-        if len(messages) == 1:   # one reply since the last flush: the same two writes, less work
-            m = messages[0]
-            seq = self.count + 1
-            self._write(self._data_fd, len(m).to_bytes(BLOCK_LENGTH_SIZE, "big") + m, off)
-            self._write(self._index_fd, INDEX_ENTRY.pack(seq, off), self.count * _ENTRY)
-            self.count = seq
-            self.size = off + BLOCK_LENGTH_SIZE + len(m)
-            return
         blocks: list[bytes] = []
         entries: list[bytes] = []
         seq = self.count
@@ -141,9 +147,9 @@ class MessageStore(FeedStore):
         if count >= total:
             return
         if count >= self.count:
-            del self._pending[count - self.count:]
+            del self.pending[count - self.count:]
             return
-        self._pending = []
+        self.pending = []
         self._cache = []
         off = self._offset(count + 1)
         os.ftruncate(self._data_fd, off)
@@ -156,7 +162,7 @@ class MessageStore(FeedStore):
 
     # -- reading ---------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return self.count + len(self._pending)
+        return self.count + len(self.pending)
 
     def _offset(self, seq: int) -> int:
         """Where message ``seq`` (1 .. count + 1) starts in the data file."""
@@ -183,7 +189,7 @@ class MessageStore(FeedStore):
                 out.append(chunk[pos + lb:pos + lb + length])
                 pos += lb + length
         if last > self.count:
-            out.extend(self._pending[max(first, self.count + 1) - self.count - 1:last - self.count])
+            out.extend(self.pending[max(first, self.count + 1) - self.count - 1:last - self.count])
         return out
 
     def read_raw(self, first: int, count: int) -> bytes:
@@ -194,7 +200,7 @@ class MessageStore(FeedStore):
         if seq < 1 or seq > len(self):
             return None
         if seq > self.count:
-            return self._pending[seq - self.count - 1]
+            return self.pending[seq - self.count - 1]
         i = seq - self._cache_first
         if not 0 <= i < len(self._cache):
             self._cache = self.read(seq, min(READ_AHEAD, self.count - seq + 1))
@@ -224,10 +230,10 @@ class MessageStore(FeedStore):
 
     def memory_bytes(self) -> int:
         """What the store holds in memory beyond its fixed fields: pending and read-ahead messages."""
-        return sum(len(m) for m in self._pending) + sum(len(m) for m in self._cache)
+        return sum(len(m) for m in self.pending) + sum(len(m) for m in self._cache)
 
     def __repr__(self) -> str:
-        return f"MessageStore({self.data_path}, count={self.count}, pending={len(self._pending)})"
+        return f"MessageStore({self.data_path}, count={self.count}, pending={len(self.pending)})"
 
 
 class FixSentStore:

@@ -389,7 +389,7 @@ def test_state_files_and_the_control_socket_are_private(stack: Stack) -> None:
                 p = os.path.join(d, n)
                 files[p] = os.lstat(p).st_mode
     names = {os.path.basename(p) for p in files}
-    assert {"journal.bin", "fix-BRVO.feed", "fix-BRVO.idx", "rejects.jsonl", "EPOCH", "gw0.ctl"} <= names, names
+    assert {"journal.bin", "fix-BRVO.feed", "fix-BRVO.idx", "rejects.jsonl", "EPOCH", "FENCE", "gw0.ctl"} <= names, names
     assert any(n.endswith(".wal") or n.startswith("wal") or "seg" in n for n in names), names
     loose = {p: oct(stat.S_IMODE(m)) for p, m in files.items() if stat.S_IMODE(m) & 0o077}
     assert not loose, loose

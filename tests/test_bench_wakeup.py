@@ -24,6 +24,7 @@ def test_each_setting_and_mode_is_a_run_with_its_round_trips() -> None:
     for r in runs:
         assert r["rounds"] == 300 and 0 < r["p50_us"] <= r["p90_us"] <= r["p99_us"] <= r["max_us"], r
         assert r["cpus"] == [allowed[-1], allowed[0]]
+        assert r["echo_cpu_us_per_round"] > 0, r     # the echoer's CPU per round, from wait4
     assert runs[0]["held"] is False
     assert runs[2]["held"] is os.access("/dev/cpu_dma_latency", os.W_OK)
     assert sum(1 for ln in lines if ln.startswith("wakeup ")) == 4

@@ -91,6 +91,8 @@ def test_bench_latency_end_to_end(tmp_path) -> None:
         assert run["order_to_ack"]["count"] == 400
         assert run["order_to_ack"]["p50_us"] <= run["order_to_ack"]["p99_us"] <= run["order_to_ack"]["max_us"]
         assert run["build"] in ("cpython", "mypyc") and run["idle"] == "backoff"
+        # the client's CPU per order (what it takes from the gateway's CPU) and orders per batch
+        assert run["client_cpu_us_per_order"] > 0 and 0.5 < run["mean_batch"] <= 400, run
         assert run["stages"]["match"]["laps"] > 0 and run["stages"]["ring poll + decode"]["laps"] > 0
         assert run["gateway_stages"]["in: session parse"]["laps"] > 0
         assert run["gateway_stages"]["out: journal + socket writes"]["laps"] > 0

@@ -13,7 +13,7 @@ due (several at once when it fell behind) and measures order-to-ack latency from
 time to the time it read the answer (Order Accepted or Rejected; FIX ExecutionReport new or
 rejected). A client or appliance that falls behind therefore shows it in the figures, instead of
 hiding it by sending later (coordinated omission). The client's own lateness (actual send time minus
-scheduled time) is reported beside it.
+scheduled time) is reported beside it, and its CPU per order (it shares a CPU with the gateway).
 
 Histograms are HdrHistogram's (appliance/metrics.py). Reported per run: p50, p90, p99, p99.9,
 p99.99, max, the achieved rate (answers per second over the run), the in-engine part (the
@@ -21,8 +21,9 @@ partition's clock: command ring drained -> event records on the gateway's ring, 
 batch), the mean batch (orders sent over in-engine batches), and with --stages the partition's and
 the gateway's time per stage. The orders are DAY limit orders around one price; the client's logout
 cancels what still rests (the OUCH port cancels on disconnect), in a few batches of up to 1,024
-commands that the partition's stage and CPU figures include (the mean batch leaves them out: they
-would double the commands of a run whose orders mostly rest).
+commands that the partition's stage and CPU figures include (the mean batch counts orders only,
+over every in-engine batch, those few included: the cancels would double the commands of a run
+whose orders mostly rest).
 --wal: none (durability policy none, WAL in a temporary directory), tmpfs (policy batch, WAL in
 /dev/shm), disk (policy batch, WAL on the file system of --disk-dir, default the current directory).
 
@@ -226,6 +227,7 @@ def _client(cfg: Config, protocol: str, rate: int, seconds: float, cpus: list[in
     sched = Schedule(clock() + 1_000_000, rate, total)    # the first order is due in 1 ms
     scheduled, take_due, next_due = sched.scheduled, sched.take_due, sched.next_due_ns
     last_ack = t0 = sched.t0_ns
+    cpu0 = time.process_time()     # the client's own CPU over the run: what it takes from CPU 0
     drain_until = t0 + int(seconds * 1e9) + 10_000_000_000
     readable = True
     while True:
@@ -264,13 +266,14 @@ def _client(cfg: Config, protocol: str, rate: int, seconds: float, cpus: list[in
             readable = bool(select.select([sock], [sock] if pending_out else [], [], max(0.0, wait))[0])
         else:
             readable = True    # behind schedule: send what is due, then look for answers
+    cpu = time.process_time() - cpu0
     h, hl = Histogram(), Histogram()
     for v in lat:
         h.record(v)
     for v in late:
         hl.record(v)
     conn.send({"latency": h.to_json(), "send_lateness": hl.to_json(), "sent": sched.next_k, "acked": len(lat),
-               "seconds": (last_ack - t0) / 1e9})
+               "seconds": (last_ack - t0) / 1e9, "cpu_s": cpu})
     sock.close()
 
 
@@ -364,6 +367,7 @@ def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace
             "offered_per_s": rate, "sent": res["sent"], "acked": res["acked"],
             "achieved_per_s": round(res["acked"] / res["seconds"]) if res["seconds"] > 0 else 0,
             "order_to_ack": h.summary_us(), "client_send_lateness": late.summary_us(),
+            "client_cpu_us_per_order": round(res["cpu_s"] * 1e6 / max(res["sent"], 1), 1),
             "in_engine": eng.summary_us(), "mean_batch": round(res["sent"] / max(eng.total, 1), 2),
             "build": stats.get("build"), "stages": stats.get("stages"),
             "gateway_stages": gw_stats.get("stages"), "processes": stats.get("processes") or {}, "_hist": h}
@@ -428,7 +432,8 @@ def _latency(args: argparse.Namespace) -> int:
         print(f"latency {_label(r)} [{r['build']}]: {r['acked']} of {r['sent']} answered, achieved "
               f"{r['achieved_per_s']}/s; order-to-ack p50 {a['p50_us']} p90 {a['p90_us']} p99 {a['p99_us']} "
               f"p99.9 {a['p99_9_us']} p99.99 {a['p99_99_us']} max {a['max_us']} us; in-engine p50 {e['p50_us']} "
-              f"p99 {e['p99_us']} us (mean batch {r['mean_batch']}); client late p50 {lt['p50_us']} us")
+              f"p99 {e['p99_us']} us (mean batch {r['mean_batch']}); client late p50 {lt['p50_us']} us, "
+              f"client CPU {r['client_cpu_us_per_order']} us per order")
         # the partition's stats at its shutdown: each process over its life (start-up included)
         for key, label in (("matcher", "matching process"), ("wal_stage", "WAL stage"), ("feed_stage", "feed stage")):
             if key in r["processes"]:

@@ -16,6 +16,10 @@ that request on /dev/cpu_dma_latency for the run, as ``[appliance] cpu_dma_laten
 ``matchwire run`` do (docs/performance.md, "What an order waited for"). A request the host refuses
 (no permission) is said in the run's line and JSON, and the run measures the host as it is.
 
+Each run also says the echoing process's CPU (user and system, from wait4) per round: asleep,
+what one sleep and wake-up costs the process that sleeps, which every process of the appliance
+that sleeps between orders pays per order (spinning, it is the spin).
+
 The last line printed is one JSON object.
 """
 from __future__ import annotations
@@ -100,7 +104,7 @@ def _run(mode: str, rounds: int, gap_ns: int) -> dict[str, Any]:
     finally:
         os.close(to_child)
         os.close(from_child)
-        _, status = os.waitpid(pid, 0)
+        _, status, usage = os.wait4(pid, 0)
         os.sched_setaffinity(0, old)
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"the echoing process exited with {os.waitstatus_to_exitcode(status)}")
@@ -110,8 +114,12 @@ def _run(mode: str, rounds: int, gap_ns: int) -> dict[str, Any]:
     def pct(p: float) -> float:
         return round(rtt[min(n - 1, int(p * n))] / 1000, 1)
 
+    # the echoer's CPU (user + system, from wait4) per round: asleep, what one sleep and wake-up
+    # costs the process that sleeps; spinning, the spin
+    cpu = round((usage.ru_utime + usage.ru_stime) * 1e6 / n, 1)
     return {"mode": mode, "cpus": [own_cpu, echo_cpu], "rounds": n,
-            "p50_us": pct(0.5), "p90_us": pct(0.9), "p99_us": pct(0.99), "max_us": round(rtt[-1] / 1000, 1)}
+            "p50_us": pct(0.5), "p90_us": pct(0.9), "p99_us": pct(0.99), "max_us": round(rtt[-1] / 1000, 1),
+            "echo_cpu_us_per_round": cpu}
 
 
 def _wakeup(args: argparse.Namespace) -> int:
@@ -132,7 +140,8 @@ def _wakeup(args: argparse.Namespace) -> int:
                 r.update(cpu_dma_latency_us=q, held=fd is not None, note=held)
                 out["runs"].append(r)
                 print(f"wakeup {mode:5} cpu-dma-latency={q:<3} CPU {r['cpus'][0]} <-> {r['cpus'][1]}: round trip "
-                      f"p50 {r['p50_us']} p90 {r['p90_us']} p99 {r['p99_us']} max {r['max_us']} us ({held})")
+                      f"p50 {r['p50_us']} p90 {r['p90_us']} p99 {r['p99_us']} max {r['max_us']} us, echoer CPU "
+                      f"{r['echo_cpu_us_per_round']} us per round ({held})")
         finally:
             if fd is not None:
                 os.close(fd)

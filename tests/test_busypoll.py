@@ -121,8 +121,8 @@ def test_no_answer_within_the_window_sleeps_and_loses_nothing(make: Callable[[in
 
 
 def test_the_poll_loop_ends_with_the_window(make: Callable[[int], Gateway]) -> None:
-    """With a real clock: an answer due but not coming, the selector polls (yielding the CPU) until
-    the window ends, then sleeps out the rest of its timeout; the polls are counted."""
+    """With a real clock: an answer due but not coming, the selector polls until the window ends,
+    then sleeps out the rest of its timeout; the polls are counted."""
     g = make(2_000_000)
     g.sel._clock = time.perf_counter_ns
     g.sel.expect()

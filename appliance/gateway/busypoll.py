@@ -9,16 +9,19 @@ is epoll that, once the gateway has published commands (``expect()``), polls the
 or until a ring has records (the answers), and tells the partitions it polls
 (``set_waiting(False)``: no doorbell). The idea of Linux's SO_BUSY_POLL, for our rings.
 
-It polls only while an answer is due: a gateway with nothing in flight sleeps at once. Each idle
-poll gives the CPU to whatever else is runnable (``sched_yield``), so a gateway on a core shared
-with its clients or the servers polls only with time nobody else wants. A window of 0 is plain
-epoll: it sleeps at once and the partitions ring for it (tests, laptops).
+It polls only while an answer is due: a gateway with nothing in flight sleeps at once, and the
+poll ends when the answers are in the rings (some tens of µs), at the latest with the window. It
+does not give the CPU away between polls: an earlier version called ``sched_yield`` at each idle
+poll, and on a core shared with the clients and the servers that made orders later (under the
+kernel's EEVDF scheduler a yield pushes the yielder's deadline back: p50 at 10,000/s 374-410 µs
+with a 50 µs window against 284-291 µs without polling), where polling without the yield is
+neutral there (docs/performance.md). A window of 0 is plain epoll: it sleeps at once and the
+partitions ring for it (tests, laptops).
 
 Owned by the event loop's thread. Time comes from ``clock`` (integer ns).
 """
 from __future__ import annotations
 
-import os
 import selectors
 import time
 from typing import Callable, Final, Sequence
@@ -76,7 +79,6 @@ class BusyPollSelector(selectors.EpollSelector):
                 until = min(until, deadline)
             if self._waiting:
                 self._tell(False)
-            yield_ = os.sched_yield
             while True:
                 ready = self._ready_rings()
                 if ready:              # the answers: sleep at the next select unless more are due
@@ -88,7 +90,6 @@ class BusyPollSelector(selectors.EpollSelector):
                 if timeout == 0 or clock() >= until:
                     break
                 self.polls += 1
-                yield_()
             if timeout == 0:
                 return []
             if clock() >= self._until:

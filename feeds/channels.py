@@ -732,7 +732,7 @@ def encode_depth(results: Any, midnight_ns: int, tracker: DepthTracker, l2: L2En
         l2_published, l2_worst, l2_seq = l2.published, l2.worst, l2.inst_seq
         window, pack_d, l2_trk = l2.levels, l2._pack, l2.tracking
     if l1 is not None:
-        l1_published, l1_seq, pack_q, pack_t, l1_trk = l1.published, l1.inst_seq, l1._pack_q, l1._pack_t, l1.tracking
+        l1_seq, pack_t, l1_trk = l1.inst_seq, l1._pack_t, l1.tracking
     last_ts = -1
     ts6 = b""
     for _seq, cts, _cmd, events in results:
@@ -827,29 +827,7 @@ def encode_depth(results: Any, midnight_ns: int, tracker: DepthTracker, l2: L2En
         if l1 is not None:
             prices = s.prices
             if not prices or (price >= prices[-1] if side == 0 else price <= prices[0]):
-                # at (or was at) the best: a 'q' if the best bid or offer changed (L1Encoder.quote)
-                bids, asks = pair
-                bp = bids.prices
-                ap = asks.prices
-                if bp:
-                    p = bp[-1]
-                    best = bids.levels[p]
-                    bid = (p, best[0], best[1])
-                else:
-                    bid = _EMPTY
-                if ap:
-                    p = ap[0]
-                    best = asks.levels[p]
-                    ask = (p, best[0], best[1])
-                else:
-                    ask = _EMPTY
-                bbo = (bid, ask)
-                if l1_published.get(locate) != bbo:
-                    l1_published[locate] = bbo
-                    seq = l1_seq.get(locate, 0) + 1
-                    l1_seq[locate] = seq
-                    l1_out.append(pack_q(_BBO_HEAD, locate, l1_trk, ts6, seq, bid[0], bid[1], bid[2],
-                                         ask[0], ask[1], ask[2]))
+                l1.quote(locate, pair, ts6, l1_out)   # at (or was at) the best: a 'q' if it changed
 
 
 def _fills_at_one_level(events: list[Event]) -> bool:

@@ -395,11 +395,11 @@ Event = tuple[Any, ...]
 class Ev:
     """Event kinds: the first item of every event tuple (layouts in EVENT_LAYOUTS, by kind).
 
-    One namespace, ``Ev.ADDED`` and so on. The matcher's per-event code (the engine, the gateway ring's
-    EventEncoder, the L3 and L2/L1 encoders) binds the kinds it uses to module globals: in CPython
-    3.11 ``Ev.X`` is an unspecialized class attribute load, about 8 ns against 0 for a global, paid per
-    event. Everywhere else (the gateways included, where an order costs tens of µs) ``Ev.X`` is read as
-    it is; mypyc folds these Finals into constants either way.
+    One namespace, ``Ev.ADDED`` and so on. Per-event code (the engine, the gateway ring's codec, the L3
+    and L2/L1 encoders, and the gateway's sessions, server and risk checks, which see every answer)
+    binds the kinds it uses to module globals of its own: in CPython 3.11 ``Ev.X`` is an unspecialized
+    class attribute load, about 8 ns against 0 for a global, paid per event. Everywhere else ``Ev.X`` is
+    read as it is; mypyc folds these Finals into constants either way.
     """
 
     ACCEPTED: Final = 1

@@ -323,6 +323,29 @@ if KIND_SEAL in LAYOUTS:
 RECORD_SIZES: Final[dict[int, int]] = {KIND_SEAL: SEAL_SIZE, **{k: lay.size for k, lay in LAYOUTS.items()}}
 
 
+def _kind_branches(layouts: dict[int, CommandLayout], namespace: dict[str, Any], header: list[str],
+                   tail: Callable[[CommandLayout], str]) -> list[str]:
+    """The per-kind branches of a generated loop over records (``kind`` and ``off`` set by it): each
+    unpacks its record into locals named after FIELDS, builds the command in ``o`` (_build_src) and
+    ends with ``tail(layout)``. With ``header`` (local names of the record header's values) one
+    Struct call reads header and body from the record's start; without, the body from after the
+    header."""
+    lines: list[str] = []
+    for i, (kind, layout) in enumerate(sorted(layouts.items())):
+        params = _init_params(layout.cls, layout.names)
+        at = "off" if header else "off + %d" % RECORD_HEADER_SIZE
+        lines.append("        %s kind == %d:" % ("if" if i == 0 else "elif", kind))
+        lines.append("            %s, = unpack_%d(buf, %s)" % (", ".join(header + list(layout.names)), kind, at))
+        lines += _build_src(layout, params, _slot_constants(layout), "            ", "_%d" % kind)
+        lines.append("            " + tail(layout))
+        namespace["unpack_%d" % kind] = (layout.record if header else layout.body).unpack_from
+        namespace["cls_%d" % kind] = layout.cls
+        namespace["new_%d" % kind] = layout.cls.__new__
+    lines.append("        else:")
+    lines.append("            raise TypeError('record kind %d is not a command' % kind)")
+    return lines
+
+
 def _make_bulk_decoder(layouts: dict[int, CommandLayout]) -> Callable[[bytes, list[int]], list[Any]]:
     """decode_many(buf, offsets) -> commands: the per-kind decoders inlined in one loop.
 
@@ -331,17 +354,7 @@ def _make_bulk_decoder(layouts: dict[int, CommandLayout]) -> Callable[[bytes, li
     lines = ["def decode_many(buf, offsets):", "    out = []", "    append = out.append",
              "    for off in offsets:", "        kind = buf[off + %d]" % KIND_OFFSET]
     namespace: dict[str, Any] = {"strings": _STRINGS}
-    for i, (kind, layout) in enumerate(sorted(layouts.items())):
-        params = _init_params(layout.cls, layout.names)
-        lines.append("        %s kind == %d:" % ("if" if i == 0 else "elif", kind))
-        lines.append("            %s, = unpack_%d(buf, off + %d)" % (", ".join(layout.names), kind, RECORD_HEADER_SIZE))
-        lines += _build_src(layout, params, _slot_constants(layout), "            ", "_%d" % kind)
-        lines.append("            append(o)")
-        namespace["unpack_%d" % kind] = layout.body.unpack_from
-        namespace["cls_%d" % kind] = layout.cls
-        namespace["new_%d" % kind] = layout.cls.__new__
-    lines.append("        else:")
-    lines.append("            raise TypeError('record kind %d is not a command' % kind)")
+    lines += _kind_branches(layouts, namespace, [], lambda layout: "append(o)")
     lines.append("    return out")
     exec(compile("\n".join(lines) + "\n", "<walcodec bulk decoder>", "exec"), namespace)
     decode_many: Callable[[bytes, list[int]], list[Any]] = namespace["decode_many"]
@@ -361,28 +374,14 @@ def _make_walker(layouts: dict[int, CommandLayout]) -> Callable[[bytes, int, int
     unknown kind is a TypeError.
     """
     names = [name for name, code in RECORD_HEADER_FIELDS if not code.endswith("x")]   # unpacked values
-    seq_i, ts_i = names.index("seq"), names.index("ts_ns")
+    head = ["_h%d" % i for i in range(HEADER_VALUES)]
+    head[names.index("seq")], head[names.index("ts_ns")] = "seq", "ts_ns"
     lines = ["def decode_run(buf, off, end, seqs, ts):", "    out = []", "    append = out.append",
              "    add_seq = seqs.append", "    add_ts = ts.append",
              "    while off < end:", "        kind = buf[off + %d]" % KIND_OFFSET]
     namespace: dict[str, Any] = {"strings": _STRINGS}
-    head = ["_h%d" % i for i in range(HEADER_VALUES)]
-    head[seq_i], head[ts_i] = "seq", "ts_ns"
-    for i, (kind, layout) in enumerate(sorted(layouts.items())):
-        params = _init_params(layout.cls, layout.names)
-        lines.append("        %s kind == %d:" % ("if" if i == 0 else "elif", kind))
-        lines.append("            %s, = unpack_%d(buf, off)" % (", ".join(head + list(layout.names)), kind))
-        lines += _build_src(layout, params, _slot_constants(layout), "            ", "_%d" % kind)
-        lines.append("            off += %d" % layout.size)
-        namespace["unpack_%d" % kind] = layout.record.unpack_from
-        namespace["cls_%d" % kind] = layout.cls
-        namespace["new_%d" % kind] = layout.cls.__new__
-    lines.append("        else:")
-    lines.append("            raise TypeError('record kind %d is not a command' % kind)")
-    lines.append("        append(o)")
-    lines.append("        add_seq(seq)")
-    lines.append("        add_ts(ts_ns)")
-    lines.append("    return out")
+    lines += _kind_branches(layouts, namespace, head, lambda layout: "off += %d" % layout.size)
+    lines += ["        append(o)", "        add_seq(seq)", "        add_ts(ts_ns)", "    return out"]
     exec(compile("\n".join(lines) + "\n", "<walcodec record walker>", "exec"), namespace)
     decode_run: Callable[[bytes, int, int, list[int], list[int]], list[Any]] = namespace["decode_run"]
     return decode_run

@@ -49,7 +49,7 @@ compiled: $(STAMP)
 	@echo "build: $$($(BIN)/python -m appliance.build kind)"
 
 pure:
-	rm -f appliance/*.so appliance/*/*.so *__mypyc*.so build-mypyc.log
+	rm -f appliance/*.so appliance/*/*.so feeds/*.so *__mypyc*.so build-mypyc.log
 	[ ! -x $(BIN)/python ] || rm -f "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/matchwire-compiled.pth"
 	@echo "build: cpython (the compiled extensions removed)"
 

@@ -13,7 +13,11 @@ import importlib
 import sys
 from typing import Final
 
-# The hot path: the catalogue, the model, the matching core. Each compiles with mypyc unchanged.
+# The hot path: the catalogue, the model, the matching core; the ring, its codec and the WAL codec;
+# the sequencer, the partition's duty cycle and the gateways' record encoder; the L2/L1 encoders and
+# the publisher. Left interpreted: the modules that declare wire layouts as annotated NamedTuples
+# (feeds/itch.py, feeds/moldudp64.py, feeds/depth_layout.py; feeds/layout.py reads the annotations,
+# which a compiled class does not keep), and the code the WAL and ITCH codecs generate at import.
 COMPILED_MODULES: Final = (
     "appliance/model.py",
     "appliance/reasons.py",
@@ -22,6 +26,14 @@ COMPILED_MODULES: Final = (
     "appliance/matching/engine.py",
     "appliance/matching/phases.py",
     "appliance/matching/statehash.py",
+    "appliance/ring.py",
+    "appliance/codec_ring.py",
+    "appliance/walcodec.py",
+    "appliance/eventcodec.py",
+    "appliance/sequencer.py",
+    "appliance/partition.py",
+    "feeds/channels.py",
+    "feeds/publisher.py",
 )
 
 

@@ -55,7 +55,17 @@ from appliance.catalogue import (
     Event,
 )
 from feeds import itch
-from feeds.layout import U16, U32, U48, U64, Buffer, Char, Msg
+# The 'd', 'q' and 't' layouts are declared in feeds/depth_layout.py, which the compiled build leaves
+# interpreted (a layout is read from its class's annotations; a compiled class does not keep them).
+from feeds.depth_layout import (
+    BEST_BID_OFFER as BEST_BID_OFFER,
+    LAST_TRADE as LAST_TRADE,
+    PRICE_LEVEL_UPDATE as PRICE_LEVEL_UPDATE,
+    BestBidOffer as BestBidOffer,
+    LastTrade as LastTrade,
+    PriceLevelUpdate as PriceLevelUpdate,
+)
+from feeds.layout import Buffer, Msg
 from feeds.moldudp64 import BLOCK_LENGTH
 
 # The event kinds this module's per-event code compares or builds, as module globals (one
@@ -204,52 +214,6 @@ END_OF_UPDATE: Final = b"Y"   # 'd'.end: the book of this instrument is consiste
 MORE_TO_COME: Final = b"N"
 
 
-class PriceLevelUpdate(NamedTuple):
-    """'d' Price Level Update (33): the level's new total; shares 0 = the level left the top N."""
-
-    stock_locate: U16
-    tracking: U16
-    timestamp: U48
-    instrument_seq: U32
-    side: Char
-    price: U32
-    shares: U64
-    orders: U32
-    end_of_update: Char
-
-
-class BestBidOffer(NamedTuple):
-    """'q' Best Bid and Offer (47): price 0, shares 0, orders 0 for an empty side."""
-
-    stock_locate: U16
-    tracking: U16
-    timestamp: U48
-    instrument_seq: U32
-    bid_price: U32
-    bid_shares: U64
-    bid_orders: U32
-    ask_price: U32
-    ask_shares: U64
-    ask_orders: U32
-
-
-class LastTrade(NamedTuple):
-    """'t' Last Trade (40): one per execution; volume = shares traded in the instrument so far."""
-
-    stock_locate: U16
-    tracking: U16
-    timestamp: U48
-    instrument_seq: U32
-    price: U32
-    shares: U32
-    match_number: U64
-    aggressor: Char
-    volume: U64
-
-
-PRICE_LEVEL_UPDATE = Msg(b"d", "Price Level Update", PriceLevelUpdate)
-BEST_BID_OFFER = Msg(b"q", "Best Bid and Offer", BestBidOffer)
-LAST_TRADE = Msg(b"t", "Last Trade", LastTrade)
 
 #: Our messages, keyed by type byte.
 OWN_LAYOUTS: Final[dict[bytes, Msg[Any]]] = {m.type_byte: m for m in (PRICE_LEVEL_UPDATE, BEST_BID_OFFER, LAST_TRADE)}  # type: ignore[misc]

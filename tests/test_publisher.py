@@ -205,7 +205,7 @@ def test_every_event_kind_of_the_catalogue_has_an_l3_decision() -> None:
 
 def test_an_unknown_event_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="no feed mapping"):
-        encode_l3([(1, T0, None, [(99, None)])], [], MIDNIGHT, [b"        "] * 8)  # type: ignore[list-item]
+        encode_l3([(1, T0, CancelOrder(1), [(99, None)])], [], MIDNIGHT, [b"        "] * 8)
 
 
 def test_block_packers_are_the_itch_layouts_with_a_length_prefix() -> None:

@@ -58,7 +58,7 @@ STOCKS[1], STOCKS[2] = AAA.stock8, BBB.stock8
 
 def _l3(events: list[Event]) -> list[Any]:
     out: list[bytes] = []
-    encode_l3([(1, MID + 5 * SEC, None, events)], out, MID, STOCKS)  # type: ignore[list-item]
+    encode_l3([(1, MID + 5 * SEC, ClockTick(MID + 5 * SEC), events)], out, MID, STOCKS)
     return [itch.decode(m[2:]) for m in out]
 
 

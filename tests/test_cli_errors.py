@@ -59,6 +59,7 @@ CASES: list[tuple[str, Callable[[Files], list[str]]]] = [
     ("bench restart", lambda f: [f["text"]]),
     ("bench latency", lambda f: ["--rate", "x"]),
     ("bench latency", lambda f: ["--rate", "0"]),
+    ("bench latency", lambda f: ["--client-on", "matcher", "--realtime"]),
     ("bench fix-state", lambda f: ["--small", "0"]),
     ("bench gateway", lambda f: ["--orders", "0"]),
     ("bench gateway", lambda f: ["--orders", "x"]),

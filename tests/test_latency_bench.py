@@ -98,11 +98,26 @@ def test_bench_latency_end_to_end(tmp_path) -> None:
         assert run["gateway_stages"]["out: journal + socket writes"]["laps"] > 0
         m = run["processes"]["matcher"]     # the partition's own figures, from its stats at shutdown
         assert m["running"] is True and m["pid"] > 0 and m["rss_bytes"] > 0, m
+        # by default the client keeps off the matcher's CPU (the gateway's, on a host with two)
+        assert run["client_on"] == "gateway" and (len(m["cpus_allowed"]) != 1 or (os.cpu_count() or 1) < 2
+                                                  or m["cpus_allowed"][0] not in run["client_cpus"]), run
         assert m["cpu_user_s"] >= 0 and m["cpu_system_s"] >= 0 and m["ctx_voluntary"] >= 0, m
     assert hdr.read_text().count("Tag=") == 2
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "partition duty cycle by stage" in r.stdout and "gateway by stage" in r.stdout
     assert r.stdout.count("  matching process: CPU ") == 2, r.stdout
+
+
+def test_bench_latency_puts_the_client_on_the_matchers_cpu_when_asked() -> None:
+    r = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "latency", "--rate", "300", "--seconds", "0.5",
+                        "--idle", "backoff", "--client-on", "matcher"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = json.loads(r.stdout.strip().splitlines()[-1])["runs"]
+    assert run["sent"] == run["acked"] == 150, run
+    matcher_cpus = run["processes"]["matcher"]["cpus_allowed"]
+    assert run["client_on"] == "matcher" and run["client_cpus"] == matcher_cpus and len(matcher_cpus) == 1, run
+    assert "client-on=matcher" in r.stdout
 
 
 def test_bench_latency_bad_arguments_answer_in_one_line() -> None:

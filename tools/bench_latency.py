@@ -86,6 +86,10 @@ def register(sub: Any) -> None:
     lat.add_argument("--gateway-poll-us", type=int, default=0, metavar="US",
                      help="the gateway's busy_poll_us: after publishing commands, poll for their answers up "
                           "to US µs before sleeping (default 0: sleep at once)")
+    lat.add_argument("--client-on", action="append", choices=("gateway", "matcher"), dest="client_on",
+                     help="the benchmark client's CPU: gateway (the CPUs the matcher does not use, shared with "
+                          "the gateway and the servers; the default) or matcher (the matcher's, which gives way "
+                          "to it when it wakes; a host with a spare core has neither cost); repeatable")
     lat.set_defaults(func=_latency)
 
 
@@ -197,8 +201,8 @@ class Schedule:
 def _client(cfg: Config, protocol: str, rate: int, seconds: float, cpus: list[int], conn: Any) -> None:
     """Send ``rate * seconds`` orders at their scheduled times; send back the histograms.
 
-    The client shares a CPU with the gateway (the matcher has the other one), so what it spends per
-    order is taken from the appliance: every order is encoded before the clock starts, and the loop
+    The client shares a CPU with the gateway (the matcher has the other one), or with the matcher
+    (``--client-on matcher``), so what it spends per order is taken from the appliance: every order is encoded before the clock starts, and the loop
     keeps raw nanosecond values in arrays that become HdrHistograms after the run."""
     if cpus:
         os.sched_setaffinity(0, cpus)
@@ -310,7 +314,7 @@ def _config(root: str, wal: str, idle: str, durability: str, disk_dir: str, layo
 
 
 def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace,
-         layout: str = "inline") -> dict[str, Any]:
+         layout: str = "inline", client_on: str = "gateway") -> dict[str, Any]:
     from appliance.daemon import choose_cpu
     from appliance.metrics import STAGE_TIMING_ENV
     from tools.demo import write_config
@@ -338,7 +342,10 @@ def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace
                 raise RuntimeError(f"the appliance did not start: {open(log.name).read()[-2000:]}")
             time.sleep(0.05)
         matcher = choose_cpu(cfg.partitions[0].cpu)
-        cpus = sorted(set(os.sched_getaffinity(0)) - {matcher}) or sorted(os.sched_getaffinity(0))
+        if client_on == "matcher":
+            cpus = [matcher]
+        else:
+            cpus = sorted(set(os.sched_getaffinity(0)) - {matcher}) or sorted(os.sched_getaffinity(0))
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
         cl = ctx.Process(target=_client, args=(cfg, protocol, rate, args.seconds, cpus, child))
@@ -364,6 +371,7 @@ def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace
     st = stats["stats"]
     return {"protocol": protocol, "wal": wal, "layout": layout, "durability": "none" if wal == "none" else args.durability or "batch",
             "idle": idle, "cpu_dma_latency_us": args.cpu_dma_latency, "gateway_poll_us": args.gateway_poll_us,
+            "client_on": client_on, "client_cpus": cpus,
             "offered_per_s": rate, "sent": res["sent"], "acked": res["acked"],
             "achieved_per_s": round(res["acked"] / res["seconds"]) if res["seconds"] > 0 else 0,
             "order_to_ack": h.summary_us(), "client_send_lateness": late.summary_us(),
@@ -403,7 +411,8 @@ def _label(r: dict[str, Any]) -> str:
     return f"{r['protocol']} {r['offered_per_s']}/s wal={r['wal']} idle={r['idle']}" + (
         f" stages-as={r['layout']}" if r.get("layout", "inline") != "inline" else "") + (
         f" cpu-dma-latency={r['cpu_dma_latency_us']}" if r.get("cpu_dma_latency_us", -1) >= 0 else "") + (
-        f" gateway-poll={r['gateway_poll_us']}us" if r.get("gateway_poll_us") else "")
+        f" gateway-poll={r['gateway_poll_us']}us" if r.get("gateway_poll_us") else "") + (
+        f" client-on={r['client_on']}" if r.get("client_on", "gateway") != "gateway" else "")
 
 
 def _latency(args: argparse.Namespace) -> int:
@@ -413,6 +422,10 @@ def _latency(args: argparse.Namespace) -> int:
         return 2
     if args.cpu_dma_latency < -1 or args.gateway_poll_us < 0:
         sys.stderr.write("matchwire bench latency: --cpu-dma-latency is -1 or more, --gateway-poll-us 0 or more\n")
+        return 2
+    if args.realtime and "matcher" in (args.client_on or []):
+        sys.stderr.write("matchwire bench latency: --client-on matcher cannot run beside a --realtime matcher "
+                         "(SCHED_FIFO spinning never gives way to it)\n")
         return 2
     wals = args.wal or (["none"] if args.durability in (None, "none") else ["tmpfs"])
     if args.durability == "none":
@@ -424,9 +437,10 @@ def _latency(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {"benchmark": "latency", "seconds": args.seconds, "runs": [], "cpus": os.cpu_count(),
                            "build": build_kind(), "load_avg_before": round(os.getloadavg()[0], 2)}
     runs = []
-    for layout, protocol, wal, idle, rate in itertools.product(args.layouts or ["inline"], args.protocol or ["ouch"],
-                                                               wals, args.idle or ["busy_spin"], rates):
-        r = _one(protocol, wal, idle, rate, args, layout)
+    for layout, protocol, wal, idle, client_on, rate in itertools.product(
+            args.layouts or ["inline"], args.protocol or ["ouch"], wals, args.idle or ["busy_spin"],
+            args.client_on or ["gateway"], rates):
+        r = _one(protocol, wal, idle, rate, args, layout, client_on)
         runs.append(r)
         a, e, lt = r["order_to_ack"], r["in_engine"], r["client_send_lateness"]
         print(f"latency {_label(r)} [{r['build']}]: {r['acked']} of {r['sent']} answered, achieved "

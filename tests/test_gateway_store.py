@@ -5,6 +5,7 @@ FIX session surviving kill -9 of `matchwire run` with its sequence numbers, rese
 ClOrdIDs. Sizes and object counts are asserted, never timings."""
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import random
@@ -545,6 +546,11 @@ def test_gateway_journal_stays_bounded_and_a_restart_restores_every_session(tmp_
 
     monkeypatch.setattr(gwstate, "COMPACT_BYTES", 64 * 1024)
     cfg = loopback_config(str(tmp_path), rng=random.Random(1))
+    # The firms' order-rate limits count wall-clock time, and this loop enters orders as fast as
+    # the host runs it: without them every order is accepted on any host, fast or loaded.
+    cfg = dataclasses.replace(cfg, firms=tuple(
+        dataclasses.replace(f, limits=dataclasses.replace(f.limits, rate_per_second=None, burst=None))
+        for f in cfg.firms))
     state = str(tmp_path / "state")
     gw, ring = _gateway(cfg, state)
     ou = next(s for s in gw.slots if s.kind == "ouch" and s.firm.name == "ALFA")

@@ -177,6 +177,7 @@ def _pipelined(root: str) -> Config:
         dataclasses.replace(p, feed_stage="process", wal_stage="process") for p in base.partitions))
 
 
+@pytest.mark.pure_only   # 30 s of supervision and restarts; tests/test_kill.py covers the compiled partition
 def test_killing_any_process_stops_the_partition_and_a_restart_loses_nothing(tmp_path: Path) -> None:
     """Under `matchwire run`, orders in flight: kill -9 of the feed stage stops the partition
     (exit 70), of the WAL stage too (exit 74), and the supervisor with it; kill -9 of the matcher

@@ -135,7 +135,8 @@ def test_opening_auction_halt_and_reopening_through_the_stack(tmp_path: Any) -> 
 
 
 @pytest.mark.timeout(180)
-def test_admin_halt_and_resume_without_a_trading_section(tmp_path: Any) -> None:
+@pytest.mark.pure_only   # waits out the default 30 s reopening call; the halt, the call and the uncross are
+def test_admin_halt_and_resume_without_a_trading_section(tmp_path: Any) -> None:   # tested with short calls too
     """No [trading] section (continuous trading all day, no schedule): `matchwire admin halt ALPH`
     then `admin resume ALPH` starts the reopening call (30 s, the default), which ends by itself in an
     uncross (Q cross type 'H') and trading again (H 'T')."""

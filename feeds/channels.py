@@ -213,8 +213,6 @@ def channel_of_session(session: bytes) -> str | None:
 END_OF_UPDATE: Final = b"Y"   # 'd'.end: the book of this instrument is consistent after this message
 MORE_TO_COME: Final = b"N"
 
-
-
 #: Our messages, keyed by type byte.
 OWN_LAYOUTS: Final[dict[bytes, Msg[Any]]] = {m.type_byte: m for m in (PRICE_LEVEL_UPDATE, BEST_BID_OFFER, LAST_TRADE)}  # type: ignore[misc]
 assert not OWN_LAYOUTS.keys() & itch.LAYOUTS.keys()

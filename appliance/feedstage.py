@@ -224,10 +224,11 @@ class _Stage:
         matcher cuts its batches into items of JOURNAL_SLOT_SIZE, and publishing them together
         packs fuller datagrams with fewer sends and store writes."""
         st = self.st
-        item = items[0] if len(items) == 1 else b"W" + b"".join([memoryview(i)[1:] for i in items])
         seqs: list[int] = []
         stamps: list[int] = []
-        cmds = decode_run(item, 1, len(item), seqs, stamps)
+        cmds: list[Any] = []
+        for item in items:          # each: the tag byte, then whole WAL records
+            cmds += decode_run(item, 1, len(item), seqs, stamps)
         if st is not None:
             st.lap(S_DECODE)
         out: list[Any] = []

@@ -190,6 +190,9 @@ class EpochState(NamedTuple):
     token: str       # which process start wrote it
 
 
+FENCE_SIZE: Final = 8   # <dir>/FENCE: one word, the token's of the newest start (EpochFile)
+
+
 class EpochFile:
     """<dir>/EPOCH: the current sequencer epoch and who owns it. Replaced atomically (new inode).
 
@@ -261,9 +264,6 @@ class EpochFile:
             return os.stat(self.path).st_ino == self.ino
         except FileNotFoundError:
             return False
-
-
-FENCE_SIZE: Final = 8
 
 
 def new_token() -> str:

@@ -673,7 +673,6 @@ class L1Encoder:
                                 ask[0], ask[1], ask[2]))
 
 
-
 def encode_depth(results: Any, midnight_ns: int, tracker: DepthTracker, l2: L2Encoder | None,
                  l1: L1Encoder | None, l2_out: list[bytes], l1_out: list[bytes]) -> None:
     """Append the framed L2 and L1 messages of a batch's results (``(seq, ts_ns, command, events)``

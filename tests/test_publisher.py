@@ -599,7 +599,6 @@ def test_the_same_commands_give_the_same_messages_whatever_the_batching() -> Non
             decode_any(m)
 
 
-
 # --------------------------------------------------------------------------------------------
 # encode_depth (the batch loop that settles the commonest commands inline) against the
 # per-command general code it stands for

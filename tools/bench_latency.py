@@ -13,7 +13,8 @@ due (several at once when it fell behind) and measures order-to-ack latency from
 time to the time it read the answer (Order Accepted or Rejected; FIX ExecutionReport new or
 rejected). A client or appliance that falls behind therefore shows it in the figures, instead of
 hiding it by sending later (coordinated omission). The client's own lateness (actual send time minus
-scheduled time) is reported beside it, and its CPU per order (it shares a CPU with the gateway).
+scheduled time) is reported beside it, and its CPU per order (taken from the CPU it shares: the
+gateway's, or the matcher's with --client-on matcher).
 
 Histograms are HdrHistogram's (appliance/metrics.py). Reported per run: p50, p90, p99, p99.9,
 p99.99, max, the achieved rate (answers per second over the run), the in-engine part (the
@@ -202,8 +203,9 @@ def _client(cfg: Config, protocol: str, rate: int, seconds: float, cpus: list[in
     """Send ``rate * seconds`` orders at their scheduled times; send back the histograms.
 
     The client shares a CPU with the gateway (the matcher has the other one), or with the matcher
-    (``--client-on matcher``), so what it spends per order is taken from the appliance: every order is encoded before the clock starts, and the loop
-    keeps raw nanosecond values in arrays that become HdrHistograms after the run."""
+    (``--client-on matcher``), so what it spends per order is taken from the appliance: every order
+    is encoded before the clock starts, and the loop keeps raw nanosecond values in arrays that
+    become HdrHistograms after the run."""
     if cpus:
         os.sched_setaffinity(0, cpus)
     try:   # wake at the scheduled time, not up to 50 µs later (the default timer slack)
@@ -231,7 +233,7 @@ def _client(cfg: Config, protocol: str, rate: int, seconds: float, cpus: list[in
     sched = Schedule(clock() + 1_000_000, rate, total)    # the first order is due in 1 ms
     scheduled, take_due, next_due = sched.scheduled, sched.take_due, sched.next_due_ns
     last_ack = t0 = sched.t0_ns
-    cpu0 = time.process_time()     # the client's own CPU over the run: what it takes from CPU 0
+    cpu0 = time.process_time()     # the client's own CPU over the run: what it takes from the CPU it shares
     drain_until = t0 + int(seconds * 1e9) + 10_000_000_000
     readable = True
     while True:

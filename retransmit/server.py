@@ -61,6 +61,10 @@ class RetransmitServer:
         tcp = await self.tcp.start(s.bind, s.replay_port)
         return {"rerequest": self.udp.address, "replay": tcp}
 
+    def work(self) -> int:
+        """What the server has done, as one growing count: re-requests answered, replay logins."""
+        return sum(self.core.counters.values()) + self.tcp.counters["logins"]
+
     def stats(self) -> dict[str, Any]:
         return {"rerequest": self.core.stats(), "replay": dict(self.tcp.stats(), **self.replay.counters),
                 "stores_opened": self.stores.opened}

@@ -141,6 +141,11 @@ class SnapshotServer:
             for sub in self.subscribers:
                 sub.poll(0.0)
 
+    def work(self) -> int:
+        """What the server has done, as one growing count: messages delivered to its books, snapshots."""
+        return sum(r.expected for sub in self.subscribers for r in sub.receivers.values()) + \
+            self.source.counters["snapshots"]
+
     def stats(self) -> dict[str, Any]:
         return {"tcp": self.tcp.stats(), "snapshots": dict(self.source.counters),
                 "feeds": [sub.stats() for sub in self.subscribers]}

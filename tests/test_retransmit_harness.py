@@ -22,6 +22,7 @@ import pytest
 from appliance import config as C
 from appliance.catalogue import Event
 from appliance.daemon import feed_config, feed_store_dir
+from appliance.gcpolicy import NEVER
 from appliance.matching.engine import Engine
 from feeds.books import engine_l1_summary, engine_l2_summary, engine_l3_summary, summary_hash
 from feeds.channels import FeedConfig
@@ -106,6 +107,8 @@ class ServerProcess:
         assert self.proc.returncode == 0, self.stderr
         last = json.loads(out.strip().splitlines()[-1])
         assert last["event"] == "stopped"
+        # full collections wait for a quiet tick (appliance.gcpolicy), never the allocator's
+        assert last["gc"]["gc_threshold"][2] == NEVER and last["gc"]["gc_full_collections"] >= 0, last["gc"]
         self.stats = last["stats"]
         return self.stats
 

@@ -75,6 +75,32 @@ def test_schedule_counts_latency_from_the_scheduled_time_not_the_send_time() -> 
     assert list(s.take_due(10 ** 12)) == list(range(51, 100)) and s.next_due_ns() is None
 
 
+def test_the_clients_tick_groups_what_falls_due_between_two_ticks() -> None:
+    t0 = 5_000_000
+    # 50,000/s on a 100 µs tick: the client wakes every 100 µs and sends the five orders due by then.
+    s = Schedule(t0_ns=t0, rate=50_000, total=12, tick_ns=100_000)
+    assert s.next_wake_ns() == t0 and list(s.take_due(t0)) == [0]
+    assert s.next_wake_ns() == t0 + 100_000
+    assert not s.take_due(t0 + 99_999)          # a wake between ticks (an answer came) sends nothing
+    due = s.take_due(t0 + 100_500)
+    assert list(due) == [1, 2, 3, 4, 5] and all(s.scheduled(k) <= t0 + 100_000 for k in due)
+    # each keeps its own scheduled time: the tick's delay is in the latency figures
+    assert [t0 + 100_000 - s.scheduled(k) for k in due] == [80_000, 60_000, 40_000, 20_000, 0]
+    assert s.next_wake_ns() == t0 + 200_000
+    assert list(s.take_due(t0 + 10 ** 9)) == list(range(6, 12)) and s.next_wake_ns() is None
+    # 10,000/s on the same tick: every order at its own time
+    s = Schedule(t0_ns=t0, rate=10_000, total=5, tick_ns=100_000)
+    for k in range(5):
+        assert s.next_wake_ns() == s.scheduled(k) and list(s.take_due(s.scheduled(k))) == [k]
+    # 3,000/s (333.3 µs apart) on a 100 µs tick: each order at the first tick at or after its time,
+    # and the tick's rounding agrees with scheduled()'s (no wake that finds nothing due)
+    s = Schedule(t0_ns=t0, rate=3_000, total=30, tick_ns=100_000)
+    for k in range(30):
+        wake = s.next_wake_ns()
+        assert wake is not None and s.scheduled(k) <= wake < s.scheduled(k) + 100_000
+        assert (wake - t0) % 100_000 == 0 and list(s.take_due(wake)) == [k]
+
+
 def test_bench_latency_end_to_end(tmp_path) -> None:
     hdr = tmp_path / "runs.hlog"
     png = tmp_path / "plot.png"
@@ -99,6 +125,7 @@ def test_bench_latency_end_to_end(tmp_path) -> None:
         m = run["processes"]["matcher"]     # the partition's own figures, from its stats at shutdown
         assert m["running"] is True and m["pid"] > 0 and m["rss_bytes"] > 0, m
         # by default the client keeps off the matcher's CPU (the gateway's, on a host with two)
+        assert run["client_tick_us"] == 100, run
         assert run["client_on"] == "gateway" and (len(m["cpus_allowed"]) != 1 or (os.cpu_count() or 1) < 2
                                                   or m["cpus_allowed"][0] not in run["client_cpus"]), run
         assert m["cpu_user_s"] >= 0 and m["cpu_system_s"] >= 0 and m["ctx_voluntary"] >= 0, m
@@ -121,6 +148,7 @@ def test_bench_latency_puts_the_client_on_the_matchers_cpu_when_asked() -> None:
 
 
 def test_bench_latency_bad_arguments_answer_in_one_line() -> None:
-    r = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "latency", "--rate", "0"],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    for bad in (["--rate", "0"], ["--client-tick-us", "-1"]):
+        r = subprocess.run([sys.executable, "-m", "tools.cli", "bench", "latency", *bad],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, bad

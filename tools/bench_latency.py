@@ -59,6 +59,7 @@ from tools import jsonio
 
 WAL_PLACES = ("none", "tmpfs", "disk")
 PR_SET_TIMERSLACK = 29
+DEFAULT_TICK_US = 100    # the client's timer (Schedule.tick_ns): 10,000/s and slower send each order at its own time
 
 
 def register(sub: Any) -> None:
@@ -91,6 +92,11 @@ def register(sub: Any) -> None:
                      help="the benchmark client's CPU: gateway (the CPUs the matcher does not use, shared with "
                           "the gateway and the servers; the default) or matcher (the matcher's, which gives way "
                           "to it when it wakes; a host with a spare core has neither cost); repeatable")
+    lat.add_argument("--client-tick-us", type=int, action="append", dest="client_ticks", metavar="US",
+                     help="the benchmark client's timer: it wakes on a grid of US µs and sends together the "
+                          "orders that fell due since its last wake, each measured from its own scheduled time "
+                          "(default 100: every order at its own time up to 10,000/s; 0: every order at its own "
+                          "time at any rate; repeatable)")
     lat.set_defaults(func=_latency)
 
 
@@ -174,15 +180,23 @@ class Schedule:
 
     ``take_due(now_ns)`` returns the orders that fell due since the last call (all of them at once
     when the loop was late: each keeps its own scheduled time); latency is measured from
-    ``scheduled(k)``, never from when the loop got round to sending."""
+    ``scheduled(k)``, never from when the loop got round to sending.
 
-    __slots__ = ("t0_ns", "period", "total", "next_k")
+    ``tick_ns`` is the client's timer: the loop wakes on a grid of ``tick_ns`` from ``t0_ns``
+    (``next_wake_ns``), and sends together what fell due up to the last tick (``take_due``; a wake
+    for answers between ticks sends nothing new). A rate whose period is
+    a multiple of the tick wakes at every order's own time; a faster one sends up to tick / period
+    orders per wake, each still measured from its own scheduled time (so the tick's delay is in the
+    figures). ``tick_ns`` 0 wakes at every order's time."""
 
-    def __init__(self, t0_ns: int, rate: int, total: int) -> None:
+    __slots__ = ("t0_ns", "period", "total", "next_k", "tick_ns")
+
+    def __init__(self, t0_ns: int, rate: int, total: int, tick_ns: int = 0) -> None:
         self.t0_ns = t0_ns
         self.period = 1_000_000_000 / rate
         self.total = total
         self.next_k = 0
+        self.tick_ns = tick_ns
 
     def scheduled(self, k: int) -> int:
         return self.t0_ns + int(k * self.period)
@@ -190,7 +204,13 @@ class Schedule:
     def take_due(self, now_ns: int) -> range:
         if now_ns < self.t0_ns or self.next_k >= self.total:
             return range(0)
+        if self.tick_ns > 0:     # what fell due up to the last tick (a wake between ticks sends nothing new)
+            now_ns -= (now_ns - self.t0_ns) % self.tick_ns
         due = min(self.total, int((now_ns - self.t0_ns) / self.period) + 1)
+        while due < self.total and self.scheduled(due) <= now_ns:    # the same rounding as scheduled()
+            due += 1
+        while due > self.next_k and self.scheduled(due - 1) > now_ns:
+            due -= 1
         r = range(self.next_k, max(due, self.next_k))
         self.next_k = r.stop
         return r
@@ -198,8 +218,19 @@ class Schedule:
     def next_due_ns(self) -> int | None:
         return self.scheduled(self.next_k) if self.next_k < self.total else None
 
+    def next_wake_ns(self) -> int | None:
+        """When the loop should wake next: the next order's scheduled time, rounded up to the tick."""
+        if self.next_k >= self.total:
+            return None
+        due = self.scheduled(self.next_k)
+        tick = self.tick_ns
+        if tick <= 0:
+            return due
+        return self.t0_ns + -(-(due - self.t0_ns) // tick) * tick
 
-def _client(cfg: Config, protocol: str, rate: int, seconds: float, cpus: list[int], conn: Any) -> None:
+
+def _client(cfg: Config, protocol: str, rate: int, seconds: float, cpus: list[int], tick_ns: int,
+            conn: Any) -> None:
     """Send ``rate * seconds`` orders at their scheduled times; send back the histograms.
 
     The client shares a CPU with the gateway (the matcher has the other one), or with the matcher
@@ -230,8 +261,8 @@ def _client(cfg: Config, protocol: str, rate: int, seconds: float, cpus: list[in
     pending_out = b""
     clock = time.perf_counter_ns
     send, recv, answers = sock.send, sock.recv, proto.answers
-    sched = Schedule(clock() + 1_000_000, rate, total)    # the first order is due in 1 ms
-    scheduled, take_due, next_due = sched.scheduled, sched.take_due, sched.next_due_ns
+    sched = Schedule(clock() + 1_000_000, rate, total, tick_ns)    # the first order is due in 1 ms
+    scheduled, take_due, next_wake = sched.scheduled, sched.take_due, sched.next_wake_ns
     last_ack = t0 = sched.t0_ns
     cpu0 = time.process_time()     # the client's own CPU over the run: what it takes from the CPU it shares
     drain_until = t0 + int(seconds * 1e9) + 10_000_000_000
@@ -264,7 +295,7 @@ def _client(cfg: Config, protocol: str, rate: int, seconds: float, cpus: list[in
                 continue
         if len(lat) >= total or now > drain_until:
             break
-        nxt = next_due()
+        nxt = next_wake()
         wait = (nxt - clock()) / 1e9 if nxt is not None else 0.01
         if wait > 0 or pending_out:
             # Read only when select says there is something: a recv that finds nothing is a system
@@ -316,7 +347,7 @@ def _config(root: str, wal: str, idle: str, durability: str, disk_dir: str, layo
 
 
 def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace,
-         layout: str = "inline", client_on: str = "gateway") -> dict[str, Any]:
+         layout: str = "inline", client_on: str = "gateway", tick_us: int = 0) -> dict[str, Any]:
     from appliance.daemon import choose_cpu
     from appliance.metrics import STAGE_TIMING_ENV
     from tools.demo import write_config
@@ -350,7 +381,8 @@ def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace
             cpus = sorted(set(os.sched_getaffinity(0)) - {matcher}) or sorted(os.sched_getaffinity(0))
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
-        cl = ctx.Process(target=_client, args=(cfg, protocol, rate, args.seconds, cpus, child))
+        cl = ctx.Process(target=_client, args=(cfg, protocol, rate, args.seconds, cpus, tick_us * 1000,
+                                               child))
         cl.start()
         if not parent.poll(args.seconds + 120):
             raise RuntimeError("the client did not finish")
@@ -373,7 +405,7 @@ def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace
     st = stats["stats"]
     return {"protocol": protocol, "wal": wal, "layout": layout, "durability": "none" if wal == "none" else args.durability or "batch",
             "idle": idle, "cpu_dma_latency_us": args.cpu_dma_latency, "gateway_poll_us": args.gateway_poll_us,
-            "client_on": client_on, "client_cpus": cpus,
+            "client_on": client_on, "client_cpus": cpus, "client_tick_us": tick_us,
             "offered_per_s": rate, "sent": res["sent"], "acked": res["acked"],
             "achieved_per_s": round(res["acked"] / res["seconds"]) if res["seconds"] > 0 else 0,
             "order_to_ack": h.summary_us(), "client_send_lateness": late.summary_us(),
@@ -414,7 +446,8 @@ def _label(r: dict[str, Any]) -> str:
         f" stages-as={r['layout']}" if r.get("layout", "inline") != "inline" else "") + (
         f" cpu-dma-latency={r['cpu_dma_latency_us']}" if r.get("cpu_dma_latency_us", -1) >= 0 else "") + (
         f" gateway-poll={r['gateway_poll_us']}us" if r.get("gateway_poll_us") else "") + (
-        f" client-on={r['client_on']}" if r.get("client_on", "gateway") != "gateway" else "")
+        f" client-on={r['client_on']}" if r.get("client_on", "gateway") != "gateway" else "") + (
+        f" client-tick={r['client_tick_us']}us" if r.get("client_tick_us", DEFAULT_TICK_US) != DEFAULT_TICK_US else "")
 
 
 def _latency(args: argparse.Namespace) -> int:
@@ -422,8 +455,9 @@ def _latency(args: argparse.Namespace) -> int:
     if any(r <= 0 for r in rates) or args.seconds <= 0:
         sys.stderr.write("matchwire bench latency: --rate and --seconds must be positive\n")
         return 2
-    if args.cpu_dma_latency < -1 or args.gateway_poll_us < 0:
-        sys.stderr.write("matchwire bench latency: --cpu-dma-latency is -1 or more, --gateway-poll-us 0 or more\n")
+    if args.cpu_dma_latency < -1 or args.gateway_poll_us < 0 or any(t < 0 for t in args.client_ticks or []):
+        sys.stderr.write("matchwire bench latency: --cpu-dma-latency is -1 or more, --gateway-poll-us and "
+                         "--client-tick-us 0 or more\n")
         return 2
     if args.realtime and "matcher" in (args.client_on or []):
         sys.stderr.write("matchwire bench latency: --client-on matcher cannot run beside a --realtime matcher "
@@ -439,10 +473,10 @@ def _latency(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {"benchmark": "latency", "seconds": args.seconds, "runs": [], "cpus": os.cpu_count(),
                            "build": build_kind(), "load_avg_before": round(os.getloadavg()[0], 2)}
     runs = []
-    for layout, protocol, wal, idle, client_on, rate in itertools.product(
+    for layout, protocol, wal, idle, client_on, tick_us, rate in itertools.product(
             args.layouts or ["inline"], args.protocol or ["ouch"], wals, args.idle or ["busy_spin"],
-            args.client_on or ["gateway"], rates):
-        r = _one(protocol, wal, idle, rate, args, layout, client_on)
+            args.client_on or ["gateway"], args.client_ticks or [DEFAULT_TICK_US], rates):
+        r = _one(protocol, wal, idle, rate, args, layout, client_on, tick_us)
         runs.append(r)
         a, e, lt = r["order_to_ack"], r["in_engine"], r["client_send_lateness"]
         print(f"latency {_label(r)} [{r['build']}]: {r['acked']} of {r['sent']} answered, achieved "

@@ -426,7 +426,7 @@ def test_ouch_replay_of_a_long_day_is_paced_and_complete(tmp_path: Any, on_file:
     s = ouch.OuchSession(1, {"u": ("pw", 1)}, INS, session_name="S1")
     if on_file:
         store = MessageStore(str(tmp_path), LABEL, "ouch-S1")
-        s.stream = store  # type: ignore[assignment]
+        s.stream = store
     for i in range(5000):                       # the day so far, sequenced while nobody was logged in
         s.start_of_day(i)
     if on_file:

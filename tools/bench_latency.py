@@ -229,7 +229,7 @@ class Schedule:
         return self.t0_ns + -(-(due - self.t0_ns) // tick) * tick
 
 
-def _client(cfg: Config, protocol: str, rate: int, seconds: float, cpus: list[int], tick_ns: int,
+def _client(config_path: str, protocol: str, rate: int, seconds: float, cpus: list[int], tick_ns: int,
             conn: Any) -> None:
     """Send ``rate * seconds`` orders at their scheduled times; send back the histograms.
 
@@ -237,6 +237,8 @@ def _client(cfg: Config, protocol: str, rate: int, seconds: float, cpus: list[in
     (``--client-on matcher``), so what it spends per order is taken from the appliance: every order
     is encoded before the clock starts, and the loop keeps raw nanosecond values in arrays that
     become HdrHistograms after the run."""
+    from appliance.config import load
+    cfg = load(config_path)     # read here: a compiled build's config classes do not travel by pickle
     if cpus:
         os.sched_setaffinity(0, cpus)
     try:   # wake at the scheduled time, not up to 50 µs later (the default timer slack)
@@ -381,7 +383,7 @@ def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace
             cpus = sorted(set(os.sched_getaffinity(0)) - {matcher}) or sorted(os.sched_getaffinity(0))
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
-        cl = ctx.Process(target=_client, args=(cfg, protocol, rate, args.seconds, cpus, tick_us * 1000,
+        cl = ctx.Process(target=_client, args=(path, protocol, rate, args.seconds, cpus, tick_us * 1000,
                                                child))
         cl.start()
         if not parent.poll(args.seconds + 120):

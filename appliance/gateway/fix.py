@@ -291,10 +291,10 @@ class FixOrder:
 
     @classmethod
     def from_list(cls, values: Sequence[Any]) -> FixOrder:
-        o = cls.__new__(cls)
-        for f, v in zip(cls.FIELDS, values):
-            setattr(o, f, v)
-        o.pending = []
+        (order_id, cl_ord_id, symbol, locate, side, ord_type, tif, price, stop_price, qty, cum, leaves,
+         notional, ref, done, status, account) = values
+        o = cls(order_id, cl_ord_id, symbol, locate, side, ord_type, tif, price, stop_price, qty, account)
+        o.cum, o.leaves, o.notional, o.ref, o.done, o.status = cum, leaves, notional, ref, done, status
         return o
 
 

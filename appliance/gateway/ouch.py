@@ -84,7 +84,7 @@ restarts and holds nothing of the day in memory.
 from __future__ import annotations
 
 import struct
-from typing import Any, Final, Iterable, Mapping, Sequence
+from typing import Any, Final, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from appliance import reasons as R
 from appliance.catalogue import (
@@ -313,6 +313,19 @@ class _Order:
         self.pending: list[_Request] = []   # requests in flight, oldest first (rarely more than one)
 
 
+class Stream(Protocol):
+    """A session's sequenced stream, stream[i] the message with sequence number i + 1: a list here,
+    the gateway's file-backed store there (appliance/gateway/store.py)."""
+
+    def append(self, msg: bytes, /) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: slice, /) -> Iterable[bytes]: ...
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+
 class OuchSession(SessionOutbox):
     """One OUCH 5.0 port over SoupBinTCP; owned by the gateway's I/O thread. See the module doc."""
 
@@ -367,7 +380,7 @@ class OuchSession(SessionOutbox):
         self.heartbeat_interval_ns = heartbeat_interval_ns
         self.client_timeout_ns = client_timeout_ns
         # The sequenced stream: stream[i] is the OUCH message with sequence number i + 1.
-        self.stream: list[bytes] = []
+        self.stream: Stream = []
         self.last_user_ref_num = 0
         self.ended = False
         self._replay_next = 0                       # next sequence number of a login's replay (0: none)

@@ -426,7 +426,7 @@ class GatewayServer(JournalKeeper, AdminControl):
             s = OuchSession(sid, {f.ouch.username: (f.ouch.password, f.id)}, self.instruments, session_name=name,
                             midnight_ns=self.midnight_ns, cancel_on_disconnect=f.ouch.cancel_on_disconnect)
             store = self._open_store(sid, f"ouch-{name}", js.ouch.get(sid, 0))
-            s.stream = store  # type: ignore[assignment]
+            s.stream = store
             reopened = restore_ouch_session(s, store) if len(store) else False
             slot = Slot("ouch", s, sid, f, f"OUCH {f.name}")
             slot.store = store

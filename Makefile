@@ -55,10 +55,11 @@ pure:
 
 # The suite against the compiled build, then back to the pure-Python reference. Left out: tests
 # whose subject never runs through the compiled modules (deployment, which builds its own wheels;
-# host checks; capture tools, dissector and scapy layers; kernel-bypass transports; the QuickFIX
-# conformance run; hostile clients and the soak, which exercise the gateway's pure-Python sessions),
-# and the tests marked pure_only (long waits on a default timer or on process supervision):
-# the pure run covers them, and the suite stays within its time on 2 cores.
+# host checks; capture tools, dissector and scapy layers; kernel-bypass transports), the QuickFIX
+# conformance run, hostile clients and the soak (they pass against the compiled gateway sessions
+# too, about 90 s more: `make compiled`, then pytest on them), and the tests marked pure_only (long
+# waits on a default timer or on process supervision): the pure run covers them, and the suite
+# stays within its time on 2 cores.
 COMPILED_SKIP := test_ansible test_doctor test_pcap_tools test_feed_pcap_tools test_wireshark \
                  test_scapy_layers test_afxdp test_onload_ready test_batchsend test_fix_quickfix \
                  test_hostile test_soak test_cli_errors

@@ -15,9 +15,12 @@ from typing import Final
 
 # The hot path: the catalogue, the model, the matching core; the ring, its codec and the WAL codec;
 # the sequencer, the partition's duty cycle and the gateways' record encoder; the L2/L1 encoders and
-# the publisher. Left interpreted: the modules that declare wire layouts as annotated NamedTuples
-# (feeds/itch.py, feeds/moldudp64.py, feeds/depth_layout.py; feeds/layout.py reads the annotations,
-# which a compiled class does not keep), and the code the WAL and ITCH codecs generate at import.
+# the publisher; the gateway's sans-IO sessions (OUCH, FIX and its codec), pre-trade risk, its journal
+# and message stores (and feeds/store.py, their base). Left interpreted: the modules that declare wire
+# layouts as annotated NamedTuples (feeds/itch.py, feeds/moldudp64.py, feeds/depth_layout.py,
+# feeds/ouch_layout.py, feeds/soupbintcp.py; feeds/layout.py reads the annotations, which a compiled
+# class does not keep), the code the WAL and ITCH codecs generate at import, and the gateway's
+# asyncio shell (appliance/gateway/server.py).
 COMPILED_MODULES: Final = (
     "appliance/model.py",
     "appliance/reasons.py",
@@ -34,6 +37,15 @@ COMPILED_MODULES: Final = (
     "appliance/partition.py",
     "feeds/channels.py",
     "feeds/publisher.py",
+    "appliance/risk.py",
+    "appliance/gateway/events.py",
+    "appliance/gateway/budget.py",
+    "appliance/gateway/ouch.py",
+    "appliance/gateway/fixcodec.py",
+    "appliance/gateway/fix.py",
+    "appliance/gateway/journal.py",
+    "feeds/store.py",
+    "appliance/gateway/store.py",
 )
 
 

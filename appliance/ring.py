@@ -142,6 +142,15 @@ def remove_bell(ring: str, directory: str = SHM_DIR) -> None:
         pass
 
 
+def remove_ring(name: str, directory: str = SHM_DIR) -> None:
+    """Unlink a ring and its doorbell left by an owner that could not (one killed with SIGKILL)."""
+    for path in (_path(name, directory), os.path.join(directory, bell_name(name))):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
 def ring_bell(fd: int) -> None:
     """One byte to a doorbell; a full FIFO already says "wake up"."""
     try:

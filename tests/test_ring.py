@@ -24,8 +24,11 @@ from appliance.ring import (
     SLOTS_OFFSET,
     Ring,
     RingError,
+    bell_name,
     check_platform,
+    make_bell,
     records_of_block,
+    remove_ring,
     ring_bytes,
     ring_name,
 )
@@ -391,3 +394,14 @@ def test_bench_ring_prints_one_json_object_last() -> None:
     assert result["benchmark"] == "ring"
     assert result["batch_records_per_sec"] > 0 and result["round_trips"] > 0
     assert 0 < result["rtt_p50_ns"] <= result["rtt_p99_ns"]
+
+
+def test_remove_ring_unlinks_what_a_killed_owner_left(name: str) -> None:
+    ring = Ring.create(name, 8, 64)
+    os.close(make_bell(name))
+    ring.close()        # the owner's mapping gone, its names left behind (as after SIGKILL)
+    assert os.path.exists(os.path.join(SHM_DIR, name)) and os.path.exists(os.path.join(SHM_DIR, bell_name(name)))
+    remove_ring(name)
+    assert not os.path.exists(os.path.join(SHM_DIR, name))
+    assert not os.path.exists(os.path.join(SHM_DIR, bell_name(name)))
+    remove_ring(name)   # nothing left: nothing to do

@@ -54,6 +54,7 @@ from typing import Any
 from appliance.config import Config, SessionLimits
 from appliance.metrics import DUTY_STAGES, GATEWAY_STAGES, Histogram, format_stages
 from appliance.procinfo import cpu_line
+from appliance.ring import remove_ring
 from appliance.risk import FirmLimits
 from tools import jsonio
 
@@ -396,8 +397,17 @@ def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace
         gw_path = os.path.join(state, "run", f"{cfg.gateways[0].name}.stats.json")
         gw_stats = jsonio.load_path(gw_path) if os.path.exists(gw_path) else {}
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:   # a run that failed: stop it as an operator would, kill it if it hangs
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                for p in cfg.partitions:      # what the killed partitions could not unlink
+                    for g in cfg.gateways:
+                        for name in cfg.ring_names(p.name, g.name).values():
+                            remove_ring(name)
         log.close()
         for d in [root, *cleanup]:
             shutil.rmtree(d, ignore_errors=True)

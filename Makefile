@@ -57,7 +57,7 @@ pure:
 # whose subject never runs through the compiled modules (deployment, which builds its own wheels;
 # host checks; capture tools, dissector and scapy layers; kernel-bypass transports), the QuickFIX
 # conformance run, hostile clients and the soak (they pass against the compiled gateway sessions
-# too, about 90 s more: `make compiled`, then pytest on them), and the tests marked pure_only (long
+# too, about 110 s more: `make compiled`, then pytest on them), and the tests marked pure_only (long
 # waits on a default timer or on process supervision): the pure run covers them, and the suite
 # stays within its time on 2 cores.
 COMPILED_SKIP := test_ansible test_doctor test_pcap_tools test_feed_pcap_tools test_wireshark \

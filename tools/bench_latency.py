@@ -3,15 +3,17 @@
     matchwire bench latency [--rate 10000 --rate 50000] [--seconds 3] [--protocol ouch|fix ...]
                             [--wal none|tmpfs|disk ...] [--idle busy_spin|yield|backoff ...]
                             [--stages] [--hdr-log FILE] [--plot FILE.png] [--realtime]
+                            [--client-on gateway|matcher ...] [--client-tick-us US ...]
 
 For each combination of protocol, WAL placement, idle strategy and offered rate: a fresh appliance
 (`matchwire run` on loopback: partition, gateway, retransmission and snapshot servers) and one client
 process (an OUCH or FIX session) on the CPUs the matcher does not use.
 
-Every order has a scheduled send time, t0 + k / rate. The client sends each order as soon as it is
-due (several at once when it fell behind) and measures order-to-ack latency from the **scheduled**
-time to the time it read the answer (Order Accepted or Rejected; FIX ExecutionReport new or
-rejected). A client or appliance that falls behind therefore shows it in the figures, instead of
+Every order has a scheduled send time, t0 + k / rate. The client wakes on a timer tick (100 µs by
+default: at a rate whose period is whole ticks, 10,000/s or 2,000/s, every order falls on one) and
+sends each order at the first tick at or after its time (several at once above 10,000/s, or when it
+fell behind). It measures order-to-ack latency from the **scheduled** time to the time it read the
+answer (Order Accepted or Rejected; FIX ExecutionReport new or rejected). A client or appliance that falls behind therefore shows it in the figures, instead of
 hiding it by sending later (coordinated omission). The client's own lateness (actual send time minus
 scheduled time) is reported beside it, and its CPU per order (taken from the CPU it shares: the
 gateway's, or the matcher's with --client-on matcher).
@@ -60,7 +62,7 @@ from tools import jsonio
 
 WAL_PLACES = ("none", "tmpfs", "disk")
 PR_SET_TIMERSLACK = 29
-DEFAULT_TICK_US = 100    # the client's timer (Schedule.tick_ns): 10,000/s and slower send each order at its own time
+DEFAULT_TICK_US = 100    # the client's timer (Schedule.tick_ns): at 10,000/s or 2,000/s each order on its own tick
 
 
 def register(sub: Any) -> None:
@@ -96,8 +98,8 @@ def register(sub: Any) -> None:
     lat.add_argument("--client-tick-us", type=int, action="append", dest="client_ticks", metavar="US",
                      help="the benchmark client's timer: it wakes on a grid of US µs and sends together the "
                           "orders that fell due since its last wake, each measured from its own scheduled time "
-                          "(default 100: every order at its own time up to 10,000/s; 0: every order at its own "
-                          "time at any rate; repeatable)")
+                          "(default 100: at 10,000/s or 2,000/s every order at its own time; 0: every order at its "
+                          "own time at any rate; repeatable)")
     lat.set_defaults(func=_latency)
 
 
@@ -350,7 +352,7 @@ def _config(root: str, wal: str, idle: str, durability: str, disk_dir: str, layo
 
 
 def _one(protocol: str, wal: str, idle: str, rate: int, args: argparse.Namespace,
-         layout: str = "inline", client_on: str = "gateway", tick_us: int = 0) -> dict[str, Any]:
+         layout: str = "inline", client_on: str = "gateway", tick_us: int = DEFAULT_TICK_US) -> dict[str, Any]:
     from appliance.daemon import choose_cpu
     from appliance.metrics import STAGE_TIMING_ENV
     from tools.demo import write_config

@@ -91,6 +91,16 @@ def files_under(d: Path) -> dict[str, str]:
 
 
 # -- lint and syntax ----------------------------------------------------------------------------------
+def test_the_install_role_compiles_with_the_mypy_the_project_pins() -> None:
+    """The role compiles the modules appliance/build.py names, with the mypy pyproject.toml pins."""
+    pinned = re.search(r'"mypy==([^"]+)"', (ROOT / "pyproject.toml").read_text())
+    defaults = (ROOT / "ansible/roles/matchwire_install/defaults/main.yml").read_text()
+    assert pinned is not None and f'matchwire_install_mypy_version: "{pinned.group(1)}"' in defaults
+    tasks = (ROOT / "ansible/roles/matchwire_install/tasks/main.yml").read_text()
+    assert "-m appliance.build modules" in tasks and "-m appliance.build kind" in tasks
+    assert "compiled_modules" not in defaults + tasks      # no second list of them
+
+
 def test_ansible_lint_production_profile() -> None:
     r = subprocess.run([tool("ansible-lint"), "--profile", "production"],      # the whole directory
                        cwd=ANSIBLE, env=ansible_env(), capture_output=True, text=True, timeout=600)

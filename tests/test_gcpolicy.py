@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from appliance.gcpolicy import MAX_INTERVAL_NS, NEVER, QuietCollector
+from appliance.gcpolicy import MAX_INTERVAL_NS, NEVER, THAW_INTERVAL_NS, QuietCollector
 
 
 class Node:
@@ -71,3 +71,32 @@ def test_constant_load_still_collects_once_per_interval(collector: QuietCollecto
 
 def test_start_up_objects_are_frozen(collector: QuietCollector) -> None:
     assert gc.get_freeze_count() > 0
+
+
+def test_a_collection_freezes_what_survived_so_the_next_walks_only_what_is_new(collector: QuietCollector) -> None:
+    kept = [Node() for _ in range(20_000)]     # the day's open orders, say
+    gc.collect(1)                              # into generation 2
+    assert collector.tick(1_000_000_000, work=0)
+    in_gen2 = {id(o) for o in gc.get_objects(generation=2)}
+    assert not any(id(o) in in_gen2 for o in kept), "what survived a full collection is frozen"
+    assert collector.figures()["gc_frozen"] >= len(kept)
+    ref = _old_cycle()                         # new garbage after the freeze is still collected
+    assert collector.tick(2_000_000_000, work=0)
+    assert ref() is None
+    del kept
+
+
+def test_a_thaw_walks_the_frozen_again_once_per_interval(collector: QuietCollector) -> None:
+    a, b = Node(), Node()
+    a.other, b.other = b, a                    # alive at the next full collection: frozen with it
+    ref = weakref.ref(a)
+    gc.collect(1)
+    assert collector.tick(1_000_000_000, work=0)
+    del a, b                                   # now garbage, but frozen
+    _old_cycle()
+    assert collector.tick(2_000_000_000, work=0)
+    assert ref() is not None and collector.thaws == 0
+    _old_cycle()                               # something for the next full collection to do
+    assert collector.tick(THAW_INTERVAL_NS, work=0)
+    assert ref() is None and collector.thaws == 1
+    assert collector.figures()["gc_thaws"] == 1

@@ -153,7 +153,8 @@ def test_admin_status_and_the_partition_stats_carry_each_process_figures(tmp_pat
     gw_stats = json.loads(Path(stack.state, "run", "gw0.stats.json").read_text())
     assert gw_stats["counters"]["commands"] >= 20     # and the cancels of its cancel-on-disconnect
     assert gw_stats["busy_poll"]["window_us"] == 500 and gw_stats["busy_poll"]["idle_polls"] >= 0
-    assert set(gw_stats["gc"]) == {"gc_full_collections", "gc_full_last_us", "gc_full_max_us", "gc_collected"}
+    assert set(gw_stats["gc"]) == {"gc_full_collections", "gc_full_last_us", "gc_full_max_us", "gc_collected",
+                                 "gc_frozen", "gc_thaws"}
     stats = json.loads(Path(stack.state, "run", "p0.stats.json").read_text())
     figs = stats["processes"]
     plausible(figs["matcher"], ready["pid"])    # read by the matcher itself, just before it exited

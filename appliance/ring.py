@@ -144,11 +144,11 @@ def remove_bell(ring: str, directory: str = SHM_DIR) -> None:
 
 def remove_ring(name: str, directory: str = SHM_DIR) -> None:
     """Unlink a ring and its doorbell left by an owner that could not (one killed with SIGKILL)."""
-    for path in (_path(name, directory), os.path.join(directory, bell_name(name))):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    try:
+        os.unlink(_path(name, directory))
+    except FileNotFoundError:
+        pass
+    remove_bell(name, directory)
 
 
 def ring_bell(fd: int) -> None:

@@ -72,7 +72,7 @@ def test_schedule_counts_latency_from_the_scheduled_time_not_the_send_time() -> 
     answered_at = 52_000_000
     lat = [answered_at - s.scheduled(k) for k in late]
     assert max(lat) == 50_000_000 and min(lat) == 1_000_000   # send-time stamping would say 1 ms for all
-    assert list(s.take_due(10 ** 12)) == list(range(51, 100)) and s.next_due_ns() is None
+    assert list(s.take_due(10 ** 12)) == list(range(51, 100)) and s.next_wake_ns() is None
 
 
 def test_the_clients_tick_groups_what_falls_due_between_two_ticks() -> None:

@@ -218,9 +218,6 @@ class Schedule:
         self.next_k = r.stop
         return r
 
-    def next_due_ns(self) -> int | None:
-        return self.scheduled(self.next_k) if self.next_k < self.total else None
-
     def next_wake_ns(self) -> int | None:
         """When the loop should wake next: the next order's scheduled time, rounded up to the tick."""
         if self.next_k >= self.total:
